@@ -1,0 +1,20 @@
+# Everything here is plain go commands; see README.md.
+.PHONY: test dev bench compose-secrets compose-check build
+
+test:            ## gofmt check, go vet, tests with -race (real Redis when it answers), short fuzz
+	@scripts/test.sh
+
+dev:             ## run everything embedded: NATS, a Redis store, a worker, demo jobs
+	go run ./cmd/connector dev
+
+bench:           ## job runtime vs raw JetStream (see docs/benchmarks.md)
+	go run ./cmd/connector bench -n 100000 -rounds 3
+
+build:
+	CGO_ENABLED=0 go build -o bin/ ./cmd/connector ./examples/shop/cmd/shop
+
+compose-secrets: ## generate the secrets docker-compose.yml mounts
+	deploy/compose/gen-secrets.sh
+
+compose-check:   ## validate docker-compose.yml (installs Debian's docker-compose if missing)
+	deploy/compose-check.sh

@@ -1,0 +1,456 @@
+package bindings_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/connector-go/connector/bindings"
+	"github.com/connector-go/connector/internal/testenv"
+)
+
+func newStore(t testing.TB) (*bindings.Store, *redis.Client, string) {
+	t.Helper()
+	rdb, prefix := testenv.Redis(t)
+	return bindings.New(rdb, prefix), rdb, prefix
+}
+
+// The Binder interface units/ codes against: *Binder must satisfy it.
+type binderAPI interface {
+	ToInternal(ctx context.Context, externalID string) (localID string, found bool, err error)
+	ToExternal(ctx context.Context, localID string) (externalID string, found bool, err error)
+	Bind(ctx context.Context, externalID, localID string, syncedAt time.Time) error
+	Unbind(ctx context.Context, externalID string) error
+	SyncDate(ctx context.Context, externalID string) (t time.Time, found bool, err error)
+	ToInternalMany(ctx context.Context, externalIDs []string) (map[string]string, error)
+	ToExternalMany(ctx context.Context, localIDs []string) (map[string]string, error)
+}
+
+var _ binderAPI = (*bindings.Binder)(nil)
+
+func mustLookup(t *testing.T, b *bindings.Binder, ext, wantLocal string) {
+	t.Helper()
+	ctx := context.Background()
+	loc, found, err := b.ToInternal(ctx, ext)
+	if err != nil || !found || loc != wantLocal {
+		t.Fatalf("ToInternal(%q) = %q, %v, %v; want %q", ext, loc, found, err, wantLocal)
+	}
+	back, found, err := b.ToExternal(ctx, wantLocal)
+	if err != nil || !found || back != ext {
+		t.Fatalf("ToExternal(%q) = %q, %v, %v; want %q", wantLocal, back, found, err, ext)
+	}
+}
+
+func mustMissing(t *testing.T, b *bindings.Binder, ext, local string) {
+	t.Helper()
+	ctx := context.Background()
+	if ext != "" {
+		if v, found, err := b.ToInternal(ctx, ext); err != nil || found {
+			t.Fatalf("ToInternal(%q) = %q, %v, %v; want not found", ext, v, found, err)
+		}
+	}
+	if local != "" {
+		if v, found, err := b.ToExternal(ctx, local); err != nil || found {
+			t.Fatalf("ToExternal(%q) = %q, %v, %v; want not found", local, v, found, err)
+		}
+	}
+}
+
+// Bind, look up both ways, sync date round-trips, unbind removes both
+// directions and the sync date.
+func TestBindLookupUnbind(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	b := s.Binder("shop-eu", "product")
+
+	mustMissing(t, b, "E1", "L1")
+	if _, found, err := b.SyncDate(ctx, "E1"); err != nil || found {
+		t.Fatalf("SyncDate before bind: found=%v err=%v", found, err)
+	}
+	at := time.Date(2026, 3, 4, 5, 6, 7, 891011121, time.FixedZone("x", 3600))
+	if err := b.Bind(ctx, "E1", "L1", at); err != nil {
+		t.Fatal(err)
+	}
+	mustLookup(t, b, "E1", "L1")
+	got, found, err := b.SyncDate(ctx, "E1")
+	if err != nil || !found || !got.Equal(at) {
+		t.Fatalf("SyncDate = %v, %v, %v; want %v", got, found, err, at)
+	}
+
+	if err := b.Unbind(ctx, "E1"); err != nil {
+		t.Fatal(err)
+	}
+	mustMissing(t, b, "E1", "L1")
+	if _, found, _ := b.SyncDate(ctx, "E1"); found {
+		t.Fatal("sync date survived Unbind")
+	}
+	// Unbinding again is not an error; the ids are free for new bindings.
+	if err := b.Unbind(ctx, "E1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Bind(ctx, "E1", "L2", at); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Bind(ctx, "E2", "L1", at); err != nil {
+		t.Fatal(err)
+	}
+	mustLookup(t, b, "E1", "L2")
+	mustLookup(t, b, "E2", "L1")
+
+	// Empty ids are refused without touching Redis.
+	if err := b.Bind(ctx, "", "L9", at); !errors.Is(err, bindings.ErrInvalid) {
+		t.Fatalf("Bind with empty external id: %v", err)
+	}
+}
+
+// Binding the same pair again is idempotent and refreshes the sync date.
+func TestBindSamePairRefreshesSyncDate(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	b := s.Binder("erp", "partner")
+	t1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	t2 := t1.Add(time.Hour)
+	if err := b.Bind(ctx, "E", "L", t1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Bind(ctx, "E", "L", t2); err != nil {
+		t.Fatalf("rebinding the same pair: %v", err)
+	}
+	got, _, err := b.SyncDate(ctx, "E")
+	if err != nil || !got.Equal(t2) {
+		t.Fatalf("SyncDate = %v, %v; want %v", got, err, t2)
+	}
+	mustLookup(t, b, "E", "L")
+}
+
+// A conflicting bind fails with a typed error naming both sides and
+// changes nothing, whichever side conflicts.
+func TestBindConflict(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	b := s.Binder("shop", "order")
+	t1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := b.Bind(ctx, "E1", "L1", t1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Bind(ctx, "E2", "L2", t1); err != nil {
+		t.Fatal(err)
+	}
+	later := t1.Add(time.Hour)
+
+	cases := []struct {
+		ext, loc           string
+		boundLoc, boundExt string
+	}{
+		{"E1", "L3", "L1", ""},   // external already bound elsewhere
+		{"E3", "L1", "", "E1"},   // local already bound elsewhere
+		{"E1", "L2", "L1", "E2"}, // both
+	}
+	for _, c := range cases {
+		err := b.Bind(ctx, c.ext, c.loc, later)
+		if !errors.Is(err, bindings.ErrConflict) {
+			t.Fatalf("Bind(%s,%s) = %v; want ErrConflict", c.ext, c.loc, err)
+		}
+		var ce *bindings.ConflictError
+		if !errors.As(err, &ce) {
+			t.Fatalf("Bind(%s,%s): %T is not a *ConflictError", c.ext, c.loc, err)
+		}
+		want := bindings.ConflictError{Backend: "shop", Model: "order", ExternalID: c.ext, LocalID: c.loc,
+			BoundLocalID: c.boundLoc, BoundExternalID: c.boundExt}
+		if *ce != want {
+			t.Fatalf("conflict = %+v; want %+v", *ce, want)
+		}
+		t.Logf("%v", err)
+	}
+	// Nothing changed, sync dates included.
+	mustLookup(t, b, "E1", "L1")
+	mustLookup(t, b, "E2", "L2")
+	mustMissing(t, b, "E3", "L3")
+	for _, ext := range []string{"E1", "E2"} {
+		got, _, _ := b.SyncDate(ctx, ext)
+		if !got.Equal(t1) {
+			t.Fatalf("sync date of %s changed to %v by a refused bind", ext, got)
+		}
+	}
+}
+
+// A binding of one (backend, model) never answers for another, including
+// names that would collide if keys were joined naively.
+func TestNamespaces(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	ctx := context.Background()
+	s := bindings.New(rdb, prefix)
+	other := bindings.New(rdb, prefix+"x")
+	at := time.Now()
+
+	a := s.Binder("A", "product")
+	if err := a.Bind(ctx, "E", "L", at); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string]*bindings.Binder{
+		"other backend": s.Binder("B", "product"),
+		"other model":   s.Binder("A", "category"),
+		"other prefix":  other.Binder("A", "product"),
+	} {
+		if _, found, err := b.ToInternal(ctx, "E"); err != nil || found {
+			t.Fatalf("%s answers for A/product: found=%v err=%v", name, found, err)
+		}
+		if _, found, err := b.ToExternal(ctx, "L"); err != nil || found {
+			t.Fatalf("%s answers for A/product (reverse): found=%v err=%v", name, found, err)
+		}
+		m, err := b.ToInternalMany(ctx, []string{"E"})
+		if err != nil || len(m) != 0 {
+			t.Fatalf("%s batch answers for A/product: %v %v", name, m, err)
+		}
+		// The same ids bind independently there.
+		if err := b.Bind(ctx, "E", "L-"+name, at); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	mustLookup(t, a, "E", "L")
+
+	// "a:b"+"c" and "a"+"b:c" and brace-laden names stay apart.
+	x := s.Binder("a:b", "c")
+	y := s.Binder("a", "b:c")
+	z := s.Binder("a}{b", "%3A")
+	if err := x.Bind(ctx, "E", "X", at); err != nil {
+		t.Fatal(err)
+	}
+	if err := z.Bind(ctx, "E", "Z", at); err != nil {
+		t.Fatal(err)
+	}
+	mustMissing(t, y, "E", "X")
+	mustLookup(t, x, "E", "X")
+	mustLookup(t, z, "E", "Z")
+}
+
+// The documented key layout (docs/bindings.md) is what Redis holds, so
+// other-language clients can read it.
+func TestKeyLayout(t *testing.T) {
+	s, rdb, prefix := newStore(t)
+	ctx := context.Background()
+	at := time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC)
+	if err := s.Binder("shop:eu", "product").Bind(ctx, "E1", "L1", at); err != nil {
+		t.Fatal(err)
+	}
+	tag := "{" + prefix + ":bind:shop%3Aeu:product}"
+	if v := rdb.HGet(ctx, tag+":e2l", "E1").Val(); v != "L1" {
+		t.Fatalf("e2l: %q", v)
+	}
+	if v := rdb.HGet(ctx, tag+":l2e", "L1").Val(); v != "E1" {
+		t.Fatalf("l2e: %q", v)
+	}
+	if v := rdb.HGet(ctx, tag+":sync", "E1").Val(); v != "2026-05-06T07:08:09.00000001Z" {
+		t.Fatalf("sync: %q", v)
+	}
+	l, err := s.Lock(ctx, "res/1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ltag := "{" + prefix + ":lock:res/1}"
+	if rdb.Exists(ctx, ltag+":holder").Val() != 1 || rdb.Get(ctx, ltag+":fence").Val() != "1" || l.Token() != 1 {
+		t.Fatal("lock keys do not follow the documented layout")
+	}
+	if err := s.MarkCompleted(ctx, "job:42", "ok", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if v := rdb.Get(ctx, "{"+prefix+":done:job%3A42}").Val(); v != "ok" {
+		t.Fatalf("done key: %q", v)
+	}
+}
+
+// Batch lookups answer many ids in one call, both ways; missing ids are
+// absent; more than one chunk (1000) works.
+func TestBatchLookups(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	b := s.Binder("shop", "product")
+	const n = 2500
+	at := time.Now()
+	// Seed from a few goroutines for speed.
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				if i%5 == 0 {
+					continue // leave every fifth id unbound
+				}
+				if err := b.Bind(ctx, fmt.Sprintf("E%d", i), fmt.Sprintf("L%d", i), at); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	ext := make([]string, 0, n+1)
+	loc := make([]string, 0, n+1)
+	for i := 0; i < n; i++ {
+		ext = append(ext, fmt.Sprintf("E%d", i))
+		loc = append(loc, fmt.Sprintf("L%d", i))
+	}
+	ext = append(ext, "E7") // duplicates are fine
+	for _, size := range []int{0, 1, 1000, n + 1} {
+		m, err := b.ToInternalMany(ctx, ext[:size])
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := b.ToExternalMany(ctx, loc[:min(size, n)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		for i := 0; i < min(size, n); i++ {
+			if i%5 == 0 {
+				if _, ok := m[ext[i]]; ok {
+					t.Fatalf("unbound %s present", ext[i])
+				}
+				continue
+			}
+			want++
+			if m[ext[i]] != loc[i] || r[loc[i]] != ext[i] {
+				t.Fatalf("size %d: %s -> %q, %s -> %q", size, ext[i], m[ext[i]], loc[i], r[loc[i]])
+			}
+		}
+		if len(m) != want || len(r) != want {
+			t.Fatalf("size %d: got %d/%d entries, want %d", size, len(m), len(r), want)
+		}
+	}
+}
+
+// 50 goroutines bind the same external id to different local ids at once:
+// exactly one wins, the rest get the conflict error, and both directions
+// agree afterwards. Then the mirror case: different external ids to one
+// local id.
+func TestConcurrentBindSameExternal(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	const n = 50
+
+	run := func(b *bindings.Binder, pair func(i int) (string, string)) (winner int) {
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			errs  = make([]error, n)
+		)
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				e, l := pair(i)
+				errs[i] = b.Bind(ctx, e, l, time.Now())
+			}()
+		}
+		close(start)
+		wg.Wait()
+		winner = -1
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				if winner >= 0 {
+					t.Fatalf("two winners: %d and %d", winner, i)
+				}
+				winner = i
+			case errors.Is(err, bindings.ErrConflict):
+			default:
+				t.Fatalf("goroutine %d: unexpected error %v", i, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatal("no winner")
+		}
+		return winner
+	}
+
+	b := s.Binder("shop", "product")
+	w := run(b, func(i int) (string, string) { return "E", fmt.Sprintf("L%d", i) })
+	mustLookup(t, b, "E", fmt.Sprintf("L%d", w))
+	rev, err := b.ToExternalMany(ctx, func() []string {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("L%d", i)
+		}
+		return ids
+	}())
+	if err != nil || len(rev) != 1 {
+		t.Fatalf("reverse map has %d entries (%v), want exactly the winner", len(rev), err)
+	}
+
+	b2 := s.Binder("shop", "customer")
+	w = run(b2, func(i int) (string, string) { return fmt.Sprintf("E%d", i), "L" })
+	mustLookup(t, b2, fmt.Sprintf("E%d", w), "L")
+	fwd, err := b2.ToInternalMany(ctx, func() []string {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("E%d", i)
+		}
+		return ids
+	}())
+	if err != nil || len(fwd) != 1 {
+		t.Fatalf("forward map has %d entries (%v), want exactly the winner", len(fwd), err)
+	}
+}
+
+// Random concurrent binds and unbinds over small id spaces from many
+// goroutines never break the one-to-one mapping: afterwards the forward and
+// reverse hashes are exact inverses.
+func TestConcurrentBindingsStayBijective(t *testing.T) {
+	s, rdb, prefix := newStore(t)
+	ctx := context.Background()
+	b := s.Binder("erp", "invoice")
+	const workers, ops, ids = 16, 150, 12
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := 0; i < ops; i++ {
+				e := fmt.Sprintf("E%d", r.IntN(ids))
+				if r.IntN(4) == 0 {
+					if err := b.Unbind(ctx, e); err != nil {
+						t.Error(err)
+						return
+					}
+					continue
+				}
+				err := b.Bind(ctx, e, fmt.Sprintf("L%d", r.IntN(ids)), time.Now())
+				if err != nil && !errors.Is(err, bindings.ErrConflict) {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	tag := "{" + prefix + ":bind:erp:invoice}"
+	fwd := rdb.HGetAll(ctx, tag+":e2l").Val()
+	rev := rdb.HGetAll(ctx, tag+":l2e").Val()
+	sync := rdb.HGetAll(ctx, tag+":sync").Val()
+	if len(fwd) != len(rev) || len(fwd) != len(sync) {
+		t.Fatalf("sizes differ: e2l %d, l2e %d, sync %d", len(fwd), len(rev), len(sync))
+	}
+	for e, l := range fwd {
+		if rev[l] != e {
+			t.Fatalf("e2l[%s]=%s but l2e[%s]=%q", e, l, l, rev[l])
+		}
+		if _, ok := sync[e]; !ok {
+			t.Fatalf("no sync date for %s", e)
+		}
+	}
+	t.Logf("%d bindings after %d random operations", len(fwd), workers*ops)
+}

@@ -1,0 +1,112 @@
+package bindings
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/connector-go/connector/job"
+)
+
+// Sentinel errors, to check with errors.Is.
+var (
+	// ErrConflict: the external id or the local id is already bound to
+	// another record. The error is a [*ConflictError] naming both sides.
+	ErrConflict = errors.New("bindings: conflicting binding")
+	// ErrLocked: the resource is locked by another holder. The error is also
+	// a job.RetryableError with NoCount set, wrapping a [*LockedError].
+	ErrLocked = errors.New("bindings: resource locked elsewhere")
+	// ErrLockLost: the lock expired or was taken over; the caller is no
+	// longer its holder.
+	ErrLockLost = errors.New("bindings: lock lost")
+	// ErrUnavailable: Redis could not be reached or answered with a
+	// transient error. Such errors are also job.RetryableError.
+	ErrUnavailable = errors.New("bindings: redis unavailable")
+	// ErrInvalid: an argument is invalid (empty id, non-positive TTL).
+	ErrInvalid = errors.New("bindings: invalid argument")
+)
+
+// ConflictError reports a Bind refused because it would break the
+// one-to-one mapping. Nothing was changed.
+type ConflictError struct {
+	Backend string
+	Model   string
+	// ExternalID and LocalID are the pair that was asked for.
+	ExternalID string
+	LocalID    string
+	// BoundLocalID is the local id ExternalID is already bound to, if any.
+	BoundLocalID string
+	// BoundExternalID is the external id LocalID is already bound to, if any.
+	BoundExternalID string
+}
+
+func (e *ConflictError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "bindings: cannot bind %s/%s external %q to local %q:", e.Backend, e.Model, e.ExternalID, e.LocalID)
+	sep := ""
+	if e.BoundLocalID != "" {
+		fmt.Fprintf(&b, " external %q is already bound to local %q", e.ExternalID, e.BoundLocalID)
+		sep = ";"
+	}
+	if e.BoundExternalID != "" {
+		fmt.Fprintf(&b, "%s local %q is already bound to external %q", sep, e.LocalID, e.BoundExternalID)
+	}
+	return b.String()
+}
+
+// Unwrap makes errors.Is(err, ErrConflict) hold.
+func (e *ConflictError) Unwrap() error { return ErrConflict }
+
+// LockedError reports a resource locked by another holder.
+type LockedError struct {
+	Resource string
+	// Remaining is the lease the current holder has left, as Redis reported it.
+	Remaining time.Duration
+}
+
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("bindings: resource %q is locked elsewhere (lease ends in %s)", e.Resource, e.Remaining)
+}
+
+// Unwrap makes errors.Is(err, ErrLocked) hold.
+func (e *LockedError) Unwrap() error { return ErrLocked }
+
+// transientPrefixes are Redis error replies that mean "try again later"
+// (loading, failover, cluster reconfiguration, memory pressure).
+var transientPrefixes = []string{
+	"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
+	"BUSY", "OOM", "NOREPLICAS", "MOVED", "ASK", "ERR max number of clients",
+}
+
+// wrap turns a Redis client error into an error value for op. Context
+// cancellation stays a plain (wrapped) context error: the caller gave up.
+// Network errors and transient server replies become retryable and
+// ErrUnavailable. Other server replies (WRONGTYPE, script errors) are
+// permanent: they mean a misconfiguration that retrying will not fix.
+func wrap(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return fmt.Errorf("bindings: %s: %w", op, err)
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		transient := false
+		for _, p := range transientPrefixes {
+			if strings.HasPrefix(msg, p) {
+				transient = true
+				break
+			}
+		}
+		if !transient {
+			return fmt.Errorf("bindings: %s: %w", op, err)
+		}
+	}
+	return job.Retry(fmt.Errorf("bindings: %s: %w: %w", op, ErrUnavailable, err))
+}

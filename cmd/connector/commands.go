@@ -1,0 +1,330 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/pprof"
+	"text/tabwriter"
+	"time"
+
+	"github.com/connector-go/connector/examples/demo"
+	"github.com/connector-go/connector/internal/app"
+	"github.com/connector-go/connector/internal/bench"
+	"github.com/connector-go/connector/internal/connect"
+	"github.com/connector-go/connector/internal/devenv"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/worker"
+	"go.uber.org/zap"
+)
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("connector "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// registry is what the stock `connector` binary runs: the demo jobs. A
+// connector of your own builds its own binary around worker.Registry.
+func registry() *worker.Registry {
+	reg := worker.NewRegistry()
+	demo.Register(reg)
+	return reg
+}
+
+func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlags("worker", stderr)
+	var cfg app.Config
+	cfg.Bind(fs, getenv)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := telemetry.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	conns, err := app.Open(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+	defer conns.Close()
+	return app.RunWorker(ctx, &cfg, conns, registry())
+}
+
+func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 0 || args[0] != "provision" {
+		return fmt.Errorf("usage: connector streams provision [flags]")
+	}
+	fs := newFlags("streams provision", stderr)
+	var cfg app.Config
+	cfg.Bind(fs, getenv)
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	log, err := telemetry.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	nc, err := connect.ConnectNATS(ctx, cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	conns := &app.Conns{NC: nc}
+	js, err := jetstreamNew(conns)
+	if err != nil {
+		return err
+	}
+	sc, err := cfg.Streams()
+	if err != nil {
+		return err
+	}
+	if err := streams.Ensure(ctx, js, sc); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "streams %s, %s, %s provisioned (replicas %d)\n",
+		sc.Names.JobsStream(), sc.Names.DeadStream(), sc.Names.EventsStream(), max(1, sc.Replicas))
+	return nil
+}
+
+func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("usage: connector jobs show ID | dead | requeue ID|--all")
+	}
+	sub := args[0]
+	fs := newFlags("jobs "+sub, stderr)
+	var cfg app.Config
+	cfg.Bind(fs, getenv)
+	all := fs.Bool("all", false, "requeue: every dead job")
+	limit := fs.Int("limit", 100, "dead: at most this many")
+	asJSON := fs.Bool("json", false, "print JSON")
+	// Accept the id before or after the flags.
+	var pos []string
+	rest := args[1:]
+	for len(rest) > 0 {
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		rest = fs.Args()
+		if len(rest) > 0 {
+			pos = append(pos, rest[0])
+			rest = rest[1:]
+		}
+	}
+	cfg.LogLevel = "error"
+	log, err := telemetry.NewLogger("error", "console")
+	if err != nil {
+		return err
+	}
+	conns, err := app.Open(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+	defer conns.Close()
+	d, err := conns.Dispatcher(&cfg)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = d.Close(context.WithoutCancel(ctx)) }()
+	switch sub {
+	case "show":
+		if len(pos) != 1 {
+			return fmt.Errorf("usage: connector jobs show ID")
+		}
+		rec, err := d.Job(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(rec)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+		row := func(k, v string) {
+			if v != "" {
+				fmt.Fprintf(tw, "%s\t%s\n", k, v)
+			}
+		}
+		ts := func(t time.Time) string {
+			if t.IsZero() {
+				return ""
+			}
+			return t.UTC().Format(time.RFC3339Nano)
+		}
+		row("id", rec.ID)
+		row("name", rec.Name)
+		row("state", string(rec.State))
+		row("channel", rec.Channel)
+		row("priority", fmt.Sprint(rec.Priority))
+		row("attempts", fmt.Sprintf("%d (max %d, 0 = unlimited)", rec.Attempts, rec.MaxRetries))
+		row("description", rec.Description)
+		row("result", rec.Result)
+		row("error", rec.Error)
+		row("error type", rec.ErrorType)
+		row("worker", rec.Worker)
+		row("enqueued", ts(rec.EnqueuedAt))
+		row("eta", ts(rec.ETA))
+		row("started", ts(rec.StartedAt))
+		row("ended", ts(rec.EndedAt))
+		row("updated", ts(rec.UpdatedAt))
+		return tw.Flush()
+	case "dead":
+		letters, err := d.DeadLetters(ctx, *limit)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(letters)
+		}
+		if len(letters) == 0 {
+			fmt.Fprintln(stdout, "no dead jobs")
+			return nil
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+		fmt.Fprintln(tw, "SEQ\tJOB ID\tNAME\tREASON\tATTEMPTS\tDIED\tERROR")
+		for _, l := range letters {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Seq, l.JobID, l.JobName, l.Reason, l.Attempts,
+				time.UnixMilli(l.DiedAt).UTC().Format(time.RFC3339), telemetry.Redact(l.Error))
+		}
+		return tw.Flush()
+	case "requeue":
+		if *all {
+			n, err := d.RequeueAll(ctx)
+			fmt.Fprintf(stdout, "requeued %d job(s)\n", n)
+			return err
+		}
+		if len(pos) != 1 {
+			return fmt.Errorf("usage: connector jobs requeue ID | --all")
+		}
+		if err := d.Requeue(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "requeued %s\n", pos[0])
+		return nil
+	}
+	return fmt.Errorf("unknown jobs command %q", sub)
+}
+
+func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlags("dev", stderr)
+	natsPort := fs.Int("nats-port", 4250, "port of the embedded NATS server (0: any free port)")
+	redisAddr := fs.String("redis-addr", "127.0.0.1:0", "address of the embedded Redis-protocol store")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "address of /livez, /readyz and /metrics")
+	every := fs.Duration("every", 5*time.Second, "how often the demo producer enqueues jobs")
+	level := fs.String("log-level", "info", "log level")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := telemetry.NewLogger(*level, "console")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	port := *natsPort
+	if port != 0 && !devenv.FreePort(port) {
+		log.Warn("port busy; using a free one", zap.Int("port", port))
+		port = 0
+	}
+	ns, err := devenv.StartNATS(devenv.NATSOptions{Port: port})
+	if err != nil {
+		return err
+	}
+	defer ns.Stop()
+	mr, err := devenv.StartRedis(*redisAddr)
+	if err != nil {
+		return err
+	}
+	defer mr.Close()
+
+	var cfg app.Config
+	cfg.Bind(newFlags("dev-worker", io.Discard), func(string) string { return "" })
+	cfg.NATS.URL = ns.URL
+	cfg.Redis.URL = "redis://" + mr.Addr() + "/0"
+	cfg.HTTPAddr = *httpAddr
+	cfg.ServiceName = "connector-dev"
+	cfg.Concurrency = 8
+	conns, err := app.Open(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+	defer conns.Close()
+	d, err := conns.Dispatcher(&cfg)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = d.Close(context.WithoutCancel(ctx)) }()
+
+	fmt.Fprintf(stdout, `
+connector dev is running (Ctrl-C to stop)
+  NATS JetStream  %s   (embedded; streams %s, %s, %s)
+  Redis store     redis://%s   (embedded miniredis: job records, bindings, locks)
+  health/metrics  http://%s/readyz  http://%s/metrics
+Watch the log: demo.greet jobs succeed, demo.flaky jobs are retried twice then
+succeed, demo.broken jobs are dead-lettered with their error. In another shell:
+  go run ./cmd/connector jobs dead --nats %s --redis redis://%s
+  go run ./cmd/connector jobs show <id> --nats %s --redis redis://%s
+
+`, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), *httpAddr, *httpAddr, ns.URL, mr.Addr(), ns.URL, mr.Addr())
+
+	producer := func(ctx context.Context) error {
+		demo.Produce(ctx, d, *every, log.Named("demo"))
+		return nil
+	}
+	err = app.RunWorker(ctx, &cfg, conns, registry(), producer)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlags("bench", stderr)
+	n := fs.Int("n", 100_000, "number of messages/jobs")
+	size := fs.Int("size", 256, "argument size in bytes")
+	rounds := fs.Int("rounds", 3, "alternate raw/framework runs this many times")
+	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every write (sync_interval: always)")
+	redisURL := fs.String("redis", getenv("CONNECTOR_REDIS_URL"), "Redis for job records (default: 127.0.0.1:6379 if it answers, else none)")
+	telemetryOn := fs.Bool("telemetry", false, "enable tracing (SDK, no exporter) and metrics (Prometheus) in the framework run")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	o := bench.Options{N: *n, Size: *size, Rounds: *rounds, SyncAlways: *syncAlways}
+	url := *redisURL
+	if url == "" {
+		url = connect.DefaultRedisURL
+	}
+	rdb, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: url})
+	if err == nil {
+		o.Redis = rdb
+		defer rdb.Close()
+	} else {
+		fmt.Fprintf(stdout, "no Redis at %s: job records are off for this run\n", telemetry.Redact(url))
+	}
+	if *telemetryOn {
+		wo, do, shutdown, err := benchTelemetry(ctx)
+		if err != nil {
+			return err
+		}
+		defer shutdown()
+		o.WorkerOpts, o.DispatcherOpts = wo, do
+	}
+	_, err = bench.Run(ctx, o, stdout)
+	return err
+}

@@ -1,0 +1,555 @@
+package deploy_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	composeFile = "../docker-compose.yml"
+	composeDir  = "compose"
+)
+
+// ---- production NATS config (deploy/nats) ----
+
+// parseProductionNATS parses nats/nats-server.conf, with the variables it
+// reads from the environment set, optionally with sync_interval replaced.
+func parseProductionNATS(t *testing.T, syncInterval string) *server.Options {
+	t.Helper()
+	t.Setenv("SERVER_NAME", "nats-0")
+	t.Setenv("NATS_PRODUCER_PASSWORD", "test-producer")
+	t.Setenv("NATS_WORKER_PASSWORD", "test-worker")
+	t.Setenv("NATS_SYS_PASSWORD", "test-sys")
+	path := filepath.Join("nats", "nats-server.conf")
+	if syncInterval != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		re := regexp.MustCompile(`(?m)^(\s*)sync_interval: .*$`)
+		if !re.Match(raw) {
+			t.Fatal("no sync_interval line in nats/nats-server.conf")
+		}
+		path = filepath.Join(t.TempDir(), "nats-server.conf")
+		if err := os.WriteFile(path, re.ReplaceAll(raw, []byte("${1}sync_interval: "+syncInterval)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("nats/nats-server.conf: %v", err)
+	}
+	return opts
+}
+
+func TestProductionNATSConfig(t *testing.T) {
+	opts := parseProductionNATS(t, "")
+	if opts.ServerName != "nats-0" {
+		t.Errorf("server_name %q: want it from $SERVER_NAME", opts.ServerName)
+	}
+	if !opts.JetStream || opts.StoreDir == "" {
+		t.Errorf("JetStream %v, store_dir %q", opts.JetStream, opts.StoreDir)
+	}
+	// The sync_interval choice is explicit and both settings are valid.
+	if opts.SyncAlways || opts.SyncInterval != 2*time.Minute {
+		t.Errorf("sync_interval: always=%v interval=%v, want the documented explicit 2m", opts.SyncAlways, opts.SyncInterval)
+	}
+	if always := parseProductionNATS(t, "always"); !always.SyncAlways {
+		t.Error("sync_interval: always did not set SyncAlways")
+	}
+	// A 3-node cluster, so that streams can be R3.
+	if opts.Cluster.Name == "" || opts.Cluster.Port != 6222 || len(opts.Routes) != 3 {
+		t.Errorf("cluster %q port %d with %d routes, want 3 routes on 6222", opts.Cluster.Name, opts.Cluster.Port, len(opts.Routes))
+	}
+	if opts.HTTPPort != 8222 {
+		t.Errorf("monitoring port %d, want 8222 (KEDA reads /jsz)", opts.HTTPPort)
+	}
+	if opts.LameDuckDuration != 30*time.Second || opts.LameDuckGracePeriod != 10*time.Second {
+		t.Errorf("lame duck duration %v, grace %v: want 30s, 10s", opts.LameDuckDuration, opts.LameDuckGracePeriod)
+	}
+	checkUsers(t, opts, map[string]string{"producer": "test-producer", "worker": "test-worker"})
+}
+
+// checkUsers checks that the users exist in account CONNECTOR with the
+// given passwords.
+func checkUsers(t *testing.T, opts *server.Options, want map[string]string) {
+	t.Helper()
+	got := map[string]*server.User{}
+	for _, u := range opts.Users {
+		got[u.Username] = u
+	}
+	for name, pw := range want {
+		u := got[name]
+		switch {
+		case u == nil:
+			t.Errorf("no NATS user %q", name)
+		case u.Account == nil || u.Account.Name != "CONNECTOR":
+			t.Errorf("user %q not in account CONNECTOR", name)
+		case u.Password != pw:
+			t.Errorf("user %q: password not taken from its secret", name)
+		}
+	}
+}
+
+// ---- Compose: NATS and Redis configs with generated secrets ----
+
+// genSecrets runs deploy/compose/gen-secrets.sh into dir.
+func genSecrets(t *testing.T, dir string, args ...string) {
+	t.Helper()
+	script, err := filepath.Abs(filepath.Join(composeDir, "gen-secrets.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("sh", append([]string{script, dir}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("gen-secrets.sh: %v\n%s", err, out)
+	}
+}
+
+func readSecret(t *testing.T, dir, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// The Compose NATS config, with secrets from gen-secrets.sh laid out as in
+// the container (/etc/nats/nats.conf includes /run/secrets/...), parses, and
+// a server started from it lets the worker use JetStream with its
+// generated password while refusing a wrong one and refusing the producer a
+// stream deletion.
+func TestComposeNATSWithGeneratedSecrets(t *testing.T) {
+	root := t.TempDir()
+	secrets := filepath.Join(root, "run", "secrets")
+	genSecrets(t, secrets)
+
+	// Idempotent unless --force.
+	before := readSecret(t, secrets, "nats_worker_password")
+	genSecrets(t, secrets)
+	if readSecret(t, secrets, "nats_worker_password") != before {
+		t.Fatal("gen-secrets.sh replaced existing secrets without --force")
+	}
+	genSecrets(t, secrets, "--force")
+	workerPW := readSecret(t, secrets, "nats_worker_password")
+	producerPW := readSecret(t, secrets, "nats_producer_password")
+	if workerPW == before || len(workerPW) < 32 || workerPW == producerPW {
+		t.Fatalf("passwords not rotated or too short: %d chars", len(workerPW))
+	}
+	for _, name := range []string{"nats_worker_password", "redis_password"} {
+		fi, err := os.Stat(filepath.Join(secrets, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o004 == 0 {
+			t.Errorf("%s: mode %v, containers running as another uid cannot read it", name, fi.Mode())
+		}
+	}
+	redisPW := readSecret(t, secrets, "redis_password")
+	if !strings.Contains(readSecret(t, secrets, "redis_auth.conf"), "\nrequirepass "+redisPW+"\n") {
+		t.Error("redis_auth.conf does not set requirepass to redis_password")
+	}
+	redisConf, err := os.ReadFile(filepath.Join(composeDir, "redis.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^include /run/secrets/redis_auth\.conf$`).Match(redisConf) {
+		t.Error("compose/redis.conf does not include /run/secrets/redis_auth.conf")
+	}
+
+	conf := filepath.Join(root, "etc", "nats", "nats.conf")
+	raw, err := os.ReadFile(filepath.Join(composeDir, "nats.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("compose/nats.conf: %v", err)
+	}
+	if !parsed.JetStream {
+		t.Error("compose/nats.conf: JetStream off")
+	}
+	checkUsers(t, parsed, map[string]string{"producer": producerPW, "worker": workerPW})
+
+	srv := testenv.StartNATS(t, func(o *server.Options) {
+		o.Accounts, o.Users, o.SystemAccount = parsed.Accounts, parsed.Users, parsed.SystemAccount
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	prefix := testenv.Prefix(t)
+
+	if nc, err := nats.Connect(srv.URL, nats.UserInfo("worker", "wrong")); err == nil {
+		nc.Close()
+		t.Fatal("connected with a wrong password")
+	}
+
+	worker := srv.Connect(t, nats.UserInfo("worker", workerPW))
+	wjs, err := jetstream.New(worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := strings.ToUpper(prefix) + "_JOBS"
+	if _, err := wjs.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{prefix + ".jobs.>"},
+		Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatalf("worker creates a stream in account CONNECTOR: %v", err)
+	}
+
+	// The denied request below is reported asynchronously too: keep it quiet.
+	producer := srv.Connect(t, nats.UserInfo("producer", producerPW), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	pjs, err := jetstream.New(producer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pjs.Publish(ctx, prefix+".jobs.root", []byte("job")); err != nil {
+		t.Fatalf("producer publishes a job: %v", err)
+	}
+	denyCtx, denyCancel := context.WithTimeout(ctx, time.Second)
+	defer denyCancel()
+	if err := pjs.DeleteStream(denyCtx, stream); err == nil {
+		t.Error("producer deleted a stream; its permissions should deny it")
+	}
+	info, err := wjs.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream gone: %v", err)
+	}
+	if info.CachedInfo().State.Msgs != 1 {
+		t.Errorf("stream holds %d messages, want 1", info.CachedInfo().State.Msgs)
+	}
+}
+
+// ---- docker-compose.yml ----
+
+type composeService struct {
+	Image           string            `json:"image"`
+	Build           any               `json:"build"`
+	Command         []string          `json:"command"`
+	EnvFile         any               `json:"env_file"`
+	Environment     map[string]string `json:"environment"`
+	Secrets         []any             `json:"secrets"`
+	Volumes         []string          `json:"volumes"`
+	Ports           []string          `json:"ports"`
+	StopGracePeriod string            `json:"stop_grace_period"`
+	Deploy          struct {
+		Replicas int `json:"replicas"`
+	} `json:"deploy"`
+}
+
+type composeProject struct {
+	Services map[string]composeService `json:"services"`
+	Secrets  map[string]struct {
+		File string `json:"file"`
+	} `json:"secrets"`
+}
+
+func loadCompose(t *testing.T) composeProject {
+	t.Helper()
+	raw, err := os.ReadFile(composeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := yaml.YAMLToJSONStrict(raw) // duplicate keys fail
+	if err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	var p composeProject
+	if err := json.Unmarshal(js, &p); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+// readEnvFile reads KEY=VALUE lines.
+func readEnvFile(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("%s: bad line %q", path, line)
+		}
+		env[k] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// serviceEnv returns the environment a service sees: env_file, then
+// environment.
+func serviceEnv(t *testing.T, s composeService) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	var files []string
+	switch f := s.EnvFile.(type) {
+	case string:
+		files = []string{f}
+	case []any:
+		for _, x := range f {
+			files = append(files, x.(string))
+		}
+	}
+	for _, f := range files {
+		for k, v := range readEnvFile(t, filepath.Join("..", f)) {
+			env[k] = v
+		}
+	}
+	for k, v := range s.Environment {
+		env[k] = v
+	}
+	return env
+}
+
+func secretNames(s composeService) []string {
+	var names []string
+	for _, x := range s.Secrets {
+		switch v := x.(type) {
+		case string:
+			names = append(names, v)
+		case map[string]any:
+			names = append(names, v["source"].(string))
+		}
+	}
+	return names
+}
+
+func TestComposeFile(t *testing.T) {
+	p := loadCompose(t)
+	for _, name := range []string{"nats", "redis", "provision", "worker", "shop", "catalog", "otel-collector", "jaeger"} {
+		if _, ok := p.Services[name]; !ok {
+			t.Errorf("no service %q", name)
+		}
+	}
+
+	w := p.Services["worker"]
+	if w.Deploy.Replicas != 3 {
+		t.Errorf("worker replicas %d, want 3", w.Deploy.Replicas)
+	}
+	if !slices.Equal(w.Command, []string{"connector", "worker"}) {
+		t.Errorf("worker command %q", w.Command)
+	}
+	if got := p.Services["provision"].Command; !slices.Equal(got, []string{"connector", "streams", "provision"}) {
+		t.Errorf("provision command %q", got)
+	}
+	env := serviceEnv(t, w)
+	for _, k := range append(requiredConfig, "CONNECTOR_NATS_USER", "CONNECTOR_NATS_PASSWORD_FILE", "OTEL_SERVICE_NAME") {
+		if env[k] == "" {
+			t.Errorf("worker environment lacks %s", k)
+		}
+	}
+	checkChannels(t, env["CONNECTOR_CHANNELS"])
+	grace := shutdownGrace(t, env)
+	stop, err := time.ParseDuration(w.StopGracePeriod)
+	if err != nil || stop < grace+2*time.Second {
+		t.Errorf("worker stop_grace_period %q, want at least CONNECTOR_SHUTDOWN_GRACE (%v) + 2s", w.StopGracePeriod, grace)
+	}
+
+	// NATS: 2.12 or newer, JetStream on, the config file mounted.
+	n := p.Services["nats"]
+	m := regexp.MustCompile(`^nats:(\d+)\.(\d+)`).FindStringSubmatch(n.Image)
+	if m == nil {
+		t.Errorf("nats image %q: want nats:MAJOR.MINOR[...]", n.Image)
+	} else if major, _ := strconv.Atoi(m[1]); major < 2 || major == 2 && atoi(m[2]) < 12 {
+		t.Errorf("nats image %q: want 2.12 or newer", n.Image)
+	}
+	if !slices.Contains(n.Command, "-js") || !slices.Contains(n.Command, "--config") {
+		t.Errorf("nats command %q: want --config and -js", n.Command)
+	}
+
+	// Every secret is a git-ignored file under deploy/compose/secrets, and
+	// every *_FILE variable points at a secret the service mounts.
+	ignore, err := os.ReadFile(filepath.Join(composeDir, "secrets", ".gitignore"))
+	if err != nil || !regexp.MustCompile(`(?m)^\*$`).Match(ignore) {
+		t.Errorf("compose/secrets/.gitignore must ignore everything (%v)", err)
+	}
+	for name, s := range p.Secrets {
+		if filepath.Dir(filepath.Clean(s.File)) != filepath.Join("deploy", "compose", "secrets") {
+			t.Errorf("secret %s: file %q outside deploy/compose/secrets", name, s.File)
+		}
+	}
+	usesSecrets := 0
+	for svcName, s := range p.Services {
+		mounted := secretNames(s)
+		usesSecrets += len(mounted)
+		for _, sec := range mounted {
+			if _, ok := p.Secrets[sec]; !ok {
+				t.Errorf("service %s: secret %q not declared", svcName, sec)
+			}
+		}
+		for k, v := range serviceEnv(t, s) {
+			checkNoLiteralSecret(t, "compose "+svcName, k, v)
+			if strings.HasSuffix(k, "_FILE") && strings.HasPrefix(v, "/run/secrets/") &&
+				!slices.Contains(mounted, strings.TrimPrefix(v, "/run/secrets/")) {
+				t.Errorf("service %s: %s=%s but secret %s is not mounted", svcName, k, v, strings.TrimPrefix(v, "/run/secrets/"))
+			}
+		}
+		for _, v := range s.Volumes {
+			host, _, _ := strings.Cut(v, ":")
+			if strings.HasPrefix(host, "./") {
+				if _, err := os.Stat(filepath.Join("..", host)); err != nil {
+					t.Errorf("service %s mounts missing %s", svcName, host)
+				}
+			}
+		}
+		if slices.Contains([]string{"connector", "shop", "catalog"}, firstOr(s.Command)) && s.Build == nil {
+			t.Errorf("service %s runs the project image but has no build", svcName)
+		}
+	}
+	if usesSecrets == 0 {
+		t.Error("no service uses Docker secrets")
+	}
+	for _, svc := range []string{"worker", "provision", "catalog", "redis", "nats"} {
+		if len(secretNames(p.Services[svc])) == 0 {
+			t.Errorf("service %s mounts no secrets", svc)
+		}
+	}
+	if !slices.Contains(p.Services["jaeger"].Ports, "16686:16686") {
+		t.Errorf("jaeger ports %v: want the UI on 16686", p.Services["jaeger"].Ports)
+	}
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+func firstOr(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
+
+// The collector receives OTLP and exports traces to Jaeger over OTLP.
+func TestOTelCollectorConfig(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(composeDir, "otel-collector.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Receivers map[string]any `json:"receivers"`
+		Exporters map[string]struct {
+			Endpoint string `json:"endpoint"`
+		} `json:"exporters"`
+		Service struct {
+			Pipelines map[string]struct {
+				Receivers []string `json:"receivers"`
+				Exporters []string `json:"exporters"`
+			} `json:"pipelines"`
+		} `json:"service"`
+	}
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	traces, ok := cfg.Service.Pipelines["traces"]
+	if !ok || !slices.Contains(traces.Receivers, "otlp") {
+		t.Fatalf("traces pipeline %+v: want receiver otlp", traces)
+	}
+	if _, ok := cfg.Receivers["otlp"]; !ok {
+		t.Error("no otlp receiver")
+	}
+	toJaeger := false
+	for _, e := range traces.Exporters {
+		exp, ok := cfg.Exporters[e]
+		if !ok {
+			t.Errorf("pipeline exporter %s not defined", e)
+		}
+		if strings.HasPrefix(e, "otlp") && exp.Endpoint == "jaeger:4317" {
+			toJaeger = true
+		}
+	}
+	if !toJaeger {
+		t.Error("traces are not exported to jaeger:4317 over OTLP")
+	}
+	// The connector sends where the collector listens.
+	env := readEnvFile(t, filepath.Join(composeDir, "connector.env"))
+	if env["OTEL_EXPORTER_OTLP_ENDPOINT"] != "http://otel-collector:4318" {
+		t.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT %q", env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+	}
+}
+
+// The image builds static binaries and runs them as non-root; the commands
+// the deployments run are main packages of this module.
+func TestDockerfile(t *testing.T) {
+	raw, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(raw)
+	froms := regexp.MustCompile(`(?m)^FROM\s+(\S+)`).FindAllStringSubmatch(df, -1)
+	if len(froms) < 2 {
+		t.Fatalf("want a multi-stage build, found %d FROM", len(froms))
+	}
+	final := froms[len(froms)-1][1]
+	if final != "scratch" && !strings.HasPrefix(final, "gcr.io/distroless/static") {
+		t.Errorf("final stage %q: want distroless static or scratch", final)
+	}
+	users := regexp.MustCompile(`(?m)^USER\s+(\S+)`).FindAllStringSubmatch(df, -1)
+	if len(users) == 0 || strings.HasPrefix(users[len(users)-1][1], "0") || strings.HasPrefix(users[len(users)-1][1], "root") {
+		t.Errorf("USER %v: want a non-root user in the final stage", users)
+	}
+	for _, want := range []string{"CGO_ENABLED=0", "./cmd/connector", "./examples/..."} {
+		if !strings.Contains(df, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+	ignore, err := os.ReadFile("../.dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ignore), "**/secrets") || !strings.Contains(string(ignore), ".git") {
+		t.Error(".dockerignore must keep .git and secrets out of the build context")
+	}
+
+	// Compose commands come from main packages named like the binary.
+	mains := map[string]string{"connector": "../cmd/connector", "shop": "../examples/shop/cmd/shop", "catalog": "../examples/catalog/cmd/catalog"}
+	seen := map[string]bool{}
+	for _, s := range loadCompose(t).Services {
+		cmd := firstOr(s.Command)
+		if dir, ok := mains[cmd]; ok && !seen[cmd] {
+			seen[cmd] = true
+			t.Run(cmd, func(t *testing.T) {
+				files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
+				if len(files) == 0 {
+					t.Skipf("%s has no Go files yet: the image will lack %s", dir, cmd)
+				}
+				for _, f := range files {
+					if b, err := os.ReadFile(f); err == nil && regexp.MustCompile(`(?m)^package main$`).Match(b) {
+						return
+					}
+				}
+				t.Errorf("%s is not a main package", dir)
+			})
+		}
+	}
+}

@@ -1,0 +1,385 @@
+// Package dispatcher is the producer side of the jobs queue: it enqueues
+// typed jobs onto NATS JetStream, one at a time or in bulk, and gives
+// operators the job records and the dead letters, with requeue.
+//
+// A Dispatcher needs a JetStream context and, for job records and identity
+// keys, a Redis client:
+//
+//	d, err := dispatcher.New(js, dispatcher.WithPrefix("connector"), dispatcher.WithRedis(rdb))
+//	id, err := d.Enqueue(ctx, ImportProduct{BackendID: "shop1", ExternalID: "42"},
+//		job.WithChannel("root.shop"), job.WithMaxRetries(10))
+//
+// Jobs enqueued with an ETA or a delay wait in a JetStream message schedule
+// and hold no worker capacity until then. See docs/protocol.md for the wire
+// format that producers in other languages follow.
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/connector-go/connector/internal/records"
+	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+)
+
+// ErrNoRedis: the operation needs the Redis client (WithRedis).
+var ErrNoRedis = errors.New("dispatcher: no Redis client configured")
+
+// Dispatcher enqueues jobs. It is safe for concurrent use.
+type Dispatcher struct {
+	js      jetstream.JetStream
+	names   wire.Names
+	rdb     redis.UniversalClient
+	rec     *records.Store
+	log     *zap.Logger
+	tracer  trace.Tracer
+	metrics *telemetry.Metrics
+	maxSize int
+}
+
+type config struct {
+	prefix    string
+	rdb       redis.UniversalClient
+	log       *zap.Logger
+	tp        trace.TracerProvider
+	mp        metric.MeterProvider
+	recordTTL time.Duration
+	maxSize   int
+}
+
+// Option configures a Dispatcher.
+type Option func(*config)
+
+// WithPrefix sets the deployment prefix (default "connector").
+func WithPrefix(p string) Option { return func(c *config) { c.prefix = p } }
+
+// WithRedis enables job records and identity keys.
+func WithRedis(rdb redis.UniversalClient) Option { return func(c *config) { c.rdb = rdb } }
+
+// WithLogger sets the logger (default: no logs).
+func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
+
+// WithTracerProvider enables PRODUCER spans on enqueue.
+func WithTracerProvider(tp trace.TracerProvider) Option { return func(c *config) { c.tp = tp } }
+
+// WithMeterProvider enables the enqueue counter.
+func WithMeterProvider(mp metric.MeterProvider) Option { return func(c *config) { c.mp = mp } }
+
+// WithRecordTTL sets how long job records are kept (default 7 days).
+func WithRecordTTL(d time.Duration) Option { return func(c *config) { c.recordTTL = d } }
+
+// WithMaxEnvelope bounds the size of one job message (default 1 MiB).
+func WithMaxEnvelope(n int) Option { return func(c *config) { c.maxSize = n } }
+
+// New builds a Dispatcher. It does not create streams: workers (or
+// `connector streams provision`) do.
+func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
+	c := config{}
+	for _, o := range opts {
+		o(&c)
+	}
+	names, err := wire.NewNames(c.prefix)
+	if err != nil {
+		return nil, err
+	}
+	if c.log == nil {
+		c.log = zap.NewNop()
+	}
+	if c.maxSize <= 0 {
+		c.maxSize = wire.DefaultMaxEnvelope
+	}
+	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize}
+	if c.tp != nil {
+		d.tracer = c.tp.Tracer("github.com/connector-go/connector/dispatcher")
+	}
+	m, err := telemetry.NewMetrics(c.mp)
+	if err != nil {
+		return nil, err
+	}
+	d.metrics = m
+	if c.rdb != nil {
+		d.rec = records.New(c.rdb, names, c.recordTTL, c.log)
+	}
+	return d, nil
+}
+
+// Close flushes pending job records.
+func (d *Dispatcher) Close(ctx context.Context) error {
+	if d.rec != nil {
+		return d.rec.Close(ctx)
+	}
+	return nil
+}
+
+// Names exposes the subjects and streams this dispatcher uses.
+func (d *Dispatcher) Names() wire.Names { return d.names }
+
+var _ job.Enqueuer = (*Dispatcher)(nil)
+
+// prepared is one job ready to publish.
+type prepared struct {
+	msg      *nats.Msg
+	env      *wire.Envelope
+	identity string
+	eta      time.Time
+	span     trace.Span
+	ctx      context.Context
+}
+
+func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Option) (*prepared, error) {
+	if args == nil {
+		return nil, fmt.Errorf("dispatcher: nil job args")
+	}
+	o := job.Apply(args, opts...)
+	raw, err := wire.Marshal(args)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
+	}
+	return d.prepareRaw(ctx, args.JobName(), raw, o)
+}
+
+func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o job.Options) (*prepared, error) {
+	now := time.Now()
+	env := &wire.Envelope{
+		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
+		Priority: o.Priority, Description: o.Description, EnqueuedAt: now.UnixMilli(),
+	}
+	if env.ID == "" {
+		env.ID = wire.NewID()
+	}
+	if env.Channel == "" {
+		env.Channel = job.DefaultChannel
+	}
+	if o.Timeout > 0 {
+		env.TimeoutMS = o.Timeout.Milliseconds()
+	}
+	if len(o.RetryPattern) > 0 {
+		env.Retry = make(map[int]int64, len(o.RetryPattern))
+		for k, v := range o.RetryPattern {
+			env.Retry[k] = v.Milliseconds()
+		}
+	}
+	eta := o.ETA
+	if o.Delay > 0 {
+		eta = now.Add(o.Delay)
+	}
+	if !eta.IsZero() && eta.After(now) {
+		env.ETA = eta.UnixMilli()
+	} else {
+		eta = time.Time{}
+	}
+	identity := o.IdentityKey
+	if identity == "" && o.IdentityFunc != nil {
+		identity = o.IdentityFunc(name, raw)
+	}
+	env.Identity = identity
+	data, err := wire.EncodeEnvelope(env)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
+	if len(data) > d.maxSize {
+		return nil, fmt.Errorf("dispatcher: job %s is %d bytes, over the %d-byte limit: %w", name, len(data), d.maxSize, wire.ErrInvalid)
+	}
+	var msg *nats.Msg
+	if eta.IsZero() {
+		msg = nats.NewMsg(d.names.JobsSubject(env.Channel))
+	} else {
+		msg = nats.NewMsg(d.names.ScheduleSubject(env.ID))
+		msg.Header[wire.HeaderSchedule] = []string{"@at " + eta.UTC().Format(time.RFC3339Nano)}
+		msg.Header[wire.HeaderSchTarget] = []string{d.names.JobsSubject(env.Channel)}
+	}
+	msg.Data = data
+	msg.Header[wire.HeaderMsgID] = []string{env.ID}
+	msg.Header[wire.HeaderJobID] = []string{env.ID}
+	msg.Header[wire.HeaderJobName] = []string{name}
+	for k, v := range o.Headers {
+		msg.Header[k] = []string{v}
+	}
+	p := &prepared{msg: msg, env: env, identity: identity, eta: eta, ctx: ctx}
+	if d.tracer != nil {
+		p.ctx, p.span = telemetry.StartProducerSpan(ctx, d.tracer, d.names.JobsStream(), env.ID, msg.Header,
+			attribute.String("connector.job.name", name), attribute.String("connector.job.channel", env.Channel))
+	} else {
+		telemetry.Inject(ctx, msg.Header)
+	}
+	return p, nil
+}
+
+// Enqueue publishes one job and waits for JetStream to store it. It returns
+// the job id; when an identity key matches a job that has not started yet,
+// it returns that job's id and enqueues nothing.
+func (d *Dispatcher) Enqueue(ctx context.Context, args job.Args, opts ...job.Option) (string, error) {
+	p, err := d.prepare(ctx, args, opts)
+	if err != nil {
+		return "", err
+	}
+	return d.publish(p)
+}
+
+// EnqueueRaw enqueues a job from its name and msgpack-encoded arguments
+// (tools and bridges that do not have the Go type).
+func (d *Dispatcher) EnqueueRaw(ctx context.Context, name string, args []byte, opts ...job.Option) (string, error) {
+	var o job.Options
+	for _, f := range opts {
+		f(&o)
+	}
+	p, err := d.prepareRaw(ctx, name, args, o)
+	if err != nil {
+		return "", err
+	}
+	return d.publish(p)
+}
+
+func (d *Dispatcher) publish(p *prepared) (id string, err error) {
+	defer func() { d.endSpan(p, err) }()
+	if p.identity != "" {
+		existing, claimed, err := d.claimIdentity(p.ctx, p.identity, p.env.ID)
+		if err != nil {
+			return "", err
+		}
+		if !claimed {
+			return existing, nil
+		}
+	}
+	if _, err := d.js.PublishMsg(p.ctx, p.msg); err != nil {
+		if p.identity != "" {
+			d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
+		}
+		return "", fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err)
+	}
+	d.recordEnqueued(p)
+	return p.env.ID, nil
+}
+
+func (d *Dispatcher) endSpan(p *prepared, err error) {
+	if p.span == nil {
+		return
+	}
+	if err != nil {
+		telemetry.RecordError(p.span, err)
+	}
+	p.span.End()
+}
+
+func (d *Dispatcher) recordEnqueued(p *prepared) {
+	d.metrics.JobEnqueued(p.ctx, p.env.Name, p.env.Channel)
+	if d.rec == nil {
+		return
+	}
+	st := job.StateEnqueued
+	if !p.eta.IsZero() {
+		st = job.StateWaiting
+	}
+	mr := job.DefaultMaxRetries
+	if p.env.MaxRetries != nil {
+		mr = *p.env.MaxRetries
+	}
+	prio := job.DefaultPriority
+	if p.env.Priority != nil {
+		prio = *p.env.Priority
+	}
+	d.rec.Record(records.Update{
+		ID: p.env.ID, State: st, InitState: true, Name: p.env.Name, Channel: p.env.Channel,
+		Priority: &prio, MaxRetries: &mr, Description: p.env.Description,
+		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta,
+	})
+}
+
+// Item is one job of a bulk enqueue.
+type Item struct {
+	Args    job.Args
+	Options []job.Option
+}
+
+// Result is the outcome of one job of a bulk enqueue.
+type Result struct {
+	ID  string
+	Err error
+}
+
+// EnqueueMany publishes many jobs with asynchronous publishes, keeping up to
+// window (default 4096) acknowledgements outstanding, so a batch of 10k
+// jobs costs a handful of round trips rather than 10k. Results are in the
+// order of items; err is non-nil if any item failed.
+func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) ([]Result, error) {
+	results := make([]Result, len(items))
+	type inflight struct {
+		i   int
+		p   *prepared
+		ack jetstream.PubAckFuture
+	}
+	const window = 4096
+	pending := make([]inflight, 0, min(window, len(items)))
+	var failed int
+	var first error
+	fail := func(i int, err error) {
+		results[i].Err = err
+		failed++
+		if first == nil {
+			first = err
+		}
+	}
+	drain := func(all bool) {
+		for len(pending) > 0 && (all || len(pending) >= window) {
+			f := pending[0]
+			pending = pending[1:]
+			select {
+			case <-f.ack.Ok():
+				results[f.i].ID = f.p.env.ID
+				d.recordEnqueued(f.p)
+				d.endSpan(f.p, nil)
+			case err := <-f.ack.Err():
+				fail(f.i, fmt.Errorf("dispatcher: publish %s: %w", f.p.env.Name, err))
+				if f.p.identity != "" {
+					d.releaseIdentity(context.WithoutCancel(ctx), f.p.identity, f.p.env.ID)
+				}
+				d.endSpan(f.p, err)
+			case <-ctx.Done():
+				fail(f.i, ctx.Err())
+				d.endSpan(f.p, ctx.Err())
+			}
+		}
+	}
+	for i, it := range items {
+		p, err := d.prepare(ctx, it.Args, it.Options)
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		if p.identity != "" {
+			existing, claimed, err := d.claimIdentity(p.ctx, p.identity, p.env.ID)
+			if err != nil || !claimed {
+				results[i].ID = existing
+				if err != nil {
+					fail(i, err)
+				}
+				d.endSpan(p, err)
+				continue
+			}
+		}
+		ack, err := d.js.PublishMsgAsync(p.msg)
+		if err != nil {
+			fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err))
+			d.endSpan(p, err)
+			continue
+		}
+		pending = append(pending, inflight{i: i, p: p, ack: ack})
+		drain(false)
+	}
+	drain(true)
+	if failed > 0 {
+		return results, fmt.Errorf("dispatcher: %d of %d jobs not enqueued, first: %w", failed, len(items), first)
+	}
+	return results, nil
+}

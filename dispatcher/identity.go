@@ -1,0 +1,53 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// identityTTL bounds how long an identity key can outlive a lost job (a
+// safety net: workers free keys when a job starts, dies or is cancelled).
+const identityTTL = 30 * 24 * time.Hour
+
+// claimIdentity atomically either registers id under key or returns the id
+// already registered: SET NX in one script, so 100 concurrent enqueues of
+// one key create exactly one job.
+var claimScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur then return {0, cur} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, ARGV[1]}
+`)
+
+// ReleaseScript deletes an identity key only if it still names the job.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+func (d *Dispatcher) identityKey(key string) string { return d.names.RedisKey("identity", key) }
+
+func (d *Dispatcher) claimIdentity(ctx context.Context, key, id string) (string, bool, error) {
+	if d.rdb == nil {
+		return "", false, fmt.Errorf("dispatcher: identity key %q: %w", key, ErrNoRedis)
+	}
+	res, err := claimScript.Run(ctx, d.rdb, []string{d.identityKey(key)}, id, identityTTL.Milliseconds()).Slice()
+	if err != nil {
+		return "", false, fmt.Errorf("dispatcher: identity key: %w", err)
+	}
+	claimed, _ := res[0].(int64)
+	existing, _ := res[1].(string)
+	return existing, claimed == 1, nil
+}
+
+func (d *Dispatcher) releaseIdentity(ctx context.Context, key, id string) {
+	if d.rdb == nil {
+		return
+	}
+	if err := releaseScript.Run(ctx, d.rdb, []string{d.identityKey(key)}, id).Err(); err != nil {
+		d.log.Warn("identity key not released", zapKey(key), zapErr(err))
+	}
+}

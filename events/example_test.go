@@ -1,0 +1,88 @@
+package events_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/units"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// An export listener that skips the echoes of its own backend's imports.
+func ExampleListeners() {
+	// An embedded JetStream server; in production, your NATS cluster.
+	dir, _ := os.MkdirTemp("", "events-example")
+	defer os.RemoveAll(dir)
+	ns, _ := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Port: -1, NoLog: true, NoSigs: true})
+	go ns.Start()
+	ns.ReadyForConnections(10 * time.Second)
+	defer ns.Shutdown()
+	nc, _ := nats.Connect(ns.ClientURL())
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	names := wire.MustNames("example")
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	handled := make(chan events.Event)
+	// No Redis here (nil): delivery is at least once either way.
+	l := events.NewListeners(js, nil, names, zap.NewNop())
+	err := l.On("export_partner_shop1", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		// In a connector: enqueue units.ExportRecord{BackendID: "shop-1", ...}.
+		handled <- ev
+		return nil
+	}, events.WithSkipIf(events.SkipOrigin("shop-1")))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	done := make(chan error)
+	go func() { done <- l.Run(ctx) }()
+
+	pub := events.NewPublisher(js, names, events.WithOriginFrom(units.OriginFrom))
+	// The importer of shop-1 created partner 7: its event is an echo.
+	_, _ = pub.Publish(units.WithOrigin(ctx, "shop-1"), events.Event{Model: "res.partner", Name: events.Create, RecordID: "7"})
+	// A user renamed it: to be exported.
+	_, _ = pub.Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7", Fields: []string{"name"}})
+
+	ev := <-handled
+	fmt.Println(ev.Name, ev.Model, ev.RecordID, ev.Fields, ev.Origin == "")
+	cancel()
+	fmt.Println(<-done)
+	// Output:
+	// write res.partner 7 [name] true
+	// <nil>
+}
+
+// Predicates compose like the seed's @skip_if lambdas.
+func ExamplePredicate() {
+	skip := events.Or(
+		events.SkipOrigin("shop-1"),
+		events.And(
+			events.SkipIf(func(ev events.Event) bool { return ev.Name == events.Write }),
+			events.FieldsUnchanged("name", "email"),
+		),
+	)
+	fmt.Println(skip(events.Event{Name: events.Write, Origin: "shop-1"}))
+	fmt.Println(skip(events.Event{Name: events.Write, Fields: []string{"write_date"}}))
+	fmt.Println(skip(events.Event{Name: events.Write, Fields: []string{"email"}}))
+	fmt.Println(skip(events.Event{Name: events.Create, Fields: []string{"write_date"}}))
+	// Output:
+	// true
+	// true
+	// false
+	// false
+}

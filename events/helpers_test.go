@@ -1,0 +1,148 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap/zaptest"
+)
+
+// env is one test's servers: an embedded JetStream server with the
+// connector streams under a fresh prefix, and the real Redis.
+type env struct {
+	t     *testing.T
+	srv   *testenv.NATSServer
+	js    jetstream.JetStream
+	rdb   *redis.Client
+	names wire.Names
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	rdb, prefix := testenv.Redis(t)
+	srv, _, js := testenv.JetStream(t)
+	names := wire.MustNames(prefix)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names, Memory: true}); err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, srv: srv, js: js, rdb: rdb, names: names}
+}
+
+// newJS opens another connection, as another worker process would.
+func (e *env) newJS() jetstream.JetStream {
+	nc := e.srv.Connect(e.t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return js
+}
+
+// listeners builds a Listeners on its own connection; register, then start.
+func (e *env) listeners(opts ...events.Option) *events.Listeners {
+	opts = append([]events.Option{events.WithAckWait(3 * time.Second)}, opts...)
+	return events.NewListeners(e.newJS(), e.rdb, e.names, zaptest.NewLogger(e.t), opts...)
+}
+
+// start runs l until the test ends.
+func (e *env) start(l *events.Listeners) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				e.t.Errorf("Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			e.t.Errorf("Run did not return")
+		}
+	})
+}
+
+func (e *env) publish(ev events.Event) string {
+	e.t.Helper()
+	id, err := events.NewPublisher(e.js, e.names).Publish(context.Background(), ev)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return id
+}
+
+// deadLetters reads every dead letter of the events under the prefix.
+func (e *env) deadLetters() []*wire.DeadLetter {
+	e.t.Helper()
+	ctx := context.Background()
+	c, err := e.js.OrderedConsumer(ctx, e.names.DeadStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{e.names.DeadEventsWildcard()},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n := int(info.NumPending)
+	var out []*wire.DeadLetter
+	for len(out) < n {
+		b, err := c.Fetch(n-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for m := range b.Messages() {
+			var dl wire.DeadLetter
+			if err := wire.Unmarshal(m.Data(), &dl); err != nil {
+				e.t.Fatal(err)
+			}
+			out = append(out, &dl)
+		}
+		if b.Error() != nil && !errors.Is(b.Error(), jetstream.ErrNoMessages) {
+			e.t.Fatal(b.Error())
+		}
+	}
+	return out
+}
+
+// counter counts calls per key, safely.
+type counter struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func newCounter() *counter { return &counter{m: map[string]int{}} }
+
+func (c *counter) inc(k string) {
+	c.mu.Lock()
+	c.m[k]++
+	c.mu.Unlock()
+}
+
+func (c *counter) get(k string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[k]
+}
+
+func (c *counter) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.m))
+	for k, v := range c.m {
+		out[k] = v
+	}
+	return out
+}

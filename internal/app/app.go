@@ -1,0 +1,261 @@
+// Package app assembles a worker process from configuration: connections
+// (with auth and TLS), telemetry, health endpoints, the job worker and the
+// event listeners. cmd/connector is a thin shell around it.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/connect"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Config is everything a worker process reads from flags and environment.
+type Config struct {
+	NATS          connect.NATSConfig
+	Redis         connect.RedisConfig
+	Prefix        string
+	Replicas      int
+	Concurrency   int
+	AckWait       time.Duration
+	ShutdownGrace time.Duration
+	HTTPAddr      string
+	LogLevel      string
+	LogFormat     string
+	Provision     bool
+	ServiceName   string
+	LinkedTraces  bool
+}
+
+func envOr(getenv func(string) string, k, def string) string {
+	if v := getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(getenv func(string) string, k string, def int) int {
+	if n, err := strconv.Atoi(getenv(k)); err == nil {
+		return n
+	}
+	return def
+}
+
+func envDur(getenv func(string) string, k string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(getenv(k)); err == nil {
+		return d
+	}
+	return def
+}
+
+// Bind registers the flags on fs, with defaults from the environment.
+func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
+	c.NATS.Bind(fs, getenv)
+	c.Redis.Bind(fs, getenv)
+	fs.StringVar(&c.Prefix, "prefix", envOr(getenv, "CONNECTOR_PREFIX", wire.DefaultPrefix), "prefix of subjects, streams and Redis keys (env CONNECTOR_PREFIX)")
+	fs.IntVar(&c.Replicas, "replicas", envInt(getenv, "CONNECTOR_STREAM_REPLICAS", 1), "replicas of provisioned streams; 3 in production (env CONNECTOR_STREAM_REPLICAS)")
+	fs.IntVar(&c.Concurrency, "concurrency", envInt(getenv, "CONNECTOR_CONCURRENCY", worker.DefaultConcurrency), "jobs run at once by this process (env CONNECTOR_CONCURRENCY)")
+	fs.DurationVar(&c.AckWait, "ack-wait", envDur(getenv, "CONNECTOR_ACK_WAIT", worker.DefaultAckWait), "job lease; a dead worker's jobs restart after it (env CONNECTOR_ACK_WAIT)")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", envDur(getenv, "CONNECTOR_SHUTDOWN_GRACE", worker.DefaultShutdownGrace), "time running jobs get to finish on SIGTERM (env CONNECTOR_SHUTDOWN_GRACE)")
+	fs.StringVar(&c.HTTPAddr, "http", envOr(getenv, "CONNECTOR_HTTP_ADDR", ":8080"), "address of /livez, /readyz and /metrics; empty disables (env CONNECTOR_HTTP_ADDR)")
+	fs.StringVar(&c.LogLevel, "log-level", envOr(getenv, "CONNECTOR_LOG_LEVEL", "info"), "debug, info, warn or error (env CONNECTOR_LOG_LEVEL)")
+	fs.StringVar(&c.LogFormat, "log-format", envOr(getenv, "CONNECTOR_LOG_FORMAT", "json"), "json or console (env CONNECTOR_LOG_FORMAT)")
+	fs.BoolVar(&c.Provision, "provision", envOr(getenv, "CONNECTOR_PROVISION", "true") == "true", "create/update streams at start; false only checks they exist (env CONNECTOR_PROVISION)")
+	fs.BoolVar(&c.LinkedTraces, "linked-traces", envOr(getenv, "CONNECTOR_LINKED_TRACES", "false") == "true", "job runs start new traces linked to the producer instead of child spans (env CONNECTOR_LINKED_TRACES)")
+	c.ServiceName = envOr(getenv, "OTEL_SERVICE_NAME", "connector-worker")
+}
+
+// Streams returns the stream provisioning config.
+func (c *Config) Streams() (streams.Config, error) {
+	n, err := wire.NewNames(c.Prefix)
+	if err != nil {
+		return streams.Config{}, err
+	}
+	return streams.Config{Names: n, Replicas: c.Replicas}, nil
+}
+
+// Conns are the live connections and telemetry of a process.
+type Conns struct {
+	Log       *zap.Logger
+	NC        *nats.Conn
+	JS        jetstream.JetStream
+	Redis     redis.UniversalClient
+	Telemetry *telemetry.Providers
+}
+
+// Open connects to NATS and Redis and sets up telemetry.
+func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
+	tp, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: cfg.ServiceName, Prometheus: true})
+	if err != nil {
+		return nil, err
+	}
+	c := &Conns{Log: log, Telemetry: tp}
+	if cfg.NATS.Name == "" {
+		cfg.NATS.Name = cfg.ServiceName
+	}
+	if c.NC, err = connect.ConnectNATS(ctx, cfg.NATS, log); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if c.JS, err = jetstream.New(c.NC); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if c.Redis, err = connect.ConnectRedis(ctx, cfg.Redis); err != nil {
+		c.Close()
+		return nil, err
+	}
+	log.Info("connected", zap.String("nats", cfg.NATS.String()), zap.String("redis", cfg.Redis.String()))
+	return c, nil
+}
+
+// Close releases everything Open made.
+func (c *Conns) Close() {
+	if c.NC != nil {
+		_ = c.NC.Drain()
+	}
+	if c.Redis != nil {
+		_ = c.Redis.Close()
+	}
+	if c.Telemetry != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = c.Telemetry.Shutdown(ctx)
+		cancel()
+	}
+}
+
+// Dispatcher builds a dispatcher on the connections.
+func (c *Conns) Dispatcher(cfg *Config) (*dispatcher.Dispatcher, error) {
+	return dispatcher.New(c.JS, dispatcher.WithPrefix(cfg.Prefix), dispatcher.WithRedis(c.Redis),
+		dispatcher.WithLogger(c.Log), dispatcher.WithTracerProvider(c.Telemetry.TracerProvider),
+		dispatcher.WithMeterProvider(c.Telemetry.MeterProvider))
+}
+
+// Service is something that runs beside the worker until ctx ends (event
+// listeners, a demo producer).
+type Service func(ctx context.Context) error
+
+// RunWorker runs the job worker for reg, the health/metrics endpoint and the
+// extra services until ctx is cancelled, then shuts them down gracefully.
+func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry, extra ...Service) error {
+	sc, err := cfg.Streams()
+	if err != nil {
+		return err
+	}
+	opts := []worker.Option{
+		worker.WithPrefix(cfg.Prefix), worker.WithRedis(c.Redis), worker.WithLogger(c.Log),
+		worker.WithTracerProvider(c.Telemetry.TracerProvider), worker.WithMeterProvider(c.Telemetry.MeterProvider),
+		worker.WithConcurrency(cfg.Concurrency), worker.WithAckWait(cfg.AckWait),
+		worker.WithShutdownGrace(cfg.ShutdownGrace), worker.WithStreamReplicas(cfg.Replicas),
+	}
+	if !cfg.Provision {
+		opts = append(opts, worker.WithoutProvisioning())
+	}
+	if cfg.LinkedTraces {
+		opts = append(opts, worker.WithLinkedTraces())
+	}
+	w, err := worker.New(c.JS, reg, opts...)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Setup(ctx); err != nil {
+		return err
+	}
+	metrics, err := telemetry.NewMetrics(c.Telemetry.MeterProvider)
+	if err != nil {
+		return err
+	}
+	if err := metrics.ObserveBacklog(backlog(c.JS, sc)); err != nil {
+		return err
+	}
+	health := telemetry.NewHealth(c.Log)
+	health.AddCheck("nats", telemetry.NATSCheck(c.NC))
+	health.AddCheck("streams", telemetry.StreamsCheck(c.JS, sc.Names.JobsStream(), sc.Names.DeadStream(), sc.Names.EventsStream()))
+	health.AddCheck("redis", telemetry.RedisCheck(c.Redis))
+
+	g, gctx := newGroup(ctx)
+	if cfg.HTTPAddr != "" {
+		hctx, cancelHTTP := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancelHTTP()
+		go func() {
+			if err := health.ListenAndServe(hctx, cfg.HTTPAddr, c.Telemetry.MetricsHandler); err != nil && !errors.Is(err, context.Canceled) {
+				c.Log.Error("health endpoint stopped", zap.Error(err))
+			}
+		}()
+		c.Log.Info("health and metrics", zap.String("addr", cfg.HTTPAddr), zap.Strings("paths", []string{"/livez", "/readyz", "/metrics"}))
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		health.Drain() // not ready while draining
+		return nil
+	})
+	g.Go(func() error { return w.Run(gctx) })
+	for _, s := range extra {
+		s := s
+		g.Go(func() error { return s(gctx) })
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// backlog reports pending jobs of the workers' consumer (for autoscaling).
+func backlog(js jetstream.JetStream, sc streams.Config) func(ctx context.Context) (map[string]int64, error) {
+	return func(ctx context.Context) (map[string]int64, error) {
+		cons, err := js.Consumer(ctx, sc.Names.JobsStream(), worker.ConsumerName)
+		if err != nil {
+			return nil, fmt.Errorf("backlog: %w", err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("backlog: %w", err)
+		}
+		return map[string]int64{worker.ConsumerName: int64(info.NumPending) + int64(info.NumAckPending)}, nil
+	}
+}
+
+// group runs functions until the first fails or ctx ends, cancelling the
+// others (the errgroup pattern, without the dependency).
+type group struct {
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+	once   sync.Once
+	err    error
+}
+
+func newGroup(ctx context.Context) (*group, context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	return &group{cancel: cancel}, ctx
+}
+
+func (g *group) Go(f func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(); err != nil {
+			g.once.Do(func() { g.err = err; g.cancel() })
+		}
+	}()
+}
+
+func (g *group) Wait() error {
+	g.wg.Wait()
+	g.cancel()
+	return g.err
+}

@@ -1,0 +1,243 @@
+// Package bench measures the job runtime against raw JetStream in one run
+// on one NATS server: (a) publish-async + Consume + Ack of N messages, and
+// (b) the same N no-op jobs enqueued with the dispatcher and run by the
+// worker with its default settings. It reports both rates and b/a.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/devenv"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+)
+
+// Options of a run.
+type Options struct {
+	N          int
+	Size       int  // argument bytes
+	SyncAlways bool // NATS fsync on every write
+	Redis      redis.UniversalClient
+	// Telemetry, when set, gives the worker and dispatcher these options
+	// (tracing and metrics on) for the overhead measurement.
+	WorkerOpts     []worker.Option
+	DispatcherOpts []dispatcher.Option
+	Rounds         int // alternate a/b this many times (default 1)
+}
+
+// Result of one phase.
+type Result struct {
+	Publish time.Duration
+	Consume time.Duration
+}
+
+// Rate is messages per second over publish + consume.
+func (r Result) Rate(n int) float64 { return float64(n) / (r.Publish + r.Consume).Seconds() }
+
+// Payload is the no-op job.
+type Payload struct {
+	Data []byte `msgpack:"d"`
+}
+
+// JobName implements job.Args.
+func (Payload) JobName() string { return "bench.noop" }
+
+// Run runs the benchmark and writes a report to out. It returns b/a.
+func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
+	if o.N <= 0 {
+		o.N = 100_000
+	}
+	if o.Size <= 0 {
+		o.Size = 256
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 1
+	}
+	srv, err := devenv.StartNATS(devenv.NATSOptions{SyncAlways: o.SyncAlways})
+	if err != nil {
+		return 0, err
+	}
+	defer srv.Stop()
+	nc, err := nats.Connect(srv.URL)
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	fmt.Fprintf(out, "N=%d, %d-byte arguments, file storage, sync_interval=%s, job records: %v\n",
+		o.N, o.Size, map[bool]string{true: "always", false: "default (2m)"}[o.SyncAlways], o.Redis != nil)
+	var sumA, sumB float64
+	for round := 1; round <= o.Rounds; round++ {
+		a, err := raw(ctx, js, o, round)
+		if err != nil {
+			return 0, fmt.Errorf("raw: %w", err)
+		}
+		b, err := framework(ctx, js, o, round)
+		if err != nil {
+			return 0, fmt.Errorf("framework: %w", err)
+		}
+		ra, rb := a.Rate(o.N), b.Rate(o.N)
+		sumA += ra
+		sumB += rb
+		fmt.Fprintf(out, "round %d: (a) raw jetstream   publish %7.0f/s consume+ack %7.0f/s  => %7.0f msgs/s\n", round,
+			float64(o.N)/a.Publish.Seconds(), float64(o.N)/a.Consume.Seconds(), ra)
+		fmt.Fprintf(out, "round %d: (b) dispatcher+worker enqueue %7.0f/s run          %7.0f/s  => %7.0f jobs/s   b/a = %.2f\n", round,
+			float64(o.N)/b.Publish.Seconds(), float64(o.N)/b.Consume.Seconds(), rb, rb/ra)
+	}
+	ratio := sumB / sumA
+	fmt.Fprintf(out, "mean over %d round(s): a = %.0f msgs/s, b = %.0f jobs/s, b/a = %.2f\n", o.Rounds, sumA/float64(o.Rounds), sumB/float64(o.Rounds), ratio)
+	return ratio, nil
+}
+
+func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Result, error) {
+	name := fmt.Sprintf("RAW%d", round)
+	subj := fmt.Sprintf("raw%d.x", round)
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}, Retention: jetstream.WorkQueuePolicy})
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() { _ = js.DeleteStream(context.WithoutCancel(ctx), name) }()
+	payload := []byte(strings.Repeat("x", o.Size))
+	var r Result
+	start := time.Now()
+	for i := 0; i < o.N; i++ {
+		if _, err := js.PublishAsync(subj, payload); err != nil {
+			return r, err
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		return r, ctx.Err()
+	}
+	r.Publish = time.Since(start)
+	cons, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		return r, err
+	}
+	var n atomic.Int64
+	done := make(chan struct{})
+	start = time.Now()
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		if n.Add(1) == int64(o.N) {
+			close(done)
+		}
+	})
+	if err != nil {
+		return r, err
+	}
+	defer cc.Stop()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return r, ctx.Err()
+	}
+	r.Consume = time.Since(start)
+	return r, nil
+}
+
+func framework(ctx context.Context, js jetstream.JetStream, o Options, round int) (Result, error) {
+	prefix := fmt.Sprintf("bench%d%s", round, strings.ToLower(wire.NewID()[20:]))
+	sc := streams.Config{Names: wire.MustNames(prefix)}
+	if err := streams.Ensure(ctx, js, sc); err != nil {
+		return Result{}, err
+	}
+	defer func() {
+		for _, s := range []string{sc.Names.JobsStream(), sc.Names.DeadStream(), sc.Names.EventsStream()} {
+			_ = js.DeleteStream(context.WithoutCancel(ctx), s)
+		}
+	}()
+	dopts := append([]dispatcher.Option{dispatcher.WithPrefix(prefix)}, o.DispatcherOpts...)
+	if o.Redis != nil {
+		dopts = append(dopts, dispatcher.WithRedis(o.Redis), dispatcher.WithRecordTTL(10*time.Minute))
+	}
+	d, err := dispatcher.New(js, dopts...)
+	if err != nil {
+		return Result{}, err
+	}
+	payload := Payload{Data: []byte(strings.Repeat("x", o.Size))}
+	items := make([]dispatcher.Item, 0, 10_000)
+	var r Result
+	start := time.Now()
+	for sent := 0; sent < o.N; {
+		items = items[:0]
+		for i := 0; i < 10_000 && sent < o.N; i++ {
+			items = append(items, dispatcher.Item{Args: payload})
+			sent++
+		}
+		if _, err := d.EnqueueMany(ctx, items); err != nil {
+			return r, err
+		}
+	}
+	r.Publish = time.Since(start)
+	if err := d.Close(ctx); err != nil {
+		return r, err
+	}
+
+	reg := worker.NewRegistry()
+	var n atomic.Int64
+	done := make(chan struct{})
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Payload]) (string, error) {
+		if n.Add(1) == int64(o.N) {
+			close(done)
+		}
+		return "", nil
+	})
+	wopts := append([]worker.Option{worker.WithPrefix(prefix)}, o.WorkerOpts...)
+	if o.Redis != nil {
+		wopts = append(wopts, worker.WithRedis(o.Redis), worker.WithRecordTTL(10*time.Minute))
+	}
+	w, err := worker.New(js, reg, wopts...)
+	if err != nil {
+		return r, err
+	}
+	if _, err := w.Setup(ctx); err != nil {
+		return r, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start = time.Now()
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(wctx) }()
+	select {
+	case <-done:
+	case err := <-errc:
+		return r, fmt.Errorf("worker stopped: %v", err)
+	case <-ctx.Done():
+		return r, ctx.Err()
+	}
+	r.Consume = time.Since(start)
+	cancel()
+	<-errc
+	if o.Redis != nil {
+		// remove the bench's job records
+		iter := o.Redis.Scan(context.WithoutCancel(ctx), 0, prefix+":job:*", 5000).Iterator()
+		var keys []string
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+			if len(keys) == 5000 {
+				o.Redis.Unlink(ctx, keys...)
+				keys = keys[:0]
+			}
+		}
+		if len(keys) > 0 {
+			o.Redis.Unlink(ctx, keys...)
+		}
+	}
+	return r, nil
+}

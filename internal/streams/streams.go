@@ -1,0 +1,123 @@
+// Package streams provisions the JetStream streams of a deployment,
+// idempotently (CreateOrUpdateStream), under one prefix.
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config sizes the streams. Zero values take the defaults.
+type Config struct {
+	Names wire.Names
+	// Replicas per stream: 1 for dev, 3 in production clusters.
+	Replicas int
+	// Memory uses memory storage (tests, benchmarks); default file.
+	Memory bool
+	// DeadMaxAge bounds dead letters' age (0 keeps them forever).
+	DeadMaxAge time.Duration
+	// EventsMaxAge bounds stored events (default 7 days).
+	EventsMaxAge time.Duration
+	// Duplicates is the publish dedup window (default 2 minutes).
+	Duplicates time.Duration
+}
+
+func (c Config) storage() jetstream.StorageType {
+	if c.Memory {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
+}
+
+func (c Config) replicas() int {
+	if c.Replicas <= 0 {
+		return 1
+	}
+	return c.Replicas
+}
+
+func (c Config) dup() time.Duration {
+	if c.Duplicates <= 0 {
+		return 2 * time.Minute
+	}
+	return c.Duplicates
+}
+
+// Jobs is the work-queue stream: runnable jobs on <prefix>.jobs.<channel>
+// and pending schedules (ETA, retry delays) on <prefix>.sched.<id>.
+func Jobs(c Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              c.Names.JobsStream(),
+		Description:       "connector jobs (work queue) and their schedules",
+		Subjects:          []string{c.Names.JobsWildcard(), c.Names.ScheduleWildcard()},
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           c.storage(),
+		Replicas:          c.replicas(),
+		Duplicates:        c.dup(),
+		AllowMsgSchedules: true,
+		Discard:           jetstream.DiscardOld,
+	}
+}
+
+// Dead is the dead-letter stream: limits retention, nothing removed by acks.
+func Dead(c Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.Names.DeadStream(),
+		Description: "connector dead letters",
+		Subjects:    []string{c.Names.DeadWildcard()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     c.storage(),
+		Replicas:    c.replicas(),
+		Duplicates:  c.dup(),
+		MaxAge:      c.DeadMaxAge,
+		AllowDirect: true,
+	}
+}
+
+// Events is the stream of domain events: limits retention so that every
+// listener (a durable consumer each) reads every event.
+func Events(c Config) jetstream.StreamConfig {
+	age := c.EventsMaxAge
+	if age <= 0 {
+		age = 7 * 24 * time.Hour
+	}
+	return jetstream.StreamConfig{
+		Name:        c.Names.EventsStream(),
+		Description: "connector domain events",
+		Subjects:    []string{c.Names.EventsWildcard()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     c.storage(),
+		Replicas:    c.replicas(),
+		Duplicates:  c.dup(),
+		MaxAge:      age,
+	}
+}
+
+// Ensure creates or updates all streams.
+func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
+	for _, sc := range []jetstream.StreamConfig{Jobs(c), Dead(c), Events(c)} {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				continue
+			}
+			return fmt.Errorf("streams: provision %s: %w (message schedules need nats-server >= 2.12)", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// Check verifies the streams exist (for workers without the right to
+// create them).
+func Check(ctx context.Context, js jetstream.JetStream, n wire.Names) error {
+	for _, name := range []string{n.JobsStream(), n.DeadStream(), n.EventsStream()} {
+		if _, err := js.Stream(ctx, name); err != nil {
+			return fmt.Errorf("streams: %s: %w", name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+package streams_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestEnsureIsIdempotent(t *testing.T) {
+	_, _, js := testenv.JetStream(t)
+	ctx := context.Background()
+	cfg := streams.Config{Names: wire.MustNames(testenv.Prefix(t))}
+	for i := 0; i < 2; i++ {
+		if err := streams.Ensure(ctx, js, cfg); err != nil {
+			t.Fatalf("ensure #%d: %v", i, err)
+		}
+	}
+	if err := streams.Check(ctx, js, cfg.Names); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, cfg.Names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.Retention; got != jetstream.WorkQueuePolicy {
+		t.Fatalf("jobs retention = %v", got)
+	}
+}
+
+// The retry and ETA design rests on message schedules: a schedule on
+// <prefix>.sched.<id> fires once into the jobs subject, keeps our headers,
+// and is purged. This test pins that behaviour of the server we embed.
+func TestScheduleFiresIntoJobsSubject(t *testing.T) {
+	_, nc, js := testenv.JetStream(t)
+	ctx := context.Background()
+	n := wire.MustNames(testenv.Prefix(t))
+	cfg := streams.Config{Names: n}
+	if err := streams.Ensure(ctx, js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc
+	cons, err := js.CreateOrUpdateConsumer(ctx, n.JobsStream(), jetstream.ConsumerConfig{
+		Durable: "w", FilterSubject: n.JobsWildcard(), AckPolicy: jetstream.AckExplicitPolicy,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(1200 * time.Millisecond)
+	m := nats.NewMsg(n.ScheduleSubject("job1"))
+	m.Header.Set(wire.HeaderSchedule, "@at "+at.UTC().Format(time.RFC3339Nano))
+	m.Header.Set(wire.HeaderSchTarget, n.JobsSubject("root"))
+	m.Header["traceparent"] = []string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	m.Data = []byte("payload")
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	var got jetstream.Msg
+	for got == nil {
+		b, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range b.Messages() {
+			got = m
+		}
+		if b.Error() != nil {
+			t.Fatal(b.Error())
+		}
+	}
+	now := time.Now()
+	if now.Before(at) {
+		t.Fatalf("fired %s early", at.Sub(now))
+	}
+	if late := now.Sub(at); late > time.Second {
+		t.Fatalf("fired %s late", late)
+	}
+	if string(got.Data()) != "payload" || got.Headers().Get("traceparent") == "" {
+		t.Fatalf("fired message lost body or headers: %q %v", got.Data(), got.Headers())
+	}
+	t.Logf("fired %s after the ETA; headers %v", now.Sub(at), got.Headers())
+	s, _ := js.Stream(ctx, n.JobsStream())
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(n.ScheduleWildcard()))
+		return err == nil && len(info.State.Subjects) == 0
+	}, "schedule purged after firing")
+}

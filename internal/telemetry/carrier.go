@@ -1,0 +1,79 @@
+// Package telemetry holds the runtime's tracing, metrics, logging and health
+// plumbing.
+package telemetry
+
+import (
+	"context"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Inject writes ctx's span context into h (no-op when ctx carries none).
+func Inject(ctx context.Context, h nats.Header) {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return
+	}
+	propagator().Inject(ctx, HeaderCarrier(h))
+}
+
+// Extract returns ctx with the remote span context found in h, if any.
+func Extract(ctx context.Context, h nats.Header) context.Context {
+	if len(h) == 0 {
+		return ctx
+	}
+	return propagator().Extract(ctx, HeaderCarrier(h))
+}
+
+// HeaderCarrier adapts nats.Header to propagation.TextMapCarrier without
+// canonicalizing keys: NATS headers are case-sensitive, and clients in other
+// languages look for "traceparent" in lower case. (propagation.HeaderCarrier
+// would write "Traceparent".)
+type HeaderCarrier nats.Header
+
+var _ propagation.TextMapCarrier = HeaderCarrier(nil)
+
+// Get returns the first value of key (exact match first, then any case).
+func (c HeaderCarrier) Get(key string) string {
+	if v := c[key]; len(v) > 0 {
+		return v[0]
+	}
+	for k, v := range c {
+		if len(v) > 0 && equalFold(k, key) {
+			return v[0]
+		}
+	}
+	return ""
+}
+
+// Set stores key exactly as given.
+func (c HeaderCarrier) Set(key, value string) { c[key] = []string{value} }
+
+// Keys lists the keys present.
+func (c HeaderCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func equalFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

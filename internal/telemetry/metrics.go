@@ -1,0 +1,312 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+)
+
+// Attribute keys used on the runtime's metrics (and usable on spans).
+const (
+	AttrJobName       = attribute.Key("job.name")
+	AttrJobChannel    = attribute.Key("job.channel")
+	AttrJobOutcome    = attribute.Key("job.outcome")
+	AttrEventListener = attribute.Key("event.listener")
+	AttrEventModel    = attribute.Key("event.model")
+	AttrEventName     = attribute.Key("event.name")
+	AttrEventOutcome  = attribute.Key("event.outcome")
+	AttrStoreOp       = attribute.Key("store.op")
+	AttrStoreOutcome  = attribute.Key("store.outcome")
+	AttrConsumer      = attribute.Key("consumer")
+)
+
+// Job outcomes passed to Metrics.JobEnded.
+const (
+	OutcomeSucceeded   = "succeeded"
+	OutcomeRetried     = "retried"
+	OutcomeDead        = "dead"
+	OutcomeNothingToDo = "nothing_to_do"
+)
+
+// Metric names, as OpenTelemetry instrument names. The Prometheus exporter
+// turns dots into underscores and adds _total to counters and _seconds to
+// second-valued histograms: connector.jobs.started ->
+// connector_jobs_started_total, connector.job.duration ->
+// connector_job_duration_seconds.
+const (
+	MetricJobsEnqueued    = "connector.jobs.enqueued"
+	MetricJobsStarted     = "connector.jobs.started"
+	MetricJobsEnded       = "connector.jobs.ended"
+	MetricJobsInflight    = "connector.jobs.inflight"
+	MetricJobQueueWait    = "connector.job.queue_wait"
+	MetricJobDuration     = "connector.job.duration"
+	MetricEventsHandled   = "connector.events.handled"
+	MetricStoreOpDuration = "connector.store.op.duration"
+	MetricConsumerPending = "connector.consumer.pending"
+)
+
+// Histogram buckets in seconds. The SDK's default buckets are made for
+// milliseconds and would put every job in the first bucket.
+var (
+	jobBuckets   = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
+	storeBuckets = []float64{0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
+)
+
+// Metrics records the runtime's metrics through the OpenTelemetry metrics
+// API. It is safe for concurrent use.
+//
+// The hot path (JobStarted, JobEnded, JobEnqueued, StoreOp, EventHandled)
+// does not allocate once a label combination has been seen: the attribute
+// sets and the option slices handed to the instruments are built once and
+// cached in copy-on-write maps. Keep names and channels bounded (job
+// function names, configured channels), never ids: every distinct value is
+// a time series.
+//
+// All methods are no-ops on a nil *Metrics, so callers need no nil checks
+// when metrics are disabled.
+type Metrics struct {
+	enqueued metric.Int64Counter
+	started  metric.Int64Counter
+	ended    metric.Int64Counter
+	inflight metric.Int64UpDownCounter
+	wait     metric.Float64Histogram
+	duration metric.Float64Histogram
+	events   metric.Int64Counter
+	storeOp  metric.Float64Histogram
+	meter    metric.Meter
+
+	jobs     cowCache[jobKey, *attrOpts]     // {job.name, job.channel}
+	channels cowCache[string, *attrOpts]     // {job.channel}
+	outcomes cowCache[outcomeKey, *attrOpts] // {job.name, job.channel, job.outcome}
+	stores   cowCache[storeKey, *attrOpts]   // {store.op, store.outcome}
+	eventsC  cowCache[eventKey, *attrOpts]   // {event.*}
+}
+
+type (
+	jobKey     struct{ name, channel string }
+	outcomeKey struct{ name, channel, outcome string }
+	storeKey   struct {
+		op string
+		ok bool
+	}
+	eventKey struct{ listener, model, event, outcome string }
+)
+
+// attrOpts holds the ready-made options of one attribute set: passing a
+// prebuilt slice to Add/Record does not allocate.
+type attrOpts struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
+}
+
+func newAttrOpts(kvs ...attribute.KeyValue) *attrOpts {
+	set := attribute.NewSet(kvs...)
+	return &attrOpts{
+		add:    []metric.AddOption{metric.WithAttributeSet(set)},
+		record: []metric.RecordOption{metric.WithAttributeSet(set)},
+	}
+}
+
+// cowCache is a read-mostly map: lock-free, allocation-free reads; writers
+// copy the map under a mutex. Label sets are few and stable, so copies are
+// rare and small.
+type cowCache[K comparable, V any] struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[K]V]
+}
+
+func (c *cowCache[K, V]) get(k K, build func() V) V {
+	if p := c.m.Load(); p != nil {
+		if v, ok := (*p)[k]; ok {
+			return v
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var old map[K]V
+	if p := c.m.Load(); p != nil {
+		old = *p
+	}
+	if v, ok := old[k]; ok {
+		return v
+	}
+	v := build()
+	next := make(map[K]V, len(old)+1)
+	for kk, vv := range old {
+		next[kk] = vv
+	}
+	next[k] = v
+	c.m.Store(&next)
+	return v
+}
+
+// NewMetrics creates the instruments on the meter
+// "github.com/connector-go/connector" of mp. A nil mp means a noop provider
+// (nothing recorded, nothing allocated).
+func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
+	if mp == nil {
+		mp = metricnoop.NewMeterProvider()
+	}
+	mt := mp.Meter("github.com/connector-go/connector")
+	m := &Metrics{meter: mt}
+	var errs []error
+	check := func(name string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("telemetry: instrument %s: %w", name, err))
+		}
+	}
+	var err error
+	m.enqueued, err = mt.Int64Counter(MetricJobsEnqueued, metric.WithUnit("{job}"),
+		metric.WithDescription("Jobs enqueued (published to the job stream)."))
+	check(MetricJobsEnqueued, err)
+	m.started, err = mt.Int64Counter(MetricJobsStarted, metric.WithUnit("{job}"),
+		metric.WithDescription("Job executions started (one per delivery)."))
+	check(MetricJobsStarted, err)
+	m.ended, err = mt.Int64Counter(MetricJobsEnded, metric.WithUnit("{job}"),
+		metric.WithDescription("Job executions ended, by job.outcome: succeeded, retried, dead, nothing_to_do."))
+	check(MetricJobsEnded, err)
+	m.inflight, err = mt.Int64UpDownCounter(MetricJobsInflight, metric.WithUnit("{job}"),
+		metric.WithDescription("Jobs executing now, by job.channel."))
+	check(MetricJobsInflight, err)
+	m.wait, err = mt.Float64Histogram(MetricJobQueueWait, metric.WithUnit("s"),
+		metric.WithDescription("Time from enqueue (or eta) to execution start."),
+		metric.WithExplicitBucketBoundaries(jobBuckets...))
+	check(MetricJobQueueWait, err)
+	m.duration, err = mt.Float64Histogram(MetricJobDuration, metric.WithUnit("s"),
+		metric.WithDescription("Job execution time, by job.outcome."),
+		metric.WithExplicitBucketBoundaries(jobBuckets...))
+	check(MetricJobDuration, err)
+	m.events, err = mt.Int64Counter(MetricEventsHandled, metric.WithUnit("{event}"),
+		metric.WithDescription("Event listener invocations, by listener, model, event and outcome."))
+	check(MetricEventsHandled, err)
+	m.storeOp, err = mt.Float64Histogram(MetricStoreOpDuration, metric.WithUnit("s"),
+		metric.WithDescription("Latency of binding and lock store operations, by store.op and store.outcome (ok, error)."),
+		metric.WithExplicitBucketBoundaries(storeBuckets...))
+	check(MetricStoreOpDuration, err)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return m, nil
+}
+
+func (m *Metrics) job(name, channel string) *attrOpts {
+	return m.jobs.get(jobKey{name, channel}, func() *attrOpts {
+		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel))
+	})
+}
+
+func (m *Metrics) channel(channel string) *attrOpts {
+	return m.channels.get(channel, func() *attrOpts {
+		return newAttrOpts(AttrJobChannel.String(channel))
+	})
+}
+
+// JobEnqueued counts one job published (connector.jobs.enqueued{job.name,
+// job.channel}).
+func (m *Metrics) JobEnqueued(ctx context.Context, name, channel string) {
+	if m == nil {
+		return
+	}
+	m.enqueued.Add(ctx, 1, m.job(name, channel).add...)
+}
+
+// JobStarted records the start of one execution: connector.jobs.started
+// {job.name, job.channel} +1, connector.job.queue_wait (seconds since the
+// job was enqueued or due; not recorded when sinceEnqueue <= 0) and
+// connector.jobs.inflight{job.channel} +1. Every JobStarted must be
+// followed by exactly one JobEnded with the same channel.
+func (m *Metrics) JobStarted(ctx context.Context, name, channel string, sinceEnqueue time.Duration) {
+	if m == nil {
+		return
+	}
+	a := m.job(name, channel)
+	m.started.Add(ctx, 1, a.add...)
+	if sinceEnqueue > 0 {
+		m.wait.Record(ctx, sinceEnqueue.Seconds(), a.record...)
+	}
+	m.inflight.Add(ctx, 1, m.channel(channel).add...)
+}
+
+// JobEnded records the end of one execution: connector.jobs.ended
+// {job.name, job.channel, job.outcome} +1, connector.job.duration (seconds,
+// same attributes) and connector.jobs.inflight{job.channel} -1. outcome is
+// one of the Outcome* constants.
+func (m *Metrics) JobEnded(ctx context.Context, name, channel, outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	o := m.outcomes.get(outcomeKey{name, channel, outcome}, func() *attrOpts {
+		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel), AttrJobOutcome.String(outcome))
+	})
+	m.ended.Add(ctx, 1, o.add...)
+	m.duration.Record(ctx, d.Seconds(), o.record...)
+	m.inflight.Add(ctx, -1, m.channel(channel).add...)
+}
+
+// EventHandled counts one event listener invocation
+// (connector.events.handled{event.listener, event.model, event.name,
+// event.outcome}).
+func (m *Metrics) EventHandled(ctx context.Context, listener, model, event, outcome string) {
+	if m == nil {
+		return
+	}
+	a := m.eventsC.get(eventKey{listener, model, event, outcome}, func() *attrOpts {
+		return newAttrOpts(AttrEventListener.String(listener), AttrEventModel.String(model),
+			AttrEventName.String(event), AttrEventOutcome.String(outcome))
+	})
+	m.events.Add(ctx, 1, a.add...)
+}
+
+// StoreOp records the latency of one binding or lock store operation
+// (connector.store.op.duration{store.op, store.outcome}); store.outcome is
+// "error" when err != nil, else "ok".
+func (m *Metrics) StoreOp(ctx context.Context, op string, d time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	a := m.stores.get(storeKey{op, err == nil}, func() *attrOpts {
+		outcome := "ok"
+		if err != nil {
+			outcome = "error"
+		}
+		return newAttrOpts(AttrStoreOp.String(op), AttrStoreOutcome.String(outcome))
+	})
+	m.storeOp.Record(ctx, d.Seconds(), a.record...)
+}
+
+// ObserveBacklog registers the observable gauge
+// connector.consumer.pending{consumer}: f is called at each collection (each
+// Prometheus scrape) and returns pending message counts by consumer name
+// (for example ConsumerInfo.NumPending + NumAckPending). An error from f
+// skips that collection. Call it once per Metrics.
+func (m *Metrics) ObserveBacklog(f func(ctx context.Context) (map[string]int64, error)) error {
+	if m == nil {
+		return nil
+	}
+	g, err := m.meter.Int64ObservableGauge(MetricConsumerPending, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages not yet acknowledged, by JetStream consumer."))
+	if err != nil {
+		return fmt.Errorf("telemetry: instrument %s: %w", MetricConsumerPending, err)
+	}
+	_, err = m.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		counts, err := f(ctx)
+		if err != nil {
+			return err
+		}
+		for name, n := range counts {
+			o.ObserveInt64(g, n, metric.WithAttributes(AttrConsumer.String(name)))
+		}
+		return nil
+	}, g)
+	if err != nil {
+		return fmt.Errorf("telemetry: register %s callback: %w", MetricConsumerPending, err)
+	}
+	return nil
+}

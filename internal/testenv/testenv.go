@@ -1,0 +1,254 @@
+// Package testenv gives tests real servers: an embedded NATS JetStream
+// server per test and a real Redis (127.0.0.1:6379 or CONNECTOR_TEST_REDIS_URL),
+// each namespaced by a unique prefix and cleaned up afterwards.
+//
+// When no Redis answers, tests fall back to an embedded Redis-protocol store
+// (miniredis) and say so, unless CONNECTOR_TEST_REQUIRE_REDIS=1 (CI sets it),
+// in which case they fail.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+)
+
+// Prefix returns a fresh prefix, safe as a subject token, a stream-name part
+// and a Redis key part: lowercase letters and digits.
+func Prefix(t testing.TB) string {
+	t.Helper()
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	return "t" + hex.EncodeToString(b[:])
+}
+
+// NATSServer is an embedded JetStream server started for one test.
+type NATSServer struct {
+	Server *server.Server
+	URL    string
+	Opts   *server.Options
+}
+
+// StartNATS starts an embedded JetStream server (file storage in a temp dir,
+// random port) and shuts it down when the test ends. configure may adjust
+// the options (auth, TLS) before start.
+func StartNATS(t testing.TB, configure ...func(*server.Options)) *NATSServer {
+	t.Helper()
+	opts := &server.Options{
+		Host:      "127.0.0.1",
+		Port:      -1,
+		JetStream: true,
+		StoreDir:  t.TempDir(),
+		NoLog:     true,
+		NoSigs:    true,
+	}
+	for _, f := range configure {
+		f(opts)
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("testenv: nats server: %v", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("testenv: nats server not ready")
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return &NATSServer{Server: ns, URL: ns.ClientURL(), Opts: opts}
+}
+
+// Connect opens a client connection closed at test end.
+func (s *NATSServer) Connect(t testing.TB, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.URL, opts...)
+	if err != nil {
+		t.Fatalf("testenv: connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// JetStream starts a server and returns a connection and its JetStream
+// context: the common case.
+func JetStream(t testing.TB) (*NATSServer, *nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	s := StartNATS(t)
+	nc := s.Connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("testenv: jetstream: %v", err)
+	}
+	return s, nc, js
+}
+
+var (
+	redisOnce     sync.Once
+	redisURL      string
+	redisEmbedded bool
+	redisErr      error
+)
+
+// RedisURL returns the URL of the Redis tests use: the real one when it
+// answers, else an embedded store (unless CONNECTOR_TEST_REQUIRE_REDIS=1).
+func RedisURL(t testing.TB) string {
+	t.Helper()
+	redisOnce.Do(func() {
+		url := os.Getenv("CONNECTOR_TEST_REDIS_URL")
+		if url == "" {
+			url = "redis://127.0.0.1:6379/0"
+		}
+		opt, err := redis.ParseURL(url)
+		if err != nil {
+			redisErr = err
+			return
+		}
+		c := redis.NewClient(opt)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = c.Ping(ctx).Err()
+		cancel()
+		_ = c.Close()
+		if err == nil {
+			redisURL = url
+			return
+		}
+		if os.Getenv("CONNECTOR_TEST_REQUIRE_REDIS") == "1" {
+			redisErr = fmt.Errorf("no real Redis at %s (CONNECTOR_TEST_REQUIRE_REDIS=1): %w", url, err)
+			return
+		}
+		m := miniredis.NewMiniRedis()
+		if err := m.Start(); err != nil {
+			redisErr = err
+			return
+		}
+		m.ClockTTL(true) // TTLs run down with the wall clock, as on Redis
+		redisEmbedded = true
+		redisURL = "redis://" + m.Addr() + "/0"
+		fmt.Fprintf(os.Stderr, "testenv: no Redis at %s; using the embedded store (miniredis)\n", url)
+	})
+	if redisErr != nil {
+		t.Fatalf("testenv: %v", redisErr)
+	}
+	return redisURL
+}
+
+// RedisEmbedded reports whether tests run on the embedded store.
+func RedisEmbedded() bool { return redisEmbedded }
+
+// Redis returns a client to the test Redis and a fresh key prefix. Every key
+// containing the prefix is deleted when the test ends.
+func Redis(t testing.TB) (*redis.Client, string) {
+	t.Helper()
+	opt, err := redis.ParseURL(RedisURL(t))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	c := redis.NewClient(opt)
+	prefix := Prefix(t)
+	t.Cleanup(func() {
+		CleanRedis(c, prefix)
+		_ = c.Close()
+	})
+	return c, prefix
+}
+
+// CleanRedis deletes every key that contains prefix.
+func CleanRedis(c redis.UniversalClient, prefix string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	iter := c.Scan(ctx, 0, "*"+prefix+"*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+		if len(keys) == 500 {
+			c.Unlink(ctx, keys...)
+			keys = keys[:0]
+		}
+	}
+	if len(keys) > 0 {
+		c.Unlink(ctx, keys...)
+	}
+}
+
+// Eventually waits until cond is true, failing the test after timeout.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, a ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testenv: timed out after %s waiting for: %s", timeout, fmt.Sprintf(format, a...))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var (
+	buildMu    sync.Mutex
+	buildCache = map[string]string{}
+	buildDir   string
+)
+
+// GoBuild builds a main package of this module once per test binary and
+// returns the path of the executable, for tests that run (and kill) real
+// worker processes.
+func GoBuild(t testing.TB, pkg string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := buildCache[pkg]; ok {
+		return p
+	}
+	if buildDir == "" {
+		d, err := os.MkdirTemp("", "connector-testbin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		buildDir = d
+	}
+	out := filepath.Join(buildDir, strings.ReplaceAll(strings.Trim(pkg, "./"), "/", "_"))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = ModuleRoot(t)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testenv: go build %s: %v\n%s", pkg, err, b)
+	}
+	buildCache[pkg] = out
+	return out
+}
+
+// ModuleRoot finds the directory holding go.mod.
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("testenv: go.mod not found")
+		}
+		dir = parent
+	}
+}

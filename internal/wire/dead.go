@@ -1,0 +1,34 @@
+package wire
+
+// Dead-letter reasons.
+const (
+	ReasonError      = "error"       // the handler returned a non-retryable error
+	ReasonMaxRetries = "max_retries" // retryable failures exhausted max_retries
+	ReasonMalformed  = "malformed"   // not a valid envelope
+	ReasonUnknownJob = "unknown_job" // no handler for the name
+	ReasonBadArgs    = "bad_args"    // args do not decode into the handler's type
+	ReasonPanic      = "panic"       // the handler panicked
+	ReasonTimeout    = "timeout"     // the run exceeded the job timeout on its last attempt
+)
+
+// DeadLetter is the msgpack body of a message in the dead-letter stream. It
+// keeps the original message verbatim (Data, Headers, Subject) so that the
+// job can be requeued, plus why it died.
+type DeadLetter struct {
+	V          int                 `msgpack:"v"`
+	Reason     string              `msgpack:"reason"`
+	Error      string              `msgpack:"error"`
+	ErrorType  string              `msgpack:"error_type,omitempty"`
+	Stack      string              `msgpack:"stack,omitempty"`
+	Attempts   int                 `msgpack:"attempts"`
+	JobID      string              `msgpack:"job_id,omitempty"`
+	JobName    string              `msgpack:"job_name,omitempty"`
+	Channel    string              `msgpack:"channel,omitempty"`
+	Subject    string              `msgpack:"subject"`
+	StreamSeq  uint64              `msgpack:"stream_seq,omitempty"`
+	EnqueuedAt int64               `msgpack:"enqueued_at,omitempty"` // unix ms
+	DiedAt     int64               `msgpack:"died_at"`               // unix ms
+	Worker     string              `msgpack:"worker,omitempty"`
+	Headers    map[string][]string `msgpack:"headers,omitempty"`
+	Data       []byte              `msgpack:"data"`
+}

@@ -1,0 +1,142 @@
+package wire
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// CheckDepth walks msgpack data without decoding it and fails when arrays
+// and maps nest deeper than max, when the data is truncated, or when it
+// holds more than one top-level value. It allocates nothing for valid input
+// except a small stack.
+func CheckDepth(data []byte, max int) error {
+	// remaining[i] counts the values still expected at nesting level i.
+	var stackArr [64]int
+	stack := stackArr[:0]
+	stack = append(stack, 1)
+	i := 0
+	for len(stack) > 0 {
+		if stack[len(stack)-1] == 0 {
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		stack[len(stack)-1]--
+		if i >= len(data) {
+			return fmt.Errorf("%w: truncated msgpack", ErrInvalid)
+		}
+		c := data[i]
+		i++
+		var skip, children int
+		switch {
+		case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3:
+		case c >= 0x80 && c <= 0x8f:
+			children = 2 * int(c&0x0f)
+		case c >= 0x90 && c <= 0x9f:
+			children = int(c & 0x0f)
+		case c >= 0xa0 && c <= 0xbf:
+			skip = int(c & 0x1f)
+		case c == 0xcc, c == 0xd0:
+			skip = 1
+		case c == 0xcd, c == 0xd1:
+			skip = 2
+		case c == 0xca, c == 0xce, c == 0xd2:
+			skip = 4
+		case c == 0xcb, c == 0xcf, c == 0xd3:
+			skip = 8
+		case c == 0xd4:
+			skip = 2
+		case c == 0xd5:
+			skip = 3
+		case c == 0xd6:
+			skip = 5
+		case c == 0xd7:
+			skip = 9
+		case c == 0xd8:
+			skip = 17
+		case c == 0xc4, c == 0xd9, c == 0xc7:
+			n, err := readLen(data, i, 1)
+			if err != nil {
+				return err
+			}
+			i++
+			skip = n
+			if c == 0xc7 {
+				skip++
+			}
+		case c == 0xc5, c == 0xda, c == 0xc8:
+			n, err := readLen(data, i, 2)
+			if err != nil {
+				return err
+			}
+			i += 2
+			skip = n
+			if c == 0xc8 {
+				skip++
+			}
+		case c == 0xc6, c == 0xdb, c == 0xc9:
+			n, err := readLen(data, i, 4)
+			if err != nil {
+				return err
+			}
+			i += 4
+			skip = n
+			if c == 0xc9 {
+				skip++
+			}
+		case c == 0xdc, c == 0xde:
+			n, err := readLen(data, i, 2)
+			if err != nil {
+				return err
+			}
+			i += 2
+			children = n
+			if c == 0xde {
+				children *= 2
+			}
+		case c == 0xdd, c == 0xdf:
+			n, err := readLen(data, i, 4)
+			if err != nil {
+				return err
+			}
+			i += 4
+			children = n
+			if c == 0xdf {
+				children *= 2
+			}
+		default: // 0xc1 is never used
+			return fmt.Errorf("%w: bad msgpack byte 0x%02x", ErrInvalid, c)
+		}
+		if skip > len(data)-i {
+			return fmt.Errorf("%w: truncated msgpack", ErrInvalid)
+		}
+		i += skip
+		if children > 0 {
+			if children > len(data)-i {
+				// every child needs at least one byte
+				return fmt.Errorf("%w: truncated msgpack", ErrInvalid)
+			}
+			if len(stack) >= max {
+				return fmt.Errorf("%w: nesting deeper than %d levels", ErrInvalid, max)
+			}
+			stack = append(stack, children)
+		}
+	}
+	if i != len(data) {
+		return fmt.Errorf("%w: %d trailing bytes after the msgpack value", ErrInvalid, len(data)-i)
+	}
+	return nil
+}
+
+func readLen(data []byte, i, n int) (int, error) {
+	if i+n > len(data) {
+		return 0, fmt.Errorf("%w: truncated msgpack", ErrInvalid)
+	}
+	switch n {
+	case 1:
+		return int(data[i]), nil
+	case 2:
+		return int(binary.BigEndian.Uint16(data[i:])), nil
+	default:
+		return int(binary.BigEndian.Uint32(data[i:])), nil
+	}
+}

@@ -1,0 +1,178 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// EnvelopeVersion is the only envelope version this code reads and writes.
+const EnvelopeVersion = 1
+
+// Limits on untrusted input.
+const (
+	// DefaultMaxEnvelope is the largest job or event message accepted.
+	DefaultMaxEnvelope = 1 << 20
+	// DefaultMaxDepth is the deepest nesting of arrays/maps accepted in
+	// arguments or event bodies.
+	DefaultMaxDepth = 32
+)
+
+// ErrInvalid marks every decoding failure; the message says why.
+var ErrInvalid = errors.New("wire: invalid message")
+
+// Envelope is the msgpack map carried by every job message (see
+// docs/protocol.md). Keys are short lower-case strings; absent optional keys
+// take the documented defaults.
+type Envelope struct {
+	V           int                `msgpack:"v"`
+	ID          string             `msgpack:"id"`
+	Name        string             `msgpack:"name"`
+	Args        msgpack.RawMessage `msgpack:"args"`
+	Attempt     int                `msgpack:"attempt,omitempty"`
+	MaxRetries  *int               `msgpack:"max_retries,omitempty"`
+	Retry       map[int]int64      `msgpack:"retry,omitempty"` // try -> delay in ms
+	Channel     string             `msgpack:"channel,omitempty"`
+	Priority    *int               `msgpack:"priority,omitempty"`
+	TimeoutMS   int64              `msgpack:"timeout_ms,omitempty"`
+	Description string             `msgpack:"desc,omitempty"`
+	Identity    string             `msgpack:"identity,omitempty"`
+	EnqueuedAt  int64              `msgpack:"enqueued_at,omitempty"` // unix ms
+	ETA         int64              `msgpack:"eta,omitempty"`         // unix ms
+}
+
+var encPool = sync.Pool{New: func() any {
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.UseCompactInts(true)
+	return &encoder{buf: &buf, enc: enc}
+}}
+
+type encoder struct {
+	buf *bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+// Marshal encodes v (an envelope, a dead letter, job arguments) as msgpack.
+// The returned slice is freshly allocated and owned by the caller.
+func Marshal(v any) ([]byte, error) {
+	e := encPool.Get().(*encoder)
+	e.buf.Reset()
+	err := e.enc.Encode(v)
+	var out []byte
+	if err == nil {
+		out = append([]byte(nil), e.buf.Bytes()...)
+	}
+	if e.buf.Cap() <= 64<<10 {
+		encPool.Put(e)
+	}
+	return out, err
+}
+
+// EncodeEnvelope checks and encodes an envelope.
+func EncodeEnvelope(e *Envelope) ([]byte, error) {
+	e.V = EnvelopeVersion
+	if err := e.check(); err != nil {
+		return nil, err
+	}
+	return Marshal(e)
+}
+
+var decPool = sync.Pool{New: func() any {
+	d := msgpack.NewDecoder(nil)
+	d.DisallowUnknownFields(true)
+	return d
+}}
+
+// DecodeEnvelope decodes and validates a job envelope strictly: unknown
+// versions and unknown keys are rejected, sizes and nesting are bounded.
+func DecodeEnvelope(data []byte, maxSize int) (*Envelope, error) {
+	if maxSize <= 0 {
+		maxSize = DefaultMaxEnvelope
+	}
+	if len(data) > maxSize {
+		return nil, fmt.Errorf("%w: %d bytes exceeds the %d-byte limit", ErrInvalid, len(data), maxSize)
+	}
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%w: empty message", ErrInvalid)
+	}
+	if err := CheckDepth(data, DefaultMaxDepth+2); err != nil {
+		return nil, err
+	}
+	d := decPool.Get().(*msgpack.Decoder)
+	d.Reset(bytes.NewReader(data))
+	d.DisallowUnknownFields(true)
+	e := new(Envelope)
+	err := d.Decode(e)
+	decPool.Put(d)
+	if err != nil {
+		return nil, fmt.Errorf("%w: not a msgpack envelope: %v", ErrInvalid, err)
+	}
+	if e.V != EnvelopeVersion {
+		return nil, fmt.Errorf("%w: unknown envelope version %d (this worker reads %d)", ErrInvalid, e.V, EnvelopeVersion)
+	}
+	if err := e.check(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Envelope) check() error {
+	if err := ValidID(e.ID); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if e.Name == "" || len(e.Name) > 256 {
+		return fmt.Errorf("%w: job name missing or longer than 256 bytes", ErrInvalid)
+	}
+	if len(e.Args) == 0 {
+		return fmt.Errorf("%w: args missing (use an empty map)", ErrInvalid)
+	}
+	if e.Channel != "" {
+		if err := ValidChannel(e.Channel); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+	}
+	if e.Attempt < 0 || (e.MaxRetries != nil && *e.MaxRetries < 0) || e.TimeoutMS < 0 {
+		return fmt.Errorf("%w: negative attempt, max_retries or timeout", ErrInvalid)
+	}
+	for k, v := range e.Retry {
+		if k < 1 || v < 0 {
+			return fmt.Errorf("%w: retry pattern entries must be try>=1 -> delay>=0", ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// Unmarshal decodes msgpack data into v strictly (unknown struct fields are
+// an error) after checking the nesting depth.
+func Unmarshal(data []byte, v any) error {
+	if err := CheckDepth(data, DefaultMaxDepth); err != nil {
+		return err
+	}
+	d := decPool.Get().(*msgpack.Decoder)
+	d.Reset(bytes.NewReader(data))
+	d.DisallowUnknownFields(true)
+	err := d.Decode(v)
+	decPool.Put(d)
+	return err
+}
+
+// Millis converts a time to unix milliseconds (0 for the zero time).
+func Millis(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// FromMillis converts unix milliseconds to a time (zero for 0).
+func FromMillis(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}

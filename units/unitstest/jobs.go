@@ -1,0 +1,185 @@
+package unitstest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/units"
+)
+
+// Enqueued is one job captured by a Trap.
+type Enqueued struct {
+	ID      string
+	Args    job.Args
+	Options job.Options
+}
+
+// Trap is a job.Enqueuer that captures jobs instead of sending them (the
+// seed's trap_jobs). An enqueue whose identity key matches a captured job
+// returns that job's id and captures nothing, as the real queue does.
+type Trap struct {
+	mu   sync.Mutex
+	seq  int
+	jobs []Enqueued
+}
+
+// NewTrap returns an empty trap.
+func NewTrap() *Trap { return &Trap{} }
+
+// Enqueue implements job.Enqueuer.
+func (t *Trap) Enqueue(_ context.Context, args job.Args, opts ...job.Option) (string, error) {
+	o := job.Apply(args, opts...)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if o.IdentityKey != "" {
+		for _, j := range t.jobs {
+			if j.Options.IdentityKey == o.IdentityKey {
+				return j.ID, nil
+			}
+		}
+	}
+	t.seq++
+	id := o.ID
+	if id == "" {
+		id = fmt.Sprintf("trap-%d", t.seq)
+	}
+	t.jobs = append(t.jobs, Enqueued{ID: id, Args: args, Options: o})
+	return id, nil
+}
+
+// Jobs returns the captured jobs in enqueue order.
+func (t *Trap) Jobs() []Enqueued {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.jobs)
+}
+
+// Named returns the captured jobs named name.
+func (t *Trap) Named(name string) []Enqueued {
+	var out []Enqueued
+	for _, j := range t.Jobs() {
+		if j.Args.JobName() == name {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// Reset forgets the captured jobs.
+func (t *Trap) Reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.jobs = nil
+}
+
+// ArgsOf returns the arguments of the captured jobs of type T.
+func ArgsOf[T job.Args](t *Trap) []T {
+	var out []T
+	for _, j := range t.Jobs() {
+		if a, ok := j.Args.(T); ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Perform runs the captured jobs with run, in order, and removes them (the
+// seed's perform_enqueued_jobs). Jobs enqueued meanwhile run too. It stops at
+// the first error that is not a job.NothingToDo.
+func (t *Trap) Perform(ctx context.Context, run func(ctx context.Context, args job.Args) (string, error)) error {
+	for {
+		t.mu.Lock()
+		if len(t.jobs) == 0 {
+			t.mu.Unlock()
+			return nil
+		}
+		j := t.jobs[0]
+		t.jobs = t.jobs[1:]
+		t.mu.Unlock()
+		if _, err := run(ctx, j.Args); err != nil && !units.IsNothingToDo(err) {
+			return fmt.Errorf("job %s (%s): %w", j.ID, j.Args.JobName(), err)
+		}
+	}
+}
+
+// Result is one job run by an Inline runner.
+type Result struct {
+	ID     string
+	Args   job.Args
+	Result string
+	Err    error
+}
+
+// Inline is a job.Enqueuer that runs each job synchronously when it is
+// enqueued (the seed's "run jobs inline" switch): the synchronizer jobs with
+// the registry, other jobs with the handlers given to Handle. Enqueue
+// returns the job's error, except a job.NothingToDo which is success.
+type Inline struct {
+	registry *units.Registry
+	env      units.Env
+
+	mu       sync.Mutex
+	seq      int
+	handlers map[string]func(ctx context.Context, args job.Args) (string, error)
+	results  []Result
+}
+
+// NewInline returns an inline runner for r; its Env is env with Jobs set to
+// the runner itself, so follow-up jobs run inline too.
+func NewInline(r *units.Registry, env units.Env) *Inline {
+	in := &Inline{registry: r, handlers: map[string]func(context.Context, job.Args) (string, error){}}
+	env.Jobs = in
+	in.env = env
+	return in
+}
+
+// Env returns the environment jobs run with (Jobs is the runner).
+func (in *Inline) Env() units.Env { return in.env }
+
+// Handle runs jobs named name with fn.
+func (in *Inline) Handle(name string, fn func(ctx context.Context, args job.Args) (string, error)) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.handlers[name] = fn
+}
+
+// Run runs args now, as a worker would.
+func (in *Inline) Run(ctx context.Context, args job.Args) (string, error) {
+	in.mu.Lock()
+	fn := in.handlers[args.JobName()]
+	in.mu.Unlock()
+	if fn != nil {
+		return fn(ctx, args)
+	}
+	return in.registry.RunJob(ctx, in.env, args)
+}
+
+// Enqueue implements job.Enqueuer by running the job now.
+func (in *Inline) Enqueue(ctx context.Context, args job.Args, opts ...job.Option) (string, error) {
+	o := job.Apply(args, opts...)
+	in.mu.Lock()
+	in.seq++
+	id := o.ID
+	if id == "" {
+		id = fmt.Sprintf("inline-%d", in.seq)
+	}
+	in.mu.Unlock()
+	res, err := in.Run(ctx, args)
+	in.mu.Lock()
+	in.results = append(in.results, Result{ID: id, Args: args, Result: res, Err: err})
+	in.mu.Unlock()
+	if err != nil && !units.IsNothingToDo(err) {
+		return id, err
+	}
+	return id, nil
+}
+
+// Results returns the jobs run so far, in order.
+func (in *Inline) Results() []Result {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return slices.Clone(in.results)
+}

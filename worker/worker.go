@@ -1,0 +1,776 @@
+// Package worker is the consumer side of the jobs queue: it pulls jobs from
+// NATS JetStream, runs their registered handlers with bounded concurrency,
+// retries them by their retry pattern without holding capacity, keeps their
+// leases alive with progress heartbeats, dead-letters what cannot succeed
+// (with its error, type, stack and attempts), records job states in Redis,
+// and shuts down gracefully.
+//
+//	reg := worker.NewRegistry()
+//	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[ImportProduct]) (string, error) {
+//		...
+//	})
+//	w, err := worker.New(js, reg, worker.WithRedis(rdb), worker.WithLogger(log))
+//	err = w.Run(ctx) // until ctx is cancelled (SIGTERM), then drains
+//
+// Delivery is at least once: a job whose worker dies mid-run is delivered
+// again after its lease (AckWait, 30 s by default) and its next run counts
+// as a new attempt. Handlers must be idempotent; the bindings package gives
+// the tools (idempotent bind, completion records).
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/connector-go/connector/internal/records"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// ConsumerName is the durable consumer all workers of a deployment share.
+const ConsumerName = "workers"
+
+// Defaults.
+const (
+	DefaultConcurrency   = 256
+	DefaultAckWait       = 30 * time.Second
+	DefaultShutdownGrace = 25 * time.Second
+	DefaultMaxAckPending = 20000
+)
+
+type config struct {
+	prefix         string
+	rdb            redis.UniversalClient
+	log            *zap.Logger
+	tp             trace.TracerProvider
+	mp             metric.MeterProvider
+	linkMode       telemetry.LinkMode
+	concurrency    int
+	ackWait        time.Duration
+	grace          time.Duration
+	retry          job.RetryPattern
+	name           string
+	provision      bool
+	streams        streams.Config
+	recordTTL      time.Duration
+	maxEnvelope    int
+	unknownRetries int
+	unknownDelay   time.Duration
+	maxAckPending  int
+	fetchWait      time.Duration
+	pullers        int
+}
+
+// Option configures a Worker.
+type Option func(*config)
+
+// WithPrefix sets the deployment prefix (default "connector").
+func WithPrefix(p string) Option { return func(c *config) { c.prefix = p } }
+
+// WithRedis enables job records and identity-key release.
+func WithRedis(rdb redis.UniversalClient) Option { return func(c *config) { c.rdb = rdb } }
+
+// WithLogger sets the logger (default: none).
+func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
+
+// WithTracerProvider enables a CONSUMER span per job run.
+func WithTracerProvider(tp trace.TracerProvider) Option { return func(c *config) { c.tp = tp } }
+
+// WithLinkedTraces makes each job run a new trace linked to the producer's
+// span instead of a child of it.
+func WithLinkedTraces() Option { return func(c *config) { c.linkMode = telemetry.LinkedMode } }
+
+// WithMeterProvider enables job metrics.
+func WithMeterProvider(mp metric.MeterProvider) Option { return func(c *config) { c.mp = mp } }
+
+// WithConcurrency sets how many jobs this process runs at once (default 64).
+func WithConcurrency(n int) Option { return func(c *config) { c.concurrency = n } }
+
+// WithAckWait sets the job lease: a job whose worker stops heartbeating is
+// delivered again after it (default 30 s).
+func WithAckWait(d time.Duration) Option { return func(c *config) { c.ackWait = d } }
+
+// WithShutdownGrace bounds how long Run waits for running jobs after its
+// context is cancelled; jobs still running then are handed back (default 25 s).
+func WithShutdownGrace(d time.Duration) Option { return func(c *config) { c.grace = d } }
+
+// WithRetryPattern sets the retry pattern of jobs that give none.
+func WithRetryPattern(p job.RetryPattern) Option { return func(c *config) { c.retry = p } }
+
+// WithName names this worker in records and logs (default host-pid).
+func WithName(n string) Option { return func(c *config) { c.name = n } }
+
+// WithoutProvisioning makes Run check that the streams exist instead of
+// creating or updating them (for workers without the right to).
+func WithoutProvisioning() Option { return func(c *config) { c.provision = false } }
+
+// WithStreamReplicas sets the replicas of provisioned streams (3 in production).
+func WithStreamReplicas(n int) Option { return func(c *config) { c.streams.Replicas = n } }
+
+// WithMemoryStorage provisions memory-backed streams (tests, benchmarks).
+func WithMemoryStorage() Option { return func(c *config) { c.streams.Memory = true } }
+
+// WithRecordTTL sets how long job records are kept (default 7 days).
+func WithRecordTTL(d time.Duration) Option { return func(c *config) { c.recordTTL = d } }
+
+// WithMaxEnvelope bounds the size of an accepted job message (default 1 MiB).
+func WithMaxEnvelope(n int) Option { return func(c *config) { c.maxEnvelope = n } }
+
+// WithUnknownJobRedeliveries sets how many times a job with a name this
+// worker does not know is handed back (other workers of a rolling deploy may
+// know it) before it is dead-lettered (default 3, one second apart).
+func WithUnknownJobRedeliveries(n int, delay time.Duration) Option {
+	return func(c *config) { c.unknownRetries, c.unknownDelay = n, delay }
+}
+
+// WithMaxAckPending caps jobs delivered and not yet finished across the
+// whole fleet (default 20000).
+func WithMaxAckPending(n int) Option { return func(c *config) { c.maxAckPending = n } }
+
+// Worker runs jobs. Create it with New and call Run.
+type Worker struct {
+	js       jetstream.JetStream
+	reg      *Registry
+	handlers map[string]Handler
+	cfg      config
+	names    wire.Names
+	log      *zap.Logger
+	tracer   trace.Tracer
+	metrics  *telemetry.Metrics
+	rec      *records.Store
+
+	inflight sync.Map // *running
+	running  atomic.Int64
+	wg       sync.WaitGroup
+	hardCtx  context.Context // cancelled when the grace period ends
+}
+
+type running struct {
+	msg     jetstream.Msg
+	started time.Time
+}
+
+// New builds a Worker for the handlers in reg.
+func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error) {
+	host, _ := os.Hostname()
+	c := config{
+		concurrency: DefaultConcurrency, ackWait: DefaultAckWait, grace: DefaultShutdownGrace,
+		retry: job.DefaultRetryPattern, provision: true, unknownRetries: 3, unknownDelay: time.Second,
+		maxAckPending: DefaultMaxAckPending, fetchWait: 2 * time.Second, pullers: envPullers(),
+		name: host + "-" + strconv.Itoa(os.Getpid()),
+	}
+	for _, o := range opts {
+		o(&c)
+	}
+	names, err := wire.NewNames(c.prefix)
+	if err != nil {
+		return nil, err
+	}
+	if c.concurrency < 1 {
+		return nil, fmt.Errorf("worker: concurrency must be >= 1")
+	}
+	if c.ackWait < time.Second {
+		return nil, fmt.Errorf("worker: ack wait must be >= 1s")
+	}
+	if c.log == nil {
+		c.log = zap.NewNop()
+	}
+	// Job failures are reported with their own error and stack; the
+	// worker's own stack adds nothing.
+	c.log = c.log.WithOptions(zap.AddStacktrace(zapcore.DPanicLevel))
+	c.streams.Names = names
+	w := &Worker{js: js, reg: reg, handlers: reg.build(), cfg: c, names: names, log: c.log}
+	if c.tp != nil {
+		w.tracer = c.tp.Tracer("github.com/connector-go/connector/worker")
+	}
+	if w.metrics, err = telemetry.NewMetrics(c.mp); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Names exposes the subjects and streams the worker uses.
+func (w *Worker) Names() wire.Names { return w.names }
+
+// Running returns how many jobs this worker runs right now.
+func (w *Worker) Running() int { return int(w.running.Load()) }
+
+// Setup provisions (or checks) the streams and the durable consumer. Run
+// calls it; it is exported for tools that only provision.
+func (w *Worker) Setup(ctx context.Context) (jetstream.Consumer, error) {
+	if w.cfg.provision {
+		if err := streams.Ensure(ctx, w.js, w.cfg.streams); err != nil {
+			return nil, err
+		}
+	} else if err := streams.Check(ctx, w.js, w.names); err != nil {
+		return nil, err
+	}
+	cc := jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "connector workers",
+		FilterSubject: w.names.JobsWildcard(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       w.cfg.ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: w.cfg.maxAckPending,
+		MaxWaiting:    4096,
+	}
+	if !w.cfg.provision {
+		cons, err := w.js.Consumer(ctx, w.names.JobsStream(), ConsumerName)
+		if err == nil {
+			return cons, nil
+		}
+	}
+	cons, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
+	if err != nil {
+		return nil, fmt.Errorf("worker: consumer %s on %s: %w", ConsumerName, w.names.JobsStream(), err)
+	}
+	return cons, nil
+}
+
+// Run consumes jobs until ctx is cancelled, then stops pulling, lets running
+// jobs finish within the grace period and hands the others back for
+// redelivery. It returns nil after a clean shutdown.
+func (w *Worker) Run(ctx context.Context) error {
+	cons, err := w.Setup(ctx)
+	if err != nil {
+		return err
+	}
+	if w.cfg.rdb != nil {
+		w.rec = records.New(w.cfg.rdb, w.names, w.cfg.recordTTL, w.log)
+	}
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	w.hardCtx = hard
+
+	w.log.Info("worker started", zap.String("worker", w.cfg.name), zap.String("stream", w.names.JobsStream()),
+		zap.Int("concurrency", w.cfg.concurrency), zap.Duration("ack_wait", w.cfg.ackWait))
+
+	hbDone := make(chan struct{})
+	go w.heartbeats(hard, hbDone)
+
+	// Two pullers share the slots: while one waits for its batch, the other
+	// gathers the slots that freed up meanwhile, so pulls overlap.
+	slots := make(chan struct{}, w.cfg.concurrency)
+	var pullers sync.WaitGroup
+	for i := 0; i < w.cfg.pullers; i++ {
+		pullers.Add(1)
+		go func() {
+			defer pullers.Done()
+			w.fetchLoop(ctx, cons, slots)
+		}()
+	}
+	pullers.Wait()
+
+	// Drain: wait for running jobs up to the grace period.
+	drained := make(chan struct{})
+	go func() { w.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(w.cfg.grace):
+		w.log.Warn("shutdown grace period over: handing running jobs back", zap.Int64("running", w.running.Load()))
+		cancelHard()
+		<-drained
+	}
+	cancelHard()
+	<-hbDone
+	if w.rec != nil {
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := w.rec.Close(fctx); err != nil {
+			w.log.Warn("job records not flushed at shutdown", zap.Error(err))
+		}
+		cancel()
+	}
+	w.log.Info("worker stopped", zap.String("worker", w.cfg.name))
+	return nil
+}
+
+// fetchLoop pulls as many jobs as there are free slots. Every pulled message
+// gets a slot (and its heartbeat) the moment it arrives, so none waits in a
+// client buffer while its lease runs out.
+func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, slots chan struct{}) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		// Wait for one free slot, then take every other free one.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		n := 1
+	more:
+		for n < w.cfg.concurrency {
+			select {
+			case slots <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
+		fctx, cancel := context.WithTimeout(ctx, w.cfg.fetchWait)
+		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			for i := 0; i < n; i++ {
+				<-slots
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			w.log.Warn("fetch failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			if ctx.Err() != nil {
+				// Shutting down: hand it straight back.
+				_ = msg.Nak()
+				<-slots
+				continue
+			}
+			w.wg.Add(1)
+			w.running.Add(1)
+			go func(m jetstream.Msg) {
+				defer func() {
+					w.running.Add(-1)
+					<-slots
+					w.wg.Done()
+				}()
+				w.process(m)
+			}(msg)
+		}
+		cancel()
+		for i := got; i < n; i++ {
+			<-slots
+		}
+		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
+			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
+			w.log.Warn("fetch ended with an error", zap.Error(berr))
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+// heartbeats sends InProgress for jobs running longer than a third of the
+// lease, so long jobs keep it and dead workers lose it within AckWait.
+func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	every := w.cfg.ackWait / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			w.inflight.Range(func(_, v any) bool {
+				r := v.(*running)
+				if now.Sub(r.started) >= every/2 {
+					if err := r.msg.InProgress(); err != nil {
+						w.log.Debug("heartbeat failed", zap.Error(err))
+					}
+				}
+				return true
+			})
+		}
+	}
+}
+
+// jobCtxKey carries the per-job logger.
+type jobCtxKey struct{}
+
+type jobCtx struct{ log *zap.Logger }
+
+// Logger returns the logger of the running job (with job_id, job_name,
+// channel, attempt, trace_id, and backend/model when the arguments tell
+// them through a JobLabels() (backend, model string) method), or a no-op
+// logger outside a job.
+func Logger(ctx context.Context) *zap.Logger {
+	if jc, ok := ctx.Value(jobCtxKey{}).(*jobCtx); ok {
+		return jc.log
+	}
+	return zap.NewNop()
+}
+
+func withLabels(ctx context.Context, backend, model string) context.Context {
+	if jc, ok := ctx.Value(jobCtxKey{}).(*jobCtx); ok {
+		jc.log = jc.log.With(zap.String("backend", backend), zap.String("model", model))
+	}
+	return ctx
+}
+
+func (w *Worker) process(msg jetstream.Msg) {
+	received := time.Now()
+	meta, err := msg.Metadata()
+	if err != nil {
+		w.log.Error("message without JetStream metadata; terminating it", zap.Error(err))
+		_ = msg.Term()
+		return
+	}
+	env, err := wire.DecodeEnvelope(msg.Data(), w.cfg.maxEnvelope)
+	if err != nil {
+		w.dead(msg, meta, nil, 0, wire.ReasonMalformed, fmt.Errorf("%w: %v", job.ErrBadEnvelope, err), "")
+		return
+	}
+	attempt := env.Attempt + int(meta.NumDelivered)
+	h := w.handlers[env.Name]
+	if h == nil {
+		if int(meta.NumDelivered) <= w.cfg.unknownRetries {
+			w.log.Warn("unknown job name; handing it back for another worker", zap.String("job_id", env.ID),
+				zap.String("job_name", env.Name), zap.Uint64("delivered", meta.NumDelivered))
+			_ = msg.NakWithDelay(w.cfg.unknownDelay)
+			return
+		}
+		w.dead(msg, meta, env, attempt, wire.ReasonUnknownJob,
+			fmt.Errorf("%w: %q is not registered on worker %s", job.ErrUnknownJob, env.Name, w.cfg.name), "")
+		return
+	}
+	maxRetries := job.DefaultMaxRetries
+	if env.MaxRetries != nil {
+		maxRetries = *env.MaxRetries
+	}
+	channel := env.Channel
+	if channel == "" {
+		channel = job.DefaultChannel
+	}
+	if maxRetries > 0 && attempt > maxRetries {
+		// Redelivered after its worker died on the last allowed attempt.
+		w.dead(msg, meta, env, attempt-1, wire.ReasonMaxRetries,
+			fmt.Errorf("%w: attempt %d of %d was lost (worker died or lease expired)", job.ErrMaxRetries, attempt-1, maxRetries), "")
+		return
+	}
+	if env.Identity != "" {
+		w.releaseIdentity(env.Identity, env.ID)
+	}
+
+	m := &Message{
+		Meta: job.Meta{
+			ID: env.ID, Name: env.Name, Attempt: attempt, MaxRetries: maxRetries, Channel: channel,
+			Priority: job.DefaultPriority, Description: env.Description, IdentityKey: env.Identity,
+			EnqueuedAt: wire.FromMillis(env.EnqueuedAt), Timeout: time.Duration(env.TimeoutMS) * time.Millisecond,
+		},
+		Args: env.Args, Header: msg.Headers(), StreamSeq: meta.Sequence.Stream, Delivered: int(meta.NumDelivered),
+	}
+	if env.Priority != nil {
+		m.Priority = *env.Priority
+	}
+	pattern := w.cfg.retry
+	if len(env.Retry) > 0 {
+		pattern = make(job.RetryPattern, len(env.Retry))
+		for k, v := range env.Retry {
+			pattern[k] = time.Duration(v) * time.Millisecond
+		}
+	}
+	m.RetryPattern = pattern
+
+	r := &running{msg: msg, started: received}
+	w.inflight.Store(r, r)
+	defer w.inflight.Delete(r)
+
+	ctx := w.hardCtx
+	var span trace.Span
+	if w.tracer != nil {
+		ctx, span = telemetry.StartConsumerSpan(ctx, w.tracer, w.cfg.linkMode, w.names.JobsStream(), ConsumerName, env.ID, msg.Headers(),
+			attribute.String("connector.job.name", env.Name), attribute.String("connector.job.channel", channel),
+			attribute.Int("connector.job.attempt", attempt))
+		defer span.End()
+	} else {
+		ctx = telemetry.Extract(ctx, msg.Headers())
+	}
+	log := w.log.With(zap.String("job_id", env.ID), zap.String("job_name", env.Name),
+		zap.String("channel", channel), zap.Int("attempt", attempt))
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		log = log.With(zap.String("trace_id", sc.TraceID().String()))
+	}
+	jc := &jobCtx{log: log}
+	ctx = context.WithValue(ctx, jobCtxKey{}, jc)
+
+	if !m.EnqueuedAt.IsZero() {
+		w.metrics.JobStarted(ctx, env.Name, channel, received.Sub(m.EnqueuedAt))
+	} else {
+		w.metrics.JobStarted(ctx, env.Name, channel, 0)
+	}
+	w.record(records.Update{ID: env.ID, State: job.StateStarted, Name: env.Name, Channel: channel,
+		Attempts: attempt, MaxRetries: &maxRetries, Worker: w.cfg.name, StartedAt: received,
+		EnqueuedAt: m.EnqueuedAt})
+
+	runCtx := ctx
+	var cancel context.CancelFunc
+	if m.Timeout > 0 {
+		runCtx, cancel = context.WithTimeout(ctx, m.Timeout)
+	}
+	result, herr := safeCall(runCtx, h, m)
+	if cancel != nil {
+		if herr != nil && errors.Is(runCtx.Err(), context.DeadlineExceeded) && w.hardCtx.Err() == nil {
+			herr = job.Retry(fmt.Errorf("%w after %s: %w", job.ErrTimeout, m.Timeout, herr))
+		}
+		cancel()
+	}
+	w.finish(ctx, msg, meta, env, m, result, herr, received, jc.log, span)
+}
+
+func safeCall(ctx context.Context, h Handler, m *Message) (result string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &panicError{value: p, stack: string(debug.Stack())}
+		}
+	}()
+	return h(ctx, m)
+}
+
+type panicError struct {
+	value any
+	stack string
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("%v: %v", job.ErrPanic, e.value) }
+func (e *panicError) Unwrap() error { return job.ErrPanic }
+
+func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.Envelope, m *Message,
+	result string, herr error, started time.Time, log *zap.Logger, span trace.Span) {
+	took := time.Since(started)
+	var nothing *job.NothingToDoError
+	switch {
+	case herr == nil || errors.As(herr, &nothing):
+		outcome := "succeeded"
+		if herr != nil {
+			result, outcome = nothing.Msg, "nothing_to_do"
+		}
+		if err := msg.Ack(); err != nil {
+			log.Warn("ack failed; the job may run again", zap.Error(err))
+		}
+		w.metrics.JobEnded(ctx, m.Name, m.Channel, outcome, took)
+		w.record(records.Update{ID: m.ID, State: job.StateDone, Result: result, EndedAt: time.Now(), ClearError: true})
+		if ce := log.Check(zap.InfoLevel, "job done"); ce != nil {
+			ce.Write(zap.String("result", result), zap.Duration("took", took))
+		}
+		return
+	case w.hardCtx.Err() != nil && errors.Is(herr, context.Canceled):
+		// Shutdown grace over: hand it back, unfinished.
+		_ = msg.Nak()
+		log.Warn("job interrupted by shutdown; handed back", zap.Duration("took", took))
+		w.metrics.JobEnded(ctx, m.Name, m.Channel, "interrupted", took)
+		return
+	}
+	if span != nil {
+		telemetry.RecordError(span, herr)
+	}
+	if r, ok := job.AsRetryable(herr); ok {
+		exhausted := !r.NoCount && m.MaxRetries > 0 && m.Attempt >= m.MaxRetries
+		if !exhausted {
+			delay := r.Delay
+			if delay <= 0 {
+				delay = m.RetryPattern.Delay(m.Attempt)
+			}
+			next := m.Attempt
+			if r.NoCount {
+				next = m.Attempt - 1
+			}
+			if err := w.scheduleRetry(ctx, msg, env, next, delay); err != nil {
+				// Could not schedule: keep the message and retry it in place.
+				log.Warn("retry not scheduled; retrying in place", zap.Error(err))
+				_ = msg.NakWithDelay(delay)
+				return
+			}
+			w.metrics.JobEnded(ctx, m.Name, m.Channel, "retried", took)
+			w.record(records.Update{ID: m.ID, State: job.StateWaiting, Attempts: m.Attempt, Error: herr.Error(),
+				ErrorType: errorType(herr), ETA: time.Now().Add(delay), EndedAt: time.Now()})
+			log.Info("job failed; retry scheduled", zap.Error(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+			return
+		}
+		reason := wire.ReasonMaxRetries
+		if errors.Is(herr, job.ErrTimeout) {
+			reason = wire.ReasonTimeout
+		}
+		w.dead(msg, meta, env, m.Attempt, reason,
+			fmt.Errorf("%w (%d): %w", job.ErrMaxRetries, m.MaxRetries, herr), "")
+		return
+	}
+	reason, stack := wire.ReasonError, ""
+	var pe *panicError
+	switch {
+	case errors.As(herr, &pe):
+		reason, stack = wire.ReasonPanic, pe.stack
+	case errors.Is(herr, job.ErrBadArgs):
+		reason = wire.ReasonBadArgs
+	default:
+		stack = fmt.Sprintf("%+v", herr)
+	}
+	w.dead(msg, meta, env, m.Attempt, reason, herr, stack)
+}
+
+// scheduleRetry puts the next attempt in a message schedule: the current
+// message is acked, so no capacity is held while waiting.
+func (w *Worker) scheduleRetry(ctx context.Context, msg jetstream.Msg, env *wire.Envelope, attempt int, delay time.Duration) error {
+	next := *env
+	next.Attempt = attempt
+	data, err := wire.EncodeEnvelope(&next)
+	if err != nil {
+		return err
+	}
+	channel := env.Channel
+	if channel == "" {
+		channel = job.DefaultChannel
+	}
+	out := nats.NewMsg(w.names.ScheduleSubject(env.ID))
+	for k, v := range msg.Headers() {
+		if len(k) >= 5 && k[:5] == "Nats-" {
+			continue
+		}
+		out.Header[k] = v
+	}
+	out.Header[wire.HeaderMsgID] = []string{env.ID + "." + strconv.Itoa(attempt) + "." + strconv.FormatInt(time.Now().UnixNano(), 36)}
+	out.Header[wire.HeaderSchedule] = []string{"@at " + time.Now().Add(delay).UTC().Format(time.RFC3339Nano)}
+	out.Header[wire.HeaderSchTarget] = []string{w.names.JobsSubject(channel)}
+	out.Data = data
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := w.js.PublishMsg(pctx, out); err != nil {
+		return err
+	}
+	return msg.Ack()
+}
+
+// dead copies the message to the dead-letter stream with why it died, and
+// only then removes it from the jobs stream. If the copy fails the message
+// stays and comes back later: nothing is dropped.
+func (w *Worker) dead(msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.Envelope, attempts int, reason string, cause error, stack string) {
+	dl := wire.DeadLetter{
+		V: 1, Reason: reason, Error: cause.Error(), ErrorType: errorType(cause), Stack: stack,
+		Attempts: attempts, Subject: msg.Subject(), StreamSeq: meta.Sequence.Stream, DiedAt: time.Now().UnixMilli(),
+		Worker: w.cfg.name, Headers: msg.Headers(), Data: msg.Data(),
+	}
+	subject := w.names.DeadMalformedSubject(meta.Sequence.Stream)
+	msgID := "dead.seq." + strconv.FormatUint(meta.Sequence.Stream, 10)
+	log := w.log.With(zap.Uint64("stream_seq", meta.Sequence.Stream))
+	if env != nil {
+		dl.JobID, dl.JobName, dl.Channel, dl.EnqueuedAt = env.ID, env.Name, env.Channel, env.EnqueuedAt
+		subject = w.names.DeadJobSubject(env.ID)
+		msgID = "dead." + env.ID + "." + strconv.FormatUint(meta.Sequence.Stream, 10)
+		log = log.With(zap.String("job_id", env.ID), zap.String("job_name", env.Name), zap.Int("attempt", attempts))
+	}
+	data, err := wire.Marshal(&dl)
+	if err == nil {
+		out := nats.NewMsg(subject)
+		out.Header[wire.HeaderMsgID] = []string{msgID}
+		out.Header[wire.HeaderDeadWhy] = []string{reason}
+		if env != nil {
+			out.Header[wire.HeaderJobID] = []string{env.ID}
+			out.Header[wire.HeaderJobName] = []string{env.Name}
+		}
+		out.Data = data
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = w.js.PublishMsg(ctx, out)
+		cancel()
+	}
+	if err != nil {
+		log.Error("dead letter not stored; the job stays queued and comes back", zap.Error(err))
+		_ = msg.NakWithDelay(5 * time.Second)
+		return
+	}
+	if err := msg.TermWithReason(reason); err != nil {
+		log.Warn("term failed after dead-lettering; a duplicate letter may follow", zap.Error(err))
+	}
+	name, channel := "", ""
+	if env != nil {
+		name, channel = env.Name, env.Channel
+		if env.Identity != "" {
+			w.releaseIdentity(env.Identity, env.ID)
+		}
+		w.record(records.Update{ID: env.ID, State: job.StateDead, Name: env.Name, Attempts: attempts,
+			Error: cause.Error(), ErrorType: errorType(cause), Stack: stack, EndedAt: time.Now()})
+	}
+	w.metrics.JobEnded(context.Background(), name, channel, "dead", 0)
+	log.Error("job dead-lettered", zap.String("reason", reason), zap.Error(cause))
+}
+
+func (w *Worker) record(u records.Update) {
+	if w.rec != nil {
+		w.rec.Record(u)
+	}
+}
+
+var releaseIdentityScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// releaseIdentity frees a job's identity key once it starts (or dies), so a
+// new job with the same key may be enqueued.
+func (w *Worker) releaseIdentity(key, id string) {
+	if w.cfg.rdb == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := releaseIdentityScript.Run(ctx, w.cfg.rdb, []string{w.names.RedisKey("identity", key)}, id).Err(); err != nil {
+		w.log.Warn("identity key not released", zap.String("identity_key", key), zap.Error(err))
+	}
+}
+
+// errorType names the type of the error that caused a failure, looking
+// through the wrappers the runtime and fmt add.
+func errorType(err error) string {
+	for err != nil {
+		switch e := err.(type) {
+		case *job.RetryableError:
+			err = e.Err
+			continue
+		case *panicError:
+			return "panic"
+		case interface{ Unwrap() []error }:
+			errs := e.Unwrap()
+			if len(errs) == 0 {
+				break
+			}
+			err = errs[len(errs)-1]
+			continue
+		case interface{ Unwrap() error }:
+			if t := fmt.Sprintf("%T", err); t == "*fmt.wrapError" {
+				err = e.Unwrap()
+				continue
+			}
+		}
+		break
+	}
+	return fmt.Sprintf("%T", err)
+}
+
+func envPullers() int {
+	if n, err := strconv.Atoi(os.Getenv("CONNECTOR_PULLERS")); err == nil && n > 0 {
+		return n
+	}
+	return 2
+}
