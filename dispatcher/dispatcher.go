@@ -252,13 +252,14 @@ func (d *Dispatcher) publish(p *prepared) (id string, err error) {
 			return existing, nil
 		}
 	}
-	if _, err := d.js.PublishMsg(p.ctx, p.msg); err != nil {
+	ack, err := d.js.PublishMsg(p.ctx, p.msg)
+	if err != nil {
 		if p.identity != "" {
 			d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
 		}
 		return "", fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err)
 	}
-	d.recordEnqueued(p)
+	d.recordEnqueued(p, ack.Sequence)
 	return p.env.ID, nil
 }
 
@@ -272,7 +273,7 @@ func (d *Dispatcher) endSpan(p *prepared, err error) {
 	p.span.End()
 }
 
-func (d *Dispatcher) recordEnqueued(p *prepared) {
+func (d *Dispatcher) recordEnqueued(p *prepared, seq uint64) {
 	d.metrics.JobEnqueued(p.ctx, p.env.Name, p.env.Channel)
 	if d.rec == nil {
 		return
@@ -292,7 +293,7 @@ func (d *Dispatcher) recordEnqueued(p *prepared) {
 	d.rec.Record(records.Update{
 		ID: p.env.ID, State: st, InitState: true, Name: p.env.Name, Channel: p.env.Channel,
 		Priority: &prio, MaxRetries: &mr, Description: p.env.Description,
-		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta,
+		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta, Seq: seq, Identity: p.identity,
 	})
 }
 
@@ -335,9 +336,9 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) ([]Result, e
 			f := pending[0]
 			pending = pending[1:]
 			select {
-			case <-f.ack.Ok():
+			case pa := <-f.ack.Ok():
 				results[f.i].ID = f.p.env.ID
-				d.recordEnqueued(f.p)
+				d.recordEnqueued(f.p, pa.Sequence)
 				d.endSpan(f.p, nil)
 			case err := <-f.ack.Err():
 				fail(f.i, fmt.Errorf("dispatcher: publish %s: %w", f.p.env.Name, err))

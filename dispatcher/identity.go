@@ -51,3 +51,13 @@ func (d *Dispatcher) releaseIdentity(ctx context.Context, key, id string) {
 		d.log.Warn("identity key not released", zapKey(key), zapErr(err))
 	}
 }
+
+// identityOf reads the identity key a job was enqueued with (kept in its
+// record as "identity").
+func (d *Dispatcher) identityOf(ctx context.Context, id string) string {
+	v, err := d.rdb.HGet(ctx, d.rec.Key(id), "identity").Result()
+	if err != nil {
+		return ""
+	}
+	return v
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -645,5 +646,84 @@ func TestMetricsCountOutcomes(t *testing.T) {
 	want := map[string]int64{"write/skipped": 1, "write/retried": 1, "write/succeeded": 1, "create/succeeded": 1}
 	if fmt.Sprint(counts) != fmt.Sprint(want) {
 		t.Fatalf("counts %v, want %v", counts, want)
+	}
+}
+
+// Shutdown: Run waits for running handlers, cancels their context after the
+// grace period, and the interrupted event is handled by another worker.
+func TestShutdownGraceCancelsHandlers(t *testing.T) {
+	e := newEnv(t)
+	started := make(chan struct{})
+	l := e.listeners(events.WithShutdownGrace(100 * time.Millisecond))
+	must(t, l.On("graceful", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}, events.WithPartitions(1), events.WithRetryDelay(func(int) time.Duration { return 10 * time.Millisecond })))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler not started")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		must(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the grace period")
+	}
+	got := newCounter()
+	l2 := e.listeners()
+	must(t, l2.On("graceful", "res.partner", "", func(_ context.Context, ev events.Event) error {
+		got.inc(ev.RecordID)
+		return nil
+	}, events.WithPartitions(1)))
+	e.start(l2)
+	testenv.Eventually(t, 10*time.Second, func() bool { return got.get("1") == 1 }, "interrupted event handled by the next worker")
+}
+
+// A publisher in another language follows docs/events.md with a plain
+// client: subject built by hand (FNV-1a bucket from the standard library),
+// body a plain msgpack map. The listener handles it like its own events.
+func TestForeignPublisherPerDocs(t *testing.T) {
+	e := newEnv(t)
+	got := make(chan events.Event, 1)
+	l := e.listeners()
+	must(t, l.On("foreign", "sale.order.line", events.Write, func(_ context.Context, ev events.Event) error {
+		got <- ev
+		return nil
+	}, events.WithPartitions(4)))
+	e.start(l)
+
+	h := fnv.New32a()
+	h.Write([]byte("SO042/7"))
+	subject := fmt.Sprintf("%s.events.sale:order:line.write.%02x", e.names.Prefix, h.Sum32()&0xff)
+	body, err := msgpack.Marshal(map[string]any{
+		"v": 1, "id": "5b0c3f9e-1d7a-4c1e-9a53-2f0d8c1e7b11", "model": "sale.order.line", "event": "write",
+		"record_id": "SO042/7", "fields": []string{"qty"}, "time": uint64(1700000000000),
+		"data": map[string]any{"qty": 3, "nested": []any{1, "x", map[string]any{"y": true}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Header["Nats-Msg-Id"] = []string{"5b0c3f9e-1d7a-4c1e-9a53-2f0d8c1e7b11"}
+	msg.Header["traceparent"] = []string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	msg.Data = body
+	if _, err := e.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-got:
+		if ev.RecordID != "SO042/7" || ev.Model != "sale.order.line" || ev.Time.UnixMilli() != 1700000000000 ||
+			fmt.Sprint(ev.Fields) != "[qty]" || fmt.Sprint(ev.Data["qty"]) != "3" {
+			t.Fatalf("event %+v", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("foreign event not handled")
 	}
 }

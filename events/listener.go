@@ -51,6 +51,7 @@ type Listeners struct {
 	worker  string
 	mark    *redis.Script
 	metrics *telemetry.Metrics
+	grace   time.Duration
 
 	mu        sync.Mutex
 	running   bool
@@ -73,6 +74,10 @@ func WithAckWait(d time.Duration) Option { return func(l *Listeners) { l.ackWait
 // WithMaxEventSize bounds accepted event bodies (default
 // wire.DefaultMaxEnvelope); larger ones are dead-lettered as malformed.
 func WithMaxEventSize(n int) Option { return func(l *Listeners) { l.maxSize = n } }
+
+// WithShutdownGrace is how long Run lets running handlers finish after its
+// context ends before it cancels their context (default 30 s).
+func WithShutdownGrace(d time.Duration) Option { return func(l *Listeners) { l.grace = d } }
 
 // WithWorkerID names this process in dead letters (default host:pid).
 func WithWorkerID(id string) Option { return func(l *Listeners) { l.worker = id } }
@@ -135,7 +140,8 @@ type listener struct {
 // an event is handled again: delivery is at least once either way).
 func NewListeners(js jetstream.JetStream, rdb redis.UniversalClient, names wire.Names, log *zap.Logger, opts ...Option) *Listeners {
 	l := &Listeners{js: js, rdb: rdb, names: names, log: log, ackWait: DefaultAckWait, maxSize: wire.DefaultMaxEnvelope,
-		mark: redis.NewScript(markScript)}
+		grace: 30 * time.Second,
+		mark:  redis.NewScript(markScript)}
 	for _, o := range opts {
 		o(l)
 	}
@@ -178,6 +184,9 @@ func (l *Listeners) On(name, model, event string, h Handler, opts ...ListenOptio
 	}
 	if p := li.partitions; p < 1 || p > wire.EventBuckets || p&(p-1) != 0 {
 		return fmt.Errorf("%w: %s: partitions %d (a power of two, 1-%d)", ErrBadListener, name, p, wire.EventBuckets)
+	}
+	if li.retryDelay == nil {
+		li.retryDelay = defaultRetryDelay
 	}
 	if li.maxDeliver < 1 {
 		return fmt.Errorf("%w: %s: max deliver %d", ErrBadListener, name, li.maxDeliver)
@@ -223,7 +232,8 @@ type partition struct {
 
 // Run creates the listeners' consumers (idempotently) and handles events
 // until ctx ends; then it stops fetching, waits for the handlers running
-// (their context is not cancelled by ctx) and returns nil. It returns an
+// and returns nil. Handlers' context is not cancelled by ctx, only once the
+// shutdown grace period (WithShutdownGrace) has passed. It returns an
 // error when a consumer cannot be created at start. A consumer that stops
 // later (deleted by an operator, connection closed) is created again and
 // consumed anew, every second until it works.
@@ -269,7 +279,8 @@ func (l *Listeners) Run(ctx context.Context) error {
 	}
 
 	g := &gate{}
-	hctx := context.WithoutCancel(ctx)
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		wg.Add(1)
@@ -281,6 +292,8 @@ func (l *Listeners) Run(ctx context.Context) error {
 	l.log.Info("events: listening", zap.Int("listeners", len(lis)), zap.Int("consumers", len(parts)))
 	<-ctx.Done()
 	g.stop()
+	grace := time.AfterFunc(l.grace, hcancel)
+	defer grace.Stop()
 	wg.Wait()
 	g.inflight.Wait()
 	return nil
@@ -327,7 +340,9 @@ func (p *partition) supervise(ctx, hctx context.Context, g *gate) {
 				p.handle(hctx, msg)
 			},
 				jetstream.PullMaxMessages(1),
-				jetstream.PullExpiry(5*time.Second),
+				// Short pulls: a Consume with PullMaxMessages(1) was seen
+				// to stall for a whole PullExpiry now and then (facts file).
+				jetstream.PullExpiry(2*time.Second),
 				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 					if ctx.Err() == nil {
 						log.Warn("events: consume", zap.Error(err))

@@ -25,6 +25,8 @@ var (
 	ErrTimeout = errors.New("job: timeout")
 	// ErrCancelled: the job was cancelled before it started.
 	ErrCancelled = errors.New("job: cancelled")
+	// ErrStarted: too late to cancel, a worker has taken the job.
+	ErrStarted = errors.New("job: already started")
 )
 
 // RetryableError asks the runtime to run the job again later. Any other

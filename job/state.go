@@ -63,4 +63,6 @@ type Record struct {
 	StartedAt   time.Time `json:"started_at,omitzero"`
 	EndedAt     time.Time `json:"ended_at,omitzero"`
 	UpdatedAt   time.Time `json:"updated_at,omitzero"`
+	// Seq is the jobs-stream sequence of the message that enqueued it.
+	Seq uint64 `json:"seq,omitempty"`
 }

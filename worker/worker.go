@@ -444,6 +444,18 @@ func (w *Worker) process(msg jetstream.Msg) {
 		w.dead(msg, meta, nil, 0, wire.ReasonMalformed, fmt.Errorf("%w: %v", job.ErrBadEnvelope, err), "")
 		return
 	}
+	if env.Template {
+		// A firing of a periodic schedule: a new job of its own.
+		env.ID = env.ID + "-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+		env.Template = false
+		env.EnqueuedAt = meta.Timestamp.UnixMilli()
+	} else if w.cfg.rdb != nil && len(msg.Headers()[headerScheduler]) > 0 && w.cancelled(env.ID) {
+		// Fired by a schedule (ETA or retry) just as the job was cancelled.
+		_ = msg.Ack()
+		w.record(records.Update{ID: env.ID, State: job.StateCancelled, EndedAt: time.Now()})
+		w.log.Info("cancelled job dropped", zap.String("job_id", env.ID), zap.String("job_name", env.Name))
+		return
+	}
 	attempt := env.Attempt + int(meta.NumDelivered)
 	h := w.handlers[env.Name]
 	if h == nil {
@@ -720,6 +732,16 @@ func (w *Worker) record(u records.Update) {
 	if w.rec != nil {
 		w.rec.Record(u)
 	}
+}
+
+// headerScheduler is set by the server on messages fired by a schedule.
+const headerScheduler = "Nats-Scheduler"
+
+func (w *Worker) cancelled(id string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	n, err := w.cfg.rdb.Exists(ctx, w.names.RedisKey("cancelled", id)).Result()
+	return err == nil && n == 1
 }
 
 var releaseIdentityScript = redis.NewScript(`

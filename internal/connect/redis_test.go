@@ -254,11 +254,13 @@ func TestRedisDefaultInstance(t *testing.T) {
 	}
 }
 
-// TestRedisLeastPrivilegeACL applies the ACL rule documented in
-// docs/security.md and shows the connector's operations work on its keys
-// and nothing else does.
-func TestRedisLeastPrivilegeACL(t *testing.T) {
-	const admin, userPW = "admin-R3dis-Pw", "connector-Acl-Pw"
+// startACLRedis starts a redis-server and applies the ACL rule documented
+// in docs/security.md for keyPrefix; it returns the server's address and
+// the restricted user's password.
+func startACLRedis(t *testing.T, keyPrefix string) (addr, userPW string) {
+	t.Helper()
+	const admin = "admin-R3dis-Pw"
+	userPW = "connector-Acl-Pw"
 	p, out := startRedis(t, false, "--requirepass", admin)
 	if p == nil {
 		t.Fatalf("redis-server exited:\n%s", out)
@@ -270,14 +272,17 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 	var rule []string
 	for _, line := range strings.Split(string(doc), "\n") {
 		if strings.HasPrefix(line, "ACL SETUSER connector ") {
-			rule = strings.Fields(strings.Replace(line, ">PASSWORD", ">"+userPW, 1))
+			line = strings.Replace(line, ">PASSWORD", ">"+userPW, 1)
+			line = strings.ReplaceAll(line, "~connector:*", "~"+keyPrefix+":*")
+			line = strings.ReplaceAll(line, "~{connector:*", "~{"+keyPrefix+":*")
+			rule = strings.Fields(line)
 		}
 	}
 	if rule == nil {
 		t.Fatal("docs/security.md has no \"ACL SETUSER connector ...\" line")
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(p.Port)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	addr = "127.0.0.1:" + strconv.Itoa(p.Port)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	adm, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, Password: admin})
 	if err != nil {
@@ -291,6 +296,16 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 	if err := adm.Do(ctx, args...).Err(); err != nil {
 		t.Fatalf("documented ACL rule rejected by Redis: %v", err)
 	}
+	return addr, userPW
+}
+
+// TestRedisLeastPrivilegeACL applies the ACL rule documented in
+// docs/security.md and shows the connector's operations work on its keys
+// and nothing else does.
+func TestRedisLeastPrivilegeACL(t *testing.T) {
+	addr, userPW := startACLRedis(t, "connector")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 
 	c, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, Username: "connector", Password: userPW})
 	if err != nil {

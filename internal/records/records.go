@@ -42,6 +42,8 @@ type Update struct {
 	ETA         time.Time
 	StartedAt   time.Time
 	EndedAt     time.Time
+	Seq         uint64
+	Identity    string
 }
 
 func (u *Update) merge(o *Update) {
@@ -61,6 +63,7 @@ func (u *Update) merge(o *Update) {
 	setS(&u.Description, o.Description)
 	setS(&u.Result, o.Result)
 	setS(&u.Worker, o.Worker)
+	setS(&u.Identity, o.Identity)
 	if o.ClearError {
 		u.Error, u.ErrorType, u.Stack, u.ClearError = "", "", "", true
 	}
@@ -85,6 +88,9 @@ func (u *Update) merge(o *Update) {
 	setT(&u.ETA, o.ETA)
 	setT(&u.StartedAt, o.StartedAt)
 	setT(&u.EndedAt, o.EndedAt)
+	if o.Seq != 0 {
+		u.Seq = o.Seq
+	}
 }
 
 // Store writes and reads records.
@@ -245,6 +251,7 @@ func (u *Update) fields(now time.Time) []any {
 	add("error_type", u.ErrorType)
 	add("stack", u.Stack)
 	add("worker", u.Worker)
+	add("identity", u.Identity)
 	if u.Priority != nil {
 		v = append(v, "priority", *u.Priority)
 	}
@@ -263,6 +270,9 @@ func (u *Update) fields(now time.Time) []any {
 	addT("eta", u.ETA)
 	addT("started_at", u.StartedAt)
 	addT("ended_at", u.EndedAt)
+	if u.Seq != 0 {
+		v = append(v, "seq", u.Seq)
+	}
 	v = append(v, "updated_at", now.UnixMilli())
 	return v
 }
@@ -306,7 +316,7 @@ func parse(id string, m map[string]string) job.Record {
 		}
 		return time.UnixMilli(n)
 	}
-	return job.Record{
+	rec := job.Record{
 		ID: id, Name: m["name"], Channel: m["channel"], Priority: atoi("priority"),
 		State: job.State(m["state"]), Attempts: atoi("attempts"), MaxRetries: atoi("max_retries"),
 		Description: m["desc"], Result: m["result"], Error: m["error"], ErrorType: m["error_type"],
@@ -314,6 +324,10 @@ func parse(id string, m map[string]string) job.Record {
 		EnqueuedAt: ts("enqueued_at"), ETA: ts("eta"), StartedAt: ts("started_at"),
 		EndedAt: ts("ended_at"), UpdatedAt: ts("updated_at"),
 	}
+	if n, err := strconv.ParseUint(m["seq"], 10, 64); err == nil {
+		rec.Seq = n
+	}
+	return rec
 }
 
 // IsUnavailable reports a connection-level Redis failure.

@@ -43,6 +43,9 @@ type Envelope struct {
 	Identity    string             `msgpack:"identity,omitempty"`
 	EnqueuedAt  int64              `msgpack:"enqueued_at,omitempty"` // unix ms
 	ETA         int64              `msgpack:"eta,omitempty"`         // unix ms
+	// Template marks the envelope of a periodic schedule: each firing is a
+	// new job whose id is "<id>-<stream sequence>".
+	Template bool `msgpack:"tmpl,omitempty"`
 }
 
 var encPool = sync.Pool{New: func() any {

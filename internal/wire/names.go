@@ -74,6 +74,9 @@ func (n Names) JobsWildcard() string { return n.Prefix + ".jobs.>" }
 // ScheduleSubject holds the single pending schedule of a job (ETA, retry delay).
 func (n Names) ScheduleSubject(jobID string) string { return n.Prefix + ".sched." + jobID }
 
+// PeriodicSubject holds a named periodic schedule.
+func (n Names) PeriodicSubject(name string) string { return n.Prefix + ".sched.periodic." + name }
+
 // ScheduleWildcard matches every schedule subject.
 func (n Names) ScheduleWildcard() string { return n.Prefix + ".sched.>" }
 

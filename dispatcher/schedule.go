@@ -1,0 +1,155 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/connector-go/connector/internal/records"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Schedule registers (or updates) a periodic job under a name: spec is
+// "@every 10m", "@hourly", "@daily" or a 6-field cron expression
+// ("0 */15 * * * *": seconds first). The schedule lives in the jobs stream as
+// a JetStream message schedule, so the server fires it once per tick for the
+// whole fleet, whether zero or fifty workers run, and ticks while workers are
+// down still produce their job. Each firing is a new job with id
+// "periodic-<name>-<stream sequence>". Calling Schedule again with the same
+// arguments is a no-op; with others, it replaces the schedule. Safe to call
+// from every worker at start-up.
+func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.Args, opts ...job.Option) error {
+	if err := wire.ValidID(name); err != nil {
+		return fmt.Errorf("dispatcher: schedule name: %w", err)
+	}
+	o := job.Apply(args, opts...)
+	o.ID = "periodic-" + name
+	o.ETA, o.Delay, o.IdentityKey, o.IdentityFunc = time.Time{}, 0, "", nil
+	raw, err := wire.Marshal(args)
+	if err != nil {
+		return fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
+	}
+	p, err := d.prepareRaw(ctx, args.JobName(), raw, o)
+	if err != nil {
+		return err
+	}
+	defer d.endSpan(p, nil)
+	p.env.Template = true
+	p.env.EnqueuedAt = 0
+	data, err := wire.EncodeEnvelope(p.env)
+	if err != nil {
+		return err
+	}
+	subject := d.names.PeriodicSubject(name)
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header[wire.HeaderSchedule] = []string{spec}
+	msg.Header[wire.HeaderSchTarget] = []string{d.names.JobsSubject(p.env.Channel)}
+	msg.Header[wire.HeaderJobName] = []string{p.env.Name}
+
+	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	if err != nil {
+		return fmt.Errorf("dispatcher: schedule %s: %w", name, err)
+	}
+	var lastSeq uint64
+	cur, err := s.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case err == nil:
+		if cur.Header.Get(wire.HeaderSchedule) == spec && string(cur.Data) == string(data) &&
+			cur.Header.Get(wire.HeaderSchTarget) == msg.Header.Get(wire.HeaderSchTarget) {
+			return nil // already registered as asked
+		}
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+			return fmt.Errorf("dispatcher: schedule %s: replace: %w", name, err)
+		}
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	default:
+		return fmt.Errorf("dispatcher: schedule %s: %w", name, err)
+	}
+	// Only one of several concurrent registrations wins; the others find
+	// the subject taken and stop there.
+	_, err = d.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(lastSeq))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("dispatcher: schedule %s (%q; cron and @every need nats-server >= 2.14): %w", name, spec, err)
+	}
+	return nil
+}
+
+// Unschedule removes a periodic schedule; jobs it already fired stay queued.
+func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
+	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	if err != nil {
+		return fmt.Errorf("dispatcher: unschedule %s: %w", name, err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(d.names.PeriodicSubject(name))); err != nil {
+		return fmt.Errorf("dispatcher: unschedule %s: %w", name, err)
+	}
+	return nil
+}
+
+// Cancel cancels a job that has not started: a job waiting for its ETA or
+// its retry delay, or one queued and not yet taken by a worker. A cancelled
+// job never starts; its identity key is freed. It returns job.ErrStarted
+// when a worker has already taken the job, and job.ErrNotFound when the
+// job is unknown (Cancel needs the job records: WithRedis).
+func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
+	if d.rec == nil {
+		return ErrNoRedis
+	}
+	if err := d.rec.Flush(ctx); err != nil {
+		return err
+	}
+	rec, err := d.rec.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	switch rec.State {
+	case job.StateCancelled:
+		return nil
+	case job.StateStarted, job.StateDone, job.StateDead, job.StateFailed:
+		return fmt.Errorf("%w: job %s is %s", job.ErrStarted, id, rec.State)
+	}
+	// The tombstone first: a schedule that fires in the meantime produces a
+	// job the workers drop (they check it for scheduled jobs only).
+	if err := d.rdb.Set(ctx, d.names.RedisKey("cancelled", id), "1", 7*24*time.Hour).Err(); err != nil {
+		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	if err != nil {
+		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	// A waiting job: its schedule goes, so it never fires.
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(d.names.ScheduleSubject(id))); err != nil {
+		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	if rec.State == job.StateEnqueued && rec.Seq > 0 {
+		if err := s.DeleteMsg(ctx, rec.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+		}
+		// Deleted before any worker took it? The consumer delivers in
+		// stream order: a sequence beyond what it delivered was never seen.
+		cons, err := s.Consumer(ctx, "workers")
+		if err == nil {
+			info, err := cons.Info(ctx)
+			if err == nil && info.Delivered.Stream >= rec.Seq {
+				d.rdb.Del(ctx, d.names.RedisKey("cancelled", id))
+				return fmt.Errorf("%w: job %s was taken by a worker", job.ErrStarted, id)
+			}
+		}
+	}
+	if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
+		return err
+	}
+	if ident := d.identityOf(ctx, id); ident != "" {
+		d.releaseIdentity(ctx, ident, id)
+	}
+	return nil
+}

@@ -1,0 +1,201 @@
+package connect_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/connect"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/worker"
+)
+
+type lpImport struct {
+	ID string `msgpack:"id"`
+}
+
+func (lpImport) JobName() string { return "lp.import" }
+
+type lpBroken struct{}
+
+func (lpBroken) JobName() string { return "lp.broken" }
+
+// TestLeastPrivilegeComponents runs the real dispatcher (as producer and as
+// operator) and worker under the documented permissions: a job, a job with
+// a delay (message schedule), a retry and a dead letter, then the operator
+// requeues the dead letter; events published by the producer are handled
+// by listeners on the worker's connection, and a failing listener's dead
+// letter is written. No role may hit a permissions violation.
+func TestLeastPrivilegeComponents(t *testing.T) {
+	prefix := testenv.Prefix(t)
+	n := wire.MustNames(prefix)
+	const pw = "role-Pw-components"
+	srv := testenv.StartNATS(t, func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "producer", Password: pw, Permissions: ProducerPermissions(prefix, "_INBOX_producer")},
+			{Username: "worker", Password: pw, Permissions: WorkerPermissions(prefix, "_INBOX_worker")},
+			{Username: "operator", Password: pw, Permissions: OperatorPermissions(prefix, "_INBOX_operator")},
+		}
+	})
+	// Redis: a private server with the documented ACL user for this prefix.
+	raddr, rpw := startACLRedis(t, prefix)
+	rdb, err := connect.ConnectRedis(context.Background(), connect.RedisConfig{
+		URL: "redis://" + raddr + "/0", Username: "connector", Password: rpw,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	op := connectRole(t, srv.URL, "operator", pw, "_INBOX_operator")
+	if err := streams.Ensure(ctx, op.js, streams.Config{Names: n, Memory: true}); err != nil {
+		t.Fatalf("operator provisions streams: %v", err)
+	}
+	prod := connectRole(t, srv.URL, "producer", pw, "_INBOX_producer")
+	work := connectRole(t, srv.URL, "worker", pw, "_INBOX_worker")
+
+	// Worker.
+	var brokenRuns, flakyRuns atomic.Int32
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[lpImport]) (string, error) {
+		if j.Args.ID == "flaky" && flakyRuns.Add(1) == 1 {
+			return "", job.RetryAfter(errors.New("backend busy"), 50*time.Millisecond)
+		}
+		return "ok " + j.Args.ID, nil
+	})
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[lpBroken]) (string, error) {
+		brokenRuns.Add(1)
+		return "", errors.New("permanently broken")
+	})
+	w, err := worker.New(work.js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb),
+		worker.WithoutProvisioning(), worker.WithLogger(zap.NewNop()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Setup(ctx); err != nil {
+		t.Fatalf("worker setup under worker permissions: %v", err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	defer func() {
+		stop()
+		<-done
+	}()
+
+	// Producer.
+	d, err := dispatcher.New(prod.js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	now, err := d.Enqueue(ctx, lpImport{ID: "now"})
+	if err != nil {
+		t.Fatalf("producer enqueues: %v", err)
+	}
+	later, err := d.Enqueue(ctx, lpImport{ID: "later"}, job.WithDelay(200*time.Millisecond))
+	if err != nil {
+		t.Fatalf("producer enqueues with a delay: %v", err)
+	}
+	flaky, err := d.Enqueue(ctx, lpImport{ID: "flaky"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken, err := d.Enqueue(ctx, lpBroken{}, job.WithMaxRetries(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState := func(id string, want job.State) {
+		t.Helper()
+		var last job.Record
+		testenv.Eventually(t, 20*time.Second, func() bool {
+			r, err := d.Job(ctx, id)
+			last = r
+			return err == nil && r.State == want
+		}, "job %s %s (last %+v)", id, want, &last)
+	}
+	waitState(now, job.StateDone)
+	waitState(later, job.StateDone)
+	waitState(flaky, job.StateDone)
+	waitState(broken, job.StateDead)
+
+	// Operator: dead letters, requeue.
+	opd, err := dispatcher.New(op.js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opd.Close(context.Background())
+	dead, err := opd.DeadLetters(ctx, 10)
+	if err != nil || len(dead) != 1 {
+		t.Fatalf("operator lists dead letters: %d, %v", len(dead), err)
+	}
+	if err := opd.Requeue(ctx, broken); err != nil {
+		t.Fatalf("operator requeues: %v", err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool { return brokenRuns.Load() >= 2 }, "requeued job runs again")
+
+	// Events: the producer publishes, a worker-side listener handles one,
+	// another fails and dead-letters it.
+	handled := make(chan events.Event, 4)
+	l := events.NewListeners(work.js, rdb, n, zap.NewNop())
+	if err := l.On("audit", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		handled <- ev
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.On("failing", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		return errors.New("listener broken")
+	}, events.WithMaxDeliver(1)); err != nil {
+		t.Fatal(err)
+	}
+	lctx, lstop := context.WithCancel(ctx)
+	ldone := make(chan error, 1)
+	go func() { ldone <- l.Run(lctx) }()
+	defer func() {
+		lstop()
+		<-ldone
+	}()
+	pub := events.NewPublisher(prod.js, n)
+	if _, err := pub.Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7"}); err != nil {
+		t.Fatalf("producer publishes an event: %v", err)
+	}
+	select {
+	case ev := <-handled:
+		if ev.RecordID != "7" {
+			t.Fatalf("listener got %+v", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("listener under worker permissions got no event")
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		s, err := op.js.Stream(ctx, n.DeadStream())
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(n.DeadEventsWildcard()))
+		return err == nil && len(info.State.Subjects) == 1
+	}, "the failing listener's dead letter in %s", n.DeadStream())
+
+	for name, r := range map[string]role{"producer": prod, "worker": work, "operator": op} {
+		for _, e := range r.logs.All() {
+			if s, _ := e.ContextMap()["error"].(string); strings.Contains(s, "Permissions Violation") {
+				t.Errorf("%s hit a permissions violation: %s", name, s)
+			}
+		}
+	}
+}
