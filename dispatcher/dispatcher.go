@@ -291,7 +291,7 @@ func (d *Dispatcher) recordEnqueued(p *prepared, seq uint64) {
 		prio = *p.env.Priority
 	}
 	d.rec.Record(records.Update{
-		ID: p.env.ID, State: st, InitState: true, Name: p.env.Name, Channel: p.env.Channel,
+		ID: p.env.ID, Queued: st, Name: p.env.Name, Channel: p.env.Channel,
 		Priority: &prio, MaxRetries: &mr, Description: p.env.Description,
 		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta, Seq: seq, Identity: p.identity,
 	})

@@ -76,6 +76,7 @@ type config struct {
 	maxAckPending  int
 	fetchWait      time.Duration
 	pullers        int
+	prefetch       int
 }
 
 // Option configures a Worker.
@@ -144,6 +145,11 @@ func WithUnknownJobRedeliveries(n int, delay time.Duration) Option {
 // whole fleet (default 20000).
 func WithMaxAckPending(n int) Option { return func(c *config) { c.maxAckPending = n } }
 
+// WithPrefetch sets how many jobs this process may hold queued beyond the
+// running ones (default min(concurrency, 256)). Queued jobs keep their
+// leases through heartbeats; 0 takes a job only when a runner is free.
+func WithPrefetch(n int) Option { return func(c *config) { c.prefetch = n } }
+
 // Worker runs jobs. Create it with New and call Run.
 type Worker struct {
 	js       jetstream.JetStream
@@ -163,8 +169,8 @@ type Worker struct {
 }
 
 type running struct {
-	msg     jetstream.Msg
-	started time.Time
+	msg      jetstream.Msg
+	received time.Time
 }
 
 // New builds a Worker for the handlers in reg.
@@ -173,7 +179,7 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	c := config{
 		concurrency: DefaultConcurrency, ackWait: DefaultAckWait, grace: DefaultShutdownGrace,
 		retry: job.DefaultRetryPattern, provision: true, unknownRetries: 3, unknownDelay: time.Second,
-		maxAckPending: DefaultMaxAckPending, fetchWait: 2 * time.Second, pullers: envPullers(),
+		maxAckPending: DefaultMaxAckPending, fetchWait: 2 * time.Second, pullers: 2, prefetch: -1,
 		name: host + "-" + strconv.Itoa(os.Getpid()),
 	}
 	for _, o := range opts {
@@ -185,6 +191,9 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	}
 	if c.concurrency < 1 {
 		return nil, fmt.Errorf("worker: concurrency must be >= 1")
+	}
+	if c.prefetch < 0 {
+		c.prefetch = min(c.concurrency, 256)
 	}
 	if c.ackWait < time.Second {
 		return nil, fmt.Errorf("worker: ack wait must be >= 1s")
@@ -267,18 +276,43 @@ func (w *Worker) Run(ctx context.Context) error {
 	hbDone := make(chan struct{})
 	go w.heartbeats(hard, hbDone)
 
-	// Two pullers share the slots: while one waits for its batch, the other
-	// gathers the slots that freed up meanwhile, so pulls overlap.
-	slots := make(chan struct{}, w.cfg.concurrency)
+	// Pullers fetch batches into a local queue; `concurrency` runners take
+	// jobs from it. Every message is under heartbeat from the moment it is
+	// received, so a job waiting in the queue keeps its lease too. Credits
+	// bound what this process holds: running + queued <= concurrency + prefetch.
+	credits := make(chan struct{}, w.cfg.concurrency+w.cfg.prefetch)
+	queue := make(chan *running, w.cfg.concurrency+w.cfg.prefetch)
+	var runners sync.WaitGroup
+	for i := 0; i < w.cfg.concurrency; i++ {
+		runners.Add(1)
+		go func() {
+			defer runners.Done()
+			for r := range queue {
+				if ctx.Err() != nil {
+					// Shutting down: a job not started yet goes straight back.
+					_ = r.msg.Nak()
+					w.inflight.Delete(r)
+				} else {
+					w.running.Add(1)
+					w.process(r)
+					w.running.Add(-1)
+				}
+				<-credits
+			}
+		}()
+	}
 	var pullers sync.WaitGroup
 	for i := 0; i < w.cfg.pullers; i++ {
 		pullers.Add(1)
 		go func() {
 			defer pullers.Done()
-			w.fetchLoop(ctx, cons, slots)
+			w.fetchLoop(ctx, cons, credits, queue)
 		}()
 	}
 	pullers.Wait()
+	close(queue)
+	w.wg.Add(1)
+	go func() { runners.Wait(); w.wg.Done() }()
 
 	// Drain: wait for running jobs up to the grace period.
 	drained := make(chan struct{})
@@ -303,23 +337,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// fetchLoop pulls as many jobs as there are free slots. Every pulled message
-// gets a slot (and its heartbeat) the moment it arrives, so none waits in a
-// client buffer while its lease runs out.
-func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, slots chan struct{}) {
+// fetchLoop pulls batches of up to maxBatch jobs, as many as there are
+// credits, and queues them for the runners.
+func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, credits chan struct{}, queue chan<- *running) {
+	const maxBatch = 256
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		// Wait for one free slot, then take every other free one.
 		select {
-		case slots <- struct{}{}:
+		case credits <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
 		n := 1
 	more:
-		for n < w.cfg.concurrency {
+		for n < maxBatch {
 			select {
-			case slots <- struct{}{}:
+			case credits <- struct{}{}:
 				n++
 			default:
 				break more
@@ -330,7 +363,7 @@ func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, slots c
 		if err != nil {
 			cancel()
 			for i := 0; i < n; i++ {
-				<-slots
+				<-credits
 			}
 			if ctx.Err() != nil {
 				return
@@ -348,25 +381,17 @@ func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, slots c
 		for msg := range batch.Messages() {
 			got++
 			if ctx.Err() != nil {
-				// Shutting down: hand it straight back.
-				_ = msg.Nak()
-				<-slots
+				_ = msg.Nak() // shutting down: hand it straight back
+				<-credits
 				continue
 			}
-			w.wg.Add(1)
-			w.running.Add(1)
-			go func(m jetstream.Msg) {
-				defer func() {
-					w.running.Add(-1)
-					<-slots
-					w.wg.Done()
-				}()
-				w.process(m)
-			}(msg)
+			r := &running{msg: msg, received: time.Now()}
+			w.inflight.Store(r, r)
+			queue <- r // never blocks: credits bound the queue
 		}
 		cancel()
 		for i := got; i < n; i++ {
-			<-slots
+			<-credits
 		}
 		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
 			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
@@ -397,7 +422,7 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 		case now := <-t.C:
 			w.inflight.Range(func(_, v any) bool {
 				r := v.(*running)
-				if now.Sub(r.started) >= every/2 {
+				if now.Sub(r.received) >= every/2 {
 					if err := r.msg.InProgress(); err != nil {
 						w.log.Debug("heartbeat failed", zap.Error(err))
 					}
@@ -411,7 +436,20 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 // jobCtxKey carries the per-job logger.
 type jobCtxKey struct{}
 
-type jobCtx struct{ log *zap.Logger }
+// jobCtx holds the job's log fields; the logger itself is built only when
+// something logs (most successful jobs log nothing at production levels).
+type jobCtx struct {
+	base   *zap.Logger
+	fields []zap.Field
+	log    *zap.Logger
+}
+
+func (jc *jobCtx) logger() *zap.Logger {
+	if jc.log == nil {
+		jc.log = jc.base.With(jc.fields...)
+	}
+	return jc.log
+}
 
 // Logger returns the logger of the running job (with job_id, job_name,
 // channel, attempt, trace_id, and backend/model when the arguments tell
@@ -419,20 +457,22 @@ type jobCtx struct{ log *zap.Logger }
 // logger outside a job.
 func Logger(ctx context.Context) *zap.Logger {
 	if jc, ok := ctx.Value(jobCtxKey{}).(*jobCtx); ok {
-		return jc.log
+		return jc.logger()
 	}
 	return zap.NewNop()
 }
 
 func withLabels(ctx context.Context, backend, model string) context.Context {
 	if jc, ok := ctx.Value(jobCtxKey{}).(*jobCtx); ok {
-		jc.log = jc.log.With(zap.String("backend", backend), zap.String("model", model))
+		jc.fields = append(jc.fields, zap.String("backend", backend), zap.String("model", model))
+		jc.log = nil
 	}
 	return ctx
 }
 
-func (w *Worker) process(msg jetstream.Msg) {
-	received := time.Now()
+func (w *Worker) process(r *running) {
+	defer w.inflight.Delete(r)
+	msg, received := r.msg, r.received
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.log.Error("message without JetStream metadata; terminating it", zap.Error(err))
@@ -507,10 +547,6 @@ func (w *Worker) process(msg jetstream.Msg) {
 	}
 	m.RetryPattern = pattern
 
-	r := &running{msg: msg, started: received}
-	w.inflight.Store(r, r)
-	defer w.inflight.Delete(r)
-
 	ctx := w.hardCtx
 	var span trace.Span
 	if w.tracer != nil {
@@ -521,12 +557,12 @@ func (w *Worker) process(msg jetstream.Msg) {
 	} else {
 		ctx = telemetry.Extract(ctx, msg.Headers())
 	}
-	log := w.log.With(zap.String("job_id", env.ID), zap.String("job_name", env.Name),
+	jc := &jobCtx{base: w.log, fields: make([]zap.Field, 0, 8)}
+	jc.fields = append(jc.fields, zap.String("job_id", env.ID), zap.String("job_name", env.Name),
 		zap.String("channel", channel), zap.Int("attempt", attempt))
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		log = log.With(zap.String("trace_id", sc.TraceID().String()))
+		jc.fields = append(jc.fields, zap.String("trace_id", sc.TraceID().String()))
 	}
-	jc := &jobCtx{log: log}
 	ctx = context.WithValue(ctx, jobCtxKey{}, jc)
 
 	if !m.EnqueuedAt.IsZero() {
@@ -550,7 +586,7 @@ func (w *Worker) process(msg jetstream.Msg) {
 		}
 		cancel()
 	}
-	w.finish(ctx, msg, meta, env, m, result, herr, received, jc.log, span)
+	w.finish(ctx, msg, meta, env, m, result, herr, received, jc, span)
 }
 
 func safeCall(ctx context.Context, h Handler, m *Message) (result string, err error) {
@@ -571,7 +607,7 @@ func (e *panicError) Error() string { return fmt.Sprintf("%v: %v", job.ErrPanic,
 func (e *panicError) Unwrap() error { return job.ErrPanic }
 
 func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.Envelope, m *Message,
-	result string, herr error, started time.Time, log *zap.Logger, span trace.Span) {
+	result string, herr error, started time.Time, jc *jobCtx, span trace.Span) {
 	took := time.Since(started)
 	var nothing *job.NothingToDoError
 	switch {
@@ -581,18 +617,18 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 			result, outcome = nothing.Msg, "nothing_to_do"
 		}
 		if err := msg.Ack(); err != nil {
-			log.Warn("ack failed; the job may run again", zap.Error(err))
+			jc.logger().Warn("ack failed; the job may run again", zap.Error(err))
 		}
 		w.metrics.JobEnded(ctx, m.Name, m.Channel, outcome, took)
-		w.record(records.Update{ID: m.ID, State: job.StateDone, Result: result, EndedAt: time.Now(), ClearError: true})
-		if ce := log.Check(zap.InfoLevel, "job done"); ce != nil {
-			ce.Write(zap.String("result", result), zap.Duration("took", took))
+		w.record(records.Update{ID: m.ID, State: job.StateDone, Result: result, EndedAt: time.Now(), ClearError: m.Attempt > 1})
+		if ce := w.log.Check(zap.InfoLevel, "job done"); ce != nil {
+			ce.Write(append(jc.fields, zap.String("result", result), zap.Duration("took", took))...)
 		}
 		return
 	case w.hardCtx.Err() != nil && errors.Is(herr, context.Canceled):
 		// Shutdown grace over: hand it back, unfinished.
 		_ = msg.Nak()
-		log.Warn("job interrupted by shutdown; handed back", zap.Duration("took", took))
+		jc.logger().Warn("job interrupted by shutdown; handed back", zap.Duration("took", took))
 		w.metrics.JobEnded(ctx, m.Name, m.Channel, "interrupted", took)
 		return
 	}
@@ -612,14 +648,14 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 			}
 			if err := w.scheduleRetry(ctx, msg, env, next, delay); err != nil {
 				// Could not schedule: keep the message and retry it in place.
-				log.Warn("retry not scheduled; retrying in place", zap.Error(err))
+				jc.logger().Warn("retry not scheduled; retrying in place", zap.Error(err))
 				_ = msg.NakWithDelay(delay)
 				return
 			}
 			w.metrics.JobEnded(ctx, m.Name, m.Channel, "retried", took)
 			w.record(records.Update{ID: m.ID, State: job.StateWaiting, Attempts: m.Attempt, Error: herr.Error(),
 				ErrorType: errorType(herr), ETA: time.Now().Add(delay), EndedAt: time.Now()})
-			log.Info("job failed; retry scheduled", zap.Error(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+			jc.logger().Info("job failed; retry scheduled", zap.Error(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
 			return
 		}
 		reason := wire.ReasonMaxRetries
@@ -788,11 +824,4 @@ func errorType(err error) string {
 		break
 	}
 	return fmt.Sprintf("%T", err)
-}
-
-func envPullers() int {
-	if n, err := strconv.Atoi(os.Getenv("CONNECTOR_PULLERS")); err == nil && n > 0 {
-		return n
-	}
-	return 2
 }

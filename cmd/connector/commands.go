@@ -217,6 +217,9 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	httpAddr := fs.String("http", "127.0.0.1:8080", "address of /livez, /readyz and /metrics")
 	every := fs.Duration("every", 5*time.Second, "how often the demo producer enqueues jobs")
 	level := fs.String("log-level", "info", "log level")
+	shopAddr := fs.String("shop-addr", "127.0.0.1:8081", "address of the example shop (examples/shop)")
+	catalogAddr := fs.String("catalog-addr", "127.0.0.1:8082", "address of the example catalog (examples/catalog)")
+	importEvery := fs.String("import-every", "@every 10s", "schedule of the example connector's batch imports")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -271,11 +274,20 @@ succeed, demo.broken jobs are dead-lettered with their error. In another shell:
 
 `, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), *httpAddr, *httpAddr, ns.URL, mr.Addr(), ns.URL, mr.Addr())
 
+	// The example connector: shop and catalog servers, the shop connector's
+	// jobs in the worker, its export listeners and periodic imports.
+	reg := registry()
+	listeners, help, err := devShop(ctx, conns, &cfg, d, reg, *shopAddr, *catalogAddr, *importEvery)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, help)
+
 	producer := func(ctx context.Context) error {
 		demo.Produce(ctx, d, *every, log.Named("demo"))
 		return nil
 	}
-	err = app.RunWorker(ctx, &cfg, conns, registry(), producer)
+	err = app.RunWorker(ctx, &cfg, conns, reg, producer, listeners)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -130,4 +131,24 @@ func TestConnectNATSContext(t *testing.T) {
 		// as nothing hangs.
 		nc.Close()
 	}
+}
+
+// ExampleConnectRedis connects to Redis with the password from a mounted
+// Secret; the URL stays free of credentials.
+func ExampleConnectRedis() {
+	cfg := connect.RedisConfig{
+		URL:          "rediss://redis.redis.svc:6379/0",
+		Username:     "connector",
+		PasswordFile: "/var/run/secrets/connector/redis-password",
+		CAFile:       "/var/run/secrets/connector/ca.crt",
+	}
+	fmt.Println(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rdb, err := connect.ConnectRedis(ctx, cfg)
+	if err != nil {
+		return // the error names the server, never the password
+	}
+	defer rdb.Close()
+	// Output: rediss://redis.redis.svc:6379/0 user=connector password=xxxxx ca=/var/run/secrets/connector/ca.crt
 }

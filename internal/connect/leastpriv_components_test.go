@@ -1,6 +1,7 @@
 package connect_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
 	"go.uber.org/zap"
 
 	"github.com/connector-go/connector/dispatcher"
@@ -147,6 +149,56 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		t.Fatalf("operator requeues: %v", err)
 	}
 	testenv.Eventually(t, 20*time.Second, func() bool { return brokenRuns.Load() >= 2 }, "requeued job runs again")
+
+	// Bad input from a producer is dead-lettered with the reason, not run
+	// or guessed at: an unknown envelope version, arguments nested too deep.
+	deep := any(1)
+	for i := 0; i < wire.DefaultMaxDepth+5; i++ {
+		deep = []any{deep}
+	}
+	deepArgs, err := wire.Marshal(deep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for want, env := range map[string]map[string]any{
+		"unknown envelope version 2": {"v": 2, "id": "V2JOB", "name": "lp.import", "args": map[string]any{}},
+		"nesting deeper than":        {"v": 1, "id": "DEEPJOB", "name": "lp.import", "args": msgpack.RawMessage(deepArgs)},
+	} {
+		data, err := msgpack.Marshal(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := prod.js.Publish(ctx, n.JobsSubject("root"), data); err != nil {
+			t.Fatal(err)
+		}
+		var letter wire.DeadLetter
+		testenv.Eventually(t, 20*time.Second, func() bool {
+			s, err := op.js.Stream(ctx, n.DeadStream())
+			if err != nil {
+				return false
+			}
+			c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{prefix + ".dead.malformed.>"}})
+			if err != nil {
+				return false
+			}
+			batch, err := c.FetchNoWait(100)
+			if err != nil {
+				return false
+			}
+			found := false
+			for m := range batch.Messages() {
+				var dl wire.DeadLetter
+				if msgpack.Unmarshal(m.Data(), &dl) == nil && strings.Contains(dl.Error, want) {
+					letter, found = dl, true
+				}
+			}
+			return found
+		}, "a malformed dead letter saying %q", want)
+		t.Logf("dead letter: reason=%s error=%q", letter.Reason, letter.Error)
+		if letter.Reason != wire.ReasonMalformed || !bytes.Equal(letter.Data, data) {
+			t.Errorf("dead letter %q: reason %q, original kept: %v", want, letter.Reason, bytes.Equal(letter.Data, data))
+		}
+	}
 
 	// Events: the producer publishes, a worker-side listener handles one,
 	// another fails and dead-letters it.

@@ -163,20 +163,27 @@ func (c NATSConfig) Options(log *zap.Logger) ([]nats.Option, error) {
 	if name == "" {
 		name = "connector"
 	}
+	servers := Redact(c.URL)
+	urlField := func(nc *nats.Conn) zap.Field {
+		if u := nc.ConnectedUrlRedacted(); u != "" {
+			return zap.String("url", Redact(u))
+		}
+		return zap.String("url", servers)
+	}
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-			fields := []zap.Field{zap.String("url", Redact(nc.ConnectedUrlRedacted()))}
+			fields := []zap.Field{urlField(nc)}
 			if err != nil {
 				fields = append(fields, zap.String("error", scrub(err.Error(), password, token)))
 			}
 			log.Warn("nats disconnected", fields...)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("nats reconnected", zap.String("url", Redact(nc.ConnectedUrlRedacted())))
+			log.Info("nats reconnected", urlField(nc))
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			fields := []zap.Field{}
@@ -186,7 +193,7 @@ func (c NATSConfig) Options(log *zap.Logger) ([]nats.Option, error) {
 			log.Info("nats connection closed", fields...)
 		}),
 		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
-			fields := []zap.Field{zap.String("url", Redact(nc.ConnectedUrlRedacted()))}
+			fields := []zap.Field{urlField(nc)}
 			if sub != nil {
 				fields = append(fields, zap.String("subject", sub.Subject))
 			}
@@ -221,6 +228,12 @@ func (c NATSConfig) Options(log *zap.Logger) ([]nats.Option, error) {
 		} else {
 			opts = append(opts, nats.Token(token))
 		}
+	}
+	if c.CredsFile != "" || (c.Password == "" && c.PasswordFile != "") || (c.Token == "" && c.TokenFile != "") {
+		// Secrets from files may be rotated on the server before the
+		// mounted file catches up: keep retrying instead of giving up
+		// after two identical authorization errors (the nats.go default).
+		opts = append(opts, nats.IgnoreAuthErrorAbort())
 	}
 	if c.InboxPrefix != "" {
 		if strings.ContainsAny(c.InboxPrefix, "*> ") || strings.HasSuffix(c.InboxPrefix, ".") {

@@ -331,7 +331,8 @@ func toString(v any) string {
 }
 
 // TestNATSPasswordRotation: with a password file, a password rotated on
-// the server and in the file is picked up on reconnect, without a restart.
+// the server and then in the file is picked up on reconnect, without a
+// restart, however long the file lags.
 func TestNATSPasswordRotation(t *testing.T) {
 	const oldPW, newPW = "old-Rot-Pw-111", "new-Rot-Pw-222"
 	srv := testenv.StartNATS(t, func(o *server.Options) { o.Username, o.Password = "w", oldPW })
@@ -343,13 +344,26 @@ func TestNATSPasswordRotation(t *testing.T) {
 	}
 	defer nc.Close()
 
-	// Rotate: the Secret is updated first, then the server.
-	if err := os.WriteFile(pwFile, []byte(newPW+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// Rotate in the awkward order: the server first, so the client is
+	// refused for a while, then the mounted file catches up.
 	opts := srv.Opts.Clone()
 	opts.Password = newPW
 	if err := srv.Server.ReloadOptions(opts); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		n := 0
+		for _, e := range logs.All() {
+			if s, _ := e.ContextMap()["error"].(string); strings.Contains(strings.ToLower(s), "authorization violation") {
+				n++
+			}
+		}
+		return n >= 2 // more than the two after which nats.go would give up by default
+	}, "reconnect attempts refused with the old password")
+	if nc.IsClosed() {
+		t.Fatal("connection closed after authorization errors")
+	}
+	if err := os.WriteFile(pwFile, []byte(newPW+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 15*time.Second, func() bool {

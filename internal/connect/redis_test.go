@@ -194,14 +194,19 @@ func TestRedisTLS(t *testing.T) {
 		URL: "rediss://:" + pw + "@" + addr + "/0", CAFile: pki.CA,
 		CertFile: pki.ClientCert, KeyFile: pki.ClientKey,
 	}
-	c, err := connect.ConnectRedis(ctx, good)
-	if err != nil {
-		t.Fatalf("rediss:// with CA and client cert: %v", err)
+	implicit := good
+	implicit.URL = "redis://" + addr + "/0" // TLS because a CA is given
+	implicit.Password = pw
+	for _, cfg := range []connect.RedisConfig{good, implicit} {
+		c, err := connect.ConnectRedis(ctx, cfg)
+		if err != nil {
+			t.Fatalf("%s with CA and client cert: %v", cfg, err)
+		}
+		if err := c.Set(ctx, testenv.Prefix(t)+":k", "v", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
 	}
-	if err := c.Set(ctx, testenv.Prefix(t)+":k", "v", time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
 
 	for name, cfg := range map[string]connect.RedisConfig{
 		"system roots":   {URL: "rediss://:" + pw + "@" + addr + "/0", CertFile: pki.ClientCert, KeyFile: pki.ClientKey},

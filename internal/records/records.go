@@ -25,7 +25,10 @@ const DefaultTTL = 7 * 24 * time.Hour
 type Update struct {
 	ID          string
 	State       job.State
-	InitState   bool // write State only if the record has none yet (producers)
+	// Queued is the producer's state (enqueued or waiting). It lives in a
+	// field of its own ("qstate") so that a producer's write landing after
+	// a worker's never hides the worker's newer state.
+	Queued job.State
 	Name        string
 	Channel     string
 	Priority    *int
@@ -48,10 +51,10 @@ type Update struct {
 
 func (u *Update) merge(o *Update) {
 	if o.State != "" {
-		if !o.InitState || u.State == "" {
-			u.State = o.State
-			u.InitState = o.InitState && u.InitState
-		}
+		u.State = o.State
+	}
+	if o.Queued != "" {
+		u.Queued = o.Queued
 	}
 	setS := func(dst *string, v string) {
 		if v != "" {
@@ -200,9 +203,6 @@ func (s *Store) Flush(ctx context.Context) error {
 		if len(vals) > 0 {
 			pipe.HSet(ctx, key, vals...)
 		}
-		if u.State != "" && u.InitState {
-			pipe.HSetNX(ctx, key, "state", string(u.State))
-		}
 		if u.ClearError {
 			pipe.HDel(ctx, key, "error", "error_type", "stack")
 		}
@@ -235,8 +235,11 @@ func (s *Store) Close(ctx context.Context) error {
 
 func (u *Update) fields(now time.Time) []any {
 	v := make([]any, 0, 24)
-	if u.State != "" && !u.InitState {
+	if u.State != "" {
 		v = append(v, "state", string(u.State))
+	}
+	if u.Queued != "" {
+		v = append(v, "qstate", string(u.Queued))
 	}
 	add := func(k, s string) {
 		if s != "" {
@@ -318,7 +321,7 @@ func parse(id string, m map[string]string) job.Record {
 	}
 	rec := job.Record{
 		ID: id, Name: m["name"], Channel: m["channel"], Priority: atoi("priority"),
-		State: job.State(m["state"]), Attempts: atoi("attempts"), MaxRetries: atoi("max_retries"),
+		State: job.State(firstNonEmpty(m["state"], m["qstate"])), Attempts: atoi("attempts"), MaxRetries: atoi("max_retries"),
 		Description: m["desc"], Result: m["result"], Error: m["error"], ErrorType: m["error_type"],
 		Stack: m["stack"], Worker: m["worker"],
 		EnqueuedAt: ts("enqueued_at"), ETA: ts("eta"), StartedAt: ts("started_at"),
@@ -333,4 +336,11 @@ func parse(id string, m map[string]string) job.Record {
 // IsUnavailable reports a connection-level Redis failure.
 func IsUnavailable(err error) bool {
 	return err != nil && !errors.Is(err, redis.Nil) && !errors.Is(err, job.ErrNotFound)
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

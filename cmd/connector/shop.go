@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/connector-go/connector/bindings"
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/examples/catalog"
+	"github.com/connector-go/connector/examples/shop"
+	"github.com/connector-go/connector/examples/shopconnector"
+	"github.com/connector-go/connector/internal/app"
+	"github.com/connector-go/connector/units"
+	"github.com/connector-go/connector/worker"
+	"go.uber.org/zap"
+)
+
+// shopExample wires the example shop connector (examples/shopconnector)
+// into reg for the given shop instances and catalog, and returns the
+// service to run beside the worker: the export listeners, after it has
+// registered the periodic batch imports (every: a dispatcher.Schedule spec
+// such as "@every 10s"; "" registers none).
+func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, reg *worker.Registry,
+	shops []units.Backend, catalogURL, every string) (app.Service, error) {
+	log := conns.Log.Named("shop")
+	l := events.NewListeners(conns.JS, conns.Redis, d.Names(), log.Named("events"),
+		events.WithTracer(conns.Telemetry.TracerProvider.Tracer("github.com/connector-go/connector/events")))
+	err := shopconnector.Register(reg, l, shopconnector.Config{
+		Shops: shops, CatalogURL: catalogURL, Bindings: bindings.New(conns.Redis, cfg.Prefix), Jobs: d, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error {
+		// The worker has provisioned the streams before services start.
+		if every != "" {
+			if err := shopconnector.Schedule(ctx, d, shops, every); err != nil {
+				return err
+			}
+		}
+		return l.Run(ctx)
+	}, nil
+}
+
+// serveExample serves h on addr (falling back to a free port on 127.0.0.1
+// when addr is busy) until ctx ends, and returns its base URL.
+func serveExample(ctx context.Context, name, addr string, h http.Handler, log *zap.Logger) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Warn("address busy; using a free port", zap.String("server", name), zap.String("addr", addr))
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return "", fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("example server stopped", zap.String("server", name), zap.Error(err))
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return "http://" + ln.Addr().String(), nil
+}
+
+// devShop starts the example shop and catalog on local ports and wires the
+// shop connector for two shop instances on the same shop server: "shop-v1"
+// (API v1) and "shop-v2" (API v2). It returns the listeners service and
+// the text that tells the user what to try.
+func devShop(ctx context.Context, conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, reg *worker.Registry,
+	shopAddr, catalogAddr, every string) (app.Service, string, error) {
+	log := conns.Log
+	shopURL, err := serveExample(ctx, "shop", shopAddr, shop.NewServer(shop.WithSampleData()), log)
+	if err != nil {
+		return nil, "", err
+	}
+	cat := catalog.New(catalog.WithPublisher(events.NewPublisher(conns.JS, d.Names())), catalog.WithLogger(log.Named("catalog")))
+	catalogURL, err := serveExample(ctx, "catalog", catalogAddr, cat, log)
+	if err != nil {
+		return nil, "", err
+	}
+	shops := []units.Backend{shopconnector.Shop("shop-v1", "v1", shopURL)}
+	svc, err := shopExample(conns, cfg, d, reg, shops, catalogURL, every)
+	if err != nil {
+		return nil, "", err
+	}
+	help := fmt.Sprintf(`The example connector (examples/shopconnector) syncs the shop (backend
+"shop-v1", API v1) with the catalog (the local system); batch imports run %s.
+  shop     %[2]s/v1/products   (also /v1/customers, /v1/orders, and /v2/...)
+  catalog  %[3]s/products      (also /customers, /orders)
+Change a price in the shop, then watch it reach the catalog at the next import:
+  curl -X PATCH %[2]s/v1/products/1 -d '{"price": 7.5}'
+  curl %[3]s/products
+Rename a product in the catalog: an event, an export job, one write in the shop:
+  curl -X PATCH %[3]s/products/1 -d '{"name": "Espresso cup XL"}'
+  curl %[2]s/v1/products/1
+Create one in the catalog: it is created in the shop and bound, not imported back:
+  curl -X POST %[3]s/products -d '{"name": "Tea pot", "price": 25}'
+Make the shop fail (503) twice and watch the export retry:
+  curl -X POST %[2]s/admin/faults -d '{"status": 503, "count": 2}'
+`, every, shopURL, catalogURL)
+	return svc, help, nil
+}

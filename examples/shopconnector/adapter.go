@@ -1,0 +1,262 @@
+package shopconnector
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/connector-go/connector/examples/catalog"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/units"
+)
+
+// UserAgent is sent with every request of the adapters, so that the shop
+// and the catalog can tell the connector's calls from a user's.
+const UserAgent = "connector-go/shopconnector"
+
+// resources maps a model to its URL segment, in the shop and in the catalog.
+var resources = map[string]string{"product": "products", "customer": "customers", "order": "orders"}
+
+// client is the HTTP JSON plumbing both adapters share. It turns transport
+// failures into the outcomes the units.Adapter contract asks for:
+//
+//   - connection errors, timeouts, 5xx: job.Retry (the job runs again later);
+//   - 429 and 503 with Retry-After: job.RetryAfter with that delay;
+//   - 404: units.Missing (the record is gone);
+//   - any other 4xx: a permanent error quoting the answer (the job is
+//     dead-lettered: sending it again would fail the same way).
+type client struct {
+	http  *http.Client
+	base  string // e.g. http://shop:8081/v1
+	model string
+	// origin returns the X-Origin header of a write (catalog only).
+	origin func(ctx context.Context) string
+}
+
+func (c *client) do(ctx context.Context, method, path string, body any, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode %s %s: %w", method, path, err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("User-Agent", UserAgent)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.origin != nil && method != http.MethodGet {
+		if o := c.origin(ctx); o != "" {
+			req.Header.Set(catalog.OriginHeader, o)
+		}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return job.Retry(fmt.Errorf("%s %s: %w", method, path, err))
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return job.Retry(fmt.Errorf("%s %s: reading answer: %w", method, path, err))
+	}
+	switch s := resp.StatusCode; {
+	case s == http.StatusNotFound:
+		return units.Missing(c.model, path)
+	case s == http.StatusTooManyRequests || s >= 500:
+		err := fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(data))
+		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
+			return job.RetryAfter(err, time.Duration(secs)*time.Second)
+		}
+		return job.Retry(err)
+	case s >= 400:
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(data))
+	}
+	if out == nil || len(data) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decoding answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// idOf renders a JSON id (a number in the shop, a string in the catalog).
+func idOf(v any) string {
+	switch x := v.(type) {
+	case float64:
+		return strconv.FormatInt(int64(x), 10)
+	case string:
+		return x
+	}
+	return fmt.Sprint(v)
+}
+
+// missingID rewrites a units.Missing error to name the record id.
+func missingID(err error, model, id string) error {
+	if errors.Is(err, units.ErrMissing) {
+		return units.Missing(model, id)
+	}
+	return err
+}
+
+// ShopAdapter is the units.Adapter of one model of a shop instance, over
+// the shop's HTTP API (examples/shop). The API version is a path segment;
+// what differs between versions is how lists are paged, which is why v2
+// registers its own AdapterFactory (see ListKey).
+//
+// Search understands one filter, "updated_since" (a time.Time or an RFC 3339
+// string): records modified at or after it. Query.Offset must be a multiple
+// of Query.Limit (the shop pages by page number); Limit 0 reads every page.
+type ShopAdapter struct {
+	c client
+	// ListKey is the field of a list answer holding the records: "items"
+	// in v1, "data" in v2.
+	ListKey string
+}
+
+// NewShopAdapter returns the adapter of model on the shop at baseURL
+// (e.g. "http://127.0.0.1:8081"), API version version ("v1", "v2").
+func NewShopAdapter(hc *http.Client, baseURL, version, model, listKey string) (*ShopAdapter, error) {
+	if resources[model] == "" {
+		return nil, fmt.Errorf("shopconnector: no shop resource for model %q", model)
+	}
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return &ShopAdapter{c: client{http: hc, base: baseURL + "/" + version + "/" + resources[model], model: model}, ListKey: listKey}, nil
+}
+
+// Search returns the ids of the records matching q, oldest change first.
+func (a *ShopAdapter) Search(ctx context.Context, q units.Query) ([]string, error) {
+	per := q.Limit
+	if per <= 0 || per > 100 {
+		per = 100
+	}
+	v := url.Values{"per_page": {strconv.Itoa(per)}}
+	switch s := q.Filters["updated_since"].(type) {
+	case time.Time:
+		v.Set("updated_since", s.UTC().Format(time.RFC3339Nano))
+	case string:
+		v.Set("updated_since", s)
+	}
+	var ids []string
+	for page := q.Offset/per + 1; ; page++ {
+		v.Set("page", strconv.Itoa(page))
+		var ans map[string]json.RawMessage
+		if err := a.c.do(ctx, http.MethodGet, "?"+v.Encode(), nil, &ans); err != nil {
+			return nil, err
+		}
+		var items []map[string]any
+		if err := json.Unmarshal(ans[a.ListKey], &items); err != nil {
+			return nil, fmt.Errorf("shop list: field %q: %w", a.ListKey, err)
+		}
+		for _, it := range items {
+			ids = append(ids, idOf(it["id"]))
+		}
+		if len(items) < per || q.Limit > 0 {
+			return ids, nil
+		}
+	}
+}
+
+// Read returns the record with every field (the shop has no field selection).
+func (a *ShopAdapter) Read(ctx context.Context, id string, _ []string) (units.Record, error) {
+	var rec units.Record
+	err := a.c.do(ctx, http.MethodGet, "/"+url.PathEscape(id), nil, &rec)
+	return rec, missingID(err, a.c.model, id)
+}
+
+// Create creates a record and returns its id.
+func (a *ShopAdapter) Create(ctx context.Context, rec units.Record) (string, error) {
+	var out units.Record
+	if err := a.c.do(ctx, http.MethodPost, "", rec, &out); err != nil {
+		return "", err
+	}
+	return idOf(out["id"]), nil
+}
+
+// Write changes the fields of rec (PATCH).
+func (a *ShopAdapter) Write(ctx context.Context, id string, rec units.Record) error {
+	return missingID(a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), rec, nil), a.c.model, id)
+}
+
+// Delete deletes a record.
+func (a *ShopAdapter) Delete(ctx context.Context, id string) error {
+	return missingID(a.c.do(ctx, http.MethodDelete, "/"+url.PathEscape(id), nil, nil), a.c.model, id)
+}
+
+// CatalogAdapter is the units.Adapter of one model of the catalog
+// (examples/catalog): the LOCAL side. Its writes carry the origin of the
+// context (units.OriginFrom) in the X-Origin header, which the catalog
+// copies into the events it publishes: that is how an import does not come
+// back as an export.
+type CatalogAdapter struct{ c client }
+
+// NewCatalogAdapter returns the adapter of model on the catalog at baseURL.
+func NewCatalogAdapter(hc *http.Client, baseURL, model string) (*CatalogAdapter, error) {
+	if resources[model] == "" {
+		return nil, fmt.Errorf("shopconnector: no catalog resource for model %q", model)
+	}
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return &CatalogAdapter{c: client{http: hc, base: baseURL + "/" + resources[model], model: model, origin: units.OriginFrom}}, nil
+}
+
+// Search pages through the catalog by offset and limit (no filters).
+func (a *CatalogAdapter) Search(ctx context.Context, q units.Query) ([]string, error) {
+	v := url.Values{"offset": {strconv.Itoa(q.Offset)}, "limit": {strconv.Itoa(q.Limit)}}
+	var ans struct {
+		Items []map[string]any `json:"items"`
+	}
+	if err := a.c.do(ctx, http.MethodGet, "?"+v.Encode(), nil, &ans); err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(ans.Items))
+	for _, it := range ans.Items {
+		ids = append(ids, idOf(it["id"]))
+	}
+	return ids, nil
+}
+
+// Read returns the record with every field.
+func (a *CatalogAdapter) Read(ctx context.Context, id string, _ []string) (units.Record, error) {
+	var rec units.Record
+	err := a.c.do(ctx, http.MethodGet, "/"+url.PathEscape(id), nil, &rec)
+	return rec, missingID(err, a.c.model, id)
+}
+
+// Create creates a record and returns its id.
+func (a *CatalogAdapter) Create(ctx context.Context, rec units.Record) (string, error) {
+	var out units.Record
+	if err := a.c.do(ctx, http.MethodPost, "", rec, &out); err != nil {
+		return "", err
+	}
+	return idOf(out["id"]), nil
+}
+
+// Write changes the fields of rec.
+func (a *CatalogAdapter) Write(ctx context.Context, id string, rec units.Record) error {
+	return missingID(a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), rec, nil), a.c.model, id)
+}
+
+// Delete deletes a record.
+func (a *CatalogAdapter) Delete(ctx context.Context, id string) error {
+	return missingID(a.c.do(ctx, http.MethodDelete, "/"+url.PathEscape(id), nil, nil), a.c.model, id)
+}
