@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -131,11 +133,39 @@ func readSecret(t *testing.T, dir, name string) string {
 	return string(b)
 }
 
-// The Compose NATS config, with secrets from gen-secrets.sh laid out as in
-// the container (/etc/nats/nats.conf includes /run/secrets/...), parses, and
-// a server started from it lets the worker use JetStream with its
-// generated password while refusing a wrong one and refusing the producer a
-// stream deletion.
+// composeNATS lays out the Compose NATS config with freshly generated
+// secrets as in the container (/etc/nats/nats.conf includes
+// /run/secrets/...), parses it and returns the options and the secrets
+// directory.
+func composeNATS(t *testing.T) (*server.Options, string) {
+	t.Helper()
+	root := t.TempDir()
+	secrets := filepath.Join(root, "run", "secrets")
+	genSecrets(t, secrets)
+	conf := filepath.Join(root, "etc", "nats", "nats.conf")
+	raw, err := os.ReadFile(filepath.Join(composeDir, "nats.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("compose/nats.conf: %v", err)
+	}
+	return parsed, secrets
+}
+
+// The Compose NATS config, with secrets from gen-secrets.sh, parses, and a
+// server started from it serves the three roles of docs/security.md: the
+// operator provisions the streams, the producer publishes a job (acks on
+// its own inbox prefix), the worker checks the streams; the producer and
+// the worker cannot delete a stream nor read another role's inbox, and a
+// wrong password is refused.
 func TestComposeNATSWithGeneratedSecrets(t *testing.T) {
 	root := t.TempDir()
 	secrets := filepath.Join(root, "run", "secrets")
@@ -150,10 +180,11 @@ func TestComposeNATSWithGeneratedSecrets(t *testing.T) {
 	genSecrets(t, secrets, "--force")
 	workerPW := readSecret(t, secrets, "nats_worker_password")
 	producerPW := readSecret(t, secrets, "nats_producer_password")
-	if workerPW == before || len(workerPW) < 32 || workerPW == producerPW {
-		t.Fatalf("passwords not rotated or too short: %d chars", len(workerPW))
+	operatorPW := readSecret(t, secrets, "nats_operator_password")
+	if workerPW == before || len(workerPW) < 32 || workerPW == producerPW || operatorPW == workerPW || len(operatorPW) < 32 {
+		t.Fatalf("passwords not rotated, too short or shared: %d chars", len(workerPW))
 	}
-	for _, name := range []string{"nats_worker_password", "redis_password"} {
+	for _, name := range []string{"nats_worker_password", "nats_operator_password", "redis_password"} {
 		fi, err := os.Stat(filepath.Join(secrets, name))
 		if err != nil {
 			t.Fatal(err)
@@ -174,69 +205,202 @@ func TestComposeNATSWithGeneratedSecrets(t *testing.T) {
 		t.Error("compose/redis.conf does not include /run/secrets/redis_auth.conf")
 	}
 
-	conf := filepath.Join(root, "etc", "nats", "nats.conf")
-	raw, err := os.ReadFile(filepath.Join(composeDir, "nats.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := server.ProcessConfigFile(conf)
-	if err != nil {
-		t.Fatalf("compose/nats.conf: %v", err)
-	}
+	parsed, secrets := composeNATS(t)
 	if !parsed.JetStream {
 		t.Error("compose/nats.conf: JetStream off")
 	}
-	checkUsers(t, parsed, map[string]string{"producer": producerPW, "worker": workerPW})
+	workerPW = readSecret(t, secrets, "nats_worker_password")
+	producerPW = readSecret(t, secrets, "nats_producer_password")
+	operatorPW = readSecret(t, secrets, "nats_operator_password")
+	checkUsers(t, parsed, map[string]string{"producer": producerPW, "worker": workerPW, "operator": operatorPW})
 
 	srv := testenv.StartNATS(t, func(o *server.Options) {
 		o.Accounts, o.Users, o.SystemAccount = parsed.Accounts, parsed.Users, parsed.SystemAccount
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	prefix := testenv.Prefix(t)
 
 	if nc, err := nats.Connect(srv.URL, nats.UserInfo("worker", "wrong")); err == nil {
 		nc.Close()
 		t.Fatal("connected with a wrong password")
 	}
+	// Permission errors arrive asynchronously too: collect them.
+	type role struct {
+		js   jetstream.JetStream
+		nc   *nats.Conn
+		errs chan error
+	}
+	connect := func(user, pw string) role {
+		errs := make(chan error, 16)
+		nc := srv.Connect(t, nats.UserInfo(user, pw), nats.CustomInboxPrefix("_INBOX_"+user),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				select {
+				case errs <- err:
+				default:
+				}
+			}))
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return role{js: js, nc: nc, errs: errs}
+	}
+	operator, worker, producer := connect("operator", operatorPW), connect("worker", workerPW), connect("producer", producerPW)
 
-	worker := srv.Connect(t, nats.UserInfo("worker", workerPW))
-	wjs, err := jetstream.New(worker)
-	if err != nil {
-		t.Fatal(err)
+	names := wire.MustNames(wire.DefaultPrefix)
+	if err := streams.Ensure(ctx, operator.js, streams.Config{Names: names}); err != nil {
+		t.Fatalf("operator provisions the streams: %v", err)
 	}
-	stream := strings.ToUpper(prefix) + "_JOBS"
-	if _, err := wjs.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{prefix + ".jobs.>"},
-		Retention: jetstream.WorkQueuePolicy}); err != nil {
-		t.Fatalf("worker creates a stream in account CONNECTOR: %v", err)
+	if err := streams.Check(ctx, worker.js, names); err != nil {
+		t.Fatalf("worker checks the streams: %v", err)
 	}
-
-	// The denied request below is reported asynchronously too: keep it quiet.
-	producer := srv.Connect(t, nats.UserInfo("producer", producerPW), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-	pjs, err := jetstream.New(producer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pjs.Publish(ctx, prefix+".jobs.root", []byte("job")); err != nil {
+	if _, err := producer.js.Publish(ctx, wire.DefaultPrefix+".jobs.root.0", []byte("job")); err != nil {
 		t.Fatalf("producer publishes a job: %v", err)
 	}
 	denyCtx, denyCancel := context.WithTimeout(ctx, time.Second)
 	defer denyCancel()
-	if err := pjs.DeleteStream(denyCtx, stream); err == nil {
-		t.Error("producer deleted a stream; its permissions should deny it")
+	for who, r := range map[string]role{"producer": producer, "worker": worker} {
+		if err := r.js.DeleteStream(denyCtx, names.JobsStream()); err == nil {
+			t.Errorf("%s deleted a stream; its permissions should deny it", who)
+		}
+		if _, err := r.nc.SubscribeSync("_INBOX_operator.>"); err == nil {
+			if err := r.nc.Flush(); err == nil {
+				select {
+				case err := <-r.errs:
+					if !strings.Contains(err.Error(), "Permissions Violation") {
+						t.Errorf("%s subscribing to the operator's inbox: %v", who, err)
+					}
+				case <-time.After(2 * time.Second):
+					t.Errorf("%s may subscribe to the operator's inbox", who)
+				}
+			}
+		}
 	}
-	info, err := wjs.Stream(ctx, stream)
+	if _, err := worker.js.CreateStream(denyCtx, jetstream.StreamConfig{Name: "OTHER", Subjects: []string{"other.>"}}); err == nil {
+		t.Error("worker created a stream; only the operator may")
+	}
+	info, err := operator.js.Stream(ctx, names.JobsStream())
 	if err != nil {
 		t.Fatalf("stream gone: %v", err)
 	}
 	if info.CachedInfo().State.Msgs != 1 {
 		t.Errorf("stream holds %d messages, want 1", info.CachedInfo().State.Msgs)
+	}
+}
+
+// securityDocUsers parses the NATS users block of docs/security.md (the
+// fenced block after "The permissions for `P = connector`") inside an
+// account, as the doc says to use it.
+func securityDocUsers(t *testing.T) map[string]*server.User {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "security.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(doc), "The permissions for `P = connector`")
+	if !ok {
+		t.Fatal("docs/security.md: no permissions section for P = connector")
+	}
+	_, block, ok := strings.Cut(after, "```\n")
+	if ok {
+		block, _, ok = strings.Cut(block, "```")
+	}
+	if !ok || !strings.Contains(block, "user: producer") {
+		t.Fatal("docs/security.md: no fenced users block after the permissions heading")
+	}
+	conf := filepath.Join(t.TempDir(), "doc.conf")
+	body := "accounts { CONNECTOR { jetstream: enabled, users: [\n" + block + "\n] } }\n"
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"NATS_PRODUCER_PASSWORD", "NATS_WORKER_PASSWORD", "NATS_OPERATOR_PASSWORD"} {
+		t.Setenv(v, "doc-"+v)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("docs/security.md users block: %v", err)
+	}
+	users := map[string]*server.User{}
+	for _, u := range opts.Users {
+		users[u.Username] = u
+	}
+	return users
+}
+
+// permString renders permissions for comparison, lists sorted.
+func permString(p *server.Permissions) string {
+	if p == nil {
+		return "<none>"
+	}
+	list := func(sp *server.SubjectPermission) string {
+		if sp == nil {
+			return "-"
+		}
+		a, d := slices.Clone(sp.Allow), slices.Clone(sp.Deny)
+		slices.Sort(a)
+		slices.Sort(d)
+		return "allow " + strings.Join(a, " ") + " deny " + strings.Join(d, " ")
+	}
+	resp := "-"
+	if p.Response != nil {
+		resp = strconv.Itoa(p.Response.MaxMsgs) + "/" + p.Response.Expires.String()
+	}
+	return "publish: " + list(p.Publish) + "\nsubscribe: " + list(p.Subscribe) + "\nresponse: " + resp
+}
+
+// The Compose users have exactly the permissions docs/security.md lists
+// for each role, and there is no other user in the CONNECTOR account.
+func TestComposeNATSPermissionsMatchSecurityDoc(t *testing.T) {
+	doc := securityDocUsers(t)
+	parsed, _ := composeNATS(t)
+	if len(doc) != 3 {
+		t.Fatalf("docs/security.md lists %d users, want producer, worker, operator", len(doc))
+	}
+	seen := 0
+	for _, u := range parsed.Users {
+		if u.Account == nil || u.Account.Name != "CONNECTOR" {
+			continue
+		}
+		seen++
+		want, ok := doc[u.Username]
+		if !ok {
+			t.Errorf("compose/nats.conf: user %q in account CONNECTOR is not a documented role", u.Username)
+			continue
+		}
+		if got, w := permString(u.Permissions), permString(want.Permissions); got != w {
+			t.Errorf("user %s: permissions differ from docs/security.md\ncompose:\n%s\ndoc:\n%s", u.Username, got, w)
+		}
+		if u.Permissions == nil || u.Permissions.Subscribe == nil ||
+			!slices.Contains(u.Permissions.Subscribe.Allow, "_INBOX_"+u.Username+".>") {
+			t.Errorf("user %s: may not subscribe to its inbox prefix _INBOX_%s.>", u.Username, u.Username)
+		}
+	}
+	if seen != len(doc) {
+		t.Errorf("compose/nats.conf: %d users in account CONNECTOR, want %d", seen, len(doc))
+	}
+}
+
+// Each Compose service connects as the role it needs, with that role's
+// password file and inbox prefix; the workers do not provision streams.
+func TestComposeServiceRoles(t *testing.T) {
+	p := loadCompose(t)
+	for svc, user := range map[string]string{"provision": "operator", "worker": "worker", "catalog": "producer"} {
+		env := serviceEnv(t, p.Services[svc])
+		if env["CONNECTOR_NATS_USER"] != user {
+			t.Errorf("service %s: CONNECTOR_NATS_USER %q, want %q", svc, env["CONNECTOR_NATS_USER"], user)
+		}
+		if want := "/run/secrets/nats_" + user + "_password"; env["CONNECTOR_NATS_PASSWORD_FILE"] != want {
+			t.Errorf("service %s: CONNECTOR_NATS_PASSWORD_FILE %q, want %q", svc, env["CONNECTOR_NATS_PASSWORD_FILE"], want)
+		}
+		if want := "_INBOX_" + user; env["CONNECTOR_NATS_INBOX_PREFIX"] != want {
+			t.Errorf("service %s: CONNECTOR_NATS_INBOX_PREFIX %q, want %q", svc, env["CONNECTOR_NATS_INBOX_PREFIX"], want)
+		}
+		if env["CONNECTOR_PREFIX"] != "" && env["CONNECTOR_PREFIX"] != wire.DefaultPrefix {
+			t.Errorf("service %s: CONNECTOR_PREFIX %q: compose/nats.conf permissions are for %q", svc, env["CONNECTOR_PREFIX"], wire.DefaultPrefix)
+		}
+	}
+	if env := serviceEnv(t, p.Services["worker"]); env["CONNECTOR_PROVISION"] != "false" {
+		t.Errorf("worker: CONNECTOR_PROVISION %q, want false (the worker user may not create streams)", env["CONNECTOR_PROVISION"])
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/connector-go/connector/internal/channels"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
@@ -100,6 +101,7 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 		c.maxSize = wire.DefaultMaxEnvelope
 	}
 	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize}
+
 	if c.tp != nil {
 		d.tracer = c.tp.Tracer("github.com/connector-go/connector/dispatcher")
 	}
@@ -161,6 +163,9 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 	if env.Channel == "" {
 		env.Channel = job.DefaultChannel
 	}
+	if err := channels.Valid(env.Channel); err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
 	if o.Timeout > 0 {
 		env.TimeoutMS = o.Timeout.Milliseconds()
 	}
@@ -193,11 +198,11 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 	}
 	var msg *nats.Msg
 	if eta.IsZero() {
-		msg = nats.NewMsg(d.names.JobsSubject(env.Channel))
+		msg = nats.NewMsg(d.subject(env.Channel, env.Priority))
 	} else {
 		msg = nats.NewMsg(d.names.ScheduleSubject(env.ID))
 		msg.Header[wire.HeaderSchedule] = []string{"@at " + eta.UTC().Format(time.RFC3339Nano)}
-		msg.Header[wire.HeaderSchTarget] = []string{d.names.JobsSubject(env.Channel)}
+		msg.Header[wire.HeaderSchTarget] = []string{d.subject(env.Channel, env.Priority)}
 	}
 	msg.Data = data
 	msg.Header[wire.HeaderMsgID] = []string{env.ID}
@@ -214,6 +219,17 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 		telemetry.Inject(ctx, msg.Header)
 	}
 	return p, nil
+}
+
+// subject is where a job of channel and priority is published:
+// <prefix>.jobs.<channel>.<band>. Workers attach unconfigured channels to
+// the consumer of their nearest configured ancestor.
+func (d *Dispatcher) subject(channel string, priority *int) string {
+	p := job.DefaultPriority
+	if priority != nil {
+		p = *priority
+	}
+	return d.names.JobsSubject(channel, channels.Band(p))
 }
 
 // Enqueue publishes one job and waits for JetStream to store it. It returns

@@ -129,7 +129,7 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	if channel == "" {
 		channel = job.DefaultChannel
 	}
-	msg := nats.NewMsg(d.names.JobsSubject(channel))
+	msg := nats.NewMsg(d.subject(channel, env.Priority))
 	for k, v := range dl.Headers {
 		if k == wire.HeaderMsgID || len(k) > 5 && k[:5] == "Nats-" {
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/connector-go/connector/internal/records"
@@ -48,7 +49,7 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	msg := nats.NewMsg(subject)
 	msg.Data = data
 	msg.Header[wire.HeaderSchedule] = []string{spec}
-	msg.Header[wire.HeaderSchTarget] = []string{d.names.JobsSubject(p.env.Channel)}
+	msg.Header[wire.HeaderSchTarget] = []string{d.subject(p.env.Channel, p.env.Priority)}
 	msg.Header[wire.HeaderJobName] = []string{p.env.Name}
 
 	s, err := d.js.Stream(ctx, d.names.JobsStream())
@@ -136,7 +137,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		}
 		// Deleted before any worker took it? The consumer delivers in
 		// stream order: a sequence beyond what it delivered was never seen.
-		cons, err := s.Consumer(ctx, "workers")
+		cons, err := d.consumerOf(ctx, s, d.subject(rec.Channel, &rec.Priority))
 		if err == nil {
 			info, err := cons.Info(ctx)
 			if err == nil && info.Delivered.Stream >= rec.Seq {
@@ -152,4 +153,38 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		d.releaseIdentity(ctx, ident, id)
 	}
 	return nil
+}
+
+// consumerOf finds the jobs consumer whose filters cover subject.
+func (d *Dispatcher) consumerOf(ctx context.Context, s jetstream.Stream, subject string) (jetstream.Consumer, error) {
+	lister := s.ListConsumers(ctx)
+	for info := range lister.Info() {
+		filters := info.Config.FilterSubjects
+		if info.Config.FilterSubject != "" {
+			filters = append(filters, info.Config.FilterSubject)
+		}
+		for _, f := range filters {
+			if subjectMatches(f, subject) {
+				return s.Consumer(ctx, info.Name)
+			}
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return nil, err
+	}
+	return nil, jetstream.ErrConsumerNotFound
+}
+
+// subjectMatches reports whether a subject matches a filter with * and >.
+func subjectMatches(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		if tok == ">" {
+			return len(s) > i
+		}
+		if i >= len(s) || (tok != "*" && tok != s[i]) {
+			return false
+		}
+	}
+	return len(f) == len(s)
 }

@@ -17,12 +17,13 @@ import (
 
 // startProc runs a worker process (worker/internal/testworker) on the
 // test's NATS server and Redis.
-func (e *env) startProc(name string, ackWait time.Duration) *exec.Cmd {
+func (e *env) startProc(name string, ackWait time.Duration, env ...string) *exec.Cmd {
 	e.t.Helper()
 	bin := testenv.GoBuild(e.t, "./worker/internal/testworker")
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "TW_NATS="+e.srv.URL, "TW_REDIS="+testenv.RedisURL(e.t),
 		"TW_PREFIX="+e.prefix, "TW_NAME="+name, "TW_ACK_WAIT="+ackWait.String())
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)

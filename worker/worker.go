@@ -29,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/connector-go/connector/internal/channels"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/telemetry"
@@ -43,9 +44,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
-
-// ConsumerName is the durable consumer all workers of a deployment share.
-const ConsumerName = "workers"
 
 // Defaults.
 const (
@@ -77,6 +75,7 @@ type config struct {
 	fetchWait      time.Duration
 	pullers        int
 	prefetch       int
+	channels       string
 }
 
 // Option configures a Worker.
@@ -150,6 +149,15 @@ func WithMaxAckPending(n int) Option { return func(c *config) { c.maxAckPending 
 // leases through heartbeats; 0 takes a job only when a runner is free.
 func WithPrefetch(n int) Option { return func(c *config) { c.prefetch = n } }
 
+// WithChannels configures the channels in the seed's syntax, e.g.
+// "root:4,root.magento:2,root.magento.orders:1:sequential,root.slow:2:throttle=5".
+// Capacities hold across the whole fleet (they are counted in Redis, so a
+// limited channel needs WithRedis); a child's jobs count against its
+// parents; a job of an unconfigured channel runs in its nearest configured
+// ancestor. Every worker of a deployment should get the same configuration:
+// it is published in the <PREFIX>_CHANNELS bucket for producers to route by.
+func WithChannels(spec string) Option { return func(c *config) { c.channels = spec } }
+
 // Worker runs jobs. Create it with New and call Run.
 type Worker struct {
 	js       jetstream.JetStream
@@ -162,10 +170,17 @@ type Worker struct {
 	metrics  *telemetry.Metrics
 	rec      *records.Store
 
-	inflight sync.Map // *running
+	inflight sync.Map // *item
 	running  atomic.Int64
 	wg       sync.WaitGroup
 	hardCtx  context.Context // cancelled when the grace period ends
+
+	chans    *channels.Config
+	states   map[string]*chanState
+	specs    []*consumerSpec
+	sched    *scheduler
+	slots    *slots
+	released chan struct{}
 }
 
 type running struct {
@@ -205,7 +220,22 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	// worker's own stack adds nothing.
 	c.log = c.log.WithOptions(zap.AddStacktrace(zapcore.DPanicLevel))
 	c.streams.Names = names
-	w := &Worker{js: js, reg: reg, handlers: reg.build(), cfg: c, names: names, log: c.log}
+	chans, err := channels.Parse(c.channels)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{js: js, reg: reg, handlers: reg.build(), cfg: c, names: names, log: c.log,
+		chans: chans, states: map[string]*chanState{}, sched: newScheduler(), released: make(chan struct{}, 1)}
+	for _, ch := range chans.All() {
+		cs := &chanState{ch: ch, chain: chans.Chain(ch.Name), limited: chans.Limited(ch.Name)}
+		if cs.limited && c.rdb == nil {
+			return nil, fmt.Errorf("worker: channel %s has a capacity or throttle: it needs Redis (WithRedis)", ch.Name)
+		}
+		w.states[ch.Name] = cs
+	}
+	if c.rdb != nil {
+		w.slots = &slots{rdb: c.rdb, tag: "{" + names.Prefix + ":channels}", lease: c.ackWait}
+	}
 	if c.tp != nil {
 		w.tracer = c.tp.Tracer("github.com/connector-go/connector/worker")
 	}
@@ -221,46 +251,92 @@ func (w *Worker) Names() wire.Names { return w.names }
 // Running returns how many jobs this worker runs right now.
 func (w *Worker) Running() int { return int(w.running.Load()) }
 
-// Setup provisions (or checks) the streams and the durable consumer. Run
-// calls it; it is exported for tools that only provision.
-func (w *Worker) Setup(ctx context.Context) (jetstream.Consumer, error) {
+// Setup provisions (or checks) the streams and creates the consumers: one
+// per configured channel and priority band (one for a sequential channel).
+// Run calls it; it is exported for tools that only provision.
+func (w *Worker) Setup(ctx context.Context) error {
 	if w.cfg.provision {
 		if err := streams.Ensure(ctx, w.js, w.cfg.streams); err != nil {
-			return nil, err
+			return err
 		}
 	} else if err := streams.Check(ctx, w.js, w.names); err != nil {
-		return nil, err
+		return err
 	}
-	cc := jetstream.ConsumerConfig{
-		Durable:       ConsumerName,
-		Description:   "connector workers",
-		FilterSubject: w.names.JobsWildcard(),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       w.cfg.ackWait,
-		MaxDeliver:    -1,
-		MaxAckPending: w.cfg.maxAckPending,
-		MaxWaiting:    4096,
-	}
-	if !w.cfg.provision {
-		cons, err := w.js.Consumer(ctx, w.names.JobsStream(), ConsumerName)
-		if err == nil {
-			return cons, nil
+	w.specs = w.specs[:0]
+	for _, ch := range w.chans.All() {
+		cs := w.states[ch.Name]
+		bands := []int{0, 1, 2}
+		if ch.Sequential {
+			bands = []int{-1}
+		}
+		for _, band := range bands {
+			cc := jetstream.ConsumerConfig{
+				Durable:       w.names.JobsConsumer(ch.Name, band),
+				Description:   "connector jobs of channel " + ch.Name,
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				DeliverPolicy: jetstream.DeliverAllPolicy,
+				AckWait:       w.cfg.ackWait,
+				MaxDeliver:    -1,
+				MaxAckPending: w.cfg.maxAckPending,
+				MaxWaiting:    4096,
+			}
+			var base string
+			if band < 0 {
+				base = w.names.JobsChannelFilter(ch.Name)
+				cc.MaxAckPending = 1 // one at a time, in order, fleet-wide
+			} else {
+				base = w.names.JobsSubject(ch.Name, band)
+				if cs.limited {
+					// Fetched-but-waiting jobs stay few: capacity plus a margin.
+					cc.MaxAckPending = minCapacity(cs.chain) + 16
+				}
+			}
+			// Keep the unconfigured descendants the sweeper attached before,
+			// as long as they still belong here.
+			filters := []string{base}
+			if cur, err := w.js.Consumer(ctx, w.names.JobsStream(), cc.Durable); err == nil {
+				for _, f := range consumerFilters(cur.CachedInfo().Config) {
+					if f != base && w.ownerOf(f) == cc.Durable {
+						filters = append(filters, f)
+					}
+				}
+			}
+			setFilters(&cc, filters)
+			var cons jetstream.Consumer
+			var err error
+			if !w.cfg.provision {
+				cons, err = w.js.Consumer(ctx, w.names.JobsStream(), cc.Durable)
+			}
+			if cons == nil {
+				cons, err = w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
+			}
+			if err != nil {
+				return fmt.Errorf("worker: consumer %s on %s: %w", cc.Durable, w.names.JobsStream(), err)
+			}
+			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, cons: cons, name: cc.Durable, cfg: cc, filters: filters})
 		}
 	}
-	cons, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
-	if err != nil {
-		return nil, fmt.Errorf("worker: consumer %s on %s: %w", ConsumerName, w.names.JobsStream(), err)
+	return nil
+}
+
+func minCapacity(chain []channels.Channel) int {
+	m := 0
+	for _, c := range chain {
+		if c.Capacity > 0 && (m == 0 || c.Capacity < m) {
+			m = c.Capacity
+		}
 	}
-	return cons, nil
+	if m == 0 {
+		m = 1 // throttled only
+	}
+	return m
 }
 
 // Run consumes jobs until ctx is cancelled, then stops pulling, lets running
 // jobs finish within the grace period and hands the others back for
 // redelivery. It returns nil after a clean shutdown.
 func (w *Worker) Run(ctx context.Context) error {
-	cons, err := w.Setup(ctx)
-	if err != nil {
+	if err := w.Setup(ctx); err != nil {
 		return err
 	}
 	if w.cfg.rdb != nil {
@@ -276,41 +352,55 @@ func (w *Worker) Run(ctx context.Context) error {
 	hbDone := make(chan struct{})
 	go w.heartbeats(hard, hbDone)
 
-	// Pullers fetch batches into a local queue; `concurrency` runners take
-	// jobs from it. Every message is under heartbeat from the moment it is
-	// received, so a job waiting in the queue keeps its lease too. Credits
-	// bound what this process holds: running + queued <= concurrency + prefetch.
-	credits := make(chan struct{}, w.cfg.concurrency+w.cfg.prefetch)
-	queue := make(chan *running, w.cfg.concurrency+w.cfg.prefetch)
+	// Pullers fetch batches into the local scheduler; `concurrency` runners
+	// take the best job. Every message is under heartbeat from the moment it
+	// is received, so a job waiting locally keeps its lease too. Credits
+	// bound what this process holds: running + waiting <= concurrency + prefetch.
+	nPullers := 0
+	for _, spec := range w.specs {
+		nPullers += w.pullersOf(spec)
+	}
+	// An idle puller holds one credit for its long poll: count them in.
+	credits := make(chan struct{}, w.cfg.concurrency+w.cfg.prefetch+nPullers)
 	var runners sync.WaitGroup
 	for i := 0; i < w.cfg.concurrency; i++ {
 		runners.Add(1)
 		go func() {
 			defer runners.Done()
-			for r := range queue {
-				if ctx.Err() != nil {
-					// Shutting down: a job not started yet goes straight back.
-					_ = r.msg.Nak()
-					w.inflight.Delete(r)
-				} else {
-					w.running.Add(1)
-					w.process(r)
-					w.running.Add(-1)
+			for {
+				it := w.sched.next()
+				if it == nil {
+					return
 				}
-				<-credits
+				w.runItem(ctx, it, credits)
 			}
 		}()
 	}
 	var pullers sync.WaitGroup
-	for i := 0; i < w.cfg.pullers; i++ {
-		pullers.Add(1)
-		go func() {
-			defer pullers.Done()
-			w.fetchLoop(ctx, cons, credits, queue)
-		}()
+	for _, spec := range w.specs {
+		for i := 0; i < w.pullersOf(spec); i++ {
+			pullers.Add(1)
+			go func() {
+				defer pullers.Done()
+				w.fetchLoop(ctx, spec, credits)
+			}()
+		}
 	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		w.sweep(ctx)
+	}()
 	pullers.Wait()
-	close(queue)
+	w.sched.close()
+	// Jobs still waiting for a channel slot go back.
+	for _, cs := range w.states {
+		for _, it := range cs.drainBlocked() {
+			_ = it.r.msg.Nak()
+			w.inflight.Delete(it)
+			<-credits
+		}
+	}
 	w.wg.Add(1)
 	go func() { runners.Wait(); w.wg.Done() }()
 
@@ -337,12 +427,75 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// pullersOf: unlimited channels get several pullers so pulls overlap.
+func (w *Worker) pullersOf(spec *consumerSpec) int {
+	if !spec.cs.limited && spec.band >= 0 {
+		return w.cfg.pullers
+	}
+	return 1
+}
+
+// runItem runs one job, first taking its channel slot when its channel
+// chain is limited; without a free slot the job waits in its channel's
+// blocked list (keeping its credit and its lease).
+func (w *Worker) runItem(ctx context.Context, it *item, credits chan struct{}) {
+	if ctx.Err() != nil {
+		// Shutting down: a job not started yet goes straight back.
+		_ = it.r.msg.Nak()
+		w.inflight.Delete(it)
+		if it.token != "" {
+			_ = w.slots.release(context.Background(), it.ch, it.token)
+		}
+		<-credits
+		return
+	}
+	if it.ch.limited && it.token == "" {
+		it.token = wire.NewID()
+		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token)
+		if err != nil || !ok {
+			if err != nil {
+				w.log.Warn("channel slot not acquired; waiting", zap.String("channel", it.ch.ch.Name), zap.Error(err))
+			}
+			w.block(ctx, it)
+			return
+		}
+	}
+	w.running.Add(1)
+	w.process(it)
+	w.running.Add(-1)
+	if it.token != "" {
+		if err := w.slots.release(context.Background(), it.ch, it.token); err != nil {
+			w.log.Warn("channel slot not released; it expires with its lease", zap.Error(err))
+		}
+		select {
+		case w.released <- struct{}{}:
+		default:
+		}
+	}
+	<-credits
+}
+
 // fetchLoop pulls batches of up to maxBatch jobs, as many as there are
 // credits, and queues them for the runners.
-func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, credits chan struct{}, queue chan<- *running) {
-	const maxBatch = 256
+func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan struct{}) {
+	maxBatch := 256
+	if spec.cs.limited || spec.band < 0 {
+		maxBatch = min(16, minCapacity(spec.cs.chain)+1)
+	}
+	cons := spec.cons
 	backoff := 100 * time.Millisecond
+	// The batch adapts: an idle puller long-polls for one job (holding one
+	// credit), a busy one doubles up to maxBatch.
+	want := 1
 	for ctx.Err() == nil {
+		// A band whose jobs wait for a slot pulls no more until they start.
+		for spec.cs.limited && spec.cs.hasBlocked(spec.band) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 		select {
 		case credits <- struct{}{}:
 		case <-ctx.Done():
@@ -350,7 +503,7 @@ func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, credits
 		}
 		n := 1
 	more:
-		for n < maxBatch {
+		for n < want {
 			select {
 			case credits <- struct{}{}:
 				n++
@@ -385,13 +538,22 @@ func (w *Worker) fetchLoop(ctx context.Context, cons jetstream.Consumer, credits
 				<-credits
 				continue
 			}
-			r := &running{msg: msg, received: time.Now()}
-			w.inflight.Store(r, r)
-			queue <- r // never blocks: credits bound the queue
+			band := spec.band
+			if band < 0 {
+				band = channels.BandNormal // sequential: one band, in order
+			}
+			it := &item{r: &running{msg: msg, received: time.Now()}, ch: spec.cs, band: band, group: spec.name}
+			w.inflight.Store(it, it)
+			w.sched.push(it)
 		}
 		cancel()
 		for i := got; i < n; i++ {
 			<-credits
+		}
+		if got == n {
+			want = min(2*n, maxBatch)
+		} else {
+			want = max(1, got)
 		}
 		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
 			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
@@ -420,15 +582,24 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			var leased []*item
 			w.inflight.Range(func(_, v any) bool {
-				r := v.(*running)
-				if now.Sub(r.received) >= every/2 {
-					if err := r.msg.InProgress(); err != nil {
+				it := v.(*item)
+				if now.Sub(it.r.received) >= every/2 {
+					if err := it.r.msg.InProgress(); err != nil {
 						w.log.Debug("heartbeat failed", zap.Error(err))
 					}
 				}
+				if it.token != "" {
+					leased = append(leased, it)
+				}
 				return true
 			})
+			if w.slots != nil && len(leased) > 0 {
+				if err := w.slots.renew(ctx, leased); err != nil {
+					w.log.Warn("channel slot leases not renewed", zap.Error(err))
+				}
+			}
 		}
 	}
 }
@@ -470,9 +641,9 @@ func withLabels(ctx context.Context, backend, model string) context.Context {
 	return ctx
 }
 
-func (w *Worker) process(r *running) {
-	defer w.inflight.Delete(r)
-	msg, received := r.msg, r.received
+func (w *Worker) process(it *item) {
+	defer w.inflight.Delete(it)
+	msg, received := it.r.msg, it.r.received
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.log.Error("message without JetStream metadata; terminating it", zap.Error(err))
@@ -485,10 +656,20 @@ func (w *Worker) process(r *running) {
 		return
 	}
 	if env.Template {
-		// A firing of a periodic schedule: a new job of its own.
-		env.ID = env.ID + "-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+		// A firing of a periodic schedule: a new job of its own, named by
+		// its tick, so that a tick is never run twice.
+		tick := strconv.FormatUint(meta.Sequence.Stream, 10)
+		if next, err := time.Parse(time.RFC3339Nano, msg.Headers().Get("Nats-Schedule-Next")); err == nil {
+			tick = "t" + strconv.FormatInt(next.Unix(), 10)
+		}
+		env.ID = env.ID + "-" + tick
 		env.Template = false
 		env.EnqueuedAt = meta.Timestamp.UnixMilli()
+		if w.cfg.rdb != nil && meta.NumDelivered == 1 && !w.claimTick(env.ID) {
+			_ = msg.Ack()
+			w.log.Warn("periodic tick fired twice; second one dropped", zap.String("job_id", env.ID))
+			return
+		}
 	} else if w.cfg.rdb != nil && len(msg.Headers()[headerScheduler]) > 0 && w.cancelled(env.ID) {
 		// Fired by a schedule (ETA or retry) just as the job was cancelled.
 		_ = msg.Ack()
@@ -550,7 +731,7 @@ func (w *Worker) process(r *running) {
 	ctx := w.hardCtx
 	var span trace.Span
 	if w.tracer != nil {
-		ctx, span = telemetry.StartConsumerSpan(ctx, w.tracer, w.cfg.linkMode, w.names.JobsStream(), ConsumerName, env.ID, msg.Headers(),
+		ctx, span = telemetry.StartConsumerSpan(ctx, w.tracer, w.cfg.linkMode, w.names.JobsStream(), it.group, env.ID, msg.Headers(),
 			attribute.String("connector.job.name", env.Name), attribute.String("connector.job.channel", channel),
 			attribute.Int("connector.job.attempt", attempt))
 		defer span.End()
@@ -586,7 +767,7 @@ func (w *Worker) process(r *running) {
 		}
 		cancel()
 	}
-	w.finish(ctx, msg, meta, env, m, result, herr, received, jc, span)
+	w.finish(ctx, it, meta, env, m, result, herr, received, jc, span)
 }
 
 func safeCall(ctx context.Context, h Handler, m *Message) (result string, err error) {
@@ -606,8 +787,9 @@ type panicError struct {
 func (e *panicError) Error() string { return fmt.Sprintf("%v: %v", job.ErrPanic, e.value) }
 func (e *panicError) Unwrap() error { return job.ErrPanic }
 
-func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.Envelope, m *Message,
+func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetadata, env *wire.Envelope, m *Message,
 	result string, herr error, started time.Time, jc *jobCtx, span trace.Span) {
+	msg := it.r.msg
 	took := time.Since(started)
 	var nothing *job.NothingToDoError
 	switch {
@@ -645,6 +827,17 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 			next := m.Attempt
 			if r.NoCount {
 				next = m.Attempt - 1
+			}
+			if it.ch.ch.Sequential {
+				// A sequential channel waits for its head job: the retry
+				// stays in place (MaxAckPending 1 holds the channel), and
+				// the next delivery counts as the next attempt.
+				_ = msg.NakWithDelay(delay)
+				w.metrics.JobEnded(ctx, m.Name, m.Channel, "retried", took)
+				w.record(records.Update{ID: m.ID, State: job.StateWaiting, Attempts: m.Attempt, Error: herr.Error(),
+					ErrorType: errorType(herr), ETA: time.Now().Add(delay), EndedAt: time.Now()})
+				jc.logger().Info("job failed; retrying in place (sequential channel)", zap.Error(herr), zap.Duration("delay", delay))
+				return
 			}
 			if err := w.scheduleRetry(ctx, msg, env, next, delay); err != nil {
 				// Could not schedule: keep the message and retry it in place.
@@ -688,10 +881,6 @@ func (w *Worker) scheduleRetry(ctx context.Context, msg jetstream.Msg, env *wire
 	if err != nil {
 		return err
 	}
-	channel := env.Channel
-	if channel == "" {
-		channel = job.DefaultChannel
-	}
 	out := nats.NewMsg(w.names.ScheduleSubject(env.ID))
 	for k, v := range msg.Headers() {
 		if len(k) >= 5 && k[:5] == "Nats-" {
@@ -701,7 +890,7 @@ func (w *Worker) scheduleRetry(ctx context.Context, msg jetstream.Msg, env *wire
 	}
 	out.Header[wire.HeaderMsgID] = []string{env.ID + "." + strconv.Itoa(attempt) + "." + strconv.FormatInt(time.Now().UnixNano(), 36)}
 	out.Header[wire.HeaderSchedule] = []string{"@at " + time.Now().Add(delay).UTC().Format(time.RFC3339Nano)}
-	out.Header[wire.HeaderSchTarget] = []string{w.names.JobsSubject(channel)}
+	out.Header[wire.HeaderSchTarget] = []string{msg.Subject()} // same channel and band
 	out.Data = data
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -772,6 +961,14 @@ func (w *Worker) record(u records.Update) {
 
 // headerScheduler is set by the server on messages fired by a schedule.
 const headerScheduler = "Nats-Scheduler"
+
+// claimTick records that a periodic tick's job exists (false if it did).
+func (w *Worker) claimTick(id string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ok, err := w.cfg.rdb.SetNX(ctx, w.names.RedisKey("tick", id), "1", 24*time.Hour).Result()
+	return ok || err != nil // without Redis, run it rather than lose it
+}
 
 func (w *Worker) cancelled(id string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -73,7 +73,7 @@ func (e *env) start(reg *worker.Registry, opts ...worker.Option) (stop func()) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := w.Setup(context.Background()); err != nil {
+	if err := w.Setup(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -314,7 +314,7 @@ func TestMalformedMessagesAreDeadLetteredWithReason(t *testing.T) {
 	n := e.d.Names()
 	pub := func(data []byte) {
 		t.Helper()
-		if _, err := e.js.Publish(ctx, n.JobsSubject("root"), data); err != nil {
+		if _, err := e.js.Publish(ctx, n.JobsSubject("root", 1), data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -434,7 +434,7 @@ func TestRetryWaitHoldsNoCapacity(t *testing.T) {
 		id, _ := e.d.Enqueue(ctx, Flaky{Mode: "quick"})
 		e.waitState(id, job.StateDone, 10*time.Second)
 	}
-	cons, err := e.js.Consumer(ctx, e.d.Names().JobsStream(), worker.ConsumerName)
+	cons, err := e.js.Consumer(ctx, e.d.Names().JobsStream(), e.d.Names().JobsConsumer("root", 1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -251,6 +251,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	cfg.HTTPAddr = *httpAddr
 	cfg.ServiceName = "connector-dev"
 	cfg.Concurrency = 8
+	cfg.Channels = "root:8,root.shop:4" // the example connector's jobs: at most 4 at once
 	conns, err := app.Open(ctx, &cfg, log)
 	if err != nil {
 		return err

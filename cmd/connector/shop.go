@@ -73,9 +73,8 @@ func serveExample(ctx context.Context, name, addr string, h http.Handler, log *z
 }
 
 // devShop starts the example shop and catalog on local ports and wires the
-// shop connector for two shop instances on the same shop server: "shop-v1"
-// (API v1) and "shop-v2" (API v2). It returns the listeners service and
-// the text that tells the user what to try.
+// shop connector for one shop instance, "shop-v1" (API v1). It returns the
+// listeners service and the text that tells the user what to try.
 func devShop(ctx context.Context, conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, reg *worker.Registry,
 	shopAddr, catalogAddr, every string) (app.Service, string, error) {
 	log := conns.Log
@@ -109,4 +108,35 @@ Make the shop fail (503) twice and watch the export retry:
   curl -X POST %[2]s/admin/faults -d '{"status": 503, "count": 2}'
 `, every, shopURL, catalogURL)
 	return svc, help, nil
+}
+
+// workerShop is the hook for `connector worker` in Docker Compose and
+// Kubernetes: when SHOP_URL and CATALOG_URL are set, it adds the example
+// connector for one shop instance (SHOP_ID, default "shop"; SHOP_VERSION,
+// default "v1"; imports on SHOP_IMPORT_SCHEDULE, default "@every 30s") to
+// reg, and returns the service to pass to app.RunWorker and a function
+// that releases its dispatcher. Without SHOP_URL it returns nothing.
+func workerShop(conns *app.Conns, cfg *app.Config, reg *worker.Registry, getenv func(string) string) (app.Service, func(), error) {
+	shopURL, catalogURL := getenv("SHOP_URL"), getenv("CATALOG_URL")
+	if shopURL == "" || catalogURL == "" {
+		return nil, func() {}, nil
+	}
+	or := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	d, err := conns.Dispatcher(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	release := func() { _ = d.Close(context.Background()) }
+	shops := []units.Backend{shopconnector.Shop(or("SHOP_ID", "shop"), or("SHOP_VERSION", "v1"), shopURL)}
+	svc, err := shopExample(conns, cfg, d, reg, shops, catalogURL, or("SHOP_IMPORT_SCHEDULE", "@every 30s"))
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return svc, release, nil
 }

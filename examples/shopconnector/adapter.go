@@ -41,11 +41,12 @@ type client struct {
 }
 
 func (c *client) do(ctx context.Context, method, path string, body any, out any) error {
+	what := method + " " + c.base + path // for errors
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return fmt.Errorf("encode %s %s: %w", method, path, err)
+			return fmt.Errorf("encode %s: %w", what, err)
 		}
 		rd = bytes.NewReader(b)
 	}
@@ -68,30 +69,30 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return job.Retry(fmt.Errorf("%s %s: %w", method, path, err))
+		return job.Retry(fmt.Errorf("%s: %w", what, err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
-		return job.Retry(fmt.Errorf("%s %s: reading answer: %w", method, path, err))
+		return job.Retry(fmt.Errorf("%s: reading answer: %w", what, err))
 	}
 	switch s := resp.StatusCode; {
 	case s == http.StatusNotFound:
 		return units.Missing(c.model, path)
 	case s == http.StatusTooManyRequests || s >= 500:
-		err := fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(data))
+		err := fmt.Errorf("%s: %s: %s", what, resp.Status, bytes.TrimSpace(data))
 		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
 			return job.RetryAfter(err, time.Duration(secs)*time.Second)
 		}
 		return job.Retry(err)
 	case s >= 400:
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(data))
+		return fmt.Errorf("%s: %s: %s", what, resp.Status, bytes.TrimSpace(data))
 	}
 	if out == nil || len(data) == 0 {
 		return nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%s %s: decoding answer: %w", method, path, err)
+		return fmt.Errorf("%s: decoding answer: %w", what, err)
 	}
 	return nil
 }
@@ -128,7 +129,18 @@ type ShopAdapter struct {
 	// ListKey is the field of a list answer holding the records: "items"
 	// in v1, "data" in v2.
 	ListKey string
+	// Settle, if > 0, leaves out of Search the records modified less than
+	// Settle ago; the next search finds them. See SearchSettle.
+	Settle time.Duration
 }
+
+// SearchSettle is the Settle of the adapters Units builds. An export that
+// creates a shop record binds it a few milliseconds after the create; a
+// batch import that found the record in between would not see the binding
+// and would import it as a new catalog record. Searching only records
+// older than a second closes that window (at the cost of a second of
+// latency for new shop records).
+const SearchSettle = time.Second
 
 // NewShopAdapter returns the adapter of model on the shop at baseURL
 // (e.g. "http://127.0.0.1:8081"), API version version ("v1", "v2").
@@ -154,6 +166,9 @@ func (a *ShopAdapter) Search(ctx context.Context, q units.Query) ([]string, erro
 		v.Set("updated_since", s.UTC().Format(time.RFC3339Nano))
 	case string:
 		v.Set("updated_since", s)
+	}
+	if a.Settle > 0 {
+		v.Set("updated_before", time.Now().Add(-a.Settle).UTC().Format(time.RFC3339Nano))
 	}
 	var ids []string
 	for page := q.Offset/per + 1; ; page++ {

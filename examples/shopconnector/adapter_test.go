@@ -40,6 +40,12 @@ func TestShopAdapterOutcomes(t *testing.T) {
 			if err != nil || strings.Join(ids, ",") != "3" {
 				t.Fatalf("search page 2: %v %v", ids, err)
 			}
+			// Settle leaves out records changed too recently.
+			a.Settle = time.Hour
+			if ids, err := a.Search(ctx, units.Query{}); err != nil || len(ids) != 0 {
+				t.Fatalf("search with settle: %v %v", ids, err)
+			}
+			a.Settle = 0
 			id, err := a.Create(ctx, units.Record{v.name: "Kettle"})
 			if err != nil || id != "4" {
 				t.Fatalf("create: %q %v", id, err)

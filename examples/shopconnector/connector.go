@@ -108,8 +108,8 @@ func Units(hc *http.Client) (*units.Registry, error) {
 	add(units.Register(v1, units.ExportMapperUsage, "product", exportProductV1))
 	add(units.Register(v1, units.ExportMapperUsage, "customer", exportCustomerV1))
 
-	// v2 overrides what differs; the batch importer and deleter are v1's
-	// (the type's), found by walking up the version tree.
+	// v2 overrides what differs; its batch importer and deleter are the
+	// type's, found by walking up the version tree.
 	add(units.Register(v2, units.AdapterUsage, units.AnyModel, shopAdapter(hc, "data")))
 	add(units.Register(v2, units.ImporterUsage, units.AnyModel, &units.Importer{UpdatedAt: stamp("modified")}))
 	add(units.Register(v2, units.ImporterUsage, "order", &units.Importer{
@@ -137,7 +137,12 @@ func shopAdapter(hc *http.Client, listKey string) units.AdapterFactory {
 		if url == "" {
 			return nil, fmt.Errorf("shop %s has no url setting", w.Backend.ID)
 		}
-		return NewShopAdapter(hc, strings.TrimRight(url, "/"), w.Backend.Version, w.Model, listKey)
+		a, err := NewShopAdapter(hc, strings.TrimRight(url, "/"), w.Backend.Version, w.Model, listKey)
+		if err != nil {
+			return nil, err
+		}
+		a.Settle = SearchSettle
+		return a, nil
 	}
 }
 

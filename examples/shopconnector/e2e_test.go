@@ -75,7 +75,13 @@ func endToEnd(t *testing.T, version string) {
 	e.ticks(t, 2)
 	e.listenersIdle(t)
 	e.assertSynced(t, f)
-	e.assertExports(t, 0, 0) // every catalog change so far came from the import: no echo
+	// The catalog published an event for each of the 6 records it created,
+	// and the listeners handled them all (idle): every one was skipped as
+	// the import's own echo.
+	if n := e.events(t); n != 6 {
+		t.Fatalf("%d events in the events stream, want 6", n)
+	}
+	e.assertExports(t, 0, 0)
 
 	// 3. A change in the shop reaches the catalog, and is not echoed.
 	e.shopCall(t, "PATCH", "/"+version+"/products/3", f.price(13.5), nil)
@@ -215,13 +221,13 @@ func newE2E(t *testing.T, version string) *e2e {
 		t.Fatal(err)
 	}
 	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithLogger(log),
-		worker.WithMemoryStorage(), worker.WithConcurrency(8),
+		worker.WithMemoryStorage(), worker.WithConcurrency(8), worker.WithChannels("root:4,root.shop:4"),
 		worker.WithRetryPattern(job.RetryPattern{1: 100 * time.Millisecond}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := w.Setup(ctx); err != nil {
+	if err := w.Setup(ctx); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -261,7 +267,7 @@ func (e *e2e) ticks(t *testing.T, n int) {
 	start := e.shopRec.lists()
 	want := start + n*len(shopconnector.ImportedModels)
 	testenv.Eventually(t, 15*time.Second, func() bool {
-		return e.shopRec.lists() >= want && e.consumerIdle(e.d.Names().JobsStream(), worker.ConsumerName)
+		return e.shopRec.lists() >= want && e.jobsIdle()
 	}, "%d batch import ticks", n)
 }
 
@@ -276,8 +282,43 @@ func (e *e2e) listenersIdle(t *testing.T) {
 				}
 			}
 		}
-		return e.consumerIdle(e.d.Names().JobsStream(), worker.ConsumerName)
+		return e.jobsIdle()
 	}, "listeners idle")
+}
+
+// events counts the events in the events stream.
+func (e *e2e) events(t *testing.T) uint64 {
+	t.Helper()
+	s, err := e.js.Stream(context.Background(), e.d.Names().EventsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// jobsIdle reports whether no job is queued or running: every consumer of
+// the jobs stream (the workers') has nothing pending or unacknowledged.
+// Jobs waiting for a retry delay are not counted.
+func (e *e2e) jobsIdle() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := e.js.Stream(ctx, e.d.Names().JobsStream())
+	if err != nil {
+		return false
+	}
+	lister := s.ListConsumers(ctx)
+	n := 0
+	for info := range lister.Info() {
+		n++
+		if info.NumPending != 0 || info.NumAckPending != 0 {
+			return false
+		}
+	}
+	return lister.Err() == nil && n > 0
 }
 
 func (e *e2e) consumerIdle(stream, name string) bool {
@@ -300,6 +341,13 @@ func (e *e2e) assertExports(t *testing.T, jobs, shopWrites int) {
 	}
 	if got := e.shopRec.writes(); len(got) != shopWrites {
 		t.Fatalf("connector writes to the shop: %d, want %d: %v", len(got), shopWrites, got)
+	}
+	// Each of those jobs ran on the connector's channel and is done.
+	for _, id := range e.jobs.ids() {
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			rec, err := e.d.Job(context.Background(), id)
+			return err == nil && rec.State == job.StateDone && rec.Channel == shopconnector.Channel
+		}, "job %s done on channel %s", id, shopconnector.Channel)
 	}
 }
 
@@ -476,25 +524,37 @@ func (rc *recorder) lists() int {
 
 // countingEnqueuer counts the export and delete jobs the listeners enqueue.
 type countingEnqueuer struct {
-	next job.Enqueuer
-	mu   sync.Mutex
-	jobs []string
+	next   job.Enqueuer
+	mu     sync.Mutex
+	jobs   []string
+	jobIDs []string
 }
 
 func (c *countingEnqueuer) Enqueue(ctx context.Context, args job.Args, opts ...job.Option) (string, error) {
+	id, err := c.next.Enqueue(ctx, args, opts...)
+	if err != nil {
+		return id, err
+	}
 	switch a := args.(type) {
 	case units.ExportRecord:
-		c.add(fmt.Sprintf("export %s %s %v", a.Model, a.LocalID, a.Fields))
+		c.add(id, fmt.Sprintf("export %s %s %v", a.Model, a.LocalID, a.Fields))
 	case units.DeleteRecord:
-		c.add(fmt.Sprintf("delete %s %s", a.Model, a.ExternalID))
+		c.add(id, fmt.Sprintf("delete %s %s", a.Model, a.ExternalID))
 	}
-	return c.next.Enqueue(ctx, args, opts...)
+	return id, nil
 }
 
-func (c *countingEnqueuer) add(s string) {
+func (c *countingEnqueuer) add(id, s string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.jobs = append(c.jobs, s)
+	c.jobIDs = append(c.jobIDs, id)
+}
+
+func (c *countingEnqueuer) ids() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.jobIDs...)
 }
 
 func (c *countingEnqueuer) count() int { return len(c.names()) }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -39,6 +40,7 @@ type Config struct {
 	Provision     bool
 	ServiceName   string
 	LinkedTraces  bool
+	Channels      string
 }
 
 func envOr(getenv func(string) string, k, def string) string {
@@ -76,6 +78,17 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.LogFormat, "log-format", envOr(getenv, "CONNECTOR_LOG_FORMAT", "json"), "json or console (env CONNECTOR_LOG_FORMAT)")
 	fs.BoolVar(&c.Provision, "provision", envOr(getenv, "CONNECTOR_PROVISION", "true") == "true", "create/update streams at start; false only checks they exist (env CONNECTOR_PROVISION)")
 	fs.BoolVar(&c.LinkedTraces, "linked-traces", envOr(getenv, "CONNECTOR_LINKED_TRACES", "false") == "true", "job runs start new traces linked to the producer instead of child spans (env CONNECTOR_LINKED_TRACES)")
+	fs.StringVar(&c.Channels, "channels", envOr(getenv, "CONNECTOR_CHANNELS", ""), `channel capacities, e.g. "root:4,root.shop:2,root.shop.orders:1:sequential" (env CONNECTOR_CHANNELS)`)
+	fs.Func("channels-file", "file holding the channel configuration, one entry per line (env CONNECTOR_CHANNELS_FILE)", func(p string) error {
+		b, err := os.ReadFile(p)
+		c.Channels = string(b)
+		return err
+	})
+	if p := getenv("CONNECTOR_CHANNELS_FILE"); p != "" && c.Channels == "" {
+		if b, err := os.ReadFile(p); err == nil {
+			c.Channels = string(b)
+		}
+	}
 	c.ServiceName = envOr(getenv, "OTEL_SERVICE_NAME", "connector-worker")
 }
 
@@ -161,6 +174,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		worker.WithTracerProvider(c.Telemetry.TracerProvider), worker.WithMeterProvider(c.Telemetry.MeterProvider),
 		worker.WithConcurrency(cfg.Concurrency), worker.WithAckWait(cfg.AckWait),
 		worker.WithShutdownGrace(cfg.ShutdownGrace), worker.WithStreamReplicas(cfg.Replicas),
+		worker.WithChannels(cfg.Channels),
 	}
 	if !cfg.Provision {
 		opts = append(opts, worker.WithoutProvisioning())
@@ -172,7 +186,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	if err != nil {
 		return err
 	}
-	if _, err := w.Setup(ctx); err != nil {
+	if err := w.Setup(ctx); err != nil {
 		return err
 	}
 	metrics, err := telemetry.NewMetrics(c.Telemetry.MeterProvider)
@@ -218,15 +232,19 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 // backlog reports pending jobs of the workers' consumer (for autoscaling).
 func backlog(js jetstream.JetStream, sc streams.Config) func(ctx context.Context) (map[string]int64, error) {
 	return func(ctx context.Context) (map[string]int64, error) {
-		cons, err := js.Consumer(ctx, sc.Names.JobsStream(), worker.ConsumerName)
+		s, err := js.Stream(ctx, sc.Names.JobsStream())
 		if err != nil {
 			return nil, fmt.Errorf("backlog: %w", err)
 		}
-		info, err := cons.Info(ctx)
-		if err != nil {
+		out := map[string]int64{}
+		lister := s.ListConsumers(ctx)
+		for info := range lister.Info() {
+			out[info.Name] = int64(info.NumPending) + int64(info.NumAckPending)
+		}
+		if err := lister.Err(); err != nil {
 			return nil, fmt.Errorf("backlog: %w", err)
 		}
-		return map[string]int64{worker.ConsumerName: int64(info.NumPending) + int64(info.NumAckPending)}, nil
+		return out, nil
 	}
 }
 

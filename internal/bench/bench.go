@@ -206,7 +206,7 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 	if err != nil {
 		return r, err
 	}
-	if _, err := w.Setup(ctx); err != nil {
+	if err := w.Setup(ctx); err != nil {
 		return r, err
 	}
 	wctx, cancel := context.WithCancel(ctx)

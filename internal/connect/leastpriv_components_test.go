@@ -88,7 +88,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Setup(ctx); err != nil {
+	if err := w.Setup(ctx); err != nil {
 		t.Fatalf("worker setup under worker permissions: %v", err)
 	}
 	wctx, stop := context.WithCancel(ctx)
@@ -168,7 +168,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := prod.js.Publish(ctx, n.JobsSubject("root"), data); err != nil {
+		if _, err := prod.js.Publish(ctx, n.JobsSubject("root", 1), data); err != nil {
 			t.Fatal(err)
 		}
 		var letter wire.DeadLetter

@@ -43,10 +43,11 @@ func ProducerPermissions(prefix, inbox string) *server.Permissions {
 	}
 }
 
-// WorkerPermissions: check the streams, bind/create the durable "workers"
-// consumer on the jobs stream and "ev_<listener>" consumers on the events
-// stream, fetch and acknowledge, publish retries (schedules), follow-up
-// jobs, events and dead letters.
+// WorkerPermissions: check the streams, bind/create the durable
+// "jobs~<channel>~<band>" consumers on the jobs stream and "ev_<listener>"
+// consumers on the events stream, fetch and acknowledge, publish retries
+// (schedules), follow-up jobs, events and dead letters; the consumers'
+// filters grow as new channels appear (CONSUMER.CREATE updates them).
 func WorkerPermissions(prefix, inbox string) *server.Permissions {
 	n := wire.MustNames(prefix)
 	jobs, events, dead := n.JobsStream(), n.EventsStream(), n.DeadStream()
@@ -59,13 +60,13 @@ func WorkerPermissions(prefix, inbox string) *server.Permissions {
 			"$JS.API.STREAM.INFO." + jobs,
 			"$JS.API.STREAM.INFO." + events,
 			"$JS.API.STREAM.INFO." + dead,
-			// the work-queue consumer, by name
-			"$JS.API.CONSUMER.CREATE." + jobs + ".workers",
-			"$JS.API.CONSUMER.CREATE." + jobs + ".workers.>",
-			"$JS.API.CONSUMER.DURABLE.CREATE." + jobs + ".workers",
-			"$JS.API.CONSUMER.INFO." + jobs + ".workers",
-			"$JS.API.CONSUMER.MSG.NEXT." + jobs + ".workers",
-			"$JS.ACK." + jobs + ".workers.>",
+			// the work-queue consumers jobs~<channel>~<band>
+			"$JS.API.CONSUMER.CREATE." + jobs + ".*",
+			"$JS.API.CONSUMER.CREATE." + jobs + ".*.>",
+			"$JS.API.CONSUMER.DURABLE.CREATE." + jobs + ".*",
+			"$JS.API.CONSUMER.INFO." + jobs + ".*",
+			"$JS.API.CONSUMER.MSG.NEXT." + jobs + ".*",
+			"$JS.ACK." + jobs + ".>",
 			// listeners' consumers ev_<listener> (NATS wildcards match
 			// whole tokens only, so "ev_*" cannot be expressed)
 			"$JS.API.CONSUMER.CREATE." + events + ".*",
@@ -77,7 +78,7 @@ func WorkerPermissions(prefix, inbox string) *server.Permissions {
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			inbox + ".>",
-			"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + jobs + ".workers",
+			"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + jobs + ".*",
 		}},
 	}
 }
@@ -204,7 +205,7 @@ func TestLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := nats.NewMsg(n.JobsSubject("root"))
+	msg := nats.NewMsg(n.JobsSubject("root", 1))
 	msg.Data = data
 	msg.Header.Set(wire.HeaderMsgID, env.ID)
 	if ack, err := prod.js.PublishMsg(ctx, msg); err != nil || ack.Stream != n.JobsStream() {
@@ -213,7 +214,7 @@ func TestLeastPrivilege(t *testing.T) {
 	later := nats.NewMsg(n.ScheduleSubject(wire.NewID()))
 	later.Data = data
 	later.Header.Set(wire.HeaderSchedule, "@at "+time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
-	later.Header.Set(wire.HeaderSchTarget, n.JobsSubject("root"))
+	later.Header.Set(wire.HeaderSchTarget, n.JobsSubject("root", 1))
 	if _, err := prod.js.PublishMsg(ctx, later); err != nil {
 		t.Fatalf("producer publishes a scheduled job: %v", err)
 	}
@@ -242,7 +243,7 @@ func TestLeastPrivilege(t *testing.T) {
 	retry := nats.NewMsg(n.ScheduleSubject(env.ID))
 	retry.Data = data
 	retry.Header.Set(wire.HeaderSchedule, "@at "+time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
-	retry.Header.Set(wire.HeaderSchTarget, n.JobsSubject("root"))
+	retry.Header.Set(wire.HeaderSchTarget, n.JobsSubject("root", 1))
 	if _, err := work.js.PublishMsg(ctx, retry); err != nil {
 		t.Fatalf("worker schedules a retry: %v", err)
 	}

@@ -54,7 +54,7 @@ func TestScheduleFiresIntoJobsSubject(t *testing.T) {
 	at := time.Now().Add(1200 * time.Millisecond)
 	m := nats.NewMsg(n.ScheduleSubject("job1"))
 	m.Header.Set(wire.HeaderSchedule, "@at "+at.UTC().Format(time.RFC3339Nano))
-	m.Header.Set(wire.HeaderSchTarget, n.JobsSubject("root"))
+	m.Header.Set(wire.HeaderSchTarget, n.JobsSubject("root", 1))
 	m.Header["traceparent"] = []string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 	m.Data = []byte("payload")
 	if _, err := js.PublishMsg(ctx, m); err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -64,9 +65,43 @@ func (n Names) DeadStream() string { return n.stream + "_DLQ" }
 // EventsStream is the limits-retention stream of domain events.
 func (n Names) EventsStream() string { return n.stream + "_EVENTS" }
 
-// JobsSubject is where a runnable job of channel is published:
-// <prefix>.jobs.<channel>, channel being dot-separated ("root.magento").
-func (n Names) JobsSubject(channel string) string { return n.Prefix + ".jobs." + channel }
+// JobsSubject is where a runnable job is published:
+// <prefix>.jobs.<channel>.<band>, channel being dot-separated
+// ("root.magento.orders") and band 0, 1 or 2 (from its priority).
+func (n Names) JobsSubject(channel string, band int) string {
+	return n.Prefix + ".jobs." + channel + "." + strconv.Itoa(band)
+}
+
+// JobsChannelFilter matches every band of one channel (not its children).
+func (n Names) JobsChannelFilter(channel string) string { return n.Prefix + ".jobs." + channel + ".*" }
+
+// JobsConsumer names the durable consumer of one band of a channel
+// ("jobs~root~magento~1"), or of all bands of a sequential channel (band -1:
+// "jobs~root~magento~seq").
+func (n Names) JobsConsumer(channel string, band int) string {
+	b := "seq"
+	if band >= 0 {
+		b = strconv.Itoa(band)
+	}
+	return "jobs~" + strings.ReplaceAll(channel, ".", "~") + "~" + b
+}
+
+// ParseJobsSubject splits a jobs subject into channel and band.
+func (n Names) ParseJobsSubject(subject string) (channel string, band int, ok bool) {
+	rest, found := strings.CutPrefix(subject, n.Prefix+".jobs.")
+	if !found {
+		return "", 0, false
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i <= 0 {
+		return "", 0, false
+	}
+	b, err := strconv.Atoi(rest[i+1:])
+	if err != nil || b < 0 || b > 2 {
+		return "", 0, false
+	}
+	return rest[:i], b, true
+}
 
 // JobsWildcard matches every jobs subject.
 func (n Names) JobsWildcard() string { return n.Prefix + ".jobs.>" }

@@ -70,7 +70,7 @@ func main() {
 		wopts = append(wopts, worker.WithRedis(rdb))
 	}
 	w, _ := worker.New(js, reg, wopts...)
-	w.Setup(ctx)
+	_ = w.Setup(ctx)
 	f2, _ := os.Create("/tmp/run.prof")
 	pprof.StartCPUProfile(f2)
 	t0 = time.Now()

@@ -4,6 +4,7 @@ package testjobs
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/connector-go/connector/job"
@@ -40,5 +41,47 @@ func Register(reg *worker.Registry, rdb redis.UniversalClient, prefix, name stri
 			return "", job.Retry(err)
 		}
 		return "slept " + j.Args.For.String() + " on " + name, nil
+	})
+}
+
+// Probe measures concurrency: it counts itself running under Key, keeps
+// the maximum seen, logs its start order, and can fail its first attempts.
+type Probe struct {
+	Key   string        `msgpack:"key"`
+	N     int           `msgpack:"n"`
+	For   time.Duration `msgpack:"for"`
+	Fails int           `msgpack:"fails"`
+}
+
+// JobName implements job.Args.
+func (Probe) JobName() string { return "test.probe" }
+
+var probeStart = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+local m = tonumber(redis.call('GET', KEYS[2]) or '0')
+if n > m then redis.call('SET', KEYS[2], n) end
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return n
+`)
+
+// RegisterProbe adds the Probe job to reg.
+func RegisterProbe(reg *worker.Registry, rdb redis.UniversalClient, prefix string) {
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Probe]) (string, error) {
+		k := prefix + ":probe:" + j.Args.Key
+		if err := probeStart.Run(ctx, rdb, []string{k + ":running", k + ":max", k + ":starts"},
+			fmt.Sprintf("%d@%d", j.Args.N, time.Now().UnixMilli())).Err(); err != nil {
+			return "", job.Retry(err)
+		}
+		defer rdb.Decr(context.WithoutCancel(ctx), k+":running")
+		select {
+		case <-time.After(j.Args.For):
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		if j.Attempt <= j.Args.Fails {
+			return "", job.RetryAfter(fmt.Errorf("probe %d fails attempt %d", j.Args.N, j.Attempt), 300*time.Millisecond)
+		}
+		rdb.RPush(ctx, k+":done", j.Args.N)
+		return "", nil
 	})
 }

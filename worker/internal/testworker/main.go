@@ -57,9 +57,11 @@ func run() error {
 	log, _ := zap.NewDevelopment()
 	reg := worker.NewRegistry()
 	testjobs.Register(reg, rdb, prefix, os.Getenv("TW_NAME"))
+	testjobs.RegisterProbe(reg, rdb, prefix)
 	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithLogger(log),
 		worker.WithAckWait(ackWait), worker.WithConcurrency(conc), worker.WithName(os.Getenv("TW_NAME")),
-		worker.WithRetryPattern(job.RetryPattern{1: 200 * time.Millisecond}))
+		worker.WithRetryPattern(job.RetryPattern{1: 200 * time.Millisecond}),
+		worker.WithChannels(os.Getenv("TW_CHANNELS")))
 	if err != nil {
 		return err
 	}

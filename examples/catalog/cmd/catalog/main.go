@@ -34,7 +34,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv)
+	err := run(ctx, os.Args[1:], os.Getenv, nil)
 	stop()
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "catalog:", telemetry.Redact(err.Error()))
@@ -42,7 +42,9 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string) error {
+// run serves until ctx ends. onListen, if not nil, is told the address
+// listened on (useful with --addr 127.0.0.1:0).
+func run(ctx context.Context, args []string, getenv func(string) string, onListen func(net.Addr)) error {
 	fs := flag.NewFlagSet("catalog", flag.ContinueOnError)
 	addr := fs.String("addr", envOr(getenv, "CATALOG_ADDR", ":8082"), "listen address (env CATALOG_ADDR)")
 	prefix := fs.String("prefix", envOr(getenv, "CONNECTOR_PREFIX", wire.DefaultPrefix), "prefix of the connector's subjects and streams (env CONNECTOR_PREFIX)")
@@ -87,6 +89,9 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("catalog listening", zap.String("addr", ln.Addr().String()), zap.String("events", names.EventsStream()))
+	if onListen != nil {
+		onListen(ln.Addr())
+	}
 	select {
 	case err := <-errc:
 		return err

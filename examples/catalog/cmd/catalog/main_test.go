@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/examples/catalog"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+)
+
+// The catalog command publishes the events of its changes, with their
+// origin, into the events stream of its prefix, and stops on cancel.
+func TestCatalogPublishesEvents(t *testing.T) {
+	srv, _, js := testenv.JetStream(t)
+	prefix := testenv.Prefix(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	names := wire.MustNames(prefix)
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names, Memory: true}); err != nil {
+		t.Fatal(err)
+	}
+	addrc := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	env := map[string]string{"CONNECTOR_LOG_LEVEL": "error"}
+	go func() {
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--nats", srv.URL, "--prefix", prefix},
+			func(k string) string { return env[k] }, func(a net.Addr) { addrc <- a })
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-addrc:
+	case err := <-done:
+		t.Fatal(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("catalog did not start")
+	}
+	req, _ := http.NewRequest("POST", "http://"+addr.String()+"/products", strings.NewReader(`{"name": "Cup", "price": 6.5}`))
+	req.Header.Set(catalog.OriginHeader, "shop-eu")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %s", resp.Status)
+	}
+	s, err := js.Stream(ctx, names.EventsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := s.GetLastMsgForSubject(ctx, names.EventsWildcard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := wire.DecodeEvent(msg.Data, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body.Model != "product" || body.Event != "create" || body.RecordID != "1" || body.Origin != "shop-eu" {
+		t.Fatalf("event %+v", body)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("catalog did not stop")
+	}
+}

@@ -1,0 +1,296 @@
+package e2e_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/worker"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// One trace from a producer's HTTP request to the last job: the request
+// enqueues job A; A enqueues job B; B publishes a domain event; a listener
+// handles the event and enqueues job C; C runs. Every span shares the
+// request's trace id and hangs under the span that caused it, with the
+// messaging semantic-convention kinds and attributes.
+func TestOneTraceProducerJobsEventsJobs(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	pub := events.NewPublisher(e.js, e.names, events.WithPublishTracer(e.tp.Tracer("e2e/events")))
+
+	ids := make(chan string, 3) // ids of B, the event and C, as their producers learn them
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobA]) (string, error) {
+		id, err := e.d.Enqueue(ctx, jobB(j.Args))
+		ids <- id
+		return "enqueued b", err
+	})
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobB]) (string, error) {
+		id, err := pub.Publish(ctx, events.Event{Model: "sale.order", Name: events.Write, RecordID: j.Args.Order,
+			Fields: []string{"partner_id"}})
+		ids <- id
+		return "published", err
+	})
+	ran := make(chan string, 1)
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobC]) (string, error) {
+		ran <- j.Args.Partner
+		return "done", nil
+	})
+	e.startWorker(reg)
+
+	l := events.NewListeners(e.js, e.rdb, e.names, quietLogger(t), events.WithTracer(e.tp.Tracer("e2e/listeners")),
+		events.WithAckWait(5*time.Second))
+	if err := l.On("export_order", "sale.order", events.Write, func(ctx context.Context, ev events.Event) error {
+		id, err := e.d.Enqueue(ctx, jobC{Partner: "p-" + ev.RecordID})
+		ids <- id
+		return err
+	}, events.WithPartitions(1)); err != nil {
+		t.Fatal(err)
+	}
+	e.startListeners(l)
+
+	// The producer service: an HTTP server span enqueues job A.
+	rctx, root := e.tp.Tracer("e2e/producer").Start(ctx, "POST /orders", trace.WithSpanKind(trace.SpanKindServer))
+	idA, err := e.d.Enqueue(rctx, jobA{Order: "SO042"})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-ran:
+		if p != "p-SO042" {
+			t.Fatalf("job C got %q", p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("job C did not run; spans: %v", spanNames(e.spans.GetSpans()))
+	}
+	idB, idEv, idC := recv(t, ids), recv(t, ids), recv(t, ids)
+
+	// Spans end in no fixed order (the listener's ends after job C may
+	// have run): wait for all of them.
+	var conds []func(tracetest.SpanStub) bool
+	for _, id := range []string{idA, idB, idEv, idC} {
+		conds = append(conds, op("send", id), op("process", id))
+	}
+	spans := e.waitSpans(10*time.Second, "the 8 messaging spans", conds...)
+	jobs, evs := e.names.JobsStream(), e.names.EventsStream()
+
+	rootS := one(t, spans, "root", func(s tracetest.SpanStub) bool { return s.Name == "POST /orders" })
+	sendA := one(t, spans, "send A", op("send", idA))
+	procA := one(t, spans, "process A", op("process", idA))
+	sendB := one(t, spans, "send B", op("send", idB))
+	procB := one(t, spans, "process B", op("process", idB))
+	sendEv := one(t, spans, "publish event", op("send", idEv))
+	procEv := one(t, spans, "handle event", op("process", idEv))
+	sendC := one(t, spans, "send C", op("send", idC))
+	procC := one(t, spans, "process C", op("process", idC))
+
+	// One trace, each span the child of its cause.
+	for _, s := range spans {
+		if s.SpanContext.TraceID() != rootS.SpanContext.TraceID() {
+			t.Errorf("span %q in trace %s, want the request's %s", s.Name, s.SpanContext.TraceID(), rootS.SpanContext.TraceID())
+		}
+	}
+	childOf(t, sendA, rootS)
+	childOf(t, procA, sendA)
+	childOf(t, sendB, procA)
+	childOf(t, procB, sendB)
+	childOf(t, sendEv, procB)
+	childOf(t, procEv, sendEv)
+	childOf(t, sendC, procEv)
+	childOf(t, procC, sendC)
+	if len(spans) != 9 {
+		t.Errorf("%d spans, want 9: %v", len(spans), spanNames(spans))
+	}
+
+	// Kinds and messaging attributes.
+	for _, s := range []tracetest.SpanStub{sendA, sendB, sendC} {
+		e.messaging(s, trace.SpanKindProducer, "send", jobs, "")
+	}
+	for _, s := range []tracetest.SpanStub{procA, procB, procC} {
+		e.messaging(s, trace.SpanKindConsumer, "process", jobs, jobsConsumer)
+	}
+	evDest := attr(sendEv, "messaging.destination.name")
+	e.messaging(sendEv, trace.SpanKindProducer, "send", evDest, "")
+	if strings.Contains(evDest, "SO042") || !strings.HasPrefix(evDest, e.prefix+".events.") {
+		t.Errorf("event send destination %q: want a low-cardinality subject template under %s.events", evDest, e.prefix)
+	}
+	e.messaging(procEv, trace.SpanKindConsumer, "process", evs, events.ConsumerName("export_order", 0, 1))
+	if got := attr(procA, "connector.job.name"); got != "e2e.a" {
+		t.Errorf("process A: connector.job.name %q", got)
+	}
+	for _, s := range spans {
+		if s.Status.Code == codes.Error {
+			t.Errorf("span %q has status Error: %s", s.Name, s.Status.Description)
+		}
+		if s.EndTime.Before(s.StartTime) || s.EndTime.IsZero() {
+			t.Errorf("span %q not ended properly", s.Name)
+		}
+	}
+	// Send ends when JetStream acknowledged it; the job's process span
+	// starts after that and ends after its own sends (nested job, event).
+	if procB.EndTime.Before(sendEv.EndTime) || procA.EndTime.Before(sendB.EndTime) {
+		t.Error("a process span ended before the sends it made")
+	}
+}
+
+func recv(t *testing.T, ch chan string) string {
+	t.Helper()
+	select {
+	case s := <-ch:
+		if s == "" {
+			t.Fatal("empty id")
+		}
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("id not received")
+		return ""
+	}
+}
+
+// A failing run records the error on its process span: status Error with
+// the message, error.type, an exception event. A job retried and then
+// successful has one process span per attempt, each a child of the same
+// send span; only the failed attempt is in error.
+func TestSpanErrors(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobFail]) (string, error) {
+		if j.Meta.Attempt <= j.Args.Retries {
+			return "", job.RetryAfter(errors.New(j.Args.Msg), 10*time.Millisecond)
+		}
+		if j.Args.Retries > 0 {
+			return "ok after retry", nil
+		}
+		return "", fmt.Errorf("export: %w", &exportError{j.Args.Msg})
+	})
+	e.startWorker(reg)
+
+	deadID, err := e.d.Enqueue(ctx, jobFail{Msg: "shop said 500"}, job.WithMaxRetries(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	retryID, err := e.d.Enqueue(ctx, jobFail{Msg: "shop busy", Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	procRetryOK := func(s tracetest.SpanStub) bool { return op("process", retryID)(s) && s.Status.Code != codes.Error }
+	spans := e.waitSpans(20*time.Second, "dead run and successful retry", op("process", deadID), procRetryOK)
+
+	dead := one(t, spans, "dead run", op("process", deadID))
+	if dead.Status.Code != codes.Error || !strings.Contains(dead.Status.Description, "shop said 500") {
+		t.Errorf("dead run status %v %q, want Error with the message", dead.Status.Code, dead.Status.Description)
+	}
+	if got := attr(dead, "error.type"); got != "*fmt.wrapError" && got != "*e2e_test.exportError" {
+		t.Errorf("error.type %q", got)
+	}
+	exc := exceptionEvents(dead)
+	if len(exc) != 1 || !strings.Contains(exc[0]["exception.message"], "export: shop said 500") || exc[0]["exception.type"] == "" {
+		t.Errorf("exception events %v", exc)
+	}
+
+	runs := filter(spans, op("process", retryID))
+	send := one(t, spans, "send retried job", op("send", retryID))
+	if len(runs) != 2 {
+		t.Fatalf("retried job: %d process spans, want 2", len(runs))
+	}
+	var failed, ok int
+	for _, r := range runs {
+		childOf(t, r, send)
+		switch r.Status.Code {
+		case codes.Error:
+			failed++
+			if !strings.Contains(r.Status.Description, "shop busy") || len(exceptionEvents(r)) != 1 {
+				t.Errorf("failed attempt: status %q, events %v", r.Status.Description, exceptionEvents(r))
+			}
+			if got := attr(r, "connector.job.attempt"); got != "1" {
+				t.Errorf("failed attempt: connector.job.attempt %q", got)
+			}
+		default:
+			ok++
+			if len(exceptionEvents(r)) != 0 {
+				t.Errorf("successful attempt has exception events")
+			}
+		}
+	}
+	if failed != 1 || ok != 1 {
+		t.Errorf("retried job: %d failed and %d ok attempts, want 1 and 1", failed, ok)
+	}
+}
+
+type exportError struct{ msg string }
+
+func (e *exportError) Error() string { return e.msg }
+
+func exceptionEvents(s tracetest.SpanStub) []map[string]string {
+	var out []map[string]string
+	for _, ev := range s.Events {
+		if ev.Name != "exception" {
+			continue
+		}
+		m := map[string]string{}
+		for _, kv := range ev.Attributes {
+			m[string(kv.Key)] = kv.Value.Emit()
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// With worker.WithLinkedTraces a job run starts a new trace whose root
+// span links to the producer's send span; the producer's trace stays
+// short. A job the run enqueues belongs to the run's new trace.
+func TestLinkedTraces(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	ids := make(chan string, 1)
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobA]) (string, error) {
+		id, err := e.d.Enqueue(ctx, jobB(j.Args))
+		ids <- id
+		return "", err
+	})
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobB]) (string, error) { return "", nil })
+	e.startWorker(reg, worker.WithLinkedTraces())
+
+	rctx, root := e.tp.Tracer("e2e/producer").Start(ctx, "POST /orders", trace.WithSpanKind(trace.SpanKindServer))
+	idA, err := e.d.Enqueue(rctx, jobA{Order: "SO7"})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idB := recv(t, ids)
+	spans := e.waitSpans(20*time.Second, "the 4 messaging spans", op("send", idA), op("process", idA), op("send", idB), op("process", idB))
+	rootS := one(t, spans, "root", func(s tracetest.SpanStub) bool { return s.Name == "POST /orders" })
+	sendA := one(t, spans, "send A", op("send", idA))
+	procA := one(t, spans, "process A", op("process", idA))
+	sendB := one(t, spans, "send B", op("send", idB))
+	procB := one(t, spans, "process B", op("process", idB))
+
+	childOf(t, sendA, rootS)
+	for _, p := range []struct{ proc, send tracetest.SpanStub }{{procA, sendA}, {procB, sendB}} {
+		proc, send := p.proc, p.send
+		if proc.SpanContext.TraceID() == send.SpanContext.TraceID() {
+			t.Errorf("%q: same trace as its producer; want a new trace", proc.Name)
+		}
+		if proc.Parent.IsValid() {
+			t.Errorf("%q: has parent %s; want a root span", proc.Name, proc.Parent.SpanID())
+		}
+		if len(proc.Links) != 1 || proc.Links[0].SpanContext.SpanID() != send.SpanContext.SpanID() ||
+			proc.Links[0].SpanContext.TraceID() != send.SpanContext.TraceID() {
+			t.Errorf("%q: links %+v, want one link to %q", proc.Name, proc.Links, send.Name)
+		}
+		e.messaging(proc, trace.SpanKindConsumer, "process", e.names.JobsStream(), jobsConsumer)
+	}
+	// B's send is in A's run's trace.
+	childOf(t, sendB, procA)
+}

@@ -1,0 +1,477 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/connector-go/connector/internal/channels"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// The scheduler of one worker process.
+//
+// Every configured channel has one durable consumer per priority band (or a
+// single one, MaxAckPending 1, when sequential). Pullers fetch into a local
+// queue ordered by band; runners take the best job. A job whose channel
+// chain has a capacity or a throttle must first take a slot in Redis (one
+// script over the whole chain, so a child's jobs count against its
+// parents): if none is free, the job waits in its channel's blocked list,
+// under heartbeat, and its band's puller stops pulling. Blocked jobs of a
+// better band leave a "wants" mark that keeps worse bands of the channel
+// from taking a freed slot anywhere in the fleet. Slots are leases (AckWait)
+// renewed with the heartbeats: a dead worker's slots expire with its jobs'
+// leases.
+
+// chanState is one configured channel in this process.
+type chanState struct {
+	ch      channels.Channel
+	chain   []channels.Channel // nearest first, limited ones matter
+	limited bool
+	mu      sync.Mutex
+	blocked [channels.Bands][]*item
+}
+
+// item is a job received and not yet finished.
+type item struct {
+	r     *running
+	ch    *chanState
+	band  int
+	token string // slot lease token; "" when no slot held
+	group string // consumer name
+}
+
+type scheduler struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	ready  []*item                   // slot acquired, run first
+	queue  [channels.Bands][]*item // received, by band
+	closed bool
+}
+
+func newScheduler() *scheduler {
+	s := &scheduler{}
+	s.cond = sync.NewCond(&s.mu)
+	return s
+}
+
+func (s *scheduler) push(it *item) {
+	s.mu.Lock()
+	s.queue[it.band] = append(s.queue[it.band], it)
+	s.mu.Unlock()
+	s.cond.Signal()
+}
+
+func (s *scheduler) pushReady(it *item) {
+	s.mu.Lock()
+	s.ready = append(s.ready, it)
+	s.mu.Unlock()
+	s.cond.Signal()
+}
+
+// next blocks for the best item; nil once closed and empty.
+func (s *scheduler) next() *item {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if len(s.ready) > 0 {
+			it := s.ready[0]
+			s.ready[0] = nil
+			s.ready = s.ready[1:]
+			return it
+		}
+		for b := range s.queue {
+			if len(s.queue[b]) > 0 {
+				it := s.queue[b][0]
+				s.queue[b][0] = nil
+				s.queue[b] = s.queue[b][1:]
+				return it
+			}
+		}
+		if s.closed {
+			return nil
+		}
+		s.cond.Wait()
+	}
+}
+
+func (s *scheduler) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cond.Broadcast()
+}
+
+// slots is the Redis side: fleet-wide channel capacity and throttle.
+type slots struct {
+	rdb   redis.UniversalClient
+	tag   string // hash tag shared by every key: one slot in Redis Cluster
+	lease time.Duration
+}
+
+func (s *slots) slotsKey(ch string) string    { return s.tag + ":slots:" + ch }
+func (s *slots) throttleKey(ch string) string { return s.tag + ":throttle:" + ch }
+func (s *slots) wantsKey(ch string, band int) string {
+	return s.tag + ":wants:" + ch + ":" + strconv.Itoa(band)
+}
+
+// acquireScript takes a slot in every limited channel of a chain at once,
+// or nothing. KEYS: per chain entry (slots, throttle), then the "wants"
+// marks of better bands. ARGV: now, lease, token, n, then per entry
+// (capacity, throttle ms).
+var acquireScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local token = ARGV[3]
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  local cap = tonumber(ARGV[3 + 2*i])
+  local thr = tonumber(ARGV[4 + 2*i])
+  if cap > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2*i-1], '-inf', now)
+    if redis.call('ZCARD', KEYS[2*i-1]) >= cap then return {0, i} end
+  end
+  if thr > 0 then
+    local ttl = redis.call('PTTL', KEYS[2*i])
+    if ttl > 0 then return {0, -ttl} end
+  end
+end
+for j = 2*n + 1, #KEYS do
+  if redis.call('EXISTS', KEYS[j]) == 1 then return {0, 0} end
+end
+for i = 1, n do
+  local cap = tonumber(ARGV[3 + 2*i])
+  local thr = tonumber(ARGV[4 + 2*i])
+  if cap > 0 then redis.call('ZADD', KEYS[2*i-1], now + lease, token) end
+  if thr > 0 then redis.call('SET', KEYS[2*i], '1', 'PX', thr) end
+end
+return {1, 0}
+`)
+
+// acquire tries to take a slot for a job of band in cs. It returns whether
+// it did, and how long a throttle asks to wait (0 when capacity is full).
+func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token string) (bool, time.Duration, error) {
+	keys := make([]string, 0, 2*len(cs.chain)+band)
+	args := make([]any, 0, 4+2*len(cs.chain))
+	args = append(args, time.Now().UnixMilli(), s.lease.Milliseconds(), token, len(cs.chain))
+	for _, c := range cs.chain {
+		keys = append(keys, s.slotsKey(c.Name), s.throttleKey(c.Name))
+		args = append(args, c.Capacity, c.Throttle.Milliseconds())
+	}
+	if !cs.ch.Sequential {
+		for b := 0; b < band; b++ {
+			keys = append(keys, s.wantsKey(cs.ch.Name, b))
+		}
+	}
+	res, err := acquireScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	if err != nil {
+		return false, 0, fmt.Errorf("worker: channel slot: %w", err)
+	}
+	if res[0] == 1 {
+		return true, 0, nil
+	}
+	if res[1] < 0 {
+		return false, time.Duration(-res[1]) * time.Millisecond, nil
+	}
+	return false, 0, nil
+}
+
+// want marks that a job of band waits for a slot of ch.
+func (s *slots) want(ctx context.Context, ch string, band int, ttl time.Duration) {
+	s.rdb.Set(ctx, s.wantsKey(ch, band), "1", ttl)
+}
+
+func (s *slots) release(ctx context.Context, cs *chanState, token string) error {
+	pipe := s.rdb.Pipeline()
+	for _, c := range cs.chain {
+		if c.Capacity > 0 {
+			pipe.ZRem(ctx, s.slotsKey(c.Name), token)
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// renew extends the leases of the slots held by running jobs.
+func (s *slots) renew(ctx context.Context, items []*item) error {
+	if len(items) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Pipeline()
+	until := float64(time.Now().Add(s.lease).UnixMilli())
+	for _, it := range items {
+		for _, c := range it.ch.chain {
+			if c.Capacity > 0 {
+				pipe.ZAddXX(ctx, s.slotsKey(c.Name), redis.Z{Score: until, Member: it.token})
+			}
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// blockedLoop retries the blocked jobs of a channel, best band first, until
+// none is left or ctx ends.
+func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
+	wait := 25 * time.Millisecond
+	for {
+		cs.mu.Lock()
+		var it *item
+		band := -1
+		for b := range cs.blocked {
+			if len(cs.blocked[b]) > 0 {
+				it, band = cs.blocked[b][0], b
+				break
+			}
+		}
+		cs.mu.Unlock()
+		if it == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if band < channels.Bands-1 && !cs.ch.Sequential {
+			w.slots.want(ctx, cs.ch.Name, band, 2*time.Second)
+		}
+		ok, throttle, err := w.slots.acquire(ctx, cs, band, it.token)
+		if err != nil {
+			w.log.Warn("channel slot not acquired; Redis unavailable? retrying", zap.String("channel", cs.ch.Name), zap.Error(err))
+			wait = time.Second
+		}
+		if ok {
+			cs.mu.Lock()
+			cs.blocked[band][0] = nil
+			cs.blocked[band] = cs.blocked[band][1:]
+			cs.mu.Unlock()
+			if band < channels.Bands-1 && !cs.ch.Sequential {
+				w.cfg.rdb.Del(ctx, w.slots.wantsKey(cs.ch.Name, band))
+			}
+			w.sched.pushReady(it)
+			wait = 25 * time.Millisecond
+			continue
+		}
+		d := wait
+		if throttle > 0 {
+			d = throttle
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		case <-w.released:
+		}
+		if throttle == 0 && err == nil {
+			wait = min(wait*2, 250*time.Millisecond)
+		}
+	}
+}
+
+// block parks an item whose slot is not free, and starts the channel's
+// retry loop if it is not running.
+func (w *Worker) block(ctx context.Context, it *item) {
+	cs := it.ch
+	cs.mu.Lock()
+	empty := true
+	for b := range cs.blocked {
+		if len(cs.blocked[b]) > 0 {
+			empty = false
+		}
+	}
+	cs.blocked[it.band] = append(cs.blocked[it.band], it)
+	cs.mu.Unlock()
+	if empty {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			w.blockedLoop(ctx, cs)
+		}()
+	}
+}
+
+// hasBlocked reports whether a band of a channel has jobs waiting for a slot.
+func (cs *chanState) hasBlocked(band int) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if band < 0 {
+		for b := range cs.blocked {
+			if len(cs.blocked[b]) > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	return len(cs.blocked[band]) > 0
+}
+
+// drainBlocked hands every blocked job back (shutdown).
+func (cs *chanState) drainBlocked() []*item {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	var out []*item
+	for b := range cs.blocked {
+		out = append(out, cs.blocked[b]...)
+		cs.blocked[b] = nil
+	}
+	return out
+}
+
+// consumerSpec is one durable consumer of the jobs stream.
+type consumerSpec struct {
+	cs   *chanState
+	band int // -1: sequential, all bands
+	cons jetstream.Consumer
+	name string
+
+	mu      sync.Mutex
+	cfg     jetstream.ConsumerConfig
+	filters []string
+}
+
+func consumerFilters(c jetstream.ConsumerConfig) []string {
+	if len(c.FilterSubjects) > 0 {
+		return c.FilterSubjects
+	}
+	if c.FilterSubject != "" {
+		return []string{c.FilterSubject}
+	}
+	return nil
+}
+
+func setFilters(c *jetstream.ConsumerConfig, filters []string) {
+	if len(filters) == 1 {
+		c.FilterSubject, c.FilterSubjects = filters[0], nil
+	} else {
+		c.FilterSubject, c.FilterSubjects = "", filters
+	}
+}
+
+// ownerOf names the consumer that should hold a jobs filter: the consumer of
+// the nearest configured ancestor of its channel, in its band.
+func (w *Worker) ownerOf(filter string) string {
+	rest, ok := strings.CutPrefix(filter, w.names.Prefix+".jobs.")
+	if !ok {
+		return ""
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i <= 0 {
+		return ""
+	}
+	channel, band := rest[:i], rest[i+1:]
+	ch := w.chans.Resolve(channel)
+	if ch.Sequential {
+		if band != "*" && !isBand(band) {
+			return ""
+		}
+		return w.names.JobsConsumer(ch.Name, -1)
+	}
+	b, err := strconv.Atoi(band)
+	if err != nil || b < 0 || b >= channels.Bands {
+		return ""
+	}
+	return w.names.JobsConsumer(ch.Name, b)
+}
+
+func isBand(s string) bool { return s == "0" || s == "1" || s == "2" }
+
+// sweep attaches subjects of unconfigured channels (jobs published for
+// "root.shop.eu" when only "root.shop" is configured) to the consumer of
+// their nearest configured ancestor, so they run under its capacity. It
+// looks once a second at the subjects holding jobs.
+func (w *Worker) sweep(ctx context.Context) {
+	bySpec := map[string]*consumerSpec{}
+	for _, sp := range w.specs {
+		bySpec[sp.name] = sp
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if err := w.sweepOnce(ctx, bySpec); err != nil && ctx.Err() == nil {
+			w.log.Debug("channel sweep failed", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *Worker) sweepOnce(ctx context.Context, bySpec map[string]*consumerSpec) error {
+	s, err := w.js.Stream(ctx, w.names.JobsStream())
+	if err != nil {
+		return err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(w.names.Prefix+".jobs.>"))
+	if err != nil {
+		return err
+	}
+	for subject := range info.State.Subjects {
+		channel, band, ok := w.names.ParseJobsSubject(subject)
+		if !ok {
+			continue
+		}
+		if _, configured := w.chans.Get(channel); configured {
+			continue
+		}
+		owner := w.ownerOf(subject)
+		sp := bySpec[owner]
+		if sp == nil {
+			continue
+		}
+		filter := subject
+		if sp.band < 0 {
+			filter = w.names.JobsChannelFilter(channel)
+		}
+		_ = band
+		sp.mu.Lock()
+		known := false
+		for _, f := range sp.filters {
+			if f == filter {
+				known = true
+				break
+			}
+		}
+		if known {
+			sp.mu.Unlock()
+			continue
+		}
+		// Re-read the consumer: another worker may have attached others.
+		filters := append([]string(nil), sp.filters...)
+		if cur, err := sp.cons.Info(ctx); err == nil {
+			for _, f := range consumerFilters(cur.Config) {
+				if !contains(filters, f) && w.ownerOf(f) == sp.name {
+					filters = append(filters, f)
+				}
+			}
+		}
+		filters = append(filters, filter)
+		cfg := sp.cfg
+		setFilters(&cfg, filters)
+		_, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cfg)
+		if err == nil {
+			sp.cfg, sp.filters = cfg, filters
+			w.log.Info("unconfigured channel attached to its nearest configured ancestor",
+				zap.String("subject", subject), zap.String("consumer", sp.name))
+		}
+		sp.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("attach %s to %s: %w", subject, sp.name, err)
+		}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
