@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +34,7 @@ type chanState struct {
 	limited bool
 	mu      sync.Mutex
 	blocked [channels.Bands][]*item
+	looping bool // a blockedLoop runs for this channel
 }
 
 // item is a job received and not yet finished.
@@ -49,7 +49,7 @@ type item struct {
 type scheduler struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
-	ready  []*item                   // slot acquired, run first
+	ready  []*item                 // slot acquired, run first
 	queue  [channels.Bands][]*item // received, by band
 	closed bool
 }
@@ -67,11 +67,17 @@ func (s *scheduler) push(it *item) {
 	s.cond.Signal()
 }
 
-func (s *scheduler) pushReady(it *item) {
+// pushReady queues a job whose slot is taken; false once closed.
+func (s *scheduler) pushReady(it *item) bool {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
 	s.ready = append(s.ready, it)
 	s.mu.Unlock()
 	s.cond.Signal()
+	return true
 }
 
 // next blocks for the best item; nil once closed and empty.
@@ -229,13 +235,12 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 				break
 			}
 		}
+		if it == nil || ctx.Err() != nil {
+			cs.looping = false
+			cs.mu.Unlock()
+			return
+		}
 		cs.mu.Unlock()
-		if it == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
 		if band < channels.Bands-1 && !cs.ch.Sequential {
 			w.slots.want(ctx, cs.ch.Name, band, 2*time.Second)
 		}
@@ -246,13 +251,29 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 		}
 		if ok {
 			cs.mu.Lock()
-			cs.blocked[band][0] = nil
-			cs.blocked[band] = cs.blocked[band][1:]
+			found := false
+			for i, x := range cs.blocked[band] {
+				if x == it {
+					cs.blocked[band] = append(cs.blocked[band][:i], cs.blocked[band][i+1:]...)
+					found = true
+					break
+				}
+			}
 			cs.mu.Unlock()
+			if !found { // handed back meanwhile (shutdown): give the slot back
+				_ = w.slots.release(context.WithoutCancel(ctx), cs, it.token)
+				continue
+			}
 			if band < channels.Bands-1 && !cs.ch.Sequential {
 				w.cfg.rdb.Del(ctx, w.slots.wantsKey(cs.ch.Name, band))
 			}
-			w.sched.pushReady(it)
+			if !w.sched.pushReady(it) { // shutting down
+				_ = it.r.msg.Nak()
+				w.inflight.Delete(it)
+				_ = w.slots.release(context.WithoutCancel(ctx), cs, it.token)
+				<-w.credits
+				return
+			}
 			wait = 25 * time.Millisecond
 			continue
 		}
@@ -277,15 +298,11 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 func (w *Worker) block(ctx context.Context, it *item) {
 	cs := it.ch
 	cs.mu.Lock()
-	empty := true
-	for b := range cs.blocked {
-		if len(cs.blocked[b]) > 0 {
-			empty = false
-		}
-	}
 	cs.blocked[it.band] = append(cs.blocked[it.band], it)
+	start := !cs.looping
+	cs.looping = true
 	cs.mu.Unlock()
-	if empty {
+	if start {
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
@@ -327,71 +344,19 @@ type consumerSpec struct {
 	band int // -1: sequential, all bands
 	cons jetstream.Consumer
 	name string
-
-	mu      sync.Mutex
-	cfg     jetstream.ConsumerConfig
-	filters []string
 }
 
-func consumerFilters(c jetstream.ConsumerConfig) []string {
-	if len(c.FilterSubjects) > 0 {
-		return c.FilterSubjects
-	}
-	if c.FilterSubject != "" {
-		return []string{c.FilterSubject}
-	}
-	return nil
-}
-
-func setFilters(c *jetstream.ConsumerConfig, filters []string) {
-	if len(filters) == 1 {
-		c.FilterSubject, c.FilterSubjects = filters[0], nil
-	} else {
-		c.FilterSubject, c.FilterSubjects = "", filters
-	}
-}
-
-// ownerOf names the consumer that should hold a jobs filter: the consumer of
-// the nearest configured ancestor of its channel, in its band.
-func (w *Worker) ownerOf(filter string) string {
-	rest, ok := strings.CutPrefix(filter, w.names.Prefix+".jobs.")
-	if !ok {
-		return ""
-	}
-	i := strings.LastIndexByte(rest, '.')
-	if i <= 0 {
-		return ""
-	}
-	channel, band := rest[:i], rest[i+1:]
-	ch := w.chans.Resolve(channel)
-	if ch.Sequential {
-		if band != "*" && !isBand(band) {
-			return ""
-		}
-		return w.names.JobsConsumer(ch.Name, -1)
-	}
-	b, err := strconv.Atoi(band)
-	if err != nil || b < 0 || b >= channels.Bands {
-		return ""
-	}
-	return w.names.JobsConsumer(ch.Name, b)
-}
-
-func isBand(s string) bool { return s == "0" || s == "1" || s == "2" }
-
-// sweep attaches subjects of unconfigured channels (jobs published for
-// "root.shop.eu" when only "root.shop" is configured) to the consumer of
-// their nearest configured ancestor, so they run under its capacity. It
-// looks once a second at the subjects holding jobs.
+// sweep gives unconfigured channels (jobs published for "root.shop.eu"
+// when only "root.shop" is configured) consumers of their own, whose jobs
+// run under the nearest configured ancestor: its capacity, throttle and
+// parents (slots are counted in Redis, whatever consumer a job came from).
+// It looks once a second at the subjects holding jobs.
 func (w *Worker) sweep(ctx context.Context) {
-	bySpec := map[string]*consumerSpec{}
-	for _, sp := range w.specs {
-		bySpec[sp.name] = sp
-	}
+	w.dynamic = map[string]*consumerSpec{}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		if err := w.sweepOnce(ctx, bySpec); err != nil && ctx.Err() == nil {
+		if err := w.sweepOnce(ctx); err != nil && ctx.Err() == nil {
 			w.log.Debug("channel sweep failed", zap.Error(err))
 		}
 		select {
@@ -402,7 +367,7 @@ func (w *Worker) sweep(ctx context.Context) {
 	}
 }
 
-func (w *Worker) sweepOnce(ctx context.Context, bySpec map[string]*consumerSpec) error {
+func (w *Worker) sweepOnce(ctx context.Context) error {
 	s, err := w.js.Stream(ctx, w.names.JobsStream())
 	if err != nil {
 		return err
@@ -419,59 +384,37 @@ func (w *Worker) sweepOnce(ctx context.Context, bySpec map[string]*consumerSpec)
 		if _, configured := w.chans.Get(channel); configured {
 			continue
 		}
-		owner := w.ownerOf(subject)
-		sp := bySpec[owner]
-		if sp == nil {
+		name := w.names.JobsConsumer(channel, band)
+		if w.dynamic[name] != nil {
 			continue
 		}
-		filter := subject
-		if sp.band < 0 {
-			filter = w.names.JobsChannelFilter(channel)
+		cs := w.states[w.chans.Resolve(channel).Name]
+		cc := jetstream.ConsumerConfig{
+			Durable:       name,
+			Description:   "connector jobs of unconfigured channel " + channel + " (runs under " + cs.ch.Name + ")",
+			FilterSubject: subject,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckWait:       w.cfg.ackWait,
+			MaxDeliver:    -1,
+			MaxAckPending: w.cfg.maxAckPending,
+			MaxWaiting:    4096,
 		}
-		_ = band
-		sp.mu.Lock()
-		known := false
-		for _, f := range sp.filters {
-			if f == filter {
-				known = true
-				break
-			}
+		specBand := band
+		if cs.ch.Sequential {
+			cc.MaxAckPending = 1
+		} else if cs.limited {
+			cc.MaxAckPending = minCapacity(cs.chain) + 16
 		}
-		if known {
-			sp.mu.Unlock()
-			continue
-		}
-		// Re-read the consumer: another worker may have attached others.
-		filters := append([]string(nil), sp.filters...)
-		if cur, err := sp.cons.Info(ctx); err == nil {
-			for _, f := range consumerFilters(cur.Config) {
-				if !contains(filters, f) && w.ownerOf(f) == sp.name {
-					filters = append(filters, f)
-				}
-			}
-		}
-		filters = append(filters, filter)
-		cfg := sp.cfg
-		setFilters(&cfg, filters)
-		_, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cfg)
-		if err == nil {
-			sp.cfg, sp.filters = cfg, filters
-			w.log.Info("unconfigured channel attached to its nearest configured ancestor",
-				zap.String("subject", subject), zap.String("consumer", sp.name))
-		}
-		sp.mu.Unlock()
+		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
 		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", subject, sp.name, err)
+			return fmt.Errorf("consumer %s: %w", name, err)
 		}
+		spec := &consumerSpec{cs: cs, band: specBand, cons: cons, name: name}
+		w.dynamic[name] = spec
+		w.log.Info("unconfigured channel runs under its nearest configured ancestor",
+			zap.String("channel", channel), zap.String("under", cs.ch.Name), zap.String("consumer", name))
+		w.startPullers(ctx, spec)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

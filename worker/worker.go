@@ -181,6 +181,11 @@ type Worker struct {
 	sched    *scheduler
 	slots    *slots
 	released chan struct{}
+
+	credits   chan struct{}
+	pullers   sync.WaitGroup
+	sweepDone chan struct{}
+	dynamic   map[string]*consumerSpec // consumers of unconfigured channels
 }
 
 type running struct {
@@ -291,17 +296,7 @@ func (w *Worker) Setup(ctx context.Context) error {
 					cc.MaxAckPending = minCapacity(cs.chain) + 16
 				}
 			}
-			// Keep the unconfigured descendants the sweeper attached before,
-			// as long as they still belong here.
-			filters := []string{base}
-			if cur, err := w.js.Consumer(ctx, w.names.JobsStream(), cc.Durable); err == nil {
-				for _, f := range consumerFilters(cur.CachedInfo().Config) {
-					if f != base && w.ownerOf(f) == cc.Durable {
-						filters = append(filters, f)
-					}
-				}
-			}
-			setFilters(&cc, filters)
+			cc.FilterSubject = base
 			var cons jetstream.Consumer
 			var err error
 			if !w.cfg.provision {
@@ -313,7 +308,7 @@ func (w *Worker) Setup(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("worker: consumer %s on %s: %w", cc.Durable, w.names.JobsStream(), err)
 			}
-			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, cons: cons, name: cc.Durable, cfg: cc, filters: filters})
+			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, cons: cons, name: cc.Durable})
 		}
 	}
 	return nil
@@ -356,12 +351,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	// take the best job. Every message is under heartbeat from the moment it
 	// is received, so a job waiting locally keeps its lease too. Credits
 	// bound what this process holds: running + waiting <= concurrency + prefetch.
-	nPullers := 0
-	for _, spec := range w.specs {
-		nPullers += w.pullersOf(spec)
-	}
-	// An idle puller holds one credit for its long poll: count them in.
-	credits := make(chan struct{}, w.cfg.concurrency+w.cfg.prefetch+nPullers)
+	credits := make(chan struct{}, w.cfg.concurrency+w.cfg.prefetch)
+	w.credits = credits
 	var runners sync.WaitGroup
 	for i := 0; i < w.cfg.concurrency; i++ {
 		runners.Add(1)
@@ -376,22 +367,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	var pullers sync.WaitGroup
 	for _, spec := range w.specs {
-		for i := 0; i < w.pullersOf(spec); i++ {
-			pullers.Add(1)
-			go func() {
-				defer pullers.Done()
-				w.fetchLoop(ctx, spec, credits)
-			}()
-		}
+		w.startPullers(ctx, spec)
 	}
-	w.wg.Add(1)
+	w.sweepDone = make(chan struct{})
 	go func() {
-		defer w.wg.Done()
+		defer close(w.sweepDone)
 		w.sweep(ctx)
 	}()
-	pullers.Wait()
+	<-w.sweepDone
+	w.pullers.Wait()
 	w.sched.close()
 	// Jobs still waiting for a channel slot go back.
 	for _, cs := range w.states {
@@ -425,6 +410,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker stopped", zap.String("worker", w.cfg.name))
 	return nil
+}
+
+func (w *Worker) startPullers(ctx context.Context, spec *consumerSpec) {
+	for i := 0; i < w.pullersOf(spec); i++ {
+		w.pullers.Add(1)
+		go func() {
+			defer w.pullers.Done()
+			w.fetchLoop(ctx, spec, w.credits)
+		}()
+	}
 }
 
 // pullersOf: unlimited channels get several pullers so pulls overlap.
@@ -484,8 +479,10 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 	}
 	cons := spec.cons
 	backoff := 100 * time.Millisecond
-	// The batch adapts: an idle puller long-polls for one job (holding one
-	// credit), a busy one doubles up to maxBatch.
+	// The batch adapts: an idle puller long-polls for one job and holds no
+	// credit meanwhile (it takes one when the job arrives, the job already
+	// under heartbeat); a busy one reserves credits and doubles its batch up
+	// to maxBatch.
 	want := 1
 	for ctx.Err() == nil {
 		// A band whose jobs wait for a slot pulls no more until they start.
@@ -496,32 +493,36 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
-		select {
-		case credits <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
-		n := 1
-	more:
-		for n < want {
+		reserved := 0
+		if want > 1 {
 			select {
 			case credits <- struct{}{}:
-				n++
-			default:
-				break more
+				reserved = 1
+			case <-ctx.Done():
+				return
+			}
+		more:
+			for reserved < want {
+				select {
+				case credits <- struct{}{}:
+					reserved++
+				default:
+					break more
+				}
 			}
 		}
+		n := max(reserved, 1)
 		fctx, cancel := context.WithTimeout(ctx, w.cfg.fetchWait)
 		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
 		if err != nil {
 			cancel()
-			for i := 0; i < n; i++ {
+			for i := 0; i < reserved; i++ {
 				<-credits
 			}
 			if ctx.Err() != nil {
 				return
 			}
-			w.log.Warn("fetch failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+			w.log.Warn("fetch failed; retrying", zap.Error(err), zap.String("consumer", spec.name), zap.Duration("backoff", backoff))
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
@@ -533,31 +534,38 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 		got := 0
 		for msg := range batch.Messages() {
 			got++
-			if ctx.Err() != nil {
-				_ = msg.Nak() // shutting down: hand it straight back
-				<-credits
-				continue
-			}
 			band := spec.band
 			if band < 0 {
 				band = channels.BandNormal // sequential: one band, in order
 			}
 			it := &item{r: &running{msg: msg, received: time.Now()}, ch: spec.cs, band: band, group: spec.name}
-			w.inflight.Store(it, it)
+			w.inflight.Store(it, it) // under heartbeat from now on
+			if got > reserved {
+				select {
+				case credits <- struct{}{}:
+				case <-ctx.Done():
+				}
+			}
+			if ctx.Err() != nil {
+				_ = msg.Nak() // shutting down: hand it straight back
+				w.inflight.Delete(it)
+				<-credits
+				continue
+			}
 			w.sched.push(it)
 		}
 		cancel()
-		for i := got; i < n; i++ {
+		for i := got; i < reserved; i++ {
 			<-credits
 		}
-		if got == n {
+		if got >= n && n > 0 {
 			want = min(2*n, maxBatch)
 		} else {
 			want = max(1, got)
 		}
 		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
 			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
-			w.log.Warn("fetch ended with an error", zap.Error(berr))
+			w.log.Warn("fetch ended with an error", zap.Error(berr), zap.String("consumer", spec.name))
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():

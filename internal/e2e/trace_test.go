@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,18 +27,32 @@ func TestOneTraceProducerJobsEventsJobs(t *testing.T) {
 	ctx := context.Background()
 	pub := events.NewPublisher(e.js, e.names, events.WithPublishTracer(e.tp.Tracer("e2e/events")))
 
-	ids := make(chan string, 3) // ids of B, the event and C, as their producers learn them
+	// ids of B, the event and C, as their producers learn them
+	idsB, idsEv, idsC := make(chan string, 1), make(chan string, 1), make(chan string, 1)
 	reg := worker.NewRegistry()
 	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobA]) (string, error) {
 		id, err := e.d.Enqueue(ctx, jobB(j.Args))
-		ids <- id
+		idsB <- id
 		return "enqueued b", err
 	})
 	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobB]) (string, error) {
 		id, err := pub.Publish(ctx, events.Event{Model: "sale.order", Name: events.Write, RecordID: j.Args.Order,
 			Fields: []string{"partner_id"}})
-		ids <- id
+		idsEv <- id
 		return "published", err
+	})
+	// Trace context travels in lower-case NATS headers (docs/observability.md).
+	var hdrMu sync.Mutex
+	var hdrBad []string
+	reg.Use(func(next worker.Handler) worker.Handler {
+		return func(ctx context.Context, m *worker.Message) (string, error) {
+			if len(m.Header["traceparent"]) != 1 || len(m.Header["Traceparent"]) != 0 {
+				hdrMu.Lock()
+				hdrBad = append(hdrBad, fmt.Sprintf("%s: %v", m.Name, m.Header))
+				hdrMu.Unlock()
+			}
+			return next(ctx, m)
+		}
 	})
 	ran := make(chan string, 1)
 	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobC]) (string, error) {
@@ -50,7 +65,7 @@ func TestOneTraceProducerJobsEventsJobs(t *testing.T) {
 		events.WithAckWait(5*time.Second))
 	if err := l.On("export_order", "sale.order", events.Write, func(ctx context.Context, ev events.Event) error {
 		id, err := e.d.Enqueue(ctx, jobC{Partner: "p-" + ev.RecordID})
-		ids <- id
+		idsC <- id
 		return err
 	}, events.WithPartitions(1)); err != nil {
 		t.Fatal(err)
@@ -72,7 +87,12 @@ func TestOneTraceProducerJobsEventsJobs(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("job C did not run; spans: %v", spanNames(e.spans.GetSpans()))
 	}
-	idB, idEv, idC := recv(t, ids), recv(t, ids), recv(t, ids)
+	idB, idEv, idC := recv(t, idsB), recv(t, idsEv), recv(t, idsC)
+	hdrMu.Lock()
+	if len(hdrBad) > 0 {
+		t.Errorf("jobs without exactly one lower-case traceparent header: %v", hdrBad)
+	}
+	hdrMu.Unlock()
 
 	// Spans end in no fixed order (the listener's ends after job C may
 	// have run): wait for all of them.

@@ -23,12 +23,12 @@ const DefaultTTL = 7 * 24 * time.Hour
 
 // Update is a partial record: zero fields are not written.
 type Update struct {
-	ID          string
-	State       job.State
+	ID    string
+	State job.State
 	// Queued is the producer's state (enqueued or waiting). It lives in a
 	// field of its own ("qstate") so that a producer's write landing after
 	// a worker's never hides the worker's newer state.
-	Queued job.State
+	Queued      job.State
 	Name        string
 	Channel     string
 	Priority    *int
