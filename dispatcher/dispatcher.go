@@ -309,7 +309,7 @@ func (d *Dispatcher) recordEnqueued(p *prepared, seq uint64) {
 	d.rec.Record(records.Update{
 		ID: p.env.ID, Queued: st, Name: p.env.Name, Channel: p.env.Channel,
 		Priority: &prio, MaxRetries: &mr, Description: p.env.Description,
-		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta, Seq: seq, Identity: p.identity,
+		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta, Seq: seq, Identity: p.identity, Graph: p.env.Graph,
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/connector-go/connector/internal/graphs"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
@@ -115,8 +116,29 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	switch rec.State {
 	case job.StateCancelled:
 		return nil
-	case job.StateStarted, job.StateDone, job.StateDead, job.StateFailed:
+	case job.StateStarted, job.StateDone, job.StateFailed:
 		return fmt.Errorf("%w: job %s is %s", job.ErrStarted, id, rec.State)
+	case job.StateDead:
+		// A dead job is cancelled for good (its letter goes), and so are
+		// the graph children that waited for it.
+		if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
+			return err
+		}
+		if s, err := d.js.Stream(ctx, d.names.DeadStream()); err == nil {
+			if m, err := s.GetLastMsgForSubject(ctx, d.names.DeadJobSubject(id)); err == nil {
+				_ = s.DeleteMsg(ctx, m.Sequence)
+			}
+		}
+		return d.cancelDescendants(ctx, rec)
+	case job.StatePending:
+		// A graph job waiting for its parents: never released.
+		if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
+			return err
+		}
+		if err := d.rdb.HSet(ctx, graphs.Key(d.names, rec.Graph), "cancelled:"+id, "1").Err(); err != nil {
+			return err
+		}
+		return d.cancelDescendants(ctx, rec)
 	}
 	// The tombstone first: a schedule that fires in the meantime produces a
 	// job the workers drop (they check it for scheduled jobs only).
@@ -151,6 +173,24 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	}
 	if ident := d.identityOf(ctx, id); ident != "" {
 		d.releaseIdentity(ctx, ident, id)
+	}
+	return d.cancelDescendants(ctx, rec)
+}
+
+// cancelDescendants cancels the graph jobs that wait (directly or not) for
+// rec's job.
+func (d *Dispatcher) cancelDescendants(ctx context.Context, rec job.Record) error {
+	if rec.Graph == "" {
+		return nil
+	}
+	ids, err := graphs.CancelDescendants(ctx, d.rdb, d.names, rec.Graph, rec.ID)
+	if err != nil {
+		return err
+	}
+	for _, kid := range ids {
+		if err := d.rec.Set(ctx, records.Update{ID: kid, State: job.StateCancelled}); err != nil {
+			return err
+		}
 	}
 	return nil
 }

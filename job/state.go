@@ -6,7 +6,8 @@ import "time"
 // queue (pending, enqueued, started, done, failed, cancelled); "waiting" and
 // "dead" are the two this runtime adds.
 //
-//	pending   -> enqueued   the job is in the jobs stream, ready to run
+//	pending   -> enqueued   a job of a graph waits for its parents, then is
+//	                        queued in the jobs stream, ready to run
 //	waiting                 the job waits for its ETA or its retry delay
 //	                        (it holds no channel capacity meanwhile)
 //	enqueued  -> started    a worker took it
@@ -65,4 +66,6 @@ type Record struct {
 	UpdatedAt   time.Time `json:"updated_at,omitzero"`
 	// Seq is the jobs-stream sequence of the message that enqueued it.
 	Seq uint64 `json:"seq,omitempty"`
+	// Graph is the job graph the job belongs to, if any.
+	Graph string `json:"graph,omitempty"`
 }

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/graphs"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/telemetry"
@@ -806,6 +807,14 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 		if herr != nil {
 			result, outcome = nothing.Msg, "nothing_to_do"
 		}
+		if env.Graph != "" && w.cfg.rdb != nil {
+			if err := w.releaseChildren(ctx, env); err != nil {
+				// Not acked: the job comes back and the release repeats.
+				jc.logger().Warn("job done but its graph children not released; retrying", zap.Error(err))
+				_ = msg.NakWithDelay(5 * time.Second)
+				return
+			}
+		}
 		if err := msg.Ack(); err != nil {
 			jc.logger().Warn("ack failed; the job may run again", zap.Error(err))
 		}
@@ -878,6 +887,30 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 		stack = fmt.Sprintf("%+v", herr)
 	}
 	w.dead(msg, meta, env, m.Attempt, reason, herr, stack)
+}
+
+// releaseChildren marks a graph job done and publishes the children whose
+// parents are now all done (deduplicated by their job ids).
+func (w *Worker) releaseChildren(ctx context.Context, env *wire.Envelope) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	kids, err := graphs.Done(ctx, w.cfg.rdb, w.names, env.Graph, env.ID)
+	if err != nil {
+		return err
+	}
+	for _, k := range kids {
+		m := nats.NewMsg(k.Subject)
+		for h, v := range k.Header {
+			m.Header[h] = v
+		}
+		m.Data = k.Data
+		ack, err := w.js.PublishMsg(ctx, m)
+		if err != nil {
+			return fmt.Errorf("release %s: %w", k.ID, err)
+		}
+		w.record(records.Update{ID: k.ID, Queued: job.StateEnqueued, Seq: ack.Sequence})
+	}
+	return nil
 }
 
 // scheduleRetry puts the next attempt in a message schedule: the current

@@ -47,6 +47,7 @@ type Update struct {
 	EndedAt     time.Time
 	Seq         uint64
 	Identity    string
+	Graph       string
 }
 
 func (u *Update) merge(o *Update) {
@@ -67,6 +68,7 @@ func (u *Update) merge(o *Update) {
 	setS(&u.Result, o.Result)
 	setS(&u.Worker, o.Worker)
 	setS(&u.Identity, o.Identity)
+	setS(&u.Graph, o.Graph)
 	if o.ClearError {
 		u.Error, u.ErrorType, u.Stack, u.ClearError = "", "", "", true
 	}
@@ -255,6 +257,7 @@ func (u *Update) fields(now time.Time) []any {
 	add("stack", u.Stack)
 	add("worker", u.Worker)
 	add("identity", u.Identity)
+	add("graph", u.Graph)
 	if u.Priority != nil {
 		v = append(v, "priority", *u.Priority)
 	}
@@ -327,6 +330,7 @@ func parse(id string, m map[string]string) job.Record {
 		EnqueuedAt: ts("enqueued_at"), ETA: ts("eta"), StartedAt: ts("started_at"),
 		EndedAt: ts("ended_at"), UpdatedAt: ts("updated_at"),
 	}
+	rec.Graph = m["graph"]
 	if n, err := strconv.ParseUint(m["seq"], 10, 64); err == nil {
 		rec.Seq = n
 	}

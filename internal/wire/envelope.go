@@ -46,6 +46,9 @@ type Envelope struct {
 	// Template marks the envelope of a periodic schedule: each firing is a
 	// new job whose id is "<id>-<stream sequence>".
 	Template bool `msgpack:"tmpl,omitempty"`
+	// Graph names the job graph the job belongs to (chain, group): when the
+	// job is done, the worker releases the children whose parents are all done.
+	Graph string `msgpack:"graph,omitempty"`
 }
 
 var encPool = sync.Pool{New: func() any {

@@ -34,6 +34,7 @@ func (e *Envelope) EncodeMsgpack(enc *msgpack.Encoder) error {
 	opt(e.EnqueuedAt != 0)
 	opt(e.ETA != 0)
 	opt(e.Template)
+	opt(e.Graph != "")
 	w := &errWriter{enc: enc}
 	w.mapLen(n)
 	w.key("v").int(int64(e.V))
@@ -72,6 +73,9 @@ func (e *Envelope) EncodeMsgpack(enc *msgpack.Encoder) error {
 	}
 	if e.ETA != 0 {
 		w.key("eta").int(e.ETA)
+	}
+	if e.Graph != "" {
+		w.key("graph").str(e.Graph)
 	}
 	if e.Template {
 		w.key("tmpl")
@@ -187,6 +191,8 @@ func (e *Envelope) DecodeMsgpack(dec *msgpack.Decoder) error {
 			e.ETA, err = dec.DecodeInt64()
 		case "tmpl":
 			e.Template, err = dec.DecodeBool()
+		case "graph":
+			e.Graph, err = dec.DecodeString()
 		default:
 			return fmt.Errorf("unknown envelope key %q", k)
 		}

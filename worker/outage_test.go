@@ -1,0 +1,166 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/worker"
+	"github.com/connector-go/connector/worker/internal/testjobs"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+)
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// NATS goes away with jobs queued and comes back (same store): the worker
+// pauses, reconnects and runs every job; none is lost.
+func TestNATSOutagePausesThenRecovers(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	port, dir := freePort(t), t.TempDir()
+	start := func() *server.Server {
+		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats not ready")
+		}
+		return ns
+	}
+	ns := start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if err := streams.Ensure(ctx, js, streams.Config{Names: wire.MustNames(prefix)}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	defer d.Close(ctx)
+	reg := worker.NewRegistry()
+	testjobs.RegisterProbe(reg, rdb, prefix)
+	w, _ := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb),
+		worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel))))
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	defer func() { cancel(); <-done }()
+
+	count := func() int { n, _ := rdb.LLen(ctx, prefix+":probe:o:done").Result(); return int(n) }
+	for i := 0; i < 5; i++ {
+		if _, err := d.Enqueue(ctx, testjobs.Probe{Key: "o", N: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return count() == 5 }, "first jobs")
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	ns = start()
+	for i := 5; i < 10; i++ {
+		ectx, c := context.WithTimeout(ctx, 10*time.Second)
+		_, err := d.Enqueue(ectx, testjobs.Probe{Key: "o", N: i})
+		c()
+		if err != nil {
+			t.Fatalf("enqueue after the restart: %v", err)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return count() == 10 }, "jobs after the outage (%d)", count())
+}
+
+// Redis goes away: jobs of a limited channel (slots live in Redis) wait,
+// then run when it is back. The worker does not die.
+func TestRedisOutagePausesThenRecovers(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CONNECTOR_TEST_REQUIRE_REDIS") == "1" {
+			t.Fatal("redis-server not installed")
+		}
+		t.Skip("redis-server not installed")
+	}
+	port := freePort(t)
+	startRedis := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+		defer c.Close()
+		testenv.Eventually(t, 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil }, "redis up")
+		return cmd
+	}
+	srv := startRedis()
+	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: 1,
+		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
+	defer rdb.Close()
+	_, _, js := testenv.JetStream(t)
+	prefix := testenv.Prefix(t)
+	ctx := context.Background()
+	if err := streams.Ensure(ctx, js, streams.Config{Names: wire.MustNames(prefix)}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := dispatcher.New(js, dispatcher.WithPrefix(prefix))
+	reg := worker.NewRegistry()
+	ran := make(chan int, 100)
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[testjobs.Probe]) (string, error) {
+		ran <- j.Args.N
+		return "", nil
+	})
+	w, _ := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithChannels("root.lim:2"),
+		worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel+1))))
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	defer func() { cancel(); <-done }()
+	if _, err := d.Enqueue(ctx, testjobs.Probe{N: 1}, job.WithChannel("root.lim")); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-ran; n != 1 {
+		t.Fatal(n)
+	}
+	_ = srv.Process.Kill()
+	_, _ = srv.Process.Wait()
+	if _, err := d.Enqueue(ctx, testjobs.Probe{N: 2}, job.WithChannel("root.lim")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-ran:
+		t.Fatalf("job %d ran without its channel slot", n)
+	case <-time.After(1500 * time.Millisecond): // proving a negative needs some time
+	}
+	srv = startRedis()
+	select {
+	case n := <-ran:
+		if n != 2 {
+			t.Fatal(n)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("job did not run after Redis came back")
+	}
+}
