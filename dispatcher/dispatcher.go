@@ -206,7 +206,6 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 	}
 	msg.Data = data
 	msg.Header[wire.HeaderMsgID] = []string{env.ID}
-	msg.Header[wire.HeaderJobID] = []string{env.ID}
 	msg.Header[wire.HeaderJobName] = []string{name}
 	for k, v := range o.Headers {
 		msg.Header[k] = []string{v}

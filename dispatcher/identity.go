@@ -53,11 +53,11 @@ func (d *Dispatcher) releaseIdentity(ctx context.Context, key, id string) {
 }
 
 // identityOf reads the identity key a job was enqueued with (kept in its
-// record as "identity").
+// record).
 func (d *Dispatcher) identityOf(ctx context.Context, id string) string {
-	v, err := d.rdb.HGet(ctx, d.rec.Key(id), "identity").Result()
+	rec, err := d.rec.Get(ctx, id)
 	if err != nil {
 		return ""
 	}
-	return v
+	return rec.IdentityKey
 }

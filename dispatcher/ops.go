@@ -148,12 +148,10 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	}
 	if d.rec != nil {
 		err := d.rec.Set(ctx, records.Update{ID: env.ID, State: job.StateEnqueued, Name: env.Name,
-			Channel: channel, ClearError: true})
+			Channel: channel, ClearError: true, ResetAttempts: true})
 		if err != nil {
 			d.log.Warn("requeue: record not updated", zap.String("job_id", env.ID), zap.Error(err))
 		}
-		// attempts restart from zero
-		_ = d.rdb.HSet(ctx, d.rec.Key(env.ID), "attempts", 0).Err()
 	}
 	return nil
 }

@@ -68,4 +68,6 @@ type Record struct {
 	Seq uint64 `json:"seq,omitempty"`
 	// Graph is the job graph the job belongs to, if any.
 	Graph string `json:"graph,omitempty"`
+	// IdentityKey is the job's identity key, if any.
+	IdentityKey string `json:"identity_key,omitempty"`
 }

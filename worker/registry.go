@@ -22,6 +22,8 @@ type Message struct {
 	StreamSeq uint64
 	// Delivered counts deliveries of this message (1 on the first).
 	Delivered int
+
+	graph string
 }
 
 // Handler runs a job and returns its result message. Return job.Retry(err)

@@ -620,13 +620,25 @@ type jobCtxKey struct{}
 // something logs (most successful jobs log nothing at production levels).
 type jobCtx struct {
 	base   *zap.Logger
-	fields []zap.Field
+	m      *Message
+	sc     trace.SpanContext
+	labels []zap.Field // backend, model
 	log    *zap.Logger
+}
+
+func (jc *jobCtx) fields() []zap.Field {
+	f := make([]zap.Field, 0, 8)
+	f = append(f, zap.String("job_id", jc.m.ID), zap.String("job_name", jc.m.Name),
+		zap.String("channel", jc.m.Channel), zap.Int("attempt", jc.m.Attempt))
+	if jc.sc.IsValid() {
+		f = append(f, zap.String("trace_id", jc.sc.TraceID().String()))
+	}
+	return append(f, jc.labels...)
 }
 
 func (jc *jobCtx) logger() *zap.Logger {
 	if jc.log == nil {
-		jc.log = jc.base.With(jc.fields...)
+		jc.log = jc.base.With(jc.fields()...)
 	}
 	return jc.log
 }
@@ -644,7 +656,7 @@ func Logger(ctx context.Context) *zap.Logger {
 
 func withLabels(ctx context.Context, backend, model string) context.Context {
 	if jc, ok := ctx.Value(jobCtxKey{}).(*jobCtx); ok {
-		jc.fields = append(jc.fields, zap.String("backend", backend), zap.String("model", model))
+		jc.labels = append(jc.labels, zap.String("backend", backend), zap.String("model", model))
 		jc.log = nil
 	}
 	return ctx
@@ -747,12 +759,7 @@ func (w *Worker) process(it *item) {
 	} else {
 		ctx = telemetry.Extract(ctx, msg.Headers())
 	}
-	jc := &jobCtx{base: w.log, fields: make([]zap.Field, 0, 8)}
-	jc.fields = append(jc.fields, zap.String("job_id", env.ID), zap.String("job_name", env.Name),
-		zap.String("channel", channel), zap.Int("attempt", attempt))
-	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		jc.fields = append(jc.fields, zap.String("trace_id", sc.TraceID().String()))
-	}
+	jc := &jobCtx{base: w.log, m: m, sc: trace.SpanContextFromContext(ctx)}
 	ctx = context.WithValue(ctx, jobCtxKey{}, jc)
 
 	if !m.EnqueuedAt.IsZero() {
@@ -760,9 +767,10 @@ func (w *Worker) process(it *item) {
 	} else {
 		w.metrics.JobStarted(ctx, env.Name, channel, 0)
 	}
-	w.record(records.Update{ID: env.ID, State: job.StateStarted, Name: env.Name, Channel: channel,
-		Attempts: attempt, MaxRetries: &maxRetries, Worker: w.cfg.name, StartedAt: received,
-		EnqueuedAt: m.EnqueuedAt})
+	m.graph = env.Graph
+	st := w.base(m, received)
+	st.State = job.StateStarted
+	w.record(st)
 
 	runCtx := ctx
 	var cancel context.CancelFunc
@@ -819,9 +827,11 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 			jc.logger().Warn("ack failed; the job may run again", zap.Error(err))
 		}
 		w.metrics.JobEnded(ctx, m.Name, m.Channel, outcome, took)
-		w.record(records.Update{ID: m.ID, State: job.StateDone, Result: result, EndedAt: time.Now(), ClearError: m.Attempt > 1})
+		u := w.base(m, started)
+		u.State, u.Result, u.EndedAt, u.ClearError = job.StateDone, result, time.Now(), m.Attempt > 1
+		w.record(u)
 		if ce := w.log.Check(zap.InfoLevel, "job done"); ce != nil {
-			ce.Write(append(jc.fields, zap.String("result", result), zap.Duration("took", took))...)
+			ce.Write(append(jc.fields(), zap.String("result", result), zap.Duration("took", took))...)
 		}
 		return
 	case w.hardCtx.Err() != nil && errors.Is(herr, context.Canceled):
@@ -851,8 +861,9 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 				// the next delivery counts as the next attempt.
 				_ = msg.NakWithDelay(delay)
 				w.metrics.JobEnded(ctx, m.Name, m.Channel, "retried", took)
-				w.record(records.Update{ID: m.ID, State: job.StateWaiting, Attempts: m.Attempt, Error: herr.Error(),
-					ErrorType: errorType(herr), ETA: time.Now().Add(delay), EndedAt: time.Now()})
+				u := w.base(m, started)
+				u.State, u.Error, u.ErrorType, u.ETA, u.EndedAt = job.StateWaiting, herr.Error(), errorType(herr), time.Now().Add(delay), time.Now()
+				w.record(u)
 				jc.logger().Info("job failed; retrying in place (sequential channel)", zap.Error(herr), zap.Duration("delay", delay))
 				return
 			}
@@ -863,8 +874,9 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 				return
 			}
 			w.metrics.JobEnded(ctx, m.Name, m.Channel, "retried", took)
-			w.record(records.Update{ID: m.ID, State: job.StateWaiting, Attempts: m.Attempt, Error: herr.Error(),
-				ErrorType: errorType(herr), ETA: time.Now().Add(delay), EndedAt: time.Now()})
+			u := w.base(m, started)
+			u.State, u.Error, u.ErrorType, u.ETA, u.EndedAt = job.StateWaiting, herr.Error(), errorType(herr), time.Now().Add(delay), time.Now()
+			w.record(u)
 			jc.logger().Info("job failed; retry scheduled", zap.Error(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
 			return
 		}
@@ -908,7 +920,11 @@ func (w *Worker) releaseChildren(ctx context.Context, env *wire.Envelope) error 
 		if err != nil {
 			return fmt.Errorf("release %s: %w", k.ID, err)
 		}
-		w.record(records.Update{ID: k.ID, Queued: job.StateEnqueued, Seq: ack.Sequence})
+		u := records.Update{ID: k.ID, Queued: job.StateEnqueued, Seq: ack.Sequence, Graph: env.Graph}
+		if kenv, err := wire.DecodeEnvelope(k.Data, 0); err == nil {
+			u.Name, u.Channel, u.EnqueuedAt, u.Description = kenv.Name, kenv.Channel, wire.FromMillis(kenv.EnqueuedAt), kenv.Description
+		}
+		w.record(u)
 	}
 	return nil
 }
@@ -987,11 +1003,21 @@ func (w *Worker) dead(msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.
 		if env.Identity != "" {
 			w.releaseIdentity(env.Identity, env.ID)
 		}
-		w.record(records.Update{ID: env.ID, State: job.StateDead, Name: env.Name, Attempts: attempts,
-			Error: cause.Error(), ErrorType: errorType(cause), Stack: stack, EndedAt: time.Now()})
+		w.record(records.Update{ID: env.ID, State: job.StateDead, Name: env.Name, Channel: env.Channel, Attempts: attempts,
+			Error: cause.Error(), ErrorType: errorType(cause), Stack: stack, EndedAt: time.Now(), Worker: w.cfg.name,
+			Graph: env.Graph, EnqueuedAt: wire.FromMillis(env.EnqueuedAt)})
 	}
 	w.metrics.JobEnded(context.Background(), name, channel, "dead", 0)
 	log.Error("job dead-lettered", zap.String("reason", reason), zap.Error(cause))
+}
+
+// base is what every record update of a run carries, so that any single
+// write holds the whole picture.
+func (w *Worker) base(m *Message, started time.Time) records.Update {
+	mr, prio := m.MaxRetries, m.Priority
+	return records.Update{ID: m.ID, Name: m.Name, Channel: m.Channel, Priority: &prio, Attempts: m.Attempt,
+		MaxRetries: &mr, Description: m.Description, Worker: w.cfg.name, StartedAt: started,
+		EnqueuedAt: m.EnqueuedAt, Identity: m.IdentityKey, Graph: m.graph}
 }
 
 func (w *Worker) record(u records.Update) {

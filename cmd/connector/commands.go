@@ -54,7 +54,19 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func
 		return err
 	}
 	defer conns.Close()
-	return app.RunWorker(ctx, &cfg, conns, registry())
+	reg := registry()
+	var extra []app.Service
+	// With SHOP_URL and CATALOG_URL (compose, Kubernetes), the stock binary
+	// also runs the example shop connector.
+	shop, release, err := workerShop(conns, &cfg, reg, getenv)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if shop != nil {
+		extra = append(extra, shop)
+	}
+	return app.RunWorker(ctx, &cfg, conns, reg, extra...)
 }
 
 func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {

@@ -194,6 +194,22 @@ func TestSpanErrors(t *testing.T) {
 		return "", fmt.Errorf("export: %w", &exportError{j.Args.Msg})
 	})
 	e.startWorker(reg)
+	// A listener that fails on an event's first delivery.
+	l := events.NewListeners(e.js, e.rdb, e.names, quietLogger(t), events.WithTracer(e.tp.Tracer("e2e/listeners")),
+		events.WithAckWait(5*time.Second))
+	if err := l.On("flaky", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		if ev.Attempt == 1 {
+			return errors.New("catalog unavailable")
+		}
+		return nil
+	}, events.WithPartitions(1), events.WithRetryDelay(func(int) time.Duration { return 10 * time.Millisecond })); err != nil {
+		t.Fatal(err)
+	}
+	e.startListeners(l)
+	evID, err := events.NewPublisher(e.js, e.names).Publish(ctx, events.Event{Model: "res.partner", Name: events.Create, RecordID: "7"})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	deadID, err := e.d.Enqueue(ctx, jobFail{Msg: "shop said 500"}, job.WithMaxRetries(1))
 	if err != nil {
@@ -204,7 +220,15 @@ func TestSpanErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	procRetryOK := func(s tracetest.SpanStub) bool { return op("process", retryID)(s) && s.Status.Code != codes.Error }
-	spans := e.waitSpans(20*time.Second, "dead run and successful retry", op("process", deadID), procRetryOK)
+	procEvOK := func(s tracetest.SpanStub) bool { return op("process", evID)(s) && s.Status.Code != codes.Error }
+	spans := e.waitSpans(20*time.Second, "dead run, successful retry, event handled on its second delivery",
+		op("process", deadID), procRetryOK, procEvOK)
+
+	evRuns := filter(spans, op("process", evID))
+	if len(evRuns) != 2 || evRuns[0].Status.Code != codes.Error || evRuns[0].Status.Description != "catalog unavailable" ||
+		len(exceptionEvents(evRuns[0])) != 1 || attr(evRuns[0], "error.type") == "" {
+		t.Errorf("event handling spans: want a failed one (status, error.type, exception) then a good one; got %d: %+v", len(evRuns), evRuns)
+	}
 
 	dead := one(t, spans, "dead run", op("process", deadID))
 	if dead.Status.Code != codes.Error || !strings.Contains(dead.Status.Description, "shop said 500") {

@@ -1,14 +1,21 @@
 // Package records keeps job records (state, attempts, result, error,
-// timestamps) in Redis hashes <prefix>:job:<id>, written in pipelined
-// batches off the hot path: updates of the same job made within one flush
-// interval are merged into one HSET.
+// timestamps) in Redis, written in pipelined batches off the hot path.
+//
+// A job has up to two keys, each one msgpack value written with a single
+// SET ... PX (no read, no script):
+//
+//	<prefix>:job:<id>:q   what the producer knows (enqueued/waiting/pending, ETA, sequence)
+//	<prefix>:job:<id>     what the workers know (started, done, waiting for a retry, dead, ...)
+//
+// Reads merge them, the worker's side winning, so a producer's write that
+// lands late never hides a worker's newer state. Updates of one job made
+// within one flush interval are merged into one write.
 package records
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -21,33 +28,32 @@ import (
 // DefaultTTL is how long a record is kept after its last update.
 const DefaultTTL = 7 * 24 * time.Hour
 
-// Update is a partial record: zero fields are not written.
+// Update is a partial record: zero fields are not written. An update with
+// Queued set is the producer's side; any other is the workers' side.
 type Update struct {
-	ID    string
-	State job.State
-	// Queued is the producer's state (enqueued or waiting). It lives in a
-	// field of its own ("qstate") so that a producer's write landing after
-	// a worker's never hides the worker's newer state.
-	Queued      job.State
-	Name        string
-	Channel     string
-	Priority    *int
-	Attempts    int
-	MaxRetries  *int
-	Description string
-	Result      string
-	Error       string
-	ErrorType   string
-	Stack       string
-	ClearError  bool
-	Worker      string
-	EnqueuedAt  time.Time
-	ETA         time.Time
-	StartedAt   time.Time
-	EndedAt     time.Time
-	Seq         uint64
-	Identity    string
-	Graph       string
+	ID            string
+	State         job.State
+	Queued        job.State
+	Name          string
+	Channel       string
+	Priority      *int
+	Attempts      int
+	ResetAttempts bool
+	MaxRetries    *int
+	Description   string
+	Result        string
+	Error         string
+	ErrorType     string
+	Stack         string
+	ClearError    bool
+	Worker        string
+	EnqueuedAt    time.Time
+	ETA           time.Time
+	StartedAt     time.Time
+	EndedAt       time.Time
+	Seq           uint64
+	Identity      string
+	Graph         string
 }
 
 func (u *Update) merge(o *Update) {
@@ -65,13 +71,13 @@ func (u *Update) merge(o *Update) {
 	setS(&u.Name, o.Name)
 	setS(&u.Channel, o.Channel)
 	setS(&u.Description, o.Description)
-	setS(&u.Result, o.Result)
 	setS(&u.Worker, o.Worker)
 	setS(&u.Identity, o.Identity)
 	setS(&u.Graph, o.Graph)
 	if o.ClearError {
-		u.Error, u.ErrorType, u.Stack, u.ClearError = "", "", "", true
+		u.Error, u.ErrorType, u.Stack, u.Result = "", "", "", ""
 	}
+	setS(&u.Result, o.Result)
 	setS(&u.Error, o.Error)
 	setS(&u.ErrorType, o.ErrorType)
 	setS(&u.Stack, o.Stack)
@@ -80,6 +86,9 @@ func (u *Update) merge(o *Update) {
 	}
 	if o.MaxRetries != nil {
 		u.MaxRetries = o.MaxRetries
+	}
+	if o.ResetAttempts {
+		u.Attempts = 0
 	}
 	if o.Attempts > 0 {
 		u.Attempts = o.Attempts
@@ -98,6 +107,54 @@ func (u *Update) merge(o *Update) {
 	}
 }
 
+// blob is the stored form of one side of a record.
+type blob struct {
+	State      string `msgpack:"st,omitempty"`
+	Name       string `msgpack:"n,omitempty"`
+	Channel    string `msgpack:"ch,omitempty"`
+	Priority   *int   `msgpack:"p,omitempty"`
+	Attempts   int    `msgpack:"a,omitempty"`
+	MaxRetries *int   `msgpack:"mr,omitempty"`
+	Desc       string `msgpack:"d,omitempty"`
+	Result     string `msgpack:"r,omitempty"`
+	Error      string `msgpack:"e,omitempty"`
+	ErrorType  string `msgpack:"et,omitempty"`
+	Stack      string `msgpack:"sk,omitempty"`
+	Worker     string `msgpack:"w,omitempty"`
+	Identity   string `msgpack:"i,omitempty"`
+	Graph      string `msgpack:"g,omitempty"`
+	EnqueuedAt int64  `msgpack:"eq,omitempty"`
+	ETA        int64  `msgpack:"eta,omitempty"`
+	StartedAt  int64  `msgpack:"sa,omitempty"`
+	EndedAt    int64  `msgpack:"ea,omitempty"`
+	UpdatedAt  int64  `msgpack:"ua,omitempty"`
+	Seq        uint64 `msgpack:"sq,omitempty"`
+}
+
+func (u *Update) blob(now time.Time) blob {
+	st := u.State
+	if u.Queued != "" {
+		st = u.Queued
+	}
+	return blob{
+		State: string(st), Name: u.Name, Channel: u.Channel, Priority: u.Priority, Attempts: u.Attempts,
+		MaxRetries: u.MaxRetries, Desc: u.Description, Result: u.Result, Error: u.Error, ErrorType: u.ErrorType,
+		Stack: u.Stack, Worker: u.Worker, Identity: u.Identity, Graph: u.Graph,
+		EnqueuedAt: wire.Millis(u.EnqueuedAt), ETA: wire.Millis(u.ETA), StartedAt: wire.Millis(u.StartedAt),
+		EndedAt: wire.Millis(u.EndedAt), UpdatedAt: now.UnixMilli(), Seq: u.Seq,
+	}
+}
+
+func (b *blob) update(id string) Update {
+	return Update{
+		ID: id, State: job.State(b.State), Name: b.Name, Channel: b.Channel, Priority: b.Priority,
+		Attempts: b.Attempts, MaxRetries: b.MaxRetries, Description: b.Desc, Result: b.Result, Error: b.Error,
+		ErrorType: b.ErrorType, Stack: b.Stack, Worker: b.Worker, Identity: b.Identity, Graph: b.Graph,
+		EnqueuedAt: wire.FromMillis(b.EnqueuedAt), ETA: wire.FromMillis(b.ETA), StartedAt: wire.FromMillis(b.StartedAt),
+		EndedAt: wire.FromMillis(b.EndedAt), Seq: b.Seq,
+	}
+}
+
 // Store writes and reads records.
 type Store struct {
 	rdb   redis.UniversalClient
@@ -106,7 +163,8 @@ type Store struct {
 	log   *zap.Logger
 
 	mu      sync.Mutex
-	pending map[string]*Update
+	pending map[string]*Update // workers' side
+	queued  map[string]*Update // producers' side
 	kick    chan struct{}
 	done    chan struct{}
 	closed  chan struct{}
@@ -115,10 +173,10 @@ type Store struct {
 }
 
 // MaxPending bounds the updates held while Redis is unreachable; beyond it
-// the oldest are dropped (records are an aid; jobs themselves live in NATS).
+// new ones are dropped (records are an aid; the jobs themselves are in NATS).
 const MaxPending = 200_000
 
-// New starts a store flushing every interval (default 20 ms).
+// New starts a store flushing every 20 ms.
 func New(rdb redis.UniversalClient, names wire.Names, ttl time.Duration, log *zap.Logger) *Store {
 	if ttl <= 0 {
 		ttl = DefaultTTL
@@ -128,34 +186,32 @@ func New(rdb redis.UniversalClient, names wire.Names, ttl time.Duration, log *za
 	}
 	s := &Store{
 		rdb: rdb, names: names, ttl: ttl, log: log,
-		pending: make(map[string]*Update),
-		kick:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		closed:  make(chan struct{}),
+		pending: make(map[string]*Update), queued: make(map[string]*Update),
+		kick: make(chan struct{}, 1), done: make(chan struct{}), closed: make(chan struct{}),
 	}
 	go s.loop(20 * time.Millisecond)
 	return s
 }
 
-// Key is the Redis key of a job record.
+// Key is the Redis key of the workers' side of a job record.
 func (s *Store) Key(id string) string { return s.names.RedisKey("job", id) }
+
+func (s *Store) queuedKey(id string) string { return s.names.RedisKey("job", id) + ":q" }
 
 // Record queues an update; it never blocks on Redis.
 func (s *Store) Record(u Update) {
 	s.mu.Lock()
-	if p, ok := s.pending[u.ID]; ok {
-		p.merge(&u)
-	} else {
-		if len(s.pending) >= MaxPending {
-			for k := range s.pending { // drop an arbitrary one
-				delete(s.pending, k)
-				break
-			}
-		}
-		cp := u
-		s.pending[u.ID] = &cp
+	m := s.pending
+	if u.Queued != "" {
+		m = s.queued
 	}
-	n := len(s.pending)
+	if p, ok := m[u.ID]; ok {
+		p.merge(&u)
+	} else if len(s.pending)+len(s.queued) < MaxPending {
+		cp := u
+		m[u.ID] = &cp
+	}
+	n := len(s.pending) + len(s.queued)
 	s.mu.Unlock()
 	if n >= 2048 {
 		select {
@@ -189,37 +245,45 @@ func (s *Store) Flush(ctx context.Context) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
-	if len(s.pending) == 0 {
+	if len(s.pending)+len(s.queued) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
-	batch := s.pending
-	s.pending = make(map[string]*Update, len(batch))
+	pending, queued := s.pending, s.queued
+	s.pending, s.queued = make(map[string]*Update, len(pending)), make(map[string]*Update, len(queued))
 	s.mu.Unlock()
 
 	pipe := s.rdb.Pipeline()
 	now := time.Now()
-	for _, u := range batch {
-		key := s.Key(u.ID)
-		vals := u.fields(now)
-		if len(vals) > 0 {
-			pipe.HSet(ctx, key, vals...)
-		}
-		if u.ClearError {
-			pipe.HDel(ctx, key, "error", "error_type", "stack")
-		}
-		pipe.PExpire(ctx, key, s.ttl)
-	}
-	_, err := pipe.Exec(ctx)
-	if err != nil {
-		// Put the batch back (older than anything queued since).
-		s.mu.Lock()
+	for side, batch := range []map[string]*Update{pending, queued} {
 		for id, u := range batch {
-			if newer, ok := s.pending[id]; ok {
-				u.merge(newer)
+			b := u.blob(now)
+			data, err := wire.Marshal(&b)
+			if err != nil {
+				return err
 			}
-			if len(s.pending) < MaxPending {
-				s.pending[id] = u
+			key := s.Key(id)
+			if side == 1 {
+				key = s.queuedKey(id)
+			}
+			pipe.Set(ctx, key, data, s.ttl)
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		// Put the batches back, older than anything queued since.
+		s.mu.Lock()
+		for side, batch := range []map[string]*Update{pending, queued} {
+			cur := s.pending
+			if side == 1 {
+				cur = s.queued
+			}
+			for id, u := range batch {
+				if newer, ok := cur[id]; ok {
+					u.merge(newer)
+				}
+				if len(s.pending)+len(s.queued) < MaxPending {
+					cur[id] = u
+				}
 			}
 		}
 		s.mu.Unlock()
@@ -235,116 +299,92 @@ func (s *Store) Close(ctx context.Context) error {
 	return s.Flush(ctx)
 }
 
-func (u *Update) fields(now time.Time) []any {
-	v := make([]any, 0, 24)
-	if u.State != "" {
-		v = append(v, "state", string(u.State))
+func (s *Store) read(ctx context.Context, id string) (worker, queued *blob, err error) {
+	vals, err := s.rdb.MGet(ctx, s.Key(id), s.queuedKey(id)).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("records: %w", err)
 	}
-	if u.Queued != "" {
-		v = append(v, "qstate", string(u.Queued))
-	}
-	add := func(k, s string) {
-		if s != "" {
-			v = append(v, k, s)
+	dec := func(v any) *blob {
+		str, ok := v.(string)
+		if !ok {
+			return nil
 		}
-	}
-	add("name", u.Name)
-	add("channel", u.Channel)
-	add("desc", u.Description)
-	add("result", u.Result)
-	add("error", u.Error)
-	add("error_type", u.ErrorType)
-	add("stack", u.Stack)
-	add("worker", u.Worker)
-	add("identity", u.Identity)
-	add("graph", u.Graph)
-	if u.Priority != nil {
-		v = append(v, "priority", *u.Priority)
-	}
-	if u.MaxRetries != nil {
-		v = append(v, "max_retries", *u.MaxRetries)
-	}
-	if u.Attempts > 0 {
-		v = append(v, "attempts", u.Attempts)
-	}
-	addT := func(k string, t time.Time) {
-		if !t.IsZero() {
-			v = append(v, k, t.UnixMilli())
+		var b blob
+		if wire.Unmarshal([]byte(str), &b) != nil {
+			return nil
 		}
+		return &b
 	}
-	addT("enqueued_at", u.EnqueuedAt)
-	addT("eta", u.ETA)
-	addT("started_at", u.StartedAt)
-	addT("ended_at", u.EndedAt)
-	if u.Seq != 0 {
-		v = append(v, "seq", u.Seq)
-	}
-	v = append(v, "updated_at", now.UnixMilli())
-	return v
+	return dec(vals[0]), dec(vals[1]), nil
 }
 
 // Get reads a record; job.ErrNotFound when none is kept.
 func (s *Store) Get(ctx context.Context, id string) (job.Record, error) {
-	m, err := s.rdb.HGetAll(ctx, s.Key(id)).Result()
+	w, q, err := s.read(ctx, id)
 	if err != nil {
-		return job.Record{}, fmt.Errorf("records: %w", err)
+		return job.Record{}, err
 	}
-	if len(m) == 0 {
+	if w == nil && q == nil {
 		return job.Record{}, fmt.Errorf("%w: %s", job.ErrNotFound, id)
 	}
-	return parse(id, m), nil
+	var u Update
+	var updated int64
+	if q != nil {
+		u = q.update(id)
+		updated = q.UpdatedAt
+	}
+	if w != nil {
+		wu := w.update(id)
+		u.merge(&wu)
+		if w.State != "" {
+			u.State = job.State(w.State)
+		}
+		updated = max(updated, w.UpdatedAt)
+	}
+	rec := job.Record{
+		ID: id, Name: u.Name, Channel: u.Channel, State: u.State, Attempts: u.Attempts,
+		Description: u.Description, Result: u.Result, Error: u.Error, ErrorType: u.ErrorType, Stack: u.Stack,
+		Worker: u.Worker, EnqueuedAt: u.EnqueuedAt, ETA: u.ETA, StartedAt: u.StartedAt, EndedAt: u.EndedAt,
+		UpdatedAt: wire.FromMillis(updated), Seq: u.Seq, Graph: u.Graph, IdentityKey: u.Identity,
+		Priority: job.DefaultPriority, MaxRetries: job.DefaultMaxRetries,
+	}
+	if u.Priority != nil {
+		rec.Priority = *u.Priority
+	}
+	if u.MaxRetries != nil {
+		rec.MaxRetries = *u.MaxRetries
+	}
+	return rec, nil
 }
 
-// Set writes a record update synchronously (operations: requeue, cancel).
+// Set applies an update to the workers' side synchronously (operations:
+// requeue, cancel), after whatever is pending.
 func (s *Store) Set(ctx context.Context, u Update) error {
-	key := s.Key(u.ID)
-	pipe := s.rdb.TxPipeline()
-	if vals := u.fields(time.Now()); len(vals) > 0 {
-		pipe.HSet(ctx, key, vals...)
+	if err := s.Flush(ctx); err != nil {
+		return err
 	}
-	if u.ClearError {
-		pipe.HDel(ctx, key, "error", "error_type", "stack")
-	}
-	pipe.PExpire(ctx, key, s.ttl)
-	_, err := pipe.Exec(ctx)
+	w, _, err := s.read(ctx, u.ID)
 	if err != nil {
+		return err
+	}
+	cur := Update{ID: u.ID}
+	if w != nil {
+		cur = w.update(u.ID)
+	}
+	cur.merge(&u)
+	cur.Queued = ""
+	b := cur.blob(time.Now())
+	data, err := wire.Marshal(&b)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.Set(ctx, s.Key(u.ID), data, s.ttl).Err(); err != nil {
 		return fmt.Errorf("records: %w", err)
 	}
 	return nil
 }
 
-func parse(id string, m map[string]string) job.Record {
-	atoi := func(k string) int { n, _ := strconv.Atoi(m[k]); return n }
-	ts := func(k string) time.Time {
-		n, err := strconv.ParseInt(m[k], 10, 64)
-		if err != nil || n == 0 {
-			return time.Time{}
-		}
-		return time.UnixMilli(n)
-	}
-	rec := job.Record{
-		ID: id, Name: m["name"], Channel: m["channel"], Priority: atoi("priority"),
-		State: job.State(firstNonEmpty(m["state"], m["qstate"])), Attempts: atoi("attempts"), MaxRetries: atoi("max_retries"),
-		Description: m["desc"], Result: m["result"], Error: m["error"], ErrorType: m["error_type"],
-		Stack: m["stack"], Worker: m["worker"],
-		EnqueuedAt: ts("enqueued_at"), ETA: ts("eta"), StartedAt: ts("started_at"),
-		EndedAt: ts("ended_at"), UpdatedAt: ts("updated_at"),
-	}
-	rec.Graph = m["graph"]
-	if n, err := strconv.ParseUint(m["seq"], 10, 64); err == nil {
-		rec.Seq = n
-	}
-	return rec
-}
-
 // IsUnavailable reports a connection-level Redis failure.
 func IsUnavailable(err error) bool {
 	return err != nil && !errors.Is(err, redis.Nil) && !errors.Is(err, job.ErrNotFound)
-}
-
-func firstNonEmpty(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

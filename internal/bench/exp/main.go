@@ -79,6 +79,9 @@ func main() {
 	<-done
 	fmt.Printf("run %.0f/s\n", float64(N)/time.Since(t0).Seconds())
 	pprof.StopCPUProfile()
+	mf, _ := os.Create("/tmp/mem.prof")
+	pprof.Lookup("allocs").WriteTo(mf, 0)
+	mf.Close()
 	cancel()
 	for _, s := range []string{sc.Names.JobsStream(), sc.Names.DeadStream(), sc.Names.EventsStream()} {
 		js.DeleteStream(ctx, s)
