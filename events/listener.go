@@ -429,7 +429,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 
 	ev, reason, err := p.decode(msg)
 	if err != nil {
-		log.Warn("events: bad event, dead-lettered", zap.String("reason", reason), zap.Error(err))
+		log.Warn("events: bad event, dead-lettered", zap.String("reason", reason), zap.String("error", telemetry.Redact(err.Error())))
 		if p.dead(ctx, log, msg, seq, attempt, reason, err, "") {
 			p.count(ctx, Event{Name: "_invalid"}, outcomeDead)
 		}
@@ -485,14 +485,14 @@ func (p *partition) fail(ctx context.Context, log *zap.Logger, msg jetstream.Msg
 		if stack != "" {
 			reason = wire.ReasonPanic
 		}
-		log.Error("events: handler failed for good, dead-lettered", zap.String("event_id", ev.ID), zap.Error(err))
+		log.Error("events: handler failed for good, dead-lettered", zap.String("event_id", ev.ID), zap.String("error", telemetry.Redact(err.Error())))
 		if p.dead(ctx, log, msg, ev.Seq, ev.Attempt, reason, err, stack) {
 			p.count(ctx, ev, outcomeDead)
 		}
 		return
 	}
 	delay := p.li.retryDelay(ev.Attempt)
-	log.Warn("events: handler failed, will retry", zap.String("event_id", ev.ID), zap.Duration("delay", delay), zap.Error(err))
+	log.Warn("events: handler failed, will retry", zap.String("event_id", ev.ID), zap.Duration("delay", delay), zap.String("error", telemetry.Redact(err.Error())))
 	_ = msg.NakWithDelay(delay)
 	p.count(ctx, ev, outcomeRetried)
 }

@@ -673,7 +673,7 @@ func (w *Worker) process(it *item) {
 	}
 	env, err := wire.DecodeEnvelope(msg.Data(), w.cfg.maxEnvelope)
 	if err != nil {
-		w.dead(msg, meta, nil, 0, wire.ReasonMalformed, fmt.Errorf("%w: %v", job.ErrBadEnvelope, err), "")
+		w.dead(msg, meta, nil, 0, wire.ReasonMalformed, fmt.Errorf("%w: %v", job.ErrBadEnvelope, err), "", time.Time{})
 		return
 	}
 	if env.Template {
@@ -708,7 +708,7 @@ func (w *Worker) process(it *item) {
 			return
 		}
 		w.dead(msg, meta, env, attempt, wire.ReasonUnknownJob,
-			fmt.Errorf("%w: %q is not registered on worker %s", job.ErrUnknownJob, env.Name, w.cfg.name), "")
+			fmt.Errorf("%w: %q is not registered on worker %s", job.ErrUnknownJob, env.Name, w.cfg.name), "", time.Time{})
 		return
 	}
 	maxRetries := job.DefaultMaxRetries
@@ -722,7 +722,7 @@ func (w *Worker) process(it *item) {
 	if maxRetries > 0 && attempt > maxRetries {
 		// Redelivered after its worker died on the last allowed attempt.
 		w.dead(msg, meta, env, attempt-1, wire.ReasonMaxRetries,
-			fmt.Errorf("%w: attempt %d of %d was lost (worker died or lease expired)", job.ErrMaxRetries, attempt-1, maxRetries), "")
+			fmt.Errorf("%w: attempt %d of %d was lost (worker died or lease expired)", job.ErrMaxRetries, attempt-1, maxRetries), "", time.Time{})
 		return
 	}
 	if env.Identity != "" {
@@ -864,7 +864,7 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 				u := w.base(m, started)
 				u.State, u.Error, u.ErrorType, u.ETA, u.EndedAt = job.StateWaiting, herr.Error(), errorType(herr), time.Now().Add(delay), time.Now()
 				w.record(u)
-				jc.logger().Info("job failed; retrying in place (sequential channel)", zap.Error(herr), zap.Duration("delay", delay))
+				jc.logger().Info("job failed; retrying in place (sequential channel)", redactedErr(herr), zap.Duration("delay", delay))
 				return
 			}
 			if err := w.scheduleRetry(ctx, msg, env, next, delay); err != nil {
@@ -877,7 +877,7 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 			u := w.base(m, started)
 			u.State, u.Error, u.ErrorType, u.ETA, u.EndedAt = job.StateWaiting, herr.Error(), errorType(herr), time.Now().Add(delay), time.Now()
 			w.record(u)
-			jc.logger().Info("job failed; retry scheduled", zap.Error(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+			jc.logger().Info("job failed; retry scheduled", redactedErr(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
 			return
 		}
 		reason := wire.ReasonMaxRetries
@@ -885,7 +885,7 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 			reason = wire.ReasonTimeout
 		}
 		w.dead(msg, meta, env, m.Attempt, reason,
-			fmt.Errorf("%w (%d): %w", job.ErrMaxRetries, m.MaxRetries, herr), "")
+			fmt.Errorf("%w (%d): %w", job.ErrMaxRetries, m.MaxRetries, herr), "", started)
 		return
 	}
 	reason, stack := wire.ReasonError, ""
@@ -898,7 +898,7 @@ func (w *Worker) finish(ctx context.Context, it *item, meta *jetstream.MsgMetada
 	default:
 		stack = fmt.Sprintf("%+v", herr)
 	}
-	w.dead(msg, meta, env, m.Attempt, reason, herr, stack)
+	w.dead(msg, meta, env, m.Attempt, reason, herr, stack, started)
 }
 
 // releaseChildren marks a graph job done and publishes the children whose
@@ -960,7 +960,7 @@ func (w *Worker) scheduleRetry(ctx context.Context, msg jetstream.Msg, env *wire
 // dead copies the message to the dead-letter stream with why it died, and
 // only then removes it from the jobs stream. If the copy fails the message
 // stays and comes back later: nothing is dropped.
-func (w *Worker) dead(msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.Envelope, attempts int, reason string, cause error, stack string) {
+func (w *Worker) dead(msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.Envelope, attempts int, reason string, cause error, stack string, started time.Time) {
 	dl := wire.DeadLetter{
 		V: 1, Reason: reason, Error: cause.Error(), ErrorType: errorType(cause), Stack: stack,
 		Attempts: attempts, Subject: msg.Subject(), StreamSeq: meta.Sequence.Stream, DiedAt: time.Now().UnixMilli(),
@@ -1007,8 +1007,15 @@ func (w *Worker) dead(msg jetstream.Msg, meta *jetstream.MsgMetadata, env *wire.
 			Error: cause.Error(), ErrorType: errorType(cause), Stack: stack, EndedAt: time.Now(), Worker: w.cfg.name,
 			Graph: env.Graph, EnqueuedAt: wire.FromMillis(env.EnqueuedAt)})
 	}
-	w.metrics.JobEnded(context.Background(), name, channel, "dead", 0)
-	log.Error("job dead-lettered", zap.String("reason", reason), zap.Error(cause))
+	if channel == "" && env != nil {
+		channel = job.DefaultChannel
+	}
+	if !started.IsZero() { // a run that JobStarted counted
+		w.metrics.JobEnded(context.Background(), name, channel, "dead", time.Since(started))
+	} else {
+		w.metrics.JobRejected(context.Background(), name, channel, "dead")
+	}
+	log.Error("job dead-lettered", zap.String("reason", reason), redactedErr(cause))
 }
 
 // base is what every record update of a run carries, so that any single
@@ -1019,6 +1026,10 @@ func (w *Worker) base(m *Message, started time.Time) records.Update {
 		MaxRetries: &mr, Description: m.Description, Worker: w.cfg.name, StartedAt: started,
 		EnqueuedAt: m.EnqueuedAt, Identity: m.IdentityKey, Graph: m.graph}
 }
+
+// redactedErr logs a job's error with URLs' passwords and tokens masked:
+// handlers' errors often quote the URL they failed on.
+func redactedErr(err error) zap.Field { return zap.String("error", telemetry.Redact(err.Error())) }
 
 func (w *Worker) record(u records.Update) {
 	if w.rec != nil {

@@ -153,6 +153,8 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		if err != nil {
 			return err
 		}
+		// Job errors may quote URLs with credentials: never print them.
+		rec.Error, rec.Stack, rec.Result = telemetry.Redact(rec.Error), telemetry.Redact(rec.Stack), telemetry.Redact(rec.Result)
 		if *asJSON {
 			return json.NewEncoder(stdout).Encode(rec)
 		}
@@ -189,6 +191,10 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		letters, err := d.DeadLetters(ctx, *limit)
 		if err != nil {
 			return err
+		}
+		for i := range letters {
+			letters[i].Error, letters[i].Stack = telemetry.Redact(letters[i].Error), telemetry.Redact(letters[i].Stack)
+			letters[i].Data, letters[i].Headers = nil, nil // the raw message stays in the stream
 		}
 		if *asJSON {
 			return json.NewEncoder(stdout).Encode(letters)
@@ -313,7 +319,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	size := fs.Int("size", 256, "argument size in bytes")
 	rounds := fs.Int("rounds", 3, "alternate raw/framework runs this many times")
 	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every write (sync_interval: always)")
-	redisURL := fs.String("redis", getenv("CONNECTOR_REDIS_URL"), "Redis for job records (default: 127.0.0.1:6379 if it answers, else none)")
+	redisURL := fs.String("redis", "", "Redis for job records (default: CONNECTOR_REDIS_URL, else 127.0.0.1:6379 if it answers, else none)")
 	telemetryOn := fs.Bool("telemetry", false, "enable tracing (SDK, no exporter) and metrics (Prometheus) in the framework run")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
@@ -332,6 +338,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	o := bench.Options{N: *n, Size: *size, Rounds: *rounds, SyncAlways: *syncAlways}
 	url := *redisURL
+	if url == "" {
+		url = getenv("CONNECTOR_REDIS_URL")
+	}
 	if url == "" {
 		url = connect.DefaultRedisURL
 	}

@@ -238,6 +238,19 @@ func (m *Metrics) JobStarted(ctx context.Context, name, channel string, sinceEnq
 // {job.name, job.channel, job.outcome} +1, connector.job.duration (seconds,
 // same attributes) and connector.jobs.inflight{job.channel} -1. outcome is
 // one of the Outcome* constants.
+// JobRejected counts a message that ended without running (not a valid
+// envelope, unknown job, last attempt lost): outcome without duration, and
+// the in-flight gauge is not touched since JobStarted never counted it.
+func (m *Metrics) JobRejected(ctx context.Context, name, channel, outcome string) {
+	if m == nil {
+		return
+	}
+	o := m.outcomes.get(outcomeKey{name, channel, outcome}, func() *attrOpts {
+		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel), AttrJobOutcome.String(outcome))
+	})
+	m.ended.Add(ctx, 1, o.add...)
+}
+
 func (m *Metrics) JobEnded(ctx context.Context, name, channel, outcome string, d time.Duration) {
 	if m == nil {
 		return

@@ -21,6 +21,7 @@ import (
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -142,7 +143,10 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("telemetry: prometheus exporter: %w", err), runAll(ctx, shutdowns))
 		}
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(pe), sdkmetric.WithResource(res))
+		// Exemplars cost an offer per measurement on the hot path and
+		// Prometheus text output drops them anyway.
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(pe), sdkmetric.WithResource(res),
+			sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 		p.MeterProvider = mp
 		p.Registry = reg
 		p.MetricsHandler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})

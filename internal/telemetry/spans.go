@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"sync/atomic"
 	"fmt"
 
 	"github.com/nats-io/nats.go"
@@ -51,11 +52,25 @@ var defaultPropagator = NewPropagator()
 // one (otel.SetTextMapPropagator), else W3C tracecontext + baggage. The
 // global default is an empty composite that would propagate nothing.
 func propagator() propagation.TextMapPropagator {
-	if p := otel.GetTextMapPropagator(); p != nil && len(p.Fields()) > 0 {
-		return p
+	p := otel.GetTextMapPropagator()
+	if p == nil {
+		return defaultPropagator
 	}
-	return defaultPropagator
+	// Fields() allocates: remember the answer for the propagator seen last.
+	if c := propCache.Load(); c != nil && c.p == p {
+		return c.use
+	}
+	use := defaultPropagator
+	if len(p.Fields()) > 0 {
+		use = p
+	}
+	propCache.Store(&propChoice{p: p, use: use})
+	return use
 }
+
+type propChoice struct{ p, use propagation.TextMapPropagator }
+
+var propCache atomic.Pointer[propChoice]
 
 func tracerOrNoop(tr trace.Tracer) trace.Tracer {
 	if tr == nil {
