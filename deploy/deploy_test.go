@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/wire"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
@@ -574,8 +576,33 @@ func TestKEDAScaledObject(t *testing.T) {
 	if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount < *d.Spec.Replicas {
 		t.Errorf("maxReplicaCount %v below the Deployment's replicas", so.Spec.MaxReplicaCount)
 	}
-	if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Type != "nats-jetstream" {
-		t.Fatalf("triggers %+v, want one nats-jetstream trigger", so.Spec.Triggers)
+	if len(so.Spec.Triggers) == 0 {
+		t.Fatalf("no triggers")
+	}
+	// Every trigger names a consumer the workers create for the ConfigMap's
+	// channels (jobs~<channel>~<band>, or ~seq for a sequential channel).
+	chans, err := channels.Parse(cfg["CONNECTOR_CHANNELS"])
+	if err != nil {
+		t.Fatalf("CONNECTOR_CHANNELS: %v", err)
+	}
+	names := wire.MustNames(cfg["CONNECTOR_PREFIX"])
+	consumers := map[string]bool{}
+	for _, ch := range chans.All() {
+		if ch.Sequential {
+			consumers[names.JobsConsumer(ch.Name, -1)] = true
+			continue
+		}
+		for b := 0; b < channels.Bands; b++ {
+			consumers[names.JobsConsumer(ch.Name, b)] = true
+		}
+	}
+	for i, tr := range so.Spec.Triggers {
+		if tr.Type != "nats-jetstream" {
+			t.Fatalf("trigger %d type %q, want nats-jetstream", i, tr.Type)
+		}
+		if !consumers[tr.Metadata["consumer"]] {
+			t.Errorf("trigger %d: consumer %q is not one the workers create (%v)", i, tr.Metadata["consumer"], consumers)
+		}
 	}
 	md := so.Spec.Triggers[0].Metadata
 	for k := range md {
@@ -593,9 +620,6 @@ func TestKEDAScaledObject(t *testing.T) {
 	}
 	if want := strings.ToUpper(cfg["CONNECTOR_PREFIX"]) + "_JOBS"; md["stream"] != want {
 		t.Errorf("stream %q, want %q (from CONNECTOR_PREFIX %q)", md["stream"], want, cfg["CONNECTOR_PREFIX"])
-	}
-	if md["consumer"] != "workers" {
-		t.Errorf("consumer %q, want workers", md["consumer"])
 	}
 	if strings.Contains(md["natsServerMonitoringEndpoint"], "://") || !strings.HasSuffix(md["natsServerMonitoringEndpoint"], ":8222") {
 		t.Errorf("natsServerMonitoringEndpoint %q: want host:8222 without a scheme", md["natsServerMonitoringEndpoint"])
