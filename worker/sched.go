@@ -269,7 +269,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 			}
 			if !w.sched.pushReady(it) { // shutting down
 				_ = it.r.msg.Nak()
-				w.inflight.Delete(it)
+				w.inflight.del(it)
 				_ = w.slots.release(context.WithoutCancel(ctx), cs, it.token)
 				<-w.credits
 				return
@@ -417,4 +417,41 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		w.startPullers(ctx, spec)
 	}
 	return nil
+}
+
+// inflightSet holds the jobs received and not finished: the heartbeats
+// walk it.
+type inflightSet struct {
+	mu sync.Mutex
+	m  map[*item]struct{}
+}
+
+func (s *inflightSet) add(it *item) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = make(map[*item]struct{})
+	}
+	s.m[it] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *inflightSet) del(it *item) {
+	s.mu.Lock()
+	delete(s.m, it)
+	s.mu.Unlock()
+}
+
+// each calls f on a snapshot, outside the lock.
+func (s *inflightSet) each(f func(*item) bool) {
+	s.mu.Lock()
+	items := make([]*item, 0, len(s.m))
+	for it := range s.m {
+		items = append(items, it)
+	}
+	s.mu.Unlock()
+	for _, it := range items {
+		if !f(it) {
+			return
+		}
+	}
 }

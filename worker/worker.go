@@ -171,7 +171,7 @@ type Worker struct {
 	metrics  *telemetry.Metrics
 	rec      *records.Store
 
-	inflight sync.Map // *item
+	inflight inflightSet
 	running  atomic.Int64
 	wg       sync.WaitGroup
 	hardCtx  context.Context // cancelled when the grace period ends
@@ -383,7 +383,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	for _, cs := range w.states {
 		for _, it := range cs.drainBlocked() {
 			_ = it.r.msg.Nak()
-			w.inflight.Delete(it)
+			w.inflight.del(it)
 			<-credits
 		}
 	}
@@ -438,7 +438,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits chan struct{}) {
 	if ctx.Err() != nil {
 		// Shutting down: a job not started yet goes straight back.
 		_ = it.r.msg.Nak()
-		w.inflight.Delete(it)
+		w.inflight.del(it)
 		if it.token != "" {
 			_ = w.slots.release(context.Background(), it.ch, it.token)
 		}
@@ -540,7 +540,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 				band = channels.BandNormal // sequential: one band, in order
 			}
 			it := &item{r: &running{msg: msg, received: time.Now()}, ch: spec.cs, band: band, group: spec.name}
-			w.inflight.Store(it, it) // under heartbeat from now on
+			w.inflight.add(it) // under heartbeat from now on
 			if got > reserved {
 				select {
 				case credits <- struct{}{}:
@@ -549,7 +549,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 			}
 			if ctx.Err() != nil {
 				_ = msg.Nak() // shutting down: hand it straight back
-				w.inflight.Delete(it)
+				w.inflight.del(it)
 				<-credits
 				continue
 			}
@@ -592,8 +592,7 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 			return
 		case now := <-t.C:
 			var leased []*item
-			w.inflight.Range(func(_, v any) bool {
-				it := v.(*item)
+			w.inflight.each(func(it *item) bool {
 				if now.Sub(it.r.received) >= every/2 {
 					if err := it.r.msg.InProgress(); err != nil {
 						w.log.Debug("heartbeat failed", zap.Error(err))
@@ -663,7 +662,7 @@ func withLabels(ctx context.Context, backend, model string) context.Context {
 }
 
 func (w *Worker) process(it *item) {
-	defer w.inflight.Delete(it)
+	defer w.inflight.del(it)
 	msg, received := it.r.msg, it.r.received
 	meta, err := msg.Metadata()
 	if err != nil {

@@ -110,9 +110,11 @@ func Valid(name string) error {
 	if err := wire.ValidChannel(name); err != nil {
 		return err
 	}
-	for _, tok := range strings.Split(name, ".") {
-		if c := tok[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return fmt.Errorf("%w: channel %q: every part must start with a letter", wire.ErrBadName, name)
+	for i := 0; i < len(name); i++ {
+		if i == 0 || name[i-1] == '.' {
+			if c := name[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+				return fmt.Errorf("%w: channel %q: every part must start with a letter", wire.ErrBadName, name)
+			}
 		}
 	}
 	return nil

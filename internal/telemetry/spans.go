@@ -2,8 +2,8 @@ package telemetry
 
 import (
 	"context"
-	"sync/atomic"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"

@@ -144,10 +144,15 @@ func ValidChannel(ch string) error {
 	if ch == "" {
 		return fmt.Errorf("%w: empty channel", ErrBadName)
 	}
-	for _, tok := range strings.Split(ch, ".") {
+	for rest := ch; ; {
+		tok, more, found := strings.Cut(rest, ".")
 		if !validToken(tok) {
 			return fmt.Errorf("%w: channel %q", ErrBadName, ch)
 		}
+		if !found {
+			break
+		}
+		rest = more
 	}
 	if ch != "root" && !strings.HasPrefix(ch, "root.") {
 		return fmt.Errorf("%w: channel %q must be root or below root", ErrBadName, ch)
