@@ -146,6 +146,12 @@ func WithTimeout(d time.Duration) Option { return func(o *Options) { o.Timeout =
 // enqueue returns the existing job's id.
 func WithIdentityKey(k string) Option { return func(o *Options) { o.IdentityKey = k } }
 
+// WithIdentityFunc computes the identity key from the job's name and its
+// msgpack-encoded arguments.
+func WithIdentityFunc(f func(name string, args []byte) string) Option {
+	return func(o *Options) { o.IdentityFunc = f }
+}
+
 // WithIdentityExact uses IdentityExact as the identity key.
 func WithIdentityExact() Option { return func(o *Options) { o.IdentityFunc = IdentityExact } }
 

@@ -101,6 +101,12 @@ func Events(c Config) jetstream.StreamConfig {
 // Ensure creates or updates all streams.
 func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 	for _, sc := range []jetstream.StreamConfig{Jobs(c), Dead(c), Events(c)} {
+		// Every worker provisions at start: skip the update when nothing
+		// changed, so that a fleet starting together does not update a
+		// stream while others create consumers on it.
+		if cur, err := js.Stream(ctx, sc.Name); err == nil && same(cur.CachedInfo().Config, sc) {
+			continue
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				continue
@@ -109,6 +115,22 @@ func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 		}
 	}
 	return nil
+}
+
+// same reports whether the stream already has what we would set.
+func same(cur, want jetstream.StreamConfig) bool {
+	if len(cur.Subjects) != len(want.Subjects) {
+		return false
+	}
+	for i := range cur.Subjects {
+		if cur.Subjects[i] != want.Subjects[i] {
+			return false
+		}
+	}
+	return cur.Retention == want.Retention && cur.Storage == want.Storage &&
+		max(cur.Replicas, 1) == max(want.Replicas, 1) && cur.Duplicates == want.Duplicates &&
+		cur.AllowMsgSchedules == want.AllowMsgSchedules && cur.MaxAge == want.MaxAge &&
+		cur.Description == want.Description && cur.AllowDirect == want.AllowDirect && cur.Discard == want.Discard
 }
 
 // Check verifies the streams exist (for workers without the right to
