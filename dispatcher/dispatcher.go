@@ -384,7 +384,7 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) ([]Result, e
 				continue
 			}
 		}
-		ack, err := d.js.PublishMsgAsync(p.msg)
+		ack, err := d.js.PublishMsgAsync(p.msg, jetstream.WithStallWait(time.Minute))
 		if err != nil {
 			fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err))
 			d.endSpan(p, err)

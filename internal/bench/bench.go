@@ -115,7 +115,7 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 	var r Result
 	start := time.Now()
 	for i := 0; i < o.N; i++ {
-		if _, err := js.PublishAsync(subj, payload); err != nil {
+		if _, err := js.PublishAsync(subj, payload, jetstream.WithStallWait(time.Minute)); err != nil {
 			return r, err
 		}
 	}

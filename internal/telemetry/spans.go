@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
@@ -92,18 +93,14 @@ func tracerOrNoop(tr trace.Tracer) trace.Tracer {
 // is acknowledged; RecordError it when the publish fails. A nil tr starts a
 // non-recording span that still propagates ctx's span context.
 func StartProducerSpan(ctx context.Context, tr trace.Tracer, destination, messageID string, h nats.Header, extra ...attribute.KeyValue) (context.Context, trace.Span) {
-	attrs := make([]attribute.KeyValue, 0, 5+len(extra))
-	attrs = append(attrs,
-		semconv.MessagingSystemKey.String(MessagingSystem),
-		semconv.MessagingDestinationNameKey.String(destination),
-		semconv.MessagingOperationTypeSend,
-		semconv.MessagingOperationNameKey.String("send"),
-	)
+	fixed := fixedAttrs("send", destination)
+	attrs := make([]attribute.KeyValue, 0, len(fixed.attrs)+1+len(extra))
+	attrs = append(attrs, fixed.attrs...)
 	if messageID != "" {
 		attrs = append(attrs, semconv.MessagingMessageIDKey.String(messageID))
 	}
 	attrs = append(attrs, extra...)
-	ctx, span := tracerOrNoop(tr).Start(ctx, "send "+destination,
+	ctx, span := tracerOrNoop(tr).Start(ctx, fixed.name,
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attrs...),
 	)
@@ -125,13 +122,9 @@ func StartProducerSpan(ctx context.Context, tr trace.Tracer, destination, messag
 // link to it. Baggage from h is in the returned context either way. When h
 // carries no trace context the span is a child of ctx's span, if any.
 func StartConsumerSpan(ctx context.Context, tr trace.Tracer, mode LinkMode, destination, consumerGroup, messageID string, h nats.Header, extra ...attribute.KeyValue) (context.Context, trace.Span) {
-	attrs := make([]attribute.KeyValue, 0, 6+len(extra))
-	attrs = append(attrs,
-		semconv.MessagingSystemKey.String(MessagingSystem),
-		semconv.MessagingDestinationNameKey.String(destination),
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingOperationNameKey.String("process"),
-	)
+	fixed := fixedAttrs("process", destination)
+	attrs := make([]attribute.KeyValue, 0, len(fixed.attrs)+2+len(extra))
+	attrs = append(attrs, fixed.attrs...)
 	if consumerGroup != "" {
 		attrs = append(attrs, semconv.MessagingConsumerGroupNameKey.String(consumerGroup))
 	}
@@ -150,7 +143,47 @@ func StartConsumerSpan(ctx context.Context, tr trace.Tracer, mode LinkMode, dest
 			opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: psc}))
 		}
 	}
-	return tracerOrNoop(tr).Start(pctx, "process "+destination, opts...)
+	return tracerOrNoop(tr).Start(pctx, fixed.name, opts...)
+}
+
+// fixed is what every span of one operation on one destination shares:
+// built once, not per message.
+type fixed struct {
+	name  string
+	attrs []attribute.KeyValue
+}
+
+type fixedKey struct{ op, destination string }
+
+var (
+	fixedMu    sync.RWMutex
+	fixedCache = map[fixedKey]*fixed{}
+)
+
+func fixedAttrs(op, destination string) *fixed {
+	key := fixedKey{op, destination}
+	fixedMu.RLock()
+	f := fixedCache[key]
+	fixedMu.RUnlock()
+	if f != nil {
+		return f
+	}
+	opType := semconv.MessagingOperationTypeSend
+	if op == "process" {
+		opType = semconv.MessagingOperationTypeProcess
+	}
+	f = &fixed{name: op + " " + destination, attrs: []attribute.KeyValue{
+		semconv.MessagingSystemKey.String(MessagingSystem),
+		semconv.MessagingDestinationNameKey.String(destination),
+		opType,
+		semconv.MessagingOperationNameKey.String(op),
+	}}
+	fixedMu.Lock()
+	if len(fixedCache) < 10000 { // destinations are few; never grow without bound
+		fixedCache[key] = f
+	}
+	fixedMu.Unlock()
+	return f
 }
 
 // RecordError records err on span as an "exception" event (exception.type,
