@@ -545,6 +545,10 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 				select {
 				case credits <- struct{}{}:
 				case <-ctx.Done():
+					// Shutting down without a credit for it: hand it back.
+					_ = msg.Nak()
+					w.inflight.del(it)
+					continue
 				}
 			}
 			if ctx.Err() != nil {
