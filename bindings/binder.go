@@ -88,6 +88,16 @@ func (b *Binder) get(ctx context.Context, op, key, field string) (string, bool, 
 // stale import makes the next import run again rather than be skipped). If
 // externalID is bound to another local id, or localID to another external
 // id, Bind changes nothing and returns a [*ConflictError].
+//
+// The check and the write are one Lua script, so Redis itself keeps the
+// mapping one-to-one however many workers bind at once; there is no window
+// between a lookup and a write for another process to slip into. Because a
+// Bind of the same pair is idempotent, retrying one whose reply was lost (an
+// [ErrUnavailable] error) is always safe.
+//
+// An importer that raced another one for the same external record creates
+// no duplicate: its Bind fails with a [*ConflictError] whose BoundLocalID is
+// the record the winner created, which it should reuse.
 func (b *Binder) Bind(ctx context.Context, externalID, localID string, syncedAt time.Time) error {
 	if externalID == "" || localID == "" {
 		return fmt.Errorf("%w: bind needs an external id and a local id (got %q, %q)", ErrInvalid, externalID, localID)
@@ -97,18 +107,28 @@ func (b *Binder) Bind(ctx context.Context, externalID, localID string, syncedAt 
 	if err != nil {
 		return wrap(ctx, "bind", err)
 	}
-	if len(res) == 0 {
-		return fmt.Errorf("bindings: bind: unexpected reply %v", res)
-	}
-	if code, _ := res[0].(int64); code == 0 {
+	// Read the reply strictly: anything but the two documented shapes is an
+	// error, never a silent success.
+	switch code := firstInt(res); {
+	case code == 0 && len(res) == 1:
 		return nil
-	}
-	ce := &ConflictError{Backend: b.backend, Model: b.model, ExternalID: externalID, LocalID: localID}
-	if len(res) == 3 {
+	case code == 1 && len(res) == 3:
+		ce := &ConflictError{Backend: b.backend, Model: b.model, ExternalID: externalID, LocalID: localID}
 		ce.BoundLocalID, _ = res[1].(string)
 		ce.BoundExternalID, _ = res[2].(string)
+		return ce
 	}
-	return ce
+	return fmt.Errorf("bindings: bind %s/%s %q: unexpected script reply %v", b.backend, b.model, externalID, res)
+}
+
+// firstInt returns the integer that starts a script reply, or -1.
+func firstInt(res []any) int64 {
+	if len(res) > 0 {
+		if n, ok := res[0].(int64); ok {
+			return n
+		}
+	}
+	return -1
 }
 
 // Unbind removes the binding of externalID in both directions, with its
@@ -133,16 +153,41 @@ func (b *Binder) SyncDate(ctx context.Context, externalID string) (t time.Time, 
 	return t, true, nil
 }
 
-// ToInternalMany looks up many external ids in one round trip. Ids that are
-// not bound are absent from the map.
+// ToInternalMany looks up many external ids in one round trip: one HMGET
+// for up to 1,000 ids, several HMGETs in one pipeline beyond that. Ids that
+// are not bound are absent from the map; duplicates are fine. Prefer it to
+// a loop of [Binder.ToInternal] whenever a job handles many records: a
+// lookup costs a round trip, so a batch of 1,000 is about 1,000 times
+// cheaper.
 func (b *Binder) ToInternalMany(ctx context.Context, externalIDs []string) (map[string]string, error) {
 	return b.getMany(ctx, "to internal many", b.fwd, externalIDs)
 }
 
-// ToExternalMany looks up many local ids in one round trip. Ids that are
-// not bound are absent from the map.
+// ToExternalMany looks up many local ids in one round trip, as
+// [Binder.ToInternalMany] does. Ids that are not bound are absent from the
+// map.
 func (b *Binder) ToExternalMany(ctx context.Context, localIDs []string) (map[string]string, error) {
 	return b.getMany(ctx, "to external many", b.rev, localIDs)
+}
+
+// SyncDateMany returns the sync dates of many external ids in one round
+// trip, as [Binder.ToInternalMany] does: a batch importer can tell which of
+// a page of records changed since their last sync without one lookup each.
+// Ids that are not bound are absent from the map.
+func (b *Binder) SyncDateMany(ctx context.Context, externalIDs []string) (map[string]time.Time, error) {
+	raw, err := b.getMany(ctx, "sync date many", b.sync, externalIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]time.Time, len(raw))
+	for ext, v := range raw {
+		t, err := time.Parse(syncLayout, v)
+		if err != nil {
+			return nil, fmt.Errorf("bindings: sync date of %s/%s %q: %w", b.backend, b.model, ext, err)
+		}
+		out[ext] = t
+	}
+	return out, nil
 }
 
 func (b *Binder) getMany(ctx context.Context, op, key string, ids []string) (map[string]string, error) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/connector-go/connector/bindings"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/job"
 )
 
 func newStore(t testing.TB) (*bindings.Store, *redis.Client, string) {
@@ -30,6 +33,7 @@ type binderAPI interface {
 	SyncDate(ctx context.Context, externalID string) (t time.Time, found bool, err error)
 	ToInternalMany(ctx context.Context, externalIDs []string) (map[string]string, error)
 	ToExternalMany(ctx context.Context, localIDs []string) (map[string]string, error)
+	SyncDateMany(ctx context.Context, externalIDs []string) (map[string]time.Time, error)
 }
 
 var _ binderAPI = (*bindings.Binder)(nil)
@@ -45,6 +49,34 @@ func mustLookup(t *testing.T, b *bindings.Binder, ext, wantLocal string) {
 	if err != nil || !found || back != ext {
 		t.Fatalf("ToExternal(%q) = %q, %v, %v; want %q", wantLocal, back, found, err, ext)
 	}
+}
+
+// assertConsistent checks the stored hashes of one (backend, model), read
+// raw as docs/bindings.md lays them out: the forward and reverse hashes are
+// exact inverses and every binding has a sync date, nothing more. want >= 0
+// also checks the number of bindings.
+func assertConsistent(t *testing.T, rdb *redis.Client, prefix, backend, model string, want int) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	tag := "{" + prefix + ":bind:" + backend + ":" + model + "}"
+	fwd := rdb.HGetAll(ctx, tag+":e2l").Val()
+	rev := rdb.HGetAll(ctx, tag+":l2e").Val()
+	sync := rdb.HGetAll(ctx, tag+":sync").Val()
+	if len(fwd) != len(rev) || len(fwd) != len(sync) {
+		t.Fatalf("%s/%s: sizes differ: e2l %d, l2e %d, sync %d", backend, model, len(fwd), len(rev), len(sync))
+	}
+	for e, l := range fwd {
+		if rev[l] != e {
+			t.Fatalf("%s/%s: e2l[%s]=%s but l2e[%s]=%q", backend, model, e, l, l, rev[l])
+		}
+		if _, ok := sync[e]; !ok {
+			t.Fatalf("%s/%s: no sync date for %s", backend, model, e)
+		}
+	}
+	if want >= 0 && len(fwd) != want {
+		t.Fatalf("%s/%s: %d bindings, want %d: %v", backend, model, len(fwd), want, fwd)
+	}
+	return fwd
 }
 
 func mustMissing(t *testing.T, b *bindings.Binder, ext, local string) {
@@ -111,7 +143,7 @@ func TestBindLookupUnbind(t *testing.T) {
 
 // Binding the same pair again is idempotent and refreshes the sync date.
 func TestBindSamePairRefreshesSyncDate(t *testing.T) {
-	s, _, _ := newStore(t)
+	s, rdb, prefix := newStore(t)
 	ctx := context.Background()
 	b := s.Binder("erp", "partner")
 	t1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -127,12 +159,28 @@ func TestBindSamePairRefreshesSyncDate(t *testing.T) {
 		t.Fatalf("SyncDate = %v, %v; want %v", got, err, t2)
 	}
 	mustLookup(t, b, "E", "L")
+
+	// The date given wins, even an older one (a late, stale import makes
+	// the next one run again rather than be skipped as up to date).
+	if err := b.Bind(ctx, "E", "L", t1); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := b.SyncDate(ctx, "E"); !got.Equal(t1) {
+		t.Fatalf("SyncDate after rebinding with an older date = %v; want %v", got, t1)
+	}
+	// Rebinding adds nothing: still exactly one binding, both ways.
+	fwd, _ := b.ToInternalMany(ctx, []string{"E"})
+	rev, _ := b.ToExternalMany(ctx, []string{"L"})
+	if len(fwd) != 1 || len(rev) != 1 {
+		t.Fatalf("after rebinding: %v %v", fwd, rev)
+	}
+	assertConsistent(t, rdb, prefix, "erp", "partner", 1)
 }
 
 // A conflicting bind fails with a typed error naming both sides and
 // changes nothing, whichever side conflicts.
 func TestBindConflict(t *testing.T) {
-	s, _, _ := newStore(t)
+	s, rdb, prefix := newStore(t)
 	ctx := context.Background()
 	b := s.Binder("shop", "order")
 	t1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -143,6 +191,7 @@ func TestBindConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	later := t1.Add(time.Hour)
+	before := snapshot(t, rdb, prefix)
 
 	cases := []struct {
 		ext, loc           string
@@ -166,7 +215,20 @@ func TestBindConflict(t *testing.T) {
 		if *ce != want {
 			t.Fatalf("conflict = %+v; want %+v", *ce, want)
 		}
+		// The message names both sides: the pair asked for and what holds it.
+		for _, id := range []string{c.ext, c.loc, c.boundLoc, c.boundExt} {
+			if !strings.Contains(err.Error(), fmt.Sprintf("%q", id)) && id != "" {
+				t.Fatalf("conflict message %q does not name %q", err, id)
+			}
+		}
+		if _, ok := job.AsRetryable(err); ok {
+			t.Fatalf("a conflict is retryable: %v (retrying cannot fix it)", err)
+		}
 		t.Logf("%v", err)
+	}
+	// Nothing changed: every key of the prefix, byte for byte.
+	if after := snapshot(t, rdb, prefix); !slices.Equal(before, after) {
+		t.Fatalf("refused binds changed Redis:\nbefore %v\nafter  %v", before, after)
 	}
 	// Nothing changed, sync dates included.
 	mustLookup(t, b, "E1", "L1")
@@ -312,6 +374,10 @@ func TestBatchLookups(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		d, err := b.SyncDateMany(ctx, ext[:size])
+		if err != nil {
+			t.Fatal(err)
+		}
 		want := 0
 		for i := 0; i < min(size, n); i++ {
 			if i%5 == 0 {
@@ -321,26 +387,30 @@ func TestBatchLookups(t *testing.T) {
 				continue
 			}
 			want++
-			if m[ext[i]] != loc[i] || r[loc[i]] != ext[i] {
-				t.Fatalf("size %d: %s -> %q, %s -> %q", size, ext[i], m[ext[i]], loc[i], r[loc[i]])
+			if m[ext[i]] != loc[i] || r[loc[i]] != ext[i] || !d[ext[i]].Equal(at) {
+				t.Fatalf("size %d: %s -> %q, %s -> %q, synced %v", size, ext[i], m[ext[i]], loc[i], r[loc[i]], d[ext[i]])
 			}
 		}
-		if len(m) != want || len(r) != want {
-			t.Fatalf("size %d: got %d/%d entries, want %d", size, len(m), len(r), want)
+		if len(m) != want || len(r) != want || len(d) != want {
+			t.Fatalf("size %d: got %d/%d/%d entries, want %d", size, len(m), len(r), len(d), want)
 		}
 	}
 }
 
 // 50 goroutines bind the same external id to different local ids at once:
-// exactly one wins, the rest get the conflict error, and both directions
-// agree afterwards. Then the mirror case: different external ids to one
-// local id.
+// exactly one wins, the rest get the conflict error naming the winner, and
+// both directions agree afterwards. Then the mirror case: different external
+// ids to one local id. Each case runs several rounds, so a check-then-set
+// in Go (a lookup, then a write) would be caught letting two through.
 func TestConcurrentBindSameExternal(t *testing.T) {
-	s, _, _ := newStore(t)
+	s, rdb, prefix := newStore(t)
 	ctx := context.Background()
-	const n = 50
+	const n, rounds = 50, 10
 
-	run := func(b *bindings.Binder, pair func(i int) (string, string)) (winner int) {
+	// run has n goroutines bind pair(i) at the same instant and returns the
+	// winner and the losers' conflicts.
+	run := func(b *bindings.Binder, pair func(i int) (string, string)) (winner int, conflicts []*bindings.ConflictError) {
+		t.Helper()
 		var (
 			wg    sync.WaitGroup
 			start = make(chan struct{})
@@ -359,13 +429,15 @@ func TestConcurrentBindSameExternal(t *testing.T) {
 		wg.Wait()
 		winner = -1
 		for i, err := range errs {
+			var ce *bindings.ConflictError
 			switch {
 			case err == nil:
 				if winner >= 0 {
 					t.Fatalf("two winners: %d and %d", winner, i)
 				}
 				winner = i
-			case errors.Is(err, bindings.ErrConflict):
+			case errors.As(err, &ce) && errors.Is(err, bindings.ErrConflict):
+				conflicts = append(conflicts, ce)
 			default:
 				t.Fatalf("goroutine %d: unexpected error %v", i, err)
 			}
@@ -373,35 +445,120 @@ func TestConcurrentBindSameExternal(t *testing.T) {
 		if winner < 0 {
 			t.Fatal("no winner")
 		}
-		return winner
+		if len(conflicts) != n-1 {
+			t.Fatalf("%d conflicts, want %d", len(conflicts), n-1)
+		}
+		return winner, conflicts
 	}
 
 	b := s.Binder("shop", "product")
-	w := run(b, func(i int) (string, string) { return "E", fmt.Sprintf("L%d", i) })
-	mustLookup(t, b, "E", fmt.Sprintf("L%d", w))
-	rev, err := b.ToExternalMany(ctx, func() []string {
-		ids := make([]string, n)
-		for i := range ids {
-			ids[i] = fmt.Sprintf("L%d", i)
+	for r := 0; r < rounds; r++ {
+		ext := fmt.Sprintf("E%d", r)
+		loc := func(i int) string { return fmt.Sprintf("L%d-%d", r, i) }
+		w, conflicts := run(b, func(i int) (string, string) { return ext, loc(i) })
+		mustLookup(t, b, ext, loc(w))
+		for _, ce := range conflicts {
+			if ce.ExternalID != ext || ce.BoundLocalID != loc(w) || ce.BoundExternalID != "" {
+				t.Fatalf("round %d: conflict %+v does not name the winner %s", r, *ce, loc(w))
+			}
 		}
-		return ids
-	}())
-	if err != nil || len(rev) != 1 {
-		t.Fatalf("reverse map has %d entries (%v), want exactly the winner", len(rev), err)
 	}
+	assertConsistent(t, rdb, prefix, "shop", "product", rounds)
 
 	b2 := s.Binder("shop", "customer")
-	w = run(b2, func(i int) (string, string) { return fmt.Sprintf("E%d", i), "L" })
-	mustLookup(t, b2, fmt.Sprintf("E%d", w), "L")
-	fwd, err := b2.ToInternalMany(ctx, func() []string {
-		ids := make([]string, n)
-		for i := range ids {
-			ids[i] = fmt.Sprintf("E%d", i)
+	for r := 0; r < rounds; r++ {
+		loc := fmt.Sprintf("L%d", r)
+		ext := func(i int) string { return fmt.Sprintf("E%d-%d", r, i) }
+		w, conflicts := run(b2, func(i int) (string, string) { return ext(i), loc })
+		mustLookup(t, b2, ext(w), loc)
+		for _, ce := range conflicts {
+			if ce.LocalID != loc || ce.BoundExternalID != ext(w) || ce.BoundLocalID != "" {
+				t.Fatalf("round %d: conflict %+v does not name the winner %s", r, *ce, ext(w))
+			}
 		}
-		return ids
-	}())
-	if err != nil || len(fwd) != 1 {
-		t.Fatalf("forward map has %d entries (%v), want exactly the winner", len(fwd), err)
+	}
+	assertConsistent(t, rdb, prefix, "shop", "customer", rounds)
+}
+
+// Bind is one round trip carrying one script (EVALSHA): the check of both
+// directions and the write happen inside Redis, not as a lookup then a
+// write from Go.
+func TestBindIsOneScript(t *testing.T) {
+	s, rdb, _ := newStore(t)
+	ctx := context.Background()
+	b := s.Binder("shop", "product")
+	if err := b.Bind(ctx, "E0", "L0", time.Now()); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	if err := b.Unbind(ctx, "E0"); err != nil {
+		t.Fatal(err)
+	}
+	h := &roundTrips{}
+	rdb.AddHook(h)
+	for _, c := range []struct {
+		ext, loc string
+		conflict bool
+	}{{"E1", "L1", false}, {"E1", "L1", false}, {"E1", "L2", true}, {"E2", "L1", true}} {
+		err := b.Bind(ctx, c.ext, c.loc, time.Now())
+		if c.conflict != errors.Is(err, bindings.ErrConflict) || (!c.conflict && err != nil) {
+			t.Fatalf("Bind(%s, %s): %v", c.ext, c.loc, err)
+		}
+		cmds, pipes := h.take()
+		if len(cmds) != 1 || len(pipes) != 0 || cmds[0][0] != "evalsha" {
+			t.Fatalf("Bind(%s, %s) sent %v and %d pipelines; want one EVALSHA", c.ext, c.loc, names(cmds), len(pipes))
+		}
+	}
+}
+
+// A batch of 1,000 ids is one HMGET; a larger one is one pipeline of
+// HMGETs of at most 1,000 fields: one round trip either way, in both
+// directions and for sync dates.
+func TestBatchLookupsAreOneRoundTrip(t *testing.T) {
+	s, rdb, _ := newStore(t)
+	ctx := context.Background()
+	b := s.Binder("shop", "product")
+	if err := b.Bind(ctx, "E1", "L1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, 2500)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("E%d", i)
+	}
+	h := &roundTrips{}
+	rdb.AddHook(h)
+	lookups := map[string]func([]string) (int, error){
+		"ToInternalMany": func(ids []string) (int, error) { m, err := b.ToInternalMany(ctx, ids); return len(m), err },
+		"ToExternalMany": func(ids []string) (int, error) { m, err := b.ToExternalMany(ctx, ids); return len(m), err },
+		"SyncDateMany":   func(ids []string) (int, error) { m, err := b.SyncDateMany(ctx, ids); return len(m), err },
+	}
+	for name, lookup := range lookups {
+		if _, err := lookup(ids[:1000]); err != nil {
+			t.Fatal(err)
+		}
+		cmds, pipes := h.take()
+		if len(cmds) != 1 || len(pipes) != 0 || cmds[0][0] != "hmget" || len(cmds[0]) != 2+1000 {
+			t.Fatalf("%s of 1000 ids: commands %v, %d pipelines; want one HMGET of 1000 fields",
+				name, names(cmds), len(pipes))
+		}
+		if _, err := lookup(ids); err != nil {
+			t.Fatal(err)
+		}
+		cmds, pipes = h.take()
+		if len(cmds) != 0 || len(pipes) != 1 || len(pipes[0]) != 3 {
+			t.Fatalf("%s of 2500 ids: commands %v, %d pipelines; want one pipeline of 3 HMGETs", name, names(cmds), len(pipes))
+		}
+		for _, c := range pipes[0] {
+			if c[0] != "hmget" || len(c) > 2+1000 {
+				t.Fatalf("%s: pipelined %v with %d arguments", name, c[0], len(c))
+			}
+		}
+		// No ids: no round trip at all.
+		if n, err := lookup(nil); err != nil || n != 0 {
+			t.Fatalf("%s(nil) = %d, %v", name, n, err)
+		}
+		if cmds, pipes = h.take(); len(cmds)+len(pipes) != 0 {
+			t.Fatalf("%s(nil) sent %v and %d pipelines", name, names(cmds), len(pipes))
+		}
 	}
 }
 
@@ -437,20 +594,6 @@ func TestConcurrentBindingsStayBijective(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	tag := "{" + prefix + ":bind:erp:invoice}"
-	fwd := rdb.HGetAll(ctx, tag+":e2l").Val()
-	rev := rdb.HGetAll(ctx, tag+":l2e").Val()
-	sync := rdb.HGetAll(ctx, tag+":sync").Val()
-	if len(fwd) != len(rev) || len(fwd) != len(sync) {
-		t.Fatalf("sizes differ: e2l %d, l2e %d, sync %d", len(fwd), len(rev), len(sync))
-	}
-	for e, l := range fwd {
-		if rev[l] != e {
-			t.Fatalf("e2l[%s]=%s but l2e[%s]=%q", e, l, l, rev[l])
-		}
-		if _, ok := sync[e]; !ok {
-			t.Fatalf("no sync date for %s", e)
-		}
-	}
+	fwd := assertConsistent(t, rdb, prefix, "erp", "invoice", -1)
 	t.Logf("%d bindings after %d random operations", len(fwd), workers*ops)
 }

@@ -23,8 +23,16 @@
 // returns a [*ConflictError] (errors.Is(err, [ErrConflict])) naming both sides
 // and changes nothing.
 //
-// Lookups have batch forms ([Binder.ToInternalMany], [Binder.ToExternalMany])
-// that answer thousands of ids in one round trip.
+// Lookups have batch forms ([Binder.ToInternalMany], [Binder.ToExternalMany],
+// [Binder.SyncDateMany]) that answer thousands of ids in one round trip: a
+// single lookup is bound by the network (tens of thousands per second), a
+// batch of 1,000 by Redis (millions of ids per second). Use them whenever a
+// job handles a page of records.
+//
+// Keys are namespaced by the Store's prefix, the backend instance and the
+// model, and every key one script touches carries the same Redis Cluster
+// hash tag, so the package runs unchanged on a single Redis, Sentinel or a
+// Cluster.
 //
 // # Locks
 //
@@ -52,9 +60,14 @@
 // # Errors
 //
 // Errors are values, never panics. When Redis cannot be reached (connection
-// refused, timeouts, a failover in progress) methods return an error that is
-// both errors.Is(err, [ErrUnavailable]) and a job.RetryableError: the job
-// retries later and nothing is lost.
+// refused or reset, timeouts, a failover in progress: LOADING, READONLY,
+// MASTERDOWN, ...) methods return an error that is both errors.Is(err,
+// [ErrUnavailable]) and a job.RetryableError: returned from a handler, the
+// job retries later (the attempt counts) and nothing is lost, since every
+// write here is safe to repeat (a Lock whose reply was lost only makes the
+// job wait for that lease to run out). A conflict ([ErrConflict]), a misuse
+// ([ErrInvalid]) or a server reply that retrying cannot fix (WRONGTYPE) is
+// permanent; a cancelled context stays the context's error.
 //
 // The key layout is documented for operators and other-language clients in
 // docs/bindings.md.

@@ -76,10 +76,12 @@ func (e *LockedError) Error() string {
 func (e *LockedError) Unwrap() error { return ErrLocked }
 
 // transientPrefixes are Redis error replies that mean "try again later"
-// (loading, failover, cluster reconfiguration, memory pressure).
+// (loading, failover, cluster reconfiguration, memory pressure). Each ends
+// with the space that follows the error code, so "BUSY " does not match
+// BUSYKEY or BUSYGROUP.
 var transientPrefixes = []string{
-	"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
-	"BUSY", "OOM", "NOREPLICAS", "MOVED", "ASK", "ERR max number of clients",
+	"LOADING ", "READONLY ", "MASTERDOWN ", "CLUSTERDOWN ", "TRYAGAIN ",
+	"BUSY ", "OOM ", "NOREPLICAS ", "MOVED ", "ASK ", "ERR max number of clients",
 }
 
 // wrap turns a Redis client error into an error value for op. Context
@@ -95,18 +97,30 @@ func wrap(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("bindings: %s: %w", op, err)
 	}
 	var rerr redis.Error
-	if errors.As(err, &rerr) {
-		msg := rerr.Error()
-		transient := false
-		for _, p := range transientPrefixes {
-			if strings.HasPrefix(msg, p) {
-				transient = true
-				break
-			}
-		}
-		if !transient {
-			return fmt.Errorf("bindings: %s: %w", op, err)
+	if errors.As(err, &rerr) && !transientReply(rerr.Error()) {
+		return fmt.Errorf("bindings: %s: %w", op, err)
+	}
+	// "bindings: redis unavailable: bind: dial tcp ...: connection refused"
+	return job.Retry(fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err))
+}
+
+// transientReply reports whether a Redis error reply means "try again
+// later". Redis 7 passes an error raised inside a script through as it is
+// ("READONLY You can't write against a read only replica. script: ...");
+// Redis 6 wraps it ("ERR Error running script (call to f_...): ...:
+// -READONLY You can't write ..."), so both forms are recognized.
+func transientReply(msg string) bool {
+	for _, p := range transientPrefixes {
+		if strings.HasPrefix(msg, p) {
+			return true
 		}
 	}
-	return job.Retry(fmt.Errorf("bindings: %s: %w: %w", op, ErrUnavailable, err))
+	if strings.HasPrefix(msg, "ERR Error running script") {
+		for _, p := range transientPrefixes {
+			if strings.Contains(msg, "-"+p) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -32,12 +32,15 @@ type Lock struct {
 // KEYS: holder, fence. ARGV: random token, ttl ms.
 // Reply: {1, fence} acquired; {0, pttl} held elsewhere.
 // A retried acquire with the same token (reply lost on the network) finds
-// its own lease and returns the same fence.
+// its own lease and returns the same fence (or a new one, should the
+// counter have been deleted by hand: a reply must always carry a fence).
 var acquireScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, tonumber(redis.call('GET', KEYS[2]))}
+  local f = tonumber(redis.call('GET', KEYS[2]))
+  if not f then f = redis.call('INCR', KEYS[2]) end
+  return {1, f}
 end
 if cur then return {0, redis.call('PTTL', KEYS[1])} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -66,6 +69,13 @@ return 0
 // makes the job run again later without counting the attempt (the seed's
 // advisory_lock_or_retry). A holder that dies leaves the resource locked
 // for at most ttl.
+//
+// Pick ttl longer than the work normally takes and, for long work, call
+// [Lock.Extend] every ttl/3 or so; a short ttl frees a crashed holder's
+// resources sooner. If Redis cannot be reached the error is [ErrUnavailable]
+// (a counted retry, like any outage). Should the reply of a successful Lock
+// be lost, the lease is held by nobody who knows its token: the resource
+// stays locked until ttl runs out and the job meanwhile retries uncounted.
 func (s *Store) Lock(ctx context.Context, resource string, ttl time.Duration) (*Lock, error) {
 	if resource == "" {
 		return nil, fmt.Errorf("%w: lock needs a resource name", ErrInvalid)

@@ -139,6 +139,9 @@ func (d *Dispatcher) EnqueueGraph(ctx context.Context, g Node) (GraphResult, err
 			return GraphResult{}, err
 		}
 		p.env.Graph = res.ID
+		// A child is published by whichever worker finishes its last
+		// parent, possibly twice after a crash: dedup by job id.
+		p.msg.Header[wire.HeaderMsgID] = []string{p.env.ID}
 		if p.msg.Data, err = wire.EncodeEnvelope(p.env); err != nil {
 			return GraphResult{}, err
 		}

@@ -138,7 +138,14 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	}
 	msg.Header[wire.HeaderMsgID] = []string{env.ID + ".r" + strconv.FormatUint(seq, 10)}
 	msg.Data = body
-	if _, err := d.js.PublishMsg(ctx, msg); err != nil {
+	if d.rdb != nil {
+		// Requeueing is the operator's word over an earlier cancel.
+		if err := d.rdb.ZRem(ctx, d.names.CancelsKey(), env.ID).Err(); err != nil {
+			return fmt.Errorf("dispatcher: requeue %s: %w", env.ID, err)
+		}
+	}
+	ack, err := d.js.PublishMsg(ctx, msg)
+	if err != nil {
 		return fmt.Errorf("dispatcher: requeue %s: %w", env.ID, err)
 	}
 	// The job is safely back; now remove its letter. A failure here leaves
@@ -148,7 +155,7 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	}
 	if d.rec != nil {
 		err := d.rec.Set(ctx, records.Update{ID: env.ID, State: job.StateEnqueued, Name: env.Name,
-			Channel: channel, ClearError: true, ResetAttempts: true})
+			Channel: channel, ClearError: true, ResetAttempts: true, Seq: ack.Sequence})
 		if err != nil {
 			d.log.Warn("requeue: record not updated", zap.String("job_id", env.ID), zap.Error(err))
 		}

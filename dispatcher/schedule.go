@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/connector-go/connector/job"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 )
 
 // Schedule registers (or updates) a periodic job under a name: spec is
@@ -100,8 +102,10 @@ func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 // Cancel cancels a job that has not started: a job waiting for its ETA or
 // its retry delay, or one queued and not yet taken by a worker. A cancelled
 // job never starts; its identity key is freed. It returns job.ErrStarted
-// when a worker has already taken the job, and job.ErrNotFound when the
-// job is unknown (Cancel needs the job records: WithRedis).
+// when a worker has already taken the job: that run goes on (a worker that
+// has not started it yet may still drop it), but the job is not retried
+// after it. It returns job.ErrNotFound when the job is unknown (Cancel
+// needs the job records: WithRedis).
 func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	if d.rec == nil {
 		return ErrNoRedis
@@ -140,9 +144,14 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		}
 		return d.cancelDescendants(ctx, rec)
 	}
-	// The tombstone first: a schedule that fires in the meantime produces a
-	// job the workers drop (they check it for scheduled jobs only).
-	if err := d.rdb.Set(ctx, d.names.RedisKey("cancelled", id), "1", 7*24*time.Hour).Err(); err != nil {
+	// The tombstone first: workers check every job they receive against it
+	// before queueing it, so a schedule that fires in the meantime, or a
+	// worker that fetches the job before it is deleted below, drops it.
+	now := time.Now()
+	pipe := d.rdb.TxPipeline()
+	pipe.ZAdd(ctx, d.names.CancelsKey(), redis.Z{Score: float64(now.UnixMilli()), Member: id})
+	pipe.ZRemRangeByScore(ctx, d.names.CancelsKey(), "-inf", strconv.FormatInt(now.Add(-cancelsKept).UnixMilli(), 10))
+	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 	}
 	s, err := d.js.Stream(ctx, d.names.JobsStream())
@@ -154,18 +163,24 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 	}
 	if rec.State == job.StateEnqueued && rec.Seq > 0 {
-		if err := s.DeleteMsg(ctx, rec.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		// Taken by a worker already? The consumer delivers in stream order:
+		// a sequence beyond what it delivered was never seen. A taken job's
+		// message stays (its worker settles it); an untaken one goes.
+		cons, err := d.consumerOf(ctx, s, d.subject(rec.Channel, &rec.Priority))
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 		}
-		// Deleted before any worker took it? The consumer delivers in
-		// stream order: a sequence beyond what it delivered was never seen.
-		cons, err := d.consumerOf(ctx, s, d.subject(rec.Channel, &rec.Priority))
 		if err == nil {
 			info, err := cons.Info(ctx)
-			if err == nil && info.Delivered.Stream >= rec.Seq {
-				d.rdb.Del(ctx, d.names.RedisKey("cancelled", id))
+			if err != nil {
+				return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+			}
+			if info.Delivered.Stream >= rec.Seq {
 				return fmt.Errorf("%w: job %s was taken by a worker", job.ErrStarted, id)
 			}
+		}
+		if err := s.DeleteMsg(ctx, rec.Seq); err != nil && !isNoMessage(err) {
+			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 		}
 	}
 	if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
@@ -176,6 +191,20 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	}
 	return d.cancelDescendants(ctx, rec)
 }
+
+// cancelsKept is how long a cancel tombstone is kept.
+const cancelsKept = 7 * 24 * time.Hour
+
+// isNoMessage: the message is gone already (acked, deleted, purged).
+func isNoMessage(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrMsgNotFound) ||
+		errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound || apiErr.ErrorCode == jsErrMsgDeleteFailed)
+}
+
+// jsErrMsgDeleteFailed: "message deletion unsuccessful", what a delete of
+// a sequence already removed answers.
+const jsErrMsgDeleteFailed = 10057
 
 // cancelDescendants cancels the graph jobs that wait (directly or not) for
 // rec's job.

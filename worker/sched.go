@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -39,7 +41,14 @@ type chanState struct {
 
 // item is a job received and not yet finished.
 type item struct {
-	r     *running
+	msg       jetstream.Msg
+	received  time.Time
+	meta      *jetstream.MsgMetadata
+	env       *wire.Envelope // nil when bad
+	bad       error          // not a JetStream message or not a valid envelope
+	handbacks int            // deliveries of this message handed back unrun
+	settled   atomic.Bool    // acked, nak'ed or terminated: nothing more to say
+
 	ch    *chanState
 	band  int
 	token string // slot lease token; "" when no slot held
@@ -60,11 +69,22 @@ func newScheduler() *scheduler {
 	return s
 }
 
-func (s *scheduler) push(it *item) {
+// settle claims the right to ack, nak or terminate the job's message: true
+// once, for the first caller.
+func (it *item) settle() bool { return it.settled.CompareAndSwap(false, true) }
+
+// pushAll queues received jobs for the runners.
+func (s *scheduler) pushAll(its []*item) {
 	s.mu.Lock()
-	s.queue[it.band] = append(s.queue[it.band], it)
+	for _, it := range its {
+		s.queue[it.band] = append(s.queue[it.band], it)
+	}
 	s.mu.Unlock()
-	s.cond.Signal()
+	if len(its) == 1 {
+		s.cond.Signal()
+	} else {
+		s.cond.Broadcast()
+	}
 }
 
 // pushReady queues a job whose slot is taken; false once closed.
@@ -268,8 +288,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 				w.cfg.rdb.Del(ctx, w.slots.wantsKey(cs.ch.Name, band))
 			}
 			if !w.sched.pushReady(it) { // shutting down
-				_ = it.r.msg.Nak()
-				w.inflight.del(it)
+				w.handBack([]*item{it}, 0)
 				_ = w.slots.release(context.WithoutCancel(ctx), cs, it.token)
 				<-w.credits
 				return
@@ -389,6 +408,9 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 			continue
 		}
 		cs := w.states[w.chans.Resolve(channel).Name]
+		if cs.ch.Sequential {
+			continue // the sequential channel's own consumer covers its subtree
+		}
 		cc := jetstream.ConsumerConfig{
 			Durable:       name,
 			Description:   "connector jobs of unconfigured channel " + channel + " (runs under " + cs.ch.Name + ")",
@@ -401,9 +423,7 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 			MaxWaiting:    4096,
 		}
 		specBand := band
-		if cs.ch.Sequential {
-			cc.MaxAckPending = 1
-		} else if cs.limited {
+		if cs.limited {
 			cc.MaxAckPending = minCapacity(cs.chain) + 16
 		}
 		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
@@ -441,17 +461,13 @@ func (s *inflightSet) del(it *item) {
 	s.mu.Unlock()
 }
 
-// each calls f on a snapshot, outside the lock.
-func (s *inflightSet) each(f func(*item) bool) {
+// snapshot lists the jobs held now.
+func (s *inflightSet) snapshot() []*item {
 	s.mu.Lock()
 	items := make([]*item, 0, len(s.m))
 	for it := range s.m {
 		items = append(items, it)
 	}
 	s.mu.Unlock()
-	for _, it := range items {
-		if !f(it) {
-			return
-		}
-	}
+	return items
 }

@@ -534,3 +534,40 @@ func TestTimeoutIsRetriedThenDead(t *testing.T) {
 		t.Fatalf("record %+v letter %+v", rec, dl.DeadLetter)
 	}
 }
+
+// A job whose id the caller chose carries it as Nats-Msg-Id: publishing it
+// again (a retry after a timeout) stores nothing new. Generated ids carry
+// none: they are new by construction.
+func TestCallerChosenIDIsPublishedOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		id, err := e.d.Enqueue(ctx, ImportProduct{ExternalID: "7"}, job.WithID("order-7-import"))
+		if err != nil || id != "order-7-import" {
+			t.Fatalf("enqueue %d: %q %v", i, id, err)
+		}
+	}
+	if _, err := e.d.Enqueue(ctx, ImportProduct{ExternalID: "8"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := e.js.Stream(ctx, wire.MustNames(e.prefix).JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 2 {
+		t.Fatalf("jobs stream holds %d messages, want 2 (one per distinct job)", info.State.Msgs)
+	}
+	reg := worker.NewRegistry()
+	var runs atomic.Int32
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[ImportProduct]) (string, error) {
+		runs.Add(1)
+		return "", nil
+	})
+	e.start(reg)
+	e.waitState("order-7-import", job.StateDone, 10*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool { return runs.Load() == 2 }, "2 runs (got %d)", runs.Load())
+}

@@ -4,7 +4,9 @@
 // Every entry is name[:capacity[:option...]]. Capacity is the number of jobs
 // of the channel (and of its unconfigured descendants) that may run at once
 // across the whole fleet; 0 or absent means no limit. Options: "sequential"
-// (one at a time, in enqueue order, waiting while the head job retries) and
+// (one at a time, in enqueue order, waiting while the head job retries; it
+// covers its unconfigured sub-channels too, and no channel below it may be
+// configured) and
 // "throttle=N" (at most one job start per N seconds, fleet-wide). "root" is
 // always configured (unlimited unless given).
 package channels
@@ -91,6 +93,16 @@ func Parse(s string) (*Config, error) {
 			ch.Capacity = 1
 		}
 		c.byName[ch.Name] = ch
+	}
+	// A sequential channel orders its whole subtree (one consumer): a
+	// configured channel below it would need a consumer of its own.
+	for name := range c.byName {
+		for n := name; strings.Contains(n, "."); {
+			n = n[:strings.LastIndexByte(n, '.')]
+			if p, ok := c.byName[n]; ok && p.Sequential {
+				return nil, fmt.Errorf("channels: %q is below the sequential channel %q, whose jobs (and its sub-channels') run one at a time in one order: it cannot be configured on its own", name, n)
+			}
+		}
 	}
 	return c, nil
 }

@@ -75,6 +75,10 @@ func (n Names) JobsSubject(channel string, band int) string {
 // JobsChannelFilter matches every band of one channel (not its children).
 func (n Names) JobsChannelFilter(channel string) string { return n.Prefix + ".jobs." + channel + ".*" }
 
+// JobsTreeFilter matches every band of one channel and of all channels
+// below it (the consumer of a sequential channel).
+func (n Names) JobsTreeFilter(channel string) string { return n.Prefix + ".jobs." + channel + ".>" }
+
 // JobsConsumer names the durable consumer of one band of a channel
 // ("jobs~root~magento~1"), or of all bands of a sequential channel (band -1:
 // "jobs~root~magento~seq").
@@ -132,6 +136,10 @@ func (n Names) DeadWildcard() string { return n.Prefix + ".dead.>" }
 
 // EventsWildcard matches every event subject.
 func (n Names) EventsWildcard() string { return n.Prefix + ".events.>" }
+
+// CancelsKey is the Redis sorted set of cancelled job ids (score: unix ms
+// of the cancel): workers drop a job found there instead of starting it.
+func (n Names) CancelsKey() string { return n.RedisKey("cancels") }
 
 // RedisKey namespaces a Redis key: <prefix>:<parts joined by ':'>.
 func (n Names) RedisKey(parts ...string) string {

@@ -1,0 +1,331 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// The receiving side of a worker: pullers fetch batches of jobs into the
+// local scheduler. Every received message is under heartbeat at once
+// (inflight), whether it runs or waits, so no job loses its lease while it
+// waits in this process (nats.go#1929).
+//
+// Before a job is queued, it is decoded and checked against Redis in one
+// round trip per group of messages that arrived together: a job cancelled
+// meanwhile is dropped, and a redelivered job learns how many of its
+// deliveries were hand-backs (a job this worker received and gave back
+// without running it: shutdown, no channel slot, unknown name), which do
+// not count as attempts.
+
+func (w *Worker) startPullers(ctx context.Context, spec *consumerSpec) {
+	for i := 0; i < w.pullersOf(spec); i++ {
+		w.pullers.Add(1)
+		go func() {
+			defer w.pullers.Done()
+			w.fetchLoop(ctx, spec, w.credits)
+		}()
+	}
+}
+
+// pullersOf: unlimited channels get several pullers so pulls overlap.
+func (w *Worker) pullersOf(spec *consumerSpec) int {
+	if !spec.cs.limited && spec.band >= 0 {
+		return w.cfg.pullers
+	}
+	return 1
+}
+
+// fetchLoop pulls batches of up to maxBatch jobs, as many as there are
+// credits, and queues them for the runners.
+func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan struct{}) {
+	maxBatch := 256
+	if spec.cs.limited || spec.band < 0 {
+		maxBatch = min(16, minCapacity(spec.cs.chain)+1)
+	}
+	band := spec.band
+	if band < 0 {
+		band = channels.BandNormal // sequential: one band, in order
+	}
+	cons := spec.cons
+	backoff := 100 * time.Millisecond
+	group := make([]*item, 0, maxBatch)
+	// The batch adapts: an idle puller long-polls for one job and holds no
+	// credit meanwhile (it takes one when the job arrives, the job already
+	// under heartbeat); a busy one reserves credits and doubles its batch up
+	// to maxBatch.
+	want := 1
+	for ctx.Err() == nil {
+		// A band whose jobs wait for a slot pulls no more until they start.
+		for spec.cs.limited && spec.cs.hasBlocked(spec.band) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		reserved := 0
+		if want > 1 {
+			select {
+			case credits <- struct{}{}:
+				reserved = 1
+			case <-ctx.Done():
+				return
+			}
+		more:
+			for reserved < want {
+				select {
+				case credits <- struct{}{}:
+					reserved++
+				default:
+					break more
+				}
+			}
+		}
+		n := max(reserved, 1)
+		fctx, cancel := context.WithTimeout(ctx, w.cfg.fetchWait)
+		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			for i := 0; i < reserved; i++ {
+				<-credits
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			w.log.Warn("fetch failed; retrying", zap.Error(err), zap.String("consumer", spec.name), zap.Duration("backoff", backoff))
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		// Messages are queued as they arrive, in groups of those that
+		// arrived together (one Redis round trip per group).
+		got := 0
+		msgs := batch.Messages()
+		for open := true; open; {
+			msg, ok := <-msgs
+			if !ok {
+				break
+			}
+			group = group[:0]
+			for ok {
+				got++
+				it := &item{msg: msg, received: time.Now(), ch: spec.cs, band: band, group: spec.name}
+				w.inflight.add(it) // under heartbeat from now on
+				credited := got <= reserved
+				if !credited {
+					select {
+					case credits <- struct{}{}:
+						credited = true
+					case <-ctx.Done():
+					}
+				}
+				if !credited {
+					// Shutting down without a credit for it: hand it back.
+					w.handBack([]*item{it}, 0)
+				} else {
+					group = append(group, it)
+				}
+				select {
+				case msg, ok = <-msgs:
+					open = ok
+				default:
+					ok = false
+				}
+			}
+			w.queue(ctx, group, credits)
+		}
+		cancel()
+		for i := got; i < reserved; i++ {
+			<-credits
+		}
+		if got >= n && n > 0 {
+			want = min(2*n, maxBatch)
+		} else {
+			want = max(1, got)
+		}
+		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
+			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
+			w.log.Warn("fetch ended with an error", zap.Error(berr), zap.String("consumer", spec.name))
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+// queue admits a group of received jobs (each holding a credit) and hands
+// them to the runners; when shutting down they go back.
+func (w *Worker) queue(ctx context.Context, group []*item, credits chan struct{}) {
+	if len(group) == 0 {
+		return
+	}
+	group = w.admit(ctx, group, credits)
+	if ctx.Err() != nil {
+		w.handBack(group, 0) // shutting down: straight back
+		for range group {
+			<-credits
+		}
+		return
+	}
+	w.sched.pushAll(group)
+}
+
+// admit decodes a group of received jobs and checks them against Redis: it
+// settles the cancelled ones (they never start) and returns the others,
+// with their hand-back counts. While Redis is unreachable it waits (the
+// jobs stay under heartbeat): work pauses rather than run a cancelled job.
+func (w *Worker) admit(ctx context.Context, group []*item, credits chan struct{}) []*item {
+	checks := 0
+	for _, it := range group {
+		meta, err := it.msg.Metadata()
+		if err != nil {
+			it.bad = err
+			continue
+		}
+		it.meta = meta
+		env, err := wire.DecodeEnvelope(it.msg.Data(), w.cfg.maxEnvelope)
+		if err != nil {
+			it.bad = fmt.Errorf("%w: %v", job.ErrBadEnvelope, err)
+			continue
+		}
+		it.env = env
+		if !env.Template {
+			checks++
+		}
+	}
+	if w.cfg.rdb == nil || checks == 0 {
+		return group
+	}
+	ids := make([]string, 0, checks)
+	for _, it := range group {
+		if it.env != nil && !it.env.Template {
+			ids = append(ids, it.env.ID)
+		}
+	}
+	var scores *redis.FloatSliceCmd
+	counts := make([]*redis.StringCmd, len(group))
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		pipe := w.cfg.rdb.Pipeline()
+		scores = pipe.ZMScore(ctx, w.cancelsKey, ids...)
+		for i, it := range group {
+			if it.env != nil && it.meta.NumDelivered > 1 {
+				counts[i] = pipe.Get(ctx, w.handbackKey(it.meta.Sequence.Stream))
+			}
+		}
+		_, err := pipe.Exec(ctx)
+		if err == nil || errors.Is(err, redis.Nil) {
+			break
+		}
+		if ctx.Err() != nil {
+			return group
+		}
+		w.log.Warn("jobs not admitted: Redis unreachable; waiting", zap.Error(err), zap.Duration("backoff", backoff))
+		select {
+		case <-ctx.Done():
+			return group
+		case <-time.After(backoff):
+		}
+	}
+	cancelled := scores.Val()
+	out, c := group[:0], 0
+	for i, it := range group {
+		if cmd := counts[i]; cmd != nil {
+			if n, err := strconv.Atoi(cmd.Val()); err == nil {
+				it.handbacks = n
+			}
+		}
+		if it.env == nil || it.env.Template {
+			out = append(out, it)
+			continue
+		}
+		gone := c < len(cancelled) && cancelled[c] > 0
+		c++
+		if !gone {
+			out = append(out, it)
+			continue
+		}
+		if it.settle() {
+			_ = it.msg.Ack()
+		}
+		w.inflight.del(it)
+		<-credits
+		w.forgetHandbacks(it)
+		w.record(recordsCancelled(it.env.ID))
+		w.log.Info("cancelled job dropped", w.msgFields(it, 0)...)
+	}
+	return out
+}
+
+// handBack returns jobs this worker received and did not run: the
+// hand-back is counted in Redis first, so that their next delivery is not
+// counted as an attempt, then each is Nak'ed (after delay, if > 0).
+// Callers give back the items' credits.
+func (w *Worker) handBack(its []*item, delay time.Duration) {
+	if len(its) == 0 {
+		return
+	}
+	if w.cfg.rdb != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		pipe := w.cfg.rdb.Pipeline()
+		for _, it := range its {
+			if it.meta == nil {
+				it.meta, _ = it.msg.Metadata()
+			}
+			if it.meta != nil {
+				k := w.handbackKey(it.meta.Sequence.Stream)
+				pipe.Incr(ctx, k)
+				pipe.PExpire(ctx, k, w.recordTTL())
+			}
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			w.log.Warn("hand-backs not counted: the next delivery of these jobs counts as an attempt",
+				zap.Int("jobs", len(its)), zap.Error(err))
+		}
+		cancel()
+	}
+	for _, it := range its {
+		if !it.settle() {
+			continue
+		}
+		if delay > 0 {
+			_ = it.msg.NakWithDelay(delay)
+		} else {
+			_ = it.msg.Nak()
+		}
+		w.inflight.del(it)
+	}
+}
+
+// forgetHandbacks deletes the hand-back count of a message that has ended.
+func (w *Worker) forgetHandbacks(it *item) {
+	if it.handbacks == 0 || w.cfg.rdb == nil || it.meta == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	w.cfg.rdb.Del(ctx, w.handbackKey(it.meta.Sequence.Stream))
+}
+
+func (w *Worker) handbackKey(seq uint64) string {
+	return w.names.RedisKey("handback", strconv.FormatUint(seq, 10))
+}

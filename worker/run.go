@@ -1,0 +1,561 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/connector-go/connector/internal/graphs"
+	"github.com/connector-go/connector/internal/records"
+	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+)
+
+// runItem runs one job, first taking its channel slot when its channel
+// chain is limited; without a free slot the job waits in its channel's
+// blocked list (keeping its credit and its lease).
+func (w *Worker) runItem(ctx context.Context, it *item, credits chan struct{}) {
+	if ctx.Err() != nil {
+		// Shutting down: a job not started yet goes straight back.
+		w.handBack([]*item{it}, 0)
+		if it.token != "" {
+			_ = w.slots.release(context.Background(), it.ch, it.token)
+		}
+		<-credits
+		return
+	}
+	if it.ch.limited && it.token == "" {
+		it.token = wire.NewID()
+		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token)
+		if err != nil || !ok {
+			if err != nil {
+				w.log.Warn("channel slot not acquired; waiting", zap.String(fieldChannel, it.ch.ch.Name), zap.Error(err))
+			}
+			w.block(ctx, it)
+			return
+		}
+	}
+	w.running.Add(1)
+	w.process(it)
+	w.running.Add(-1)
+	if it.token != "" {
+		if err := w.slots.release(context.Background(), it.ch, it.token); err != nil {
+			w.log.Warn("channel slot not released; it expires with its lease", zap.Error(err))
+		}
+		select {
+		case w.released <- struct{}{}:
+		default:
+		}
+	}
+	<-credits
+}
+
+// heartbeats sends InProgress for jobs held longer than a sixth of the
+// lease, every third of it, so held jobs keep it and dead workers lose it
+// within AckWait; it renews the channel slots of running jobs too.
+func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	every := w.cfg.ackWait / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			var leased []*item
+			for _, it := range w.inflight.snapshot() {
+				if now.Sub(it.received) >= every/2 && !it.settled.Load() {
+					if err := it.msg.InProgress(); err != nil {
+						w.log.Debug("heartbeat failed", zap.Error(err))
+					}
+				}
+				if it.token != "" {
+					leased = append(leased, it)
+				}
+			}
+			if w.slots != nil && len(leased) > 0 {
+				if err := w.slots.renew(ctx, leased); err != nil {
+					w.log.Warn("channel slot leases not renewed", zap.Error(err))
+				}
+			}
+		}
+	}
+}
+
+// process runs one admitted job and settles its message.
+func (w *Worker) process(it *item) {
+	defer w.inflight.del(it)
+	msg, meta, env := it.msg, it.meta, it.env
+	if meta == nil {
+		w.log.Error("message without JetStream metadata; terminating it", zap.Error(it.bad))
+		if it.settle() {
+			_ = msg.Term()
+		}
+		return
+	}
+	if env == nil {
+		w.dead(it, 0, wire.ReasonMalformed, it.bad, "", time.Time{})
+		return
+	}
+	if env.Template {
+		// A firing of a periodic schedule: a new job of its own, named by
+		// its tick, so that a tick is never run twice.
+		tick := strconv.FormatUint(meta.Sequence.Stream, 10)
+		if next, err := time.Parse(time.RFC3339Nano, msg.Headers().Get("Nats-Schedule-Next")); err == nil {
+			tick = "t" + strconv.FormatInt(next.Unix(), 10)
+		}
+		env.ID = env.ID + "-" + tick
+		env.Template = false
+		env.EnqueuedAt = meta.Timestamp.UnixMilli()
+		if w.cfg.rdb != nil && meta.NumDelivered == 1 && !w.claimTick(env.ID) {
+			if it.settle() {
+				_ = msg.Ack()
+			}
+			w.log.Warn("periodic tick fired twice; second one dropped", w.msgFields(it, 0)...)
+			return
+		}
+	}
+	// Deliveries count as attempts, but for the hand-backs (jobs received
+	// and given back unrun) and on top of the attempts of earlier messages
+	// of the job (retries are new messages).
+	attempt := env.Attempt + int(meta.NumDelivered) - it.handbacks
+	h := w.handlers[env.Name]
+	if h == nil {
+		if int(meta.NumDelivered) <= w.cfg.unknownRetries {
+			w.log.Warn("unknown job name; handing it back for another worker",
+				append(w.msgFields(it, 0), zap.Uint64("delivered", meta.NumDelivered))...)
+			w.handBack([]*item{it}, w.cfg.unknownDelay)
+			return
+		}
+		w.dead(it, attempt-1, wire.ReasonUnknownJob,
+			fmt.Errorf("%w: %q is not registered on worker %s", job.ErrUnknownJob, env.Name, w.cfg.name), "", time.Time{})
+		return
+	}
+	maxRetries := job.DefaultMaxRetries
+	if env.MaxRetries != nil {
+		maxRetries = *env.MaxRetries
+	}
+	channel := env.Channel
+	if channel == "" {
+		channel = job.DefaultChannel
+	}
+	if maxRetries > 0 && attempt > maxRetries {
+		// Redelivered after its worker died on the last allowed attempt.
+		w.dead(it, attempt-1, wire.ReasonMaxRetries,
+			fmt.Errorf("%w: attempt %d of %d was lost (worker died or lease expired)", job.ErrMaxRetries, attempt-1, maxRetries), "", time.Time{})
+		return
+	}
+	if env.Identity != "" {
+		w.releaseIdentity(env.Identity, env.ID)
+	}
+
+	m := &Message{
+		Meta: job.Meta{
+			ID: env.ID, Name: env.Name, Attempt: attempt, MaxRetries: maxRetries, Channel: channel,
+			Priority: job.DefaultPriority, Description: env.Description, IdentityKey: env.Identity,
+			EnqueuedAt: wire.FromMillis(env.EnqueuedAt), Timeout: time.Duration(env.TimeoutMS) * time.Millisecond,
+		},
+		Args: env.Args, Header: msg.Headers(), StreamSeq: meta.Sequence.Stream, Delivered: int(meta.NumDelivered),
+		graph: env.Graph,
+	}
+	if env.Priority != nil {
+		m.Priority = *env.Priority
+	}
+	m.RetryPattern = w.cfg.retry
+	if len(env.Retry) > 0 {
+		m.RetryPattern = make(job.RetryPattern, len(env.Retry))
+		for k, v := range env.Retry {
+			m.RetryPattern[k] = time.Duration(v) * time.Millisecond
+		}
+	}
+
+	ctx := w.hardCtx
+	var span trace.Span
+	if w.tracer != nil {
+		ctx, span = telemetry.StartConsumerSpan(ctx, w.tracer, w.cfg.linkMode, w.names.JobsStream(), it.group, env.ID, msg.Headers(),
+			attribute.String("connector.job.name", env.Name), attribute.String("connector.job.channel", channel),
+			attribute.Int("connector.job.attempt", attempt))
+		defer span.End()
+	} else {
+		ctx = telemetry.Extract(ctx, msg.Headers())
+	}
+	jc := &jobCtx{base: w.log, m: m, sc: trace.SpanContextFromContext(ctx)}
+	ctx = context.WithValue(ctx, jobCtxKey{}, jc)
+
+	// Time in the queue: from when the job could run (enqueued, or its ETA
+	// or retry time) to now.
+	var waited time.Duration
+	if ready := max(env.EnqueuedAt, env.ETA); ready > 0 {
+		waited = max(0, it.received.Sub(wire.FromMillis(ready)))
+	}
+	w.metrics.JobStarted(ctx, env.Name, channel, waited)
+	st := w.base(m, it.received)
+	st.State = job.StateStarted
+	w.record(st)
+
+	runCtx := ctx
+	var cancel context.CancelFunc
+	if m.Timeout > 0 {
+		runCtx, cancel = context.WithTimeout(ctx, m.Timeout)
+	}
+	result, herr := safeCall(runCtx, h, m)
+	if cancel != nil {
+		if herr != nil && errors.Is(runCtx.Err(), context.DeadlineExceeded) && w.hardCtx.Err() == nil {
+			herr = job.Retry(fmt.Errorf("%w after %s: %w", job.ErrTimeout, m.Timeout, herr))
+		}
+		cancel()
+	}
+	w.finish(ctx, it, m, result, herr, jc, span)
+}
+
+func safeCall(ctx context.Context, h Handler, m *Message) (result string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &panicError{value: p, stack: string(debug.Stack())}
+		}
+	}()
+	return h(ctx, m)
+}
+
+type panicError struct {
+	value any
+	stack string
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("%v: %v", job.ErrPanic, e.value) }
+func (e *panicError) Unwrap() error { return job.ErrPanic }
+
+// finish settles a job that ran by its outcome.
+func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string, herr error, jc *jobCtx, span trace.Span) {
+	msg, env, started := it.msg, it.env, it.received
+	took := time.Since(started)
+	var nothing *job.NothingToDoError
+	switch {
+	case herr == nil || errors.As(herr, &nothing):
+		outcome := telemetry.OutcomeSucceeded
+		if herr != nil {
+			result, outcome = nothing.Msg, telemetry.OutcomeNothingToDo
+		}
+		if env.Graph != "" && w.cfg.rdb != nil {
+			if err := w.releaseChildren(ctx, env); err != nil {
+				// Not acked: the job comes back (not counted as an attempt)
+				// and the release repeats.
+				jc.logger().Warn("job done but its graph children not released; retrying", zap.Error(err))
+				w.metrics.JobEnded(ctx, m.Name, m.Channel, "handed_back", took)
+				w.handBack([]*item{it}, 5*time.Second)
+				return
+			}
+		}
+		if !it.settle() {
+			jc.logger().Warn("job done after it was handed back at shutdown; it may run again")
+		} else if err := msg.Ack(); err != nil {
+			jc.logger().Warn("ack failed; the job may run again", zap.Error(err))
+		}
+		w.forgetHandbacks(it)
+		w.metrics.JobEnded(ctx, m.Name, m.Channel, outcome, took)
+		u := w.base(m, started)
+		u.State, u.Result, u.EndedAt, u.ClearError = job.StateDone, result, time.Now(), m.Attempt > 1
+		w.record(u)
+		if ce := w.log.Check(zap.InfoLevel, "job done"); ce != nil {
+			ce.Write(append(jc.fields(), zap.String("result", result), zap.Duration("took", took))...)
+		}
+		return
+	case w.hardCtx.Err() != nil && errors.Is(herr, context.Canceled):
+		// Shutdown grace over: hand it back, unfinished (it ran: counted).
+		if it.settle() {
+			_ = msg.Nak()
+		}
+		jc.logger().Warn("job interrupted by shutdown; handed back", zap.Duration("took", took))
+		w.metrics.JobEnded(ctx, m.Name, m.Channel, "interrupted", took)
+		return
+	}
+	if span != nil {
+		telemetry.RecordError(span, herr)
+	}
+	if r, ok := job.AsRetryable(herr); ok {
+		exhausted := !r.NoCount && m.MaxRetries > 0 && m.Attempt >= m.MaxRetries
+		if !exhausted {
+			w.retry(ctx, it, m, herr, r, jc, took)
+			return
+		}
+		reason := wire.ReasonMaxRetries
+		if errors.Is(herr, job.ErrTimeout) {
+			reason = wire.ReasonTimeout
+		}
+		w.metrics.JobEnded(ctx, m.Name, m.Channel, telemetry.OutcomeDead, took)
+		w.dead(it, m.Attempt, reason, fmt.Errorf("%w (%d): %w", job.ErrMaxRetries, m.MaxRetries, herr), "", started)
+		return
+	}
+	reason, stack := wire.ReasonError, ""
+	var pe *panicError
+	switch {
+	case errors.As(herr, &pe):
+		reason, stack = wire.ReasonPanic, pe.stack
+	case errors.Is(herr, job.ErrBadArgs):
+		reason = wire.ReasonBadArgs
+	default:
+		stack = fmt.Sprintf("%+v", herr)
+	}
+	w.metrics.JobEnded(ctx, m.Name, m.Channel, telemetry.OutcomeDead, took)
+	w.dead(it, m.Attempt, reason, herr, stack, started)
+}
+
+// retry schedules the next attempt of a job that failed with a retryable
+// error: a message schedule that holds no capacity while it waits, or, in
+// a sequential channel (which must wait for its head job), the same
+// message again after the delay.
+func (w *Worker) retry(ctx context.Context, it *item, m *Message, herr error, r *job.RetryableError, jc *jobCtx, took time.Duration) {
+	delay := r.Delay
+	if delay <= 0 {
+		delay = m.RetryPattern.Delay(m.Attempt)
+	}
+	next := m.Attempt
+	if r.NoCount {
+		next = m.Attempt - 1
+	}
+	w.metrics.JobEnded(ctx, m.Name, m.Channel, telemetry.OutcomeRetried, took)
+	u := w.base(m, it.received)
+	u.State, u.Error, u.ErrorType, u.ETA, u.EndedAt = job.StateWaiting, herr.Error(), errorType(herr), time.Now().Add(delay), time.Now()
+	w.record(u)
+	inPlace := it.ch.ch.Sequential
+	if !inPlace {
+		if err := w.scheduleRetry(ctx, it, next, delay); err != nil {
+			// Could not schedule: keep the message and retry it in place.
+			jc.logger().Warn("retry not scheduled; retrying in place", zap.Error(err))
+			inPlace = true
+		}
+	}
+	if inPlace {
+		// The next delivery of this message is the next attempt, unless
+		// this one is not to be counted.
+		if r.NoCount {
+			w.handBack([]*item{it}, delay)
+		} else if it.settle() {
+			_ = it.msg.NakWithDelay(delay)
+		}
+		jc.logger().Info("job failed; retrying in place", redactedErr(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+		return
+	}
+	jc.logger().Info("job failed; retry scheduled", redactedErr(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+}
+
+// releaseChildren marks a graph job done and publishes the children whose
+// parents are now all done (deduplicated by their job ids).
+func (w *Worker) releaseChildren(ctx context.Context, env *wire.Envelope) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	kids, err := graphs.Done(ctx, w.cfg.rdb, w.names, env.Graph, env.ID)
+	if err != nil {
+		return err
+	}
+	for _, k := range kids {
+		m := nats.NewMsg(k.Subject)
+		for h, v := range k.Header {
+			m.Header[h] = v
+		}
+		m.Data = k.Data
+		ack, err := w.js.PublishMsg(ctx, m)
+		if err != nil {
+			return fmt.Errorf("release %s: %w", k.ID, err)
+		}
+		u := records.Update{ID: k.ID, Queued: job.StateEnqueued, Seq: ack.Sequence, Graph: env.Graph}
+		if kenv, err := wire.DecodeEnvelope(k.Data, 0); err == nil {
+			u.Name, u.Channel, u.EnqueuedAt, u.Description = kenv.Name, kenv.Channel, wire.FromMillis(kenv.EnqueuedAt), kenv.Description
+		}
+		w.record(u)
+	}
+	return nil
+}
+
+// scheduleRetry puts the next attempt in a message schedule and acks the
+// current message, so no capacity is held while waiting.
+func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay time.Duration) error {
+	msg, env := it.msg, it.env
+	next := *env
+	next.Attempt = attempt
+	at := time.Now().Add(delay)
+	next.ETA = at.UnixMilli()
+	data, err := wire.EncodeEnvelope(&next)
+	if err != nil {
+		return err
+	}
+	out := nats.NewMsg(w.names.ScheduleSubject(env.ID))
+	for k, v := range msg.Headers() {
+		if len(k) >= 5 && k[:5] == "Nats-" {
+			continue
+		}
+		out.Header[k] = v
+	}
+	out.Header[wire.HeaderSchedule] = []string{"@at " + at.UTC().Format(time.RFC3339Nano)}
+	out.Header[wire.HeaderSchTarget] = []string{msg.Subject()} // same channel and band
+	out.Data = data
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := w.js.PublishMsg(pctx, out); err != nil {
+		return err
+	}
+	w.forgetHandbacks(it)
+	if !it.settle() {
+		return nil
+	}
+	return msg.Ack()
+}
+
+// dead copies the message to the dead-letter stream with why it died, and
+// only then removes it from the jobs stream. If the copy fails the message
+// stays and comes back later: nothing is dropped.
+func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack string, started time.Time) {
+	msg, meta, env := it.msg, it.meta, it.env
+	dl := wire.DeadLetter{
+		V: 1, Reason: reason, Error: cause.Error(), ErrorType: errorType(cause), Stack: stack,
+		Attempts: attempts, Subject: msg.Subject(), StreamSeq: meta.Sequence.Stream, DiedAt: time.Now().UnixMilli(),
+		Worker: w.cfg.name, Headers: msg.Headers(), Data: msg.Data(),
+	}
+	subject := w.names.DeadMalformedSubject(meta.Sequence.Stream)
+	msgID := "dead.seq." + strconv.FormatUint(meta.Sequence.Stream, 10)
+	if env != nil {
+		dl.JobID, dl.JobName, dl.Channel, dl.EnqueuedAt = env.ID, env.Name, env.Channel, env.EnqueuedAt
+		subject = w.names.DeadJobSubject(env.ID)
+		msgID = "dead." + env.ID + "." + strconv.FormatUint(meta.Sequence.Stream, 10)
+	}
+	log := w.log.With(w.msgFields(it, attempts)...)
+	data, err := wire.Marshal(&dl)
+	if err == nil {
+		out := nats.NewMsg(subject)
+		out.Header[wire.HeaderMsgID] = []string{msgID}
+		out.Header[wire.HeaderDeadWhy] = []string{reason}
+		if env != nil {
+			out.Header[wire.HeaderJobID] = []string{env.ID}
+			out.Header[wire.HeaderJobName] = []string{env.Name}
+		}
+		out.Data = data
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = w.js.PublishMsg(ctx, out)
+		cancel()
+	}
+	if err != nil {
+		log.Error("dead letter not stored; the job stays queued and comes back", zap.Error(err))
+		if it.settle() {
+			_ = msg.NakWithDelay(5 * time.Second)
+		}
+		return
+	}
+	if !it.settle() {
+		log.Warn("dead-lettered after it was handed back at shutdown; a duplicate letter may follow")
+	} else if err := msg.TermWithReason(reason); err != nil {
+		log.Warn("term failed after dead-lettering; a duplicate letter may follow", zap.Error(err))
+	}
+	w.forgetHandbacks(it)
+	if env != nil {
+		if env.Identity != "" {
+			w.releaseIdentity(env.Identity, env.ID)
+		}
+		channel := env.Channel
+		if channel == "" {
+			channel = job.DefaultChannel
+		}
+		w.record(records.Update{ID: env.ID, State: job.StateDead, Name: env.Name, Channel: channel, Attempts: attempts,
+			Error: cause.Error(), ErrorType: errorType(cause), Stack: stack, StartedAt: started, EndedAt: time.Now(),
+			Worker: w.cfg.name, Graph: env.Graph, EnqueuedAt: wire.FromMillis(env.EnqueuedAt)})
+		if started.IsZero() { // never ran: JobStarted did not count it
+			w.metrics.JobRejected(context.Background(), env.Name, channel, telemetry.OutcomeDead)
+		}
+	} else {
+		w.metrics.JobRejected(context.Background(), "", "", telemetry.OutcomeDead)
+	}
+	log.Error("job dead-lettered", zap.String("reason", reason), redactedErr(cause))
+}
+
+// base is what every record update of a run carries, so that any single
+// write holds the whole picture.
+func (w *Worker) base(m *Message, started time.Time) records.Update {
+	mr, prio := m.MaxRetries, m.Priority
+	return records.Update{ID: m.ID, Name: m.Name, Channel: m.Channel, Priority: &prio, Attempts: m.Attempt,
+		MaxRetries: &mr, Description: m.Description, Worker: w.cfg.name, StartedAt: started,
+		EnqueuedAt: m.EnqueuedAt, Identity: m.IdentityKey, Graph: m.graph}
+}
+
+func recordsCancelled(id string) records.Update {
+	return records.Update{ID: id, State: job.StateCancelled, EndedAt: time.Now()}
+}
+
+// redactedErr logs a job's error with URLs' passwords and tokens masked:
+// handlers' errors often quote the URL they failed on.
+func redactedErr(err error) zap.Field { return zap.String("error", telemetry.Redact(err.Error())) }
+
+func (w *Worker) record(u records.Update) {
+	if w.rec != nil {
+		w.rec.Record(u)
+	}
+}
+
+func (w *Worker) recordTTL() time.Duration {
+	if w.cfg.recordTTL > 0 {
+		return w.cfg.recordTTL
+	}
+	return records.DefaultTTL
+}
+
+// claimTick records that a periodic tick's job exists (false if it did).
+func (w *Worker) claimTick(id string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ok, err := w.cfg.rdb.SetNX(ctx, w.names.RedisKey("tick", id), "1", 24*time.Hour).Result()
+	return ok || err != nil // without Redis, run it rather than lose it
+}
+
+var releaseIdentityScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// releaseIdentity frees a job's identity key once it starts (or dies), so a
+// new job with the same key may be enqueued.
+func (w *Worker) releaseIdentity(key, id string) {
+	if w.cfg.rdb == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := releaseIdentityScript.Run(ctx, w.cfg.rdb, []string{w.names.RedisKey("identity", key)}, id).Err(); err != nil {
+		w.log.Warn("identity key not released", zap.String("identity_key", key), zap.Error(err))
+	}
+}
+
+// errorType names the type of the error that caused a failure, looking
+// through the wrappers the runtime and fmt add.
+func errorType(err error) string {
+	for err != nil {
+		switch e := err.(type) {
+		case *job.RetryableError:
+			err = e.Err
+			continue
+		case *panicError:
+			return "panic"
+		case interface{ Unwrap() []error }:
+			errs := e.Unwrap()
+			if len(errs) == 0 {
+				break
+			}
+			err = errs[len(errs)-1]
+			continue
+		case interface{ Unwrap() error }:
+			if t := fmt.Sprintf("%T", err); t == "*fmt.wrapError" {
+				err = e.Unwrap()
+				continue
+			}
+		}
+		break
+	}
+	return fmt.Sprintf("%T", err)
+}

@@ -1,0 +1,396 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// Step is a job whose behaviour a test scripts per run.
+type Step struct {
+	Key string `msgpack:"key"`
+	N   int    `msgpack:"n"`
+}
+
+func (Step) JobName() string { return "test.step" }
+
+// JobLabels tells the log lines of the job its backend and model.
+func (Step) JobLabels() (backend, model string) { return "shop-v1", "product" }
+
+// steps scripts Step jobs: script(key, n, run) decides each run's outcome.
+type steps struct {
+	mu     sync.Mutex
+	runs   map[string]int // key -> runs
+	order  []string       // "key#n" of each run
+	script func(ctx context.Context, j *job.Job[Step], run int) (string, error)
+}
+
+func newSteps(script func(ctx context.Context, j *job.Job[Step], run int) (string, error)) *steps {
+	return &steps{runs: map[string]int{}, script: script}
+}
+
+func (s *steps) handler(ctx context.Context, j *job.Job[Step]) (string, error) {
+	s.mu.Lock()
+	s.runs[j.Args.Key]++
+	run := s.runs[j.Args.Key]
+	s.order = append(s.order, fmt.Sprintf("%s#%d", j.Args.Key, run))
+	s.mu.Unlock()
+	return s.script(ctx, j, run)
+}
+
+func (s *steps) count(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.runs[key]
+}
+
+func (s *steps) seen() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.order, " ")
+}
+
+func (s *steps) registry() *worker.Registry {
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, s.handler)
+	return reg
+}
+
+// Jobs a worker received but did not run (prefetched, then a graceful
+// shutdown) go back without losing an attempt: with MaxRetries(1) they
+// still run, once, on the next worker.
+func TestHandedBackJobsKeepTheirAttempts(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.N == 0 {
+			<-release
+		}
+		return "ok", nil
+	})
+	var ids []string
+	for i := 0; i < 10; i++ {
+		id, err := e.d.Enqueue(ctx, Step{Key: fmt.Sprint(i), N: i}, job.WithMaxRetries(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	stopA := e.start(s.registry(), worker.WithConcurrency(1))
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("0") == 1 }, "first job started")
+	cons, err := e.js.Consumer(ctx, wire.MustNames(e.prefix).JobsStream(), wire.MustNames(e.prefix).JobsConsumer("root", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending >= 5
+	}, "the worker holds several jobs it has not started")
+	stopped := make(chan struct{})
+	go func() { stopA(); close(stopped) }()
+	close(release)
+	<-stopped
+	e.start(s.registry())
+	for _, id := range ids {
+		rec := e.waitState(id, job.StateDone, 20*time.Second)
+		if rec.Attempts != 1 {
+			t.Fatalf("job %s: %d attempts, want 1 (hand-backs are not attempts)", id, rec.Attempts)
+		}
+	}
+	for i := 0; i < 10; i++ {
+		if n := s.count(fmt.Sprint(i)); n != 1 {
+			t.Fatalf("job %d ran %d times", i, n)
+		}
+	}
+}
+
+// In a sequential channel a retry waits in place; RetryNoCount there does
+// not count either.
+func TestSequentialNoCountRetriesDoNotCount(t *testing.T) {
+	e := newEnv(t)
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if run <= 3 {
+			return "", job.RetryNoCount(errors.New("backend busy"), 50*time.Millisecond)
+		}
+		return fmt.Sprintf("done at attempt %d", j.Attempt), nil
+	})
+	e.start(s.registry(), worker.WithChannels("root.seq:1:sequential"))
+	id, err := e.d.Enqueue(context.Background(), Step{Key: "k"}, job.WithChannel("root.seq"), job.WithMaxRetries(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := e.waitState(id, job.StateDone, 20*time.Second)
+	if rec.Result != "done at attempt 1" || s.count("k") != 4 {
+		t.Fatalf("record %+v after %d runs", rec, s.count("k"))
+	}
+}
+
+// The head job of a sequential channel, retrying in place, is cancelled:
+// it does not run again, and the channel goes on with the next job.
+func TestCancelRetryingHeadOfSequentialChannel(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "head" {
+			return "", job.RetryAfter(errors.New("down"), 700*time.Millisecond)
+		}
+		return "ok", nil
+	})
+	e.start(s.registry(), worker.WithChannels("root.seq:1:sequential"))
+	head, _ := e.d.Enqueue(ctx, Step{Key: "head"}, job.WithChannel("root.seq"))
+	next, _ := e.d.Enqueue(ctx, Step{Key: "next"}, job.WithChannel("root.seq"))
+	e.waitState(head, job.StateWaiting, 10*time.Second)
+	if err := e.d.Cancel(ctx, head); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	e.waitState(next, job.StateDone, 10*time.Second)
+	e.waitState(head, job.StateCancelled, 10*time.Second)
+	if n := s.count("head"); n != 1 {
+		t.Fatalf("cancelled head ran %d times (%s)", n, s.seen())
+	}
+}
+
+// Cancel of a job a worker holds (waiting for a channel slot) answers
+// ErrStarted and loses nothing: the job still runs.
+func TestCancelOfATakenJobLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "long" {
+			<-release
+		}
+		return "ok", nil
+	})
+	e.start(s.registry(), worker.WithChannels("root.one:1"))
+	long, _ := e.d.Enqueue(ctx, Step{Key: "long"}, job.WithChannel("root.one"))
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("long") == 1 }, "long job running")
+	held, _ := e.d.Enqueue(ctx, Step{Key: "held"}, job.WithChannel("root.one"))
+	names := wire.MustNames(e.prefix)
+	cons, err := e.js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root.one", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 2
+	}, "the second job taken by the worker, waiting for the slot")
+	if err := e.d.Cancel(ctx, held); !errors.Is(err, job.ErrStarted) {
+		t.Fatalf("cancel of a taken job = %v, want ErrStarted", err)
+	}
+	close(release)
+	e.waitState(long, job.StateDone, 10*time.Second)
+	e.waitState(held, job.StateDone, 10*time.Second)
+}
+
+// A requeued job can be cancelled again before it runs.
+func TestRequeuedJobCanBeCancelled(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "bad" {
+			return "", errors.New("permanent")
+		}
+		return "ok", nil
+	})
+	stop := e.start(s.registry())
+	id, _ := e.d.Enqueue(ctx, Step{Key: "bad"})
+	e.waitState(id, job.StateDead, 10*time.Second)
+	stop()
+	if err := e.d.Requeue(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Cancel(ctx, id); err != nil {
+		t.Fatalf("cancel after requeue: %v", err)
+	}
+	e.start(s.registry())
+	marker, _ := e.d.Enqueue(ctx, Step{Key: "marker"})
+	e.waitState(marker, job.StateDone, 10*time.Second)
+	if rec, _ := e.d.Job(ctx, id); rec.State != job.StateCancelled || s.count("bad") != 1 {
+		t.Fatalf("state %s, runs %d", rec.State, s.count("bad"))
+	}
+}
+
+// The shutdown grace period bounds Run even when a handler ignores its
+// context: the job is handed back and completes on another worker.
+func TestShutdownGraceBoundsAStuckHandler(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	never := make(chan struct{})
+	defer close(never)
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if run == 1 {
+			<-never // ignores ctx
+		}
+		return "ok", nil
+	})
+	w, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb),
+		worker.WithShutdownGrace(300*time.Millisecond), worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel+1))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	id, _ := e.d.Enqueue(ctx, Step{Key: "stuck"})
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("stuck") == 1 }, "job running")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return: the grace period is no bound")
+	}
+	e.start(s.registry())
+	e.waitState(id, job.StateDone, 10*time.Second)
+}
+
+// worker.Logger may be used from the job's own goroutines (-race).
+func TestJobLoggerFromSeveralGoroutines(t *testing.T) {
+	e := newEnv(t)
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		var wg sync.WaitGroup
+		for i := 0; i < 4; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				worker.Logger(ctx).Debug("working")
+			}()
+		}
+		wg.Wait()
+		return "ok", nil
+	})
+	e.start(s.registry())
+	id, _ := e.d.Enqueue(context.Background(), Step{Key: "k"})
+	e.waitState(id, job.StateDone, 10*time.Second)
+}
+
+// Every line about a job carries job_id, job_name, channel and attempt,
+// and backend and model when the arguments tell them.
+func TestJobLogLinesCarryTheJobFields(t *testing.T) {
+	e := newEnv(t)
+	core, logs := observer.New(zapcore.DebugLevel)
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		worker.Logger(ctx).Info("handler says hello")
+		if j.Args.Key == "bad" {
+			return "", errors.New("permanent")
+		}
+		return "ok", nil
+	})
+	e.start(s.registry(), worker.WithLogger(zap.New(core)))
+	ctx := context.Background()
+	good, _ := e.d.Enqueue(ctx, Step{Key: "good"}, job.WithChannel("root.shop"))
+	bad, _ := e.d.Enqueue(ctx, Step{Key: "bad"}, job.WithChannel("root.shop"))
+	e.waitState(good, job.StateDone, 10*time.Second)
+	e.waitState(bad, job.StateDead, 10*time.Second)
+	check := func(msg, id string, labels bool) {
+		t.Helper()
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			for _, l := range logs.FilterMessage(msg).All() {
+				f := l.ContextMap()
+				if f["job_id"] == id && f["job_name"] == "test.step" && f["channel"] == "root.shop" && f["attempt"] == int64(1) &&
+					(!labels || f["backend"] == "shop-v1" && f["model"] == "product") {
+					return true
+				}
+			}
+			return false
+		}, "a %q line with the job's fields (lines: %v)", msg, logs.FilterMessage(msg).All())
+	}
+	check("handler says hello", good, true)
+	check("job done", good, true)
+	check("job dead-lettered", bad, false)
+}
+
+// A channel that becomes sequential replaces its per-band consumers: the
+// worker starts (no consumer overlap error) and runs its jobs.
+func TestChannelBecomesSequential(t *testing.T) {
+	e := newEnv(t)
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) { return "ok", nil })
+	ctx := context.Background()
+	stop := e.start(s.registry(), worker.WithChannels("root.x:2"))
+	first, _ := e.d.Enqueue(ctx, Step{Key: "before"}, job.WithChannel("root.x"))
+	e.waitState(first, job.StateDone, 10*time.Second)
+	stop()
+	e.start(s.registry(), worker.WithChannels("root.x:1:sequential"))
+	id, _ := e.d.Enqueue(ctx, Step{Key: "after"}, job.WithChannel("root.x"))
+	e.waitState(id, job.StateDone, 10*time.Second)
+}
+
+// A sequential channel orders its unconfigured sub-channels too: a job of
+// root.seq.sub waits while the head job of root.seq retries.
+func TestSequentialChannelCoversSubChannels(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "head" && run < 3 {
+			return "", job.RetryAfter(errors.New("not yet"), 200*time.Millisecond)
+		}
+		return "ok", nil
+	})
+	e.start(s.registry(), worker.WithChannels("root.seq:1:sequential"), worker.WithConcurrency(8))
+	head, _ := e.d.Enqueue(ctx, Step{Key: "head"}, job.WithChannel("root.seq"))
+	sub, _ := e.d.Enqueue(ctx, Step{Key: "sub"}, job.WithChannel("root.seq.sub"))
+	e.waitState(head, job.StateDone, 20*time.Second)
+	e.waitState(sub, job.StateDone, 20*time.Second)
+	if got := s.seen(); got != "head#1 head#2 head#3 sub#1" {
+		t.Fatalf("run order %q: the sub-channel's job overtook the retrying head", got)
+	}
+}
+
+// countingJS counts the publishes made through a JetStream context.
+type countingJS struct {
+	jetstream.JetStream
+	sync, async atomic.Int64
+}
+
+func (c *countingJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	c.sync.Add(1)
+	return c.JetStream.PublishMsg(ctx, m, opts...)
+}
+
+func (c *countingJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	c.async.Add(1)
+	return c.JetStream.PublishMsgAsync(m, opts...)
+}
+
+// EnqueueMany uses asynchronous publishes: 10k jobs, no synchronous round
+// trip each.
+func TestEnqueueManyPublishesAsynchronously(t *testing.T) {
+	e := newEnv(t)
+	cjs := &countingJS{JetStream: e.js}
+	d, err := dispatcher.New(cjs, dispatcher.WithPrefix(e.prefix), dispatcher.WithRedis(e.rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	items := make([]dispatcher.Item, 10_000)
+	for i := range items {
+		items[i] = dispatcher.Item{Args: Step{Key: fmt.Sprint(i)}}
+	}
+	if _, err := d.EnqueueMany(context.Background(), items); err != nil {
+		t.Fatal(err)
+	}
+	if cjs.sync.Load() != 0 || cjs.async.Load() != int64(len(items)) {
+		t.Fatalf("%d synchronous and %d asynchronous publishes for %d jobs", cjs.sync.Load(), cjs.async.Load(), len(items))
+	}
+}
