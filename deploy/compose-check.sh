@@ -4,8 +4,9 @@
 # (Debian package docker-compose). No Docker engine is needed.
 #
 # If neither is present, it tries `apt-get install -y docker-compose` (as
-# root, on Debian/Ubuntu). If that is impossible it prints SKIP and exits 0;
-# an invalid compose file exits non-zero.
+# root, on Debian/Ubuntu). If that is impossible it prints SKIP and exits 0,
+# or fails when COMPOSE_CHECK_REQUIRE=1 or CI is set (CI must not skip the
+# check silently); an invalid compose file exits non-zero.
 #
 # Missing secret files are generated first (deploy/compose/gen-secrets.sh,
 # git-ignored), so that a Compose version that checks them finds them.
@@ -37,6 +38,10 @@ if ! find_compose; then
 		rm -f "$log"
 	fi
 	if ! find_compose; then
+		if [ "${COMPOSE_CHECK_REQUIRE:-}" = 1 ] || { [ -n "${CI:-}" ] && [ "${CI}" != false ]; }; then
+			echo "FAIL: compose-check: neither 'docker compose' nor 'docker-compose' is available and it could not be installed (required in CI)" >&2
+			exit 1
+		fi
 		echo "SKIP: compose-check: neither 'docker compose' nor 'docker-compose' is available and it could not be installed"
 		exit 0
 	fi

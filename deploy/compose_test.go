@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +38,7 @@ func parseProductionNATS(t *testing.T, syncInterval string) *server.Options {
 	t.Setenv("SERVER_NAME", "nats-0")
 	t.Setenv("NATS_PRODUCER_PASSWORD", "test-producer")
 	t.Setenv("NATS_WORKER_PASSWORD", "test-worker")
+	t.Setenv("NATS_OPERATOR_PASSWORD", "test-operator")
 	t.Setenv("NATS_SYS_PASSWORD", "test-sys")
 	path := filepath.Join("nats", "nats-server.conf")
 	if syncInterval != "" {
@@ -85,7 +87,14 @@ func TestProductionNATSConfig(t *testing.T) {
 	if opts.LameDuckDuration != 30*time.Second || opts.LameDuckGracePeriod != 10*time.Second {
 		t.Errorf("lame duck duration %v, grace %v: want 30s, 10s", opts.LameDuckDuration, opts.LameDuckGracePeriod)
 	}
-	checkUsers(t, opts, map[string]string{"producer": "test-producer", "worker": "test-worker"})
+	checkUsers(t, opts, map[string]string{"producer": "test-producer", "worker": "test-worker", "operator": "test-operator"})
+}
+
+// The production users have exactly the permissions docs/security.md lists
+// for each role (which TestLeastPrivilege in internal/connect exercises),
+// and there is no other user in the CONNECTOR account.
+func TestProductionNATSPermissionsMatchSecurityDoc(t *testing.T) {
+	checkPermissionsMatchDoc(t, "nats/nats-server.conf", parseProductionNATS(t, ""))
 }
 
 // checkUsers checks that the users exist in account CONNECTOR with the
@@ -351,8 +360,15 @@ func permString(p *server.Permissions) string {
 // The Compose users have exactly the permissions docs/security.md lists
 // for each role, and there is no other user in the CONNECTOR account.
 func TestComposeNATSPermissionsMatchSecurityDoc(t *testing.T) {
-	doc := securityDocUsers(t)
 	parsed, _ := composeNATS(t)
+	checkPermissionsMatchDoc(t, "compose/nats.conf", parsed)
+}
+
+// checkPermissionsMatchDoc compares the users of account CONNECTOR in a
+// parsed NATS config with the users block of docs/security.md.
+func checkPermissionsMatchDoc(t *testing.T, where string, parsed *server.Options) {
+	t.Helper()
+	doc := securityDocUsers(t)
 	if len(doc) != 3 {
 		t.Fatalf("docs/security.md lists %d users, want producer, worker, operator", len(doc))
 	}
@@ -364,19 +380,19 @@ func TestComposeNATSPermissionsMatchSecurityDoc(t *testing.T) {
 		seen++
 		want, ok := doc[u.Username]
 		if !ok {
-			t.Errorf("compose/nats.conf: user %q in account CONNECTOR is not a documented role", u.Username)
+			t.Errorf("%s: user %q in account CONNECTOR is not a documented role", where, u.Username)
 			continue
 		}
 		if got, w := permString(u.Permissions), permString(want.Permissions); got != w {
-			t.Errorf("user %s: permissions differ from docs/security.md\ncompose:\n%s\ndoc:\n%s", u.Username, got, w)
+			t.Errorf("%s: user %s: permissions differ from docs/security.md\nconfig:\n%s\ndoc:\n%s", where, u.Username, got, w)
 		}
 		if u.Permissions == nil || u.Permissions.Subscribe == nil ||
 			!slices.Contains(u.Permissions.Subscribe.Allow, "_INBOX_"+u.Username+".>") {
-			t.Errorf("user %s: may not subscribe to its inbox prefix _INBOX_%s.>", u.Username, u.Username)
+			t.Errorf("%s: user %s may not subscribe to its inbox prefix _INBOX_%s.>", where, u.Username, u.Username)
 		}
 	}
 	if seen != len(doc) {
-		t.Errorf("compose/nats.conf: %d users in account CONNECTOR, want %d", seen, len(doc))
+		t.Errorf("%s: %d users in account CONNECTOR, want %d", where, seen, len(doc))
 	}
 }
 
@@ -384,7 +400,7 @@ func TestComposeNATSPermissionsMatchSecurityDoc(t *testing.T) {
 // password file and inbox prefix; the workers do not provision streams.
 func TestComposeServiceRoles(t *testing.T) {
 	p := loadCompose(t)
-	for svc, user := range map[string]string{"provision": "operator", "worker": "worker", "catalog": "producer"} {
+	for svc, user := range map[string]string{"provision": "operator", "shop-schedule": "operator", "worker": "worker", "catalog": "producer"} {
 		env := serviceEnv(t, p.Services[svc])
 		if env["CONNECTOR_NATS_USER"] != user {
 			t.Errorf("service %s: CONNECTOR_NATS_USER %q, want %q", svc, env["CONNECTOR_NATS_USER"], user)
@@ -404,6 +420,58 @@ func TestComposeServiceRoles(t *testing.T) {
 	}
 }
 
+// The workers run the example connector (SHOP_URL and CATALOG_URL set, the
+// shop and catalog services' ports), and the periodic imports are
+// registered by shop-schedule, as the operator, for the shop id the
+// workers know.
+func TestComposeRunsTheExampleConnector(t *testing.T) {
+	p := loadCompose(t)
+	w, sched := serviceEnv(t, p.Services["worker"]), serviceEnv(t, p.Services["shop-schedule"])
+	for k, want := range map[string]string{"SHOP_URL": "http://shop:8081", "CATALOG_URL": "http://catalog:8082"} {
+		if w[k] != want {
+			t.Errorf("worker: %s %q, want %q", k, w[k], want)
+		}
+	}
+	if got := serviceEnv(t, p.Services["shop"])["SHOP_ADDR"]; got != ":8081" {
+		t.Errorf("shop: SHOP_ADDR %q, want :8081", got)
+	}
+	if got := serviceEnv(t, p.Services["catalog"])["CATALOG_ADDR"]; got != ":8082" {
+		t.Errorf("catalog: CATALOG_ADDR %q, want :8082", got)
+	}
+	if w["SHOP_ID"] == "" || sched["SHOP_ID"] != w["SHOP_ID"] {
+		t.Errorf("SHOP_ID: worker %q, shop-schedule %q: want the same, set", w["SHOP_ID"], sched["SHOP_ID"])
+	}
+	if sched["SHOP_IMPORT_SCHEDULE"] == "" || sched["SHOP_IMPORT_SCHEDULE"] != w["SHOP_IMPORT_SCHEDULE"] {
+		t.Errorf("SHOP_IMPORT_SCHEDULE: worker %q, shop-schedule %q: want the same, set", w["SHOP_IMPORT_SCHEDULE"], sched["SHOP_IMPORT_SCHEDULE"])
+	}
+	if v := w["SHOP_VERSION"]; v != "v1" && v != "v2" {
+		t.Errorf("worker: SHOP_VERSION %q, want v1 or v2", v)
+	}
+	if got := slices.Collect(maps.Keys(p.Services["shop-schedule"].DependsOn)); !slices.Equal(got, []string{"provision"}) {
+		t.Errorf("shop-schedule depends on %v, want the provision service (the jobs stream must exist)", got)
+	}
+	for _, dep := range []string{"shop", "catalog"} {
+		if c := p.Services["worker"].DependsOn[dep].Condition; c != "service_healthy" {
+			t.Errorf("worker depends on %s with condition %q, want service_healthy", dep, c)
+		}
+	}
+}
+
+// natsServerModuleVersion returns the major and minor version of
+// github.com/nats-io/nats-server/v2 in go.mod: the server the tests run.
+func natsServerModuleVersion(t *testing.T) (int, int) {
+	t.Helper()
+	raw, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*github\.com/nats-io/nats-server/v2 v(\d+)\.(\d+)\.`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("go.mod: no github.com/nats-io/nats-server/v2 requirement")
+	}
+	return atoi(string(m[1])), atoi(string(m[2]))
+}
+
 // ---- docker-compose.yml ----
 
 type composeService struct {
@@ -419,6 +487,9 @@ type composeService struct {
 	Deploy          struct {
 		Replicas int `json:"replicas"`
 	} `json:"deploy"`
+	DependsOn map[string]struct {
+		Condition string `json:"condition"`
+	} `json:"depends_on"`
 }
 
 type composeProject struct {
@@ -512,7 +583,7 @@ func secretNames(s composeService) []string {
 
 func TestComposeFile(t *testing.T) {
 	p := loadCompose(t)
-	for _, name := range []string{"nats", "redis", "provision", "worker", "shop", "catalog", "otel-collector", "jaeger"} {
+	for _, name := range []string{"nats", "redis", "provision", "shop-schedule", "worker", "shop", "catalog", "otel-collector", "jaeger"} {
 		if _, ok := p.Services[name]; !ok {
 			t.Errorf("no service %q", name)
 		}
@@ -541,13 +612,21 @@ func TestComposeFile(t *testing.T) {
 		t.Errorf("worker stop_grace_period %q, want at least CONNECTOR_SHUTDOWN_GRACE (%v) + 2s", w.StopGracePeriod, grace)
 	}
 
-	// NATS: 2.12 or newer, JetStream on, the config file mounted.
+	// NATS: 2.14 or newer (the periodic imports are @every message
+	// schedules), the same minor version as the server the tests run,
+	// JetStream on, the config file mounted.
 	n := p.Services["nats"]
 	m := regexp.MustCompile(`^nats:(\d+)\.(\d+)`).FindStringSubmatch(n.Image)
 	if m == nil {
 		t.Errorf("nats image %q: want nats:MAJOR.MINOR[...]", n.Image)
-	} else if major, _ := strconv.Atoi(m[1]); major < 2 || major == 2 && atoi(m[2]) < 12 {
-		t.Errorf("nats image %q: want 2.12 or newer", n.Image)
+	} else {
+		major, minor := atoi(m[1]), atoi(m[2])
+		if major < 2 || major == 2 && minor < 14 {
+			t.Errorf("nats image %q: want 2.14 or newer (@every schedules)", n.Image)
+		}
+		if gm, gn := natsServerModuleVersion(t); major != gm || minor != gn {
+			t.Errorf("nats image %q: want %d.%d, the nats-server of go.mod that the tests run", n.Image, gm, gn)
+		}
 	}
 	if !slices.Contains(n.Command, "-js") || !slices.Contains(n.Command, "--config") {
 		t.Errorf("nats command %q: want --config and -js", n.Command)
@@ -588,7 +667,7 @@ func TestComposeFile(t *testing.T) {
 				}
 			}
 		}
-		if slices.Contains([]string{"connector", "shop", "catalog"}, firstOr(s.Command)) && s.Build == nil {
+		if slices.Contains([]string{"connector", "shop", "catalog", "shop-schedule"}, firstOr(s.Command)) && s.Build == nil {
 			t.Errorf("service %s runs the project image but has no build", svcName)
 		}
 	}
@@ -687,6 +766,18 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
 	}
+	// The build stage's Go is at least the go.mod's.
+	gomod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	need := regexp.MustCompile(`(?m)^go (\d+)\.(\d+)`).FindStringSubmatch(string(gomod))
+	have := regexp.MustCompile(`(?m)^ARG GO_VERSION=(\d+)\.(\d+)`).FindStringSubmatch(df)
+	if need == nil || have == nil {
+		t.Errorf("go directive %v, ARG GO_VERSION %v: want both", need, have)
+	} else if hm, hn, nm, nn := atoi(have[1]), atoi(have[2]), atoi(need[1]), atoi(need[2]); hm < nm || hm == nm && hn < nn {
+		t.Errorf("ARG GO_VERSION=%s.%s is older than go.mod's go %s.%s", have[1], have[2], need[1], need[2])
+	}
 	ignore, err := os.ReadFile("../.dockerignore")
 	if err != nil {
 		t.Fatal(err)
@@ -695,11 +786,16 @@ func TestDockerfile(t *testing.T) {
 		t.Error(".dockerignore must keep .git and secrets out of the build context")
 	}
 
-	// Compose commands come from main packages named like the binary.
-	mains := map[string]string{"connector": "../cmd/connector", "shop": "../examples/shop/cmd/shop", "catalog": "../examples/catalog/cmd/catalog"}
+	// Compose commands of the project image come from main packages named
+	// like the binary.
+	mains := map[string]string{"connector": "../cmd/connector", "shop": "../examples/shop/cmd/shop",
+		"catalog": "../examples/catalog/cmd/catalog", "shop-schedule": "../examples/shopconnector/cmd/shop-schedule"}
 	seen := map[string]bool{}
-	for _, s := range loadCompose(t).Services {
+	for name, s := range loadCompose(t).Services {
 		cmd := firstOr(s.Command)
+		if _, ok := mains[cmd]; s.Build != nil && !ok {
+			t.Errorf("service %s runs %q from the project image: not a known main package %v", name, cmd, slices.Sorted(maps.Keys(mains)))
+		}
 		if dir, ok := mains[cmd]; ok && !seen[cmd] {
 			seen[cmd] = true
 			t.Run(cmd, func(t *testing.T) {

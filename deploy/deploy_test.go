@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -39,17 +40,16 @@ type scaledObject struct {
 }
 
 type scaledObjectSpec struct {
-	ScaleTargetRef        *scaleTarget     `json:"scaleTargetRef"`
-	PollingInterval       *int32           `json:"pollingInterval,omitempty"`
-	InitialCooldownPeriod *int32           `json:"initialCooldownPeriod,omitempty"`
-	CooldownPeriod        *int32           `json:"cooldownPeriod,omitempty"`
-	IdleReplicaCount      *int32           `json:"idleReplicaCount,omitempty"`
-	MinReplicaCount       *int32           `json:"minReplicaCount,omitempty"`
-	MaxReplicaCount       *int32           `json:"maxReplicaCount,omitempty"`
-	Advanced              *advancedConfig  `json:"advanced,omitempty"`
-	Triggers              []scaleTrigger   `json:"triggers"`
-	Fallback              *fallbackConfig  `json:"fallback,omitempty"`
-	ScalingModifiers      *json.RawMessage `json:"scalingModifiers,omitempty"`
+	ScaleTargetRef        *scaleTarget    `json:"scaleTargetRef"`
+	PollingInterval       *int32          `json:"pollingInterval,omitempty"`
+	InitialCooldownPeriod *int32          `json:"initialCooldownPeriod,omitempty"`
+	CooldownPeriod        *int32          `json:"cooldownPeriod,omitempty"`
+	IdleReplicaCount      *int32          `json:"idleReplicaCount,omitempty"`
+	MinReplicaCount       *int32          `json:"minReplicaCount,omitempty"`
+	MaxReplicaCount       *int32          `json:"maxReplicaCount,omitempty"`
+	Advanced              *advancedConfig `json:"advanced,omitempty"`
+	Triggers              []scaleTrigger  `json:"triggers"`
+	Fallback              *fallbackConfig `json:"fallback,omitempty"`
 }
 
 type scaleTarget struct {
@@ -64,12 +64,14 @@ type advancedConfig struct {
 		Name     string                                         `json:"name,omitempty"`
 		Behavior *autoscalingv2.HorizontalPodAutoscalerBehavior `json:"behavior,omitempty"`
 	} `json:"horizontalPodAutoscalerConfig,omitempty"`
-	RestoreToOriginalReplicaCount bool `json:"restoreToOriginalReplicaCount,omitempty"`
+	RestoreToOriginalReplicaCount bool             `json:"restoreToOriginalReplicaCount,omitempty"`
+	ScalingModifiers              *json.RawMessage `json:"scalingModifiers,omitempty"`
 }
 
 type fallbackConfig struct {
-	FailureThreshold int32 `json:"failureThreshold"`
-	Replicas         int32 `json:"replicas"`
+	FailureThreshold int32  `json:"failureThreshold"`
+	Replicas         int32  `json:"replicas"`
+	Behavior         string `json:"behavior,omitempty"`
 }
 
 type scaleTrigger struct {
@@ -219,6 +221,7 @@ func TestStrictDecoderRejectsMistakes(t *testing.T) {
 		"duplicate key":  "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b, a: c}\n",
 		"wrong type":     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: 1}\n",
 		"keda typo":      "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: x}\nspec:\n  minReplicas: 1\n",
+		"keda misplaced": "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: x}\nspec:\n  scalingModifiers: {formula: x}\n",
 		"keda number":    "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: x}\nspec:\n  triggers: [{type: t, metadata: {lagThreshold: 10}}]\n",
 		"unknown kind":   "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
 	} {
@@ -341,6 +344,60 @@ func TestWorkerDeployment(t *testing.T) {
 	checkSecretFiles(t, m, cfg, c, spec)
 }
 
+// Each pod connects to NATS as its role of docs/security.md, a user of the
+// production NATS config, with that role's reply-subject prefix, and mounts
+// only its role's Secret: a worker pod never holds the operator's password.
+// The workers do not provision streams (their user may not).
+func TestKubernetesRoles(t *testing.T) {
+	m := loadManifests(t)
+	cfg := configData(t, m)
+	if cfg["CONNECTOR_PREFIX"] != wire.DefaultPrefix {
+		t.Errorf("CONNECTOR_PREFIX %q: the permissions of nats/nats-server.conf are written for %q", cfg["CONNECTOR_PREFIX"], wire.DefaultPrefix)
+	}
+	for _, k := range []string{"CONNECTOR_NATS_USER", "CONNECTOR_NATS_INBOX_PREFIX", "CONNECTOR_PROVISION"} {
+		if _, ok := cfg[k]; ok {
+			t.Errorf("ConfigMap sets %s, which differs per role: set it in the pod specs", k)
+		}
+	}
+	users := map[string]bool{}
+	for _, u := range parseProductionNATS(t, "").Users {
+		if u.Account != nil && u.Account.Name == "CONNECTOR" {
+			users[u.Username] = true
+		}
+	}
+	d := only[*appsv1.Deployment](t, m)
+	job := only[*batchv1.Job](t, m)
+	pods := []struct {
+		who, user, secret string
+		spec              corev1.PodSpec
+	}{
+		{"worker", "worker", "connector-worker-secrets", d.Spec.Template.Spec},
+		{"provision", "operator", "connector-operator-secrets", job.Spec.Template.Spec},
+	}
+	for _, p := range pods {
+		if len(p.spec.Containers) != 1 {
+			t.Fatalf("%s: %d containers", p.who, len(p.spec.Containers))
+		}
+		c := p.spec.Containers[0]
+		env := podEnv(cfg, c)
+		if env["CONNECTOR_NATS_USER"] != p.user || !users[p.user] {
+			t.Errorf("%s: CONNECTOR_NATS_USER %q, want %q, a user of account CONNECTOR in nats/nats-server.conf (%v)", p.who, env["CONNECTOR_NATS_USER"], p.user, users)
+		}
+		if want := "_INBOX_" + p.user; env["CONNECTOR_NATS_INBOX_PREFIX"] != want {
+			t.Errorf("%s: CONNECTOR_NATS_INBOX_PREFIX %q, want %q", p.who, env["CONNECTOR_NATS_INBOX_PREFIX"], want)
+		}
+		if got := checkSecretFiles(t, m, cfg, c, p.spec); !slices.Equal(got, []string{p.secret}) {
+			t.Errorf("%s: mounts Secrets %v, want only %s", p.who, got, p.secret)
+		}
+	}
+	if env := podEnv(cfg, d.Spec.Template.Spec.Containers[0]); env["CONNECTOR_PROVISION"] != "false" {
+		t.Errorf("worker: CONNECTOR_PROVISION %q, want false (the worker user may not create streams)", env["CONNECTOR_PROVISION"])
+	}
+	if n := len(secretsByName(m)); n != len(pods) {
+		t.Errorf("secret.example.yaml describes %d Secrets, want one per role (%d)", n, len(pods))
+	}
+}
+
 func checkProbe(t *testing.T, name string, p *corev1.Probe, c corev1.Container, path string) {
 	t.Helper()
 	if p == nil || p.HTTPGet == nil {
@@ -375,37 +432,87 @@ func checkConfigFrom(t *testing.T, who string, c corev1.Container) {
 	t.Errorf("%s: container %s does not read ConfigMap connector-config (envFrom)", who, c.Name)
 }
 
-// checkSecretFiles checks that every *_FILE path of the config is a key of
-// the Secret template, mounted from that Secret.
-func checkSecretFiles(t *testing.T, m *manifests, cfg map[string]string, c corev1.Container, spec corev1.PodSpec) {
-	t.Helper()
-	secret := only[*corev1.Secret](t, m)
+// secretsByName returns the Secrets of the manifests (the template) by name.
+func secretsByName(m *manifests) map[string]*corev1.Secret {
+	out := map[string]*corev1.Secret{}
+	for _, objs := range m.files {
+		for _, o := range objs {
+			if s, ok := o.(*corev1.Secret); ok {
+				out[s.Name] = s
+			}
+		}
+	}
+	return out
+}
+
+// podEnv is what a container sees: the ConfigMap (envFrom), then its own
+// literal env entries, which win.
+func podEnv(cfg map[string]string, c corev1.Container) map[string]string {
+	env := maps.Clone(cfg)
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			env[e.Name] = e.Value
+		}
+	}
+	return env
+}
+
+// secretMounts returns the Secrets a container mounts: mount path -> Secret
+// name.
+func secretMounts(c corev1.Container, spec corev1.PodSpec) map[string]string {
 	volumes := map[string]corev1.Volume{}
 	for _, v := range spec.Volumes {
 		volumes[v.Name] = v
 	}
-	for k, path := range cfg {
-		if !strings.HasSuffix(k, "_FILE") {
-			continue
-		}
-		found := false
-		for _, vm := range c.VolumeMounts {
-			v := volumes[vm.Name]
-			if v.Secret == nil || v.Secret.SecretName != secret.Name || filepath.Dir(path) != vm.MountPath {
-				continue
-			}
-			if _, ok := secret.StringData[filepath.Base(path)]; !ok {
-				t.Errorf("%s=%s: no key %q in Secret %s", k, path, filepath.Base(path), secret.Name)
-			}
-			if m := v.Secret.DefaultMode; m == nil || *m != 0o400 && *m != 0o440 {
-				t.Errorf("secret volume %s: defaultMode %v, want 0400 or 0440 (owner and fsGroup only)", v.Name, v.Secret.DefaultMode)
-			}
-			found = true
-		}
-		if !found {
-			t.Errorf("%s=%s: not under a mount of Secret %s in container %s", k, path, secret.Name, c.Name)
+	out := map[string]string{}
+	for _, vm := range c.VolumeMounts {
+		if v := volumes[vm.Name]; v.Secret != nil {
+			out[vm.MountPath] = v.Secret.SecretName
 		}
 	}
+	return out
+}
+
+// checkSecretFiles checks that every *_FILE path a container reads (from
+// the ConfigMap or its own env) is a key of a Secret of the template,
+// mounted read-only with owner/group-only permissions, and returns the
+// names of the Secrets mounted.
+func checkSecretFiles(t *testing.T, m *manifests, cfg map[string]string, c corev1.Container, spec corev1.PodSpec) []string {
+	t.Helper()
+	secrets := secretsByName(m)
+	mounts := secretMounts(c, spec)
+	for _, v := range spec.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		if secrets[v.Secret.SecretName] == nil {
+			t.Errorf("container %s: volume %s mounts Secret %q, which secret.example.yaml does not describe", c.Name, v.Name, v.Secret.SecretName)
+		}
+		if m := v.Secret.DefaultMode; m == nil || *m != 0o400 && *m != 0o440 {
+			t.Errorf("secret volume %s: defaultMode %v, want 0400 or 0440 (owner and fsGroup only)", v.Name, v.Secret.DefaultMode)
+		}
+	}
+	for _, vm := range c.VolumeMounts {
+		if _, isSecret := mounts[vm.MountPath]; isSecret && !vm.ReadOnly {
+			t.Errorf("container %s: Secret mount %s is not readOnly", c.Name, vm.MountPath)
+		}
+	}
+	for k, path := range podEnv(cfg, c) {
+		if !strings.HasSuffix(k, "_FILE") && k != "CONNECTOR_NATS_CREDS" && k != "CONNECTOR_NATS_NKEY" {
+			continue
+		}
+		name, ok := mounts[filepath.Dir(path)]
+		if !ok {
+			t.Errorf("%s=%s: not under a Secret mount in container %s", k, path, c.Name)
+			continue
+		}
+		if s := secrets[name]; s != nil {
+			if _, ok := s.StringData[filepath.Base(path)]; !ok {
+				t.Errorf("%s=%s: no key %q in Secret %s", k, path, filepath.Base(path), name)
+			}
+		}
+	}
+	return slices.Sorted(maps.Values(mounts))
 }
 
 var secretName = regexp.MustCompile(`(?i)PASSWORD|TOKEN|SECRET|CREDS|PRIVATE|API_?KEY`)
@@ -604,34 +711,48 @@ func TestKEDAScaledObject(t *testing.T) {
 			t.Errorf("trigger %d: consumer %q is not one the workers create (%v)", i, tr.Metadata["consumer"], consumers)
 		}
 	}
-	md := so.Spec.Triggers[0].Metadata
-	for k := range md {
-		if !slices.Contains(kedaJetStreamKeys, k) {
-			t.Errorf("trigger metadata %q is not a nats-jetstream parameter (%v)", k, kedaJetStreamKeys)
-		}
-	}
-	for _, k := range []string{"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"} {
-		if md[k] == "" {
-			t.Errorf("trigger metadata %s missing", k)
-		}
-	}
-	if n, err := strconv.Atoi(md["lagThreshold"]); err != nil || n <= 0 {
-		t.Errorf("lagThreshold %q: want a positive integer", md["lagThreshold"])
-	}
-	if want := strings.ToUpper(cfg["CONNECTOR_PREFIX"]) + "_JOBS"; md["stream"] != want {
-		t.Errorf("stream %q, want %q (from CONNECTOR_PREFIX %q)", md["stream"], want, cfg["CONNECTOR_PREFIX"])
-	}
-	if strings.Contains(md["natsServerMonitoringEndpoint"], "://") || !strings.HasSuffix(md["natsServerMonitoringEndpoint"], ":8222") {
-		t.Errorf("natsServerMonitoringEndpoint %q: want host:8222 without a scheme", md["natsServerMonitoringEndpoint"])
-	}
-	// The account must exist in the production NATS config.
 	opts := parseProductionNATS(t, "")
-	found := md["account"] == "$G"
-	for _, a := range opts.Accounts {
-		found = found || a.Name == md["account"]
-	}
-	if !found {
-		t.Errorf("account %q is not an account of nats/nats-server.conf", md["account"])
+	seen := map[string]bool{}
+	for i, tr := range so.Spec.Triggers {
+		md := tr.Metadata
+		if seen[md["consumer"]] {
+			t.Errorf("trigger %d: consumer %q listed twice", i, md["consumer"])
+		}
+		seen[md["consumer"]] = true
+		for k := range md {
+			if !slices.Contains(kedaJetStreamKeys, k) {
+				t.Errorf("trigger %d: metadata %q is not a nats-jetstream parameter (%v)", i, k, kedaJetStreamKeys)
+			}
+		}
+		for _, k := range []string{"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"} {
+			if md[k] == "" {
+				t.Errorf("trigger %d: metadata %s missing", i, k)
+			}
+		}
+		for _, k := range []string{"lagThreshold", "activationLagThreshold"} {
+			if v, ok := md[k]; ok {
+				if n, err := strconv.Atoi(v); err != nil || n < 0 || k == "lagThreshold" && n == 0 {
+					t.Errorf("trigger %d: %s %q: want a positive integer", i, k, v)
+				}
+			}
+		}
+		if v, ok := md["useHttps"]; ok && v != "true" && v != "false" {
+			t.Errorf("trigger %d: useHttps %q: want \"true\" or \"false\"", i, v)
+		}
+		if want := strings.ToUpper(cfg["CONNECTOR_PREFIX"]) + "_JOBS"; md["stream"] != want {
+			t.Errorf("trigger %d: stream %q, want %q (from CONNECTOR_PREFIX %q)", i, md["stream"], want, cfg["CONNECTOR_PREFIX"])
+		}
+		if ep := md["natsServerMonitoringEndpoint"]; strings.Contains(ep, "://") || !strings.HasSuffix(ep, ":8222") {
+			t.Errorf("trigger %d: natsServerMonitoringEndpoint %q: want host:8222 without a scheme", i, ep)
+		}
+		// The account must exist in the production NATS config.
+		found := md["account"] == "$G"
+		for _, a := range opts.Accounts {
+			found = found || a.Name == md["account"]
+		}
+		if !found {
+			t.Errorf("trigger %d: account %q is not an account of nats/nats-server.conf", i, md["account"])
+		}
 	}
 }
 
@@ -696,7 +817,7 @@ var requiredConfig = []string{
 
 func TestConfigMapHasEveryKey(t *testing.T) {
 	cfg := configData(t, loadManifests(t))
-	for _, k := range append(requiredConfig, "CONNECTOR_NATS_USER", "CONNECTOR_NATS_PASSWORD_FILE") {
+	for _, k := range append(requiredConfig, "CONNECTOR_NATS_PASSWORD_FILE") {
 		if cfg[k] == "" {
 			t.Errorf("ConfigMap lacks %s", k)
 		}

@@ -154,19 +154,27 @@ func endToEnd(t *testing.T, version string) {
 
 // fields are the shop field names of an API version.
 type fields struct {
-	name, email string
-	price       func(float64) map[string]any
-	priceOf     func(map[string]any) float64
+	name, email, customerName, status, lines string
+	price                                    func(float64) map[string]any
+	priceOf                                  func(map[string]any) float64
+	// customerOf and productOf give the shop ids an order and a line refer to.
+	customerOf, productOf func(map[string]any) string
 }
 
 func fieldsOf(version string) fields {
 	if version == "v1" {
-		return fields{name: "name", email: "email",
-			price:   func(p float64) map[string]any { return map[string]any{"price": p} },
-			priceOf: func(r map[string]any) float64 { f, _ := r["price"].(float64); return f },
+		return fields{name: "name", email: "email", customerName: "name", status: "status", lines: "lines",
+			price:      func(p float64) map[string]any { return map[string]any{"price": p} },
+			priceOf:    func(r map[string]any) float64 { f, _ := r["price"].(float64); return f },
+			customerOf: func(r map[string]any) string { return fmt.Sprint(r["customer_id"]) },
+			productOf:  func(r map[string]any) string { return fmt.Sprint(r["product_id"]) },
 		}
 	}
-	return fields{name: "title", email: "email_address",
+	nested := func(key string) func(map[string]any) string {
+		return func(r map[string]any) string { m, _ := r[key].(map[string]any); return fmt.Sprint(m["id"]) }
+	}
+	return fields{name: "title", email: "email_address", customerName: "display_name", status: "state", lines: "items",
+		customerOf: nested("customer"), productOf: nested("product"),
 		price: func(p float64) map[string]any {
 			return map[string]any{"unit_price": map[string]any{"amount": fmt.Sprintf("%.2f", p), "currency": "EUR"}}
 		},
@@ -351,14 +359,18 @@ func (e *e2e) assertExports(t *testing.T, jobs, shopWrites int) {
 	}
 }
 
-// assertSynced checks that every product and customer of the shop has
-// exactly one catalog record, bound both ways, with the same values.
+// assertSynced checks that every product, customer and order of the shop
+// has exactly one catalog record, bound both ways, with the same values
+// (an order's customer and lines' products translated through the
+// bindings).
 func (e *e2e) assertSynced(t *testing.T, f fields) {
 	t.Helper()
 	ctx := context.Background()
 	for _, m := range []struct{ model, path, field, shopField string }{
 		{catalog.Product, "products", "name", f.name},
 		{catalog.Customer, "customers", "email", f.email},
+		{catalog.Customer, "customers", "name", f.customerName},
+		{catalog.Order, "orders", "state", f.status},
 	} {
 		var shopIDs []string
 		for _, r := range e.shopList(m.path) {
@@ -386,6 +398,30 @@ func (e *e2e) assertSynced(t *testing.T, f fields) {
 			if m.model == catalog.Product && f.priceOf(sr) != cr["price"] {
 				t.Fatalf("product %s/%s: shop price %v, catalog %v", ext, local, f.priceOf(sr), cr["price"])
 			}
+			if m.model == catalog.Order {
+				e.assertOrder(t, f, ext, sr, cr)
+			}
+		}
+	}
+}
+
+// assertOrder checks that a catalog order refers to the catalog records
+// bound to the shop order's customer and products.
+func (e *e2e) assertOrder(t *testing.T, f fields, ext string, sr, cr map[string]any) {
+	t.Helper()
+	if want := e.local(catalog.Customer, f.customerOf(sr)); cr["customer_id"] != want {
+		t.Fatalf("order %s: catalog customer %v, want %s (shop customer %s)", ext, cr["customer_id"], want, f.customerOf(sr))
+	}
+	shopLines, _ := sr[f.lines].([]any)
+	catLines, _ := cr["lines"].([]any)
+	if len(shopLines) == 0 || len(shopLines) != len(catLines) {
+		t.Fatalf("order %s: %d shop lines, %d catalog lines", ext, len(shopLines), len(catLines))
+	}
+	for i := range shopLines {
+		sl, _ := shopLines[i].(map[string]any)
+		cl, _ := catLines[i].(map[string]any)
+		if want := e.local(catalog.Product, f.productOf(sl)); cl["product_id"] != want {
+			t.Fatalf("order %s line %d: catalog product %v, want %s", ext, i, cl["product_id"], want)
 		}
 	}
 }

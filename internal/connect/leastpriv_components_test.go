@@ -37,9 +37,12 @@ func (lpBroken) JobName() string { return "lp.broken" }
 // TestLeastPrivilegeComponents runs the real dispatcher (as producer and as
 // operator) and worker under the documented permissions: a job, a job with
 // a delay (message schedule), a retry and a dead letter, then the operator
-// requeues the dead letter; events published by the producer are handled
-// by listeners on the worker's connection, and a failing listener's dead
-// letter is written. No role may hit a permissions violation.
+// requeues the dead letter and registers a periodic job, which the worker
+// runs; events published by the producer are handled by listeners on the
+// worker's connection, and a failing listener's dead letter is written.
+// Bad input from the producer (unknown envelope version, nesting too deep,
+// a job or an event over the size limit) is dead-lettered as malformed. No
+// role may hit a permissions violation.
 func TestLeastPrivilegeComponents(t *testing.T) {
 	prefix := testenv.Prefix(t)
 	n := wire.MustNames(prefix)
@@ -71,9 +74,12 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	work := connectRole(t, srv.URL, "worker", pw, "_INBOX_worker")
 
 	// Worker.
-	var brokenRuns, flakyRuns atomic.Int32
+	var brokenRuns, flakyRuns, ticks atomic.Int32
 	reg := worker.NewRegistry()
 	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[lpImport]) (string, error) {
+		if j.Args.ID == "tick" {
+			ticks.Add(1)
+		}
 		if j.Args.ID == "flaky" && flakyRuns.Add(1) == 1 {
 			return "", job.RetryAfter(errors.New("backend busy"), 50*time.Millisecond)
 		}
@@ -83,8 +89,11 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		brokenRuns.Add(1)
 		return "", errors.New("permanently broken")
 	})
+	// Size limits below the server's max_payload, so that the worker's and
+	// the listeners' own checks are what refuses an oversized message.
+	const maxSize = 64 << 10
 	w, err := worker.New(work.js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb),
-		worker.WithoutProvisioning(), worker.WithLogger(zap.NewNop()))
+		worker.WithoutProvisioning(), worker.WithLogger(zap.NewNop()), worker.WithMaxEnvelope(maxSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +159,14 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	}
 	testenv.Eventually(t, 20*time.Second, func() bool { return brokenRuns.Load() >= 2 }, "requeued job runs again")
 
+	// Operator: a periodic job (a message schedule the operator registers;
+	// the worker and the producer may not, see TestLeastPrivilege). The
+	// worker runs its ticks.
+	if err := opd.Schedule(ctx, "lp-tick", "@every 1s", lpImport{ID: "tick"}); err != nil {
+		t.Fatalf("operator registers a periodic job: %v", err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool { return ticks.Load() >= 2 }, "two ticks of the periodic job run")
+
 	// Bad input from a producer is dead-lettered with the reason, not run
 	// or guessed at: an unknown envelope version, arguments nested too deep.
 	deep := any(1)
@@ -160,9 +177,14 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	bigArgs, err := wire.Marshal(map[string]any{"id": strings.Repeat("x", maxSize)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for want, env := range map[string]map[string]any{
 		"unknown envelope version 2": {"v": 2, "id": "V2JOB", "name": "lp.import", "args": map[string]any{}},
 		"nesting deeper than":        {"v": 1, "id": "DEEPJOB", "name": "lp.import", "args": msgpack.RawMessage(deepArgs)},
+		"byte limit":                 {"v": 1, "id": "BIGJOB", "name": "lp.import", "args": msgpack.RawMessage(bigArgs)},
 	} {
 		data, err := msgpack.Marshal(env)
 		if err != nil {
@@ -203,7 +225,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	// Events: the producer publishes, a worker-side listener handles one,
 	// another fails and dead-letters it.
 	handled := make(chan events.Event, 4)
-	l := events.NewListeners(work.js, rdb, n, zap.NewNop())
+	l := events.NewListeners(work.js, rdb, n, zap.NewNop(), events.WithMaxEventSize(maxSize))
 	if err := l.On("audit", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		handled <- ev
 		return nil
@@ -213,6 +235,13 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	if err := l.On("failing", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		return errors.New("listener broken")
 	}, events.WithMaxDeliver(1)); err != nil {
+		t.Fatal(err)
+	}
+	var sizedRuns atomic.Int32
+	if err := l.On("sized", "lp.sized", "", func(ctx context.Context, ev events.Event) error {
+		sizedRuns.Add(1)
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	lctx, lstop := context.WithCancel(ctx)
@@ -239,9 +268,32 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		info, err := s.Info(ctx, jetstream.WithSubjectFilter(n.DeadEventsWildcard()))
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+".dead.events.failing.>"))
 		return err == nil && len(info.State.Subjects) == 1
 	}, "the failing listener's dead letter in %s", n.DeadStream())
+
+	// An event over the listeners' size limit is dead-lettered as
+	// malformed, with the original bytes, and not handled.
+	bigEvent := events.Event{Model: "lp.sized", Name: events.Write, RecordID: "9",
+		Data: map[string]any{"blob": strings.Repeat("y", maxSize)}}
+	if _, err := pub.Publish(ctx, bigEvent); err != nil {
+		t.Fatalf("producer publishes an oversized event: %v", err)
+	}
+	var letter wire.DeadLetter
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		s, err := op.js.Stream(ctx, n.DeadStream())
+		if err != nil {
+			return false
+		}
+		m, err := s.GetLastMsgForSubject(ctx, prefix+".dead.events.sized.>")
+		return err == nil && msgpack.Unmarshal(m.Data, &letter) == nil
+	}, "the oversized event's dead letter")
+	if letter.Reason != wire.ReasonMalformed || !strings.Contains(letter.Error, "byte limit") || len(letter.Data) <= maxSize {
+		t.Errorf("oversized event's letter: reason %q, error %q, %d bytes kept", letter.Reason, letter.Error, len(letter.Data))
+	}
+	if n := sizedRuns.Load(); n != 0 {
+		t.Errorf("the oversized event was handled %d times", n)
+	}
 
 	for name, r := range map[string]role{"producer": prod, "worker": work, "operator": op} {
 		for _, e := range r.logs.All() {

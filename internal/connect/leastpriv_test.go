@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/internal/connect"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/testenv"
@@ -317,6 +318,60 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Fatal("worker deleted its consumer")
 		}
 		work.denied(t, "Publish", "$JS.API.CONSUMER.DELETE."+n.JobsStream()+".workers")
+	})
+
+	t.Run("only the operator registers periodic jobs", func(t *testing.T) {
+		// Registering (or replacing) a periodic job reads and purges its
+		// subject in the jobs stream: the operator's JetStream API only.
+		for who, r := range map[string]role{"producer": prod, "worker": work} {
+			d, err := dispatcher.New(r.js, dispatcher.WithPrefix(prefix))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, cancel := short()
+			err = d.Schedule(c, "lp-"+who, "@every 1m", lpImport{ID: who})
+			cancel()
+			if err == nil {
+				t.Fatalf("%s registered a periodic job", who)
+			}
+			want := "Permissions Violation for Publish to \"$JS.API."
+			testenv.Eventually(t, 5*time.Second, func() bool {
+				for _, e := range r.logs.All() {
+					if s, ok := e.ContextMap()["error"].(string); ok && strings.Contains(s, want) && strings.Contains(s, n.JobsStream()) {
+						return true
+					}
+				}
+				return false
+			}, "%s: a logged %q on %s", who, want, n.JobsStream())
+		}
+		opd, err := dispatcher.New(op.js, dispatcher.WithPrefix(prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := opd.Schedule(ctx, "lp-operator", "@every 1m", lpImport{ID: "operator"}); err != nil {
+			t.Fatalf("operator registers a periodic job: %v", err)
+		}
+		// Again, unchanged: a no-op; changed: replaced (purge + publish).
+		for _, spec := range []string{"@every 1m", "@every 2m"} {
+			if err := opd.Schedule(ctx, "lp-operator", spec, lpImport{ID: "operator"}); err != nil {
+				t.Fatalf("operator registers a periodic job again (%s): %v", spec, err)
+			}
+		}
+		s, err := op.js.Stream(ctx, n.JobsStream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(n.PeriodicSubject(">")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(info.State.Subjects) != 1 || info.State.Subjects[n.PeriodicSubject("lp-operator")] != 1 {
+			t.Fatalf("periodic subjects %v, want only the operator's, once", info.State.Subjects)
+		}
+		// Leave the stream as the rest of the test expects it.
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(n.PeriodicSubject("lp-operator"))); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	// --- The operator reads the dead letter and can tear down. ---

@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -42,13 +46,68 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// redisACLUser creates a Redis ACL user with password pw for the test and
-// returns its name ("" on the embedded store, which has no ACL).
-func redisACLUser(t *testing.T, pw string) string {
+// passwordRedis starts a private redis-server on a free port with a
+// password for the default user and an ACL user "e2e" with password pw, and
+// returns its URL with that user and password in it (the worst case for
+// redaction: the URL itself is logged, redacted). Without the redis-server
+// binary it falls back to an ACL user on the shared test Redis, and to no
+// password at all on the embedded store; CONNECTOR_TEST_REQUIRE_REDIS=1
+// forbids both fallbacks.
+func passwordRedis(t *testing.T, pw string) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CONNECTOR_TEST_REQUIRE_REDIS") == "1" {
+			t.Fatalf("redis-server binary not found and CONNECTOR_TEST_REQUIRE_REDIS=1: %v", err)
+		}
+		t.Logf("no redis-server binary: using an ACL user of the shared test Redis (%v)", err)
+		return sharedRedisACLURL(t, pw)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	var out syncBuffer
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir(), "--requirepass", "default-"+pw,
+		"--user", "e2e", "on", ">"+pw, "~*", "&*", "+@all")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("redis-server exited:\n%s", out.String())
+		default:
+		}
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "redis-server listening on %s", port)
+	return "redis://e2e:" + pw + "@127.0.0.1:" + port + "/0"
+}
+
+// sharedRedisACLURL creates an ACL user with password pw on the shared test
+// Redis and returns the URL with them; on the embedded store (no ACL) it
+// returns the plain URL.
+func sharedRedisACLURL(t *testing.T, pw string) string {
 	t.Helper()
 	rdb, prefix := testenv.Redis(t)
+	redisURL := testenv.RedisURL(t)
 	if testenv.RedisEmbedded() {
-		return ""
+		t.Log("embedded Redis store: no Redis password in this run")
+		return redisURL
 	}
 	name := "e2e_" + prefix
 	ctx := context.Background()
@@ -56,13 +115,20 @@ func redisACLUser(t *testing.T, pw string) string {
 		t.Fatalf("ACL SETUSER: %v", err)
 	}
 	t.Cleanup(func() { rdb.Do(context.Background(), "ACL", "DELUSER", name) })
-	return name
+	u, err := url.Parse(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(name, pw)
+	return u.String()
 }
 
 // A worker process (app.Open + app.RunWorker) whose NATS and Redis URLs
-// hold passwords, whose jobs and event listener fail with errors quoting
-// URLs and tokens with a secret: no password appears in its log lines,
-// spans (attributes, events, status), metrics, or /readyz.
+// hold passwords (NATS with user/password auth, Redis a second
+// redis-server with requirepass and an ACL user), whose jobs and event
+// listener fail with errors quoting URLs and tokens with a secret: no
+// password appears in its log lines, spans (attributes, events, status),
+// metrics (names, labels, values), or /readyz.
 func TestSecretsStayOut(t *testing.T) {
 	const (
 		natsPW  = "S3CRET-nats-7f1c"
@@ -70,18 +136,8 @@ func TestSecretsStayOut(t *testing.T) {
 		jobPW   = "S3CRET-job-c0de"
 	)
 	srv := testenv.StartNATS(t, func(o *server.Options) { o.Username, o.Password = "worker", natsPW })
-	_, prefix := testenv.Redis(t)
-	redisURL := testenv.RedisURL(t)
-	if user := redisACLUser(t, redisPW); user != "" {
-		u, err := url.Parse(redisURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u.User = url.UserPassword(user, redisPW)
-		redisURL = u.String()
-	} else {
-		t.Log("embedded Redis store: no Redis password in this run")
-	}
+	prefix := testenv.Prefix(t)
+	redisURL := passwordRedis(t, redisPW)
 	natsURL := strings.Replace(srv.URL, "nats://", "nats://worker:"+natsPW+"@", 1)
 
 	var logs syncBuffer
@@ -183,7 +239,8 @@ func TestSecretsStayOut(t *testing.T) {
 	stopApp()
 	_ = log.Sync()
 
-	secrets := map[string]string{"NATS password": natsPW, "Redis password": redisPW, "secret in a job error": jobPW}
+	secrets := map[string]string{"NATS password": natsPW, "Redis password": redisPW, "Redis default password": "default-" + redisPW,
+		"secret in a job error": jobPW}
 	check := func(where, text string) {
 		t.Helper()
 		for what, s := range secrets {

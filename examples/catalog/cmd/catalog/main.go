@@ -8,7 +8,11 @@
 // NATS is configured like every connector process (--nats or
 // CONNECTOR_NATS_URL, CONNECTOR_NATS_USER, CONNECTOR_NATS_PASSWORD_FILE, ...;
 // CONNECTOR_PREFIX names the streams). The events stream must exist
-// (`connector streams provision`). It stops gracefully on SIGINT or SIGTERM.
+// (`connector streams provision`). Each published event is traced with a
+// PRODUCER span, exported by OTLP from the standard OTEL_* variables
+// (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, default "catalog"); the
+// listeners that handle it continue that trace. It stops gracefully on
+// SIGINT or SIGTERM.
 package main
 
 import (
@@ -65,6 +69,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, onListe
 	if err != nil {
 		return err
 	}
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "catalog"})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tel.Shutdown(sctx)
+	}()
 	if nc.Name == "" {
 		nc.Name = "catalog"
 	}
@@ -77,9 +90,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, onListe
 	if err != nil {
 		return err
 	}
+	pub := events.NewPublisher(js, names,
+		events.WithPublishTracer(tel.TracerProvider.Tracer("github.com/connector-go/connector/examples/catalog")))
 	srv := &http.Server{
 		Addr:              *addr,
-		Handler:           catalog.New(catalog.WithPublisher(events.NewPublisher(js, names)), catalog.WithLogger(log)),
+		Handler:           catalog.New(catalog.WithPublisher(pub), catalog.WithLogger(log)),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	ln, err := net.Listen("tcp", *addr)
@@ -88,7 +103,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, onListe
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("catalog listening", zap.String("addr", ln.Addr().String()), zap.String("events", names.EventsStream()))
+	log.Info("catalog listening", zap.String("addr", ln.Addr().String()), zap.String("events", names.EventsStream()),
+		zap.String("traces", tel.TracesExporter))
 	if onListen != nil {
 		onListen(ln.Addr())
 	}
