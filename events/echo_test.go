@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -120,4 +121,144 @@ func TestEchoSuppressionWithUnitsImporter(t *testing.T) {
 	if n := len(local.Model("product").Changes()); n != 2 {
 		t.Fatalf("local changed %d times, want 2 (import, user)", n)
 	}
+}
+
+// echoLoop is a connector between a shop and the local system, closed into
+// a loop as in production: the shop's webhook enqueues an import of every
+// record written in the shop (by a shop user or by the connector's own
+// export), the local system publishes an event for every write (with the
+// importer's origin), and the export listener enqueues an export of every
+// event it does not skip. Jobs run in rounds, each after the listener has
+// handled every event published so far.
+type echoLoop struct {
+	e           *env
+	reg         *units.Registry
+	env         units.Env
+	jobs        *unitstest.Trap
+	shop, local *unitstest.System
+}
+
+func newEchoLoop(t *testing.T, suppress bool) *echoLoop {
+	e := newEnv(t)
+	pub := events.NewPublisher(e.js, e.names, events.WithOriginFrom(units.OriginFrom))
+	lp := &echoLoop{e: e, reg: units.NewRegistry(), jobs: unitstest.NewTrap(),
+		shop: unitstest.NewSystem(), local: unitstest.NewSystem()}
+	lp.local.OnChange = func(ctx context.Context, model string, c unitstest.Change) {
+		name := map[string]string{"create": events.Create, "write": events.Write, "delete": events.Unlink}[c.Op]
+		fields := slices.Sorted(maps.Keys(c.Record))
+		if _, err := pub.Publish(ctx, events.Event{Model: model, Name: name, RecordID: c.ID, Fields: fields}); err != nil {
+			t.Errorf("publish: %v", err)
+		}
+	}
+	lp.shop.OnChange = func(ctx context.Context, model string, c unitstest.Change) {
+		_, _ = lp.jobs.Enqueue(ctx, units.ImportRecord{BackendID: "shop-eu", Model: model, ExternalID: c.ID})
+	}
+	store := unitstest.NewStore()
+	b := lp.reg.Backend("shop")
+	must(t, units.Register(b, units.AdapterUsage, units.AnyModel, lp.shop.Factory()))
+	must(t, units.Register(b, units.ImporterUsage, units.AnyModel, &units.Importer{}))
+	must(t, units.Register(b, units.ExporterUsage, units.AnyModel, &units.Exporter{}))
+	must(t, units.Register(b, units.ImportMapperUsage, "product", &units.Mapper{Direct: []units.Rule{units.Direct("title", "name")}}))
+	must(t, units.Register(b, units.ExportMapperUsage, "product", &units.Mapper{Direct: []units.Rule{units.Direct("name", "title")}}))
+	lp.env = units.Env{
+		Backends: units.Backends(units.Backend{ID: "shop-eu", Type: "shop"}),
+		Binders:  store.Binder, Locker: store, Local: lp.local.Adapter,
+	}
+	var opts []events.ListenOption
+	if suppress {
+		opts = append(opts, events.WithSkipIf(events.SkipOrigin("shop-eu")))
+	}
+	l := e.listeners()
+	must(t, l.On("export_product_shop-eu", "product", "", func(ctx context.Context, ev events.Event) error {
+		_, err := lp.jobs.Enqueue(ctx, units.ExportRecord{BackendID: "shop-eu", Model: ev.Model, LocalID: ev.RecordID, Fields: ev.Fields})
+		return err
+	}, append(opts, events.WithPartitions(2))...))
+	e.start(l)
+	return lp
+}
+
+// listenerIdle: every event published so far has been handled or skipped.
+func (lp *echoLoop) listenerIdle() bool {
+	for i := 0; i < 2; i++ {
+		c, err := lp.e.js.Consumer(context.Background(), lp.e.names.EventsStream(), events.ConsumerName("export_product_shop-eu", i, 2))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// settle runs rounds of jobs until none is left (true) or maxRounds ran.
+func (lp *echoLoop) settle(t *testing.T, maxRounds int) (rounds int, quiet bool) {
+	t.Helper()
+	ctx := context.Background()
+	for rounds = 0; rounds < maxRounds; rounds++ {
+		testenv.Eventually(t, 10*time.Second, lp.listenerIdle, "listener handled every event")
+		jobs := lp.jobs.Jobs()
+		lp.jobs.Reset()
+		if len(jobs) == 0 {
+			return rounds, true
+		}
+		for _, j := range jobs {
+			if _, err := lp.reg.RunJob(ctx, lp.env, j.Args); err != nil && !units.IsNothingToDo(err) {
+				t.Fatalf("job %s: %v", j.Args.JobName(), err)
+			}
+		}
+	}
+	return rounds, false
+}
+
+// The echo-suppression loop test, end to end: shop webhook -> units
+// importer (writes under units.WithOrigin) -> local event with that origin
+// -> export listener with SkipOrigin -> export job -> shop write -> webhook
+// ... over real NATS. With SkipOrigin the loop settles: a shop change is
+// imported once and not sent back; a local change is exported once, and
+// its re-import is not exported again. Without SkipOrigin the same setup
+// never settles, which shows the test would catch a broken suppression.
+func TestEchoLoopSettlesWithSkipOrigin(t *testing.T) {
+	t.Run("suppressed", func(t *testing.T) {
+		lp := newEchoLoop(t, true)
+		ctx := context.Background()
+		// A shop user creates a product: webhook, import, local create.
+		extID, err := lp.shop.Model("product").Create(ctx, units.Record{"title": "Hammer"})
+		must(t, err)
+		if rounds, quiet := lp.settle(t, 6); !quiet || rounds != 1 {
+			t.Fatalf("shop change: quiet %v after %d rounds, want quiet after 1 (the import)", quiet, rounds)
+		}
+		changes := lp.local.Model("product").Changes()
+		if len(changes) != 1 || changes[0].Origin != "shop-eu" || lp.shop.Model("product").Calls("write") != 0 {
+			t.Fatalf("local changes %+v, shop writes %d: want one import, nothing sent back", changes, lp.shop.Model("product").Calls("write"))
+		}
+		// A local user renames it: export, shop write, webhook, re-import
+		// (origin shop-eu: skipped), quiet.
+		must(t, lp.local.Model("product").Write(ctx, changes[0].ID, units.Record{"name": "Hammer XL"}))
+		if rounds, quiet := lp.settle(t, 6); !quiet || rounds != 2 {
+			t.Fatalf("local change: quiet %v after %d rounds, want quiet after 2 (export, re-import)", quiet, rounds)
+		}
+		if got, _ := lp.shop.Model("product").Get(extID); got["title"] != "Hammer XL" || lp.shop.Model("product").Calls("write") != 1 {
+			t.Fatalf("shop record %v written %d times, want Hammer XL once", got, lp.shop.Model("product").Calls("write"))
+		}
+		origins := []string{}
+		for _, c := range lp.local.Model("product").Changes() {
+			origins = append(origins, c.Origin)
+		}
+		if !slices.Equal(origins, []string{"shop-eu", "", "shop-eu"}) {
+			t.Fatalf("local change origins %q, want import, user, re-import", origins)
+		}
+	})
+	t.Run("not suppressed: the loop is real", func(t *testing.T) {
+		lp := newEchoLoop(t, false)
+		_, err := lp.shop.Model("product").Create(context.Background(), units.Record{"title": "Hammer"})
+		must(t, err)
+		if rounds, quiet := lp.settle(t, 6); quiet {
+			t.Fatalf("settled after %d rounds without echo suppression: the loop test proves nothing", rounds)
+		}
+		if n := lp.shop.Model("product").Calls("write"); n < 2 {
+			t.Fatalf("shop written %d times; want the echo loop to write it again and again", n)
+		}
+	})
 }

@@ -30,8 +30,20 @@
 // them, so import -> event -> export -> import loops cannot happen.
 //
 // Ordering: events of one record are handled in the order they were
-// published, fleet-wide; events of different records run in parallel (see
-// WithPartitions and docs/events.md for how).
+// published, fleet-wide; events of different records run in parallel. A
+// listener is a fixed number of partition consumers (WithPartitions), each
+// handing out one event at a time to whichever process pulls first; a
+// record's events all fall in one partition. This holds for any number of
+// processes, and across a change of the partition count: a process
+// configured with another count than the one the fleet runs waits, then
+// takes over where the old consumers stopped (docs/events.md).
+//
+// Bad events (a body that does not decode, a subject that names no valid
+// model or does not match the body) are logged and dead-lettered with a
+// reason, and the listener goes on; events on subjects that no listener
+// can match are dead-lettered by the subject guard (GuardName). A handler
+// that keeps failing has its event dead-lettered after WithMaxDeliver
+// deliveries.
 package events
 
 import (

@@ -3,7 +3,9 @@ package events_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/connector-go/connector/events"
@@ -13,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
 	"go.uber.org/zap"
 )
 
@@ -85,4 +88,40 @@ func ExamplePredicate() {
 	// true
 	// false
 	// false
+}
+
+// The message a publisher in any language sends for an event: subject with
+// the encoded model and the record's bucket, Nats-Msg-Id = event id, and a
+// msgpack map (docs/events.md).
+func ExamplePublisher_Message() {
+	pub := events.NewPublisher(nil, wire.MustNames("connector"))
+	msg, err := pub.Message(events.Event{
+		ID: "01JD7X3M9Q8Z5K2V4N6P8R0T2W", Model: "res.partner", Name: events.Write, RecordID: "42",
+		Fields: []string{"name"}, Origin: "shop-1", Time: time.UnixMilli(1700000000123),
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(msg.Subject)
+	fmt.Println("Nats-Msg-Id:", msg.Header.Get("Nats-Msg-Id"))
+	var body map[string]any
+	if err := msgpack.Unmarshal(msg.Data, &body); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, k := range slices.Sorted(maps.Keys(body)) {
+		fmt.Printf("%s: %v\n", k, body[k])
+	}
+	// Output:
+	// connector.events.res:partner.write.83
+	// Nats-Msg-Id: 01JD7X3M9Q8Z5K2V4N6P8R0T2W
+	// event: write
+	// fields: [name]
+	// id: 01JD7X3M9Q8Z5K2V4N6P8R0T2W
+	// model: res.partner
+	// origin: shop-1
+	// record_id: 42
+	// time: 1700000000123
+	// v: 1
 }

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/connector-go/connector/internal/telemetry"
@@ -27,6 +28,10 @@ var (
 	ErrBadListener = errors.New("events: invalid listener")
 	// ErrRunning: On was called after Run.
 	ErrRunning = errors.New("events: listeners already running")
+	// ErrListenerConflict: the events stream holds consumers of the
+	// listener's name that filter another model or event than this
+	// process registered. Run returns a *ConflictError matching it.
+	ErrListenerConflict = errors.New("events: listener defined differently in the stream")
 )
 
 // Defaults.
@@ -52,6 +57,8 @@ type Listeners struct {
 	mark    *redis.Script
 	metrics *telemetry.Metrics
 	grace   time.Duration
+
+	pollInterval, watchInterval time.Duration
 
 	mu        sync.Mutex
 	running   bool
@@ -108,8 +115,16 @@ func WithSkipIf(preds ...Predicate) ListenOption {
 // once across the fleet (default 8): a power of two from 1 to 256. Events
 // of one record always fall in the same partition and a partition hands out
 // one event at a time, which keeps each record's events in order. The
-// number is part of the listener's identity (its consumer names): changing
-// it starts new consumers that read the stream from its beginning.
+// number does not depend on how many processes run: each process pulls
+// from every partition.
+//
+// Every process should register the listener with the same number. A
+// process configured with another number than the consumers the fleet is
+// running does not consume (no event is handled twice): it waits until no
+// process runs the other number any more, then takes the listener over
+// where the old consumers stopped, so a rolling deploy changes the number
+// without replaying or skipping events (docs/events.md, "Changing the
+// partitions").
 func WithPartitions(n int) ListenOption { return func(li *listener) { li.partitions = n } }
 
 // WithMaxDeliver sets how many times a failing event is delivered before it
@@ -140,8 +155,9 @@ type listener struct {
 // an event is handled again: delivery is at least once either way).
 func NewListeners(js jetstream.JetStream, rdb redis.UniversalClient, names wire.Names, log *zap.Logger, opts ...Option) *Listeners {
 	l := &Listeners{js: js, rdb: rdb, names: names, log: log, ackWait: DefaultAckWait, maxSize: wire.DefaultMaxEnvelope,
-		grace: 30 * time.Second,
-		mark:  redis.NewScript(markScript)}
+		grace:        30 * time.Second,
+		mark:         redis.NewScript(markScript),
+		pollInterval: defaultPollInterval, watchInterval: defaultWatchInterval}
 	for _, o := range opts {
 		o(l)
 	}
@@ -160,15 +176,17 @@ func NewListeners(js jetstream.JetStream, rdb redis.UniversalClient, names wire.
 
 // On registers listener name for the events named event of model (event ""
 // for every event of the model). The name identifies the listener across the
-// fleet (it names its durable consumers): letters, digits, '_' and '-', and
-// every process must register it with the same model and event.
+// fleet (it names its durable consumers): 1-64 letters, digits, '_' or '-'
+// (GuardName is reserved), and every process must register it with the
+// same model and event: Run refuses, with ErrListenerConflict, a listener
+// whose consumers in the stream filter another model or event.
 func (l *Listeners) On(name, model, event string, h Handler, opts ...ListenOption) error {
 	li := &listener{name: name, model: model, event: event, handler: h,
 		partitions: DefaultPartitions, maxDeliver: DefaultMaxDeliver, retryDelay: defaultRetryDelay}
 	for _, o := range opts {
 		o(li)
 	}
-	if err := wire.ValidID(name); err != nil || len(name) > 64 {
+	if err := wire.ValidID(name); err != nil || len(name) > 64 || name == GuardName {
 		return fmt.Errorf("%w: name %q (1-64 letters, digits, '_' or '-')", ErrBadListener, name)
 	}
 	if err := wire.ValidModel(model); err != nil {
@@ -219,24 +237,42 @@ func ConsumerName(listener string, i, n int) string {
 	return fmt.Sprintf("ev_%s_%dof%d", listener, i, n)
 }
 
-// partition is one durable consumer of a listener.
+// partition is one durable consumer of a listener, as consumed by this
+// process during one term of its runner.
 type partition struct {
 	l      *Listeners
 	li     *listener
+	r      *runner
 	index  int
 	consum string
-	cons   jetstream.Consumer
 	seqKey string
 	dest   string
+
+	// cons is the consumer; last its configuration as last seen, used to
+	// create it again (same start, same floors) if it is deleted.
+	cons jetstream.Consumer
+	last jetstream.ConsumerConfig
+	// floors are the handover floors of the partition's buckets: an event
+	// of bucket b at or below floors[b] was handled by the listener's
+	// previous partitioning (see takeOver). Reloaded by use while a
+	// callback of the previous consumption may still be running.
+	floors atomic.Pointer[map[int]uint64]
 }
 
 // Run creates the listeners' consumers (idempotently) and handles events
 // until ctx ends; then it stops fetching, waits for the handlers running
 // and returns nil. Handlers' context is not cancelled by ctx, only once the
-// shutdown grace period (WithShutdownGrace) has passed. It returns an
-// error when a consumer cannot be created at start. A consumer that stops
-// later (deleted by an operator, connection closed) is created again and
-// consumed anew, every second until it works.
+// shutdown grace period (WithShutdownGrace) has passed.
+//
+// Run returns an error when a consumer cannot be created at start, and an
+// error matching ErrListenerConflict when the stream holds consumers of a
+// listener's name filtered on another model or event (another definition
+// of the listener). A listener whose consumers exist with another
+// partition count is not an error: this process waits until no process
+// consumes them any more, then takes the listener over (docs/events.md,
+// "Changing the partitions"). A consumer that stops later (deleted by an
+// operator, connection closed) is created again and consumed anew, every
+// second until it works.
 func (l *Listeners) Run(ctx context.Context) error {
 	l.mu.Lock()
 	if l.running {
@@ -258,23 +294,24 @@ func (l *Listeners) Run(ctx context.Context) error {
 	// stream, whose sequences start again at 1, must not inherit them.
 	created := strconv.FormatInt(stream.CachedInfo().Created.UnixNano(), 10)
 
-	var parts []*partition
+	runners := make([]*runner, 0, len(lis))
 	for _, li := range lis {
-		for i := 0; i < li.partitions; i++ {
-			p := &partition{l: l, li: li, index: i,
-				consum: ConsumerName(li.name, i, li.partitions),
-				dest:   l.names.EventsStream(),
+		r := newRunner(l, li, created)
+		if err := r.start(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while starting
 			}
-			p.seqKey = l.names.RedisKey("events", "seq", p.consum, created)
-			cons, err := l.js.CreateOrUpdateConsumer(ctx, l.names.EventsStream(), p.config())
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil // stopped while starting
-				}
-				return fmt.Errorf("events: listener %s: consumer %s: %w", li.name, p.consum, err)
+			return err
+		}
+		runners = append(runners, r)
+	}
+	var guard *guard
+	if len(lis) > 0 {
+		if guard, err = l.newGuard(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
 			}
-			p.cons = cons
-			parts = append(parts, p)
+			return err
 		}
 	}
 
@@ -282,14 +319,21 @@ func (l *Listeners) Run(ctx context.Context) error {
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hcancel()
 	var wg sync.WaitGroup
-	for _, p := range parts {
+	for _, r := range runners {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.supervise(ctx, hctx, g)
+			r.run(ctx, hctx, g)
 		}()
 	}
-	l.log.Info("events: listening", zap.Int("listeners", len(lis)), zap.Int("consumers", len(parts)))
+	if guard != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			guard.run(ctx)
+		}()
+	}
+	l.log.Info("events: listening", zap.Int("listeners", len(lis)))
 	<-ctx.Done()
 	g.stop()
 	grace := time.AfterFunc(l.grace, hcancel)
@@ -322,17 +366,19 @@ func (g *gate) stop() {
 	g.mu.Unlock()
 }
 
-// supervise consumes the partition until ctx ends, starting over when the
-// consumption stops by itself.
-func (p *partition) supervise(ctx, hctx context.Context, g *gate) {
+// supervise consumes the partition until tctx (the runner's term) ends,
+// starting over when the consumption stops by itself. It ends the term
+// (endTerm) when the partition's consumer turns out to be retired.
+func (p *partition) supervise(tctx, hctx context.Context, g *gate, endTerm context.CancelFunc) {
 	log := p.l.log.With(zap.String("listener", p.li.name), zap.String("consumer", p.consum))
 	cons := p.cons
 	for {
 		if cons != nil {
 			cc, err := cons.Consume(func(msg jetstream.Msg) {
-				if !g.enter() {
-					// Shutting down: give it back at once rather than
-					// blocking the partition for AckWait.
+				if tctx.Err() != nil || !g.enter() {
+					// Shutting down, or the listener is no longer ours:
+					// give it back at once rather than blocking the
+					// partition for AckWait.
 					_ = msg.Nak()
 					return
 				}
@@ -342,9 +388,10 @@ func (p *partition) supervise(ctx, hctx context.Context, g *gate) {
 				jetstream.PullMaxMessages(1),
 				// Short pulls: a Consume with PullMaxMessages(1) was seen
 				// to stall for a whole PullExpiry now and then (facts file).
-				jetstream.PullExpiry(2*time.Second),
+				// The takeover's idle check (idleWindow) relies on it too.
+				jetstream.PullExpiry(pullExpiry),
 				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-					if ctx.Err() == nil {
+					if tctx.Err() == nil {
 						log.Warn("events: consume", zap.Error(err))
 					}
 				}),
@@ -353,7 +400,7 @@ func (p *partition) supervise(ctx, hctx context.Context, g *gate) {
 				log.Warn("events: consume", zap.Error(err))
 			} else {
 				select {
-				case <-ctx.Done():
+				case <-tctx.Done():
 					// Drain, not Stop: an event already in the client
 					// buffer reaches the callback, which gives it back.
 					cc.Drain()
@@ -368,40 +415,20 @@ func (p *partition) supervise(ctx, hctx context.Context, g *gate) {
 			}
 		}
 		select {
-		case <-ctx.Done():
+		case <-tctx.Done():
 			return
 		case <-time.After(time.Second):
 		}
 		var err error
-		cons, err = p.l.js.CreateOrUpdateConsumer(ctx, p.l.names.EventsStream(), p.config())
-		if err != nil && ctx.Err() == nil {
+		cons, err = p.r.recreate(tctx, p)
+		switch {
+		case errors.Is(err, errRetired):
+			log.Warn("events: consumer retired by another process; stopping this partitioning")
+			endTerm()
+			return
+		case err != nil && tctx.Err() == nil:
 			log.Warn("events: create consumer", zap.Error(err))
 		}
-	}
-}
-
-func (p *partition) config() jetstream.ConsumerConfig {
-	n := p.li.partitions
-	var filters []string
-	if n == 1 {
-		filters = []string{p.l.names.EventFilter(p.li.model, p.li.event, "")}
-	} else {
-		for b := p.index; b < wire.EventBuckets; b += n {
-			filters = append(filters, p.l.names.EventFilter(p.li.model, p.li.event, fmt.Sprintf("%02x", b)))
-		}
-	}
-	return jetstream.ConsumerConfig{
-		Durable:        p.consum,
-		Description:    fmt.Sprintf("events listener %s, partition %d of %d", p.li.name, p.index, n),
-		FilterSubjects: filters,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        p.l.ackWait,
-		// One event at a time per partition, fleet-wide: per-record order.
-		MaxAckPending: 1,
-		// Dead-lettering is ours: the server must not silently stop
-		// delivering an event we have not dead-lettered yet.
-		MaxDeliver: -1,
 	}
 }
 
@@ -419,6 +446,11 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 	attempt := int(meta.NumDelivered)
 	log = log.With(zap.Uint64("seq", seq), zap.Int("attempt", attempt))
 
+	if f, ok := (*p.floors.Load())[subjectBucket(msg.Subject())]; ok && seq <= f {
+		// Handled under the listener's previous partitioning.
+		_ = msg.Ack()
+		return
+	}
 	if last, err := p.lastHandled(ctx); err != nil {
 		log.Warn("events: read last handled sequence", zap.Error(err))
 	} else if seq <= last {
@@ -570,20 +602,7 @@ func (p *partition) done(ctx context.Context, log *zap.Logger, msg jetstream.Msg
 // terminates it. If the letter cannot be written the event is delivered
 // again later rather than lost, and dead returns false.
 func (p *partition) dead(ctx context.Context, log *zap.Logger, msg jetstream.Msg, seq uint64, attempt int, reason string, cause error, stack string) bool {
-	letter := &wire.DeadLetter{
-		V: 1, Reason: reason, Error: cause.Error(), ErrorType: fmt.Sprintf("%T", cause), Stack: stack,
-		Attempts: attempt, Subject: msg.Subject(), StreamSeq: seq, DiedAt: time.Now().UnixMilli(),
-		Worker: p.l.worker, Headers: msg.Headers(), Data: msg.Data(),
-	}
-	data, err := wire.Marshal(letter)
-	if err == nil {
-		m := nats.NewMsg(p.l.names.DeadEventSubject(p.li.name, seq))
-		m.Header.Set(wire.HeaderMsgID, "event-"+p.li.name+"-"+strconv.FormatUint(seq, 10))
-		m.Header.Set(wire.HeaderDeadWhy, reason)
-		m.Data = data
-		_, err = p.l.js.PublishMsg(ctx, m)
-	}
-	if err != nil {
+	if err := p.l.deadLetter(ctx, p.li.name, msg, seq, attempt, reason, cause, stack); err != nil {
 		log.Error("events: cannot write dead letter, will retry", zap.Error(err))
 		_ = msg.NakWithDelay(p.li.retryDelay(attempt))
 		return false
@@ -593,6 +612,30 @@ func (p *partition) dead(ctx context.Context, log *zap.Logger, msg jetstream.Msg
 		log.Warn("events: term", zap.Error(err))
 	}
 	return true
+}
+
+// deadLetter writes listener's letter of msg (stream sequence seq) to the
+// dead-letter stream and waits for the stream's acknowledgement. The
+// letter's Nats-Msg-Id is derived from listener and seq, so writing it
+// twice (a crash before the event is terminated) keeps one letter.
+func (l *Listeners) deadLetter(ctx context.Context, listener string, msg jetstream.Msg, seq uint64, attempt int, reason string, cause error, stack string) error {
+	letter := &wire.DeadLetter{
+		V: 1, Reason: reason, Error: cause.Error(), ErrorType: fmt.Sprintf("%T", cause), Stack: stack,
+		Attempts: attempt, Subject: msg.Subject(), StreamSeq: seq, DiedAt: time.Now().UnixMilli(),
+		Worker: l.worker, Headers: msg.Headers(), Data: msg.Data(),
+	}
+	data, err := wire.Marshal(letter)
+	if err != nil {
+		return fmt.Errorf("events: dead letter: %w", err)
+	}
+	m := nats.NewMsg(l.names.DeadEventSubject(listener, seq))
+	m.Header.Set(wire.HeaderMsgID, "event-"+listener+"-"+strconv.FormatUint(seq, 10))
+	m.Header.Set(wire.HeaderDeadWhy, reason)
+	m.Data = data
+	if _, err := l.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("events: dead letter: %w", err)
+	}
+	return nil
 }
 
 const markScript = `local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
