@@ -49,10 +49,15 @@
 // # Mappers
 //
 // A Mapper has Direct rules with composable modifiers (Convert, None,
-// LocalToExternal, ExternalToLocal, Follow, Modifier), Computed mappings with
-// ChangedBy fields and OnlyCreate, Children for line items (Skip and Format
-// hooks), Finalize, and values forced with MapRecord.Update; MapOptions carry
-// ForCreate, a Fields filter and custom options. Inherit composes mappers.
+// LocalToExternal, ExternalToLocal, Follow, Modifier, and the ...From forms
+// that apply a modifier to any Source), Computed mappings with ChangedBy
+// fields and OnlyCreate, Children for line items (mapped by the items'
+// model's import or export mapper, following the direction of the run, with
+// Skip and Format hooks), Finalize, and values forced with MapRecord.Update;
+// MapOptions carry ForCreate, a Fields filter and custom options (a missing
+// one reads as nil). Inherit composes mappers. The seed's
+// connector/tests/test_mapper.py is the reference: each of its tests has a
+// Go counterpart of the same name.
 //
 // # Synchronizers
 //
@@ -61,7 +66,8 @@
 // ...). The job arguments ImportRecord, ExportRecord, DeleteRecord and
 // ImportBatch are run by Registry.RunImport, RunExport, RunDelete,
 // RunBatchImport (or RunJob). "Nothing to do" outcomes are job.NothingToDo
-// errors; locks held elsewhere are job.RetryNoCount errors.
+// errors; locks held elsewhere are job.RetryNoCount errors; records that
+// depend on each other fail with ErrDependencyCycle.
 //
 // # Echo suppression
 //

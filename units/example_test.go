@@ -115,3 +115,78 @@ func ExampleWithOrigin() {
 	fmt.Printf("%q %q\n", units.OriginFrom(ctx), units.OriginFrom(context.Background()))
 	// Output: "shop-eu" ""
 }
+
+// Line items are mapped by the mapper of the items' model; Skip leaves items
+// out and Format shapes the list (here into Odoo-like create commands).
+func ExampleChild() {
+	line := &units.Mapper{Direct: []units.Rule{
+		units.Direct("sku", "product_code"),
+		units.DirectFrom(units.Convert("qty", units.AsInt), "quantity"),
+	}}
+	order := &units.Mapper{
+		Direct: []units.Rule{units.Direct("ref", "name")},
+		Children: []units.Child{{
+			From: "lines", To: "order_line", Model: "order.line", Mapper: line,
+			Skip: func(item *units.MapRecord) bool { return item.Source["qty"] == "0" },
+			Format: func(items []units.Record) any {
+				cmds := make([]any, len(items))
+				for i, v := range items {
+					cmds[i] = []any{0, 0, v}
+				}
+				return cmds
+			},
+		}},
+	}
+	rec := units.Record{"ref": "SO42", "lines": []any{
+		units.Record{"sku": "HAM", "qty": "2"},
+		units.Record{"sku": "SAW", "qty": "0"},
+	}}
+	v, _ := order.MapRecord(nil, rec).Values(context.Background(), units.MapOptions{})
+	fmt.Println(v["name"], v["order_line"])
+	// Output: SO42 [[0 0 map[product_code:HAM quantity:2]]]
+}
+
+// An export creates the record with every mapped field, then sends only the
+// changed fields; a record imported from the shop is not echoed back.
+func ExampleExporter() {
+	shop, local, store := unitstest.NewSystem(), unitstest.NewSystem(), unitstest.NewStore()
+	reg := units.NewRegistry()
+	b := reg.Backend("shop")
+	_ = units.Register(b, units.AdapterUsage, units.AnyModel, shop.Factory())
+	_ = units.Register(b, units.ExporterUsage, units.AnyModel, &units.Exporter{})
+	_ = units.Register(b, units.ExportMapperUsage, "product", &units.Mapper{Direct: []units.Rule{
+		units.Direct("name", "title"),
+		units.Direct("price", "price"),
+	}})
+	env := units.Env{
+		Backends: units.Backends(units.Backend{ID: "shop-eu", Type: "shop"}),
+		Binders:  store.Binder, Locker: store, Local: local.Adapter,
+	}
+	// The local system's change events: export unless the change comes
+	// from the shop itself.
+	local.OnChange = func(ctx context.Context, model string, c unitstest.Change) {
+		if c.Origin == "shop-eu" {
+			fmt.Println("skip echo of", c.ID)
+			return
+		}
+		var fields []string
+		for f := range c.Record {
+			fields = append(fields, f)
+		}
+		res, err := reg.RunExport(ctx, env, units.ExportRecord{BackendID: "shop-eu", Model: model, LocalID: c.ID, Fields: fields})
+		fmt.Println(res, err)
+	}
+	ctx := context.Background()
+	id, _ := local.Model("product").Create(ctx, units.Record{"name": "Hammer", "price": 12.5})
+	_ = local.Model("product").Write(ctx, id, units.Record{"price": 13.0})
+	_ = local.Model("product").Write(units.WithOrigin(ctx, "shop-eu"), id, units.Record{"name": "Hammer (shop)"})
+	for _, c := range shop.Model("product").Changes() {
+		fmt.Println("shop", c.Op, c.Record)
+	}
+	// Output:
+	// product 1 exported to shop-eu: record 1 created <nil>
+	// product 1 exported to shop-eu: record 1 updated <nil>
+	// skip echo of 1
+	// shop create map[price:12.5 title:Hammer]
+	// shop write map[price:13]
+}

@@ -99,25 +99,34 @@ func None(src Source) Source {
 	})
 }
 
-// Converter converts a non-empty value to another type.
+// Converter converts a value (never nil nor "") to another type.
 type Converter func(v any) (any, error)
 
-// Convert converts field with conv: the seed's convert(field, type). An empty
-// value stays empty (nil) without calling conv.
-func Convert(field string, conv Converter) Source {
-	return Modifier(Field(field), func(_ context.Context, _ *MapContext, v any) (any, error) {
-		if IsEmpty(v) {
+// Convert converts field with conv: the seed's convert(field, type). A
+// missing value (nil, or the empty string) stays nil without calling conv;
+// every other value is converted, false and 0 included, so that
+// Convert("active", AsBool) gives false for 0 and None(Convert("active",
+// AsBool)) gives nil, as the seed's none(convert("active", bool)) does.
+func Convert(field string, conv Converter) Source { return ConvertFrom(Field(field), conv) }
+
+// ConvertFrom is Convert applied to the value of another Source:
+//
+//	units.ConvertFrom(units.Follow("stock.qty"), units.AsInt)
+func ConvertFrom(src Source, conv Converter) Source {
+	return Modifier(src, func(_ context.Context, _ *MapContext, v any) (any, error) {
+		if v == nil || v == "" {
 			return nil, nil
 		}
 		out, err := conv(v)
 		if err != nil {
-			return nil, fmt.Errorf("%w: convert field %q: %w", ErrMapping, field, err)
+			return nil, fmt.Errorf("%w: convert field %q: %w", ErrMapping, src.Field, err)
 		}
 		return out, nil
 	})
 }
 
-// AsBool converts to a bool: false for empty values, true otherwise.
+// AsBool converts to a bool: false for empty values (IsEmpty), true
+// otherwise (Python's bool()).
 func AsBool(v any) (any, error) { return !IsEmpty(v), nil }
 
 // AsString converts to a string with fmt.Sprint.
@@ -186,20 +195,32 @@ func IsEmpty(v any) bool {
 }
 
 // LocalToExternal reads the local id of a related record of model in field and
-// returns its external id on the work's backend (the seed's m2o_to_external).
-// An empty value stays nil; an unbound record is an ErrMapping error.
+// returns its external id on the work's backend (the seed's m2o_to_external),
+// through the binder of model (Work.BinderFor). An empty value stays nil; an
+// unbound record is an ErrMapping error.
 func LocalToExternal(field, model string) Source {
-	return relation(field, model, false)
+	return LocalToExternalFrom(Field(field), model)
 }
 
 // ExternalToLocal reads the external id of a related record of model in field
-// and returns its local id (the seed's external_to_m2o).
+// and returns its local id (the seed's external_to_m2o). An empty value stays
+// nil; an unbound record is an ErrMapping error.
 func ExternalToLocal(field, model string) Source {
-	return relation(field, model, true)
+	return ExternalToLocalFrom(Field(field), model)
 }
 
-func relation(field, model string, toLocal bool) Source {
-	return Modifier(Field(field), func(ctx context.Context, mc *MapContext, v any) (any, error) {
+// LocalToExternalFrom is LocalToExternal of the value of another Source.
+func LocalToExternalFrom(src Source, model string) Source { return relation(src, model, false) }
+
+// ExternalToLocalFrom is ExternalToLocal of the value of another Source, e.g.
+// a nested id:
+//
+//	units.ExternalToLocalFrom(units.Follow("customer.id"), "customer")
+func ExternalToLocalFrom(src Source, model string) Source { return relation(src, model, true) }
+
+func relation(src Source, model string, toLocal bool) Source {
+	field := src.Field
+	return Modifier(src, func(ctx context.Context, mc *MapContext, v any) (any, error) {
 		if IsEmpty(v) {
 			return nil, nil
 		}
@@ -262,9 +283,17 @@ type Computed struct {
 
 // Child maps the items in source field From (a list of records) to target
 // field To with the mapper of Model: Mapper if set, else the unit registered
-// under Usage (zero: ImportMapperUsage) for Model. Items for which Skip
-// returns true, or whose mapped values are empty, are left out; Format (nil:
-// a []Record) shapes the list, e.g. into the target's line commands.
+// for Model under Usage; a zero Usage is the usage the parent record is
+// mapped for (MapRecord.Usage: ExportMapperUsage in an Exporter,
+// ImportMapperUsage otherwise), like the seed's import and export map
+// children. Items for which Skip returns true (the seed's skip_item), or
+// whose mapped values are empty, are left out; Format (nil: a []Record)
+// shapes the list, e.g. into the target's line commands (the seed's
+// format_items).
+//
+// Items are mapped with the parent's options (ForCreate, Custom) but without
+// its Fields filter, which names fields of the parent, and with a work
+// context switched to Model.
 type Child struct {
 	From, To, Model string
 	Mapper          *Mapper
@@ -304,6 +333,11 @@ type MapRecord struct {
 	Source Record
 	// Parent is the parent record when this one is an item.
 	Parent *MapRecord
+	// Usage is what the record is mapped for, ImportMapperUsage (the zero
+	// value) or ExportMapperUsage: children without a Usage of their own
+	// look their items' mapper up under it. The Exporter sets it; set it
+	// yourself when you run an export mapper by hand.
+	Usage  Usage[*Mapper]
 	mapper *Mapper
 	work   *Work
 	forced Record
@@ -313,6 +347,14 @@ type MapRecord struct {
 // a binder or child mapper lookup.
 func (m *Mapper) MapRecord(w *Work, rec Record) *MapRecord {
 	return &MapRecord{Source: rec, mapper: m, work: w}
+}
+
+// usage returns mr.Usage, ImportMapperUsage when zero.
+func (mr *MapRecord) usage() Usage[*Mapper] {
+	if mr.Usage.name == "" {
+		return ImportMapperUsage
+	}
+	return mr.Usage
 }
 
 // Update forces values: they are applied after every mapping and Finalize.
@@ -387,13 +429,13 @@ func (mr *MapRecord) mapChild(ctx context.Context, ch Child, opts MapOptions) (a
 	if mr.work != nil {
 		cw = mr.work.WithModel(ch.Model)
 	}
+	u := ch.Usage
+	if u.name == "" {
+		u = mr.usage()
+	}
 	if cm == nil {
 		if cw == nil {
 			return nil, fmt.Errorf("%w: no mapper and no work context for child model %q", ErrMapping, ch.Model)
-		}
-		u := ch.Usage
-		if u.name == "" {
-			u = ImportMapperUsage
 		}
 		var err error
 		if cm, err = Find(cw, u); err != nil {
@@ -409,6 +451,7 @@ func (mr *MapRecord) mapChild(ctx context.Context, ch Child, opts MapOptions) (a
 	for _, it := range items {
 		imr := cm.MapRecord(cw, it)
 		imr.Parent = mr
+		imr.Usage = u
 		if ch.Skip != nil && ch.Skip(imr) {
 			continue
 		}
@@ -457,7 +500,9 @@ func recordList(v any) ([]Record, error) {
 func (m *Mapper) ChangedByFields() []string {
 	set := map[string]bool{}
 	for _, r := range m.Direct {
-		set[r.From.Field] = true
+		if r.From.Field != "" {
+			set[r.From.Field] = true
+		}
 	}
 	for _, c := range m.Computed {
 		for _, f := range c.ChangedBy {

@@ -292,13 +292,64 @@ func TestMappingModifierNone(t *testing.T) {
 	checkBoth(t, m, units.Record{"in_f": false, "in_t": true}, units.Record{"out_f": nil, "out_t": true})
 }
 
-// test_mapping_modifier_pipeline: none(convert(x, bool)).
+// test_mapping_modifier_pipeline: none(convert(x, bool)). Convert alone
+// gives false for 0; None on top of it gives nil.
 func TestMappingModifierPipeline(t *testing.T) {
 	m := &units.Mapper{Direct: []units.Rule{
 		units.DirectFrom(units.None(units.Convert("in_f", units.AsBool)), "out_f"),
 		units.DirectFrom(units.None(units.Convert("in_t", units.AsBool)), "out_t"),
 	}}
 	checkBoth(t, m, units.Record{"in_f": 0, "in_t": 1}, units.Record{"out_f": nil, "out_t": true})
+	conv := &units.Mapper{Direct: []units.Rule{
+		units.DirectFrom(units.Convert("in_f", units.AsBool), "out_f"),
+		units.DirectFrom(units.Convert("in_t", units.AsBool), "out_t"),
+	}}
+	checkBoth(t, conv, units.Record{"in_f": 0, "in_t": 1}, units.Record{"out_f": false, "out_t": true})
+}
+
+// Convert converts false and zero values; only a missing value (nil or "")
+// stays nil without calling the converter.
+func TestMappingConvertZeroValues(t *testing.T) {
+	calls := 0
+	count := func(v any) (any, error) { calls++; return v, nil }
+	m := &units.Mapper{Direct: []units.Rule{
+		units.DirectFrom(units.Convert("zero", units.AsInt), "zero"),
+		units.DirectFrom(units.Convert("no", units.AsBool), "no"),
+		units.DirectFrom(units.Convert("zs", units.AsString), "zs"),
+		units.DirectFrom(units.Convert("missing", count), "missing"),
+		units.DirectFrom(units.Convert("blank", count), "blank"),
+	}}
+	checkBoth(t, m, units.Record{"zero": "0", "no": false, "zs": 0, "blank": ""},
+		units.Record{"zero": 0, "no": false, "zs": "0", "missing": nil, "blank": nil})
+	if calls != 0 {
+		t.Errorf("converter called %d times for missing values", calls)
+	}
+}
+
+// Modifiers take Sources, so the shipped ones compose with Follow and with
+// each other: a nested external id through the binder, a nested value
+// converted, none() over a relation. The fields filter and ChangedByFields
+// see the source field under the modifiers.
+func TestMappingModifiersCompose(t *testing.T) {
+	w, _ := bindingWork(t)
+	m := &units.Mapper{Direct: []units.Rule{
+		units.DirectFrom(units.ExternalToLocalFrom(units.Follow("address.country"), "country"), "country_id"),
+		units.DirectFrom(units.ConvertFrom(units.Follow("address.zip"), units.AsInt), "zip"),
+		units.DirectFrom(units.None(units.LocalToExternalFrom(units.Field("home_country"), "country")), "home"),
+		units.DirectFrom(units.None(units.LocalToExternal("no_country", "country")), "none"),
+	}}
+	rec := units.Record{"address": units.Record{"country": 10, "zip": "1200"}, "home_country": "ch", "no_country": ""}
+	assertValues(t, values(t, m, w, rec, units.MapOptions{}),
+		units.Record{"country_id": "ch", "zip": 1200, "home": "10", "none": nil})
+	assertValues(t, values(t, m, w, rec, units.MapOptions{Fields: []string{"address"}}),
+		units.Record{"country_id": "ch", "zip": 1200})
+	if got := m.ChangedByFields(); !slices.Equal(got, []string{"address", "home_country", "no_country"}) {
+		t.Errorf("ChangedByFields = %v", got)
+	}
+	_, err := m.MapRecord(w, units.Record{"address": units.Record{"country": 99}}).Values(context.Background(), units.MapOptions{})
+	if !errors.Is(err, units.ErrMapping) || !strings.Contains(err.Error(), `"address"`) {
+		t.Errorf("unbound nested relation: err = %v, want ErrMapping naming the field", err)
+	}
 }
 
 // A custom modifier composed with the shipped ones.
@@ -349,8 +400,9 @@ func TestModifierExportFilterField(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := units.Record{"name": "300", "field": "value", "no_field": "no_value"}
-	assertValues(t, values(t, m, nil, rec, units.MapOptions{Fields: []string{"field", "name"}}),
-		units.Record{"out_name": 300, "field2": "value"})
+	want := units.Record{"out_name": 300, "field2": "value"}
+	assertValues(t, values(t, m, nil, rec, units.MapOptions{Fields: []string{"field", "name"}}), want)
+	assertValues(t, values(t, m, nil, rec, units.MapOptions{Fields: []string{"field", "name"}, ForCreate: true}), want)
 }
 
 // test_mapping_custom_option: custom options given at mapping time.
@@ -577,6 +629,81 @@ func TestMappingRecordChildrenSkipItem(t *testing.T) {
 	})
 	// The fields filter selects children by their source field.
 	assertValues(t, values(t, m, nil, ratesRecord, units.MapOptions{Fields: []string{"name"}}), units.Record{})
+}
+
+// Items are mapped with the parent's options (ForCreate and custom options,
+// as the seed passes its options to get_item_values) but not its fields
+// filter, which names the parent's fields; the item's work context is
+// switched to the items' model; nested children work the same way.
+func TestMappingRecordChildrenOptions(t *testing.T) {
+	r := units.NewRegistry()
+	r.Backend("shop")
+	w := r.NewWork(units.Env{}, units.Backend{ID: "s", Type: "shop"}, "order")
+	var models []string
+	sub := &units.Mapper{Computed: []units.Computed{{Name: "m", Map: func(_ context.Context, mc *units.MapContext, rec units.Record) (units.Record, error) {
+		models = append(models, mc.Work.Model)
+		return units.Record{"tax": rec["tax"], "parent_sku": mc.Record.Parent.Source["sku"]}, nil
+	}}}}
+	line := &units.Mapper{
+		Direct: []units.Rule{units.Direct("sku", "sku"), units.Direct("qty", "qty")},
+		Computed: []units.Computed{
+			{Name: "lang", ChangedBy: []string{"lang"}, Map: func(_ context.Context, mc *units.MapContext, _ units.Record) (units.Record, error) {
+				models = append(models, mc.Work.Model)
+				return units.Record{"lang": mc.Option("lang")}, nil
+			}},
+			{Name: "new", OnlyCreate: true, Map: func(context.Context, *units.MapContext, units.Record) (units.Record, error) {
+				return units.Record{"new": true}, nil
+			}},
+		},
+		Children: []units.Child{{From: "taxes", To: "taxes", Model: "order.line.tax", Mapper: sub}},
+	}
+	m := &units.Mapper{
+		Direct:   []units.Rule{units.Direct("ref", "ref")},
+		Children: []units.Child{{From: "lines", To: "lines", Model: "order.line", Mapper: line}},
+	}
+	rec := units.Record{"ref": "SO1", "lines": []units.Record{{"sku": "A", "qty": 2, "taxes": []units.Record{{"tax": "vat"}}}}}
+	got := values(t, m, w, rec, units.MapOptions{ForCreate: true, Fields: []string{"lines"}, Custom: map[string]any{"lang": "fr"}})
+	assertValues(t, got, units.Record{"lines": []units.Record{{
+		"sku": "A", "qty": 2, "lang": "fr", "new": true,
+		"taxes": []units.Record{{"tax": "vat", "parent_sku": "A"}},
+	}}})
+	if !slices.Equal(models, []string{"order.line", "order.line.tax"}) {
+		t.Errorf("item work models %v", models)
+	}
+}
+
+// A record mapped for export looks its items' mapper up under
+// ExportMapperUsage; a Child's own Usage wins.
+func TestMappingRecordChildrenUsage(t *testing.T) {
+	r := units.NewRegistry()
+	shop := r.Backend("shop")
+	tagged := func(tag string) *units.Mapper {
+		return &units.Mapper{Computed: []units.Computed{{Name: "t", Map: func(context.Context, *units.MapContext, units.Record) (units.Record, error) {
+			return units.Record{"by": tag}, nil
+		}}}}
+	}
+	mustRegister(t, shop, units.ImportMapperUsage, "line", tagged("import"))
+	mustRegister(t, shop, units.ExportMapperUsage, "line", tagged("export"))
+	custom := units.NewUsage[*units.Mapper]("pos.mapper")
+	mustRegister(t, shop, custom, "line", tagged("custom"))
+	w := r.NewWork(units.Env{}, units.Backend{ID: "s", Type: "shop"}, "order")
+	m := &units.Mapper{Children: []units.Child{
+		{From: "lines", To: "lines", Model: "line"},
+		{From: "lines", To: "pos", Model: "line", Usage: custom},
+	}}
+	rec := units.Record{"lines": []any{units.Record{"x": 1}}}
+	for _, c := range []struct {
+		usage units.Usage[*units.Mapper]
+		want  string
+	}{{units.Usage[*units.Mapper]{}, "import"}, {units.ImportMapperUsage, "import"}, {units.ExportMapperUsage, "export"}} {
+		mr := m.MapRecord(w, rec)
+		mr.Usage = c.usage
+		got, err := mr.Values(context.Background(), units.MapOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertValues(t, got, units.Record{"lines": []units.Record{{"by": c.want}}, "pos": []units.Record{{"by": "custom"}}})
+	}
 }
 
 // A children mapping without a mapper and without a registered one fails

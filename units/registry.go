@@ -21,6 +21,8 @@ var (
 	// ErrUnitType: the registered unit does not have the usage's type
 	// (two usages with the same name but different types).
 	ErrUnitType = errors.New("units: unit has the wrong type for its usage")
+	// ErrInvalidUnit: a registration with a nil unit or a zero Usage.
+	ErrInvalidUnit = errors.New("units: invalid unit registration")
 )
 
 // NoUnitError is returned by a lookup that finds nothing.
@@ -169,10 +171,10 @@ func Replace[T any](n *Node, u Usage[T], model string, unit T) error {
 
 func (n *Node) put(usage, model string, unit any, replace bool) error {
 	if usage == "" {
-		return errors.New("units: register: zero Usage (declare it with NewUsage)")
+		return fmt.Errorf("%w: zero Usage for model %q on %s (declare it with NewUsage)", ErrInvalidUnit, model, n)
 	}
 	if isNil(unit) {
-		return fmt.Errorf("units: register %q for %q on %s: nil unit", usage, model, n)
+		return fmt.Errorf("%w: nil unit %q for model %q on %s", ErrInvalidUnit, usage, model, n)
 	}
 	n.r.mu.Lock()
 	defer n.r.mu.Unlock()
@@ -222,7 +224,7 @@ func (r *Registry) lookup(typ, version, usage, model string) (any, error) {
 	defer r.mu.RUnlock()
 	n, ok := r.nodes[nodeKey{typ, version}]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q version %q", ErrUnknownBackend, typ, version)
+		return nil, fmt.Errorf("%w: %q version %q (looking up %q for model %q)", ErrUnknownBackend, typ, version, usage, model)
 	}
 	models := []string{model}
 	if model != AnyModel {

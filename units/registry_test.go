@@ -2,6 +2,7 @@ package units_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -159,11 +160,14 @@ func TestRegistryVersionsAndConflicts(t *testing.T) {
 func TestRegistryRejectsNilAndZeroUsage(t *testing.T) {
 	r := units.NewRegistry()
 	m := r.Backend("shop")
-	if err := units.Register(m, units.ImporterUsage, "product", nil); err == nil {
-		t.Error("nil unit accepted")
+	if err := units.Register(m, units.ImporterUsage, "product", nil); !errors.Is(err, units.ErrInvalidUnit) {
+		t.Errorf("nil unit: %v, want ErrInvalidUnit", err)
 	}
-	if err := units.Register(m, units.Usage[tag]{}, "product", "x"); err == nil {
-		t.Error("zero usage accepted")
+	if err := units.Register(m, units.Usage[tag]{}, "product", "x"); !errors.Is(err, units.ErrInvalidUnit) {
+		t.Errorf("zero usage: %v, want ErrInvalidUnit", err)
+	}
+	if _, err := units.Lookup(r, "shop", "", units.ImporterUsage, "product"); !errors.Is(err, units.ErrNoUnit) {
+		t.Errorf("a refused registration registered something: %v", err)
 	}
 }
 
@@ -176,4 +180,28 @@ func TestRegistryUsageTypeMismatch(t *testing.T) {
 	if !errors.Is(err, units.ErrUnitType) {
 		t.Errorf("err = %v, want ErrUnitType", err)
 	}
+}
+
+// Lookups are safe while units are registered (run with -race).
+func TestRegistryConcurrentLookups(t *testing.T) {
+	r := units.NewRegistry()
+	m := r.Backend("magento")
+	m24 := m.Version("2.3").Version("2.4")
+	mustRegister(t, m, tagUsage, "product", "base")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 100 {
+			if err := units.Register(m24, tagUsage, fmt.Sprint("model", i), "x"); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for range 100 {
+		if got := lookupTag(t, r, "2.4", "product"); got != "base" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	<-done
 }

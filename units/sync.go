@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/connector-go/connector/job"
@@ -128,6 +130,49 @@ type Dependency struct {
 	Always bool
 }
 
+// ErrDependencyCycle: a dependency is a record whose synchronization is
+// already running further up the same chain of dependencies (a record that
+// depends, directly or not, on itself). Retrying would not help: the record
+// lock is held by the chain itself.
+var ErrDependencyCycle = errors.New("units: dependency cycle")
+
+type runningKey struct{}
+
+// running is the chain of records being synchronized by the current run and
+// its dependencies, outermost first.
+type running struct {
+	parent *running
+	key    string
+}
+
+func (r *running) has(key string) bool {
+	for ; r != nil; r = r.parent {
+		if r.key == key {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *running) path(last string) string {
+	var keys []string
+	for ; r != nil; r = r.parent {
+		keys = append(keys, r.key)
+	}
+	slices.Reverse(keys)
+	return strings.Join(append(keys, last), " -> ")
+}
+
+// enter marks key as running in ctx; it fails with ErrDependencyCycle when
+// key is already running further up the chain.
+func enter(ctx context.Context, key string) (context.Context, error) {
+	r, _ := ctx.Value(runningKey{}).(*running)
+	if r.has(key) {
+		return ctx, fmt.Errorf("%w: %s", ErrDependencyCycle, r.path(key))
+	}
+	return context.WithValue(ctx, runningKey{}, &running{parent: r, key: key}), nil
+}
+
 // IsNothingToDo reports whether err only says there was nothing to do.
 func IsNothingToDo(err error) bool {
 	var n *job.NothingToDoError
@@ -143,7 +188,8 @@ func IsNothingToDo(err error) bool {
 //  3. find the binding; unless forced, if UpdatedAt says the external record
 //     is not newer than the binding's sync date: "already up to date";
 //  4. take the record lock (held elsewhere: a retry that does not count);
-//  5. import the Dependencies not bound yet (or Always);
+//  5. import the Dependencies not bound yet (or Always); a dependency already
+//     being imported up the same chain is an ErrDependencyCycle;
 //  6. map (for create when not bound yet), Validate;
 //  7. create or write the local record, with WithOrigin(ctx, backend id) so
 //     that change listeners do not export it back;
@@ -215,7 +261,11 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 	if _, _, err := findBinding(); err != nil {
 		return "", err
 	}
-	unlock, err := w.lock(ctx, "import/"+w.Backend.ID+"/"+w.Model+"/"+externalID)
+	resource := "import/" + w.Backend.ID + "/" + w.Model + "/" + externalID
+	if ctx, err = enter(ctx, resource); err != nil {
+		return "", err
+	}
+	unlock, err := w.lock(ctx, resource)
 	if err != nil {
 		return "", err
 	}
@@ -380,7 +430,11 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 			}
 		}
 	}
-	unlock, err := w.lock(ctx, "export/"+w.Backend.ID+"/"+w.Model+"/"+localID)
+	resource := "export/" + w.Backend.ID + "/" + w.Model + "/" + localID
+	if ctx, err = enter(ctx, resource); err != nil {
+		return "", err
+	}
+	unlock, err := w.lock(ctx, resource)
 	if err != nil {
 		return "", err
 	}
@@ -429,7 +483,9 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 		if !create {
 			opts.Fields = fields
 		}
-		values, err := mapper.MapRecord(w, rec).Values(ctx, opts)
+		mr := mapper.MapRecord(w, rec)
+		mr.Usage = ExportMapperUsage
+		values, err := mr.Values(ctx, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -593,7 +649,7 @@ func (b *BatchImporter) Run(ctx context.Context, w *Work, filters map[string]any
 			return "", err
 		}
 	} else if w.Env.Jobs == nil {
-		return "", errors.New("units: delayed batch import needs Env.Jobs")
+		return "", fmt.Errorf("%w: a delayed batch import needs Env.Jobs", ErrEnv)
 	}
 	var n, skipped int
 	for offset := 0; ; offset += size {

@@ -371,7 +371,11 @@ func TestImportConcurrentSameRecord(t *testing.T) {
 			_, err := f.importRecord(t, "category", "c1", false)
 			first <- err
 		}()
-		<-entered // the first import holds the lock
+		select { // the first import holds the lock
+		case <-entered:
+		case err := <-first:
+			t.Fatalf("the first import ended without reaching Validate: %v", err)
+		}
 		_, err := f.importRecord(t, "category", "c1", false)
 		if r, ok := job.AsRetryable(err); !ok || !r.NoCount {
 			t.Fatalf("second import while the first runs: err = %v, want RetryNoCount", err)
@@ -500,8 +504,8 @@ func TestExportImportsFirstWhenExternalChanged(t *testing.T) {
 			t.Errorf("result %q", res)
 		}
 		jobs := f.trap.Named("connector.import_record")
-		if len(jobs) != 1 || jobs[0].Args != (units.ImportRecord{BackendID: backendID, Model: "product", ExternalID: "p1", Force: true}) ||
-			jobs[0].Options.IdentityKey == "" {
+		want := units.ImportRecord{BackendID: backendID, Model: "product", ExternalID: "p1", Force: true}
+		if len(jobs) != 1 || jobs[0].Args != want || jobs[0].Options.IdentityKey != want.IdentityKey() {
 			t.Fatalf("jobs = %+v", f.trap.Jobs())
 		}
 		if len(f.ext.Model("product").Changes()) != writes {
@@ -583,9 +587,22 @@ func TestBatchImportDirect(t *testing.T) {
 	if !strings.Contains(res, "5 product records imported") || !strings.Contains(res, "1 had nothing to do") {
 		t.Errorf("result %q", res)
 	}
-	// Filters reach the search.
-	if _, err := f.reg.RunBatchImport(context.Background(), f.env, units.ImportBatch{BackendID: backendID, Model: "product", Filters: map[string]any{"name": "zzz"}}); err != nil {
+	// Filters reach the search: only the matching records are imported.
+	f.ext.Model("product").Put("f", units.Record{"name": "f", "brand": "acme"})
+	f.ext.Model("product").Put("g", units.Record{"name": "g", "brand": "other"})
+	res, err = f.reg.RunBatchImport(context.Background(), f.env, units.ImportBatch{BackendID: backendID, Model: "product", Filters: map[string]any{"brand": "acme"}})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if _, found, _ := f.binder("product").ToInternal(context.Background(), "g"); found || !strings.Contains(res, "1 product records imported") {
+		t.Errorf("filtered batch: %q, g imported %v", res, found)
+	}
+	bound(t, f.binder("product"), "f")
+	// A failing record fails the batch (retryable stays retryable).
+	f.ext.Model("product").SetDown(true)
+	_, err = f.reg.RunBatchImport(context.Background(), f.env, units.ImportBatch{BackendID: backendID, Model: "product"})
+	if _, ok := job.AsRetryable(err); !ok {
+		t.Errorf("backend down: %v, want retryable", err)
 	}
 }
 
@@ -622,6 +639,10 @@ func TestBatchImportDelayed(t *testing.T) {
 	}
 	if f.local.Model("category").Len() != 3 || len(f.trap.Jobs()) != 0 {
 		t.Errorf("after Perform: %d categories, %d jobs", f.local.Model("category").Len(), len(f.trap.Jobs()))
+	}
+	f.env.Jobs = nil
+	if _, err := f.reg.RunBatchImport(context.Background(), f.env, a); !errors.Is(err, units.ErrEnv) {
+		t.Errorf("delayed batch without Env.Jobs: %v, want ErrEnv", err)
 	}
 }
 

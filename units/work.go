@@ -29,6 +29,10 @@ type BackendResolver func(ctx context.Context, id string) (Backend, error)
 // ErrUnknownInstance: a BackendResolver does not know the backend id.
 var ErrUnknownInstance = errors.New("units: unknown backend instance")
 
+// ErrEnv: the Env lacks what a unit needs (Backends, Binders, Local, or Jobs
+// for a delayed batch import).
+var ErrEnv = errors.New("units: incomplete Env")
+
 // Backends returns a BackendResolver over a fixed set of instances.
 func Backends(bs ...Backend) BackendResolver {
 	m := make(map[string]Backend, len(bs))
@@ -84,7 +88,7 @@ type Work struct {
 // Work builds the work context of backend instance backendID for model.
 func (r *Registry) Work(ctx context.Context, env Env, backendID, model string) (*Work, error) {
 	if env.Backends == nil {
-		return nil, errors.New("units: Env.Backends is nil")
+		return nil, fmt.Errorf("%w: Env.Backends is nil", ErrEnv)
 	}
 	b, err := env.Backends(ctx, backendID)
 	if err != nil {
@@ -145,11 +149,11 @@ func (w *Work) Adapter() (Adapter, error) {
 // Local returns the local system's adapter for the work's model.
 func (w *Work) Local() (Adapter, error) {
 	if w.Env.Local == nil {
-		return nil, errors.New("units: Env.Local is nil")
+		return nil, fmt.Errorf("%w: Env.Local is nil", ErrEnv)
 	}
 	a, err := w.Env.Local(w.Model)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("units: local adapter for %s: %w", w.Model, err)
 	}
 	return &tracedAdapter{a: a, tr: w.Tracer, prefix: "local.", target: w.Model, backend: w.Backend.ID}, nil
 }
@@ -162,11 +166,11 @@ func (w *Work) Binder() (Binder, error) {
 	switch {
 	case err == nil:
 		if b, err = f(w); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("units: build binder for %s/%s: %w", w.Backend.ID, w.Model, err)
 		}
 	case errors.Is(err, ErrNoUnit):
 		if w.Env.Binders == nil {
-			return nil, errors.New("units: Env.Binders is nil")
+			return nil, fmt.Errorf("%w: Env.Binders is nil", ErrEnv)
 		}
 		b = w.Env.Binders(w.Backend.ID, w.Model)
 	default:

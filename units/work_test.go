@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"go.opentelemetry.io/otel/codes"
@@ -107,5 +108,69 @@ func TestBinderUsageOverride(t *testing.T) {
 		if _, found, _ := c.store.Binder(w.Backend.ID, "p").ToInternal(ctx, "e"); !found {
 			t.Errorf("version %q: bound in the wrong store", c.version)
 		}
+	}
+}
+
+// The work context carries the backend instance resolved from its id (type,
+// version, settings) to the units: here the adapter factory reads the
+// settings; WithModel keeps the instance, tracer and env.
+func TestWorkCarriesTheBackendInstance(t *testing.T) {
+	r := units.NewRegistry()
+	shop := r.Backend("shop")
+	shop.Version("2")
+	var got []string
+	mustRegister(t, shop, units.AdapterUsage, units.AnyModel, units.AdapterFactory(func(w *units.Work) (units.Adapter, error) {
+		got = append(got, w.Backend.ID+" "+w.Backend.Type+" "+w.Backend.Version+" "+w.Backend.Settings["url"]+" "+w.Model)
+		return unitstest.NewMemory(w.Model), nil
+	}))
+	tp := sdktrace.NewTracerProvider()
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	env := units.Env{
+		Backends: units.Backends(
+			units.Backend{ID: "paris", Type: "shop", Version: "2", Settings: map[string]string{"url": "https://paris.example"}},
+			units.Backend{ID: "ghost", Type: "shop", Version: "9"},
+		),
+		Tracer: tp.Tracer("t"),
+	}
+	w, err := r.Work(context.Background(), env, "paris", "product")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Adapter(); err != nil {
+		t.Fatal(err)
+	}
+	line := w.WithModel("order.line")
+	if _, err := line.Adapter(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"paris shop 2 https://paris.example product", "paris shop 2 https://paris.example order.line"}
+	if !slices.Equal(got, want) {
+		t.Errorf("factory saw %q, want %q", got, want)
+	}
+	if line.Backend.ID != "paris" || line.Tracer != w.Tracer || line.Registry != r || w.Model != "product" {
+		t.Errorf("WithModel: %+v", line)
+	}
+	if _, err := units.Find(w, units.AdapterUsage); err != nil {
+		t.Errorf("Find through the version chain: %v", err)
+	}
+
+	if _, err := r.Work(context.Background(), env, "nope", "product"); !errors.Is(err, units.ErrUnknownInstance) {
+		t.Errorf("unknown instance: %v", err)
+	}
+	ghost, err := r.Work(context.Background(), env, "ghost", "product")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ghost.Adapter(); !errors.Is(err, units.ErrUnknownBackend) || !strings.Contains(err.Error(), `"backend.adapter"`) {
+		t.Errorf("undeclared version: %v", err)
+	}
+	if _, err := r.Work(context.Background(), units.Env{}, "paris", "product"); !errors.Is(err, units.ErrEnv) {
+		t.Errorf("no Env.Backends: %v", err)
+	}
+	if _, err := w.Local(); !errors.Is(err, units.ErrEnv) {
+		t.Errorf("no Env.Local: %v", err)
+	}
+	if _, err := w.Binder(); !errors.Is(err, units.ErrEnv) {
+		t.Errorf("no Env.Binders: %v", err)
 	}
 }

@@ -10,9 +10,12 @@
 //		})
 //	}
 //
-// The suite checks create/read/write/delete/search semantics, the
-// units.ErrMissing error for absent records and, when Break is given, that
-// network failures are retryable (job.AsRetryable).
+// The suite checks create/read/write/delete/search semantics (a write sets
+// only the given fields, search filters and pages, deleted records are gone),
+// that records are values (changing a record after Create or Read does not
+// change the system), the units.ErrMissing error for absent records (never
+// retryable) and, when Break is given, that network failures are retryable
+// (job.AsRetryable).
 package adaptertest
 
 import (
@@ -31,7 +34,9 @@ import (
 type Harness struct {
 	// New returns an adapter over an empty namespace of the system.
 	New func(t *testing.T) units.Adapter
-	// Record returns the i-th sample record (nil: {Field: "record <i>"}).
+	// Record returns the i-th sample record (nil: {Field: "record <i>",
+	// "note": "note <i>"}). Give records two fields at least, so that the
+	// suite can see that a write leaves the other fields alone.
 	Record func(i int) units.Record
 	// Field is a string field the suite writes and filters on (default
 	// "name"). With Record set, Record(i)[Field] must differ for each i.
@@ -62,7 +67,9 @@ func Run(t *testing.T, h Harness) {
 		h.Field = "name"
 	}
 	if h.Record == nil {
-		h.Record = func(i int) units.Record { return units.Record{h.Field: fmt.Sprintf("record %d", i)} }
+		h.Record = func(i int) units.Record {
+			return units.Record{h.Field: fmt.Sprintf("record %d", i), "note": fmt.Sprintf("note %d", i)}
+		}
 	}
 	if h.MissingID == "" {
 		h.MissingID = "does-not-exist-0"
@@ -75,6 +82,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("ReadFields", s.readFields)
 	t.Run("Write", s.write)
 	t.Run("Delete", s.delete)
+	t.Run("Isolation", s.isolation)
 	t.Run("MissingRecord", s.missing)
 	t.Run("Search", s.search)
 	if !h.NoFilter {
@@ -194,6 +202,45 @@ func (s *suite) delete(t *testing.T) {
 	if slices.Contains(ids, id) {
 		t.Errorf("Search after Delete still finds %q", id)
 	}
+	if err := a.Delete(s.ctx(t), id); !errors.Is(err, units.ErrMissing) {
+		t.Errorf("second Delete(%q): err = %v, want units.ErrMissing", id, err)
+	}
+	if err := a.Write(s.ctx(t), id, units.Record{s.h.Field: "x"}); !errors.Is(err, units.ErrMissing) {
+		t.Errorf("Write(%q) after Delete: err = %v, want units.ErrMissing", id, err)
+	}
+}
+
+// isolation: the records given to Create and Write and returned by Read are
+// the caller's; changing them does not change the system.
+func (s *suite) isolation(t *testing.T) {
+	a := s.h.New(t)
+	rec := s.h.Record(1)
+	want := fmt.Sprint(rec[s.h.Field])
+	id, err := a.Create(s.ctx(t), rec)
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	rec[s.h.Field] = "changed by the caller after Create"
+	got, err := a.Read(s.ctx(t), id, nil)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if fmt.Sprint(got[s.h.Field]) != want {
+		t.Errorf("changing the record given to Create changed the system: %q = %v", s.h.Field, got[s.h.Field])
+	}
+	got[s.h.Field] = "changed by the caller after Read"
+	upd := units.Record{s.h.Field: "written"}
+	if err := a.Write(s.ctx(t), id, upd); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	upd[s.h.Field] = "changed by the caller after Write"
+	again, err := a.Read(s.ctx(t), id, nil)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if fmt.Sprint(again[s.h.Field]) != "written" {
+		t.Errorf("changing a record given to Write or returned by Read changed the system: %q = %v", s.h.Field, again[s.h.Field])
+	}
 }
 
 func (s *suite) missing(t *testing.T) {
@@ -244,6 +291,25 @@ func (s *suite) searchFilter(t *testing.T) {
 	}
 	if len(ids) != 1 || ids[0] != id2 {
 		t.Errorf("Search(%s = %v) = %v, want [%s]", s.h.Field, s.h.Record(2)[s.h.Field], ids, id2)
+	}
+	// A write is seen by the filter: the new value matches, the old no more.
+	if err := a.Write(s.ctx(t), id2, units.Record{s.h.Field: "filtered after write"}); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	s.settle(t)
+	ids, err = a.Search(s.ctx(t), units.Query{Filters: map[string]any{s.h.Field: "filtered after write"}})
+	if err != nil {
+		t.Fatalf("Search with filter: %v", err)
+	}
+	if len(ids) != 1 || ids[0] != id2 {
+		t.Errorf("Search(%s = written value) = %v, want [%s]", s.h.Field, ids, id2)
+	}
+	ids, err = a.Search(s.ctx(t), units.Query{Filters: map[string]any{s.h.Field: s.h.Record(2)[s.h.Field]}})
+	if err != nil {
+		t.Fatalf("Search with filter: %v", err)
+	}
+	if len(ids) != 0 {
+		t.Errorf("Search(%s = value before the write) = %v, want none", s.h.Field, ids)
 	}
 }
 

@@ -2,30 +2,35 @@ package unitstest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/connector-go/connector/bindings"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
 )
 
-// ErrLocked is the cause of the error Store.Acquire returns for a held lock.
-var ErrLocked = errors.New("unitstest: resource locked")
+// ErrLocked is the cause of the error Store.Acquire returns for a held lock:
+// bindings.ErrLocked, so that code checking for the real store's error
+// behaves the same in tests.
+var ErrLocked = bindings.ErrLocked
 
 // Store is an in-memory stand-in for bindings.Store: binders per backend
-// instance and model, and a locker. Locks do not expire (tests release them).
+// instance and model, and a locker, with the same errors (a conflicting Bind
+// is a *bindings.ConflictError, a held lock a job.RetryNoCount wrapping a
+// *bindings.LockedError, a second release bindings.ErrLockLost, empty ids
+// bindings.ErrInvalid). Locks do not expire (tests release them).
 type Store struct {
 	mu       sync.Mutex
 	binders  map[[2]string]*Binder
-	locks    map[string]bool
+	locks    map[string]time.Duration // held resource -> the holder's ttl
 	acquired map[string]int
 }
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{binders: map[[2]string]*Binder{}, locks: map[string]bool{}, acquired: map[string]int{}}
+	return &Store{binders: map[[2]string]*Binder{}, locks: map[string]time.Duration{}, acquired: map[string]int{}}
 }
 
 // Binder returns the binder of backendID and model (fits units.Env.Binders).
@@ -38,29 +43,38 @@ func (s *Store) MemBinder(backendID, model string) *Binder {
 	k := [2]string{backendID, model}
 	b, ok := s.binders[k]
 	if !ok {
-		b = &Binder{toLocal: map[string]string{}, toExt: map[string]string{}, synced: map[string]time.Time{}}
+		b = &Binder{backend: backendID, model: model, toLocal: map[string]string{}, toExt: map[string]string{}, synced: map[string]time.Time{}}
 		s.binders[k] = b
 	}
 	return b
 }
 
 // Acquire implements units.Locker: a held lock is a job.RetryNoCount error
-// wrapping ErrLocked, as bindings.Store gives.
+// wrapping a *bindings.LockedError (ErrLocked), as bindings.Store gives.
+// Releasing twice returns bindings.ErrLockLost the second time.
 func (s *Store) Acquire(ctx context.Context, resource string, ttl time.Duration) (func(context.Context) error, error) {
+	if resource == "" {
+		return nil, fmt.Errorf("%w: lock needs a resource name", bindings.ErrInvalid)
+	}
+	if ttl <= 0 {
+		return nil, fmt.Errorf("%w: lock ttl %s", bindings.ErrInvalid, ttl)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.locks[resource] {
-		return nil, job.RetryNoCount(fmt.Errorf("%w: %s", ErrLocked, resource), 0)
+	if held, ok := s.locks[resource]; ok {
+		return nil, job.RetryNoCount(&bindings.LockedError{Resource: resource, Remaining: held}, 0)
 	}
-	s.locks[resource] = true
+	s.locks[resource] = ttl
 	s.acquired[resource]++
-	var once sync.Once
+	released := false
 	return func(context.Context) error {
-		once.Do(func() {
-			s.mu.Lock()
-			delete(s.locks, resource)
-			s.mu.Unlock()
-		})
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if released {
+			return fmt.Errorf("unitstest: release lock %s: %w", resource, bindings.ErrLockLost)
+		}
+		released = true
+		delete(s.locks, resource)
 		return nil
 	}, nil
 }
@@ -69,7 +83,8 @@ func (s *Store) Acquire(ctx context.Context, resource string, ttl time.Duration)
 func (s *Store) Held(resource string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.locks[resource]
+	_, ok := s.locks[resource]
+	return ok
 }
 
 // Acquired returns how many times resource was locked.
@@ -81,6 +96,8 @@ func (s *Store) Acquired(resource string) int {
 
 // Binder is an in-memory units.Binder.
 type Binder struct {
+	backend string
+	model   string
 	mu      sync.Mutex
 	toLocal map[string]string
 	toExt   map[string]string
@@ -103,15 +120,26 @@ func (b *Binder) ToExternal(_ context.Context, localID string) (string, bool, er
 	return id, ok, nil
 }
 
-// Bind implements units.Binder; rebinding an id to another partner fails.
+// Bind implements units.Binder. Binding a bound pair again sets its sync
+// date; binding an id already bound to another partner changes nothing and
+// returns a *bindings.ConflictError (bindings.ErrConflict).
 func (b *Binder) Bind(_ context.Context, externalID, localID string, syncedAt time.Time) error {
+	if externalID == "" || localID == "" {
+		return fmt.Errorf("%w: bind needs an external id and a local id (got %q, %q)", bindings.ErrInvalid, externalID, localID)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if l, ok := b.toLocal[externalID]; ok && l != localID {
-		return fmt.Errorf("unitstest: external %q already bound to %q", externalID, l)
-	}
-	if e, ok := b.toExt[localID]; ok && e != externalID {
-		return fmt.Errorf("unitstest: local %q already bound to %q", localID, e)
+	l, lok := b.toLocal[externalID]
+	e, eok := b.toExt[localID]
+	if (lok && l != localID) || (eok && e != externalID) {
+		ce := &bindings.ConflictError{Backend: b.backend, Model: b.model, ExternalID: externalID, LocalID: localID}
+		if lok && l != localID {
+			ce.BoundLocalID = l
+		}
+		if eok && e != externalID {
+			ce.BoundExternalID = e
+		}
+		return ce
 	}
 	b.toLocal[externalID] = localID
 	b.toExt[localID] = externalID

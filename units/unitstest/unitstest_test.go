@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/bindings"
+	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
 	"github.com/connector-go/connector/units/unitstest"
@@ -55,48 +57,113 @@ func TestTrapCapturesAndDeduplicates(t *testing.T) {
 	}
 }
 
-func TestStoreBinderAndLocks(t *testing.T) {
+// storeKinds gives the in-memory Store and the real Redis one of package
+// bindings, so that one contract runs against both: the in-memory store must
+// behave (and fail) like the real one.
+var storeKinds = []struct {
+	name string
+	new  func(t *testing.T) (func(backendID, model string) units.Binder, units.Locker)
+}{
+	{"memory", func(t *testing.T) (func(string, string) units.Binder, units.Locker) {
+		s := unitstest.NewStore()
+		return s.Binder, s
+	}},
+	{"redis", func(t *testing.T) (func(string, string) units.Binder, units.Locker) {
+		rdb, prefix := testenv.Redis(t)
+		s := bindings.New(rdb, prefix)
+		return func(b, m string) units.Binder { return s.Binder(b, m) }, s
+	}},
+}
+
+func TestStoreBehavesLikeBindings(t *testing.T) {
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			binders, locker := k.new(t)
+			ctx := context.Background()
+			b := binders("shop", "product")
+			now := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+			if err := b.Bind(ctx, "e1", "l1", now); err != nil {
+				t.Fatal(err)
+			}
+			for _, pair := range [][2]string{{"e1", "l2"}, {"e2", "l1"}} {
+				err := b.Bind(ctx, pair[0], pair[1], now)
+				var ce *bindings.ConflictError
+				if !errors.Is(err, bindings.ErrConflict) || !errors.As(err, &ce) || ce.Model != "product" {
+					t.Errorf("conflicting Bind(%s, %s) = %v, want a *bindings.ConflictError", pair[0], pair[1], err)
+				}
+			}
+			if err := b.Bind(ctx, "", "l9", now); !errors.Is(err, bindings.ErrInvalid) {
+				t.Errorf("Bind with an empty id = %v, want bindings.ErrInvalid", err)
+			}
+			later := now.Add(time.Hour)
+			if err := b.Bind(ctx, "e1", "l1", later); err != nil {
+				t.Errorf("binding a bound pair again: %v", err)
+			}
+			if l, ok, _ := b.ToInternal(ctx, "e1"); !ok || l != "l1" {
+				t.Error("ToInternal")
+			}
+			if e, ok, _ := b.ToExternal(ctx, "l1"); !ok || e != "e1" {
+				t.Error("ToExternal")
+			}
+			if d, ok, _ := b.SyncDate(ctx, "e1"); !ok || !d.Equal(later) {
+				t.Errorf("SyncDate = %v %v, want %v (the last bind's date)", d, ok, later)
+			}
+			if _, ok, _ := binders("shop", "order").ToInternal(ctx, "e1"); ok {
+				t.Error("binders share models")
+			}
+			if _, ok, _ := binders("shop-2", "product").ToInternal(ctx, "e1"); ok {
+				t.Error("binders share backend instances")
+			}
+			if err := b.Unbind(ctx, "e1"); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, _ := b.ToExternal(ctx, "l1"); ok {
+				t.Error("Unbind kept the reverse link")
+			}
+			if _, ok, _ := b.SyncDate(ctx, "e1"); ok {
+				t.Error("Unbind kept the sync date")
+			}
+			if err := b.Unbind(ctx, "never-bound"); err != nil {
+				t.Errorf("Unbind of an unbound id: %v", err)
+			}
+
+			rel, err := locker.Acquire(ctx, "r", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = locker.Acquire(ctx, "r", time.Minute)
+			var le *bindings.LockedError
+			if r, ok := job.AsRetryable(err); !ok || !r.NoCount || !errors.Is(err, unitstest.ErrLocked) || !errors.As(err, &le) || le.Resource != "r" {
+				t.Errorf("held lock: %v, want a job.RetryNoCount of a *bindings.LockedError", err)
+			}
+			if _, err := locker.Acquire(ctx, "other", time.Minute); err != nil {
+				t.Errorf("another resource: %v", err)
+			}
+			if err := rel(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := rel(ctx); !errors.Is(err, bindings.ErrLockLost) {
+				t.Errorf("second release = %v, want bindings.ErrLockLost", err)
+			}
+			if _, err := locker.Acquire(ctx, "r", time.Minute); err != nil {
+				t.Errorf("after release: %v", err)
+			}
+			if _, err := locker.Acquire(ctx, "", time.Minute); !errors.Is(err, bindings.ErrInvalid) {
+				t.Errorf("empty resource: %v, want bindings.ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func TestStoreCountsLocks(t *testing.T) {
 	s := unitstest.NewStore()
 	ctx := context.Background()
-	b := s.Binder("shop", "product")
-	now := time.Now()
-	if err := b.Bind(ctx, "e1", "l1", now); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Bind(ctx, "e1", "l2", now); err == nil {
-		t.Error("conflicting bind accepted")
-	}
-	if err := b.Bind(ctx, "e2", "l1", now); err == nil {
-		t.Error("conflicting bind accepted")
-	}
-	if l, ok, _ := b.ToInternal(ctx, "e1"); !ok || l != "l1" {
-		t.Error("ToInternal")
-	}
-	if e, ok, _ := b.ToExternal(ctx, "l1"); !ok || e != "e1" {
-		t.Error("ToExternal")
-	}
-	if d, ok, _ := b.SyncDate(ctx, "e1"); !ok || !d.Equal(now) {
-		t.Error("SyncDate")
-	}
-	if _, ok, _ := s.Binder("shop", "order").ToInternal(ctx, "e1"); ok {
-		t.Error("binders share models")
-	}
-	_ = b.Unbind(ctx, "e1")
-	if _, ok, _ := b.ToExternal(ctx, "l1"); ok {
-		t.Error("Unbind kept the reverse link")
-	}
-
 	rel, err := s.Acquire(ctx, "r", time.Minute)
 	if err != nil || !s.Held("r") {
 		t.Fatal(err)
 	}
-	_, err = s.Acquire(ctx, "r", time.Minute)
-	if r, ok := job.AsRetryable(err); !ok || !r.NoCount || !errors.Is(err, unitstest.ErrLocked) {
-		t.Errorf("held lock: %v", err)
-	}
 	_ = rel(ctx)
-	_ = rel(ctx)
-	if _, err := s.Acquire(ctx, "r", time.Minute); err != nil || s.Acquired("r") != 2 {
+	if _, err := s.Acquire(ctx, "r", time.Minute); err != nil || s.Acquired("r") != 2 || !s.Held("r") {
 		t.Errorf("after release: %v %d", err, s.Acquired("r"))
 	}
 }
@@ -144,4 +211,33 @@ func ExampleTrap() {
 	// connector.import_record 8
 	// run 7
 	// run 8
+}
+
+// Run a connector's jobs inline: a batch import enqueues one job per record
+// (delayed), and each runs at once, in the test.
+func ExampleInline() {
+	shop, local, store := unitstest.NewSystem(), unitstest.NewSystem(), unitstest.NewStore()
+	reg := units.NewRegistry()
+	b := reg.Backend("shop")
+	_ = units.Register(b, units.AdapterUsage, units.AnyModel, shop.Factory())
+	_ = units.Register(b, units.BatchImporterUsage, units.AnyModel, &units.BatchImporter{Delayed: true})
+	_ = units.Register(b, units.ImporterUsage, units.AnyModel, &units.Importer{})
+	_ = units.Register(b, units.ImportMapperUsage, "product", &units.Mapper{Direct: []units.Rule{units.Direct("title", "name")}})
+	shop.Model("product").Put("7", units.Record{"title": "Hammer"})
+	shop.Model("product").Put("8", units.Record{"title": "Saw"})
+
+	in := unitstest.NewInline(reg, units.Env{
+		Backends: units.Backends(units.Backend{ID: "shop-eu", Type: "shop"}),
+		Binders:  store.Binder, Locker: store, Local: local.Adapter,
+	})
+	_, err := in.Enqueue(context.Background(), units.ImportBatch{BackendID: "shop-eu", Model: "product"})
+	fmt.Println(err)
+	for _, r := range in.Results() {
+		fmt.Println(r.Args.JobName(), r.Result)
+	}
+	// Output:
+	// <nil>
+	// connector.import_record product 7 imported from shop-eu: local record 1 created
+	// connector.import_record product 8 imported from shop-eu: local record 2 created
+	// connector.import_batch 2 product import jobs enqueued for shop-eu
 }
