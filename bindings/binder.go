@@ -63,16 +63,18 @@ func (b *Binder) Model() string { return b.model }
 
 // ToInternal returns the local id bound to externalID.
 func (b *Binder) ToInternal(ctx context.Context, externalID string) (localID string, found bool, err error) {
-	return b.get(ctx, "to internal", b.fwd, externalID)
+	return b.get(ctx, "to internal", opToInternal, b.fwd, externalID)
 }
 
 // ToExternal returns the external id bound to localID.
 func (b *Binder) ToExternal(ctx context.Context, localID string) (externalID string, found bool, err error) {
-	return b.get(ctx, "to external", b.rev, localID)
+	return b.get(ctx, "to external", opToExternal, b.rev, localID)
 }
 
-func (b *Binder) get(ctx context.Context, op, key, field string) (string, bool, error) {
-	v, err := b.s.rdb.HGet(ctx, key, field).Result()
+// get is one HGET; op names it in errors, mop in metrics.
+func (b *Binder) get(ctx context.Context, op, mop, key, field string) (v string, found bool, err error) {
+	defer b.s.observe(ctx, mop, b.s.start(), &err)
+	v, err = b.s.rdb.HGet(ctx, key, field).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", false, nil
 	}
@@ -98,10 +100,11 @@ func (b *Binder) get(ctx context.Context, op, key, field string) (string, bool, 
 // An importer that raced another one for the same external record creates
 // no duplicate: its Bind fails with a [*ConflictError] whose BoundLocalID is
 // the record the winner created, which it should reuse.
-func (b *Binder) Bind(ctx context.Context, externalID, localID string, syncedAt time.Time) error {
+func (b *Binder) Bind(ctx context.Context, externalID, localID string, syncedAt time.Time) (err error) {
 	if externalID == "" || localID == "" {
 		return fmt.Errorf("%w: bind needs an external id and a local id (got %q, %q)", ErrInvalid, externalID, localID)
 	}
+	defer b.s.observe(ctx, opBind, b.s.start(), &err)
 	res, err := bindScript.Run(ctx, b.s.rdb, []string{b.fwd, b.rev, b.sync},
 		externalID, localID, syncedAt.UTC().Format(syncLayout)).Slice()
 	if err != nil {
@@ -133,7 +136,8 @@ func firstInt(res []any) int64 {
 
 // Unbind removes the binding of externalID in both directions, with its
 // sync date. Unbinding an id that is not bound is not an error.
-func (b *Binder) Unbind(ctx context.Context, externalID string) error {
+func (b *Binder) Unbind(ctx context.Context, externalID string) (err error) {
+	defer b.s.observe(ctx, opUnbind, b.s.start(), &err)
 	if err := unbindScript.Run(ctx, b.s.rdb, []string{b.fwd, b.rev, b.sync}, externalID).Err(); err != nil {
 		return wrap(ctx, "unbind", err)
 	}
@@ -142,7 +146,7 @@ func (b *Binder) Unbind(ctx context.Context, externalID string) error {
 
 // SyncDate returns when the binding of externalID was last synced.
 func (b *Binder) SyncDate(ctx context.Context, externalID string) (t time.Time, found bool, err error) {
-	v, found, err := b.get(ctx, "sync date", b.sync, externalID)
+	v, found, err := b.get(ctx, "sync date", opSyncDate, b.sync, externalID)
 	if err != nil || !found {
 		return time.Time{}, false, err
 	}
@@ -160,14 +164,14 @@ func (b *Binder) SyncDate(ctx context.Context, externalID string) (t time.Time, 
 // lookup costs a round trip, so a batch of 1,000 is about 1,000 times
 // cheaper.
 func (b *Binder) ToInternalMany(ctx context.Context, externalIDs []string) (map[string]string, error) {
-	return b.getMany(ctx, "to internal many", b.fwd, externalIDs)
+	return b.getMany(ctx, "to internal many", opToInternalMany, b.fwd, externalIDs)
 }
 
 // ToExternalMany looks up many local ids in one round trip, as
 // [Binder.ToInternalMany] does. Ids that are not bound are absent from the
 // map.
 func (b *Binder) ToExternalMany(ctx context.Context, localIDs []string) (map[string]string, error) {
-	return b.getMany(ctx, "to external many", b.rev, localIDs)
+	return b.getMany(ctx, "to external many", opToExternalMany, b.rev, localIDs)
 }
 
 // SyncDateMany returns the sync dates of many external ids in one round
@@ -175,7 +179,7 @@ func (b *Binder) ToExternalMany(ctx context.Context, localIDs []string) (map[str
 // a page of records changed since their last sync without one lookup each.
 // Ids that are not bound are absent from the map.
 func (b *Binder) SyncDateMany(ctx context.Context, externalIDs []string) (map[string]time.Time, error) {
-	raw, err := b.getMany(ctx, "sync date many", b.sync, externalIDs)
+	raw, err := b.getMany(ctx, "sync date many", opSyncDateMany, b.sync, externalIDs)
 	if err != nil {
 		return nil, err
 	}
@@ -190,13 +194,17 @@ func (b *Binder) SyncDateMany(ctx context.Context, externalIDs []string) (map[st
 	return out, nil
 }
 
-func (b *Binder) getMany(ctx context.Context, op, key string, ids []string) (map[string]string, error) {
-	out := make(map[string]string, len(ids))
+// getMany is one HMGET, or a pipeline of them; op names it in errors, mop
+// in metrics (one observation per call, however many commands).
+func (b *Binder) getMany(ctx context.Context, op, mop, key string, ids []string) (out map[string]string, err error) {
+	out = make(map[string]string, len(ids))
 	if len(ids) == 0 {
 		return out, nil
 	}
+	defer b.s.observe(ctx, mop, b.s.start(), &err)
 	if len(ids) <= batchChunk {
-		vals, err := b.s.rdb.HMGet(ctx, key, ids...).Result()
+		var vals []any
+		vals, err = b.s.rdb.HMGet(ctx, key, ids...).Result()
 		if err != nil {
 			return nil, wrap(ctx, op, err)
 		}
@@ -208,7 +216,7 @@ func (b *Binder) getMany(ctx context.Context, op, key string, ids []string) (map
 	for i := 0; i < len(ids); i += batchChunk {
 		cmds = append(cmds, pipe.HMGet(ctx, key, ids[i:min(i+batchChunk, len(ids))]...))
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if _, err = pipe.Exec(ctx); err != nil {
 		return nil, wrap(ctx, op, err)
 	}
 	for i, c := range cmds {

@@ -69,6 +69,12 @@
 // ([ErrInvalid]) or a server reply that retrying cannot fix (WRONGTYPE) is
 // permanent; a cancelled context stays the context's error.
 //
+// # Metrics
+//
+// [WithMeterProvider] times every Redis operation of a Store in the
+// OpenTelemetry histogram connector.store.op.duration{store.op,
+// store.outcome}; see docs/bindings.md.
+//
 // The key layout is documented for operators and other-language clients in
 // docs/bindings.md.
 package bindings

@@ -13,6 +13,7 @@ import (
 // marked completed, and with which result. A redelivered job calls it first
 // and skips the work when done is true.
 func (s *Store) Completed(ctx context.Context, key string) (result string, done bool, err error) {
+	defer s.observe(ctx, opCompleted, s.start(), &err)
 	v, err := s.rdb.Get(ctx, s.doneKey(key)).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", false, nil
@@ -31,10 +32,11 @@ func (s *Store) Completed(ctx context.Context, key string) (result string, done 
 // Mark after the effect is durable; a crash between the effect and the mark
 // makes the work run again, so the effect itself must be idempotent (a
 // [Binder.Bind] is).
-func (s *Store) MarkCompleted(ctx context.Context, key, result string, ttl time.Duration) error {
+func (s *Store) MarkCompleted(ctx context.Context, key, result string, ttl time.Duration) (err error) {
 	if key == "" {
 		return fmt.Errorf("%w: empty idempotency key", ErrInvalid)
 	}
+	defer s.observe(ctx, opMarkCompleted, s.start(), &err)
 	if ttl < 0 {
 		ttl = 0
 	}

@@ -76,7 +76,7 @@ return 0
 // (a counted retry, like any outage). Should the reply of a successful Lock
 // be lost, the lease is held by nobody who knows its token: the resource
 // stays locked until ttl runs out and the job meanwhile retries uncounted.
-func (s *Store) Lock(ctx context.Context, resource string, ttl time.Duration) (*Lock, error) {
+func (s *Store) Lock(ctx context.Context, resource string, ttl time.Duration) (_ *Lock, err error) {
 	if resource == "" {
 		return nil, fmt.Errorf("%w: lock needs a resource name", ErrInvalid)
 	}
@@ -84,6 +84,7 @@ func (s *Store) Lock(ctx context.Context, resource string, ttl time.Duration) (*
 	if err != nil {
 		return nil, err
 	}
+	defer s.observe(ctx, opLock, s.start(), &err)
 	var raw [16]byte
 	_, _ = rand.Read(raw[:]) // crypto/rand.Read never fails (Go >= 1.24)
 	token := hex.EncodeToString(raw[:])
@@ -112,11 +113,12 @@ func (l *Lock) Token() int64 { return l.fence }
 
 // Extend resets the lease to ttl from now. It returns [ErrLockLost] when
 // the lease has expired or another holder has the resource.
-func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
+func (l *Lock) Extend(ctx context.Context, ttl time.Duration) (err error) {
 	ms, err := ttlMillis(ttl)
 	if err != nil {
 		return err
 	}
+	defer l.s.observe(ctx, opExtend, l.s.start(), &err)
 	n, err := extendScript.Run(ctx, l.s.rdb, []string{l.holder}, l.value, ms).Int64()
 	if err != nil {
 		return wrap(ctx, "extend lock "+l.resource, err)
@@ -130,7 +132,8 @@ func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
 // Release ends the lease. It returns [ErrLockLost] when the lease had
 // already expired (another holder may have run meanwhile); it never
 // releases another holder's lease.
-func (l *Lock) Release(ctx context.Context) error {
+func (l *Lock) Release(ctx context.Context) (err error) {
+	defer l.s.observe(ctx, opRelease, l.s.start(), &err)
 	n, err := releaseScript.Run(ctx, l.s.rdb, []string{l.holder}, l.value).Int64()
 	if err != nil {
 		return wrap(ctx, "release lock "+l.resource, err)

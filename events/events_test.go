@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -487,6 +488,91 @@ func TestTracingParentsConsumerToProducer(t *testing.T) {
 	}
 	if producer == nil || consumer == nil || consumer.Parent().SpanID() != producer.SpanContext().SpanID() {
 		t.Fatalf("consumer span not a child of the producer span")
+	}
+}
+
+// With WithLinkedTraces each handling of an event starts a new trace: its
+// CONSUMER span is a root with one link to the publisher's PRODUCER span,
+// and the handler runs in that new trace. A retried event gets one such
+// span per delivery, each linked to the same producer span.
+func TestLinkedTracesLinkConsumerToProducer(t *testing.T) {
+	e := newEnv(t)
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	tr := tp.Tracer("test")
+	var mu sync.Mutex
+	var handled []trace.SpanContext // the handler's span, per delivery
+	l := e.listeners(events.WithTracer(tr), events.WithLinkedTraces())
+	must(t, l.On("linked", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		mu.Lock()
+		handled = append(handled, trace.SpanContextFromContext(ctx))
+		mu.Unlock()
+		if ev.Attempt == 1 {
+			return errors.New("catalog unavailable")
+		}
+		return nil
+	}, events.WithPartitions(1), events.WithRetryDelay(func(int) time.Duration { return 10 * time.Millisecond })))
+	e.start(l)
+
+	ctx, root := tr.Start(context.Background(), "request")
+	id, err := events.NewPublisher(e.js, e.names, events.WithPublishTracer(tr)).Publish(ctx,
+		events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumers := func() (producer tracetest.SpanStub, out tracetest.SpanStubs) {
+		for _, s := range exp.GetSpans() {
+			switch s.SpanKind {
+			case trace.SpanKindProducer:
+				producer = s
+			case trace.SpanKindConsumer:
+				out = append(out, s)
+			}
+		}
+		return producer, out
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool { _, c := consumers(); return len(c) == 2 },
+		"two consumer spans ended (a failed delivery and its retry)")
+	producer, cons := consumers()
+	if !producer.SpanContext.IsValid() || producer.Parent.SpanID() != root.SpanContext().SpanID() {
+		t.Fatalf("producer span %+v: want the child of the request span", producer)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != 2 {
+		t.Fatalf("%d deliveries handled, want 2", len(handled))
+	}
+	for i, c := range cons {
+		if c.SpanContext.TraceID() == producer.SpanContext.TraceID() {
+			t.Errorf("consumer span %d in the producer's trace %s: want a new trace", i, c.SpanContext.TraceID())
+		}
+		if c.Parent.IsValid() {
+			t.Errorf("consumer span %d has parent %s: want a root span", i, c.Parent.SpanID())
+		}
+		if len(c.Links) != 1 || c.Links[0].SpanContext.TraceID() != producer.SpanContext.TraceID() ||
+			c.Links[0].SpanContext.SpanID() != producer.SpanContext.SpanID() {
+			t.Errorf("consumer span %d links %+v: want one link to the producer span %s", i, c.Links, producer.SpanContext.SpanID())
+		}
+		if c.Name != "process "+e.names.EventsStream() {
+			t.Errorf("consumer span %d named %q", i, c.Name)
+		}
+		var msgID string
+		for _, kv := range c.Attributes {
+			if kv.Key == "messaging.message.id" {
+				msgID = kv.Value.AsString()
+			}
+		}
+		if msgID != id {
+			t.Errorf("consumer span %d: messaging.message.id %q, want %q", i, msgID, id)
+		}
+		if !slices.ContainsFunc(handled, func(sc trace.SpanContext) bool { return sc.Equal(c.SpanContext) }) {
+			t.Errorf("consumer span %d is not the span the handler ran in", i)
+		}
+	}
+	if len(cons) == 2 && cons[0].SpanContext.TraceID() == cons[1].SpanContext.TraceID() {
+		t.Error("both deliveries in one trace: want a new trace per delivery")
 	}
 }
 

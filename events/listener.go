@@ -51,6 +51,7 @@ type Listeners struct {
 	names   wire.Names
 	log     *zap.Logger
 	tracer  trace.Tracer
+	link    telemetry.LinkMode
 	ackWait time.Duration
 	maxSize int
 	worker  string
@@ -69,8 +70,18 @@ type Listeners struct {
 type Option func(*Listeners)
 
 // WithTracer traces the handling of each event with a CONSUMER span,
-// child of the publisher's span (from the traceparent header).
+// child of the publisher's span (from the traceparent header), or, with
+// [WithLinkedTraces], the root of a new trace linked to it.
 func WithTracer(tr trace.Tracer) Option { return func(l *Listeners) { l.tracer = tr } }
+
+// WithLinkedTraces makes the handling of each event start a new trace whose
+// root CONSUMER span links to the publisher's span, instead of being its
+// child (the default): as the messaging conventions recommend when events
+// are handled long after publication or retried, and as
+// worker.WithLinkedTraces does for jobs. What the handler does (jobs it
+// enqueues) belongs to the new trace. Events without trace context start a
+// new trace either way.
+func WithLinkedTraces() Option { return func(l *Listeners) { l.link = telemetry.LinkedMode } }
 
 // WithAckWait sets how long the server waits for an acknowledgement before
 // it delivers an event again (default 30 s): the time for which a crashed
@@ -481,7 +492,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	sctx, span := telemetry.StartConsumerSpan(ctx, p.l.tracer, telemetry.ParentMode, p.dest, p.consum, ev.ID, msg.Headers(),
+	sctx, span := telemetry.StartConsumerSpan(ctx, p.l.tracer, p.l.link, p.dest, p.consum, ev.ID, msg.Headers(),
 		attribute.String("connector.event.model", ev.Model),
 		attribute.String("connector.event.name", ev.Name),
 		attribute.String("connector.event.record_id", ev.RecordID),

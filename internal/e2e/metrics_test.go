@@ -6,10 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/bindings"
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/app"
 	"github.com/connector-go/connector/internal/telemetry"
@@ -386,4 +391,213 @@ func TestReadyzDependencies(t *testing.T) {
 			t.Errorf("/livez %d, want 200", code)
 		}
 	})
+}
+
+// A bindings.Store built with the worker's meter provider, as
+// cmd/connector wires it (bindings.WithMeterProvider(conns.Telemetry.
+// MeterProvider)), reports its Redis operations, run for real, on the
+// worker's /metrics: connector_store_op_duration_seconds{store_op,
+// store_outcome} with the documented buckets.
+func TestStoreOpMetricsServed(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a := e.startApp(worker.NewRegistry(), nil, nil)
+	s := bindings.New(a.conns.Redis, a.cfg.Prefix, bindings.WithMeterProvider(a.conns.Telemetry.MeterProvider))
+	b := s.Binder("shop-eu", "product")
+	if err := b.Bind(ctx, "1001", "P-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Bind(ctx, "1001", "P-2", time.Now()); !errors.Is(err, bindings.ErrConflict) {
+		t.Fatalf("conflicting bind: %v", err)
+	}
+	if got, err := b.ToInternalMany(ctx, []string{"1001", "1002"}); err != nil || got["1001"] != "P-1" {
+		t.Fatalf("ToInternalMany: %v, %v", got, err)
+	}
+	l, err := s.Lock(ctx, "shop-eu/product/1001", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lock(ctx, "shop-eu/product/1001", time.Minute); !errors.Is(err, bindings.ErrLocked) {
+		t.Fatalf("second lock: %v", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	m, _ := scrape(t, a.base)
+	for _, c := range []struct {
+		op, outcome string
+		n           float64
+	}{
+		{"bind", "ok", 1}, {"bind", "conflict", 1}, {"to_internal_many", "ok", 1},
+		{"lock", "ok", 1}, {"lock", "locked", 1}, {"release", "ok", 1},
+	} {
+		labels := []string{"store_op", c.op, "store_outcome", c.outcome}
+		if got := m.value(t, "connector_store_op_duration_seconds_count", labels...); got != c.n {
+			t.Errorf("connector_store_op_duration_seconds_count%v = %v, want %v", labels, got, c.n)
+		}
+		if sum := m.value(t, "connector_store_op_duration_seconds_sum", labels...); sum <= 0 || sum > 30 {
+			t.Errorf("connector_store_op_duration_seconds_sum%v = %v s", labels, sum)
+		}
+	}
+	if n := len(m.find("connector_store_op_duration_seconds_count")); n != 6 {
+		t.Errorf("%d store op series, want 6", n)
+	}
+	var les []string
+	for _, s := range m.find("connector_store_op_duration_seconds_bucket", "store_op", "bind", "store_outcome", "ok") {
+		les = append(les, s.labels["le"])
+	}
+	if got, want := strings.Join(les, " "), "0.0002 0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 1 +Inf"; got != want {
+		t.Errorf("store op buckets %q, want %q (docs/observability.md: 0.2 ms to 1 s)", got, want)
+	}
+}
+
+// connector_consumer_pending is read from the JetStream server, so every
+// replica reports the same fleet-wide value: with one job running on a
+// fleet of two, each replica says 1. Summing over replicas would say 2;
+// docs/observability.md must aggregate with max, not sum.
+func TestBacklogIsFleetWideOnEveryReplica(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	started := make(chan struct{}, 2)
+	newReg := func() *worker.Registry {
+		reg := worker.NewRegistry()
+		worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobSlow]) (string, error) {
+			started <- struct{}{}
+			<-release
+			return "slow done", nil
+		})
+		return reg
+	}
+	r1, r2 := e.startApp(newReg(), nil, nil), e.startApp(newReg(), nil, nil)
+	t.Cleanup(func() { close(release) }) // before the replicas stop
+	if _, err := e.d.Enqueue(ctx, jobSlow{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("slow job did not start")
+	}
+	var m1, m2 metrics
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		m1, _ = scrape(t, r1.base)
+		m2, _ = scrape(t, r2.base)
+		return m1.sum("connector_consumer_pending") == 1 && m2.sum("connector_consumer_pending") == 1
+	}, "each replica reporting the one running job as pending")
+	byConsumer := func(m metrics) map[string]float64 {
+		out := map[string]float64{}
+		for _, s := range m.find("connector_consumer_pending") {
+			out[s.labels["consumer"]] = s.value
+		}
+		return out
+	}
+	c1, c2 := byConsumer(m1), byConsumer(m2)
+	if fmt.Sprint(c1) != fmt.Sprint(c2) || len(c1) == 0 {
+		t.Errorf("replicas disagree on the backlog: %v and %v", c1, c2)
+	}
+
+	doc, err := os.ReadFile(filepath.Join(testenv.ModuleRoot(t), "docs", "observability.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(doc), "max by (consumer) (connector_consumer_pending)") {
+		t.Error("docs/observability.md: no `max by (consumer) (connector_consumer_pending)` backlog query")
+	}
+	if regexp.MustCompile(`sum(\s+by\s*\([^)]*\))?\s*\(\s*connector_consumer_pending`).Match(doc) {
+		t.Error("docs/observability.md sums connector_consumer_pending: that counts the backlog once per replica")
+	}
+}
+
+// jobLabeled tells its backend and model (worker JobLabels).
+type jobLabeled struct {
+	Backend string `msgpack:"backend"`
+	Model   string `msgpack:"model"`
+}
+
+func (jobLabeled) JobName() string                      { return "e2e.labeled" }
+func (j jobLabeled) JobLabels() (backend, model string) { return j.Backend, j.Model }
+
+// A handler's line through worker.Logger(ctx) carries exactly the job
+// fields docs/observability.md lists under "Fields of job lines", with the
+// job's values.
+func TestJobLogFieldsAsDocumented(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	var logs syncBuffer
+	log, err := telemetry.NewLogger("info", "json", telemetry.WithLogOutput(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobLabeled]) (string, error) {
+		worker.Logger(ctx).Info("e2e handler line")
+		return "", nil
+	})
+	e.startWorker(reg, worker.WithLogger(log))
+	rctx, root := e.tp.Tracer("e2e/producer").Start(ctx, "POST /products")
+	id, err := e.d.Enqueue(rctx, jobLabeled{Backend: "shop-eu", Model: "product"})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line map[string]any
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, `"e2e handler line"`) {
+				if err := json.Unmarshal([]byte(l), &line); err != nil {
+					t.Fatalf("log line %q: %v", l, err)
+				}
+				return true
+			}
+		}
+		return false
+	}, "the handler's log line")
+
+	doc, err := os.ReadFile(filepath.Join(testenv.ModuleRoot(t), "docs", "observability.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(doc)
+	i := strings.Index(section, "### Fields of job lines")
+	if i < 0 {
+		t.Fatal(`docs/observability.md: no "### Fields of job lines" section`)
+	}
+	section = section[i+len("### Fields of job lines"):]
+	if j := strings.Index(section, "\n#"); j >= 0 {
+		section = section[:j]
+	}
+	var documented []string
+	for _, row := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(row, "| `") {
+			continue
+		}
+		cell := strings.SplitN(row, "|", 3)[1]
+		for _, m := range regexp.MustCompile("`([a-z_.]+)`").FindAllStringSubmatch(cell, -1) {
+			documented = append(documented, m[1])
+		}
+	}
+	var logged []string
+	for k := range line {
+		switch k {
+		case "ts", "level", "logger", "caller", "msg":
+		default:
+			logged = append(logged, k)
+		}
+	}
+	slices.Sort(documented)
+	slices.Sort(logged)
+	if !slices.Equal(documented, logged) {
+		t.Errorf("job line fields %v, documented %v\nline: %v", logged, documented, line)
+	}
+	want := map[string]any{
+		"job_id": id, "job_name": "e2e.labeled", "channel": job.DefaultChannel, "attempt": float64(1),
+		"trace_id": root.SpanContext().TraceID().String(), "backend": "shop-eu", "model": "product",
+	}
+	for k, v := range want {
+		if line[k] != v {
+			t.Errorf("field %s = %v, want %v", k, line[k], v)
+		}
+	}
 }

@@ -35,6 +35,18 @@ const (
 	OutcomeNothingToDo = "nothing_to_do"
 )
 
+// Store operation outcomes (store.outcome) passed to Metrics.StoreOpOutcome.
+// Conflict, locked and lost are answers of a store that worked (a refused
+// bind, a lock held elsewhere, a lease no longer held); error is a store
+// that failed (unreachable, timed out, an unexpected reply).
+const (
+	StoreOutcomeOK       = "ok"
+	StoreOutcomeError    = "error"
+	StoreOutcomeConflict = "conflict"
+	StoreOutcomeLocked   = "locked"
+	StoreOutcomeLost     = "lost"
+)
+
 // Metric names, as OpenTelemetry instrument names. The Prometheus exporter
 // turns dots into underscores and adds _total to counters and _seconds to
 // second-valued histograms: connector.jobs.started ->
@@ -92,11 +104,8 @@ type Metrics struct {
 type (
 	jobKey     struct{ name, channel string }
 	outcomeKey struct{ name, channel, outcome string }
-	storeKey   struct {
-		op string
-		ok bool
-	}
-	eventKey struct{ listener, model, event, outcome string }
+	storeKey   struct{ op, outcome string }
+	eventKey   struct{ listener, model, event, outcome string }
 )
 
 // attrOpts holds the ready-made options of one attribute set: passing a
@@ -187,7 +196,7 @@ func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
 		metric.WithDescription("Event listener invocations, by listener, model, event and outcome."))
 	check(MetricEventsHandled, err)
 	m.storeOp, err = mt.Float64Histogram(MetricStoreOpDuration, metric.WithUnit("s"),
-		metric.WithDescription("Latency of binding and lock store operations, by store.op and store.outcome (ok, error)."),
+		metric.WithDescription("Latency of binding, lock and idempotency store operations, by store.op and store.outcome (ok, error, conflict, locked, lost)."),
 		metric.WithExplicitBucketBoundaries(storeBuckets...))
 	check(MetricStoreOpDuration, err)
 	if len(errs) > 0 {
@@ -279,16 +288,25 @@ func (m *Metrics) EventHandled(ctx context.Context, listener, model, event, outc
 
 // StoreOp records the latency of one binding or lock store operation
 // (connector.store.op.duration{store.op, store.outcome}); store.outcome is
-// "error" when err != nil, else "ok".
+// "error" when err != nil, else "ok". See StoreOpOutcome for the other
+// outcomes.
 func (m *Metrics) StoreOp(ctx context.Context, op string, d time.Duration, err error) {
+	outcome := StoreOutcomeOK
+	if err != nil {
+		outcome = StoreOutcomeError
+	}
+	m.StoreOpOutcome(ctx, op, outcome, d)
+}
+
+// StoreOpOutcome records the latency of one store operation
+// (connector.store.op.duration{store.op, store.outcome}) with outcome, one
+// of the StoreOutcome* constants. op and outcome must be bounded (operation
+// names, never keys or ids).
+func (m *Metrics) StoreOpOutcome(ctx context.Context, op, outcome string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	a := m.stores.get(storeKey{op, err == nil}, func() *attrOpts {
-		outcome := "ok"
-		if err != nil {
-			outcome = "error"
-		}
+	a := m.stores.get(storeKey{op, outcome}, func() *attrOpts {
 		return newAttrOpts(AttrStoreOp.String(op), AttrStoreOutcome.String(outcome))
 	})
 	m.storeOp.Record(ctx, d.Seconds(), a.record...)

@@ -53,6 +53,7 @@ func TestMetricsScrape(t *testing.T) {
 	m.EventHandled(ctx, "export_on_write", "sale.order", "on_record_write", "ok")
 	m.StoreOp(ctx, "bind", 2*time.Millisecond, nil)
 	m.StoreOp(ctx, "lock", 3*time.Millisecond, errors.New("taken"))
+	m.StoreOpOutcome(ctx, "lock", StoreOutcomeLocked, time.Millisecond)
 	if err := m.ObserveBacklog(func(ctx context.Context) (map[string]int64, error) {
 		return map[string]int64{"workers-root": 42}, nil
 	}); err != nil {
@@ -73,6 +74,8 @@ func TestMetricsScrape(t *testing.T) {
 		`connector_events_handled_total{event_listener="export_on_write",event_model="sale.order",event_name="on_record_write",event_outcome="ok"`,
 		`connector_store_op_duration_seconds_count{otel_scope_name=`,
 		`store_op="lock",store_outcome="error"`,
+		`store_op="lock",store_outcome="locked"`,
+		`store_op="bind",store_outcome="ok"`,
 		`connector_consumer_pending{consumer="workers-root"`,
 		`target_info{`,
 		`service_name="connector-test"`,
@@ -125,6 +128,7 @@ func TestNewMetricsNil(t *testing.T) {
 	disabled.JobEnqueued(ctx, "a", "root")
 	disabled.EventHandled(ctx, "l", "m", "e", "ok")
 	disabled.StoreOp(ctx, "bind", time.Second, nil)
+	disabled.StoreOpOutcome(ctx, "lock", StoreOutcomeLocked, time.Second)
 	if err := disabled.ObserveBacklog(nil); err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +202,7 @@ func TestJobMetricsAllocs(t *testing.T) {
 			m.JobStarted(ctx, "export_order", "root.export", time.Millisecond)
 			m.JobEnded(ctx, "export_order", "root.export", OutcomeSucceeded, 3*time.Millisecond)
 			m.StoreOp(ctx, "bind", time.Millisecond, nil)
+			m.StoreOpOutcome(ctx, "lock", StoreOutcomeLocked, time.Millisecond)
 			m.EventHandled(ctx, "l", "m", "e", "ok")
 		}
 		f()
