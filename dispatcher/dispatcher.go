@@ -105,11 +105,13 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 	if c.tp != nil {
 		d.tracer = c.tp.Tracer("github.com/connector-go/connector/dispatcher")
 	}
-	m, err := telemetry.NewMetrics(c.mp)
-	if err != nil {
-		return nil, err
+	if c.mp != nil { // nil metrics: every call is a no-op, at no cost
+		m, err := telemetry.NewMetrics(c.mp)
+		if err != nil {
+			return nil, err
+		}
+		d.metrics = m
 	}
-	d.metrics = m
 	if c.rdb != nil {
 		d.rec = records.New(c.rdb, names, c.recordTTL, c.log)
 	}
@@ -303,17 +305,10 @@ func (d *Dispatcher) recordEnqueued(p *prepared, seq uint64) {
 	if !p.eta.IsZero() {
 		st = job.StateWaiting
 	}
-	mr := job.DefaultMaxRetries
-	if p.env.MaxRetries != nil {
-		mr = *p.env.MaxRetries
-	}
-	prio := job.DefaultPriority
-	if p.env.Priority != nil {
-		prio = *p.env.Priority
-	}
+	// Unset priority and max retries (nil) read back as the defaults.
 	d.rec.Record(records.Update{
 		ID: p.env.ID, Queued: st, Name: p.env.Name, Channel: p.env.Channel,
-		Priority: &prio, MaxRetries: &mr, Description: p.env.Description,
+		Priority: p.env.Priority, MaxRetries: p.env.MaxRetries, Description: p.env.Description,
 		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta, Seq: seq, Identity: p.identity, Graph: p.env.Graph,
 	})
 }

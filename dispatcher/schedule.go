@@ -23,7 +23,7 @@ import (
 // a JetStream message schedule, so the server fires it once per tick for the
 // whole fleet, whether zero or fifty workers run, and ticks while workers are
 // down still produce their job. Each firing is a new job with id
-// "periodic-<name>-<stream sequence>". Calling Schedule again with the same
+// "periodic-<name>-t<unix time of the tick>". Calling Schedule again with the same
 // arguments is a no-op; with others, it replaces the schedule. Safe to call
 // from every worker at start-up.
 func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.Args, opts ...job.Option) error {
@@ -59,7 +59,6 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	if err != nil {
 		return fmt.Errorf("dispatcher: schedule %s: %w", name, err)
 	}
-	var lastSeq uint64
 	cur, err := s.GetLastMsgForSubject(ctx, subject)
 	switch {
 	case err == nil:
@@ -74,9 +73,10 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	default:
 		return fmt.Errorf("dispatcher: schedule %s: %w", name, err)
 	}
-	// Only one of several concurrent registrations wins; the others find
-	// the subject taken and stop there.
-	_, err = d.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(lastSeq))
+	// Only one of several concurrent registrations wins (the subject must
+	// be empty: expected last sequence 0); the others find it taken and
+	// stop there.
+	_, err = d.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 		return nil

@@ -479,9 +479,9 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 // base is what every record update of a run carries, so that any single
 // write holds the whole picture.
 func (w *Worker) base(m *Message, started time.Time) records.Update {
-	mr, prio := m.MaxRetries, m.Priority
-	return records.Update{ID: m.ID, Name: m.Name, Channel: m.Channel, Priority: &prio, Attempts: m.Attempt,
-		MaxRetries: &mr, Description: m.Description, Worker: w.cfg.name, StartedAt: started,
+	// Priority and MaxRetries point into m, which outlives the flush.
+	return records.Update{ID: m.ID, Name: m.Name, Channel: m.Channel, Priority: &m.Priority, Attempts: m.Attempt,
+		MaxRetries: &m.MaxRetries, Description: m.Description, Worker: w.cfg.name, StartedAt: started,
 		EnqueuedAt: m.EnqueuedAt, Identity: m.IdentityKey, Graph: m.graph}
 }
 

@@ -80,10 +80,10 @@ func (s *scheduler) pushAll(its []*item) {
 		s.queue[it.band] = append(s.queue[it.band], it)
 	}
 	s.mu.Unlock()
-	if len(its) == 1 {
+	// One waiting runner per job: a broadcast would wake every idle runner
+	// for a few jobs.
+	for range its {
 		s.cond.Signal()
-	} else {
-		s.cond.Broadcast()
 	}
 }
 
@@ -126,11 +126,20 @@ func (s *scheduler) next() *item {
 	}
 }
 
-func (s *scheduler) close() {
+// closeAndDrain closes the scheduler and returns the jobs still queued:
+// runners get nil from next once they are done.
+func (s *scheduler) closeAndDrain() []*item {
 	s.mu.Lock()
 	s.closed = true
+	out := s.ready
+	s.ready = nil
+	for b := range s.queue {
+		out = append(out, s.queue[b]...)
+		s.queue[b] = nil
+	}
 	s.mu.Unlock()
 	s.cond.Broadcast()
+	return out
 }
 
 // slots is the Redis side: fleet-wide channel capacity and throttle.

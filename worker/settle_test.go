@@ -94,20 +94,34 @@ func TestHandedBackJobsKeepTheirAttempts(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	stopA := e.start(s.registry(), worker.WithConcurrency(1))
+	a, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb), worker.WithConcurrency(1),
+		worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, stopA := context.WithCancel(ctx)
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.Run(actx) }()
 	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("0") == 1 }, "first job started")
 	cons, err := e.js.Consumer(ctx, wire.MustNames(e.prefix).JobsStream(), wire.MustNames(e.prefix).JobsConsumer("root", 1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 10*time.Second, func() bool {
+	pending := func() int {
 		info, err := cons.Info(ctx)
-		return err == nil && info.NumAckPending >= 5
-	}, "the worker holds several jobs it has not started")
-	stopped := make(chan struct{})
-	go func() { stopA(); close(stopped) }()
+		if err != nil {
+			return -1
+		}
+		return info.NumAckPending
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return pending() >= 5 }, "the worker holds several jobs it has not started")
+	// Stop while the first job still runs: the held jobs go back unrun
+	// (a runner that takes one now sees the shutdown and hands it back).
+	stopA()
 	close(release)
-	<-stopped
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
 	e.start(s.registry())
 	for _, id := range ids {
 		rec := e.waitState(id, job.StateDone, 20*time.Second)

@@ -245,8 +245,10 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	if c.tp != nil {
 		w.tracer = c.tp.Tracer("github.com/connector-go/connector/worker")
 	}
-	if w.metrics, err = telemetry.NewMetrics(c.mp); err != nil {
-		return nil, err
+	if c.mp != nil { // nil metrics: every call is a no-op, at no cost
+		if w.metrics, err = telemetry.NewMetrics(c.mp); err != nil {
+			return nil, err
+		}
 	}
 	return w, nil
 }
@@ -335,6 +337,9 @@ func minCapacity(chain []channels.Channel) int {
 // redelivery. It returns nil after a clean shutdown.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.Setup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started: nothing to drain
+		}
 		return err
 	}
 	if w.cfg.rdb != nil {
@@ -380,8 +385,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	<-w.sweepDone
 	w.pullers.Wait()
-	w.sched.close()
-	// Jobs still waiting for a channel slot go back, not counted as attempts.
+	// Jobs received and not started go back at once, not counted as
+	// attempts: those queued for a runner and those waiting for a slot.
+	queued := w.sched.closeAndDrain()
+	w.handBack(queued, 0)
+	for _, it := range queued {
+		if it.token != "" {
+			_ = w.slots.release(context.Background(), it.ch, it.token)
+		}
+		<-credits
+	}
 	for _, cs := range w.states {
 		blocked := cs.drainBlocked()
 		w.handBack(blocked, 0)

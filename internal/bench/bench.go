@@ -151,6 +151,10 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 	return r, nil
 }
 
+// phaseHook, when set (profiling experiments), is called around the
+// framework's enqueue ("enqueue") and run ("run") phases.
+var phaseHook func(phase string, start bool)
+
 func framework(ctx context.Context, js jetstream.JetStream, o Options, round int) (Result, error) {
 	prefix := fmt.Sprintf("bench%d%s", round, strings.ToLower(wire.NewID()[20:]))
 	sc := streams.Config{Names: wire.MustNames(prefix)}
@@ -173,6 +177,9 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 	payload := Payload{Data: []byte(strings.Repeat("x", o.Size))}
 	items := make([]dispatcher.Item, 0, 10_000)
 	var r Result
+	if phaseHook != nil {
+		phaseHook("enqueue", true)
+	}
 	start := time.Now()
 	for sent := 0; sent < o.N; {
 		items = items[:0]
@@ -184,9 +191,12 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 			return r, err
 		}
 	}
-	r.Publish = time.Since(start)
 	if err := d.Close(ctx); err != nil {
 		return r, err
+	}
+	r.Publish = time.Since(start)
+	if phaseHook != nil {
+		phaseHook("enqueue", false)
 	}
 
 	reg := worker.NewRegistry()
@@ -211,6 +221,9 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if phaseHook != nil {
+		phaseHook("run", true)
+	}
 	start = time.Now()
 	errc := make(chan error, 1)
 	go func() { errc <- w.Run(wctx) }()
@@ -222,11 +235,14 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 		return r, ctx.Err()
 	}
 	r.Consume = time.Since(start)
+	if phaseHook != nil {
+		phaseHook("run", false)
+	}
 	cancel()
 	<-errc
 	if o.Redis != nil {
 		// remove the bench's job records
-		iter := o.Redis.Scan(context.WithoutCancel(ctx), 0, prefix+":job:*", 5000).Iterator()
+		iter := o.Redis.Scan(context.WithoutCancel(ctx), 0, prefix+":job*", 5000).Iterator()
 		var keys []string
 		for iter.Next(ctx) {
 			keys = append(keys, iter.Val())

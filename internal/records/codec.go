@@ -3,159 +3,121 @@ package records
 import (
 	"fmt"
 
-	"github.com/vmihailenco/msgpack/v5"
+	"github.com/connector-go/connector/internal/wire"
 )
 
-// Records are written for every job: the blob is encoded by hand rather
-// than by reflection. Keys match the struct tags of blob.
+// Records are written for every job: the blob is encoded and decoded by
+// hand, a msgpack map with the short keys below (unknown keys, written by
+// a newer version, are skipped).
 
-// EncodeMsgpack implements msgpack.CustomEncoder.
-func (b *blob) EncodeMsgpack(enc *msgpack.Encoder) error {
-	type kv struct {
-		k string
-		s string
-		i int64
-		u uint64
-		p *int
-		t byte // 's' string, 'i' int, 'u' uint, 'p' *int
-	}
-	var arr [20]kv
+// appendTo appends b's encoding to dst.
+func (b *blob) appendTo(dst []byte) []byte {
 	n := 0
-	str := func(k, v string) {
-		if v != "" {
-			arr[n] = kv{k: k, s: v, t: 's'}
+	count := func(set bool) {
+		if set {
 			n++
 		}
 	}
-	num := func(k string, v int64) {
-		if v != 0 {
-			arr[n] = kv{k: k, i: v, t: 'i'}
-			n++
+	strs := [...]struct{ k, v string }{
+		{"st", b.State}, {"n", b.Name}, {"ch", b.Channel}, {"d", b.Desc}, {"r", b.Result}, {"e", b.Error},
+		{"et", b.ErrorType}, {"sk", b.Stack}, {"w", b.Worker}, {"i", b.Identity}, {"g", b.Graph},
+	}
+	nums := [...]struct {
+		k string
+		v int64
+	}{
+		{"a", int64(b.Attempts)}, {"eq", b.EnqueuedAt}, {"eta", b.ETA}, {"sa", b.StartedAt}, {"ea", b.EndedAt}, {"ua", b.UpdatedAt},
+	}
+	for _, s := range strs {
+		count(s.v != "")
+	}
+	for _, x := range nums {
+		count(x.v != 0)
+	}
+	count(b.Priority != nil)
+	count(b.MaxRetries != nil)
+	count(b.Seq != 0)
+	dst = wire.AppendMapLen(dst, n)
+	for _, s := range strs {
+		if s.v != "" {
+			dst = wire.AppendString(wire.AppendString(dst, s.k), s.v)
 		}
 	}
-	str("st", b.State)
-	str("n", b.Name)
-	str("ch", b.Channel)
+	for _, x := range nums {
+		if x.v != 0 {
+			dst = wire.AppendInt(wire.AppendString(dst, x.k), x.v)
+		}
+	}
 	if b.Priority != nil {
-		arr[n] = kv{k: "p", p: b.Priority, t: 'p'}
-		n++
+		dst = wire.AppendInt(wire.AppendString(dst, "p"), int64(*b.Priority))
 	}
-	num("a", int64(b.Attempts))
 	if b.MaxRetries != nil {
-		arr[n] = kv{k: "mr", p: b.MaxRetries, t: 'p'}
-		n++
+		dst = wire.AppendInt(wire.AppendString(dst, "mr"), int64(*b.MaxRetries))
 	}
-	str("d", b.Desc)
-	str("r", b.Result)
-	str("e", b.Error)
-	str("et", b.ErrorType)
-	str("sk", b.Stack)
-	str("w", b.Worker)
-	str("i", b.Identity)
-	str("g", b.Graph)
-	num("eq", b.EnqueuedAt)
-	num("eta", b.ETA)
-	num("sa", b.StartedAt)
-	num("ea", b.EndedAt)
-	num("ua", b.UpdatedAt)
 	if b.Seq != 0 {
-		arr[n] = kv{k: "sq", u: b.Seq, t: 'u'}
-		n++
+		dst = wire.AppendUint(wire.AppendString(dst, "sq"), b.Seq)
 	}
-	if err := enc.EncodeMapLen(n); err != nil {
-		return err
-	}
-	for _, e := range arr[:n] {
-		if err := enc.EncodeString(e.k); err != nil {
-			return err
-		}
-		var err error
-		switch e.t {
-		case 's':
-			err = enc.EncodeString(e.s)
-		case 'i':
-			err = enc.EncodeInt(e.i)
-		case 'u':
-			err = enc.EncodeUint(e.u)
-		case 'p':
-			err = enc.EncodeInt(int64(*e.p))
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return dst
 }
 
-// DecodeMsgpack implements msgpack.CustomDecoder.
-func (b *blob) DecodeMsgpack(dec *msgpack.Decoder) error {
-	n, err := dec.DecodeMapLen()
-	if err != nil {
-		return err
-	}
+// decode reads a blob written by appendTo (or by any msgpack encoder).
+func (b *blob) decode(data []byte) error {
+	r := wire.NewReader(data)
+	n := r.MapLen()
 	*b = blob{}
-	for i := 0; i < n; i++ {
-		k, err := dec.DecodeString()
-		if err != nil {
-			return err
+	for i := 0; i < n && r.Err() == nil; i++ {
+		k := string(r.StringBytes())
+		intp := func() *int {
+			v := int(r.Int())
+			return &v
 		}
-		intp := func() (*int, error) {
-			v, err := dec.DecodeInt()
-			return &v, err
-		}
-		var i64 int64
 		switch k {
 		case "st":
-			b.State, err = dec.DecodeString()
+			b.State = r.String()
 		case "n":
-			b.Name, err = dec.DecodeString()
+			b.Name = r.String()
 		case "ch":
-			b.Channel, err = dec.DecodeString()
+			b.Channel = r.String()
 		case "p":
-			b.Priority, err = intp()
+			b.Priority = intp()
 		case "a":
-			b.Attempts, err = dec.DecodeInt()
+			b.Attempts = int(r.Int())
 		case "mr":
-			b.MaxRetries, err = intp()
+			b.MaxRetries = intp()
 		case "d":
-			b.Desc, err = dec.DecodeString()
+			b.Desc = r.String()
 		case "r":
-			b.Result, err = dec.DecodeString()
+			b.Result = r.String()
 		case "e":
-			b.Error, err = dec.DecodeString()
+			b.Error = r.String()
 		case "et":
-			b.ErrorType, err = dec.DecodeString()
+			b.ErrorType = r.String()
 		case "sk":
-			b.Stack, err = dec.DecodeString()
+			b.Stack = r.String()
 		case "w":
-			b.Worker, err = dec.DecodeString()
+			b.Worker = r.String()
 		case "i":
-			b.Identity, err = dec.DecodeString()
+			b.Identity = r.String()
 		case "g":
-			b.Graph, err = dec.DecodeString()
+			b.Graph = r.String()
 		case "eq":
-			i64, err = dec.DecodeInt64()
-			b.EnqueuedAt = i64
+			b.EnqueuedAt = r.Int()
 		case "eta":
-			i64, err = dec.DecodeInt64()
-			b.ETA = i64
+			b.ETA = r.Int()
 		case "sa":
-			i64, err = dec.DecodeInt64()
-			b.StartedAt = i64
+			b.StartedAt = r.Int()
 		case "ea":
-			i64, err = dec.DecodeInt64()
-			b.EndedAt = i64
+			b.EndedAt = r.Int()
 		case "ua":
-			i64, err = dec.DecodeInt64()
-			b.UpdatedAt = i64
+			b.UpdatedAt = r.Int()
 		case "sq":
-			b.Seq, err = dec.DecodeUint64()
+			b.Seq = uint64(r.Int())
 		default:
-			err = dec.Skip() // written by a newer version: ignore
+			r.Skip() // written by a newer version: ignore
 		}
-		if err != nil {
-			return fmt.Errorf("record key %q: %w", k, err)
-		}
+	}
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("records: %w", err)
 	}
 	return nil
 }

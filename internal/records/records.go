@@ -1,21 +1,33 @@
 // Package records keeps job records (state, attempts, result, error,
 // timestamps) in Redis, written in pipelined batches off the hot path.
 //
-// A job has up to two keys, each one msgpack value written with a single
-// SET ... PX (no read, no script):
+// A record has two sides, each one msgpack map: what the producer knows
+// (enqueued/waiting/pending, ETA, sequence) and what the workers know
+// (started, done, waiting for a retry, dead, ...). Reads merge them, the
+// workers' side winning, so a producer's write that lands late never hides
+// a worker's newer state. Updates of one job made within one flush
+// interval are merged into one write, and no write reads anything.
 //
-//	<prefix>:job:<id>:q   what the producer knows (enqueued/waiting/pending, ETA, sequence)
-//	<prefix>:job:<id>     what the workers know (started, done, waiting for a retry, dead, ...)
+// Jobs with a time-ordered id (a ULID, as the dispatcher makes them) are
+// kept in hashes by the hour of their id and a shard of it, so that one
+// flush writes a few HSETs of many fields rather than a SET per job (a
+// Redis command costs far more than a hash field):
 //
-// Reads merge them, the worker's side winning, so a producer's write that
-// lands late never hides a worker's newer state. Updates of one job made
-// within one flush interval are merged into one write.
+//	<prefix>:jobs:<hour>:<shard>:q   field <id>: the producer's side
+//	<prefix>:jobs:<hour>:<shard>     field <id>: the workers' side
+//
+// Each hash expires the retention after its last write. Jobs whose id the
+// caller chose have keys of their own, with the same retention:
+//
+//	<prefix>:job:<id>:q, <prefix>:job:<id>
 package records
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -163,8 +175,8 @@ type Store struct {
 	log   *zap.Logger
 
 	mu      sync.Mutex
-	pending map[string]*Update // workers' side
-	queued  map[string]*Update // producers' side
+	upd     []Update // updates since the last flush, in order
+	spare   []Update // the previous flush's buffer, reused
 	kick    chan struct{}
 	done    chan struct{}
 	closed  chan struct{}
@@ -186,32 +198,101 @@ func New(rdb redis.UniversalClient, names wire.Names, ttl time.Duration, log *za
 	}
 	s := &Store{
 		rdb: rdb, names: names, ttl: ttl, log: log,
-		pending: make(map[string]*Update), queued: make(map[string]*Update),
 		kick: make(chan struct{}, 1), done: make(chan struct{}), closed: make(chan struct{}),
 	}
 	go s.loop(20 * time.Millisecond)
 	return s
 }
 
-// Key is the Redis key of the workers' side of a job record.
-func (s *Store) Key(id string) string { return s.names.RedisKey("job", id) }
+// Shards per hour of bucketed records: enough to spread a busy hour over
+// a Redis Cluster and to keep each hash at a few thousand fields.
+const shards = 64
 
-func (s *Store) queuedKey(id string) string { return s.names.RedisKey("job", id) + ":q" }
+// location is where one side of a record lives: a field of a hash, or a
+// key of its own (field "").
+type location struct{ key, field string }
 
-// Record queues an update; it never blocks on Redis.
+// locate finds the workers' side (queued false) or the producer's side of
+// a job's record.
+func (s *Store) locate(id string, queued bool) location {
+	if hour, shard, ok := bucket(id); ok {
+		return location{key: s.hashKey(hour, shard, queued), field: id}
+	}
+	return location{key: s.ownKey(id, queued)}
+}
+
+// bucket is the hour and shard of a ULID's record; ok is false for ids
+// that are not ULIDs.
+func bucket(id string) (hour uint64, shard uint32, ok bool) {
+	ms, ok := ulidTime(id)
+	if !ok {
+		return 0, 0, false
+	}
+	return ms / uint64(time.Hour/time.Millisecond), fnv32(id) % shards, true
+}
+
+func (s *Store) hashKey(hour uint64, shard uint32, queued bool) string {
+	key := s.names.Prefix + ":jobs:" + strconv.FormatUint(hour, 10) + ":" + strconv.FormatUint(uint64(shard), 10)
+	if queued {
+		key += ":q"
+	}
+	return key
+}
+
+func (s *Store) ownKey(id string, queued bool) string {
+	key := s.names.RedisKey("job", id)
+	if queued {
+		key += ":q"
+	}
+	return key
+}
+
+// ulidTime reads the millisecond time of a 26-character Crockford base32
+// ULID (the first 10 characters); ok is false for any other id.
+func ulidTime(id string) (uint64, bool) {
+	if len(id) != 26 || id[0] > '7' {
+		return 0, false
+	}
+	var ms uint64
+	for i := 0; i < len(id); i++ {
+		v := crockford(id[i])
+		if v < 0 {
+			return 0, false
+		}
+		if i < 10 {
+			ms = ms<<5 | uint64(v)
+		}
+	}
+	return ms, true
+}
+
+func crockford(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'A' && c <= 'Z' && c != 'I' && c != 'L' && c != 'O' && c != 'U':
+		return strings.IndexByte("ABCDEFGHJKMNPQRSTVWXYZ", c) + 10
+	}
+	return -1
+}
+
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// Record queues an update; it never blocks on Redis (and allocates
+// nothing: the update is appended to a reused buffer).
 func (s *Store) Record(u Update) {
 	s.mu.Lock()
-	m := s.pending
-	if u.Queued != "" {
-		m = s.queued
+	if len(s.upd) < MaxPending {
+		s.upd = append(s.upd, u)
 	}
-	if p, ok := m[u.ID]; ok {
-		p.merge(&u)
-	} else if len(s.pending)+len(s.queued) < MaxPending {
-		cp := u
-		m[u.ID] = &cp
-	}
-	n := len(s.pending) + len(s.queued)
+	n := len(s.upd)
 	s.mu.Unlock()
 	if n >= 2048 {
 		select {
@@ -240,53 +321,86 @@ func (s *Store) loop(every time.Duration) {
 	}
 }
 
-// Flush writes the pending updates now.
+// Flush writes the pending updates now: per hash one HSET of all its
+// fields and one PEXPIRE, per own key one SET ... PX, in one pipeline.
+// Updates of one side of one job are merged first, in order.
 func (s *Store) Flush(ctx context.Context) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
-	if len(s.pending)+len(s.queued) == 0 {
+	if len(s.upd) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
-	pending, queued := s.pending, s.queued
-	s.pending, s.queued = make(map[string]*Update, len(pending)), make(map[string]*Update, len(queued))
+	batch := s.upd
+	s.upd = s.spare[:0]
 	s.mu.Unlock()
 
-	pipe := s.rdb.Pipeline()
-	now := time.Now()
-	for side, batch := range []map[string]*Update{pending, queued} {
-		for id, u := range batch {
-			b := u.blob(now)
-			data, err := wire.Marshal(&b)
-			if err != nil {
-				return err
-			}
-			key := s.Key(id)
-			if side == 1 {
-				key = s.queuedKey(id)
-			}
-			pipe.Set(ctx, key, data, s.ttl)
-		}
+	// Merge each job's updates into its first one (per side).
+	type sideID struct {
+		queued bool
+		id     string
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		// Put the batches back, older than anything queued since.
-		s.mu.Lock()
-		for side, batch := range []map[string]*Update{pending, queued} {
-			cur := s.pending
-			if side == 1 {
-				cur = s.queued
-			}
-			for id, u := range batch {
-				if newer, ok := cur[id]; ok {
-					u.merge(newer)
-				}
-				if len(s.pending)+len(s.queued) < MaxPending {
-					cur[id] = u
-				}
-			}
+	first := make(map[sideID]int, len(batch))
+	live := make([]int, 0, len(batch))
+	for i := range batch {
+		k := sideID{batch[i].Queued != "", batch[i].ID}
+		if j, ok := first[k]; ok {
+			batch[j].merge(&batch[i])
+			continue
 		}
-		s.mu.Unlock()
+		first[k] = i
+		live = append(live, i)
+	}
+
+	now := time.Now()
+	hashes := map[string][]any{}
+	keys := map[uint64]string{} // (hour, shard, side) -> hash key
+	pipe := s.rdb.Pipeline()
+	for _, i := range live {
+		u := &batch[i]
+		b := u.blob(now)
+		data := b.appendTo(make([]byte, 0, 64+len(u.ID)+len(u.Name)+len(u.Channel)+len(u.Result)+len(u.Error)+len(u.Stack)+len(u.Worker)))
+		queued := u.Queued != ""
+		hour, shard, bucketed := bucket(u.ID)
+		if !bucketed {
+			pipe.Set(ctx, s.ownKey(u.ID, queued), data, s.ttl)
+			continue
+		}
+		kk := hour<<8 | uint64(shard)<<1
+		if queued {
+			kk |= 1
+		}
+		key, ok := keys[kk]
+		if !ok {
+			key = s.hashKey(hour, shard, queued)
+			keys[kk] = key
+		}
+		hashes[key] = append(hashes[key], u.ID, data)
+	}
+	for key, fields := range hashes {
+		pipe.HSet(ctx, key, fields...)
+		pipe.PExpire(ctx, key, s.ttl)
+	}
+	_, err := pipe.Exec(ctx)
+	s.mu.Lock()
+	if err != nil {
+		// Put the merged updates back, before anything recorded since.
+		back := make([]Update, 0, len(live)+len(s.upd))
+		for _, i := range live {
+			back = append(back, batch[i])
+		}
+		back = append(back, s.upd...)
+		if len(back) > MaxPending {
+			back = back[:MaxPending]
+		}
+		s.upd = back
+	} else {
+		clear(batch) // drop references for the collector
+		s.spare = batch[:0]
+	}
+	s.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("records: %w", err)
 	}
 	return nil
@@ -300,22 +414,30 @@ func (s *Store) Close(ctx context.Context) error {
 }
 
 func (s *Store) read(ctx context.Context, id string) (worker, queued *blob, err error) {
-	vals, err := s.rdb.MGet(ctx, s.Key(id), s.queuedKey(id)).Result()
-	if err != nil {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, 2)
+	for i, loc := range []location{s.locate(id, false), s.locate(id, true)} {
+		if loc.field == "" {
+			cmds[i] = pipe.Get(ctx, loc.key)
+		} else {
+			cmds[i] = pipe.HGet(ctx, loc.key, loc.field)
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, nil, fmt.Errorf("records: %w", err)
 	}
-	dec := func(v any) *blob {
-		str, ok := v.(string)
-		if !ok {
+	dec := func(cmd *redis.StringCmd) *blob {
+		data, err := cmd.Bytes()
+		if err != nil {
 			return nil
 		}
 		var b blob
-		if wire.Unmarshal([]byte(str), &b) != nil {
+		if b.decode(data) != nil {
 			return nil
 		}
 		return &b
 	}
-	return dec(vals[0]), dec(vals[1]), nil
+	return dec(cmds[0]), dec(cmds[1]), nil
 }
 
 // Get reads a record; job.ErrNotFound when none is kept.
@@ -374,11 +496,17 @@ func (s *Store) Set(ctx context.Context, u Update) error {
 	cur.merge(&u)
 	cur.Queued = ""
 	b := cur.blob(time.Now())
-	data, err := wire.Marshal(&b)
-	if err != nil {
-		return err
+	data := b.appendTo(nil)
+	loc := s.locate(u.ID, false)
+	if loc.field == "" {
+		err = s.rdb.Set(ctx, loc.key, data, s.ttl).Err()
+	} else {
+		pipe := s.rdb.Pipeline()
+		pipe.HSet(ctx, loc.key, loc.field, data)
+		pipe.PExpire(ctx, loc.key, s.ttl)
+		_, err = pipe.Exec(ctx)
 	}
-	if err := s.rdb.Set(ctx, s.Key(u.ID), data, s.ttl).Err(); err != nil {
+	if err != nil {
 		return fmt.Errorf("records: %w", err)
 	}
 	return nil

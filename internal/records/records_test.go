@@ -2,12 +2,17 @@ package records
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 func TestBlobRoundTrip(t *testing.T) {
@@ -15,13 +20,18 @@ func TestBlobRoundTrip(t *testing.T) {
 	in := blob{State: "done", Name: "n", Channel: "root.x", Priority: &p, Attempts: 2, MaxRetries: &mr,
 		Desc: "d", Result: "r", Error: "e", ErrorType: "t", Stack: "s", Worker: "w", Identity: "i", Graph: "g",
 		EnqueuedAt: 1, ETA: 2, StartedAt: 3, EndedAt: 4, UpdatedAt: 5, Seq: 6}
-	data, err := wire.Marshal(&in)
-	if err != nil {
+	data := in.appendTo(nil)
+	var out blob
+	if err := out.decode(data); err != nil {
 		t.Fatal(err)
 	}
-	var out blob
-	if err := wire.Unmarshal(data, &out); err != nil {
-		t.Fatal(err)
+	if !reflect.DeepEqual(in, out) {
+		t.Fatalf("round trip:\n%+v\n%+v", in, out)
+	}
+	// The msgpack library reads the same map (other languages' readers).
+	var lib map[string]any
+	if err := msgpack.Unmarshal(data, &lib); err != nil || lib["st"] != "done" || len(lib) != 20 {
+		t.Fatalf("msgpack library reads %v, %v", lib, err)
 	}
 	if *out.Priority != 3 || *out.MaxRetries != 0 || out.Seq != 6 || out.Graph != "g" || out.UpdatedAt != 5 {
 		t.Fatalf("%+v", out)
@@ -50,7 +60,63 @@ func TestSidesMergeWorkerWins(t *testing.T) {
 	if rec.State != job.StateDone || rec.Result != "ok" || rec.Channel != "root.shop" || rec.Seq != 9 || rec.Attempts != 1 || rec.StartedAt.IsZero() {
 		t.Fatalf("%+v", rec)
 	}
-	if ttl := rdb.PTTL(ctx, s.Key("j1")).Val(); ttl <= 0 || ttl > time.Minute {
+	if ttl := rdb.PTTL(ctx, s.locate("j1", false).key).Val(); ttl <= 0 || ttl > time.Minute {
 		t.Fatalf("ttl %s", ttl)
+	}
+}
+
+// Records of dispatcher-made ids (ULIDs) go to a few hashes per hour, not a
+// key per job: 2,000 jobs, both sides, at most 2 x 64 keys, all readable and
+// all expiring.
+func TestULIDRecordsShareHashes(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	s := New(rdb, wire.MustNames(prefix), time.Minute, nil)
+	ctx := context.Background()
+	ids := make([]string, 2000)
+	for i := range ids {
+		ids[i] = wire.NewID()
+		s.Record(Update{ID: ids[i], Queued: job.StateEnqueued, Name: "n", Seq: uint64(i + 1)})
+		s.Record(Update{ID: ids[i], State: job.StateDone, Result: fmt.Sprint("r", i), Attempts: 1})
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := rdb.Keys(ctx, prefix+":*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) == 0 || len(keys) > 2*shards {
+		t.Fatalf("%d keys for %d records", len(keys), len(ids))
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix+":jobs:") {
+			t.Fatalf("unexpected key %s", k)
+		}
+		if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 || ttl > time.Minute {
+			t.Fatalf("key %s ttl %s", k, ttl)
+		}
+	}
+	for i, id := range ids {
+		rec, err := s.Get(ctx, id)
+		if err != nil || rec.State != job.StateDone || rec.Result != fmt.Sprint("r", i) || rec.Seq != uint64(i+1) || rec.Name != "n" {
+			t.Fatalf("record %s: %+v %v", id, rec, err)
+		}
+	}
+	if _, err := s.Get(ctx, wire.NewID()); !errors.Is(err, job.ErrNotFound) {
+		t.Fatalf("unknown id: %v", err)
+	}
+}
+
+func TestULIDTime(t *testing.T) {
+	before := time.Now().UnixMilli()
+	id := wire.NewID()
+	ms, ok := ulidTime(id)
+	if !ok || int64(ms) < before || int64(ms) > time.Now().UnixMilli() {
+		t.Fatalf("ulidTime(%s) = %d, %v", id, ms, ok)
+	}
+	for _, bad := range []string{"", "order-7", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "01J0000000000000000000000I", "01j0000000000000000000000a"} {
+		if _, ok := ulidTime(bad); ok {
+			t.Fatalf("%q taken for a ULID", bad)
+		}
 	}
 }

@@ -85,7 +85,7 @@ func EncodeEnvelope(e *Envelope) ([]byte, error) {
 	if err := e.check(); err != nil {
 		return nil, err
 	}
-	return Marshal(e)
+	return appendEnvelope(make([]byte, 0, 96+len(e.ID)+len(e.Name)+len(e.Args)+len(e.Channel)+len(e.Description)+len(e.Identity)+len(e.Graph)), e), nil
 }
 
 var decPool = sync.Pool{New: func() any {
@@ -96,6 +96,7 @@ var decPool = sync.Pool{New: func() any {
 
 // DecodeEnvelope decodes and validates a job envelope strictly: unknown
 // versions and unknown keys are rejected, sizes and nesting are bounded.
+// The returned envelope's Args alias data.
 func DecodeEnvelope(data []byte, maxSize int) (*Envelope, error) {
 	if maxSize <= 0 {
 		maxSize = DefaultMaxEnvelope
@@ -109,13 +110,8 @@ func DecodeEnvelope(data []byte, maxSize int) (*Envelope, error) {
 	if err := CheckDepth(data, DefaultMaxDepth+2); err != nil {
 		return nil, err
 	}
-	d := decPool.Get().(*msgpack.Decoder)
-	d.Reset(bytes.NewReader(data))
-	d.DisallowUnknownFields(true)
 	e := new(Envelope)
-	err := d.Decode(e)
-	decPool.Put(d)
-	if err != nil {
+	if err := decodeEnvelope(data, e); err != nil {
 		return nil, fmt.Errorf("%w: not a msgpack envelope: %v", ErrInvalid, err)
 	}
 	if e.V != EnvelopeVersion {

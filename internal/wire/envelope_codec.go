@@ -7,8 +7,149 @@ import (
 )
 
 // The envelope is on the hot path of every job: it is encoded and decoded
-// by hand rather than by reflection. Decoding stays strict: an unknown key
-// is an error.
+// by hand rather than by reflection (appendEnvelope and decodeEnvelope, on
+// byte slices; the msgpack.CustomEncoder/Decoder methods serve callers that
+// go through a msgpack Encoder). Decoding stays strict: an unknown key is
+// an error.
+
+// appendEnvelope appends e's msgpack encoding to b.
+func appendEnvelope(b []byte, e *Envelope) []byte {
+	n := 4 // v, id, name, args
+	for _, set := range [...]bool{e.Attempt != 0, e.MaxRetries != nil, len(e.Retry) > 0, e.Channel != "",
+		e.Priority != nil, e.TimeoutMS != 0, e.Description != "", e.Identity != "", e.EnqueuedAt != 0,
+		e.ETA != 0, e.Template, e.Graph != ""} {
+		if set {
+			n++
+		}
+	}
+	b = AppendMapLen(b, n)
+	b = AppendInt(AppendString(b, "v"), int64(e.V))
+	b = AppendString(AppendString(b, "id"), e.ID)
+	b = AppendString(AppendString(b, "name"), e.Name)
+	b = AppendString(b, "args")
+	if len(e.Args) == 0 {
+		b = append(b, 0xc0)
+	} else {
+		b = append(b, e.Args...)
+	}
+	if e.Attempt != 0 {
+		b = AppendInt(AppendString(b, "attempt"), int64(e.Attempt))
+	}
+	if e.MaxRetries != nil {
+		b = AppendInt(AppendString(b, "max_retries"), int64(*e.MaxRetries))
+	}
+	if len(e.Retry) > 0 {
+		b = AppendMapLen(AppendString(b, "retry"), len(e.Retry))
+		for k, v := range e.Retry {
+			b = AppendInt(AppendInt(b, int64(k)), v)
+		}
+	}
+	if e.Channel != "" {
+		b = AppendString(AppendString(b, "channel"), e.Channel)
+	}
+	if e.Priority != nil {
+		b = AppendInt(AppendString(b, "priority"), int64(*e.Priority))
+	}
+	if e.TimeoutMS != 0 {
+		b = AppendInt(AppendString(b, "timeout_ms"), e.TimeoutMS)
+	}
+	if e.Description != "" {
+		b = AppendString(AppendString(b, "desc"), e.Description)
+	}
+	if e.Identity != "" {
+		b = AppendString(AppendString(b, "identity"), e.Identity)
+	}
+	if e.EnqueuedAt != 0 {
+		b = AppendInt(AppendString(b, "enqueued_at"), e.EnqueuedAt)
+	}
+	if e.ETA != 0 {
+		b = AppendInt(AppendString(b, "eta"), e.ETA)
+	}
+	if e.Graph != "" {
+		b = AppendString(AppendString(b, "graph"), e.Graph)
+	}
+	if e.Template {
+		b = AppendBool(AppendString(b, "tmpl"), true)
+	}
+	return b
+}
+
+// decodeEnvelope reads an envelope from data (whose depth the caller has
+// checked). Args alias data.
+func decodeEnvelope(data []byte, e *Envelope) error {
+	r := NewReader(data)
+	n := r.MapLen()
+	if r.err != nil {
+		return r.err
+	}
+	if n < 0 {
+		return fmt.Errorf("envelope is nil, want a map")
+	}
+	for i := 0; i < n && r.err == nil; i++ {
+		k := r.StringBytes()
+		if r.err != nil {
+			return fmt.Errorf("envelope key: %w", r.err)
+		}
+		switch string(k) {
+		case "v":
+			e.V = int(r.Int())
+		case "id":
+			e.ID = r.String()
+		case "name":
+			e.Name = r.String()
+		case "args":
+			e.Args = r.Raw()
+		case "attempt":
+			e.Attempt = int(r.Int())
+		case "max_retries":
+			v := int(r.Int())
+			e.MaxRetries = &v
+		case "retry":
+			m := r.MapLen()
+			if m > 64 {
+				return fmt.Errorf("retry pattern has %d entries (at most 64)", m)
+			}
+			if m > 0 {
+				e.Retry = make(map[int]int64, m)
+				for j := 0; j < m && r.err == nil; j++ {
+					try := int(r.Int())
+					e.Retry[try] = r.Int()
+				}
+			}
+		case "channel":
+			e.Channel = r.String()
+		case "priority":
+			v := int(r.Int())
+			e.Priority = &v
+		case "timeout_ms":
+			e.TimeoutMS = r.Int()
+		case "desc":
+			e.Description = r.String()
+		case "identity":
+			e.Identity = r.String()
+		case "enqueued_at":
+			e.EnqueuedAt = r.Int()
+		case "eta":
+			e.ETA = r.Int()
+		case "tmpl":
+			e.Template = r.Bool()
+		case "graph":
+			e.Graph = r.String()
+		default:
+			return fmt.Errorf("unknown envelope key %q", k)
+		}
+		if r.err != nil {
+			return fmt.Errorf("envelope key %q: %w", k, r.err)
+		}
+	}
+	if r.err != nil {
+		return r.err
+	}
+	if !r.Done() {
+		return fmt.Errorf("%d bytes after the envelope", len(data)-r.i)
+	}
+	return nil
+}
 
 var (
 	_ msgpack.CustomEncoder = (*Envelope)(nil)

@@ -113,6 +113,23 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		if _, err := DecodeEnvelope(data, len(data)-1); len(data) > 1 && err == nil {
 			t.Fatal("size limit ignored")
 		}
+		// The hand-written codec agrees with the msgpack library's: what
+		// it accepts, the library decodes the same, and the library's
+		// encoding decodes back to the same envelope.
+		var lib Envelope
+		if err := msgpack.Unmarshal(data, &lib); err != nil {
+			t.Fatalf("accepted here, rejected by the msgpack library: %v", err)
+		}
+		if !sameEnvelope(e, &lib) {
+			t.Fatalf("the msgpack library reads another envelope:\n%#v\n%#v", e, &lib)
+		}
+		viaLib, err := Marshal(cloneEnvelope(e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e3, err := DecodeEnvelope(viaLib, 0); err != nil || !sameEnvelope(e, e3) {
+			t.Fatalf("the msgpack library's encoding reads back as %#v, %v", e3, err)
+		}
 	})
 }
 

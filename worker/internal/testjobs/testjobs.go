@@ -85,3 +85,49 @@ func RegisterProbe(reg *worker.Registry, rdb redis.UniversalClient, prefix strin
 		return "", nil
 	})
 }
+
+// Stamp records the id of each of its runs and the worker that ran it:
+// the periodic-job tests count ticks by job id.
+type Stamp struct {
+	Key string `msgpack:"key"`
+}
+
+// JobName implements job.Args.
+func (Stamp) JobName() string { return "test.stamp" }
+
+// Ordered records its start order, with the worker that started it, under
+// Key: the priority tests across processes read it.
+type Ordered struct {
+	Key string        `msgpack:"key"`
+	N   int           `msgpack:"n"`
+	For time.Duration `msgpack:"for"`
+}
+
+// JobName implements job.Args.
+func (Ordered) JobName() string { return "test.ordered" }
+
+// RegisterFleet adds Stamp and Ordered to reg; name is the worker's name.
+// Stamp pushes "<job id>@<name>" to <prefix>:stamp:<key>; Ordered pushes
+// "<n>@<name>" to <prefix>:ordered:<key>:starts when it starts and n to
+// <prefix>:ordered:<key>:done when it ends.
+func RegisterFleet(reg *worker.Registry, rdb redis.UniversalClient, prefix, name string) {
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Stamp]) (string, error) {
+		if err := rdb.RPush(ctx, prefix+":stamp:"+j.Args.Key, j.ID+"@"+name).Err(); err != nil {
+			return "", job.Retry(err)
+		}
+		return "", nil
+	})
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Ordered]) (string, error) {
+		k := prefix + ":ordered:" + j.Args.Key
+		if err := rdb.RPush(ctx, k+":starts", fmt.Sprintf("%d@%s", j.Args.N, name)).Err(); err != nil {
+			return "", job.Retry(err)
+		}
+		select {
+		case <-time.After(j.Args.For):
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		rdb.RPush(ctx, k+":done", j.Args.N)
+		return "", nil
+	})
+}

@@ -8,9 +8,11 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
 	"github.com/connector-go/connector/worker/internal/testjobs"
@@ -46,6 +48,9 @@ func run() error {
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	prefix := os.Getenv("TW_PREFIX")
+	if os.Getenv("TW_MODE") == "produce" {
+		return produce(ctx, js, opt, prefix)
+	}
 	ackWait, _ := time.ParseDuration(os.Getenv("TW_ACK_WAIT"))
 	if ackWait == 0 {
 		ackWait = 2 * time.Second
@@ -58,6 +63,7 @@ func run() error {
 	reg := worker.NewRegistry()
 	testjobs.Register(reg, rdb, prefix, os.Getenv("TW_NAME"))
 	testjobs.RegisterProbe(reg, rdb, prefix)
+	testjobs.RegisterFleet(reg, rdb, prefix, os.Getenv("TW_NAME"))
 	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithLogger(log),
 		worker.WithAckWait(ackWait), worker.WithConcurrency(conc), worker.WithName(os.Getenv("TW_NAME")),
 		worker.WithRetryPattern(job.RetryPattern{1: 200 * time.Millisecond}),
@@ -71,4 +77,67 @@ func run() error {
 		rdb.Set(context.Background(), prefix+":stopping:"+os.Getenv("TW_NAME"), "1", time.Minute)
 	}()
 	return w.Run(ctx)
+}
+
+// produce is the producer mode (TW_MODE=produce): TW_PRODUCE_N goroutines
+// enqueue a testjobs.Probe with the identity key TW_IDENTITY, all at once.
+// The process counts itself ready (INCR <prefix>:produce:ready), waits for
+// the go signal (an element on the list <prefix>:produce:go), enqueues, and
+// pushes "<name>/<i>=<id>" to <prefix>:produce:ids for every enqueue. Any
+// error exits non-zero.
+func produce(ctx context.Context, js jetstream.JetStream, opt *redis.Options, prefix string) error {
+	name := os.Getenv("TW_NAME")
+	n, _ := strconv.Atoi(os.Getenv("TW_PRODUCE_N"))
+	if n == 0 {
+		n = 1
+	}
+	key := os.Getenv("TW_IDENTITY")
+	// A connection per goroutine, all dialled before the go signal, so the
+	// enqueues really overlap in Redis (not serialised by pool dialling).
+	opt.PoolSize = n + 4
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		return err
+	}
+	start := make(chan struct{})
+	ids := make([]string, n)
+	errs := make([]error, n)
+	var ready, done sync.WaitGroup
+	for i := 0; i < n; i++ {
+		ready.Add(1)
+		done.Add(1)
+		go func(i int) {
+			defer done.Done()
+			err := rdb.Ping(ctx).Err()
+			ready.Done()
+			<-start
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			ids[i], errs[i] = d.Enqueue(ctx, testjobs.Probe{Key: "identity", N: i}, job.WithIdentityKey(key))
+		}(i)
+	}
+	ready.Wait()
+	if err := rdb.Incr(ctx, prefix+":produce:ready").Err(); err != nil {
+		return err
+	}
+	if err := rdb.BLPop(ctx, 30*time.Second, prefix+":produce:go").Err(); err != nil {
+		return fmt.Errorf("waiting for the go signal: %w", err)
+	}
+	close(start)
+	done.Wait()
+	out := make([]any, 0, n)
+	for i := range ids {
+		if errs[i] != nil {
+			return fmt.Errorf("enqueue %d: %w", i, errs[i])
+		}
+		out = append(out, fmt.Sprintf("%s/%d=%s", name, i, ids[i]))
+	}
+	if err := rdb.RPush(ctx, prefix+":produce:ids", out...).Err(); err != nil {
+		return err
+	}
+	return d.Close(ctx)
 }
