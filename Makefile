@@ -10,8 +10,8 @@ dev:             ## run everything embedded: NATS, a Redis store, a worker, demo
 bench:           ## job runtime vs raw JetStream (see docs/benchmarks.md)
 	go run ./cmd/connector bench -n 100000 -rounds 3
 
-build:
-	CGO_ENABLED=0 go build -o bin/ ./cmd/connector ./examples/shop/cmd/shop
+build:           ## every command into bin/: connector, shop, catalog, shop-schedule (as the Dockerfile)
+	CGO_ENABLED=0 go build -o bin/ ./cmd/connector ./cmd/... ./examples/...
 
 compose-secrets: ## generate the secrets docker-compose.yml mounts
 	deploy/compose/gen-secrets.sh

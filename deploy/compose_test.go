@@ -418,6 +418,9 @@ func TestComposeServiceRoles(t *testing.T) {
 	if env := serviceEnv(t, p.Services["worker"]); env["CONNECTOR_PROVISION"] != "false" {
 		t.Errorf("worker: CONNECTOR_PROVISION %q, want false (the worker user may not create streams)", env["CONNECTOR_PROVISION"])
 	}
+	if env := serviceEnv(t, p.Services["worker"]); env["CONNECTOR_REGISTER_SCHEDULES"] != "false" {
+		t.Errorf("worker: CONNECTOR_REGISTER_SCHEDULES %q, want false (the worker user may not register periodic jobs: shop-schedule does)", env["CONNECTOR_REGISTER_SCHEDULES"])
+	}
 }
 
 // The workers run the example connector (SHOP_URL and CATALOG_URL set, the

@@ -354,7 +354,7 @@ func TestKubernetesRoles(t *testing.T) {
 	if cfg["CONNECTOR_PREFIX"] != wire.DefaultPrefix {
 		t.Errorf("CONNECTOR_PREFIX %q: the permissions of nats/nats-server.conf are written for %q", cfg["CONNECTOR_PREFIX"], wire.DefaultPrefix)
 	}
-	for _, k := range []string{"CONNECTOR_NATS_USER", "CONNECTOR_NATS_INBOX_PREFIX", "CONNECTOR_PROVISION"} {
+	for _, k := range []string{"CONNECTOR_NATS_USER", "CONNECTOR_NATS_INBOX_PREFIX", "CONNECTOR_PROVISION", "CONNECTOR_REGISTER_SCHEDULES"} {
 		if _, ok := cfg[k]; ok {
 			t.Errorf("ConfigMap sets %s, which differs per role: set it in the pod specs", k)
 		}
@@ -392,6 +392,9 @@ func TestKubernetesRoles(t *testing.T) {
 	}
 	if env := podEnv(cfg, d.Spec.Template.Spec.Containers[0]); env["CONNECTOR_PROVISION"] != "false" {
 		t.Errorf("worker: CONNECTOR_PROVISION %q, want false (the worker user may not create streams)", env["CONNECTOR_PROVISION"])
+	}
+	if env := podEnv(cfg, d.Spec.Template.Spec.Containers[0]); env["CONNECTOR_REGISTER_SCHEDULES"] != "false" {
+		t.Errorf("worker: CONNECTOR_REGISTER_SCHEDULES %q, want false (the worker user may not register periodic jobs)", env["CONNECTOR_REGISTER_SCHEDULES"])
 	}
 	if n := len(secretsByName(m)); n != len(pods) {
 		t.Errorf("secret.example.yaml describes %d Secrets, want one per role (%d)", n, len(pods))

@@ -306,7 +306,7 @@ func (d *Dispatcher) recordEnqueued(p *prepared, seq uint64) {
 		st = job.StateWaiting
 	}
 	// Unset priority and max retries (nil) read back as the defaults.
-	d.rec.Record(records.Update{
+	d.rec.Record(&records.Update{
 		ID: p.env.ID, Queued: st, Name: p.env.Name, Channel: p.env.Channel,
 		Priority: p.env.Priority, MaxRetries: p.env.MaxRetries, Description: p.env.Description,
 		EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), ETA: p.eta, Seq: seq, Identity: p.identity, Graph: p.env.Graph,

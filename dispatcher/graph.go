@@ -170,7 +170,7 @@ func (d *Dispatcher) EnqueueGraph(ctx context.Context, g Node) (GraphResult, err
 	for i, j := range all {
 		p := preps[i]
 		if len(j.pars) > 0 {
-			d.rec.Record(records.Update{ID: p.env.ID, Queued: job.StatePending, Name: p.env.Name,
+			d.rec.Record(&records.Update{ID: p.env.ID, Queued: job.StatePending, Name: p.env.Name,
 				Channel: p.env.Channel, EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), Graph: res.ID})
 			d.endSpan(p, nil)
 			continue

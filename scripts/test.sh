@@ -5,8 +5,20 @@
 #   CONNECTOR_TEST_REDIS_URL      Redis for tests (default redis://127.0.0.1:6379/0)
 #   CONNECTOR_TEST_REQUIRE_REDIS  1: fail instead of using the embedded store
 #   FUZZTIME                      per fuzz target (default 10s; 0 skips fuzzing)
+#   CI                            set (not "false"): fail when -race is impossible
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The race detector needs cgo and a C compiler. Without one the tests run
+# without -race, except in CI (CI set and not "false"), which must not lose
+# it silently: there this fails at once.
+race="-race"
+if ! CGO_ENABLED=1 go env CC >/dev/null 2>&1 || ! command -v "$(CGO_ENABLED=1 go env CC)" >/dev/null 2>&1; then
+	if [ -n "${CI:-}" ] && [ "${CI}" != false ]; then
+		echo "== no C compiler ($(go env CC 2>/dev/null)): CI needs the race detector (install gcc)" >&2; exit 1
+	fi
+	echo "== no C compiler: running without -race"; race=""
+fi
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './vendor/*'))
@@ -27,11 +39,6 @@ else
 		echo "no Redis at $hostport and CONNECTOR_TEST_REQUIRE_REDIS=1"; exit 1
 	fi
 	echo "== Redis: none at $hostport; tests fall back to the embedded store (miniredis)"
-fi
-
-race="-race"
-if ! CGO_ENABLED=1 go env CC >/dev/null 2>&1 || ! command -v "$(go env CC)" >/dev/null 2>&1; then
-	echo "== no C compiler: running without -race"; race=""
 fi
 
 echo "== go test $race ./..."

@@ -30,6 +30,9 @@ type ImportRecord struct {
 // JobName implements job.Args.
 func (ImportRecord) JobName() string { return "connector.import_record" }
 
+// JobLabels gives the worker's log lines of the job its backend and model.
+func (a ImportRecord) JobLabels() (backend, model string) { return a.BackendID, a.Model }
+
 // IdentityKey is the key delayed imports are enqueued with, so that one
 // record has at most one pending import.
 func (a ImportRecord) IdentityKey() string {
@@ -48,6 +51,9 @@ type ExportRecord struct {
 // JobName implements job.Args.
 func (ExportRecord) JobName() string { return "connector.export_record" }
 
+// JobLabels gives the worker's log lines of the job its backend and model.
+func (a ExportRecord) JobLabels() (backend, model string) { return a.BackendID, a.Model }
+
 // DeleteRecord deletes one record in the backend (Deleter.Run).
 type DeleteRecord struct {
 	BackendID  string `msgpack:"backend_id" json:"backend_id"`
@@ -58,6 +64,9 @@ type DeleteRecord struct {
 // JobName implements job.Args.
 func (DeleteRecord) JobName() string { return "connector.delete_record" }
 
+// JobLabels gives the worker's log lines of the job its backend and model.
+func (a DeleteRecord) JobLabels() (backend, model string) { return a.BackendID, a.Model }
+
 // ImportBatch imports the records of a search (BatchImporter.Run).
 type ImportBatch struct {
 	BackendID string         `msgpack:"backend_id" json:"backend_id"`
@@ -67,6 +76,9 @@ type ImportBatch struct {
 
 // JobName implements job.Args.
 func (ImportBatch) JobName() string { return "connector.import_batch" }
+
+// JobLabels gives the worker's log lines of the job its backend and model.
+func (a ImportBatch) JobLabels() (backend, model string) { return a.BackendID, a.Model }
 
 // RunImport runs the ImportRecord job: the importer registered for the
 // backend's version and the model imports the record.

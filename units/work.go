@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/job"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
@@ -202,8 +202,8 @@ func (w *Work) lock(ctx context.Context, resource string) (func(), error) {
 
 func end(span trace.Span, err error) {
 	if err != nil && !errors.Is(err, ErrMissing) {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
+		// Errors may quote URLs with credentials: recorded redacted.
+		telemetry.RecordError(span, err)
 	}
 	span.End()
 }

@@ -270,7 +270,9 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits chan struct{}
 		w.inflight.del(it)
 		<-credits
 		w.forgetHandbacks(it)
-		w.record(recordsCancelled(it.env.ID))
+		u := envRecord(it.env)
+		u.State, u.EndedAt, u.Worker = job.StateCancelled, time.Now(), w.cfg.name
+		w.record(u)
 		w.log.Info("cancelled job dropped", w.msgFields(it, 0)...)
 	}
 	return out

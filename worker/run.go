@@ -464,9 +464,10 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		if channel == "" {
 			channel = job.DefaultChannel
 		}
-		w.record(records.Update{ID: env.ID, State: job.StateDead, Name: env.Name, Channel: channel, Attempts: attempts,
-			Error: cause.Error(), ErrorType: errorType(cause), Stack: stack, StartedAt: started, EndedAt: time.Now(),
-			Worker: w.cfg.name, Graph: env.Graph, EnqueuedAt: wire.FromMillis(env.EnqueuedAt)})
+		u := envRecord(env)
+		u.State, u.Attempts, u.Error, u.ErrorType, u.Stack = job.StateDead, attempts, cause.Error(), errorType(cause), stack
+		u.StartedAt, u.EndedAt, u.Worker = started, time.Now(), w.cfg.name
+		w.record(u)
 		if started.IsZero() { // never ran: JobStarted did not count it
 			w.metrics.JobRejected(context.Background(), env.Name, channel, telemetry.OutcomeDead)
 		}
@@ -485,8 +486,16 @@ func (w *Worker) base(m *Message, started time.Time) records.Update {
 		EnqueuedAt: m.EnqueuedAt, Identity: m.IdentityKey, Graph: m.graph}
 }
 
-func recordsCancelled(id string) records.Update {
-	return records.Update{ID: id, State: job.StateCancelled, EndedAt: time.Now()}
+// envRecord is the workers' side of a record from what the envelope says
+// (every update carries its whole side).
+func envRecord(env *wire.Envelope) records.Update {
+	channel := env.Channel
+	if channel == "" {
+		channel = job.DefaultChannel
+	}
+	return records.Update{ID: env.ID, Name: env.Name, Channel: channel, Priority: env.Priority, MaxRetries: env.MaxRetries,
+		Description: env.Description, Identity: env.Identity, Graph: env.Graph, Attempts: env.Attempt,
+		EnqueuedAt: wire.FromMillis(env.EnqueuedAt)}
 }
 
 // redactedErr logs a job's error with URLs' passwords and tokens masked:
@@ -495,7 +504,7 @@ func redactedErr(err error) zap.Field { return zap.String("error", telemetry.Red
 
 func (w *Worker) record(u records.Update) {
 	if w.rec != nil {
-		w.rec.Record(u)
+		w.rec.Record(&u)
 	}
 }
 

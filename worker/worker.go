@@ -130,6 +130,11 @@ func WithStreamReplicas(n int) Option { return func(c *config) { c.streams.Repli
 // WithMemoryStorage provisions memory-backed streams (tests, benchmarks).
 func WithMemoryStorage() Option { return func(c *config) { c.streams.Memory = true } }
 
+// WithDeadMaxAge bounds how long dead letters are kept in the dead-letter
+// stream this worker provisions (default 0: forever). Every provisioning
+// worker should get the same value.
+func WithDeadMaxAge(d time.Duration) Option { return func(c *config) { c.streams.DeadMaxAge = d } }
+
 // WithRecordTTL sets how long job records are kept (default 7 days).
 func WithRecordTTL(d time.Duration) Option { return func(c *config) { c.recordTTL = d } }
 

@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"runtime/pprof"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -232,7 +234,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	fs := newFlags("dev", stderr)
 	natsPort := fs.Int("nats-port", 4250, "port of the embedded NATS server (0: any free port)")
 	redisAddr := fs.String("redis-addr", "127.0.0.1:0", "address of the embedded Redis-protocol store")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "address of /livez, /readyz and /metrics")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "address of /livez, /readyz and /metrics (busy: a free port, printed)")
 	every := fs.Duration("every", 5*time.Second, "how often the demo producer enqueues jobs")
 	level := fs.String("log-level", "info", "log level")
 	shopAddr := fs.String("shop-addr", "127.0.0.1:8081", "address of the example shop (examples/shop)")
@@ -261,12 +263,26 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		return err
 	}
 	defer mr.Close()
+	// Like the shop and catalog: a busy address falls back to a free port,
+	// and what is printed is where it really listens.
+	httpLn, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		log.Warn("address busy; using a free port", zap.String("server", "health/metrics"), zap.String("addr", *httpAddr))
+		if httpLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return fmt.Errorf("health/metrics: %w", err)
+		}
+	}
+	// The health server closes it when it stops; this closes it when the
+	// worker never started.
+	httpLn = &onceCloseListener{Listener: httpLn}
+	defer httpLn.Close()
+	httpHost := httpLn.Addr().String()
 
 	var cfg app.Config
 	cfg.Bind(newFlags("dev-worker", io.Discard), func(string) string { return "" })
 	cfg.NATS.URL = ns.URL
 	cfg.Redis.URL = "redis://" + mr.Addr() + "/0"
-	cfg.HTTPAddr = *httpAddr
+	cfg.HTTPAddr, cfg.HTTPListener = httpHost, httpLn
 	cfg.ServiceName = "connector-dev"
 	cfg.Concurrency = 8
 	cfg.Channels = "root:8,root.shop:4" // the example connector's jobs: at most 4 at once
@@ -291,7 +307,7 @@ succeed, demo.broken jobs are dead-lettered with their error. In another shell:
   go run ./cmd/connector jobs dead --nats %s --redis redis://%s
   go run ./cmd/connector jobs show <id> --nats %s --redis redis://%s
 
-`, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), *httpAddr, *httpAddr, ns.URL, mr.Addr(), ns.URL, mr.Addr())
+`, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), httpHost, httpHost, ns.URL, mr.Addr(), ns.URL, mr.Addr())
 
 	// The example connector: shop and catalog servers, the shop connector's
 	// jobs in the worker, its export listeners and periodic imports.
@@ -361,4 +377,16 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	_, err = bench.Run(ctx, o, stdout)
 	return err
+}
+
+// onceCloseListener closes its listener once, whoever asks first.
+type onceCloseListener struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *onceCloseListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
 }

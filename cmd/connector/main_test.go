@@ -22,6 +22,19 @@ import (
 
 const secret = "S3CRET"
 
+// TestMain runs main instead of the tests when CONNECTOR_TEST_RUN_MAIN
+// holds arguments (separated by \x1f): the test binary is then the
+// connector command itself, for tests that run it as a process (see
+// runMain).
+func TestMain(m *testing.M) {
+	if args := os.Getenv("CONNECTOR_TEST_RUN_MAIN"); args != "" {
+		os.Args = append([]string{"connector"}, strings.Split(args, "\x1f")...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 // secretEnv is an environment holding the secret in every variable that
 // can carry one; other variables are empty.
 func secretEnv(extra map[string]string) func(string) string {
@@ -139,11 +152,6 @@ func TestHelpHidesSecretsFromEnvironment(t *testing.T) {
 // the libraries print on the process's standard error (go-redis's pool
 // logger) is checked too.
 func TestMainRedactsErrors(t *testing.T) {
-	if args := os.Getenv("CONNECTOR_TEST_RUN_MAIN"); args != "" {
-		os.Args = append([]string{"connector"}, strings.Split(args, "\x1f")...)
-		main()
-		os.Exit(0)
-	}
 	good := testenv.StartNATS(t, func(o *server.Options) { o.Username, o.Password = "user", secret })
 	for _, tc := range []struct {
 		name, want string

@@ -15,6 +15,7 @@ import (
 	"github.com/connector-go/connector/examples/shop"
 	"github.com/connector-go/connector/examples/shopconnector"
 	"github.com/connector-go/connector/internal/app"
+	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/units"
 	"github.com/connector-go/connector/worker"
 	"go.uber.org/zap"
@@ -28,21 +29,40 @@ import (
 func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, reg *worker.Registry,
 	shops []units.Backend, catalogURL, every string) (app.Service, error) {
 	log := conns.Log.Named("shop")
-	l := events.NewListeners(conns.JS, conns.Redis, d.Names(), log.Named("events"),
-		events.WithTracer(conns.Telemetry.TracerProvider.Tracer("github.com/connector-go/connector/events")))
-	err := shopconnector.Register(reg, l, shopconnector.Config{
-		Shops: shops, CatalogURL: catalogURL, Bindings: bindings.New(conns.Redis, cfg.Prefix), Jobs: d, Logger: log,
+	// The process's telemetry: the listeners' spans and metrics
+	// (connector_events_handled_total), the synchronizers' spans (binder,
+	// adapter and local calls).
+	metrics, err := telemetry.NewMetrics(conns.Telemetry.MeterProvider)
+	if err != nil {
+		return nil, err
+	}
+	lopts := []events.Option{
+		events.WithTracer(conns.Telemetry.TracerProvider.Tracer("github.com/connector-go/connector/events")),
+		events.WithMetrics(metrics),
+	}
+	if cfg.LinkedTraces {
+		lopts = append(lopts, events.WithLinkedTraces())
+	}
+	l := events.NewListeners(conns.JS, conns.Redis, d.Names(), log.Named("events"), lopts...)
+	err = shopconnector.Register(reg, l, shopconnector.Config{
+		Shops: shops, CatalogURL: catalogURL, Bindings: bindings.New(conns.Redis, cfg.Prefix, bindings.WithMeterProvider(conns.Telemetry.MeterProvider)), Jobs: d, Logger: log,
+		Tracer: conns.Telemetry.TracerProvider.Tracer("github.com/connector-go/connector/units"),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return func(ctx context.Context) error {
 		// The worker has provisioned the streams before services start.
-		if every != "" {
+		switch {
+		case every == "":
+		case !cfg.RegisterSchedules:
+			log.Info("periodic imports left to an operator (register-schedules is false)", zap.String("every", every))
+		default:
 			if err := shopconnector.Schedule(ctx, d, shops, every); err != nil {
 				// A least-privilege worker may not read or purge schedules:
 				// the periodic imports are then registered by an operator.
-				log.Error("periodic imports not registered; register them with operator rights", zap.Error(err))
+				log.Error("periodic imports not registered; register them with operator rights, "+
+					"or set --register-schedules=false (CONNECTOR_REGISTER_SCHEDULES)", zap.Error(err))
 			}
 		}
 		return l.Run(ctx)

@@ -47,6 +47,7 @@ import (
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
 	"github.com/connector-go/connector/worker"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 )
 
@@ -162,6 +163,9 @@ type Config struct {
 	HTTPClient *http.Client
 	// Logger (nil: none).
 	Logger *zap.Logger
+	// Tracer traces the synchronizers' binder, adapter and local calls
+	// (nil: none), e.g. the process's TracerProvider.Tracer("...units").
+	Tracer trace.Tracer
 	// Partitions of each export listener (0: 4): how many events of one
 	// listener are handled at once across the fleet.
 	Partitions int
@@ -195,6 +199,7 @@ func Register(reg *worker.Registry, l *events.Listeners, cfg Config) error {
 		Locker: cfg.Bindings,
 		Jobs:   cfg.Jobs,
 		Logger: cfg.Logger,
+		Tracer: cfg.Tracer,
 	}
 
 	// The jobs: their arguments are the framework's, the units registry

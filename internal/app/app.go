@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/internal/connect"
+	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
@@ -41,6 +43,18 @@ type Config struct {
 	ServiceName   string
 	LinkedTraces  bool
 	Channels      string
+	// RecordTTL is how long job records are kept in Redis after their last
+	// update (worker.WithRecordTTL, dispatcher.WithRecordTTL).
+	RecordTTL time.Duration
+	// DeadMaxAge bounds how long dead letters are kept (0: forever).
+	DeadMaxAge time.Duration
+	// RegisterSchedules lets the process register periodic jobs at start
+	// (the example connector's imports). Least-privilege workers may not:
+	// an operator registers them (shop-schedule), and this is false.
+	RegisterSchedules bool
+	// HTTPListener, when set, serves /livez, /readyz and /metrics instead
+	// of listening on HTTPAddr (no flag: for callers that pick the port).
+	HTTPListener net.Listener
 }
 
 func envOr(getenv func(string) string, k, def string) string {
@@ -53,6 +67,13 @@ func envOr(getenv func(string) string, k, def string) string {
 func envInt(getenv func(string) string, k string, def int) int {
 	if n, err := strconv.Atoi(getenv(k)); err == nil {
 		return n
+	}
+	return def
+}
+
+func envBool(getenv func(string) string, k string, def bool) bool {
+	if b, err := strconv.ParseBool(getenv(k)); err == nil {
+		return b
 	}
 	return def
 }
@@ -78,6 +99,9 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.LogFormat, "log-format", envOr(getenv, "CONNECTOR_LOG_FORMAT", "json"), "json or console (env CONNECTOR_LOG_FORMAT)")
 	fs.BoolVar(&c.Provision, "provision", envOr(getenv, "CONNECTOR_PROVISION", "true") == "true", "create/update streams at start; false only checks they exist (env CONNECTOR_PROVISION)")
 	fs.BoolVar(&c.LinkedTraces, "linked-traces", envOr(getenv, "CONNECTOR_LINKED_TRACES", "false") == "true", "job runs start new traces linked to the producer instead of child spans (env CONNECTOR_LINKED_TRACES)")
+	fs.DurationVar(&c.DeadMaxAge, "dead-max-age", envDur(getenv, "CONNECTOR_DEAD_MAX_AGE", 0), "how long dead letters are kept in the dead-letter stream; 0 keeps them until requeued or removed (env CONNECTOR_DEAD_MAX_AGE)")
+	fs.DurationVar(&c.RecordTTL, "record-ttl", envDur(getenv, "CONNECTOR_RECORD_TTL", records.DefaultTTL), "how long job records (connector jobs show) are kept in Redis after their last update (env CONNECTOR_RECORD_TTL)")
+	fs.BoolVar(&c.RegisterSchedules, "register-schedules", envBool(getenv, "CONNECTOR_REGISTER_SCHEDULES", true), "register periodic jobs at start; false where only an operator may (least privilege: docs/security.md) (env CONNECTOR_REGISTER_SCHEDULES)")
 	fs.StringVar(&c.Channels, "channels", envOr(getenv, "CONNECTOR_CHANNELS", ""), `channel capacities, e.g. "root:4,root.shop:2,root.shop.orders:1:sequential" (env CONNECTOR_CHANNELS)`)
 	fs.Func("channels-file", "file holding the channel configuration, one entry per line (env CONNECTOR_CHANNELS_FILE)", func(p string) error {
 		b, err := os.ReadFile(p)
@@ -98,7 +122,7 @@ func (c *Config) Streams() (streams.Config, error) {
 	if err != nil {
 		return streams.Config{}, err
 	}
-	return streams.Config{Names: n, Replicas: c.Replicas}, nil
+	return streams.Config{Names: n, Replicas: c.Replicas, DeadMaxAge: c.DeadMaxAge}, nil
 }
 
 // Conns are the live connections and telemetry of a process.
@@ -155,7 +179,7 @@ func (c *Conns) Close() {
 func (c *Conns) Dispatcher(cfg *Config) (*dispatcher.Dispatcher, error) {
 	return dispatcher.New(c.JS, dispatcher.WithPrefix(cfg.Prefix), dispatcher.WithRedis(c.Redis),
 		dispatcher.WithLogger(c.Log), dispatcher.WithTracerProvider(c.Telemetry.TracerProvider),
-		dispatcher.WithMeterProvider(c.Telemetry.MeterProvider))
+		dispatcher.WithMeterProvider(c.Telemetry.MeterProvider), dispatcher.WithRecordTTL(cfg.RecordTTL))
 }
 
 // Service is something that runs beside the worker until ctx ends (event
@@ -174,7 +198,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		worker.WithTracerProvider(c.Telemetry.TracerProvider), worker.WithMeterProvider(c.Telemetry.MeterProvider),
 		worker.WithConcurrency(cfg.Concurrency), worker.WithAckWait(cfg.AckWait),
 		worker.WithShutdownGrace(cfg.ShutdownGrace), worker.WithStreamReplicas(cfg.Replicas),
-		worker.WithChannels(cfg.Channels),
+		worker.WithChannels(cfg.Channels), worker.WithRecordTTL(cfg.RecordTTL), worker.WithDeadMaxAge(cfg.DeadMaxAge),
 	}
 	if !cfg.Provision {
 		opts = append(opts, worker.WithoutProvisioning())
@@ -202,15 +226,21 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	health.AddCheck("redis", telemetry.RedisCheck(c.Redis))
 
 	g, gctx := newGroup(ctx)
-	if cfg.HTTPAddr != "" {
+	if cfg.HTTPAddr != "" || cfg.HTTPListener != nil {
 		hctx, cancelHTTP := context.WithCancel(context.WithoutCancel(ctx))
 		defer cancelHTTP()
+		addr := cfg.HTTPAddr
+		serve := func() error { return health.ListenAndServe(hctx, cfg.HTTPAddr, c.Telemetry.MetricsHandler) }
+		if ln := cfg.HTTPListener; ln != nil {
+			addr = ln.Addr().String()
+			serve = func() error { return health.Serve(hctx, ln, c.Telemetry.MetricsHandler) }
+		}
 		go func() {
-			if err := health.ListenAndServe(hctx, cfg.HTTPAddr, c.Telemetry.MetricsHandler); err != nil && !errors.Is(err, context.Canceled) {
+			if err := serve(); err != nil && !errors.Is(err, context.Canceled) {
 				c.Log.Error("health endpoint stopped", zap.Error(err))
 			}
 		}()
-		c.Log.Info("health and metrics", zap.String("addr", cfg.HTTPAddr), zap.Strings("paths", []string{"/livez", "/readyz", "/metrics"}))
+		c.Log.Info("health and metrics", zap.String("addr", addr), zap.Strings("paths", []string{"/livez", "/readyz", "/metrics"}))
 	}
 	g.Go(func() error {
 		<-gctx.Done()

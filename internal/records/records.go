@@ -6,7 +6,8 @@
 // (started, done, waiting for a retry, dead, ...). Reads merge them, the
 // workers' side winning, so a producer's write that lands late never hides
 // a worker's newer state. Updates of one job made within one flush
-// interval are merged into one write, and no write reads anything.
+// interval go out in one write, and no write reads anything: every update
+// carries its whole side (the latest one wins).
 //
 // Jobs with a time-ordered id (a ULID, as the dispatcher makes them) are
 // kept in hashes by the hour of their id and a shard of it, so that one
@@ -175,8 +176,9 @@ type Store struct {
 	log   *zap.Logger
 
 	mu      sync.Mutex
-	upd     []Update // updates since the last flush, in order
-	spare   []Update // the previous flush's buffer, reused
+	buf     []byte  // encoded sides recorded since the last flush
+	ents    []entry // where each is in buf, in order
+	spare   batch   // the previous flush's buffers, reused
 	kick    chan struct{}
 	done    chan struct{}
 	closed  chan struct{}
@@ -285,14 +287,31 @@ func fnv32(s string) uint32 {
 	return h
 }
 
-// Record queues an update; it never blocks on Redis (and allocates
-// nothing: the update is appended to a reused buffer).
-func (s *Store) Record(u Update) {
+// entry is one recorded side: buf[off:end] is its encoding.
+type entry struct {
+	id       string
+	queued   bool
+	off, end int
+}
+
+type batch struct {
+	buf  []byte
+	ents []entry
+}
+
+// Record queues an update of one side of a job's record (the producer's
+// when Queued is set): it is encoded at once into a reused buffer and
+// never waits for Redis. An update replaces what was written of its side
+// before, so it carries the whole side.
+func (s *Store) Record(u *Update) {
+	b := u.blob(time.Now())
 	s.mu.Lock()
-	if len(s.upd) < MaxPending {
-		s.upd = append(s.upd, u)
+	if len(s.ents) < MaxPending {
+		off := len(s.buf)
+		s.buf = b.appendTo(s.buf)
+		s.ents = append(s.ents, entry{id: u.ID, queued: u.Queued != "", off: off, end: len(s.buf)})
 	}
-	n := len(s.upd)
+	n := len(s.ents)
 	s.mu.Unlock()
 	if n >= 2048 {
 		select {
@@ -322,61 +341,41 @@ func (s *Store) loop(every time.Duration) {
 }
 
 // Flush writes the pending updates now: per hash one HSET of all its
-// fields and one PEXPIRE, per own key one SET ... PX, in one pipeline.
-// Updates of one side of one job are merged first, in order.
+// fields and one PEXPIRE, per own key one SET ... PX, in one pipeline. Of
+// several updates of one side in a flush, the last wins (HSET and SET keep
+// the last value given).
 func (s *Store) Flush(ctx context.Context) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
-	if len(s.upd) == 0 {
+	if len(s.ents) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
-	batch := s.upd
-	s.upd = s.spare[:0]
+	cur := batch{buf: s.buf, ents: s.ents}
+	s.buf, s.ents = s.spare.buf[:0], s.spare.ents[:0]
 	s.mu.Unlock()
 
-	// Merge each job's updates into its first one (per side).
-	type sideID struct {
-		queued bool
-		id     string
-	}
-	first := make(map[sideID]int, len(batch))
-	live := make([]int, 0, len(batch))
-	for i := range batch {
-		k := sideID{batch[i].Queued != "", batch[i].ID}
-		if j, ok := first[k]; ok {
-			batch[j].merge(&batch[i])
-			continue
-		}
-		first[k] = i
-		live = append(live, i)
-	}
-
-	now := time.Now()
 	hashes := map[string][]any{}
 	keys := map[uint64]string{} // (hour, shard, side) -> hash key
 	pipe := s.rdb.Pipeline()
-	for _, i := range live {
-		u := &batch[i]
-		b := u.blob(now)
-		data := b.appendTo(make([]byte, 0, 64+len(u.ID)+len(u.Name)+len(u.Channel)+len(u.Result)+len(u.Error)+len(u.Stack)+len(u.Worker)))
-		queued := u.Queued != ""
-		hour, shard, bucketed := bucket(u.ID)
+	for _, e := range cur.ents {
+		data := cur.buf[e.off:e.end]
+		hour, shard, bucketed := bucket(e.id)
 		if !bucketed {
-			pipe.Set(ctx, s.ownKey(u.ID, queued), data, s.ttl)
+			pipe.Set(ctx, s.ownKey(e.id, e.queued), data, s.ttl)
 			continue
 		}
 		kk := hour<<8 | uint64(shard)<<1
-		if queued {
+		if e.queued {
 			kk |= 1
 		}
 		key, ok := keys[kk]
 		if !ok {
-			key = s.hashKey(hour, shard, queued)
+			key = s.hashKey(hour, shard, e.queued)
 			keys[kk] = key
 		}
-		hashes[key] = append(hashes[key], u.ID, data)
+		hashes[key] = append(hashes[key], e.id, data)
 	}
 	for key, fields := range hashes {
 		pipe.HSet(ctx, key, fields...)
@@ -384,25 +383,25 @@ func (s *Store) Flush(ctx context.Context) error {
 	}
 	_, err := pipe.Exec(ctx)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err != nil {
-		// Put the merged updates back, before anything recorded since.
-		back := make([]Update, 0, len(live)+len(s.upd))
-		for _, i := range live {
-			back = append(back, batch[i])
+		// Put them back, before anything recorded since (up to the bound).
+		n := min(len(cur.ents), MaxPending-len(s.ents))
+		if n <= 0 {
+			return fmt.Errorf("records: %w", err)
 		}
-		back = append(back, s.upd...)
-		if len(back) > MaxPending {
-			back = back[:MaxPending]
+		shift := len(cur.buf)
+		buf := append(cur.buf, s.buf...)
+		ents := append(cur.ents[:n:n], s.ents...)
+		for i := n; i < len(ents); i++ {
+			ents[i].off += shift
+			ents[i].end += shift
 		}
-		s.upd = back
-	} else {
-		clear(batch) // drop references for the collector
-		s.spare = batch[:0]
-	}
-	s.mu.Unlock()
-	if err != nil {
+		s.buf, s.ents = buf, ents
 		return fmt.Errorf("records: %w", err)
 	}
+	clear(cur.ents) // drop the ids for the collector
+	s.spare = batch{buf: cur.buf[:0], ents: cur.ents[:0]}
 	return nil
 }
 

@@ -39,17 +39,18 @@ func TestBlobRoundTrip(t *testing.T) {
 }
 
 // A producer's write that lands after a worker's never hides the worker's
-// newer state; updates in one flush window merge.
+// newer state; of a side's updates in one flush window, the last wins.
 func TestSidesMergeWorkerWins(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
 	s := New(rdb, wire.MustNames(prefix), time.Minute, nil)
 	ctx := context.Background()
-	s.Record(Update{ID: "j1", State: job.StateStarted, Name: "x", Attempts: 1, StartedAt: time.Now()})
-	s.Record(Update{ID: "j1", State: job.StateDone, Result: "ok"})
+	started := time.Now()
+	s.Record(&Update{ID: "j1", State: job.StateStarted, Name: "x", Attempts: 1, StartedAt: started})
+	s.Record(&Update{ID: "j1", State: job.StateDone, Name: "x", Attempts: 1, StartedAt: started, Result: "ok"})
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.Record(Update{ID: "j1", Queued: job.StateEnqueued, Channel: "root.shop", Seq: 9}) // late producer write
+	s.Record(&Update{ID: "j1", Queued: job.StateEnqueued, Channel: "root.shop", Seq: 9}) // late producer write
 	if err := s.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -75,8 +76,9 @@ func TestULIDRecordsShareHashes(t *testing.T) {
 	ids := make([]string, 2000)
 	for i := range ids {
 		ids[i] = wire.NewID()
-		s.Record(Update{ID: ids[i], Queued: job.StateEnqueued, Name: "n", Seq: uint64(i + 1)})
-		s.Record(Update{ID: ids[i], State: job.StateDone, Result: fmt.Sprint("r", i), Attempts: 1})
+		s.Record(&Update{ID: ids[i], Queued: job.StateEnqueued, Name: "n", Seq: uint64(i + 1)})
+		s.Record(&Update{ID: ids[i], State: job.StateStarted, Attempts: 1})
+		s.Record(&Update{ID: ids[i], State: job.StateDone, Result: fmt.Sprint("r", i), Attempts: 1})
 	}
 	if err := s.Close(ctx); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,155 @@
+package app_test
+
+import (
+	"context"
+	"flag"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/internal/app"
+	"github.com/connector-go/connector/internal/records"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/worker"
+	"go.uber.org/zap/zaptest"
+)
+
+func bind(t *testing.T, env map[string]string, args ...string) app.Config {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cfg app.Config
+	cfg.Bind(fs, func(k string) string { return env[k] })
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// Retention and schedule registration come from flags and environment,
+// with the documented defaults.
+func TestBindRetentionAndSchedules(t *testing.T) {
+	if cfg := bind(t, nil); cfg.RecordTTL != records.DefaultTTL || !cfg.RegisterSchedules {
+		t.Errorf("defaults: record TTL %v, register schedules %v; want %v, true", cfg.RecordTTL, cfg.RegisterSchedules, records.DefaultTTL)
+	}
+	cfg := bind(t, map[string]string{"CONNECTOR_RECORD_TTL": "36h", "CONNECTOR_REGISTER_SCHEDULES": "false"})
+	if cfg.RecordTTL != 36*time.Hour || cfg.RegisterSchedules {
+		t.Errorf("from env: record TTL %v, register schedules %v; want 36h, false", cfg.RecordTTL, cfg.RegisterSchedules)
+	}
+	cfg = bind(t, map[string]string{"CONNECTOR_RECORD_TTL": "36h", "CONNECTOR_REGISTER_SCHEDULES": "false"},
+		"--record-ttl", "2h", "--register-schedules=true")
+	if cfg.RecordTTL != 2*time.Hour || !cfg.RegisterSchedules {
+		t.Errorf("flags over env: record TTL %v, register schedules %v; want 2h, true", cfg.RecordTTL, cfg.RegisterSchedules)
+	}
+}
+
+type ttlJob struct{}
+
+func (ttlJob) JobName() string { return "app.ttl" }
+
+// The record TTL reaches both sides of a job record: the producer's (the
+// Conns' dispatcher) and the workers' (RunWorker); and RunWorker serves
+// the health endpoint on a listener it is given.
+func TestRecordTTLAndHTTPListener(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	rdb, prefix := testenv.Redis(t)
+	const ttl = 90 * time.Minute
+	cfg := bind(t, map[string]string{
+		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
+		"CONNECTOR_RECORD_TTL": ttl.String(),
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HTTPAddr, cfg.HTTPListener = "", ln
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	conns, err := app.Open(ctx, &cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conns.Close()
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(context.Context, *job.Job[ttlJob]) (string, error) { return "done", nil })
+	done := make(chan error, 1)
+	go func() { done <- app.RunWorker(ctx, &cfg, conns, reg) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("RunWorker: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("RunWorker did not return")
+		}
+	}()
+	d, err := conns.Dispatcher(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close(context.Background()) }()
+	// A caller-chosen id: the record has keys of its own.
+	const id = "ttl-job-1"
+	if _, err := d.Enqueue(ctx, ttlJob{}, job.WithID(id)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		rec, err := d.Job(ctx, id)
+		return err == nil && rec.State == job.StateDone
+	}, "job %s done", id)
+	names := wire.MustNames(prefix)
+	for _, key := range []string{names.RedisKey("job", id) + ":q", names.RedisKey("job", id)} {
+		var left time.Duration
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			left = rdb.PTTL(ctx, key).Val()
+			return left > 0
+		}, "key %s with a TTL", key)
+		if left > ttl || left < ttl-time.Minute {
+			t.Errorf("%s expires in %v, want the configured %v (default %v)", key, left, ttl, records.DefaultTTL)
+		}
+	}
+
+	resp, err := http.Get("http://" + ln.Addr().String() + "/livez")
+	if err != nil {
+		t.Fatalf("health on the given listener: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/livez: %s", resp.Status)
+	}
+}
+
+// Dead letters' retention comes from --dead-max-age / CONNECTOR_DEAD_MAX_AGE
+// and reaches the dead-letter stream a worker provisions.
+func TestDeadMaxAgeReachesTheStream(t *testing.T) {
+	def := bind(t, nil)
+	if sc, err := def.Streams(); err != nil || sc.DeadMaxAge != 0 {
+		t.Fatalf("default dead max age %v (%v), want 0 (forever)", sc.DeadMaxAge, err)
+	}
+	cfg := bind(t, map[string]string{"CONNECTOR_DEAD_MAX_AGE": "720h"})
+	sc, err := cfg.Streams()
+	if err != nil || sc.DeadMaxAge != 720*time.Hour {
+		t.Fatalf("from env: %v (%v)", sc.DeadMaxAge, err)
+	}
+	_, _, js := testenv.JetStream(t)
+	w, err := worker.New(js, worker.NewRegistry(), worker.WithPrefix(testenv.Prefix(t)), worker.WithDeadMaxAge(sc.DeadMaxAge))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(context.Background(), w.Names().DeadStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxAge; got != 720*time.Hour {
+		t.Fatalf("dead-letter stream MaxAge %v, want 720h", got)
+	}
+}
