@@ -48,7 +48,7 @@ func (w *Worker) pullersOf(spec *consumerSpec) int {
 
 // fetchLoop pulls batches of up to maxBatch jobs, as many as there are
 // credits, and queues them for the runners.
-func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan struct{}) {
+func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *credits) {
 	maxBatch := 256
 	if spec.cs.limited || spec.band < 0 {
 		maxBatch = min(16, minCapacity(spec.cs.chain)+1)
@@ -59,7 +59,22 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 	}
 	cons := spec.cons
 	backoff := 100 * time.Millisecond
-	group := make([]*item, 0, maxBatch)
+	// Received groups are admitted (a Redis round trip) and queued by a
+	// goroutine of their own, so that the next pull request goes out as
+	// soon as a batch is in, not after it is admitted: the server always
+	// has a request to fill.
+	admitQ := make(chan []*item, 8)
+	admitted := make(chan struct{})
+	go func() {
+		defer close(admitted)
+		for g := range admitQ {
+			w.queue(ctx, g, credits)
+		}
+	}()
+	defer func() {
+		close(admitQ)
+		<-admitted
+	}()
 	// The batch adapts: an idle puller long-polls for one job and holds no
 	// credit meanwhile (it takes one when the job arrives, the job already
 	// under heartbeat); a busy one reserves credits and doubles its batch up
@@ -76,20 +91,10 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 		}
 		reserved := 0
 		if want > 1 {
-			select {
-			case credits <- struct{}{}:
-				reserved = 1
-			case <-ctx.Done():
+			if !credits.take(ctx) {
 				return
 			}
-		more:
-			for reserved < want {
-				select {
-				case credits <- struct{}{}:
-					reserved++
-				default:
-					break more
-				}
+			for reserved = 1; reserved < want && credits.tryTake(); reserved++ {
 			}
 		}
 		n := max(reserved, 1)
@@ -97,9 +102,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
 		if err != nil {
 			cancel()
-			for i := 0; i < reserved; i++ {
-				<-credits
-			}
+			credits.putBack(reserved)
 			if ctx.Err() != nil {
 				return
 			}
@@ -121,25 +124,20 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 			if !ok {
 				break
 			}
-			group = group[:0]
+			group := make([]*item, 0, 16)
 			for ok {
 				got++
 				it := &item{msg: msg, received: time.Now(), ch: spec.cs, band: band, group: spec.name}
 				w.inflight.add(it) // under heartbeat from now on
-				credited := got <= reserved
-				if !credited {
-					select {
-					case credits <- struct{}{}:
-						credited = true
-					case <-ctx.Done():
-					}
+				if got > reserved {
+					// It is here already (an idle puller's single job):
+					// it never waits for a credit behind other pullers'
+					// reservations, so a better band's job goes straight
+					// to the runners. The bound is exceeded by at most
+					// one job per idle puller.
+					credits.force()
 				}
-				if !credited {
-					// Shutting down without a credit for it: hand it back.
-					w.handBack([]*item{it}, 0)
-				} else {
-					group = append(group, it)
-				}
+				group = append(group, it)
 				select {
 				case msg, ok = <-msgs:
 					open = ok
@@ -147,12 +145,12 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 					ok = false
 				}
 			}
-			w.queue(ctx, group, credits)
+			if len(group) > 0 {
+				admitQ <- group
+			}
 		}
 		cancel()
-		for i := got; i < reserved; i++ {
-			<-credits
-		}
+		credits.putBack(reserved - got)
 		if got >= n && n > 0 {
 			want = min(2*n, maxBatch)
 		} else {
@@ -175,16 +173,14 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits chan
 
 // queue admits a group of received jobs (each holding a credit) and hands
 // them to the runners; when shutting down they go back.
-func (w *Worker) queue(ctx context.Context, group []*item, credits chan struct{}) {
+func (w *Worker) queue(ctx context.Context, group []*item, credits *credits) {
 	if len(group) == 0 {
 		return
 	}
 	group = w.admit(ctx, group, credits)
 	if ctx.Err() != nil {
 		w.handBack(group, 0) // shutting down: straight back
-		for range group {
-			<-credits
-		}
+		credits.give(len(group))
 		return
 	}
 	w.sched.pushAll(group)
@@ -194,7 +190,7 @@ func (w *Worker) queue(ctx context.Context, group []*item, credits chan struct{}
 // settles the cancelled ones (they never start) and returns the others,
 // with their hand-back counts. While Redis is unreachable it waits (the
 // jobs stay under heartbeat): work pauses rather than run a cancelled job.
-func (w *Worker) admit(ctx context.Context, group []*item, credits chan struct{}) []*item {
+func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*item {
 	checks := 0
 	for _, it := range group {
 		meta, err := it.msg.Metadata()
@@ -268,7 +264,7 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits chan struct{}
 			_ = it.msg.Ack()
 		}
 		w.inflight.del(it)
-		<-credits
+		credits.give(1)
 		w.forgetHandbacks(it)
 		u := envRecord(it.env)
 		u.State, u.EndedAt, u.Worker = job.StateCancelled, time.Now(), w.cfg.name

@@ -23,14 +23,14 @@ import (
 // runItem runs one job, first taking its channel slot when its channel
 // chain is limited; without a free slot the job waits in its channel's
 // blocked list (keeping its credit and its lease).
-func (w *Worker) runItem(ctx context.Context, it *item, credits chan struct{}) {
+func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 	if ctx.Err() != nil {
 		// Shutting down: a job not started yet goes straight back.
 		w.handBack([]*item{it}, 0)
 		if it.token != "" {
 			_ = w.slots.release(context.Background(), it.ch, it.token)
 		}
-		<-credits
+		credits.give(1)
 		return
 	}
 	if it.ch.limited && it.token == "" {
@@ -56,7 +56,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits chan struct{}) {
 		default:
 		}
 	}
-	<-credits
+	credits.give(1)
 }
 
 // heartbeats sends InProgress for jobs held longer than a sixth of the
@@ -87,6 +87,36 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 				if err := w.slots.renew(ctx, leased); err != nil {
 					w.log.Warn("channel slot leases not renewed", zap.Error(err))
 				}
+			}
+		}
+	}
+}
+
+// startedRecords writes the "started" record of the jobs that have run for
+// at least one tick and have none yet; jobs done sooner get their outcome's
+// record only.
+func (w *Worker) startedRecords(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	const tick = 25 * time.Millisecond
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, it := range w.inflight.snapshot() {
+				if now.Sub(it.received) < tick {
+					continue
+				}
+				it.runMu.Lock()
+				if it.run != nil && !it.startedLogged {
+					it.startedLogged = true
+					u := w.base(it.run, it.received)
+					u.State = job.StateStarted
+					w.record(u)
+				}
+				it.runMu.Unlock()
 			}
 		}
 	}
@@ -199,9 +229,11 @@ func (w *Worker) process(it *item) {
 		waited = max(0, it.received.Sub(wire.FromMillis(ready)))
 	}
 	w.metrics.JobStarted(ctx, env.Name, channel, waited)
-	st := w.base(m, it.received)
-	st.State = job.StateStarted
-	w.record(st)
+	if w.rec != nil {
+		it.runMu.Lock()
+		it.run = m
+		it.runMu.Unlock()
+	}
 
 	runCtx := ctx
 	var cancel context.CancelFunc
@@ -237,6 +269,10 @@ func (e *panicError) Unwrap() error { return job.ErrPanic }
 
 // finish settles a job that ran by its outcome.
 func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string, herr error, jc *jobCtx, span trace.Span) {
+	// From here on the outcome's record (whole) follows any "started" one.
+	it.runMu.Lock()
+	it.run = nil
+	it.runMu.Unlock()
 	msg, env, started := it.msg, it.env, it.received
 	took := time.Since(started)
 	var nothing *job.NothingToDoError

@@ -49,6 +49,13 @@ type item struct {
 	handbacks int            // deliveries of this message handed back unrun
 	settled   atomic.Bool    // acked, nak'ed or terminated: nothing more to say
 
+	// While the handler runs, run is its message: the "started" record is
+	// written only for jobs still running at the next records tick
+	// (startedRecords), so a short job writes one record, not two.
+	runMu         sync.Mutex
+	run           *Message
+	startedLogged bool
+
 	ch    *chanState
 	band  int
 	token string // slot lease token; "" when no slot held
@@ -80,11 +87,11 @@ func (s *scheduler) pushAll(its []*item) {
 		s.queue[it.band] = append(s.queue[it.band], it)
 	}
 	s.mu.Unlock()
-	// One waiting runner per job: a broadcast would wake every idle runner
-	// for a few jobs.
-	for range its {
-		s.cond.Signal()
-	}
+	// Wake one runner; a runner that takes a job and sees more wakes the
+	// next (next). Runners come up as fast as jobs wait, and short jobs do
+	// not wake a crowd of runners that would queue for the CPU ahead of
+	// the pullers.
+	s.cond.Signal()
 }
 
 // pushReady queues a job whose slot is taken; false once closed.
@@ -105,25 +112,47 @@ func (s *scheduler) next() *item {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if len(s.ready) > 0 {
-			it := s.ready[0]
-			s.ready[0] = nil
-			s.ready = s.ready[1:]
-			return it
-		}
-		for b := range s.queue {
-			if len(s.queue[b]) > 0 {
-				it := s.queue[b][0]
-				s.queue[b][0] = nil
-				s.queue[b] = s.queue[b][1:]
-				return it
+		if it := s.pop(); it != nil {
+			if s.waiting() {
+				s.cond.Signal() // more work: pass the wake-up on
 			}
+			return it
 		}
 		if s.closed {
 			return nil
 		}
 		s.cond.Wait()
 	}
+}
+
+func (s *scheduler) pop() *item {
+	if len(s.ready) > 0 {
+		it := s.ready[0]
+		s.ready[0] = nil
+		s.ready = s.ready[1:]
+		return it
+	}
+	for b := range s.queue {
+		if len(s.queue[b]) > 0 {
+			it := s.queue[b][0]
+			s.queue[b][0] = nil
+			s.queue[b] = s.queue[b][1:]
+			return it
+		}
+	}
+	return nil
+}
+
+func (s *scheduler) waiting() bool {
+	if len(s.ready) > 0 {
+		return true
+	}
+	for b := range s.queue {
+		if len(s.queue[b]) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // closeAndDrain closes the scheduler and returns the jobs still queued:
@@ -299,7 +328,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 			if !w.sched.pushReady(it) { // shutting down
 				w.handBack([]*item{it}, 0)
 				_ = w.slots.release(context.WithoutCancel(ctx), cs, it.token)
-				<-w.credits
+				w.credits.give(1)
 				return
 			}
 			wait = 25 * time.Millisecond

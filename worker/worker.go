@@ -152,9 +152,12 @@ func WithUnknownJobRedeliveries(n int, delay time.Duration) Option {
 // whole fleet (default 20000).
 func WithMaxAckPending(n int) Option { return func(c *config) { c.maxAckPending = n } }
 
-// WithPrefetch sets how many jobs this process may hold queued beyond the
-// running ones (default 256: batches of that size halve the cost of a pull). Queued jobs keep their
-// leases through heartbeats; 0 takes a job only when a runner is free.
+// WithPrefetch fixes how many jobs this process may hold queued beyond the
+// running ones. By default it adapts to the jobs' pace: about 50 ms of
+// work, between 16 and 4096 jobs, so that fast jobs keep the server's pull
+// requests full and slow ones are not hoarded away from the rest of the
+// fleet. Queued jobs keep their leases through heartbeats; 0 takes a job
+// only when a runner is free.
 func WithPrefetch(n int) Option { return func(c *config) { c.prefetch = n } }
 
 // WithChannels configures the channels in the seed's syntax, e.g.
@@ -192,7 +195,7 @@ type Worker struct {
 
 	cancelsKey string
 
-	credits   chan struct{}
+	credits   *credits
 	pullers   sync.WaitGroup
 	sweepDone chan struct{}
 	dynamic   map[string]*consumerSpec // consumers of unconfigured channels
@@ -216,9 +219,6 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	}
 	if c.concurrency < 1 {
 		return nil, fmt.Errorf("worker: concurrency must be >= 1")
-	}
-	if c.prefetch < 0 {
-		c.prefetch = 256
 	}
 	if c.ackWait < time.Second {
 		return nil, fmt.Errorf("worker: ack wait must be >= 1s")
@@ -359,13 +359,20 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	hbDone := make(chan struct{})
 	go w.heartbeats(hard, hbDone)
+	stDone := make(chan struct{})
+	if w.rec != nil {
+		go w.startedRecords(hard, stDone)
+	} else {
+		close(stDone)
+	}
 
 	// Pullers fetch batches into the local scheduler; `concurrency` runners
 	// take the best job. Every message is under heartbeat from the moment it
 	// is received, so a job waiting locally keeps its lease too. Credits
 	// bound what this process holds: running + waiting <= concurrency + prefetch.
-	credits := make(chan struct{}, w.cfg.concurrency+w.cfg.prefetch)
+	credits := newCredits(w.cfg.concurrency, w.cfg.prefetch)
 	w.credits = credits
+	go credits.adapt(hard)
 	var runners sync.WaitGroup
 	for i := 0; i < w.cfg.concurrency; i++ {
 		runners.Add(1)
@@ -398,14 +405,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		if it.token != "" {
 			_ = w.slots.release(context.Background(), it.ch, it.token)
 		}
-		<-credits
+		credits.give(1)
 	}
 	for _, cs := range w.states {
 		blocked := cs.drainBlocked()
 		w.handBack(blocked, 0)
-		for range blocked {
-			<-credits
-		}
+		credits.give(len(blocked))
 	}
 	w.wg.Add(1)
 	go func() { runners.Wait(); w.wg.Done() }()
@@ -435,6 +440,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	cancelHard()
 	<-hbDone
+	<-stDone
 	if w.rec != nil {
 		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := w.rec.Close(fctx); err != nil {

@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -268,15 +267,18 @@ func ulidTime(id string) (uint64, bool) {
 	return ms, true
 }
 
-func crockford(c byte) int {
-	switch {
-	case c >= '0' && c <= '9':
-		return int(c - '0')
-	case c >= 'A' && c <= 'Z' && c != 'I' && c != 'L' && c != 'O' && c != 'U':
-		return strings.IndexByte("ABCDEFGHJKMNPQRSTVWXYZ", c) + 10
+func crockford(c byte) int { return int(crockfordValue[c]) }
+
+// crockfordValue maps a byte to its Crockford base32 value, -1 if none.
+var crockfordValue = func() (t [256]int8) {
+	for i := range t {
+		t[i] = -1
 	}
-	return -1
-}
+	for i, c := range "0123456789ABCDEFGHJKMNPQRSTVWXYZ" {
+		t[c] = int8(i)
+	}
+	return t
+}()
 
 func fnv32(s string) uint32 {
 	h := uint32(2166136261)
