@@ -18,6 +18,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
@@ -47,6 +49,10 @@ type Dispatcher struct {
 	tracer  trace.Tracer
 	metrics *telemetry.Metrics
 	maxSize int
+
+	subjects   atomic.Pointer[map[subjectKey]string]
+	subjectsMu sync.Mutex
+	stallWait  []jetstream.PublishOpt
 }
 
 type config struct {
@@ -100,7 +106,8 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 	if c.maxSize <= 0 {
 		c.maxSize = wire.DefaultMaxEnvelope
 	}
-	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize}
+	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize,
+		stallWait: []jetstream.PublishOpt{jetstream.WithStallWait(time.Minute)}}
 
 	if c.tp != nil {
 		d.tracer = c.tp.Tracer("github.com/connector-go/connector/dispatcher")
@@ -145,15 +152,29 @@ func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Opti
 	if args == nil {
 		return nil, fmt.Errorf("dispatcher: nil job args")
 	}
-	o := job.Apply(args, opts...)
-	raw, err := wire.Marshal(args)
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
+	var o job.Options
+	if _, own := args.(job.ArgsWithOptions); own || len(opts) > 0 {
+		o = job.Apply(args, opts...)
 	}
-	return d.prepareRaw(ctx, args.JobName(), raw, o)
+	if o.IdentityFunc != nil {
+		// The identity key is a function of the encoded arguments, and
+		// goes in the envelope: encode them first.
+		raw, err := wire.Marshal(args)
+		if err != nil {
+			return nil, fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
+		}
+		return d.build(ctx, args.JobName(), raw, nil, o)
+	}
+	return d.build(ctx, args.JobName(), nil, args, o)
 }
 
 func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o job.Options) (*prepared, error) {
+	return d.build(ctx, name, raw, nil, o)
+}
+
+// build makes the message of one job: its arguments are raw (encoded
+// already) or args (encoded in place into the envelope).
+func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args job.Args, o job.Options) (*prepared, error) {
 	now := time.Now()
 	env := &wire.Envelope{
 		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
@@ -191,22 +212,34 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 		identity = o.IdentityFunc(name, raw)
 	}
 	env.Identity = identity
-	data, err := wire.EncodeEnvelope(env)
+	var data []byte
+	var err error
+	if args != nil {
+		data, err = wire.EncodeEnvelopeArgs(env, args)
+	} else {
+		data, err = wire.EncodeEnvelope(env)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("dispatcher: %w", err)
+		return nil, fmt.Errorf("dispatcher: %s: %w", name, err)
 	}
 	if len(data) > d.maxSize {
 		return nil, fmt.Errorf("dispatcher: job %s is %d bytes, over the %d-byte limit: %w", name, len(data), d.maxSize, wire.ErrInvalid)
 	}
-	var msg *nats.Msg
-	if eta.IsZero() {
-		msg = nats.NewMsg(d.subject(env.Channel, env.Priority))
-	} else {
-		msg = nats.NewMsg(d.names.ScheduleSubject(env.ID))
-		msg.Header[wire.HeaderSchedule] = []string{"@at " + eta.UTC().Format(time.RFC3339Nano)}
-		msg.Header[wire.HeaderSchTarget] = []string{d.subject(env.Channel, env.Priority)}
+	// Headers only when there is something to say: a message without any
+	// is cheaper for the server to store.
+	msg := &nats.Msg{Subject: d.subject(env.Channel, env.Priority), Data: data}
+	if !eta.IsZero() {
+		msg.Header = nats.Header{
+			wire.HeaderSchedule:  []string{"@at " + eta.UTC().Format(time.RFC3339Nano)},
+			wire.HeaderSchTarget: []string{msg.Subject},
+		}
+		msg.Subject = d.names.ScheduleSubject(env.ID)
 	}
-	msg.Data = data
+	if o.ID != "" || len(o.Headers) > 0 || d.tracer != nil || trace.SpanContextFromContext(ctx).IsValid() {
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+	}
 	if o.ID != "" {
 		// A caller-chosen id may be published again (a retry after a
 		// timeout, a replayed request): JetStream drops the repeat within
@@ -230,13 +263,40 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 
 // subject is where a job of channel and priority is published:
 // <prefix>.jobs.<channel>.<band>. Workers attach unconfigured channels to
-// the consumer of their nearest configured ancestor.
+// the consumer of their nearest configured ancestor. Subjects are few:
+// they are built once and remembered.
 func (d *Dispatcher) subject(channel string, priority *int) string {
 	p := job.DefaultPriority
 	if priority != nil {
 		p = *priority
 	}
-	return d.names.JobsSubject(channel, channels.Band(p))
+	k := subjectKey{channel, channels.Band(p)}
+	if m := d.subjects.Load(); m != nil {
+		if s, ok := (*m)[k]; ok {
+			return s
+		}
+	}
+	s := d.names.JobsSubject(channel, k.band)
+	d.subjectsMu.Lock()
+	defer d.subjectsMu.Unlock()
+	old := d.subjects.Load()
+	next := make(map[subjectKey]string, 1)
+	if old != nil {
+		if len(*old) >= 4096 { // channels are few; never grow without bound
+			return s
+		}
+		for kk, v := range *old {
+			next[kk] = v
+		}
+	}
+	next[k] = s
+	d.subjects.Store(&next)
+	return s
+}
+
+type subjectKey struct {
+	channel string
+	band    int
 }
 
 // Enqueue publishes one job and waits for JetStream to store it. It returns
@@ -390,7 +450,7 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) ([]Result, e
 				continue
 			}
 		}
-		ack, err := d.js.PublishMsgAsync(p.msg, jetstream.WithStallWait(time.Minute))
+		ack, err := d.js.PublishMsgAsync(p.msg, d.stallWait...)
 		if err != nil {
 			fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err))
 			if p.identity != "" {

@@ -8,6 +8,7 @@ import (
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
 )
 
 // Node is a part of a job graph: a job, a chain or a group. Graphs nest:
@@ -141,6 +142,9 @@ func (d *Dispatcher) EnqueueGraph(ctx context.Context, g Node) (GraphResult, err
 		p.env.Graph = res.ID
 		// A child is published by whichever worker finishes its last
 		// parent, possibly twice after a crash: dedup by job id.
+		if p.msg.Header == nil {
+			p.msg.Header = nats.Header{}
+		}
 		p.msg.Header[wire.HeaderMsgID] = []string{p.env.ID}
 		if p.msg.Data, err = wire.EncodeEnvelope(p.env); err != nil {
 			return GraphResult{}, err

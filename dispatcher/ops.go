@@ -144,21 +144,33 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 			return fmt.Errorf("dispatcher: requeue %s: %w", env.ID, err)
 		}
 	}
+	// The record says "enqueued" before the job is back, so that a worker
+	// that runs it at once has the last word on it.
+	if d.rec != nil {
+		err := d.rec.Set(ctx, records.Update{ID: env.ID, State: job.StateEnqueued, Name: env.Name,
+			Channel: channel, ClearError: true, ResetAttempts: true})
+		if err != nil {
+			d.log.Warn("requeue: record not updated", zap.String("job_id", env.ID), zap.Error(err))
+		}
+	}
 	ack, err := d.js.PublishMsg(ctx, msg)
 	if err != nil {
+		if d.rec != nil {
+			_ = d.rec.Set(context.WithoutCancel(ctx), records.Update{ID: env.ID, State: job.StateDead,
+				Error: dl.Error, ErrorType: dl.ErrorType, Stack: dl.Stack, Attempts: dl.Attempts})
+		}
 		return fmt.Errorf("dispatcher: requeue %s: %w", env.ID, err)
+	}
+	if d.rec != nil {
+		// The new message's sequence, on the producer's side (Cancel uses it).
+		d.rec.Record(&records.Update{ID: env.ID, Queued: job.StateEnqueued, Name: env.Name, Channel: channel,
+			Priority: env.Priority, MaxRetries: env.MaxRetries, Description: env.Description, Identity: env.Identity,
+			Graph: env.Graph, EnqueuedAt: wire.FromMillis(env.EnqueuedAt), Seq: ack.Sequence})
 	}
 	// The job is safely back; now remove its letter. A failure here leaves
 	// a letter whose re-requeue is deduplicated within the window.
 	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("dispatcher: requeued %s but could not remove its dead letter: %w", env.ID, err)
-	}
-	if d.rec != nil {
-		err := d.rec.Set(ctx, records.Update{ID: env.ID, State: job.StateEnqueued, Name: env.Name,
-			Channel: channel, ClearError: true, ResetAttempts: true, Seq: ack.Sequence})
-		if err != nil {
-			d.log.Warn("requeue: record not updated", zap.String("job_id", env.ID), zap.Error(err))
-		}
 	}
 	return nil
 }

@@ -88,6 +88,35 @@ func EncodeEnvelope(e *Envelope) ([]byte, error) {
 	return appendEnvelope(make([]byte, 0, 96+len(e.ID)+len(e.Name)+len(e.Args)+len(e.Channel)+len(e.Description)+len(e.Identity)+len(e.Graph)), e), nil
 }
 
+// EncodeEnvelopeArgs checks and encodes an envelope whose arguments are
+// args (a job's typed arguments), encoded in place rather than encoded
+// apart and copied in. e.Args is set to the arguments' bytes, a slice of
+// the result.
+func EncodeEnvelopeArgs(e *Envelope, args any) ([]byte, error) {
+	e.V = EnvelopeVersion
+	enc := encPool.Get().(*encoder)
+	defer func() {
+		if enc.buf.Cap() <= 64<<10 {
+			encPool.Put(enc)
+		}
+	}()
+	enc.buf.Reset()
+	var tmp [192]byte
+	enc.buf.Write(appendEnvelopeHead(tmp[:0], e))
+	start := enc.buf.Len()
+	if err := enc.enc.Encode(args); err != nil {
+		return nil, fmt.Errorf("%w: arguments: %v", ErrInvalid, err)
+	}
+	end := enc.buf.Len()
+	enc.buf.Write(appendEnvelopeTail(tmp[:0], e))
+	out := append(make([]byte, 0, enc.buf.Len()), enc.buf.Bytes()...)
+	e.Args = out[start:end]
+	if err := e.check(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 var decPool = sync.Pool{New: func() any {
 	d := msgpack.NewDecoder(nil)
 	d.DisallowUnknownFields(true)

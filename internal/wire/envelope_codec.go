@@ -14,6 +14,18 @@ import (
 
 // appendEnvelope appends e's msgpack encoding to b.
 func appendEnvelope(b []byte, e *Envelope) []byte {
+	b = appendEnvelopeHead(b, e)
+	if len(e.Args) == 0 {
+		b = append(b, 0xc0)
+	} else {
+		b = append(b, e.Args...)
+	}
+	return appendEnvelopeTail(b, e)
+}
+
+// appendEnvelopeHead appends the map header and the keys before the args'
+// value (the args key included).
+func appendEnvelopeHead(b []byte, e *Envelope) []byte {
 	n := 4 // v, id, name, args
 	for _, set := range [...]bool{e.Attempt != 0, e.MaxRetries != nil, len(e.Retry) > 0, e.Channel != "",
 		e.Priority != nil, e.TimeoutMS != 0, e.Description != "", e.Identity != "", e.EnqueuedAt != 0,
@@ -26,12 +38,11 @@ func appendEnvelope(b []byte, e *Envelope) []byte {
 	b = AppendInt(AppendString(b, "v"), int64(e.V))
 	b = AppendString(AppendString(b, "id"), e.ID)
 	b = AppendString(AppendString(b, "name"), e.Name)
-	b = AppendString(b, "args")
-	if len(e.Args) == 0 {
-		b = append(b, 0xc0)
-	} else {
-		b = append(b, e.Args...)
-	}
+	return AppendString(b, "args")
+}
+
+// appendEnvelopeTail appends the optional keys after the args.
+func appendEnvelopeTail(b []byte, e *Envelope) []byte {
 	if e.Attempt != 0 {
 		b = AppendInt(AppendString(b, "attempt"), int64(e.Attempt))
 	}
