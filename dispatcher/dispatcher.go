@@ -148,7 +148,10 @@ type prepared struct {
 	ctx      context.Context
 }
 
-func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Option) (*prepared, error) {
+// prepare makes the message of one job. In a bulk enqueue, traced is the
+// trace context of the batch's span (or nil): every job carries it and has
+// no span of its own.
+func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Option, traced nats.Header) (*prepared, error) {
 	if args == nil {
 		return nil, fmt.Errorf("dispatcher: nil job args")
 	}
@@ -163,18 +166,18 @@ func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Opti
 		if err != nil {
 			return nil, fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
 		}
-		return d.build(ctx, args.JobName(), raw, nil, o)
+		return d.build(ctx, args.JobName(), raw, nil, o, traced)
 	}
-	return d.build(ctx, args.JobName(), nil, args, o)
+	return d.build(ctx, args.JobName(), nil, args, o, traced)
 }
 
 func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o job.Options) (*prepared, error) {
-	return d.build(ctx, name, raw, nil, o)
+	return d.build(ctx, name, raw, nil, o, nil)
 }
 
 // build makes the message of one job: its arguments are raw (encoded
 // already) or args (encoded in place into the envelope).
-func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args job.Args, o job.Options) (*prepared, error) {
+func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args job.Args, o job.Options, traced nats.Header) (*prepared, error) {
 	now := time.Now()
 	env := &wire.Envelope{
 		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
@@ -235,9 +238,18 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		}
 		msg.Subject = d.names.ScheduleSubject(env.ID)
 	}
-	if o.ID != "" || len(o.Headers) > 0 || d.tracer != nil || trace.SpanContextFromContext(ctx).IsValid() {
+	batch := traced != nil
+	switch {
+	case batch && msg.Header == nil && o.ID == "" && len(o.Headers) == 0:
+		msg.Header = traced // shared by the batch's messages, read only
+	case o.ID != "" || len(o.Headers) > 0 || batch || d.tracer != nil || trace.SpanContextFromContext(ctx).IsValid():
 		if msg.Header == nil {
 			msg.Header = nats.Header{}
+		}
+		if batch {
+			for k, v := range traced {
+				msg.Header[k] = v
+			}
 		}
 	}
 	if o.ID != "" {
@@ -252,10 +264,12 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		msg.Header[k] = []string{v}
 	}
 	p := &prepared{msg: msg, env: env, identity: identity, eta: eta, ctx: ctx}
-	if d.tracer != nil {
+	switch {
+	case batch:
+	case d.tracer != nil:
 		p.ctx, p.span = telemetry.StartProducerSpan(ctx, d.tracer, d.names.JobsStream(), env.ID, msg.Header,
 			attribute.String("connector.job.name", name), attribute.String("connector.job.channel", env.Channel))
-	} else {
+	default:
 		telemetry.Inject(ctx, msg.Header)
 	}
 	return p, nil
@@ -303,7 +317,7 @@ type subjectKey struct {
 // the job id; when an identity key matches a job that has not started yet,
 // it returns that job's id and enqueues nothing.
 func (d *Dispatcher) Enqueue(ctx context.Context, args job.Args, opts ...job.Option) (string, error) {
-	p, err := d.prepare(ctx, args, opts)
+	p, err := d.prepare(ctx, args, opts, nil)
 	if err != nil {
 		return "", err
 	}
@@ -389,8 +403,27 @@ type Result struct {
 // window (default 4096) acknowledgements outstanding, so a batch of 10k
 // jobs costs a handful of round trips rather than 10k. Results are in the
 // order of items; err is non-nil if any item failed.
-func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) ([]Result, error) {
+//
+// Traced, the batch is one PRODUCER span ("send <stream>", with
+// messaging.batch.message_count), as the messaging conventions have it for
+// batch sends: every job carries its context, and their runs are its
+// children (or linked to it).
+func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result, err error) {
 	results := make([]Result, len(items))
+	var traced nats.Header
+	if d.tracer != nil {
+		var span trace.Span
+		ctx, span = telemetry.StartProducerBatchSpan(ctx, d.tracer, d.names.JobsStream(), len(items))
+		defer func() {
+			telemetry.RecordError(span, err)
+			span.End()
+		}()
+	}
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		// Injected once for the batch (the caller's context, or the span's).
+		traced = nats.Header{}
+		telemetry.Inject(ctx, traced)
+	}
 	type inflight struct {
 		i   int
 		p   *prepared
@@ -434,7 +467,7 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) ([]Result, e
 		}
 	}
 	for i, it := range items {
-		p, err := d.prepare(ctx, it.Args, it.Options)
+		p, err := d.prepare(ctx, it.Args, it.Options, traced)
 		if err != nil {
 			fail(i, err)
 			continue

@@ -127,7 +127,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			group := make([]*item, 0, 16)
 			for ok {
 				got++
-				it := &item{msg: msg, received: time.Now(), ch: spec.cs, band: band, group: spec.name}
+				it := &item{msg: msg, received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
 				w.inflight.add(it) // under heartbeat from now on
 				if got > reserved {
 					// It is here already (an idle puller's single job):

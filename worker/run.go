@@ -212,7 +212,7 @@ func (w *Worker) process(it *item) {
 	ctx := w.hardCtx
 	var span trace.Span
 	if w.tracer != nil {
-		ctx, span = telemetry.StartConsumerSpan(ctx, w.tracer, w.cfg.linkMode, w.names.JobsStream(), it.group, env.ID, msg.Headers(),
+		ctx, span = it.spans.Start(ctx, env.ID, msg.Headers(),
 			attribute.String("connector.job.name", env.Name), attribute.String("connector.job.channel", channel),
 			attribute.Int("connector.job.attempt", attempt))
 		defer span.End()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
@@ -60,6 +61,7 @@ type item struct {
 	band  int
 	token string // slot lease token; "" when no slot held
 	group string // consumer name
+	spans *telemetry.ConsumerSpans
 }
 
 type scheduler struct {
@@ -397,10 +399,11 @@ func (cs *chanState) drainBlocked() []*item {
 
 // consumerSpec is one durable consumer of the jobs stream.
 type consumerSpec struct {
-	cs   *chanState
-	band int // -1: sequential, all bands
-	cons jetstream.Consumer
-	name string
+	cs    *chanState
+	band  int // -1: sequential, all bands
+	cons  jetstream.Consumer
+	name  string
+	spans *telemetry.ConsumerSpans // nil when not traced
 }
 
 // sweep gives unconfigured channels (jobs published for "root.shop.eu"
@@ -468,7 +471,7 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("consumer %s: %w", name, err)
 		}
-		spec := &consumerSpec{cs: cs, band: specBand, cons: cons, name: name}
+		spec := &consumerSpec{cs: cs, band: specBand, cons: cons, name: name, spans: w.consumerSpans(name)}
 		w.dynamic[name] = spec
 		w.log.Info("unconfigured channel runs under its nearest configured ancestor",
 			zap.String("channel", channel), zap.String("under", cs.ch.Name), zap.String("consumer", name))

@@ -318,7 +318,7 @@ func (w *Worker) Setup(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("worker: consumer %s on %s: %w", cc.Durable, w.names.JobsStream(), err)
 			}
-			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, cons: cons, name: cc.Durable})
+			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, cons: cons, name: cc.Durable, spans: w.consumerSpans(cc.Durable)})
 		}
 	}
 	return nil
@@ -510,4 +510,12 @@ func filtersOverlap(a, b string) bool {
 			return false
 		}
 	}
+}
+
+// consumerSpans prepares the CONSUMER spans of one consumer (nil untraced).
+func (w *Worker) consumerSpans(consumer string) *telemetry.ConsumerSpans {
+	if w.tracer == nil {
+		return nil
+	}
+	return telemetry.NewConsumerSpans(w.tracer, w.cfg.linkMode, w.names.JobsStream(), consumer)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
+	"sort"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -337,6 +338,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every write (sync_interval: always)")
 	redisURL := fs.String("redis", "", "Redis for job records (default: CONNECTOR_REDIS_URL, else 127.0.0.1:6379 if it answers, else none)")
 	telemetryOn := fs.Bool("telemetry", false, "enable tracing (SDK, no exporter) and metrics (Prometheus) in the framework run")
+	pairs := fs.Int("telemetry-pairs", 0, "measure the telemetry overhead: this many alternated runs without and with -telemetry, then the median ratio")
+	sampler := fs.Float64("telemetry-sample", 1, "with -telemetry: the fraction of traces sampled (parent-based ratio sampler; 1 samples all)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -367,8 +370,11 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	} else {
 		fmt.Fprintf(stdout, "no Redis at %s: job records are off for this run\n", telemetry.Redact(url))
 	}
+	if *pairs > 0 {
+		return benchTelemetryPairs(ctx, o, *pairs, *sampler, stdout)
+	}
 	if *telemetryOn {
-		wo, do, shutdown, err := benchTelemetry(ctx)
+		wo, do, shutdown, err := benchTelemetry(ctx, *sampler)
 		if err != nil {
 			return err
 		}
@@ -377,6 +383,40 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	_, err = bench.Run(ctx, o, stdout)
 	return err
+}
+
+// benchTelemetryPairs alternates runs without and with telemetry (so that
+// the machine's drift falls on both alike) and reports, per pair and as a
+// median, the framework's rate with telemetry over its rate without.
+func benchTelemetryPairs(ctx context.Context, o bench.Options, pairs int, sampler float64, out io.Writer) error {
+	var ratios []float64
+	for i := 1; i <= pairs; i++ {
+		plain, err := bench.Run(ctx, o, io.Discard)
+		if err != nil {
+			return err
+		}
+		wo, do, shutdown, err := benchTelemetry(ctx, sampler)
+		if err != nil {
+			return err
+		}
+		t := o
+		t.WorkerOpts, t.DispatcherOpts = wo, do
+		traced, err := bench.Run(ctx, t, io.Discard)
+		shutdown()
+		if err != nil {
+			return err
+		}
+		// b/a of each run cancels the drift between the two runs' baselines.
+		ratios = append(ratios, traced/plain)
+		fmt.Fprintf(out, "pair %d: b/a plain %.3f, with telemetry %.3f => telemetry/plain %.3f\n", i, plain, traced, traced/plain)
+	}
+	sort.Float64s(ratios)
+	med := ratios[len(ratios)/2]
+	if len(ratios)%2 == 0 {
+		med = (ratios[len(ratios)/2-1] + ratios[len(ratios)/2]) / 2
+	}
+	fmt.Fprintf(out, "median over %d pairs (sampled fraction %.2f): telemetry/plain = %.3f (overhead %.1f%%)\n", pairs, sampler, med, 100*(1-med))
+	return nil
 }
 
 // onceCloseListener closes its listener once, whoever asks first.

@@ -14,14 +14,19 @@ import (
 
 func jetstreamNew(c *app.Conns) (jetstream.JetStream, error) { return jetstream.New(c.NC) }
 
-// benchTelemetry turns tracing (a real SDK provider that samples everything
-// and exports nowhere) and metrics (Prometheus) on for the bench.
-func benchTelemetry(ctx context.Context) ([]worker.Option, []dispatcher.Option, func(), error) {
+// benchTelemetry turns tracing (a real SDK provider that samples fraction
+// of the traces, everything at 1, and exports nowhere) and metrics
+// (Prometheus) on for the bench.
+func benchTelemetry(ctx context.Context, fraction float64) ([]worker.Option, []dispatcher.Option, func(), error) {
 	p, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "connector-bench", Prometheus: true, TracesExporter: telemetry.ExporterNone})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	sampler := sdktrace.AlwaysSample()
+	if fraction < 1 {
+		sampler = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(fraction))
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampler))
 	shutdown := func() {
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

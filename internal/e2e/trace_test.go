@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
@@ -337,4 +338,38 @@ func TestLinkedTraces(t *testing.T) {
 	}
 	// B's send is in A's run's trace.
 	childOf(t, sendB, procA)
+}
+
+// A bulk enqueue is one PRODUCER span for the batch (the messaging
+// conventions' batch send, with messaging.batch.message_count); each job
+// carries its context and runs as its child, in the caller's trace.
+func TestBulkEnqueueIsOneBatchSpan(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[jobC]) (string, error) { return "ok", nil })
+	e.startWorker(reg)
+	rctx, root := e.tp.Tracer("e2e/producer").Start(ctx, "import batch", trace.WithSpanKind(trace.SpanKindInternal))
+	res, err := e.d.EnqueueMany(rctx, []dispatcher.Item{{Args: jobC{Partner: "1"}}, {Args: jobC{Partner: "2"}}, {Args: jobC{Partner: "3"}}})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conds := []func(tracetest.SpanStub) bool{func(s tracetest.SpanStub) bool { return attr(s, "messaging.batch.message_count") == "3" }}
+	for _, r := range res {
+		conds = append(conds, op("process", r.ID))
+	}
+	spans := e.waitSpans(20*time.Second, "batch send span and three runs", conds...)
+	send := one(t, spans, "batch send", func(s tracetest.SpanStub) bool { return attr(s, "messaging.operation.type") == "send" })
+	if send.SpanKind != trace.SpanKindProducer || attr(send, "messaging.system") != "nats" ||
+		attr(send, "messaging.destination.name") != e.names.JobsStream() || attr(send, "messaging.operation.name") != "send" ||
+		hasAttr(send, "messaging.message.id") {
+		t.Errorf("batch span: kind %v, attributes %v", send.SpanKind, send.Attributes)
+	}
+	if send.Parent.SpanID() != root.SpanContext().SpanID() {
+		t.Errorf("batch span's parent %s, want the caller's span", send.Parent.SpanID())
+	}
+	for _, r := range res {
+		childOf(t, one(t, spans, "run "+r.ID, op("process", r.ID)), send)
+	}
 }

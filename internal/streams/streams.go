@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/connector-go/connector/internal/wire"
@@ -111,7 +112,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				continue
 			}
-			return fmt.Errorf("streams: provision %s: %w (message schedules need nats-server >= 2.12)", sc.Name, err)
+			if strings.Contains(strings.ToLower(err.Error()), "schedule") {
+				return fmt.Errorf("streams: provision %s: %w (message schedules need nats-server >= 2.12)", sc.Name, err)
+			}
+			return fmt.Errorf("streams: provision %s: %w", sc.Name, err)
 		}
 	}
 	return nil

@@ -84,10 +84,10 @@ var (
 // All methods are no-ops on a nil *Metrics, so callers need no nil checks
 // when metrics are disabled.
 type Metrics struct {
-	enqueued metric.Int64Counter
-	started  metric.Int64Counter
-	ended    metric.Int64Counter
-	inflight metric.Int64UpDownCounter
+	enqueued metric.Int64ObservableCounter
+	started  metric.Int64ObservableCounter
+	ended    metric.Int64ObservableCounter
+	inflight metric.Int64ObservableUpDownCounter
 	wait     metric.Float64Histogram
 	duration metric.Float64Histogram
 	events   metric.Int64Counter
@@ -95,10 +95,12 @@ type Metrics struct {
 	meter    metric.Meter
 
 	jobs     cowCache[jobKey, *attrOpts]     // {job.name, job.channel}
-	channels cowCache[string, *attrOpts]     // {job.channel}
 	outcomes cowCache[outcomeKey, *attrOpts] // {job.name, job.channel, job.outcome}
 	stores   cowCache[storeKey, *attrOpts]   // {store.op, store.outcome}
 	eventsC  cowCache[eventKey, *attrOpts]   // {event.*}
+
+	inflightN cowCache[string, *inflightCount] // by job.channel
+	counts    cowCache[countKey, *countCell]
 }
 
 type (
@@ -172,16 +174,18 @@ func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
 		}
 	}
 	var err error
-	m.enqueued, err = mt.Int64Counter(MetricJobsEnqueued, metric.WithUnit("{job}"),
+	// The job counters (and in flight) are kept with atomics and observed
+	// at collection: per job, a few atomic adds instead of instrument calls.
+	m.enqueued, err = mt.Int64ObservableCounter(MetricJobsEnqueued, metric.WithUnit("{job}"),
 		metric.WithDescription("Jobs enqueued (published to the job stream)."))
 	check(MetricJobsEnqueued, err)
-	m.started, err = mt.Int64Counter(MetricJobsStarted, metric.WithUnit("{job}"),
+	m.started, err = mt.Int64ObservableCounter(MetricJobsStarted, metric.WithUnit("{job}"),
 		metric.WithDescription("Job executions started (one per delivery)."))
 	check(MetricJobsStarted, err)
-	m.ended, err = mt.Int64Counter(MetricJobsEnded, metric.WithUnit("{job}"),
+	m.ended, err = mt.Int64ObservableCounter(MetricJobsEnded, metric.WithUnit("{job}"),
 		metric.WithDescription("Job executions ended, by job.outcome: succeeded, retried, dead, nothing_to_do."))
 	check(MetricJobsEnded, err)
-	m.inflight, err = mt.Int64UpDownCounter(MetricJobsInflight, metric.WithUnit("{job}"),
+	m.inflight, err = mt.Int64ObservableUpDownCounter(MetricJobsInflight, metric.WithUnit("{job}"),
 		metric.WithDescription("Jobs executing now, by job.channel."))
 	check(MetricJobsInflight, err)
 	m.wait, err = mt.Float64Histogram(MetricJobQueueWait, metric.WithUnit("s"),
@@ -202,18 +206,77 @@ func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	if _, err := mt.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		if p := m.inflightN.m.Load(); p != nil {
+			for _, r := range *p {
+				o.ObserveInt64(m.inflight, r.n.Load(), r.attrs)
+			}
+		}
+		if p := m.counts.m.Load(); p != nil {
+			for k, c := range *p {
+				o.ObserveInt64(m.counter(k.inst), c.n.Load(), c.attrs)
+			}
+		}
+		return nil
+	}, m.inflight, m.enqueued, m.started, m.ended); err != nil {
+		return nil, fmt.Errorf("telemetry: register job counters callback: %w", err)
+	}
 	return m, nil
+}
+
+// Job counters kept locally.
+const (
+	countEnqueued = iota
+	countStarted
+	countEnded
+)
+
+type countKey struct {
+	inst                   int
+	name, channel, outcome string
+}
+
+type countCell struct {
+	n     atomic.Int64
+	attrs metric.ObserveOption
+}
+
+func (m *Metrics) counter(inst int) metric.Int64Observable {
+	switch inst {
+	case countEnqueued:
+		return m.enqueued
+	case countStarted:
+		return m.started
+	}
+	return m.ended
+}
+
+// count adds one to a job counter.
+func (m *Metrics) count(inst int, name, channel, outcome string) {
+	m.counts.get(countKey{inst, name, channel, outcome}, func() *countCell {
+		kvs := []attribute.KeyValue{AttrJobName.String(name), AttrJobChannel.String(channel)}
+		if inst == countEnded {
+			kvs = append(kvs, AttrJobOutcome.String(outcome))
+		}
+		return &countCell{attrs: metric.WithAttributeSet(attribute.NewSet(kvs...))}
+	}).n.Add(1)
+}
+
+// inflightCount is the number of jobs of one channel running now.
+type inflightCount struct {
+	n     atomic.Int64
+	attrs metric.ObserveOption
+}
+
+func (m *Metrics) running(channel string) *inflightCount {
+	return m.inflightN.get(channel, func() *inflightCount {
+		return &inflightCount{attrs: metric.WithAttributeSet(attribute.NewSet(AttrJobChannel.String(channel)))}
+	})
 }
 
 func (m *Metrics) job(name, channel string) *attrOpts {
 	return m.jobs.get(jobKey{name, channel}, func() *attrOpts {
 		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel))
-	})
-}
-
-func (m *Metrics) channel(channel string) *attrOpts {
-	return m.channels.get(channel, func() *attrOpts {
-		return newAttrOpts(AttrJobChannel.String(channel))
 	})
 }
 
@@ -223,7 +286,7 @@ func (m *Metrics) JobEnqueued(ctx context.Context, name, channel string) {
 	if m == nil {
 		return
 	}
-	m.enqueued.Add(ctx, 1, m.job(name, channel).add...)
+	m.count(countEnqueued, name, channel, "")
 }
 
 // JobStarted records the start of one execution: connector.jobs.started
@@ -236,11 +299,11 @@ func (m *Metrics) JobStarted(ctx context.Context, name, channel string, sinceEnq
 		return
 	}
 	a := m.job(name, channel)
-	m.started.Add(ctx, 1, a.add...)
+	m.count(countStarted, name, channel, "")
 	if sinceEnqueue > 0 {
 		m.wait.Record(ctx, sinceEnqueue.Seconds(), a.record...)
 	}
-	m.inflight.Add(ctx, 1, m.channel(channel).add...)
+	m.running(channel).n.Add(1)
 }
 
 // JobEnded records the end of one execution: connector.jobs.ended
@@ -254,10 +317,7 @@ func (m *Metrics) JobRejected(ctx context.Context, name, channel, outcome string
 	if m == nil {
 		return
 	}
-	o := m.outcomes.get(outcomeKey{name, channel, outcome}, func() *attrOpts {
-		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel), AttrJobOutcome.String(outcome))
-	})
-	m.ended.Add(ctx, 1, o.add...)
+	m.count(countEnded, name, channel, outcome)
 }
 
 func (m *Metrics) JobEnded(ctx context.Context, name, channel, outcome string, d time.Duration) {
@@ -267,9 +327,9 @@ func (m *Metrics) JobEnded(ctx context.Context, name, channel, outcome string, d
 	o := m.outcomes.get(outcomeKey{name, channel, outcome}, func() *attrOpts {
 		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel), AttrJobOutcome.String(outcome))
 	})
-	m.ended.Add(ctx, 1, o.add...)
+	m.count(countEnded, name, channel, outcome)
 	m.duration.Record(ctx, d.Seconds(), o.record...)
-	m.inflight.Add(ctx, -1, m.channel(channel).add...)
+	m.running(channel).n.Add(-1)
 }
 
 // EventHandled counts one event listener invocation

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 
@@ -52,24 +53,37 @@ var defaultPropagator = NewPropagator()
 // globally installed propagator when main installed
 // one (otel.SetTextMapPropagator), else W3C tracecontext + baggage. The
 // global default is an empty composite that would propagate nothing.
-func propagator() propagation.TextMapPropagator {
+func propagator() propagation.TextMapPropagator { return currentPropagator().use }
+
+// currentPropagator is the choice for the propagator installed now; the
+// same pointer while it stays installed (when its type is comparable: a
+// composite propagator, a slice, gets a new choice each time).
+func currentPropagator() *propChoice {
 	p := otel.GetTextMapPropagator()
 	if p == nil {
-		return defaultPropagator
+		return defaultChoice
 	}
 	// Fields() allocates: remember the answer for the propagator seen last.
-	if c := propCache.Load(); c != nil && c.p == p {
-		return c.use
+	if c := propCache.Load(); c != nil && sameValue(c.p, p) {
+		return c
 	}
 	use := defaultPropagator
 	if len(p.Fields()) > 0 {
 		use = p
 	}
-	propCache.Store(&propChoice{p: p, use: use})
-	return use
+	c := &propChoice{p: p, use: use}
+	propCache.Store(c)
+	return c
 }
 
 type propChoice struct{ p, use propagation.TextMapPropagator }
+
+var defaultChoice = &propChoice{use: defaultPropagator}
+
+func sameValue(a, b any) bool {
+	t := reflect.TypeOf(a)
+	return t == reflect.TypeOf(b) && t != nil && t.Comparable() && a == b
+}
 
 var propCache atomic.Pointer[propChoice]
 
@@ -110,6 +124,19 @@ func StartProducerSpan(ctx context.Context, tr trace.Tracer, destination, messag
 	return ctx, span
 }
 
+// StartProducerBatchSpan starts the span of a batch publish of n messages:
+// name "send <destination>", kind PRODUCER, the attributes of
+// StartProducerSpan but the message id, and messaging.batch.message_count.
+// The caller injects its context into every message of the batch.
+func StartProducerBatchSpan(ctx context.Context, tr trace.Tracer, destination string, n int, extra ...attribute.KeyValue) (context.Context, trace.Span) {
+	fixed := fixedAttrs("send", destination)
+	attrs := make([]attribute.KeyValue, 0, len(fixed.attrs)+1+len(extra))
+	attrs = append(attrs, fixed.attrs...)
+	attrs = append(attrs, semconv.MessagingBatchMessageCount(n))
+	attrs = append(attrs, extra...)
+	return tracerOrNoop(tr).Start(ctx, fixed.name, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+}
+
 // StartConsumerSpan starts the span of a message's processing: name
 // "process <destination>", kind CONSUMER, attributes
 // messaging.system="nats", messaging.destination.name,
@@ -122,29 +149,91 @@ func StartProducerSpan(ctx context.Context, tr trace.Tracer, destination, messag
 // link to it. Baggage from h is in the returned context either way. When h
 // carries no trace context the span is a child of ctx's span, if any.
 func StartConsumerSpan(ctx context.Context, tr trace.Tracer, mode LinkMode, destination, consumerGroup, messageID string, h nats.Header, extra ...attribute.KeyValue) (context.Context, trace.Span) {
+	return NewConsumerSpans(tr, mode, destination, consumerGroup).Start(ctx, messageID, h, extra...)
+}
+
+// ConsumerSpans starts the CONSUMER spans of one destination and consumer
+// group, with what they share built once (StartConsumerSpan for one-offs).
+type ConsumerSpans struct {
+	tr    trace.Tracer
+	mode  LinkMode
+	name  string
+	attrs []attribute.KeyValue
+}
+
+// NewConsumerSpans prepares the spans of a consumer; see StartConsumerSpan.
+func NewConsumerSpans(tr trace.Tracer, mode LinkMode, destination, consumerGroup string) *ConsumerSpans {
 	fixed := fixedAttrs("process", destination)
-	attrs := make([]attribute.KeyValue, 0, len(fixed.attrs)+2+len(extra))
-	attrs = append(attrs, fixed.attrs...)
+	attrs := append([]attribute.KeyValue(nil), fixed.attrs...)
 	if consumerGroup != "" {
 		attrs = append(attrs, semconv.MessagingConsumerGroupNameKey.String(consumerGroup))
 	}
+	return &ConsumerSpans{tr: tracerOrNoop(tr), mode: mode, name: fixed.name, attrs: attrs}
+}
+
+// Start starts the span of one message; see StartConsumerSpan.
+func (c *ConsumerSpans) Start(ctx context.Context, messageID string, h nats.Header, extra ...attribute.KeyValue) (context.Context, trace.Span) {
+	mode := c.mode
+	// One span per message: the attribute and option slices are reused
+	// (the SDK copies what it keeps before Start returns).
+	b := spanBufs.Get().(*spanBuf)
+	attrs := append(b.attrs[:0], c.attrs...)
 	if messageID != "" {
 		attrs = append(attrs, semconv.MessagingMessageIDKey.String(messageID))
 	}
 	attrs = append(attrs, extra...)
-	opts := []trace.SpanStartOption{
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attrs...),
-	}
+	opts := append(b.opts[:0], trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
 
-	pctx := Extract(ctx, h)
+	pctx := extractCached(ctx, h)
 	if mode == LinkedMode {
 		if psc := trace.SpanContextFromContext(pctx); psc.IsValid() && psc.IsRemote() {
 			opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: psc}))
 		}
 	}
-	return tracerOrNoop(tr).Start(pctx, fixed.name, opts...)
+	sctx, span := c.tr.Start(pctx, c.name, opts...)
+	clear(attrs)
+	clear(opts)
+	b.attrs, b.opts = attrs[:0], opts[:0]
+	spanBufs.Put(b)
+	return sctx, span
 }
+
+type spanBuf struct {
+	attrs []attribute.KeyValue
+	opts  []trace.SpanStartOption
+}
+
+var spanBufs = sync.Pool{New: func() any {
+	return &spanBuf{attrs: make([]attribute.KeyValue, 0, 12), opts: make([]trace.SpanStartOption, 0, 4)}
+}}
+
+// extractCached is Extract for consumers: the messages of one batch carry
+// the same trace context, so the last header seen and what it gave are
+// remembered (per goroutine-agnostic slot; a miss just extracts).
+func extractCached(ctx context.Context, h nats.Header) context.Context {
+	tp := HeaderCarrier(h).Get("traceparent")
+	if tp == "" || len(h) > 1 && (HeaderCarrier(h).Get("tracestate") != "" || HeaderCarrier(h).Get("baggage") != "") {
+		return Extract(ctx, h)
+	}
+	prop := currentPropagator()
+	if c := lastExtract.Load(); c != nil && c.traceparent == tp && c.prop == prop {
+		return trace.ContextWithRemoteSpanContext(ctx, c.sc)
+	}
+	out := prop.use.Extract(ctx, HeaderCarrier(h))
+	sc := trace.SpanContextFromContext(out)
+	if sc.IsValid() && sc.IsRemote() {
+		lastExtract.Store(&extracted{traceparent: tp, sc: sc, prop: prop})
+	}
+	return out
+}
+
+type extracted struct {
+	traceparent string
+	sc          trace.SpanContext
+	prop        *propChoice
+}
+
+var lastExtract atomic.Pointer[extracted]
 
 // fixed is what every span of one operation on one destination shares:
 // built once, not per message.
