@@ -113,9 +113,6 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 	defer func() { _ = js.DeleteStream(context.WithoutCancel(ctx), name) }()
 	payload := []byte(strings.Repeat("x", o.Size))
 	var r Result
-	if phaseHook != nil {
-		phaseHook("raw publish", true)
-	}
 	start := time.Now()
 	for i := 0; i < o.N; i++ {
 		if _, err := js.PublishAsync(subj, payload, jetstream.WithStallWait(time.Minute)); err != nil {
@@ -128,18 +125,12 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 		return r, ctx.Err()
 	}
 	r.Publish = time.Since(start)
-	if phaseHook != nil {
-		phaseHook("raw publish", false)
-	}
 	cons, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy})
 	if err != nil {
 		return r, err
 	}
 	var n atomic.Int64
 	done := make(chan struct{})
-	if phaseHook != nil {
-		phaseHook("raw consume", true)
-	}
 	start = time.Now()
 	// PullExpiry bounds the stall nats.go's Consume shows now and then (a
 	// pull request lost for its whole 30 s expiry), which would make the
@@ -160,15 +151,8 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 		return r, ctx.Err()
 	}
 	r.Consume = time.Since(start)
-	if phaseHook != nil {
-		phaseHook("raw consume", false)
-	}
 	return r, nil
 }
-
-// phaseHook, when set (profiling experiments), is called around the
-// framework's enqueue ("enqueue") and run ("run") phases.
-var phaseHook func(phase string, start bool)
 
 func framework(ctx context.Context, js jetstream.JetStream, o Options, round int) (Result, error) {
 	prefix := fmt.Sprintf("bench%d%s", round, strings.ToLower(wire.NewID()[20:]))
@@ -192,9 +176,6 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 	payload := Payload{Data: []byte(strings.Repeat("x", o.Size))}
 	items := make([]dispatcher.Item, 0, 10_000)
 	var r Result
-	if phaseHook != nil {
-		phaseHook("enqueue", true)
-	}
 	start := time.Now()
 	for sent := 0; sent < o.N; {
 		items = items[:0]
@@ -210,9 +191,6 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 		return r, err
 	}
 	r.Publish = time.Since(start)
-	if phaseHook != nil {
-		phaseHook("enqueue", false)
-	}
 
 	reg := worker.NewRegistry()
 	var n atomic.Int64
@@ -236,9 +214,6 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if phaseHook != nil {
-		phaseHook("run", true)
-	}
 	start = time.Now()
 	errc := make(chan error, 1)
 	go func() { errc <- w.Run(wctx) }()
@@ -250,9 +225,6 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 		return r, ctx.Err()
 	}
 	r.Consume = time.Since(start)
-	if phaseHook != nil {
-		phaseHook("run", false)
-	}
 	cancel()
 	<-errc
 	if o.Redis != nil {
