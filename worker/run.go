@@ -106,8 +106,8 @@ func (w *Worker) startedRecords(ctx context.Context, done chan struct{}) {
 			return
 		case now := <-t.C:
 			for _, it := range w.inflight.snapshot() {
-				if now.Sub(it.received) < tick {
-					continue
+				if !it.running.Load() || now.Sub(it.received) < tick {
+					continue // queued, or just received
 				}
 				it.runMu.Lock()
 				if it.run != nil && !it.startedLogged {
@@ -233,6 +233,7 @@ func (w *Worker) process(it *item) {
 		it.runMu.Lock()
 		it.run = m
 		it.runMu.Unlock()
+		it.running.Store(true)
 	}
 
 	runCtx := ctx

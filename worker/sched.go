@@ -53,6 +53,7 @@ type item struct {
 	// While the handler runs, run is its message: the "started" record is
 	// written only for jobs still running at the next records tick
 	// (startedRecords), so a short job writes one record, not two.
+	running       atomic.Bool // its handler has begun
 	runMu         sync.Mutex
 	run           *Message
 	startedLogged bool
