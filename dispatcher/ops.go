@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/records"
+	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/nats-io/nats.go"
@@ -16,7 +17,7 @@ import (
 )
 
 func zapKey(k string) zap.Field  { return zap.String("identity_key", k) }
-func zapErr(err error) zap.Field { return zap.Error(err) }
+func zapErr(err error) zap.Field { return telemetry.ErrField(err) }
 
 // Job returns the record of a job.
 func (d *Dispatcher) Job(ctx context.Context, id string) (job.Record, error) {
@@ -150,7 +151,7 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 		err := d.rec.Set(ctx, records.Update{ID: env.ID, State: job.StateEnqueued, Name: env.Name,
 			Channel: channel, ClearError: true, ResetAttempts: true})
 		if err != nil {
-			d.log.Warn("requeue: record not updated", zap.String("job_id", env.ID), zap.Error(err))
+			d.log.Warn("requeue: record not updated", zap.String("job_id", env.ID), telemetry.ErrField(err))
 		}
 	}
 	ack, err := d.js.PublishMsg(ctx, msg)

@@ -88,11 +88,11 @@ func (g *guard) run(ctx context.Context) {
 				jetstream.PullExpiry(pullExpiry),
 				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 					if ctx.Err() == nil {
-						g.log.Warn("events: consume", zap.Error(err))
+						g.log.Warn("events: consume", telemetry.ErrField(err))
 					}
 				}))
 			if err != nil {
-				g.log.Warn("events: consume", zap.Error(err))
+				g.log.Warn("events: consume", telemetry.ErrField(err))
 			} else {
 				select {
 				case <-ctx.Done():
@@ -114,7 +114,7 @@ func (g *guard) run(ctx context.Context) {
 		}
 		var err error
 		if cons, err = g.ensure(ctx); err != nil && ctx.Err() == nil {
-			g.log.Warn("events: create consumer", zap.Error(err))
+			g.log.Warn("events: create consumer", telemetry.ErrField(err))
 		}
 	}
 }
@@ -135,7 +135,7 @@ func (g *guard) check(ctx context.Context, msg jetstream.Msg) {
 	cause := fmt.Errorf("%w: no listener can receive it: %w", ErrInvalidEvent, perr)
 	log := g.log.With(zap.String("subject", msg.Subject()), zap.Uint64("seq", meta.Sequence.Stream))
 	if err := g.l.deadLetter(ctx, GuardName, msg, meta.Sequence.Stream, int(meta.NumDelivered), wire.ReasonUnknownModel, cause, ""); err != nil {
-		log.Error("events: cannot write dead letter, will retry", zap.Error(err))
+		log.Error("events: cannot write dead letter, will retry", telemetry.ErrField(err))
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}

@@ -403,12 +403,12 @@ func (p *partition) supervise(tctx, hctx context.Context, g *gate, endTerm conte
 				jetstream.PullExpiry(pullExpiry),
 				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 					if tctx.Err() == nil {
-						log.Warn("events: consume", zap.Error(err))
+						log.Warn("events: consume", telemetry.ErrField(err))
 					}
 				}),
 			)
 			if err != nil {
-				log.Warn("events: consume", zap.Error(err))
+				log.Warn("events: consume", telemetry.ErrField(err))
 			} else {
 				select {
 				case <-tctx.Done():
@@ -438,7 +438,7 @@ func (p *partition) supervise(tctx, hctx context.Context, g *gate, endTerm conte
 			endTerm()
 			return
 		case err != nil && tctx.Err() == nil:
-			log.Warn("events: create consumer", zap.Error(err))
+			log.Warn("events: create consumer", telemetry.ErrField(err))
 		}
 	}
 }
@@ -449,7 +449,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 	log := p.l.log.With(zap.String("listener", p.li.name), zap.String("subject", msg.Subject()))
 	meta, err := msg.Metadata()
 	if err != nil {
-		log.Error("events: no metadata", zap.Error(err))
+		log.Error("events: no metadata", telemetry.ErrField(err))
 		_ = msg.Nak()
 		return
 	}
@@ -463,7 +463,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if last, err := p.lastHandled(ctx); err != nil {
-		log.Warn("events: read last handled sequence", zap.Error(err))
+		log.Warn("events: read last handled sequence", telemetry.ErrField(err))
 	} else if seq <= last {
 		// Handled before; only the acknowledgement was lost.
 		_ = msg.Ack()
@@ -605,7 +605,7 @@ func (p *partition) decode(msg jetstream.Msg) (Event, string, error) {
 func (p *partition) done(ctx context.Context, log *zap.Logger, msg jetstream.Msg, seq uint64) {
 	p.markHandled(ctx, log, seq)
 	if err := msg.Ack(); err != nil {
-		log.Warn("events: ack", zap.Error(err))
+		log.Warn("events: ack", telemetry.ErrField(err))
 	}
 }
 
@@ -614,13 +614,13 @@ func (p *partition) done(ctx context.Context, log *zap.Logger, msg jetstream.Msg
 // again later rather than lost, and dead returns false.
 func (p *partition) dead(ctx context.Context, log *zap.Logger, msg jetstream.Msg, seq uint64, attempt int, reason string, cause error, stack string) bool {
 	if err := p.l.deadLetter(ctx, p.li.name, msg, seq, attempt, reason, cause, stack); err != nil {
-		log.Error("events: cannot write dead letter, will retry", zap.Error(err))
+		log.Error("events: cannot write dead letter, will retry", telemetry.ErrField(err))
 		_ = msg.NakWithDelay(p.li.retryDelay(attempt))
 		return false
 	}
 	p.markHandled(ctx, log, seq)
 	if err := msg.TermWithReason(reason); err != nil {
-		log.Warn("events: term", zap.Error(err))
+		log.Warn("events: term", telemetry.ErrField(err))
 	}
 	return true
 }
@@ -658,7 +658,7 @@ func (p *partition) markHandled(ctx context.Context, log *zap.Logger, seq uint64
 		return
 	}
 	if err := p.l.mark.Run(ctx, p.l.rdb, []string{p.seqKey}, seq).Err(); err != nil {
-		log.Warn("events: record last handled sequence", zap.Error(err))
+		log.Warn("events: record last handled sequence", telemetry.ErrField(err))
 	}
 }
 

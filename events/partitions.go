@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
@@ -182,7 +183,7 @@ func (r *runner) run(ctx, hctx context.Context, g *gate) {
 func (r *runner) logError(err error) {
 	if msg := err.Error(); msg != r.lastErr || time.Since(r.waitLog) > time.Minute {
 		r.lastErr, r.waitLog = msg, time.Now()
-		r.log.Error("events: listener cannot run", zap.Error(err))
+		r.log.Error("events: listener cannot run", telemetry.ErrField(err))
 	}
 }
 
@@ -550,7 +551,7 @@ func (r *runner) mark(ctx context.Context, consumer string) uint64 {
 	}
 	v, err := r.l.rdb.Get(ctx, r.markKey(consumer)).Uint64()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		r.log.Warn("events: read last handled sequence", zap.String("consumer", consumer), zap.Error(err))
+		r.log.Warn("events: read last handled sequence", zap.String("consumer", consumer), telemetry.ErrField(err))
 	}
 	return v
 }

@@ -195,7 +195,7 @@ func (w *Work) lock(ctx context.Context, resource string) (func(), error) {
 	}
 	return func() {
 		if err := release(context.WithoutCancel(ctx)); err != nil {
-			w.Logger.Warn("release lock", zap.String("resource", resource), zap.Error(err))
+			w.Logger.Warn("release lock", zap.String("resource", resource), telemetry.ErrField(err))
 		}
 	}, nil
 }

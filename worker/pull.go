@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/nats-io/nats.go"
@@ -106,7 +107,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			if ctx.Err() != nil {
 				return
 			}
-			w.log.Warn("fetch failed; retrying", zap.Error(err), zap.String("consumer", spec.name), zap.Duration("backoff", backoff))
+			w.log.Warn("fetch failed; retrying", telemetry.ErrField(err), zap.String("consumer", spec.name), zap.Duration("backoff", backoff))
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
@@ -158,7 +159,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 		}
 		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
 			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
-			w.log.Warn("fetch ended with an error", zap.Error(berr), zap.String("consumer", spec.name))
+			w.log.Warn("fetch ended with an error", telemetry.ErrField(berr), zap.String("consumer", spec.name))
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
@@ -235,7 +236,7 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 		if ctx.Err() != nil {
 			return group
 		}
-		w.log.Warn("jobs not admitted: Redis unreachable; waiting", zap.Error(err), zap.Duration("backoff", backoff))
+		w.log.Warn("jobs not admitted: Redis unreachable; waiting", telemetry.ErrField(err), zap.Duration("backoff", backoff))
 		select {
 		case <-ctx.Done():
 			return group
@@ -297,7 +298,7 @@ func (w *Worker) handBack(its []*item, delay time.Duration) {
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			w.log.Warn("hand-backs not counted: the next delivery of these jobs counts as an attempt",
-				zap.Int("jobs", len(its)), zap.Error(err))
+				zap.Int("jobs", len(its)), telemetry.ErrField(err))
 		}
 		cancel()
 	}

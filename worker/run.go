@@ -38,7 +38,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token)
 		if err != nil || !ok {
 			if err != nil {
-				w.log.Warn("channel slot not acquired; waiting", zap.String(fieldChannel, it.ch.ch.Name), zap.Error(err))
+				w.log.Warn("channel slot not acquired; waiting", zap.String(fieldChannel, it.ch.ch.Name), telemetry.ErrField(err))
 			}
 			w.block(ctx, it)
 			return
@@ -49,7 +49,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 	w.running.Add(-1)
 	if it.token != "" {
 		if err := w.slots.release(context.Background(), it.ch, it.token); err != nil {
-			w.log.Warn("channel slot not released; it expires with its lease", zap.Error(err))
+			w.log.Warn("channel slot not released; it expires with its lease", telemetry.ErrField(err))
 		}
 		select {
 		case w.released <- struct{}{}:
@@ -76,7 +76,7 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 			for _, it := range w.inflight.snapshot() {
 				if now.Sub(it.received) >= every/2 && !it.settled.Load() {
 					if err := it.msg.InProgress(); err != nil {
-						w.log.Debug("heartbeat failed", zap.Error(err))
+						w.log.Debug("heartbeat failed", telemetry.ErrField(err))
 					}
 				}
 				if it.token != "" {
@@ -85,7 +85,7 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 			}
 			if w.slots != nil && len(leased) > 0 {
 				if err := w.slots.renew(ctx, leased); err != nil {
-					w.log.Warn("channel slot leases not renewed", zap.Error(err))
+					w.log.Warn("channel slot leases not renewed", telemetry.ErrField(err))
 				}
 			}
 		}
@@ -127,7 +127,7 @@ func (w *Worker) process(it *item) {
 	defer w.inflight.del(it)
 	msg, meta, env := it.msg, it.meta, it.env
 	if meta == nil {
-		w.log.Error("message without JetStream metadata; terminating it", zap.Error(it.bad))
+		w.log.Error("message without JetStream metadata; terminating it", telemetry.ErrField(it.bad))
 		if it.settle() {
 			_ = msg.Term()
 		}
@@ -287,7 +287,7 @@ func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string
 			if err := w.releaseChildren(ctx, env); err != nil {
 				// Not acked: the job comes back (not counted as an attempt)
 				// and the release repeats.
-				jc.logger().Warn("job done but its graph children not released; retrying", zap.Error(err))
+				jc.logger().Warn("job done but its graph children not released; retrying", telemetry.ErrField(err))
 				w.metrics.JobEnded(ctx, m.Name, m.Channel, "handed_back", took)
 				w.handBack([]*item{it}, 5*time.Second)
 				return
@@ -296,7 +296,7 @@ func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string
 		if !it.settle() {
 			jc.logger().Warn("job done after it was handed back at shutdown; it may run again")
 		} else if err := msg.Ack(); err != nil {
-			jc.logger().Warn("ack failed; the job may run again", zap.Error(err))
+			jc.logger().Warn("ack failed; the job may run again", telemetry.ErrField(err))
 		}
 		w.forgetHandbacks(it)
 		w.metrics.JobEnded(ctx, m.Name, m.Channel, outcome, took)
@@ -368,7 +368,7 @@ func (w *Worker) retry(ctx context.Context, it *item, m *Message, herr error, r 
 	if !inPlace {
 		if err := w.scheduleRetry(ctx, it, next, delay); err != nil {
 			// Could not schedule: keep the message and retry it in place.
-			jc.logger().Warn("retry not scheduled; retrying in place", zap.Error(err))
+			jc.logger().Warn("retry not scheduled; retrying in place", telemetry.ErrField(err))
 			inPlace = true
 		}
 	}
@@ -380,10 +380,10 @@ func (w *Worker) retry(ctx context.Context, it *item, m *Message, herr error, r 
 		} else if it.settle() {
 			_ = it.msg.NakWithDelay(delay)
 		}
-		jc.logger().Info("job failed; retrying in place", redactedErr(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+		jc.logger().Info("job failed; retrying in place", telemetry.ErrField(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
 		return
 	}
-	jc.logger().Info("job failed; retry scheduled", redactedErr(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+	jc.logger().Info("job failed; retry scheduled", telemetry.ErrField(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
 }
 
 // releaseChildren marks a graph job done and publishes the children whose
@@ -481,7 +481,7 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		cancel()
 	}
 	if err != nil {
-		log.Error("dead letter not stored; the job stays queued and comes back", zap.Error(err))
+		log.Error("dead letter not stored; the job stays queued and comes back", telemetry.ErrField(err))
 		if it.settle() {
 			_ = msg.NakWithDelay(5 * time.Second)
 		}
@@ -490,7 +490,7 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 	if !it.settle() {
 		log.Warn("dead-lettered after it was handed back at shutdown; a duplicate letter may follow")
 	} else if err := msg.TermWithReason(reason); err != nil {
-		log.Warn("term failed after dead-lettering; a duplicate letter may follow", zap.Error(err))
+		log.Warn("term failed after dead-lettering; a duplicate letter may follow", telemetry.ErrField(err))
 	}
 	w.forgetHandbacks(it)
 	if env != nil {
@@ -511,7 +511,7 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 	} else {
 		w.metrics.JobRejected(context.Background(), "", "", telemetry.OutcomeDead)
 	}
-	log.Error("job dead-lettered", zap.String("reason", reason), redactedErr(cause))
+	log.Error("job dead-lettered", zap.String("reason", reason), telemetry.ErrField(cause))
 }
 
 // base is what every record update of a run carries, so that any single
@@ -534,10 +534,6 @@ func envRecord(env *wire.Envelope) records.Update {
 		Description: env.Description, Identity: env.Identity, Graph: env.Graph, Attempts: env.Attempt,
 		EnqueuedAt: wire.FromMillis(env.EnqueuedAt)}
 }
-
-// redactedErr logs a job's error with URLs' passwords and tokens masked:
-// handlers' errors often quote the URL they failed on.
-func redactedErr(err error) zap.Field { return zap.String("error", telemetry.Redact(err.Error())) }
 
 func (w *Worker) record(u records.Update) {
 	if w.rec != nil {
@@ -574,7 +570,7 @@ func (w *Worker) releaseIdentity(key, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := releaseIdentityScript.Run(ctx, w.cfg.rdb, []string{w.names.RedisKey("identity", key)}, id).Err(); err != nil {
-		w.log.Warn("identity key not released", zap.String("identity_key", key), zap.Error(err))
+		w.log.Warn("identity key not released", zap.String("identity_key", key), telemetry.ErrField(err))
 	}
 }
 

@@ -307,7 +307,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 		}
 		ok, throttle, err := w.slots.acquire(ctx, cs, band, it.token)
 		if err != nil {
-			w.log.Warn("channel slot not acquired; Redis unavailable? retrying", zap.String("channel", cs.ch.Name), zap.Error(err))
+			w.log.Warn("channel slot not acquired; Redis unavailable? retrying", zap.String("channel", cs.ch.Name), telemetry.ErrField(err))
 			wait = time.Second
 		}
 		if ok {
@@ -418,7 +418,7 @@ func (w *Worker) sweep(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if err := w.sweepOnce(ctx); err != nil && ctx.Err() == nil {
-			w.log.Debug("channel sweep failed", zap.Error(err))
+			w.log.Debug("channel sweep failed", telemetry.ErrField(err))
 		}
 		select {
 		case <-ctx.Done():

@@ -444,7 +444,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.rec != nil {
 		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := w.rec.Close(fctx); err != nil {
-			w.log.Warn("job records not flushed at shutdown", zap.Error(err))
+			w.log.Warn("job records not flushed at shutdown", telemetry.ErrField(err))
 		}
 		cancel()
 	}

@@ -62,7 +62,7 @@ func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, re
 				// A least-privilege worker may not read or purge schedules:
 				// the periodic imports are then registered by an operator.
 				log.Error("periodic imports not registered; register them with operator rights, "+
-					"or set --register-schedules=false (CONNECTOR_REGISTER_SCHEDULES)", zap.Error(err))
+					"or set --register-schedules=false (CONNECTOR_REGISTER_SCHEDULES)", telemetry.ErrField(err))
 			}
 		}
 		return l.Run(ctx)
@@ -82,7 +82,7 @@ func serveExample(ctx context.Context, name, addr string, h http.Handler, log *z
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("example server stopped", zap.String("server", name), zap.Error(err))
+			log.Error("example server stopped", zap.String("server", name), telemetry.ErrField(err))
 		}
 	}()
 	go func() {

@@ -237,7 +237,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		}
 		go func() {
 			if err := serve(); err != nil && !errors.Is(err, context.Canceled) {
-				c.Log.Error("health endpoint stopped", zap.Error(err))
+				c.Log.Error("health endpoint stopped", telemetry.ErrField(err))
 			}
 		}()
 		c.Log.Info("health and metrics", zap.String("addr", addr), zap.Strings("paths", []string{"/livez", "/readyz", "/metrics"}))

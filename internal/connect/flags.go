@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/connector-go/connector/internal/telemetry"
 	"go.uber.org/zap"
 )
 
@@ -151,7 +152,7 @@ func (f *fileSecret) get() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
-		f.log.Warn("connect: cannot re-read a secret file; using the last value read", zap.String("file", f.file), zap.Error(err))
+		f.log.Warn("connect: cannot re-read a secret file; using the last value read", zap.String("file", f.file), telemetry.ErrField(err))
 		return f.last
 	}
 	f.last = v

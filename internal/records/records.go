@@ -31,6 +31,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/redis/go-redis/v9"
@@ -336,7 +337,7 @@ func (s *Store) loop(every time.Duration) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := s.Flush(ctx); err != nil {
-			s.log.Warn("job records: flush failed; will retry", zap.Error(err))
+			s.log.Warn("job records: flush failed; will retry", telemetry.ErrField(err))
 		}
 		cancel()
 	}

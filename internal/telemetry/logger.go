@@ -89,6 +89,16 @@ func TraceFields(ctx context.Context) []zap.Field {
 // RedactedURL is a zap field holding Redact(url).
 func RedactedURL(key, url string) zap.Field { return zap.String(key, Redact(url)) }
 
+// ErrField is zap.Error with the message redacted (Redact): errors often
+// quote the URL or the credentials they failed with. Every log line of the
+// runtime uses it.
+func ErrField(err error) zap.Field {
+	if err == nil {
+		return zap.Skip()
+	}
+	return zap.String("error", Redact(err.Error()))
+}
+
 // redacted replaces every secret Redact finds.
 const redacted = "xxxxx"
 
