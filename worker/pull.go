@@ -108,12 +108,9 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 				return
 			}
 			w.log.Warn("fetch failed; retrying", telemetry.ErrField(err), zap.String("consumer", spec.name), zap.Duration("backoff", backoff))
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			if !sleep(ctx, &backoff) {
 				return
 			}
-			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
 		// Messages are queued as they arrive, in groups of those that
@@ -160,15 +157,25 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
 			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
 			w.log.Warn("fetch ended with an error", telemetry.ErrField(berr), zap.String("consumer", spec.name))
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			if !sleep(ctx, &backoff) {
 				return
 			}
-			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
 		backoff = 100 * time.Millisecond
+	}
+}
+
+// sleep waits *backoff (false if ctx ends first) and doubles it, up to 5 s.
+func sleep(ctx context.Context, backoff *time.Duration) bool {
+	t := time.NewTimer(*backoff)
+	defer t.Stop()
+	*backoff = min(*backoff*2, 5*time.Second)
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

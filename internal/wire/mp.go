@@ -247,95 +247,16 @@ func (r *Reader) Raw() []byte {
 // Skip reads past one value.
 func (r *Reader) Skip() { r.Raw() }
 
-// skipValue returns the index after the value at data[i]; nesting is
-// bounded by CheckDepth's limit (the caller checks depth first when it
+// skipValue returns the index after the value at data[i] (children
+// included); nesting is not bounded here (callers check depth first when it
 // matters).
 func skipValue(data []byte, i int) (int, error) {
-	pending := 1
-	for pending > 0 {
-		pending--
-		if i >= len(data) {
-			return 0, fmt.Errorf("truncated msgpack at byte %d", i)
-		}
-		c := data[i]
-		i++
-		var skip, children int
-		lenOf := func(n int) (int, error) {
-			if len(data)-i < n {
-				return 0, fmt.Errorf("truncated msgpack at byte %d", i)
-			}
-			v := 0
-			for _, b := range data[i : i+n] {
-				v = v<<8 | int(b)
-			}
-			i += n
-			return v, nil
-		}
-		var err error
-		switch {
-		case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3:
-		case c >= 0x80 && c <= 0x8f:
-			children = 2 * int(c&0x0f)
-		case c >= 0x90 && c <= 0x9f:
-			children = int(c & 0x0f)
-		case c >= 0xa0 && c <= 0xbf:
-			skip = int(c & 0x1f)
-		case c == 0xcc, c == 0xd0:
-			skip = 1
-		case c == 0xcd, c == 0xd1, c == 0xd4:
-			skip = 2
-		case c == 0xd5:
-			skip = 3
-		case c == 0xca, c == 0xce, c == 0xd2:
-			skip = 4
-		case c == 0xd6:
-			skip = 5
-		case c == 0xcb, c == 0xcf, c == 0xd3:
-			skip = 8
-		case c == 0xd7:
-			skip = 9
-		case c == 0xd8:
-			skip = 17
-		case c == 0xc4, c == 0xd9:
-			skip, err = lenOf(1)
-		case c == 0xc5, c == 0xda:
-			skip, err = lenOf(2)
-		case c == 0xc6, c == 0xdb:
-			skip, err = lenOf(4)
-		case c == 0xc7:
-			skip, err = lenOf(1)
-			skip++
-		case c == 0xc8:
-			skip, err = lenOf(2)
-			skip++
-		case c == 0xc9:
-			skip, err = lenOf(4)
-			skip++
-		case c == 0xdc:
-			children, err = lenOf(2)
-		case c == 0xdd:
-			children, err = lenOf(4)
-		case c == 0xde:
-			children, err = lenOf(2)
-			children *= 2
-		case c == 0xdf:
-			children, err = lenOf(4)
-			children *= 2
-		default:
-			return 0, fmt.Errorf("msgpack: invalid code %#x at byte %d", c, i-1)
-		}
+	for pending := 1; pending > 0; pending-- {
+		next, children, err := valueHead(data, i)
 		if err != nil {
 			return 0, err
 		}
-		if skip < 0 || len(data)-i < skip {
-			return 0, fmt.Errorf("truncated msgpack at byte %d", i)
-		}
-		i += skip
-		if children < 0 || children > len(data)-i {
-			// Every child takes at least one byte.
-			return 0, fmt.Errorf("msgpack: %d values announced, %d bytes left", children, len(data)-i)
-		}
-		pending += children
+		i, pending = next, pending+children
 	}
 	return i, nil
 }
