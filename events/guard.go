@@ -82,30 +82,9 @@ func (g *guard) run(ctx context.Context) {
 	// Checks finish (ack or letter) even while Run stops.
 	cctx := context.WithoutCancel(ctx)
 	for {
-		if cons != nil {
-			cc, err := cons.Consume(func(msg jetstream.Msg) { g.check(cctx, msg) },
-				jetstream.PullMaxMessages(64),
-				jetstream.PullExpiry(pullExpiry),
-				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-					if ctx.Err() == nil {
-						g.log.Warn("events: consume", telemetry.ErrField(err))
-					}
-				}))
-			if err != nil {
-				g.log.Warn("events: consume", telemetry.ErrField(err))
-			} else {
-				select {
-				case <-ctx.Done():
-					cc.Drain()
-					select {
-					case <-cc.Closed():
-					case <-time.After(5 * time.Second):
-					}
-					return
-				case <-cc.Closed():
-					g.log.Warn("events: consumption stopped; creating the consumer again")
-				}
-			}
+		if cons != nil && consume(ctx, g.log, cons, func(msg jetstream.Msg) { g.check(cctx, msg) },
+			jetstream.PullMaxMessages(64), jetstream.PullExpiry(pullExpiry)) {
+			return
 		}
 		select {
 		case <-ctx.Done():

@@ -385,7 +385,7 @@ func (p *partition) supervise(tctx, hctx context.Context, g *gate, endTerm conte
 	cons := p.cons
 	for {
 		if cons != nil {
-			cc, err := cons.Consume(func(msg jetstream.Msg) {
+			handle := func(msg jetstream.Msg) {
 				if tctx.Err() != nil || !g.enter() {
 					// Shutting down, or the listener is no longer ours:
 					// give it back at once rather than blocking the
@@ -395,34 +395,14 @@ func (p *partition) supervise(tctx, hctx context.Context, g *gate, endTerm conte
 				}
 				defer g.inflight.Done()
 				p.handle(hctx, msg)
-			},
+			}
+			if consume(tctx, log, cons, handle,
 				jetstream.PullMaxMessages(1),
 				// Short pulls: a Consume with PullMaxMessages(1) was seen
 				// to stall for a whole PullExpiry now and then (facts file).
 				// The takeover's idle check (idleWindow) relies on it too.
-				jetstream.PullExpiry(pullExpiry),
-				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-					if tctx.Err() == nil {
-						log.Warn("events: consume", telemetry.ErrField(err))
-					}
-				}),
-			)
-			if err != nil {
-				log.Warn("events: consume", telemetry.ErrField(err))
-			} else {
-				select {
-				case <-tctx.Done():
-					// Drain, not Stop: an event already in the client
-					// buffer reaches the callback, which gives it back.
-					cc.Drain()
-					select {
-					case <-cc.Closed():
-					case <-time.After(5 * time.Second):
-					}
-					return
-				case <-cc.Closed():
-					log.Warn("events: consumption stopped; creating the consumer again")
-				}
+				jetstream.PullExpiry(pullExpiry)) {
+				return
 			}
 		}
 		select {
