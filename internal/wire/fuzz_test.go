@@ -302,6 +302,27 @@ func decodedDepth(data []byte) (d int, ok bool) {
 	}()
 	r := bytes.NewReader(data)
 	dec := msgpack.NewDecoder(r)
+	// Maps as lists of pairs: a Go map would keep one value of a key seen
+	// twice, and with it lose the depth of the other.
+	dec.SetMapDecoder(func(d *msgpack.Decoder) (any, error) {
+		n, err := d.DecodeMapLen()
+		if err != nil || n < 0 {
+			return nil, err
+		}
+		pairs := make(mapPairs, 0, n)
+		for i := 0; i < n; i++ {
+			k, err := d.DecodeInterface()
+			if err != nil {
+				return nil, err
+			}
+			v, err := d.DecodeInterface()
+			if err != nil {
+				return nil, err
+			}
+			pairs = append(pairs, [2]any{k, v})
+		}
+		return pairs, nil
+	})
 	var v any
 	if err := dec.Decode(&v); err != nil || r.Len() != 0 {
 		return 0, false
@@ -309,7 +330,19 @@ func decodedDepth(data []byte) (d int, ok bool) {
 	return depthOf(v), true
 }
 
+type mapPairs [][2]any
+
 func depthOf(v any) int {
+	if pairs, ok := v.(mapPairs); ok {
+		if len(pairs) == 0 {
+			return 0
+		}
+		m := 0
+		for _, kv := range pairs {
+			m = max(m, depthOf(kv[0]), depthOf(kv[1]))
+		}
+		return m + 1
+	}
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() {
 		return 0
