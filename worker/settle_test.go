@@ -79,11 +79,14 @@ func (s *steps) registry() *worker.Registry {
 func TestHandedBackJobsKeepTheirAttempts(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
+	// Every job waits for release: the first one the worker starts holds
+	// its only runner, the others wait in its queue (on the next worker,
+	// release is closed: they run at once).
 	release := make(chan struct{})
+	var started atomic.Int32
 	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
-		if j.Args.N == 0 {
-			<-release
-		}
+		started.Add(1)
+		<-release
 		return "ok", nil
 	})
 	var ids []string
@@ -102,7 +105,7 @@ func TestHandedBackJobsKeepTheirAttempts(t *testing.T) {
 	actx, stopA := context.WithCancel(ctx)
 	stopped := make(chan error, 1)
 	go func() { stopped <- a.Run(actx) }()
-	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("0") == 1 }, "first job started")
+	testenv.Eventually(t, 10*time.Second, func() bool { return started.Load() == 1 }, "first job started")
 	cons, err := e.js.Consumer(ctx, wire.MustNames(e.prefix).JobsStream(), wire.MustNames(e.prefix).JobsConsumer("root", 1))
 	if err != nil {
 		t.Fatal(err)
