@@ -258,6 +258,7 @@ type partition struct {
 	consum string
 	seqKey string
 	dest   string
+	spans  *telemetry.ConsumerSpans // built once per partition
 
 	// cons is the consumer; last its configuration as last seen, used to
 	// create it again (same start, same floors) if it is deleted.
@@ -472,7 +473,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	sctx, span := telemetry.StartConsumerSpan(ctx, p.l.tracer, p.l.link, p.dest, p.consum, ev.ID, msg.Headers(),
+	sctx, span := p.spans.Start(ctx, ev.ID, msg.Headers(),
 		attribute.String("connector.event.model", ev.Model),
 		attribute.String("connector.event.name", ev.Name),
 		attribute.String("connector.event.record_id", ev.RecordID),

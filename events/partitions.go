@@ -201,6 +201,7 @@ func (r *runner) term(ctx, hctx context.Context, g *gate) {
 			dest:   r.l.names.EventsStream(),
 		}
 		p.seqKey = r.markKey(p.consum)
+		p.spans = telemetry.NewConsumerSpans(r.l.tracer, r.l.link, p.dest, p.consum)
 		p.use(r.cons[i])
 		parts[i] = p
 	}

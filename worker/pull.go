@@ -228,7 +228,7 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 	}
 	var scores *redis.FloatSliceCmd
 	counts := make([]*redis.StringCmd, len(group))
-	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+	for backoff := 100 * time.Millisecond; ; {
 		pipe := w.cfg.rdb.Pipeline()
 		scores = pipe.ZMScore(ctx, w.cancelsKey, ids...)
 		for i, it := range group {
@@ -244,10 +244,8 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 			return group
 		}
 		w.log.Warn("jobs not admitted: Redis unreachable; waiting", telemetry.ErrField(err), zap.Duration("backoff", backoff))
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, &backoff) {
 			return group
-		case <-time.After(backoff):
 		}
 	}
 	cancelled := scores.Val()

@@ -123,14 +123,6 @@ func typed[T job.Args](fn HandlerFunc[T]) Handler {
 	}
 }
 
-func (r *Registry) lookup(name string) Handler {
-	e := r.entries[name]
-	if e == nil {
-		return nil
-	}
-	return e.h
-}
-
 // build wraps every handler with the middleware chain once.
 func (r *Registry) build() map[string]Handler {
 	out := make(map[string]Handler, len(r.entries))
