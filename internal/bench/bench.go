@@ -78,6 +78,14 @@ func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// A stream that outlives the rounds: nats-server removes an account's
+	// empty streams directory in the background once its last stream is
+	// deleted, racing the next round's stream creation ("error creating
+	// store for stream", 10049: mkdir of a directory whose parent it just
+	// removed).
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ANCHOR", Subjects: []string{"bench.anchor"}}); err != nil {
+		return 0, err
+	}
 	fmt.Fprintf(out, "N=%d, %d-byte arguments, file storage, sync_interval=%s, job records: %v\n",
 		o.N, o.Size, map[bool]string{true: "always", false: "default (2m)"}[o.SyncAlways], o.Redis != nil)
 	var sumA, sumB float64
@@ -229,7 +237,7 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 	<-errc
 	if o.Redis != nil {
 		// remove the bench's job records
-		iter := o.Redis.Scan(context.WithoutCancel(ctx), 0, prefix+":job*", 5000).Iterator()
+		iter := o.Redis.Scan(context.WithoutCancel(ctx), 0, prefix+":j*", 5000).Iterator()
 		var keys []string
 		for iter.Next(ctx) {
 			keys = append(keys, iter.Val())

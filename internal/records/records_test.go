@@ -66,10 +66,10 @@ func TestSidesMergeWorkerWins(t *testing.T) {
 	}
 }
 
-// Records of dispatcher-made ids (ULIDs) go to a few hashes per hour, not a
-// key per job: 2,000 jobs, both sides, at most 2 x 64 keys, all readable and
-// all expiring.
-func TestULIDRecordsShareHashes(t *testing.T) {
+// Records of dispatcher-made ids (ULIDs) go to a few logs per minute, not
+// a key per job: 2,000 jobs, both sides, at most 2 x 16 keys (the run may
+// straddle a minute), all readable and all expiring.
+func TestULIDRecordsShareLogs(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
 	s := New(rdb, wire.MustNames(prefix), time.Minute, nil)
 	ctx := context.Background()
@@ -78,6 +78,12 @@ func TestULIDRecordsShareHashes(t *testing.T) {
 		ids[i] = wire.NewID()
 		s.Record(&Update{ID: ids[i], Queued: job.StateEnqueued, Name: "n", Seq: uint64(i + 1)})
 		s.Record(&Update{ID: ids[i], State: job.StateStarted, Attempts: 1})
+		if i%2 == 0 {
+			// a flush between the updates of one side: the later entry wins
+			if err := s.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
 		s.Record(&Update{ID: ids[i], State: job.StateDone, Result: fmt.Sprint("r", i), Attempts: 1})
 	}
 	if err := s.Close(ctx); err != nil {
@@ -91,7 +97,7 @@ func TestULIDRecordsShareHashes(t *testing.T) {
 		t.Fatalf("%d keys for %d records", len(keys), len(ids))
 	}
 	for _, k := range keys {
-		if !strings.HasPrefix(k, prefix+":jobs:") {
+		if !strings.HasPrefix(k, prefix+":jlog:") {
 			t.Fatalf("unexpected key %s", k)
 		}
 		if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 || ttl > time.Minute {
@@ -106,6 +112,34 @@ func TestULIDRecordsShareHashes(t *testing.T) {
 	}
 	if _, err := s.Get(ctx, wire.NewID()); !errors.Is(err, job.ErrNotFound) {
 		t.Fatalf("unknown id: %v", err)
+	}
+	// Set (operations) appends the merged workers' side: it wins over the
+	// earlier entries and keeps what it does not change.
+	if err := s.Set(ctx, Update{ID: ids[7], State: job.StateCancelled}); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := s.Get(ctx, ids[7]); err != nil || rec.State != job.StateCancelled || rec.Result != "r7" || rec.Seq != 8 {
+		t.Fatalf("after Set: %+v %v", rec, err)
+	}
+}
+
+// A log that is not a sequence of entries is an error, never a wrong record.
+func TestScanLogMalformed(t *testing.T) {
+	id := wire.NewID()
+	good := appendEntry(nil, id, true, []byte{0x80})
+	good = appendEntry(good, id, false, []byte{0x81, 0xa1, 'a', 1})
+	w, q, err := scanLog(good, id)
+	if err != nil || len(w) != 4 || len(q) != 1 {
+		t.Fatalf("good log: %x %x %v", w, q, err)
+	}
+	for name, bad := range map[string][]byte{
+		"truncated entry":  good[:len(good)-1],
+		"truncated header": good[:10],
+		"unknown side":     append([]byte{'x'}, good[1:]...),
+	} {
+		if _, _, err := scanLog(bad, id); !errors.Is(err, errBadLog) {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
 
