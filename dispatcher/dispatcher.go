@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/jspub"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
@@ -52,7 +53,8 @@ type Dispatcher struct {
 
 	subjects   atomic.Pointer[map[subjectKey]string]
 	subjectsMu sync.Mutex
-	stallWait  []jetstream.PublishOpt
+	pubOnce    sync.Once
+	pub        *jspub.Publisher
 }
 
 type config struct {
@@ -106,8 +108,7 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 	if c.maxSize <= 0 {
 		c.maxSize = wire.DefaultMaxEnvelope
 	}
-	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize,
-		stallWait: []jetstream.PublishOpt{jetstream.WithStallWait(time.Minute)}}
+	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize}
 
 	if c.tp != nil {
 		d.tracer = c.tp.Tracer("github.com/connector-go/connector/dispatcher")
@@ -125,13 +126,29 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 	return d, nil
 }
 
-// Close flushes pending job records.
+// Close flushes pending job records and ends the bulk publisher's
+// subscription.
 func (d *Dispatcher) Close(ctx context.Context) error {
+	d.pubOnce.Do(func() {}) // none made after this
+	if d.pub != nil {
+		_ = d.pub.Close()
+	}
 	if d.rec != nil {
 		return d.rec.Close(ctx)
 	}
 	return nil
 }
+
+// publisher is the bulk publisher, made on first use: it subscribes to
+// the acknowledgements of its batches on the JetStream context's
+// connection.
+func (d *Dispatcher) publisher() *jspub.Publisher {
+	d.pubOnce.Do(func() { d.pub = jspub.New(d.js.Conn(), window, 0) })
+	return d.pub
+}
+
+// window is how many acknowledgements a bulk enqueue keeps outstanding.
+const window = 4096
 
 // Names exposes the subjects and streams this dispatcher uses.
 func (d *Dispatcher) Names() wire.Names { return d.names }
@@ -424,13 +441,6 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		traced = nats.Header{}
 		telemetry.Inject(ctx, traced)
 	}
-	type inflight struct {
-		i   int
-		p   *prepared
-		ack jetstream.PubAckFuture
-	}
-	const window = 4096
-	pending := make([]inflight, 0, min(window, len(items)))
 	var failed int
 	var first error
 	fail := func(i int, err error) {
@@ -440,32 +450,11 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			first = err
 		}
 	}
-	drain := func(all bool) {
-		for len(pending) > 0 && (all || len(pending) >= window) {
-			f := pending[0]
-			pending = pending[1:]
-			select {
-			case pa := <-f.ack.Ok():
-				results[f.i].ID = f.p.env.ID
-				d.recordEnqueued(f.p, pa.Sequence)
-				d.endSpan(f.p, nil)
-			case err := <-f.ack.Err():
-				fail(f.i, fmt.Errorf("dispatcher: publish %s: %w", f.p.env.Name, err))
-				if f.p.identity != "" {
-					d.releaseIdentity(context.WithoutCancel(ctx), f.p.identity, f.p.env.ID)
-				}
-				d.endSpan(f.p, err)
-			case <-ctx.Done():
-				// Unknown whether it was stored: the identity key goes (a
-				// duplicate is better than a key blocking the job for weeks).
-				fail(f.i, ctx.Err())
-				if f.p.identity != "" {
-					d.releaseIdentity(context.WithoutCancel(ctx), f.p.identity, f.p.env.ID)
-				}
-				d.endSpan(f.p, ctx.Err())
-			}
-		}
+	batch, err := d.publisher().NewBatch(len(items))
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
+	sent := make([]*prepared, len(items))
 	for i, it := range items {
 		p, err := d.prepare(ctx, it.Args, it.Options, traced)
 		if err != nil {
@@ -483,19 +472,39 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 				continue
 			}
 		}
-		ack, err := d.js.PublishMsgAsync(p.msg, d.stallWait...)
-		if err != nil {
-			fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err))
+		sent[i] = p
+		if err := batch.Publish(ctx, i, p.msg); err != nil && ctx.Err() != nil {
+			// Its Ack has the error; the rest are not sent.
+			break
+		}
+	}
+	acks := batch.Wait(ctx)
+	for i, p := range sent {
+		if p == nil {
+			continue
+		}
+		a := acks[i]
+		if a.Err == nil && a.Seq == 0 {
+			a.Err = ctx.Err() // not sent: the context ended first
+		}
+		if a.Err != nil {
+			if ctx.Err() != nil && errors.Is(a.Err, ctx.Err()) {
+				// Unknown whether it was stored: the identity key goes (a
+				// duplicate is better than a key blocking the job for weeks).
+				fail(i, a.Err)
+			} else {
+				fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, a.Err))
+			}
 			if p.identity != "" {
 				d.releaseIdentity(context.WithoutCancel(ctx), p.identity, p.env.ID)
 			}
-			d.endSpan(p, err)
+			d.endSpan(p, a.Err)
 			continue
 		}
-		pending = append(pending, inflight{i: i, p: p, ack: ack})
-		drain(false)
+		results[i].ID = p.env.ID
+		d.recordEnqueued(p, a.Seq)
+		d.endSpan(p, nil)
 	}
-	drain(true)
 	if failed > 0 {
 		return results, fmt.Errorf("dispatcher: %d of %d jobs not enqueued, first: %w", failed, len(items), first)
 	}

@@ -1,0 +1,161 @@
+package jspub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Every message of a batch larger than the window is stored once, and its
+// Ack carries the sequence the stream gave it.
+func TestBatchStoresAllWithSequences(t *testing.T) {
+	_, nc, js := testenv.JetStream(t)
+	ctx := context.Background()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "P", Subjects: []string{"p.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(nc, 64, 0)
+	defer p.Close()
+	const n = 1000
+	b, err := p.NewBatch(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if err := b.Publish(ctx, i, &nats.Msg{Subject: "p.x", Data: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acks := b.Wait(ctx)
+	seen := map[uint64]bool{}
+	for i, a := range acks {
+		if a.Err != nil || a.Seq == 0 || seen[a.Seq] {
+			t.Fatalf("ack %d: %+v", i, a)
+		}
+		seen[a.Seq] = true
+		m, err := s.GetMsg(ctx, a.Seq)
+		if err != nil || string(m.Data) != fmt.Sprint(i) {
+			t.Fatalf("message %d at seq %d: %v %q", i, a.Seq, err, m.Data)
+		}
+	}
+	if info, _ := s.Info(ctx); info.State.Msgs != n {
+		t.Fatalf("%d messages stored", info.State.Msgs)
+	}
+}
+
+// A message no stream takes fails with ErrNoStreamResponse (after the
+// retries a leader election deserves); a message the stream refuses fails
+// with the stream's error; the others of the batch are stored.
+func TestBatchPerMessageErrors(t *testing.T) {
+	_, nc, js := testenv.JetStream(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "Q", Subjects: []string{"q.>"}, MaxMsgSize: 100}); err != nil {
+		t.Fatal(err)
+	}
+	p := New(nc, 0, 0)
+	defer p.Close()
+	b, err := p.NewBatch(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := []*nats.Msg{
+		{Subject: "q.ok", Data: []byte("fine")},
+		{Subject: "nostream.x", Data: []byte("lost?")},
+		{Subject: "q.big", Data: make([]byte, 500)},
+	}
+	for i, m := range msgs {
+		if err := b.Publish(ctx, i, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acks := b.Wait(ctx)
+	if acks[0].Err != nil || acks[0].Seq != 1 {
+		t.Fatalf("ok message: %+v", acks[0])
+	}
+	if !errors.Is(acks[1].Err, jetstream.ErrNoStreamResponse) {
+		t.Fatalf("no stream: %+v", acks[1])
+	}
+	var apiErr *jetstream.APIError
+	if !errors.As(acks[2].Err, &apiErr) || apiErr.Code == 0 {
+		t.Fatalf("too large: %+v", acks[2])
+	}
+}
+
+// A batch whose acknowledgements stop coming fails its outstanding
+// messages with ErrAckTimeout, and a cancelled context with its error,
+// rather than wait for ever.
+func TestBatchStallAndCancel(t *testing.T) {
+	_, nc, js := testenv.JetStream(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "R", Subjects: []string{"r.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing answers on "mute.>" but a plain subscriber that never replies:
+	// the publish has a responder, so no 503, and no acknowledgement.
+	mute, err := nc.Subscribe("mute.>", func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Unsubscribe()
+	p := New(nc, 2, 300*time.Millisecond)
+	defer p.Close()
+	b, _ := p.NewBatch(4)
+	start := time.Now()
+	var errs []error
+	for i := 0; i < 4; i++ {
+		errs = append(errs, b.Publish(ctx, i, &nats.Msg{Subject: "mute.x", Data: []byte("x")}))
+	}
+	if errs[0] != nil || errs[1] != nil {
+		// The window's first two went out without waiting for any
+		// acknowledgement: publishing is pipelined.
+		t.Fatalf("publishes within the window: %v", errs)
+	}
+	acks := b.Wait(ctx)
+	if time.Since(start) > 10*time.Second {
+		t.Fatalf("stall took %s", time.Since(start))
+	}
+	for i, a := range acks {
+		if !errors.Is(a.Err, ErrAckTimeout) {
+			t.Fatalf("ack %d: %+v (publish: %v)", i, a, errs)
+		}
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	b2, _ := p.NewBatch(2)
+	_ = b2.Publish(cctx, 0, &nats.Msg{Subject: "mute.y", Data: []byte("y")})
+	_ = b2.Publish(cctx, 1, &nats.Msg{Subject: "r.y", Data: []byte("y")})
+	cancel()
+	acks = b2.Wait(cctx)
+	if !errors.Is(acks[0].Err, context.Canceled) {
+		t.Fatalf("cancelled: %+v", acks[0])
+	}
+}
+
+func TestParseAck(t *testing.T) {
+	for in, want := range map[string]uint64{
+		`{"stream":"S","seq":1}`:                                   1,
+		`{"stream":"S","domain":"hub","seq":18446744073709551615}`: 18446744073709551615,
+		`{"stream":"S", "seq": 42,"duplicate":true}`:               42,
+	} {
+		if got, err := ParseAck([]byte(in)); err != nil || got != want {
+			t.Errorf("%s: %d %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{``, `{}`, `{"stream":"S"}`, `{"stream":"S","seq":}`, `{"seq":3}`, `{"stream":"S","seq":123456789012345678901}`} {
+		if _, err := ParseAck([]byte(bad)); !errors.Is(err, jetstream.ErrInvalidJSAck) {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	_, err := ParseAck([]byte(`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}`))
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != 10077 {
+		t.Fatalf("error ack: %v", err)
+	}
+}
