@@ -11,8 +11,6 @@ import (
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -58,7 +56,12 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 	if band < 0 {
 		band = channels.BandNormal // sequential: one band, in order
 	}
-	cons := spec.cons
+	ps, err := newPullSub(w.js, w.names.JobsStream(), spec.name, 2*maxBatch+64)
+	if err != nil {
+		w.log.Error("puller not started", telemetry.ErrField(err), zap.String("consumer", spec.name))
+		return
+	}
+	defer ps.close()
 	backoff := 100 * time.Millisecond
 	// Received groups are admitted (a Redis round trip) and queued by a
 	// goroutine of their own, so that the next pull request goes out as
@@ -99,64 +102,64 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			}
 		}
 		n := max(reserved, 1)
-		fctx, cancel := context.WithTimeout(ctx, w.cfg.fetchWait)
-		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		reply, err := ps.request(n, w.cfg.fetchWait)
 		if err != nil {
-			cancel()
 			credits.putBack(reserved)
 			if ctx.Err() != nil {
 				return
 			}
-			w.log.Warn("fetch failed; retrying", telemetry.ErrField(err), zap.String("consumer", spec.name), zap.Duration("backoff", backoff))
+			w.log.Warn("pull request failed; retrying", telemetry.ErrField(err), zap.String("consumer", spec.name), zap.Duration("backoff", backoff))
 			if !sleep(ctx, &backoff) {
 				return
 			}
 			continue
 		}
 		// Messages are queued as they arrive, in groups of those that
-		// arrived together (one Redis round trip per group).
+		// arrived together (one Redis round trip per group). The server
+		// ends the request (408) at its expiry; the deadline covers a
+		// request lost on the way.
+		deadline := time.Now().Add(w.cfg.fetchWait + time.Second)
 		got := 0
-		msgs := batch.Messages()
-		for open := true; open; {
-			msg, ok := <-msgs
-			if !ok {
+		var perr error
+		for ended := false; !ended; {
+			msg, end, err := ps.next(ctx, reply, deadline, true)
+			ended, perr = end, err
+			if msg == nil {
 				break
 			}
 			group := make([]*item, 0, 16)
-			for ok {
+			for msg != nil {
 				got++
-				it := &item{msg: msg, received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
+				it := &item{msg: ps.wrap(msg), received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
 				w.inflight.add(it) // under heartbeat from now on
 				if got > reserved {
-					// It is here already (an idle puller's single job):
-					// it never waits for a credit behind other pullers'
-					// reservations, so a better band's job goes straight
-					// to the runners. The bound is exceeded by at most
-					// one job per idle puller.
+					// It is here already (an idle puller's single job, or a
+					// late one of an earlier request): it never waits for a
+					// credit behind other pullers' reservations, so a
+					// better band's job goes straight to the runners. The
+					// bound is exceeded by at most one job per idle puller.
 					credits.force()
 				}
 				group = append(group, it)
-				select {
-				case msg, ok = <-msgs:
-					open = ok
-				default:
-					ok = false
+				if got >= n {
+					ended = true // all it asked for: the request is over
+					break
+				}
+				msg, end, err = ps.next(ctx, reply, deadline, false)
+				if end {
+					ended, perr = true, err
 				}
 			}
-			if len(group) > 0 {
-				admitQ <- group
-			}
+			admitQ <- group
 		}
-		cancel()
 		credits.putBack(reserved - got)
 		if got >= n && n > 0 {
 			want = min(2*n, maxBatch)
 		} else {
 			want = max(1, got)
 		}
-		if berr := batch.Error(); berr != nil && !errors.Is(berr, context.DeadlineExceeded) &&
-			!errors.Is(berr, context.Canceled) && !errors.Is(berr, nats.ErrTimeout) && got == 0 {
-			w.log.Warn("fetch ended with an error", telemetry.ErrField(berr), zap.String("consumer", spec.name))
+		if perr != nil && ctx.Err() == nil && got == 0 {
+			w.log.Warn("pull request ended with an error", telemetry.ErrField(perr), zap.String("consumer", spec.name))
 			if !sleep(ctx, &backoff) {
 				return
 			}

@@ -1,0 +1,273 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// pullSub is one puller's pull subscription to a consumer, on the JetStream
+// pull API directly (what jetstream's Fetch does, without its goroutine,
+// timer and conversions per message): a pull request goes to the
+// consumer's MSG.NEXT subject with a reply subject of its own
+// (<inbox>.<request>), and the messages and the closing status arrive on
+// one channel subscription, straight from the connection's reader. A
+// message of an earlier request that arrives late is still a job to run;
+// only the status that ends the current request ends the wait.
+type pullSub struct {
+	nc       *nats.Conn
+	nextSubj string // <api prefix>CONSUMER.MSG.NEXT.<stream>.<consumer>
+	inbox    string // "<inbox>."
+	stream   string
+	consumer string
+	sub      *nats.Subscription
+	ch       chan *nats.Msg
+	req      uint64
+	timer    *time.Timer
+	body     []byte
+}
+
+// errConsumerGone: the consumer was deleted or its stream has no leader
+// (409 Consumer Deleted, 503 no responders); the caller backs off.
+var errConsumerGone = errors.New("worker: consumer unavailable")
+
+// apiPrefix is the JetStream API prefix of js ("$JS.API.", or a domain's).
+func apiPrefix(js jetstream.JetStream) string {
+	o := js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	return jetstream.DefaultAPIPrefix
+}
+
+func newPullSub(js jetstream.JetStream, stream, consumer string, capacity int) (*pullSub, error) {
+	nc := js.Conn()
+	p := &pullSub{
+		nc: nc, nextSubj: apiPrefix(js) + "CONSUMER.MSG.NEXT." + stream + "." + consumer,
+		inbox: nc.NewRespInbox() + ".", stream: stream, consumer: consumer,
+		ch: make(chan *nats.Msg, capacity),
+	}
+	sub, err := nc.ChanSubscribe(p.inbox+"*", p.ch)
+	if err != nil {
+		return nil, fmt.Errorf("worker: pull subscription: %w", err)
+	}
+	// The channel bounds what is buffered (a message beyond it would be
+	// dropped, and redelivered after AckWait): requests never ask for more
+	// than it holds.
+	p.sub = sub
+	p.timer = time.NewTimer(time.Hour)
+	p.timer.Stop()
+	return p, nil
+}
+
+func (p *pullSub) close() {
+	_ = p.sub.Unsubscribe()
+	p.timer.Stop()
+}
+
+// request asks for up to n messages within expires; it returns the reply
+// subject that identifies the request.
+func (p *pullSub) request(n int, expires time.Duration) (string, error) {
+	p.req++
+	reply := p.inbox + strconv.FormatUint(p.req, 36)
+	b := append(p.body[:0], `{"batch":`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	b = append(b, `,"expires":`...)
+	b = strconv.AppendInt(b, int64(expires), 10)
+	b = append(b, '}')
+	p.body = b
+	if err := p.nc.PublishRequest(p.nextSubj, reply, b); err != nil {
+		return "", err
+	}
+	return reply, nil
+}
+
+// next returns the next message of any request, or ended once the current
+// request (reply) has ended: by its status, or at deadline. With wait
+// false it only looks at what has arrived: (nil, false, nil) for nothing.
+func (p *pullSub) next(ctx context.Context, reply string, deadline time.Time, wait bool) (*nats.Msg, bool, error) {
+	for {
+		var m *nats.Msg
+		select {
+		case m = <-p.ch:
+		default:
+			if !wait {
+				return nil, false, nil
+			}
+			d := time.Until(deadline)
+			if d <= 0 {
+				return nil, true, nil
+			}
+			p.timer.Reset(d)
+			select {
+			case m = <-p.ch:
+				if !p.timer.Stop() {
+					<-p.timer.C
+				}
+			case <-p.timer.C:
+				return nil, true, nil
+			case <-ctx.Done():
+				if !p.timer.Stop() {
+					<-p.timer.C
+				}
+				return nil, true, ctx.Err()
+			}
+		}
+		if strings.HasPrefix(m.Reply, "$JS.ACK.") {
+			return m, false, nil
+		}
+		if m.Subject != reply {
+			continue // a heartbeat, or the end, of an earlier request
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "", "100":
+			continue // heartbeat, flow control
+		case "404", "408":
+			return nil, true, nil // no messages; the request expired
+		case "409":
+			desc := m.Header.Get("Description")
+			if strings.Contains(desc, "Consumer Deleted") {
+				return nil, true, fmt.Errorf("%w: %s", errConsumerGone, desc)
+			}
+			// Leadership change, max waiting, server shutdown...: this
+			// request is over; the next one will tell.
+			return nil, true, nil
+		case "503":
+			return nil, true, fmt.Errorf("%w: no responders", errConsumerGone)
+		default:
+			return nil, true, fmt.Errorf("worker: pull request: status %s %s", status, m.Header.Get("Description"))
+		}
+	}
+}
+
+// pulled is a JetStream message received by a pullSub: jetstream.Msg over
+// the core message, its metadata read from the ack subject at once.
+type pulled struct {
+	m       *nats.Msg
+	nc      *nats.Conn
+	meta    jetstream.MsgMetadata
+	metaErr error
+	acked   atomic.Bool
+}
+
+var _ jetstream.Msg = (*pulled)(nil)
+
+func (p *pullSub) wrap(m *nats.Msg) *pulled {
+	x := &pulled{m: m, nc: p.nc}
+	x.metaErr = parseAckSubject(m.Reply, p.stream, p.consumer, &x.meta)
+	return x
+}
+
+// parseAckSubject reads the metadata of a JetStream message from its ack
+// subject, in either form:
+//
+//	$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+//	$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
+//
+// stream and consumer are the names the caller knows (the message is of
+// its consumer), so that nothing is allocated.
+func parseAckSubject(s, stream, consumer string, md *jetstream.MsgMetadata) error {
+	const pre = "$JS.ACK."
+	if !strings.HasPrefix(s, pre) {
+		return jetstream.ErrNotJSMessage
+	}
+	var tok [12]string
+	n := 0
+	rest := s[len(pre):]
+	for n < len(tok) {
+		i := strings.IndexByte(rest, '.')
+		if i < 0 {
+			tok[n] = rest
+			n++
+			break
+		}
+		tok[n] = rest[:i]
+		n++
+		rest = rest[i+1:]
+	}
+	var nums []string
+	domain := ""
+	switch {
+	case n == 7:
+		nums = tok[2:7]
+	case n >= 9:
+		if tok[0] != "_" {
+			domain = tok[0]
+		}
+		nums = tok[4:9]
+	default:
+		return jetstream.ErrNotJSMessage
+	}
+	var v [5]uint64
+	for i, t := range nums {
+		x, err := strconv.ParseUint(t, 10, 64)
+		if err != nil {
+			return jetstream.ErrNotJSMessage
+		}
+		v[i] = x
+	}
+	*md = jetstream.MsgMetadata{
+		Sequence:     jetstream.SequencePair{Stream: v[1], Consumer: v[2]},
+		NumDelivered: v[0],
+		NumPending:   v[4],
+		Timestamp:    time.Unix(0, int64(v[3])),
+		Stream:       stream,
+		Consumer:     consumer,
+		Domain:       domain,
+	}
+	return nil
+}
+
+func (x *pulled) Metadata() (*jetstream.MsgMetadata, error) {
+	if x.metaErr != nil {
+		return nil, x.metaErr
+	}
+	return &x.meta, nil
+}
+func (x *pulled) Data() []byte         { return x.m.Data }
+func (x *pulled) Headers() nats.Header { return x.m.Header }
+func (x *pulled) Subject() string      { return x.m.Subject }
+func (x *pulled) Reply() string        { return x.m.Reply }
+func (x *pulled) Ack() error           { return x.settle([]byte("+ACK")) }
+func (x *pulled) Nak() error           { return x.settle([]byte("-NAK")) }
+func (x *pulled) Term() error          { return x.settle([]byte("+TERM")) }
+func (x *pulled) InProgress() error    { return x.send([]byte("+WPI")) }
+func (x *pulled) TermWithReason(r string) error {
+	return x.settle([]byte("+TERM " + r))
+}
+
+func (x *pulled) NakWithDelay(d time.Duration) error {
+	return x.settle([]byte(`-NAK {"delay": ` + strconv.FormatInt(int64(d), 10) + `}`))
+}
+
+func (x *pulled) DoubleAck(ctx context.Context) error {
+	if x.acked.Swap(true) {
+		return jetstream.ErrMsgAlreadyAckd
+	}
+	_, err := x.nc.RequestWithContext(ctx, x.m.Reply, []byte("+ACK"))
+	return err
+}
+
+func (x *pulled) settle(body []byte) error {
+	if x.acked.Swap(true) {
+		return jetstream.ErrMsgAlreadyAckd
+	}
+	return x.send(body)
+}
+
+func (x *pulled) send(body []byte) error {
+	if x.m.Reply == "" {
+		return jetstream.ErrMsgNoReply
+	}
+	return x.nc.Publish(x.m.Reply, body)
+}
