@@ -189,7 +189,9 @@ func (w *Worker) process(it *item) {
 		w.releaseIdentity(env.Identity, env.ID)
 	}
 
-	m := &Message{
+	// The message and the job's log context live in the item: one
+	// allocation per job, not three.
+	it.m = Message{
 		Meta: job.Meta{
 			ID: env.ID, Name: env.Name, Attempt: attempt, MaxRetries: maxRetries, Channel: channel,
 			Priority: job.DefaultPriority, Description: env.Description, IdentityKey: env.Identity,
@@ -198,6 +200,7 @@ func (w *Worker) process(it *item) {
 		Args: env.Args, Header: msg.Headers(), StreamSeq: meta.Sequence.Stream, Delivered: int(meta.NumDelivered),
 		graph: env.Graph,
 	}
+	m := &it.m
 	if env.Priority != nil {
 		m.Priority = *env.Priority
 	}
@@ -219,7 +222,8 @@ func (w *Worker) process(it *item) {
 	} else {
 		ctx = telemetry.Extract(ctx, msg.Headers())
 	}
-	jc := &jobCtx{base: w.log, m: m, sc: trace.SpanContextFromContext(ctx)}
+	it.jc = jobCtx{base: w.log, m: m, sc: trace.SpanContextFromContext(ctx)}
+	jc := &it.jc
 	ctx = context.WithValue(ctx, jobCtxKey{}, jc)
 
 	// Time in the queue: from when the job could run (enqueued, or its ETA

@@ -63,6 +63,9 @@ type item struct {
 	token string // slot lease token; "" when no slot held
 	group string // consumer name
 	spans *telemetry.ConsumerSpans
+
+	m  Message // what its handler gets
+	jc jobCtx  // its log context
 }
 
 type scheduler struct {
