@@ -165,6 +165,12 @@ type prepared struct {
 	ctx      context.Context
 }
 
+type preparedJob struct {
+	p   prepared
+	env wire.Envelope
+	msg nats.Msg
+}
+
 // prepare makes the message of one job. In a bulk enqueue, traced is the
 // trace context of the batch's span (or nil): every job carries it and has
 // no span of its own.
@@ -196,7 +202,10 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 // already) or args (encoded in place into the envelope).
 func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args job.Args, o job.Options, traced nats.Header) (*prepared, error) {
 	now := time.Now()
-	env := &wire.Envelope{
+	// One allocation for the job's envelope, message and what is prepared.
+	a := new(preparedJob)
+	env := &a.env
+	*env = wire.Envelope{
 		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
 		Priority: o.Priority, Description: o.Description, EnqueuedAt: now.UnixMilli(),
 	}
@@ -247,7 +256,8 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	}
 	// Headers only when there is something to say: a message without any
 	// is cheaper for the server to store.
-	msg := &nats.Msg{Subject: d.subject(env.Channel, env.Priority), Data: data}
+	msg := &a.msg
+	*msg = nats.Msg{Subject: d.subject(env.Channel, env.Priority), Data: data}
 	if !eta.IsZero() {
 		msg.Header = nats.Header{
 			wire.HeaderSchedule:  []string{"@at " + eta.UTC().Format(time.RFC3339Nano)},
@@ -280,7 +290,8 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	for k, v := range o.Headers {
 		msg.Header[k] = []string{v}
 	}
-	p := &prepared{msg: msg, env: env, identity: identity, eta: eta, ctx: ctx}
+	p := &a.p
+	*p = prepared{msg: msg, env: env, identity: identity, eta: eta, ctx: ctx}
 	switch {
 	case batch:
 	case d.tracer != nil:

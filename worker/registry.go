@@ -24,6 +24,9 @@ type Message struct {
 	Delivered int
 
 	graph string
+	// argsBounded: Args came from an envelope the worker decoded, whose
+	// nesting is bounded already.
+	argsBounded bool
 }
 
 // Handler runs a job and returns its result message. Return job.Retry(err)
@@ -110,7 +113,11 @@ func MustRegister[T job.Args](r *Registry, fn HandlerFunc[T], opts ...HandlerOpt
 func typed[T job.Args](fn HandlerFunc[T]) Handler {
 	return func(ctx context.Context, m *Message) (string, error) {
 		j := &job.Job[T]{Meta: m.Meta}
-		if err := wire.Unmarshal(m.Args, &j.Args); err != nil {
+		decode := wire.Unmarshal
+		if m.argsBounded {
+			decode = wire.UnmarshalChecked
+		}
+		if err := decode(m.Args, &j.Args); err != nil {
 			return "", fmt.Errorf("%w: %s: %v", job.ErrBadArgs, m.Name, err)
 		}
 		if l, ok := any(j.Args).(interface {

@@ -198,7 +198,7 @@ func (w *Worker) process(it *item) {
 			EnqueuedAt: wire.FromMillis(env.EnqueuedAt), Timeout: time.Duration(env.TimeoutMS) * time.Millisecond,
 		},
 		Args: env.Args, Header: msg.Headers(), StreamSeq: meta.Sequence.Stream, Delivered: int(meta.NumDelivered),
-		graph: env.Graph,
+		graph: env.Graph, argsBounded: true,
 	}
 	m := &it.m
 	if env.Priority != nil {

@@ -10,11 +10,23 @@ import (
 // holds more than one top-level value. It allocates nothing for valid input
 // except a small stack.
 func CheckDepth(data []byte, max int) error {
+	end, err := skipValueDepth(data, 0, max)
+	if err != nil {
+		return err
+	}
+	if end != len(data) {
+		return fmt.Errorf("%w: %d trailing bytes after the msgpack value", ErrInvalid, len(data)-end)
+	}
+	return nil
+}
+
+// skipValueDepth returns the index after the value at data[i] (children
+// included), failing as CheckDepth does when it nests deeper than max.
+func skipValueDepth(data []byte, i, max int) (int, error) {
 	// remaining[i] counts the values still expected at nesting level i.
 	var stackArr [64]int
 	stack := stackArr[:0]
 	stack = append(stack, 1)
-	i := 0
 	for len(stack) > 0 {
 		if stack[len(stack)-1] == 0 {
 			stack = stack[:len(stack)-1]
@@ -23,20 +35,17 @@ func CheckDepth(data []byte, max int) error {
 		stack[len(stack)-1]--
 		next, children, err := valueHead(data, i)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		i = next
 		if children > 0 {
 			if len(stack) >= max {
-				return fmt.Errorf("%w: nesting deeper than %d levels", ErrInvalid, max)
+				return 0, fmt.Errorf("%w: nesting deeper than %d levels", ErrInvalid, max)
 			}
 			stack = append(stack, children)
 		}
 	}
-	if i != len(data) {
-		return fmt.Errorf("%w: %d trailing bytes after the msgpack value", ErrInvalid, len(data)-i)
-	}
-	return nil
+	return i, nil
 }
 
 // valueHead reads the head of the msgpack value at data[i]: where the next

@@ -118,8 +118,8 @@ func EncodeEnvelopeArgs(e *Envelope, args any) ([]byte, error) {
 }
 
 var decPool = sync.Pool{New: func() any {
-	d := msgpack.NewDecoder(nil)
-	d.DisallowUnknownFields(true)
+	d := &decoder{dec: msgpack.NewDecoder(nil)}
+	d.dec.DisallowUnknownFields(true)
 	return d
 }}
 
@@ -136,9 +136,9 @@ func DecodeEnvelope(data []byte, maxSize int) (*Envelope, error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("%w: empty message", ErrInvalid)
 	}
-	if err := CheckDepth(data, DefaultMaxDepth+2); err != nil {
-		return nil, err
-	}
+	// The envelope's own fields are flat and unknown keys are refused, so
+	// only args can nest: decodeEnvelope bounds them as it reads past them
+	// (at most DefaultMaxDepth levels below the envelope's map).
 	e := new(Envelope)
 	if err := decodeEnvelope(data, e); err != nil {
 		return nil, fmt.Errorf("%w: not a msgpack envelope: %v", ErrInvalid, err)
@@ -184,12 +184,26 @@ func Unmarshal(data []byte, v any) error {
 	if err := CheckDepth(data, DefaultMaxDepth); err != nil {
 		return err
 	}
-	d := decPool.Get().(*msgpack.Decoder)
-	d.Reset(bytes.NewReader(data))
-	d.DisallowUnknownFields(true)
-	err := d.Decode(v)
+	return UnmarshalChecked(data, v)
+}
+
+// UnmarshalChecked is Unmarshal for data whose nesting is already bounded:
+// the arguments of an envelope DecodeEnvelope accepted.
+func UnmarshalChecked(data []byte, v any) error {
+	d := decPool.Get().(*decoder)
+	d.r.Reset(data)
+	d.dec.Reset(&d.r)
+	d.dec.DisallowUnknownFields(true)
+	err := d.dec.Decode(v)
+	d.r.Reset(nil)
 	decPool.Put(d)
 	return err
+}
+
+// decoder is a pooled msgpack decoder with the reader it reads from.
+type decoder struct {
+	dec *msgpack.Decoder
+	r   bytes.Reader
 }
 
 // Millis converts a time to unix milliseconds (0 for the zero time).

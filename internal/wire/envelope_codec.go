@@ -109,7 +109,7 @@ func decodeEnvelope(data []byte, e *Envelope) error {
 		case "name":
 			e.Name = r.String()
 		case "args":
-			e.Args = r.Raw()
+			e.Args = r.RawDepth(DefaultMaxDepth + 1)
 		case "attempt":
 			e.Attempt = int(r.Int())
 		case "max_retries":

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 )
 
@@ -51,5 +52,43 @@ func TestEncodeEnvelopeArgsMatchesEncodeEnvelope(t *testing.T) {
 	}
 	if _, err := EncodeEnvelopeArgs(&Envelope{ID: "bad id", Name: "n"}, a); err == nil {
 		t.Fatal("invalid id accepted")
+	}
+}
+
+// Arguments may nest DefaultMaxDepth levels (docs/protocol.md); deeper, the
+// envelope is refused before anything decodes them (the msgpack library
+// recurses), and the arguments it accepts decode within the same bound.
+func TestEnvelopeArgsDepth(t *testing.T) {
+	nested := func(levels int) []byte {
+		v := any(1)
+		for i := 0; i < levels; i++ {
+			v = []any{v}
+		}
+		b, err := Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		levels int
+		ok     bool
+	}{{1, true}, {DefaultMaxDepth, true}, {DefaultMaxDepth + 1, false}, {1000, false}} {
+		data, err := EncodeEnvelope(&Envelope{ID: NewID(), Name: "n", Channel: "root", Args: nested(tc.levels)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := DecodeEnvelope(data, 0)
+		if tc.ok != (err == nil) {
+			t.Fatalf("%d levels: %v", tc.levels, err)
+		}
+		if tc.ok {
+			var v any
+			if err := UnmarshalChecked(e.Args, &v); err != nil {
+				t.Fatalf("%d levels: args: %v", tc.levels, err)
+			}
+		} else if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("%d levels: %v", tc.levels, err)
+		}
 	}
 }

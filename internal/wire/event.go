@@ -1,11 +1,9 @@
 package wire
 
 import (
-	"bytes"
 	"fmt"
 	"strings"
 
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // EventVersion is the only event body version this code reads and writes.
@@ -80,13 +78,8 @@ func DecodeEvent(data []byte, maxSize int) (*EventBody, error) {
 	if err := CheckDepth(data, DefaultMaxDepth+2); err != nil {
 		return nil, err
 	}
-	d := decPool.Get().(*msgpack.Decoder)
-	d.Reset(bytes.NewReader(data))
-	d.DisallowUnknownFields(true)
 	e := new(EventBody)
-	err := d.Decode(e)
-	decPool.Put(d)
-	if err != nil {
+	if err := UnmarshalChecked(data, e); err != nil {
 		return nil, fmt.Errorf("%w: not a msgpack event: %v", ErrInvalid, err)
 	}
 	if e.V != EventVersion {

@@ -244,6 +244,21 @@ func (r *Reader) Raw() []byte {
 	return r.b[start:end]
 }
 
+// RawDepth is Raw for a value that must nest at most max levels deep.
+func (r *Reader) RawDepth(max int) []byte {
+	if r.err != nil {
+		return nil
+	}
+	start := r.i
+	end, err := skipValueDepth(r.b, r.i, max)
+	if err != nil {
+		r.err = err
+		return nil
+	}
+	r.i = end
+	return r.b[start:end]
+}
+
 // Skip reads past one value.
 func (r *Reader) Skip() { r.Raw() }
 
