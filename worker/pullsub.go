@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -178,43 +179,54 @@ func (p *pullSub) wrap(m *nats.Msg) *pulled {
 // its consumer), so that nothing is allocated.
 func parseAckSubject(s, stream, consumer string, md *jetstream.MsgMetadata) error {
 	const pre = "$JS.ACK."
-	if !strings.HasPrefix(s, pre) {
+	if len(s) <= len(pre) || s[:len(pre)] != pre {
 		return jetstream.ErrNotJSMessage
 	}
-	var tok [12]string
+	// Token boundaries, then the numbers (digits only) of the five that
+	// matter: delivered, stream seq, consumer seq, timestamp, pending.
+	var ends [12]int
 	n := 0
-	rest := s[len(pre):]
-	for n < len(tok) {
-		i := strings.IndexByte(rest, '.')
-		if i < 0 {
-			tok[n] = rest
+	for i := len(pre); i < len(s) && n < len(ends); i++ {
+		if s[i] == '.' {
+			ends[n] = i
 			n++
-			break
 		}
-		tok[n] = rest[:i]
-		n++
-		rest = rest[i+1:]
 	}
-	var nums []string
-	domain := ""
+	if n < len(ends) {
+		ends[n] = len(s)
+		n++
+	}
+	first, domain := 0, ""
 	switch {
 	case n == 7:
-		nums = tok[2:7]
+		first = 2
 	case n >= 9:
-		if tok[0] != "_" {
-			domain = tok[0]
+		first = 4
+		if d := s[len(pre):ends[0]]; d != "_" {
+			domain = d
 		}
-		nums = tok[4:9]
 	default:
 		return jetstream.ErrNotJSMessage
 	}
 	var v [5]uint64
-	for i, t := range nums {
-		x, err := strconv.ParseUint(t, 10, 64)
-		if err != nil {
+	for k := range v {
+		from := len(pre)
+		if first+k > 0 {
+			from = ends[first+k-1] + 1
+		}
+		to := ends[first+k]
+		if to <= from || to-from > 20 {
 			return jetstream.ErrNotJSMessage
 		}
-		v[i] = x
+		var x uint64
+		for i := from; i < to; i++ {
+			c := s[i]
+			if c < '0' || c > '9' || x > (math.MaxUint64-uint64(c-'0'))/10 {
+				return jetstream.ErrNotJSMessage
+			}
+			x = x*10 + uint64(c-'0')
+		}
+		v[k] = x
 	}
 	*md = jetstream.MsgMetadata{
 		Sequence:     jetstream.SequencePair{Stream: v[1], Consumer: v[2]},
