@@ -3,7 +3,6 @@ package wire
 import (
 	"fmt"
 	"strings"
-
 )
 
 // EventVersion is the only event body version this code reads and writes.
