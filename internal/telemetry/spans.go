@@ -208,8 +208,9 @@ var spanBufs = sync.Pool{New: func() any {
 }}
 
 // extractCached is Extract for consumers: the messages of one batch carry
-// the same trace context, so the last header seen and what it gave are
-// remembered (per goroutine-agnostic slot; a miss just extracts).
+// the same trace context, and a consumer starts every span from the same
+// base context, so the last header seen, its base and the context they
+// gave are remembered (one slot; a miss just extracts).
 func extractCached(ctx context.Context, h nats.Header) context.Context {
 	tp := HeaderCarrier(h).Get("traceparent")
 	if tp == "" || len(h) > 1 && (HeaderCarrier(h).Get("tracestate") != "" || HeaderCarrier(h).Get("baggage") != "") {
@@ -217,20 +218,35 @@ func extractCached(ctx context.Context, h nats.Header) context.Context {
 	}
 	prop := currentPropagator()
 	if c := lastExtract.Load(); c != nil && c.traceparent == tp && c.prop == prop {
+		if sameContext(c.base, ctx) {
+			return c.out
+		}
 		return trace.ContextWithRemoteSpanContext(ctx, c.sc)
 	}
 	out := prop.use.Extract(ctx, HeaderCarrier(h))
 	sc := trace.SpanContextFromContext(out)
 	if sc.IsValid() && sc.IsRemote() {
-		lastExtract.Store(&extracted{traceparent: tp, sc: sc, prop: prop})
+		lastExtract.Store(&extracted{traceparent: tp, sc: sc, prop: prop, base: ctx, out: out})
 	}
 	return out
+}
+
+// sameContext reports a == b; false for context types that cannot be
+// compared (a struct holding a slice, say), where == panics.
+func sameContext(a, b context.Context) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 type extracted struct {
 	traceparent string
 	sc          trace.SpanContext
 	prop        *propChoice
+	base, out   context.Context // out: base with sc as its remote parent
 }
 
 var lastExtract atomic.Pointer[extracted]

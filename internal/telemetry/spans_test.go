@@ -216,3 +216,20 @@ func TestRecordError(t *testing.T) {
 		t.Errorf("error.type missing: %v", s.Attributes)
 	}
 }
+
+type uncomparableCtx struct {
+	context.Context
+	tags []string
+}
+
+func TestSameContext(t *testing.T) {
+	a, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if !sameContext(a, a) || sameContext(a, context.Background()) {
+		t.Fatal("pointer contexts")
+	}
+	u := uncomparableCtx{Context: a, tags: []string{"x"}}
+	if sameContext(u, u) {
+		t.Fatal("an uncomparable context is never the same")
+	}
+}
