@@ -130,7 +130,9 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			group := make([]*item, 0, 16)
 			for msg != nil {
 				got++
-				it := &item{msg: ps.wrap(msg), received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
+				it := &item{received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
+				ps.wrap(msg, &it.pulled)
+				it.msg = &it.pulled
 				w.inflight.add(it) // under heartbeat from now on
 				if got > reserved {
 					// It is here already (an idle puller's single job, or a
@@ -210,11 +212,11 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 			continue
 		}
 		it.meta = meta
-		env, err := wire.DecodeEnvelope(it.msg.Data(), w.cfg.maxEnvelope)
-		if err != nil {
+		if err := wire.DecodeEnvelopeInto(it.msg.Data(), w.cfg.maxEnvelope, &it.envelope); err != nil {
 			it.bad = fmt.Errorf("%w: %v", job.ErrBadEnvelope, err)
 			continue
 		}
+		env := &it.envelope
 		it.env = env
 		if !env.Template {
 			checks++

@@ -163,10 +163,10 @@ type pulled struct {
 
 var _ jetstream.Msg = (*pulled)(nil)
 
-func (p *pullSub) wrap(m *nats.Msg) *pulled {
-	x := &pulled{m: m, nc: p.nc}
+// wrap makes x the received message m.
+func (p *pullSub) wrap(m *nats.Msg, x *pulled) {
+	x.m, x.nc = m, p.nc
 	x.metaErr = parseAckSubject(m.Reply, p.stream, p.consumer, &x.meta)
-	return x
 }
 
 // parseAckSubject reads the metadata of a JetStream message from its ack

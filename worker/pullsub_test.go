@@ -75,7 +75,8 @@ func TestPullSubRequests(t *testing.T) {
 			t.Fatal(err)
 		}
 		if m != nil {
-			x := ps.wrap(m)
+			x := new(pulled)
+			ps.wrap(m, x)
 			md, err := x.Metadata()
 			if err != nil || md.Stream != "S" || md.NumDelivered != 1 {
 				t.Fatalf("metadata %+v %v", md, err)

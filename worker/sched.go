@@ -64,8 +64,10 @@ type item struct {
 	group string // consumer name
 	spans *telemetry.ConsumerSpans
 
-	m  Message // what its handler gets
-	jc jobCtx  // its log context
+	m        Message       // what its handler gets
+	jc       jobCtx        // its log context
+	pulled   pulled        // msg, as received
+	envelope wire.Envelope // env, when valid
 }
 
 type scheduler struct {
