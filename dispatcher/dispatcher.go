@@ -466,7 +466,43 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
 	sent := make([]*prepared, len(items))
+	// Outcomes are handled in order as their acknowledgements arrive, while
+	// the rest are published: records and spans do not wait for the batch.
+	next := 0
+	finish := func(i int, a jspub.Ack) {
+		p := sent[i]
+		if p == nil {
+			return
+		}
+		if a.Err == nil && a.Seq == 0 {
+			a.Err = ctx.Err() // not sent: the context ended first
+		}
+		if a.Err != nil {
+			if ctx.Err() != nil && errors.Is(a.Err, ctx.Err()) {
+				// Unknown whether it was stored: the identity key goes (a
+				// duplicate is better than a key blocking the job for weeks).
+				fail(i, a.Err)
+			} else {
+				fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, a.Err))
+			}
+			if p.identity != "" {
+				d.releaseIdentity(context.WithoutCancel(ctx), p.identity, p.env.ID)
+			}
+			d.endSpan(p, a.Err)
+			return
+		}
+		results[i].ID = p.env.ID
+		d.recordEnqueued(p, a.Seq)
+		d.endSpan(p, nil)
+	}
 	for i, it := range items {
+		for ; next < i; next++ {
+			a, ok := batch.Settled(next)
+			if !ok && sent[next] != nil {
+				break
+			}
+			finish(next, a)
+		}
 		p, err := d.prepare(ctx, it.Args, it.Options, traced)
 		if err != nil {
 			fail(i, err)
@@ -490,31 +526,8 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		}
 	}
 	acks := batch.Wait(ctx)
-	for i, p := range sent {
-		if p == nil {
-			continue
-		}
-		a := acks[i]
-		if a.Err == nil && a.Seq == 0 {
-			a.Err = ctx.Err() // not sent: the context ended first
-		}
-		if a.Err != nil {
-			if ctx.Err() != nil && errors.Is(a.Err, ctx.Err()) {
-				// Unknown whether it was stored: the identity key goes (a
-				// duplicate is better than a key blocking the job for weeks).
-				fail(i, a.Err)
-			} else {
-				fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, a.Err))
-			}
-			if p.identity != "" {
-				d.releaseIdentity(context.WithoutCancel(ctx), p.identity, p.env.ID)
-			}
-			d.endSpan(p, a.Err)
-			continue
-		}
-		results[i].ID = p.env.ID
-		d.recordEnqueued(p, a.Seq)
-		d.endSpan(p, nil)
+	for ; next < len(items); next++ {
+		finish(next, acks[next])
 	}
 	if failed > 0 {
 		return results, fmt.Errorf("dispatcher: %d of %d jobs not enqueued, first: %w", failed, len(items), first)

@@ -125,6 +125,7 @@ type Batch struct {
 const (
 	unsent uint32 = iota
 	sent
+	settling // its Ack is being written
 	settled
 )
 
@@ -195,6 +196,15 @@ func (b *Batch) waitRoom(ctx context.Context) error {
 	}
 }
 
+// Settled returns message i's Ack once it has one (ok false before): the
+// publishing goroutine may handle outcomes while it publishes the rest.
+func (b *Batch) Settled(i int) (Ack, bool) {
+	if b.state[i].Load() != settled {
+		return Ack{}, false
+	}
+	return b.acks[i], true
+}
+
 // Wait waits for the acknowledgements of every published message and
 // returns them by index (an index never published has a zero Ack). When
 // ctx ends or none arrives for the stall timeout, the outstanding ones
@@ -233,10 +243,11 @@ func (b *Batch) abort(err error) {
 
 // settle records a sent message's outcome, once.
 func (b *Batch) settle(i int, a Ack) {
-	if !b.state[i].CompareAndSwap(sent, settled) {
+	if !b.state[i].CompareAndSwap(sent, settling) {
 		return
 	}
 	b.acks[i] = a
+	b.state[i].Store(settled)
 	select {
 	case <-b.sem:
 	default:
