@@ -61,7 +61,20 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 		w.log.Error("puller not started", telemetry.ErrField(err), zap.String("consumer", spec.name))
 		return
 	}
-	defer ps.close()
+	// A request still open when the puller stops can be filled until the
+	// server has its unsubscribe (a job another runner hands back at
+	// shutdown goes to the first open request): what arrives until then is
+	// handed back at once rather than left to its lease.
+	defer func() {
+		var back []*item
+		for _, m := range ps.close() {
+			it := &item{received: time.Now(), ch: spec.cs, band: band, group: spec.name}
+			ps.wrap(m, &it.pulled)
+			it.msg = &it.pulled
+			back = append(back, it)
+		}
+		w.handBack(back, 0)
+	}()
 	backoff := 100 * time.Millisecond
 	// Received groups are admitted (a Redis round trip) and queued by a
 	// goroutine of their own, so that the next pull request goes out as

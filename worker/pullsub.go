@@ -71,9 +71,27 @@ func newPullSub(js jetstream.JetStream, stream, consumer string, capacity int) (
 	return p, nil
 }
 
-func (p *pullSub) close() {
-	_ = p.sub.Unsubscribe()
+// close ends the subscription and returns the job messages that arrived
+// and were not taken. The unsubscribe drains: the server delivers to an
+// open request until it has processed it, and a flush after it means
+// everything sent before is in the channel.
+func (p *pullSub) close() []*nats.Msg {
 	p.timer.Stop()
+	if err := p.sub.Drain(); err != nil {
+		_ = p.sub.Unsubscribe()
+	}
+	_ = p.nc.FlushTimeout(2 * time.Second)
+	var out []*nats.Msg
+	for {
+		select {
+		case m := <-p.ch:
+			if strings.HasPrefix(m.Reply, "$JS.ACK.") {
+				out = append(out, m)
+			}
+		default:
+			return out
+		}
+	}
 }
 
 // request asks for up to n messages within expires; it returns the reply

@@ -112,3 +112,60 @@ func TestPullSubRequests(t *testing.T) {
 		t.Fatalf("deleted consumer: ended %v, %v", ended, err)
 	}
 }
+
+// A puller that stops with a request open leaves no job stuck on its
+// lease: whatever the server delivered to the request before it had the
+// unsubscribe comes back from close (to be handed back), and nothing is
+// delivered to the request after.
+func TestPullSubCloseReturnsWhatArrived(t *testing.T) {
+	_, _, js := testenv.JetStream(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 20; round++ {
+		ps, err := newPullSub(js, "S", "c", 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ps.request(4, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if _, err := js.Publish(ctx, "s.x", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		back := ps.close()
+		info, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumAckPending != len(back) {
+			t.Fatalf("round %d: %d delivered and unacked, %d returned by close", round, info.NumAckPending, len(back))
+		}
+		for _, m := range back {
+			x := new(pulled)
+			ps.wrap(m, x)
+			if err := x.Ack(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// what was not delivered is still there for the next round's puller
+		testenv.Eventually(t, 5*time.Second, func() bool {
+			info, err := cons.Info(ctx)
+			return err == nil && info.NumAckPending == 0
+		}, "acks of the returned messages")
+		st, err := js.Stream(ctx, "S")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Purge(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
