@@ -474,9 +474,6 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		if p == nil {
 			return
 		}
-		if a.Err == nil && a.Seq == 0 {
-			a.Err = ctx.Err() // not sent: the context ended first
-		}
 		if a.Err != nil {
 			if ctx.Err() != nil && errors.Is(a.Err, ctx.Err()) {
 				// Unknown whether it was stored: the identity key goes (a

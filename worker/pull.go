@@ -11,6 +11,7 @@ import (
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -68,10 +69,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 	defer func() {
 		var back []*item
 		for _, m := range ps.close() {
-			it := &item{received: time.Now(), ch: spec.cs, band: band, group: spec.name}
-			ps.wrap(m, &it.pulled)
-			it.msg = &it.pulled
-			back = append(back, it)
+			back = append(back, received(ps, m, spec, band))
 		}
 		w.handBack(back, 0)
 	}()
@@ -143,9 +141,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			group := make([]*item, 0, 16)
 			for msg != nil {
 				got++
-				it := &item{received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
-				ps.wrap(msg, &it.pulled)
-				it.msg = &it.pulled
+				it := received(ps, msg, spec, band)
 				w.inflight.add(it) // under heartbeat from now on
 				if got > reserved {
 					// It is here already (an idle puller's single job, or a
@@ -182,6 +178,14 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 		}
 		backoff = 100 * time.Millisecond
 	}
+}
+
+// received makes the item of a job message a puller received.
+func received(ps *pullSub, m *nats.Msg, spec *consumerSpec, band int) *item {
+	it := &item{received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
+	ps.wrap(m, &it.pulled)
+	it.msg = &it.pulled
+	return it
 }
 
 // sleep waits *backoff (false if ctx ends first) and doubles it, up to 5 s.

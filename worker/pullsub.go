@@ -85,7 +85,7 @@ func (p *pullSub) close() []*nats.Msg {
 	for {
 		select {
 		case m := <-p.ch:
-			if strings.HasPrefix(m.Reply, "$JS.ACK.") {
+			if isJob(m) {
 				out = append(out, m)
 			}
 		default:
@@ -130,19 +130,15 @@ func (p *pullSub) next(ctx context.Context, reply string, deadline time.Time, wa
 			p.timer.Reset(d)
 			select {
 			case m = <-p.ch:
-				if !p.timer.Stop() {
-					<-p.timer.C
-				}
+				p.timer.Stop() // no stale tick after Stop (Go 1.23 timers)
 			case <-p.timer.C:
 				return nil, true, nil
 			case <-ctx.Done():
-				if !p.timer.Stop() {
-					<-p.timer.C
-				}
+				p.timer.Stop()
 				return nil, true, ctx.Err()
 			}
 		}
-		if strings.HasPrefix(m.Reply, "$JS.ACK.") {
+		if isJob(m) {
 			return m, false, nil
 		}
 		if m.Subject != reply {
@@ -168,6 +164,9 @@ func (p *pullSub) next(ctx context.Context, reply string, deadline time.Time, wa
 		}
 	}
 }
+
+// isJob tells a delivered message (it has an ack subject) from a status.
+func isJob(m *nats.Msg) bool { return strings.HasPrefix(m.Reply, "$JS.ACK.") }
 
 // pulled is a JetStream message received by a pullSub: jetstream.Msg over
 // the core message, its metadata read from the ack subject at once.

@@ -407,7 +407,6 @@ func (cs *chanState) drainBlocked() []*item {
 type consumerSpec struct {
 	cs    *chanState
 	band  int // -1: sequential, all bands
-	cons  jetstream.Consumer
 	name  string
 	spans *telemetry.ConsumerSpans // nil when not traced
 }
@@ -473,11 +472,11 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		if cs.limited {
 			cc.MaxAckPending = minCapacity(cs.chain) + 16
 		}
-		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
+		_, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
 		if err != nil {
 			return fmt.Errorf("consumer %s: %w", name, err)
 		}
-		spec := &consumerSpec{cs: cs, band: specBand, cons: cons, name: name, spans: w.consumerSpans(name)}
+		spec := &consumerSpec{cs: cs, band: specBand, name: name, spans: w.consumerSpans(name)}
 		w.dynamic[name] = spec
 		w.log.Info("unconfigured channel runs under its nearest configured ancestor",
 			zap.String("channel", channel), zap.String("under", cs.ch.Name), zap.String("consumer", name))

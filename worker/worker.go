@@ -318,7 +318,7 @@ func (w *Worker) Setup(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("worker: consumer %s on %s: %w", cc.Durable, w.names.JobsStream(), err)
 			}
-			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, cons: cons, name: cc.Durable, spans: w.consumerSpans(cc.Durable)})
+			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, name: cc.Durable, spans: w.consumerSpans(cc.Durable)})
 		}
 	}
 	return nil
