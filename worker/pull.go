@@ -62,13 +62,15 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 		w.log.Error("puller not started", telemetry.ErrField(err), zap.String("consumer", spec.name))
 		return
 	}
-	// A request still open when the puller stops can be filled until the
-	// server has its unsubscribe (a job another runner hands back at
-	// shutdown goes to the first open request): what arrives until then is
-	// handed back at once rather than left to its lease.
+	// A request still open when the puller stops is filled until it ends
+	// (a job another runner hands back at shutdown goes to the first open
+	// request): the puller waits for its end (at most fetchWait) and hands
+	// back at once what arrives, rather than leave it to its lease.
+	var open string
+	var openUntil time.Time
 	defer func() {
 		var back []*item
-		for _, m := range ps.close() {
+		for _, m := range ps.finish(open, openUntil) {
 			back = append(back, received(ps, m, spec, band))
 		}
 		w.handBack(back, 0)
@@ -135,6 +137,9 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 		for ended := false; !ended; {
 			msg, end, err := ps.next(ctx, reply, deadline, true)
 			ended, perr = end, err
+			if end && ctx.Err() != nil {
+				open, openUntil = reply, deadline // stopped waiting; not ended
+			}
 			if msg == nil {
 				break
 			}

@@ -71,10 +71,28 @@ func newPullSub(js jetstream.JetStream, stream, consumer string, capacity int) (
 	return p, nil
 }
 
+// finish waits for request reply to end ("" for none open: the server
+// fills an open request, and one it picked a message for before it had an
+// unsubscribe is delivered nowhere, to wait out its lease) by its status,
+// or at deadline, then closes the subscription; it returns the job
+// messages that arrived and were not taken.
+func (p *pullSub) finish(reply string, deadline time.Time) []*nats.Msg {
+	var out []*nats.Msg
+	for reply != "" {
+		m, ended, _ := p.next(context.Background(), reply, deadline, true)
+		if m != nil {
+			out = append(out, m)
+		}
+		if ended {
+			break
+		}
+	}
+	return append(out, p.close()...)
+}
+
 // close ends the subscription and returns the job messages that arrived
-// and were not taken. The unsubscribe drains: the server delivers to an
-// open request until it has processed it, and a flush after it means
-// everything sent before is in the channel.
+// and were not taken. The unsubscribe drains: a flush after it means
+// everything sent before it is in the channel.
 func (p *pullSub) close() []*nats.Msg {
 	p.timer.Stop()
 	if err := p.sub.Drain(); err != nil {

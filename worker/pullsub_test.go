@@ -114,9 +114,8 @@ func TestPullSubRequests(t *testing.T) {
 }
 
 // A puller that stops with a request open leaves no job stuck on its
-// lease: whatever the server delivered to the request before it had the
-// unsubscribe comes back from close (to be handed back), and nothing is
-// delivered to the request after.
+// lease: whatever the server delivered to the request comes back from
+// finish (to be handed back), and nothing is delivered to it after.
 func TestPullSubCloseReturnsWhatArrived(t *testing.T) {
 	_, _, js := testenv.JetStream(t)
 	ctx := context.Background()
@@ -132,7 +131,8 @@ func TestPullSubCloseReturnsWhatArrived(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ps.request(4, time.Minute); err != nil {
+		reply, err := ps.request(4, 300*time.Millisecond)
+		if err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < 2; i++ {
@@ -140,7 +140,7 @@ func TestPullSubCloseReturnsWhatArrived(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		back := ps.close()
+		back := ps.finish(reply, time.Now().Add(2*time.Second))
 		info, err := cons.Info(ctx)
 		if err != nil {
 			t.Fatal(err)

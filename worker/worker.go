@@ -207,7 +207,7 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	c := config{
 		concurrency: DefaultConcurrency, ackWait: DefaultAckWait, grace: DefaultShutdownGrace,
 		retry: job.DefaultRetryPattern, provision: true, unknownRetries: 3, unknownDelay: time.Second,
-		maxAckPending: DefaultMaxAckPending, fetchWait: 2 * time.Second, pullers: 2, prefetch: -1,
+		maxAckPending: DefaultMaxAckPending, fetchWait: time.Second, pullers: 2, prefetch: -1,
 		name: host + "-" + strconv.Itoa(os.Getpid()),
 	}
 	for _, o := range opts {
