@@ -70,19 +70,25 @@ type item struct {
 	envelope wire.Envelope // env, when valid
 }
 
+// scheduler hands queued jobs to the runners. At most one wake-up is in
+// flight: a runner signalled and not yet back in next. A runner that takes
+// a job while more wait wakes the next one, so runners come up one after
+// the other as long as jobs keep waiting (slow jobs get a runner each, up
+// to the concurrency), while short jobs are run by the few runners already
+// up instead of flooding the Go run queue with runners that each find one
+// job: every runnable runner delays the NATS connection's goroutines. The
+// runner woken is the one idle for the shortest time (its stack and cache
+// are warm), not the one idle the longest as with sync.Cond.
 type scheduler struct {
 	mu     sync.Mutex
-	cond   *sync.Cond
 	ready  []*item                 // slot acquired, run first
 	queue  [channels.Bands][]*item // received, by band
 	closed bool
+	idle   []chan struct{} // runners waiting in next, most recent last
+	waking bool            // a runner was signalled and has not run yet
 }
 
-func newScheduler() *scheduler {
-	s := &scheduler{}
-	s.cond = sync.NewCond(&s.mu)
-	return s
-}
+func newScheduler() *scheduler { return &scheduler{} }
 
 // settle claims the right to ack, nak or terminate the job's message: true
 // once, for the first caller.
@@ -94,12 +100,20 @@ func (s *scheduler) pushAll(its []*item) {
 	for _, it := range its {
 		s.queue[it.band] = append(s.queue[it.band], it)
 	}
+	s.wake()
 	s.mu.Unlock()
-	// Wake one runner; a runner that takes a job and sees more wakes the
-	// next (next). Runners come up as fast as jobs wait, and short jobs do
-	// not wake a crowd of runners that would queue for the CPU ahead of
-	// the pullers.
-	s.cond.Signal()
+}
+
+// wake signals an idle runner unless one is already on its way. s.mu held.
+func (s *scheduler) wake() {
+	if s.waking || len(s.idle) == 0 {
+		return
+	}
+	s.waking = true
+	last := len(s.idle) - 1
+	s.idle[last] <- struct{}{}
+	s.idle[last] = nil
+	s.idle = s.idle[:last]
 }
 
 // pushReady queues a job whose slot is taken; false once closed.
@@ -110,26 +124,31 @@ func (s *scheduler) pushReady(it *item) bool {
 		return false
 	}
 	s.ready = append(s.ready, it)
+	s.wake()
 	s.mu.Unlock()
-	s.cond.Signal()
 	return true
 }
 
-// next blocks for the best item; nil once closed and empty.
-func (s *scheduler) next() *item {
+// next blocks for the best item; nil once closed and empty. wake is the
+// runner's own channel (capacity 1), on which it is signalled.
+func (s *scheduler) next(wake chan struct{}) *item {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
 		if it := s.pop(); it != nil {
 			if s.waiting() {
-				s.cond.Signal() // more work: pass the wake-up on
+				s.wake() // more work: pass the wake-up on
 			}
 			return it
 		}
 		if s.closed {
 			return nil
 		}
-		s.cond.Wait()
+		s.idle = append(s.idle, wake)
+		s.mu.Unlock()
+		<-wake
+		s.mu.Lock()
+		s.waking = false
 	}
 }
 
@@ -174,8 +193,11 @@ func (s *scheduler) closeAndDrain() []*item {
 		out = append(out, s.queue[b]...)
 		s.queue[b] = nil
 	}
+	for _, c := range s.idle {
+		c <- struct{}{}
+	}
+	s.idle = nil
 	s.mu.Unlock()
-	s.cond.Broadcast()
 	return out
 }
 

@@ -378,8 +378,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		runners.Add(1)
 		go func() {
 			defer runners.Done()
+			wake := make(chan struct{}, 1)
 			for {
-				it := w.sched.next()
+				it := w.sched.next(wake)
 				if it == nil {
 					return
 				}
