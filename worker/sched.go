@@ -58,6 +58,10 @@ type item struct {
 	run           *Message
 	startedLogged bool
 
+	// In the worker's inflight set (its lock guards these).
+	held       bool
+	prev, next *item
+
 	ch    *chanState
 	band  int
 	token string // slot lease token; "" when no slot held
@@ -509,31 +513,51 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 
 // inflightSet holds the jobs received and not finished: the heartbeats
 // walk it.
+// inflightSet holds the jobs this process holds (received, not settled),
+// as an intrusive list: adding and removing cost a few pointer writes, no
+// hashing, no allocation.
 type inflightSet struct {
-	mu sync.Mutex
-	m  map[*item]struct{}
+	mu   sync.Mutex
+	head *item // sentinel-free doubly linked list
+	n    int
 }
 
 func (s *inflightSet) add(it *item) {
 	s.mu.Lock()
-	if s.m == nil {
-		s.m = make(map[*item]struct{})
+	if !it.held {
+		it.held, it.prev, it.next = true, nil, s.head
+		if s.head != nil {
+			s.head.prev = it
+		}
+		s.head = it
+		s.n++
 	}
-	s.m[it] = struct{}{}
 	s.mu.Unlock()
 }
 
+// del removes it; removing a job not held is a no-op.
 func (s *inflightSet) del(it *item) {
 	s.mu.Lock()
-	delete(s.m, it)
+	if it.held {
+		if it.prev != nil {
+			it.prev.next = it.next
+		} else {
+			s.head = it.next
+		}
+		if it.next != nil {
+			it.next.prev = it.prev
+		}
+		it.held, it.prev, it.next = false, nil, nil
+		s.n--
+	}
 	s.mu.Unlock()
 }
 
 // snapshot lists the jobs held now.
 func (s *inflightSet) snapshot() []*item {
 	s.mu.Lock()
-	items := make([]*item, 0, len(s.m))
-	for it := range s.m {
+	items := make([]*item, 0, s.n)
+	for it := s.head; it != nil; it = it.next {
 		items = append(items, it)
 	}
 	s.mu.Unlock()

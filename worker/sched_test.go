@@ -139,3 +139,38 @@ func waitIdle(t *testing.T, s *scheduler, n int) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// The inflight set holds each job once, in any order of removal; removing
+// a job twice, or one never added, changes nothing.
+func TestInflightSet(t *testing.T) {
+	var s inflightSet
+	its := items(5)
+	for _, it := range its {
+		s.add(it)
+	}
+	s.add(its[2])  // already held
+	s.del(its[0])  // the oldest (tail)
+	s.del(its[4])  // the newest (head)
+	s.del(its[2])  // one in the middle
+	s.del(its[2])  // again
+	s.del(&item{}) // never added
+	got := map[*item]bool{}
+	for _, it := range s.snapshot() {
+		if got[it] {
+			t.Fatal("a job listed twice")
+		}
+		got[it] = true
+	}
+	if len(got) != 2 || !got[its[1]] || !got[its[3]] {
+		t.Fatalf("snapshot holds %d jobs, want jobs 1 and 3", len(got))
+	}
+	s.del(its[1])
+	s.del(its[3])
+	if n := len(s.snapshot()); n != 0 || s.head != nil || s.n != 0 {
+		t.Fatalf("empty set lists %d jobs (head %v, n %d)", n, s.head, s.n)
+	}
+	s.add(its[0]) // a job removed may come back (a hand-back's redelivery is a new item, but the set allows it)
+	if n := len(s.snapshot()); n != 1 {
+		t.Fatalf("set lists %d jobs, want 1", n)
+	}
+}
