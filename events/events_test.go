@@ -638,6 +638,12 @@ func TestEventsHandledBeforeAreNotHandledAgain(t *testing.T) {
 	if v, err := e.rdb.Get(ctx, key).Int(); err != nil || v != 1 {
 		t.Fatalf("mark %s = %d, %v; want 1", key, v, err)
 	}
+	// The mark expires a day after the events it covers have aged out of
+	// the stream: marks of retired consumers and old streams do not pile up.
+	maxAge := stream.CachedInfo().Config.MaxAge
+	if ttl, err := e.rdb.PTTL(ctx, key).Result(); err != nil || ttl <= maxAge || ttl > maxAge+24*time.Hour {
+		t.Fatalf("mark %s expires in %v (%v); want within a day over the stream's MaxAge %v", key, ttl, err, maxAge)
+	}
 	must(t, e.rdb.Set(ctx, key, 3, 0).Err())
 	for _, r := range []string{"2", "3", "4"} {
 		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: r})

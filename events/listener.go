@@ -305,10 +305,17 @@ func (l *Listeners) Run(ctx context.Context) error {
 	// The marks are keyed by the stream's creation time: a recreated
 	// stream, whose sequences start again at 1, must not inherit them.
 	created := strconv.FormatInt(stream.CachedInfo().Created.UnixNano(), 10)
+	// A mark outlives its last update by the stream's MaxAge and a day:
+	// by then every event it covers is gone from the stream, and the marks
+	// of retired consumers and of replaced streams do not pile up.
+	var markTTL time.Duration
+	if age := stream.CachedInfo().Config.MaxAge; age > 0 {
+		markTTL = age + 24*time.Hour
+	}
 
 	runners := make([]*runner, 0, len(lis))
 	for _, li := range lis {
-		r := newRunner(l, li, created)
+		r := newRunner(l, li, created, markTTL)
 		if err := r.start(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped while starting
@@ -630,15 +637,19 @@ func (l *Listeners) deadLetter(ctx context.Context, listener string, msg jetstre
 	return nil
 }
 
+// markScript raises a mark to ARGV[1] and (ARGV[2] > 0) sets it to expire
+// ARGV[2] ms from now.
 const markScript = `local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return cur`
 
 func (p *partition) markHandled(ctx context.Context, log *zap.Logger, seq uint64) {
 	if p.l.rdb == nil {
 		return
 	}
-	if err := p.l.mark.Run(ctx, p.l.rdb, []string{p.seqKey}, seq).Err(); err != nil {
+	if err := p.l.mark.Run(ctx, p.l.rdb, []string{p.seqKey}, seq, p.r.markTTL.Milliseconds()).Err(); err != nil {
 		log.Warn("events: record last handled sequence", telemetry.ErrField(err))
 	}
 }

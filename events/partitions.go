@@ -99,7 +99,8 @@ type consumerSet struct {
 type runner struct {
 	l       *Listeners
 	li      *listener
-	created string // the stream's creation time, for the Redis marks
+	created string        // the stream's creation time, for the Redis marks
+	markTTL time.Duration // how long a mark outlives its last update (0: forever)
 	log     *zap.Logger
 
 	cons    []jetstream.Consumer // the set, as ensured by resolve
@@ -109,8 +110,8 @@ type runner struct {
 	lastErr string
 }
 
-func newRunner(l *Listeners, li *listener, created string) *runner {
-	return &runner{l: l, li: li, created: created,
+func newRunner(l *Listeners, li *listener, created string, markTTL time.Duration) *runner {
+	return &runner{l: l, li: li, created: created, markTTL: markTTL,
 		log: l.log.With(zap.String("listener", li.name), zap.Int("partitions", li.partitions))}
 }
 
