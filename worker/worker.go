@@ -307,13 +307,14 @@ func (w *Worker) Setup(ctx context.Context) error {
 				}
 			}
 			cc.FilterSubject = base
-			var cons jetstream.Consumer
+			found := false
 			var err error
 			if !w.cfg.provision {
-				cons, err = w.js.Consumer(ctx, w.names.JobsStream(), cc.Durable)
+				_, err = w.js.Consumer(ctx, w.names.JobsStream(), cc.Durable)
+				found = err == nil
 			}
-			if cons == nil {
-				cons, err = w.ensureConsumer(ctx, cc)
+			if !found {
+				_, err = w.ensureConsumer(ctx, cc)
 			}
 			if err != nil {
 				return fmt.Errorf("worker: consumer %s on %s: %w", cc.Durable, w.names.JobsStream(), err)
