@@ -39,12 +39,7 @@ func TestParseAckSubject(t *testing.T) {
 func TestPullSubRequests(t *testing.T) {
 	_, nc, js := testenv.JetStream(t)
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.CreateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
-		t.Fatal(err)
-	}
+	workQueue(t, js, 0)
 	for i := 0; i < 3; i++ {
 		if _, err := js.Publish(ctx, "s.x", []byte{byte('a' + i)}); err != nil {
 			t.Fatal(err)
@@ -119,13 +114,7 @@ func TestPullSubRequests(t *testing.T) {
 func TestPullSubCloseReturnsWhatArrived(t *testing.T) {
 	_, _, js := testenv.JetStream(t)
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
-		t.Fatal(err)
-	}
-	cons, err := js.CreateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := workQueue(t, js, time.Minute)
 	for round := 0; round < 20; round++ {
 		ps, err := newPullSub(js, "S", "c", 16)
 		if err != nil {
@@ -168,4 +157,19 @@ func TestPullSubCloseReturnsWhatArrived(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// workQueue makes the work-queue stream S (subjects s.>) and its consumer
+// c (ackWait 0: the server's default).
+func workQueue(t *testing.T, js jetstream.JetStream, ackWait time.Duration) jetstream.Consumer {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cons
 }
