@@ -50,6 +50,8 @@ type Dispatcher struct {
 	tracer  trace.Tracer
 	metrics *telemetry.Metrics
 	maxSize int
+	// traceHeaders: the trace context goes in headers too (WithTraceHeaders).
+	traceHeaders bool
 
 	subjects   atomic.Pointer[map[subjectKey]string]
 	subjectsMu sync.Mutex
@@ -58,13 +60,14 @@ type Dispatcher struct {
 }
 
 type config struct {
-	prefix    string
-	rdb       redis.UniversalClient
-	log       *zap.Logger
-	tp        trace.TracerProvider
-	mp        metric.MeterProvider
-	recordTTL time.Duration
-	maxSize   int
+	prefix       string
+	rdb          redis.UniversalClient
+	log          *zap.Logger
+	tp           trace.TracerProvider
+	mp           metric.MeterProvider
+	recordTTL    time.Duration
+	maxSize      int
+	traceHeaders bool
 }
 
 // Option configures a Dispatcher.
@@ -91,6 +94,15 @@ func WithRecordTTL(d time.Duration) Option { return func(c *config) { c.recordTT
 // WithMaxEnvelope bounds the size of one job message (default 1 MiB).
 func WithMaxEnvelope(n int) Option { return func(c *config) { c.maxSize = n } }
 
+// WithTraceHeaders writes a job's trace context in W3C headers
+// (lower-case "traceparent", "tracestate", "baggage") as well as in its
+// envelope, where workers read it. By default it is in the envelope only:
+// headers cost nats-server and nats.go a tenth of a job's throughput
+// (docs/benchmarks.md). Turn it on for tools that read the headers, such
+// as nats-server's own message tracing (an account's msg_trace sampling
+// follows a sampled "traceparent").
+func WithTraceHeaders() Option { return func(c *config) { c.traceHeaders = true } }
+
 // New builds a Dispatcher. It does not create streams: workers (or
 // `connector streams provision`) do.
 func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
@@ -108,7 +120,7 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 	if c.maxSize <= 0 {
 		c.maxSize = wire.DefaultMaxEnvelope
 	}
-	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize}
+	d := &Dispatcher{js: js, names: names, rdb: c.rdb, log: c.log, maxSize: c.maxSize, traceHeaders: c.traceHeaders}
 
 	if c.tp != nil {
 		d.tracer = c.tp.Tracer("github.com/connector-go/connector/dispatcher")
@@ -171,10 +183,16 @@ type preparedJob struct {
 	msg nats.Msg
 }
 
-// prepare makes the message of one job. In a bulk enqueue, traced is the
-// trace context of the batch's span (or nil): every job carries it and has
-// no span of its own.
-func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Option, traced nats.Header) (*prepared, error) {
+// batchTrace is the trace context of a bulk enqueue's span (or of the
+// caller's context), shared read-only by the batch's jobs, which have no
+// span of their own.
+type batchTrace struct {
+	env wire.TraceContext
+	hdr nats.Header // with WithTraceHeaders
+}
+
+// prepare makes the message of one job; bt is non-nil in a bulk enqueue.
+func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Option, bt *batchTrace) (*prepared, error) {
 	if args == nil {
 		return nil, fmt.Errorf("dispatcher: nil job args")
 	}
@@ -189,9 +207,9 @@ func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Opti
 		if err != nil {
 			return nil, fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
 		}
-		return d.build(ctx, args.JobName(), raw, nil, o, traced)
+		return d.build(ctx, args.JobName(), raw, nil, o, bt)
 	}
-	return d.build(ctx, args.JobName(), nil, args, o, traced)
+	return d.build(ctx, args.JobName(), nil, args, o, bt)
 }
 
 func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o job.Options) (*prepared, error) {
@@ -200,7 +218,7 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 
 // build makes the message of one job: its arguments are raw (encoded
 // already) or args (encoded in place into the envelope).
-func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args job.Args, o job.Options, traced nats.Header) (*prepared, error) {
+func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args job.Args, o job.Options, bt *batchTrace) (*prepared, error) {
 	now := time.Now()
 	// One allocation for the job's envelope, message and what is prepared.
 	a := new(preparedJob)
@@ -241,6 +259,21 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		identity = o.IdentityFunc(name, raw)
 	}
 	env.Identity = identity
+	p := &a.p
+	*p = prepared{msg: &a.msg, env: env, identity: identity, eta: eta, ctx: ctx}
+	// The trace context goes in the envelope, and in headers only with
+	// WithTraceHeaders: a message without headers costs the server much
+	// less (docs/benchmarks.md).
+	switch {
+	case bt != nil:
+		env.Trace = bt.env
+	case d.tracer != nil:
+		p.ctx, p.span = telemetry.StartProducerSpan(ctx, d.tracer, d.names.JobsStream(), env.ID, nil,
+			attribute.String("connector.job.name", name), attribute.String("connector.job.channel", env.Channel))
+		env.Trace = telemetry.TraceOf(p.ctx)
+	default:
+		env.Trace = telemetry.TraceOf(ctx)
+	}
 	var data []byte
 	var err error
 	if args != nil {
@@ -248,15 +281,19 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	} else {
 		data, err = wire.EncodeEnvelope(env)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher: %s: %w", name, err)
+	if err == nil && len(data) > d.maxSize {
+		err = fmt.Errorf("job %s is %d bytes, over the %d-byte limit: %w", name, len(data), d.maxSize, wire.ErrInvalid)
+		d.endSpan(p, err)
+		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
-	if len(data) > d.maxSize {
-		return nil, fmt.Errorf("dispatcher: job %s is %d bytes, over the %d-byte limit: %w", name, len(data), d.maxSize, wire.ErrInvalid)
+	if err != nil {
+		err = fmt.Errorf("dispatcher: %s: %w", name, err)
+		d.endSpan(p, err)
+		return nil, err
 	}
 	// Headers only when there is something to say: a message without any
 	// is cheaper for the server to store.
-	msg := &a.msg
+	msg := p.msg
 	*msg = nats.Msg{Subject: d.subject(env.Channel, env.Priority), Data: data}
 	if !eta.IsZero() {
 		msg.Header = nats.Header{
@@ -265,19 +302,16 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		}
 		msg.Subject = d.names.ScheduleSubject(env.ID)
 	}
-	batch := traced != nil
 	switch {
-	case batch && msg.Header == nil && o.ID == "" && len(o.Headers) == 0:
-		msg.Header = traced // shared by the batch's messages, read only
-	case o.ID != "" || len(o.Headers) > 0 || batch || d.tracer != nil || trace.SpanContextFromContext(ctx).IsValid():
+	case d.traceHeaders && len(env.Trace) > 0 && msg.Header == nil && o.ID == "" && len(o.Headers) == 0 && bt != nil:
+		msg.Header = bt.hdr // shared by the batch's messages, read only
+	case d.traceHeaders && len(env.Trace) > 0:
 		if msg.Header == nil {
 			msg.Header = nats.Header{}
 		}
-		if batch {
-			for k, v := range traced {
-				msg.Header[k] = v
-			}
-		}
+		setTraceHeaders(msg.Header, env.Trace)
+	case msg.Header == nil && (o.ID != "" || len(o.Headers) > 0):
+		msg.Header = nats.Header{}
 	}
 	if o.ID != "" {
 		// A caller-chosen id may be published again (a retry after a
@@ -290,17 +324,14 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	for k, v := range o.Headers {
 		msg.Header[k] = []string{v}
 	}
-	p := &a.p
-	*p = prepared{msg: msg, env: env, identity: identity, eta: eta, ctx: ctx}
-	switch {
-	case batch:
-	case d.tracer != nil:
-		p.ctx, p.span = telemetry.StartProducerSpan(ctx, d.tracer, d.names.JobsStream(), env.ID, msg.Header,
-			attribute.String("connector.job.name", name), attribute.String("connector.job.channel", env.Channel))
-	default:
-		telemetry.Inject(ctx, msg.Header)
-	}
 	return p, nil
+}
+
+// setTraceHeaders writes a trace context into h, keys as given (lower case).
+func setTraceHeaders(h nats.Header, tc wire.TraceContext) {
+	for i := 0; i+1 < len(tc); i += 2 {
+		h[tc[i]] = []string{tc[i+1]}
+	}
 }
 
 // subject is where a job of channel and priority is published:
@@ -438,7 +469,7 @@ type Result struct {
 // children (or linked to it).
 func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result, err error) {
 	results := make([]Result, len(items))
-	var traced nats.Header
+	var bt batchTrace
 	if d.tracer != nil {
 		var span trace.Span
 		ctx, span = telemetry.StartProducerBatchSpan(ctx, d.tracer, d.names.JobsStream(), len(items))
@@ -447,10 +478,11 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			span.End()
 		}()
 	}
-	if trace.SpanContextFromContext(ctx).IsValid() {
-		// Injected once for the batch (the caller's context, or the span's).
-		traced = nats.Header{}
-		telemetry.Inject(ctx, traced)
+	// Injected once for the batch (the caller's context, or the span's).
+	bt.env = telemetry.TraceOf(ctx)
+	if d.traceHeaders && len(bt.env) > 0 {
+		bt.hdr = nats.Header{}
+		setTraceHeaders(bt.hdr, bt.env)
 	}
 	var failed int
 	var first error
@@ -500,7 +532,7 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			}
 			finish(next, a)
 		}
-		p, err := d.prepare(ctx, it.Args, it.Options, traced)
+		p, err := d.prepare(ctx, it.Args, it.Options, &bt)
 		if err != nil {
 			fail(i, err)
 			continue

@@ -44,6 +44,9 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	defer d.endSpan(p, nil)
 	p.env.Template = true
 	p.env.EnqueuedAt = 0
+	// Each firing starts a trace of its own (and the same registration
+	// encodes the same, see below).
+	p.env.Trace = nil
 	data, err := wire.EncodeEnvelope(p.env)
 	if err != nil {
 		return err

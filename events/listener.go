@@ -480,7 +480,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	sctx, span := p.spans.Start(ctx, ev.ID, msg.Headers(),
+	sctx, span := p.spans.Start(ctx, ev.ID, telemetry.HeaderCarrier(msg.Headers()),
 		attribute.String("connector.event.model", ev.Model),
 		attribute.String("connector.event.name", ev.Name),
 		attribute.String("connector.event.record_id", ev.RecordID),

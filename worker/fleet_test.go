@@ -87,6 +87,12 @@ func TestFleetOfProcessesRunsEachJobOnce(t *testing.T) {
 		e.startProc(fmt.Sprintf("w%d", i), 5*time.Second)
 	}
 	ctx := context.Background()
+	// All three pull before the jobs exist: one that started late would
+	// find them taken.
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		n, _ := e.rdb.Exists(ctx, e.prefix+":up:w0", e.prefix+":up:w1", e.prefix+":up:w2").Result()
+		return n == 3
+	}, "three workers up")
 	const n = 60
 	for i := 0; i < n; i++ {
 		if _, err := e.d.Enqueue(ctx, testjobs.Slow{Key: fmt.Sprint(i), For: 20 * time.Millisecond}); err != nil {

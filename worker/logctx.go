@@ -90,7 +90,7 @@ func (w *Worker) msgFields(it *item, attempt int) []zap.Field {
 			f = append(f, zap.Int(fieldAttempt, attempt))
 		}
 	}
-	if sc := trace.SpanContextFromContext(telemetry.Extract(context.Background(), it.msg.Headers())); sc.IsValid() {
+	if sc := trace.SpanContextFromContext(telemetry.ExtractFrom(context.Background(), telemetry.JobCarrier(it.env, it.msg.Headers()))); sc.IsValid() {
 		f = append(f, zap.String(fieldTraceID, sc.TraceID().String()))
 	}
 	return f

@@ -215,12 +215,12 @@ func (w *Worker) process(it *item) {
 	ctx := w.hardCtx
 	var span trace.Span
 	if w.tracer != nil {
-		ctx, span = it.spans.Start(ctx, env.ID, msg.Headers(),
+		ctx, span = it.spans.Start(ctx, env.ID, telemetry.JobCarrier(env, msg.Headers()),
 			attribute.String("connector.job.name", env.Name), attribute.String("connector.job.channel", channel),
 			attribute.Int("connector.job.attempt", attempt))
 		defer span.End()
 	} else {
-		ctx = telemetry.Extract(ctx, msg.Headers())
+		ctx = telemetry.ExtractFrom(ctx, telemetry.JobCarrier(env, msg.Headers()))
 	}
 	it.jc = jobCtx{base: w.log, m: m, sc: trace.SpanContextFromContext(ctx)}
 	jc := &it.jc

@@ -42,7 +42,10 @@ type Config struct {
 	Provision     bool
 	ServiceName   string
 	LinkedTraces  bool
-	Channels      string
+	// TraceHeaders: enqueued jobs carry their trace context in W3C
+	// headers too (dispatcher.WithTraceHeaders).
+	TraceHeaders bool
+	Channels     string
 	// RecordTTL is how long job records are kept in Redis after their last
 	// update (worker.WithRecordTTL, dispatcher.WithRecordTTL).
 	RecordTTL time.Duration
@@ -99,6 +102,7 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.LogFormat, "log-format", envOr(getenv, "CONNECTOR_LOG_FORMAT", "json"), "json or console (env CONNECTOR_LOG_FORMAT)")
 	fs.BoolVar(&c.Provision, "provision", envOr(getenv, "CONNECTOR_PROVISION", "true") == "true", "create/update streams at start; false only checks they exist (env CONNECTOR_PROVISION)")
 	fs.BoolVar(&c.LinkedTraces, "linked-traces", envOr(getenv, "CONNECTOR_LINKED_TRACES", "false") == "true", "job runs start new traces linked to the producer instead of child spans (env CONNECTOR_LINKED_TRACES)")
+	fs.BoolVar(&c.TraceHeaders, "trace-headers", envBool(getenv, "CONNECTOR_TRACE_HEADERS", false), "enqueued jobs carry their trace context in W3C headers too, not only in their envelope (for nats-server message tracing) (env CONNECTOR_TRACE_HEADERS)")
 	fs.DurationVar(&c.DeadMaxAge, "dead-max-age", envDur(getenv, "CONNECTOR_DEAD_MAX_AGE", 0), "how long dead letters are kept in the dead-letter stream; 0 keeps them until requeued or removed (env CONNECTOR_DEAD_MAX_AGE)")
 	fs.DurationVar(&c.RecordTTL, "record-ttl", envDur(getenv, "CONNECTOR_RECORD_TTL", records.DefaultTTL), "how long job records (connector jobs show) are kept in Redis after their last update (env CONNECTOR_RECORD_TTL)")
 	fs.BoolVar(&c.RegisterSchedules, "register-schedules", envBool(getenv, "CONNECTOR_REGISTER_SCHEDULES", true), "register periodic jobs at start; false where only an operator may (least privilege: docs/security.md) (env CONNECTOR_REGISTER_SCHEDULES)")
@@ -177,9 +181,13 @@ func (c *Conns) Close() {
 
 // Dispatcher builds a dispatcher on the connections.
 func (c *Conns) Dispatcher(cfg *Config) (*dispatcher.Dispatcher, error) {
-	return dispatcher.New(c.JS, dispatcher.WithPrefix(cfg.Prefix), dispatcher.WithRedis(c.Redis),
+	opts := []dispatcher.Option{dispatcher.WithPrefix(cfg.Prefix), dispatcher.WithRedis(c.Redis),
 		dispatcher.WithLogger(c.Log), dispatcher.WithTracerProvider(c.Telemetry.TracerProvider),
-		dispatcher.WithMeterProvider(c.Telemetry.MeterProvider), dispatcher.WithRecordTTL(cfg.RecordTTL))
+		dispatcher.WithMeterProvider(c.Telemetry.MeterProvider), dispatcher.WithRecordTTL(cfg.RecordTTL)}
+	if cfg.TraceHeaders {
+		opts = append(opts, dispatcher.WithTraceHeaders())
+	}
+	return dispatcher.New(c.JS, opts...)
 }
 
 // Service is something that runs beside the worker until ctx ends (event

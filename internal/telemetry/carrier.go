@@ -5,6 +5,7 @@ package telemetry
 import (
 	"context"
 
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -24,6 +25,56 @@ func Extract(ctx context.Context, h nats.Header) context.Context {
 		return ctx
 	}
 	return propagator().Extract(ctx, HeaderCarrier(h))
+}
+
+// InjectInto writes ctx's span context into c (no-op when ctx carries none).
+func InjectInto(ctx context.Context, c propagation.TextMapCarrier) {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return
+	}
+	propagator().Inject(ctx, c)
+}
+
+// TraceOf is ctx's trace context as a job envelope carries it (nil when
+// ctx carries no span context).
+func TraceOf(ctx context.Context) wire.TraceContext {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return nil
+	}
+	tc := make(wire.TraceContext, 0, 2)
+	propagator().Inject(ctx, &tc)
+	return tc
+}
+
+// ExtractFrom returns ctx with the remote span context found in c, if any.
+func ExtractFrom(ctx context.Context, c propagation.TextMapCarrier) context.Context {
+	if fields(c) == 0 {
+		return ctx
+	}
+	return propagator().Extract(ctx, c)
+}
+
+// JobCarrier is where a job message's trace context is: its envelope's
+// trace, written by the Go dispatcher, else its headers, where publishers
+// in other languages may put it (docs/protocol.md).
+func JobCarrier(env *wire.Envelope, h nats.Header) propagation.TextMapCarrier {
+	if env != nil && len(env.Trace) >= 2 {
+		return &env.Trace
+	}
+	return HeaderCarrier(h)
+}
+
+// fields is how many fields c holds (-1: unknown).
+func fields(c propagation.TextMapCarrier) int {
+	switch c := c.(type) {
+	case nil:
+		return 0
+	case HeaderCarrier:
+		return len(c)
+	case *wire.TraceContext:
+		return len(*c) / 2
+	}
+	return -1
 }
 
 // HeaderCarrier adapts nats.Header to propagation.TextMapCarrier without

@@ -149,7 +149,7 @@ func StartProducerBatchSpan(ctx context.Context, tr trace.Tracer, destination st
 // link to it. Baggage from h is in the returned context either way. When h
 // carries no trace context the span is a child of ctx's span, if any.
 func StartConsumerSpan(ctx context.Context, tr trace.Tracer, mode LinkMode, destination, consumerGroup, messageID string, h nats.Header, extra ...attribute.KeyValue) (context.Context, trace.Span) {
-	return NewConsumerSpans(tr, mode, destination, consumerGroup).Start(ctx, messageID, h, extra...)
+	return NewConsumerSpans(tr, mode, destination, consumerGroup).Start(ctx, messageID, HeaderCarrier(h), extra...)
 }
 
 // ConsumerSpans starts the CONSUMER spans of one destination and consumer
@@ -171,8 +171,10 @@ func NewConsumerSpans(tr trace.Tracer, mode LinkMode, destination, consumerGroup
 	return &ConsumerSpans{tr: tracerOrNoop(tr), mode: mode, name: fixed.name, attrs: attrs}
 }
 
-// Start starts the span of one message; see StartConsumerSpan.
-func (c *ConsumerSpans) Start(ctx context.Context, messageID string, h nats.Header, extra ...attribute.KeyValue) (context.Context, trace.Span) {
+// Start starts the span of one message, whose producer's context is in
+// carrier (HeaderCarrier for headers; JobCarrier for a job); see
+// StartConsumerSpan.
+func (c *ConsumerSpans) Start(ctx context.Context, messageID string, carrier propagation.TextMapCarrier, extra ...attribute.KeyValue) (context.Context, trace.Span) {
 	mode := c.mode
 	// One span per message: the attribute and option slices are reused
 	// (the SDK copies what it keeps before Start returns).
@@ -184,7 +186,7 @@ func (c *ConsumerSpans) Start(ctx context.Context, messageID string, h nats.Head
 	attrs = append(attrs, extra...)
 	opts := append(b.opts[:0], trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
 
-	pctx := extractCached(ctx, h)
+	pctx := extractCached(ctx, carrier)
 	if mode == LinkedMode {
 		if psc := trace.SpanContextFromContext(pctx); psc.IsValid() && psc.IsRemote() {
 			opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: psc}))
@@ -207,14 +209,18 @@ var spanBufs = sync.Pool{New: func() any {
 	return &spanBuf{attrs: make([]attribute.KeyValue, 0, 12), opts: make([]trace.SpanStartOption, 0, 4)}
 }}
 
-// extractCached is Extract for consumers: the messages of one batch carry
-// the same trace context, and a consumer starts every span from the same
-// base context, so the last header seen, its base and the context they
-// gave are remembered (one slot; a miss just extracts).
-func extractCached(ctx context.Context, h nats.Header) context.Context {
-	tp := HeaderCarrier(h).Get("traceparent")
-	if tp == "" || len(h) > 1 && (HeaderCarrier(h).Get("tracestate") != "" || HeaderCarrier(h).Get("baggage") != "") {
-		return Extract(ctx, h)
+// extractCached is ExtractFrom for consumers: the messages of one batch
+// carry the same trace context, and a consumer starts every span from the
+// same base context, so the last traceparent seen, its base and the
+// context they gave are remembered (one slot; a miss just extracts).
+func extractCached(ctx context.Context, c propagation.TextMapCarrier) context.Context {
+	n := fields(c)
+	if n == 0 {
+		return ctx
+	}
+	tp := c.Get("traceparent")
+	if tp == "" || n != 1 && (c.Get("tracestate") != "" || c.Get("baggage") != "") {
+		return ExtractFrom(ctx, c)
 	}
 	prop := currentPropagator()
 	if c := lastExtract.Load(); c != nil && c.traceparent == tp && c.prop == prop {
@@ -223,7 +229,7 @@ func extractCached(ctx context.Context, h nats.Header) context.Context {
 		}
 		return trace.ContextWithRemoteSpanContext(ctx, c.sc)
 	}
-	out := prop.use.Extract(ctx, HeaderCarrier(h))
+	out := prop.use.Extract(ctx, c)
 	sc := trace.SpanContextFromContext(out)
 	if sc.IsValid() && sc.IsRemote() {
 		lastExtract.Store(&extracted{traceparent: tp, sc: sc, prop: prop, base: ctx, out: out})

@@ -49,6 +49,9 @@ type Envelope struct {
 	// Graph names the job graph the job belongs to (chain, group): when the
 	// job is done, the worker releases the children whose parents are all done.
 	Graph string `msgpack:"graph,omitempty"`
+	// Trace is the enqueuer's trace context; the worker's CONSUMER span
+	// continues it.
+	Trace TraceContext `msgpack:"trace,omitempty"`
 }
 
 var encPool = sync.Pool{New: func() any {

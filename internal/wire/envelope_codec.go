@@ -29,7 +29,7 @@ func appendEnvelopeHead(b []byte, e *Envelope) []byte {
 	n := 4 // v, id, name, args
 	for _, set := range [...]bool{e.Attempt != 0, e.MaxRetries != nil, len(e.Retry) > 0, e.Channel != "",
 		e.Priority != nil, e.TimeoutMS != 0, e.Description != "", e.Identity != "", e.EnqueuedAt != 0,
-		e.ETA != 0, e.Template, e.Graph != ""} {
+		e.ETA != 0, e.Template, e.Graph != "", len(e.Trace) >= 2} {
 		if set {
 			n++
 		}
@@ -78,6 +78,9 @@ func appendEnvelopeTail(b []byte, e *Envelope) []byte {
 	}
 	if e.Graph != "" {
 		b = AppendString(AppendString(b, "graph"), e.Graph)
+	}
+	if len(e.Trace) >= 2 {
+		b = appendTrace(b, e.Trace)
 	}
 	if e.Template {
 		b = AppendBool(AppendString(b, "tmpl"), true)
@@ -146,6 +149,12 @@ func decodeEnvelope(data []byte, e *Envelope) error {
 			e.Template = r.Bool()
 		case "graph":
 			e.Graph = r.String()
+		case "trace":
+			t, err := readTrace(r)
+			if err != nil {
+				return fmt.Errorf("envelope key %q: %w", k, err)
+			}
+			e.Trace = t
 		default:
 			return fmt.Errorf("unknown envelope key %q", k)
 		}
@@ -187,6 +196,7 @@ func (e *Envelope) EncodeMsgpack(enc *msgpack.Encoder) error {
 	opt(e.ETA != 0)
 	opt(e.Template)
 	opt(e.Graph != "")
+	opt(len(e.Trace) >= 2)
 	w := &errWriter{enc: enc}
 	w.mapLen(n)
 	w.key("v").int(int64(e.V))
@@ -228,6 +238,12 @@ func (e *Envelope) EncodeMsgpack(enc *msgpack.Encoder) error {
 	}
 	if e.Graph != "" {
 		w.key("graph").str(e.Graph)
+	}
+	if len(e.Trace) >= 2 {
+		w.key("trace").mapLen(len(e.Trace) / 2)
+		for i := 0; i+1 < len(e.Trace); i += 2 {
+			w.str(e.Trace[i]).str(e.Trace[i+1])
+		}
 	}
 	if e.Template {
 		w.key("tmpl")
@@ -345,6 +361,23 @@ func (e *Envelope) DecodeMsgpack(dec *msgpack.Decoder) error {
 			e.Template, err = dec.DecodeBool()
 		case "graph":
 			e.Graph, err = dec.DecodeString()
+		case "trace":
+			var m int
+			if m, err = dec.DecodeMapLen(); err == nil && m > 0 {
+				if m > maxTraceFields {
+					return fmt.Errorf("trace has %d fields (at most %d)", m, maxTraceFields)
+				}
+				e.Trace = make(TraceContext, 0, 2*m)
+				for j := 0; j < m && err == nil; j++ {
+					var k, v string
+					if k, err = dec.DecodeString(); err == nil {
+						if v, err = dec.DecodeString(); err == nil {
+							err = checkTraceField(k, v)
+						}
+					}
+					e.Trace = append(e.Trace, k, v)
+				}
+			}
 		default:
 			return fmt.Errorf("unknown envelope key %q", k)
 		}

@@ -45,7 +45,8 @@ func seedEnvelopes(f *testing.F) {
 		{ID: NewID(), Name: "partner.export", Args: fuzzMarshal(f, map[string]any{"id": 42, "fields": []string{"name", "email"}}),
 			Attempt: 2, MaxRetries: &three, Retry: map[int]int64{1: 1000, 5: 60000}, Channel: "root.magento",
 			Priority: &prio, TimeoutMS: 30000, Description: "Export partner 42", Identity: "partner-42",
-			EnqueuedAt: 1700000000000, ETA: 1700000060000},
+			EnqueuedAt: 1700000000000, ETA: 1700000060000,
+			Trace: TraceContext{"traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate", "k=v"}},
 		{ID: "x", Name: "n", Args: fuzzMarshal(f, deep), MaxRetries: &zero, Channel: "root"},
 		{ID: "bin", Name: "blob", Args: fuzzMarshal(f, map[string]any{"b": []byte{0, 1, 2}, "f": 1.5, "t": time.Unix(1, 0)})},
 	} {
@@ -56,7 +57,8 @@ func seedEnvelopes(f *testing.F) {
 		f.Add(b)
 	}
 	good := map[string]any{"v": 1, "id": "A1", "name": "n", "args": map[string]any{}}
-	for k, v := range map[string]any{"v": 2, "extra": 1, "args": nil, "retry": map[int]int{0: 1}, "channel": "other"} {
+	for k, v := range map[string]any{"v": 2, "extra": 1, "args": nil, "retry": map[int]int{0: 1}, "channel": "other",
+		"trace": map[string]any{"traceparent": 1}} {
 		m := map[string]any{}
 		for gk, gv := range good {
 			m[gk] = gv

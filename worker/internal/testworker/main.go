@@ -71,6 +71,12 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if err := w.Setup(ctx); err != nil {
+		return err
+	}
+	// Tells tests this process is about to pull (Run's Setup finds the
+	// consumers there).
+	rdb.Set(ctx, prefix+":up:"+os.Getenv("TW_NAME"), "1", time.Hour)
 	go func() {
 		<-ctx.Done()
 		// Tells tests the signal was seen (signals are asynchronous).
