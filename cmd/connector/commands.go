@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"sync"
@@ -337,12 +338,22 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	rounds := fs.Int("rounds", 3, "alternate raw/framework runs this many times")
 	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every write (sync_interval: always)")
 	redisURL := fs.String("redis", "", "Redis for job records (default: CONNECTOR_REDIS_URL, else 127.0.0.1:6379 if it answers, else none)")
-	telemetryOn := fs.Bool("telemetry", false, "enable tracing (SDK, no exporter) and metrics (Prometheus) in the framework run")
+	telemetryOn := fs.Bool("telemetry", false, "enable tracing (SDK, batch span processor, no-op exporter) and metrics (Prometheus) in the framework run")
 	pairs := fs.Int("telemetry-pairs", 0, "measure the telemetry overhead: this many alternated runs without and with -telemetry, then the median ratio")
 	sampler := fs.Float64("telemetry-sample", 1, "with -telemetry: the fraction of traces sampled (parent-based ratio sampler; 1 samples all)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	memProfile := fs.String("memprofile", "", "write a heap profile (allocations since the start) to this file at the end")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *memProfile != "" {
+		runtime.MemProfileRate = 64 << 10
+		defer func() {
+			if f, err := os.Create(*memProfile); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				_ = f.Close()
+			}
+		}()
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
