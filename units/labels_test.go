@@ -166,11 +166,11 @@ func TestWorkSpanErrorsAreRedacted(t *testing.T) {
 		for _, ev := range s.Events() {
 			texts = append(texts, ev.Name)
 			for _, kv := range ev.Attributes {
-				texts = append(texts, kv.Value.Emit())
+				texts = append(texts, kv.Value.String())
 			}
 		}
 		for _, kv := range s.Attributes() {
-			texts = append(texts, kv.Value.Emit())
+			texts = append(texts, kv.Value.String())
 		}
 		all := strings.Join(texts, "\n")
 		if strings.Contains(all, secret) {

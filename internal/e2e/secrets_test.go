@@ -261,11 +261,11 @@ func TestSecretsStayOut(t *testing.T) {
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s %s", s.Name, s.Status.Description)
 		for _, kv := range s.Attributes {
-			fmt.Fprintf(&b, " %s=%s", kv.Key, kv.Value.Emit())
+			fmt.Fprintf(&b, " %s=%s", kv.Key, kv.Value.String())
 		}
 		for _, ev := range s.Events {
 			for _, kv := range ev.Attributes {
-				fmt.Fprintf(&b, " %s.%s=%s", ev.Name, kv.Key, kv.Value.Emit())
+				fmt.Fprintf(&b, " %s.%s=%s", ev.Name, kv.Key, kv.Value.String())
 			}
 		}
 		check("span "+s.Name, b.String())

@@ -288,7 +288,7 @@ func exceptionEvents(s tracetest.SpanStub) []map[string]string {
 		}
 		m := map[string]string{}
 		for _, kv := range ev.Attributes {
-			m[string(kv.Key)] = kv.Value.Emit()
+			m[string(kv.Key)] = kv.Value.String()
 		}
 		out = append(out, m)
 	}

@@ -250,7 +250,7 @@ func (e *consoleExporter) ExportSpans(_ context.Context, spans []sdktrace.ReadOn
 		if a := s.Attributes(); len(a) > 0 {
 			cs.Attributes = make(map[string]string, len(a))
 			for _, kv := range a {
-				cs.Attributes[string(kv.Key)] = kv.Value.Emit()
+				cs.Attributes[string(kv.Key)] = kv.Value.String()
 			}
 		}
 		for _, l := range s.Links() {

@@ -28,7 +28,7 @@ func newTestTracer(t *testing.T) (trace.Tracer, *tracetest.InMemoryExporter) {
 func attrMap(kvs []attribute.KeyValue) map[string]string {
 	m := make(map[string]string, len(kvs))
 	for _, kv := range kvs {
-		m[string(kv.Key)] = kv.Value.Emit()
+		m[string(kv.Key)] = kv.Value.String()
 	}
 	return m
 }
