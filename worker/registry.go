@@ -16,7 +16,10 @@ type Message struct {
 	job.Meta
 	// Args holds the msgpack-encoded arguments.
 	Args []byte
-	// Header holds the NATS headers of the message (trace context, custom).
+	// Header holds the NATS headers of the message: custom ones
+	// (job.WithHeader), a trace context written by a producer that uses
+	// headers. The Go dispatcher puts the trace context in the envelope;
+	// the handler's ctx carries it either way (trace.SpanFromContext).
 	Header nats.Header
 	// StreamSeq is the message's sequence in the jobs stream.
 	StreamSeq uint64
