@@ -455,7 +455,8 @@ func (r *runner) ensurePartitionOnce(ctx context.Context, i int, floors []uint64
 
 // recreate brings back a partition's consumer after its consumption
 // stopped: the same consumer if it still exists (errRetired if it was
-// retired), else a new one with the configuration it last had.
+// retired), else a new one with the configuration it last had, unless
+// another set of the listener is live (errRetired).
 func (r *runner) recreate(ctx context.Context, p *partition) (jetstream.Consumer, error) {
 	stream := r.l.names.EventsStream()
 	c, err := r.l.js.Consumer(ctx, stream, p.consum)
@@ -468,6 +469,18 @@ func (r *runner) recreate(ctx context.Context, p *partition) (jetstream.Consumer
 	}
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, err
+	}
+	// Deleted. Beside another live set, this one was retired and then
+	// removed (an operator cleaning up after a change of partitions, this
+	// process cut off meanwhile): coming back would make two live sets,
+	// each handling every event. The runner resolves again instead, and
+	// takes the listener back only by a takeover.
+	sets, err := r.discover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(rivals(sets, r.li.partitions)) > 0 {
+		return nil, errRetired
 	}
 	cfg := p.last
 	cfg.Metadata = userMetadata(cfg.Metadata)

@@ -15,6 +15,7 @@ import (
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // orderLog records, per record, the data "n" of each handled event, and
@@ -345,4 +346,45 @@ func TestTakeoverAfterKilledProcess(t *testing.T) {
 	}
 	e.checkOrder(records, false)
 	t.Logf("%d in flight at the kill, %d handled twice, B handled %d", unacked, dup, e.byProc("B"))
+}
+
+// A consumer deleted while another partitioning of its listener is live
+// (an operator removing retired consumers, docs/events.md, while a process
+// of theirs was cut off) is not brought back as it was: that would make
+// two live sets, each handling every event. The process stops and takes
+// the listener back only by the protocol, retiring the other set first.
+func TestDeletedConsumerNotRecreatedBesideALiveSet(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	log := newOrderLog()
+	l := e.listeners(events.WithIntervals(50*time.Millisecond, 100*time.Millisecond))
+	must(t, l.On("pruned", "res.partner", "", log.handler, events.WithPartitions(1)))
+	e.runFor(l)
+	ids := e.publishBatch(3, 1, 0)
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(ids) }, "events handled by the 1-partition set")
+
+	// Another deployment's 2-partition set, live, newer than the running one.
+	for i := 0; i < 2; i++ {
+		var filters []string
+		for b := i; b < wire.EventBuckets; b += 2 {
+			filters = append(filters, e.names.EventFilter("res.partner", "", fmt.Sprintf("%02x", b)))
+		}
+		_, err := e.js.CreateConsumer(ctx, e.names.EventsStream(), jetstream.ConsumerConfig{
+			Durable: events.ConsumerName("pruned", i, 2), FilterSubjects: filters,
+			AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1, MaxDeliver: -1,
+			Metadata: map[string]string{"connector.listener": "pruned", "connector.partitions": "2"},
+		})
+		must(t, err)
+	}
+	must(t, e.js.DeleteConsumer(ctx, e.names.EventsStream(), events.ConsumerName("pruned", 0, 1)))
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		_, err := e.js.Consumer(ctx, e.names.EventsStream(), events.ConsumerName("pruned", 0, 1))
+		return err == nil
+	}, "the 1-partition consumer back")
+	if md := e.metadata(events.ConsumerName("pruned", 0, 2)); md["connector.retired"] == "" {
+		t.Fatalf("the deleted consumer came back while the 2-partition set was live: %v", md)
+	}
+	ids = append(ids, e.publishBatch(3, 2, 1)...)
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(ids) }, "later events handled")
+	log.check(t, ids)
 }
