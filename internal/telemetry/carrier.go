@@ -27,14 +27,6 @@ func Extract(ctx context.Context, h nats.Header) context.Context {
 	return propagator().Extract(ctx, HeaderCarrier(h))
 }
 
-// InjectInto writes ctx's span context into c (no-op when ctx carries none).
-func InjectInto(ctx context.Context, c propagation.TextMapCarrier) {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		return
-	}
-	propagator().Inject(ctx, c)
-}
-
 // TraceOf is ctx's trace context as a job envelope carries it (nil when
 // ctx carries no span context).
 func TraceOf(ctx context.Context) wire.TraceContext {
