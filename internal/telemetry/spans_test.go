@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
@@ -231,5 +232,50 @@ func TestSameContext(t *testing.T) {
 	u := uncomparableCtx{Context: a, tags: []string{"x"}}
 	if sameContext(u, u) {
 		t.Fatal("an uncomparable context is never the same")
+	}
+}
+
+// A job's trace context: TraceOf writes the W3C fields (and baggage) into
+// an envelope's trace, JobCarrier prefers it to the headers, and a
+// consumer span started from it is the producer's child with its baggage.
+func TestJobTraceContext(t *testing.T) {
+	tr, exp := newTestTracer(t)
+	if tc := TraceOf(context.Background()); tc != nil {
+		t.Fatalf("no span context, trace %q", tc)
+	}
+	m, err := baggage.NewMember("tenant", "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bag, err := baggage.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, producer := tr.Start(baggage.ContextWithBaggage(context.Background(), bag), "producer")
+	tc := TraceOf(ctx)
+	producer.End()
+	want := "00-" + producer.SpanContext().TraceID().String() + "-" + producer.SpanContext().SpanID().String() + "-01"
+	if tc.Get("traceparent") != want || tc.Get("baggage") != "tenant=acme" {
+		t.Fatalf("trace %q, want traceparent %s and the baggage", tc, want)
+	}
+	other := nats.Header{"traceparent": []string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+	env := &wire.Envelope{Trace: tc}
+	if got := JobCarrier(env, other).Get("traceparent"); got != want {
+		t.Fatalf("JobCarrier read %q, want the envelope's %s", got, want)
+	}
+	if got := JobCarrier(&wire.Envelope{}, other).Get("traceparent"); got != other["traceparent"][0] {
+		t.Fatalf("JobCarrier without an envelope trace read %q, want the header's", got)
+	}
+	if got := ExtractFrom(context.Background(), JobCarrier(nil, nil)); got != context.Background() {
+		t.Fatal("nothing to extract: want the context unchanged")
+	}
+	sctx, span := NewConsumerSpans(tr, ParentMode, "JOBS", "jobs").Start(context.Background(), "J1", JobCarrier(env, nil))
+	span.End()
+	s := findSpan(t, exp, "process JOBS")
+	if s.Parent.SpanID() != producer.SpanContext().SpanID() || s.SpanContext.TraceID() != producer.SpanContext().TraceID() {
+		t.Fatalf("consumer span parent %s in trace %s, want the producer's", s.Parent.SpanID(), s.SpanContext.TraceID())
+	}
+	if v := baggage.FromContext(sctx).Member("tenant").Value(); v != "acme" {
+		t.Fatalf("baggage tenant %q", v)
 	}
 }
