@@ -303,7 +303,7 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		msg.Subject = d.names.ScheduleSubject(env.ID)
 	}
 	switch {
-	case d.traceHeaders && len(env.Trace) > 0 && msg.Header == nil && o.ID == "" && len(o.Headers) == 0 && bt != nil:
+	case bt != nil && bt.hdr != nil && msg.Header == nil && o.ID == "" && len(o.Headers) == 0:
 		msg.Header = bt.hdr // shared by the batch's messages, read only
 	case d.traceHeaders && len(env.Trace) > 0:
 		if msg.Header == nil {

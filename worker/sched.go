@@ -511,11 +511,9 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 	return nil
 }
 
-// inflightSet holds the jobs received and not finished: the heartbeats
-// walk it.
 // inflightSet holds the jobs this process holds (received, not settled),
-// as an intrusive list: adding and removing cost a few pointer writes, no
-// hashing, no allocation.
+// as an intrusive list (adding and removing cost a few pointer writes, no
+// hashing, no allocation); the heartbeats walk it.
 type inflightSet struct {
 	mu   sync.Mutex
 	head *item // sentinel-free doubly linked list

@@ -19,14 +19,6 @@ func Inject(ctx context.Context, h nats.Header) {
 	propagator().Inject(ctx, HeaderCarrier(h))
 }
 
-// Extract returns ctx with the remote span context found in h, if any.
-func Extract(ctx context.Context, h nats.Header) context.Context {
-	if len(h) == 0 {
-		return ctx
-	}
-	return propagator().Extract(ctx, HeaderCarrier(h))
-}
-
 // TraceOf is ctx's trace context as a job envelope carries it (nil when
 // ctx carries no span context).
 func TraceOf(ctx context.Context) wire.TraceContext {
