@@ -67,6 +67,8 @@ type item struct {
 	token string // slot lease token; "" when no slot held
 	group string // consumer name
 	spans *telemetry.ConsumerSpans
+	// series: its metrics, from its start on (nil with metrics off)
+	series *telemetry.JobSeries
 
 	m        Message       // what its handler gets
 	jc       jobCtx        // its log context

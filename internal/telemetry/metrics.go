@@ -33,6 +33,9 @@ const (
 	OutcomeRetried     = "retried"
 	OutcomeDead        = "dead"
 	OutcomeNothingToDo = "nothing_to_do"
+	// Executions that ended without a verdict.
+	OutcomeHandedBack  = "handed_back" // given back unfinished, to run again
+	OutcomeInterrupted = "interrupted" // stopped by the worker's shutdown
 )
 
 // Store operation outcomes (store.outcome) passed to Metrics.StoreOpOutcome.
@@ -101,6 +104,7 @@ type Metrics struct {
 
 	inflightN cowCache[string, *inflightCount] // by job.channel
 	counts    cowCache[countKey, *countCell]
+	series    cowCache[jobKey, *JobSeries]
 }
 
 type (
@@ -253,13 +257,18 @@ func (m *Metrics) counter(inst int) metric.Int64Observable {
 
 // count adds one to a job counter.
 func (m *Metrics) count(inst int, name, channel, outcome string) {
-	m.counts.get(countKey{inst, name, channel, outcome}, func() *countCell {
+	m.countCell(inst, name, channel, outcome).n.Add(1)
+}
+
+// countCell is the cell of one job counter series.
+func (m *Metrics) countCell(inst int, name, channel, outcome string) *countCell {
+	return m.counts.get(countKey{inst, name, channel, outcome}, func() *countCell {
 		kvs := []attribute.KeyValue{AttrJobName.String(name), AttrJobChannel.String(channel)}
 		if inst == countEnded {
 			kvs = append(kvs, AttrJobOutcome.String(outcome))
 		}
 		return &countCell{attrs: metric.WithAttributeSet(attribute.NewSet(kvs...))}
-	}).n.Add(1)
+	})
 }
 
 // inflightCount is the number of jobs of one channel running now.
@@ -289,27 +298,103 @@ func (m *Metrics) JobEnqueued(ctx context.Context, name, channel string) {
 	m.count(countEnqueued, name, channel, "")
 }
 
-// JobStarted records the start of one execution: connector.jobs.started
-// {job.name, job.channel} +1, connector.job.queue_wait (seconds since the
-// job was enqueued or due; not recorded when sinceEnqueue <= 0) and
-// connector.jobs.inflight{job.channel} +1. Every JobStarted must be
-// followed by exactly one JobEnded with the same channel.
-func (m *Metrics) JobStarted(ctx context.Context, name, channel string, sinceEnqueue time.Duration) {
-	if m == nil {
-		return
-	}
-	a := m.job(name, channel)
-	m.count(countStarted, name, channel, "")
-	if sinceEnqueue > 0 {
-		m.wait.Record(ctx, sinceEnqueue.Seconds(), a.record...)
-	}
-	m.running(channel).n.Add(1)
+// JobSeries is the metric series of one job name in one channel, looked up
+// once per execution (Metrics.Job) instead of once per instrument: the
+// started and ended counters, the queue-wait and duration histograms and
+// the channel's in-flight count. Its methods are no-ops on a nil
+// *JobSeries (metrics off).
+type JobSeries struct {
+	m       *Metrics
+	name    string
+	channel string
+	wait    *attrOpts
+	started *countCell
+	running *inflightCount
+	ended   [len(knownOutcomes)]atomic.Pointer[endedSeries]
 }
 
-// JobEnded records the end of one execution: connector.jobs.ended
-// {job.name, job.channel, job.outcome} +1, connector.job.duration (seconds,
-// same attributes) and connector.jobs.inflight{job.channel} -1. outcome is
-// one of the Outcome* constants.
+// endedSeries is one outcome's counter cell and duration attributes.
+type endedSeries struct {
+	count *countCell
+	opts  *attrOpts
+}
+
+// knownOutcomes are the outcomes a JobSeries keeps at hand; others are
+// looked up in the caches.
+var knownOutcomes = [...]string{OutcomeSucceeded, OutcomeRetried, OutcomeDead, OutcomeNothingToDo, OutcomeHandedBack, OutcomeInterrupted}
+
+// Job returns the series of name in channel (nil on a nil *Metrics).
+func (m *Metrics) Job(name, channel string) *JobSeries {
+	if m == nil {
+		return nil
+	}
+	return m.series.get(jobKey{name, channel}, func() *JobSeries {
+		return &JobSeries{
+			m: m, name: name, channel: channel,
+			wait:    m.job(name, channel),
+			started: m.countCell(countStarted, name, channel, ""),
+			running: m.running(channel),
+		}
+	})
+}
+
+// Started records the start of one execution: connector.jobs.started
+// {job.name, job.channel} +1, connector.job.queue_wait (seconds since the
+// job was enqueued or due; not recorded when sinceEnqueue <= 0) and
+// connector.jobs.inflight{job.channel} +1. Every Started must be followed by
+// exactly one Ended of the same series.
+func (j *JobSeries) Started(ctx context.Context, sinceEnqueue time.Duration) {
+	if j == nil {
+		return
+	}
+	j.started.n.Add(1)
+	if sinceEnqueue > 0 {
+		j.m.wait.Record(ctx, sinceEnqueue.Seconds(), j.wait.record...)
+	}
+	j.running.n.Add(1)
+}
+
+// Ended records the end of one execution: connector.jobs.ended {job.name,
+// job.channel, job.outcome} +1, connector.job.duration (seconds, same
+// attributes) and connector.jobs.inflight{job.channel} -1. outcome is one
+// of the Outcome* constants.
+func (j *JobSeries) Ended(ctx context.Context, outcome string, d time.Duration) {
+	if j == nil {
+		return
+	}
+	e := j.endedOf(outcome)
+	e.count.n.Add(1)
+	j.m.duration.Record(ctx, d.Seconds(), e.opts.record...)
+	j.running.n.Add(-1)
+}
+
+func (j *JobSeries) endedOf(outcome string) *endedSeries {
+	i := 0
+	for i < len(knownOutcomes) && knownOutcomes[i] != outcome {
+		i++
+	}
+	if i < len(knownOutcomes) {
+		if e := j.ended[i].Load(); e != nil {
+			return e
+		}
+	}
+	e := &endedSeries{
+		count: j.m.countCell(countEnded, j.name, j.channel, outcome),
+		opts: j.m.outcomes.get(outcomeKey{j.name, j.channel, outcome}, func() *attrOpts {
+			return newAttrOpts(AttrJobName.String(j.name), AttrJobChannel.String(j.channel), AttrJobOutcome.String(outcome))
+		}),
+	}
+	if i < len(knownOutcomes) {
+		j.ended[i].Store(e) // a racing store holds the same cached cells
+	}
+	return e
+}
+
+// JobStarted is Job(name, channel).Started(ctx, sinceEnqueue).
+func (m *Metrics) JobStarted(ctx context.Context, name, channel string, sinceEnqueue time.Duration) {
+	m.Job(name, channel).Started(ctx, sinceEnqueue)
+}
+
 // JobRejected counts a message that ended without running (not a valid
 // envelope, unknown job, last attempt lost): outcome without duration, and
 // the in-flight gauge is not touched since JobStarted never counted it.
@@ -320,16 +405,9 @@ func (m *Metrics) JobRejected(ctx context.Context, name, channel, outcome string
 	m.count(countEnded, name, channel, outcome)
 }
 
+// JobEnded is Job(name, channel).Ended(ctx, outcome, d).
 func (m *Metrics) JobEnded(ctx context.Context, name, channel, outcome string, d time.Duration) {
-	if m == nil {
-		return
-	}
-	o := m.outcomes.get(outcomeKey{name, channel, outcome}, func() *attrOpts {
-		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel), AttrJobOutcome.String(outcome))
-	})
-	m.count(countEnded, name, channel, outcome)
-	m.duration.Record(ctx, d.Seconds(), o.record...)
-	m.running(channel).n.Add(-1)
+	m.Job(name, channel).Ended(ctx, outcome, d)
 }
 
 // EventHandled counts one event listener invocation

@@ -50,6 +50,13 @@ func TestMetricsScrape(t *testing.T) {
 	m.JobStarted(ctx, "export_order", "root.export", 0)
 	m.JobEnded(ctx, "export_order", "root.export", OutcomeRetried, time.Second)
 	m.JobStarted(ctx, "import_partner", "root", time.Millisecond) // still running
+	// Through a series handle, as the worker does; one outcome it keeps at
+	// hand, one it looks up.
+	series := m.Job("export_order", "root.export")
+	series.Started(ctx, time.Millisecond)
+	series.Ended(ctx, OutcomeSucceeded, time.Millisecond)
+	series.Started(ctx, time.Millisecond)
+	series.Ended(ctx, "custom", time.Millisecond)
 	m.EventHandled(ctx, "export_on_write", "sale.order", "on_record_write", "ok")
 	m.StoreOp(ctx, "bind", 2*time.Millisecond, nil)
 	m.StoreOp(ctx, "lock", 3*time.Millisecond, errors.New("taken"))
@@ -87,10 +94,14 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	// Values: 2 enqueued, in-flight back to 0 on root.export and 1 on root.
 	for prefix, want := range map[string]string{
-		`connector_jobs_enqueued_total{job_channel="root.export",job_name="export_order",`: "2",
-		`connector_jobs_inflight{job_channel="root.export",`:                               "0",
-		`connector_jobs_inflight{job_channel="root",`:                                      "1",
-		`connector_consumer_pending{consumer="workers-root",`:                              "42",
+		`connector_jobs_enqueued_total{job_channel="root.export",job_name="export_order",`:                                "2",
+		`connector_jobs_inflight{job_channel="root.export",`:                                                              "0",
+		`connector_jobs_ended_total{job_channel="root.export",job_name="export_order",job_outcome="succeeded",`:           "2",
+		`connector_jobs_ended_total{job_channel="root.export",job_name="export_order",job_outcome="custom",`:              "1",
+		`connector_jobs_started_total{job_channel="root.export",job_name="export_order",`:                                 "4",
+		`connector_job_duration_seconds_count{job_channel="root.export",job_name="export_order",job_outcome="succeeded",`: "2",
+		`connector_jobs_inflight{job_channel="root",`:                                                                     "1",
+		`connector_consumer_pending{consumer="workers-root",`:                                                             "42",
 	} {
 		line := lineWith(out, prefix)
 		if got := line[strings.LastIndexByte(line, ' ')+1:]; got != want {
@@ -126,6 +137,12 @@ func TestNewMetricsNil(t *testing.T) {
 	disabled.JobStarted(ctx, "a", "root", time.Second)
 	disabled.JobEnded(ctx, "a", "root", OutcomeDead, time.Second)
 	disabled.JobEnqueued(ctx, "a", "root")
+	series := disabled.Job("a", "root")
+	if series != nil {
+		t.Errorf("Job on disabled metrics: %v, want nil", series)
+	}
+	series.Started(ctx, time.Second)
+	series.Ended(ctx, OutcomeSucceeded, time.Second)
 	disabled.EventHandled(ctx, "l", "m", "e", "ok")
 	disabled.StoreOp(ctx, "bind", time.Second, nil)
 	disabled.StoreOpOutcome(ctx, "lock", StoreOutcomeLocked, time.Second)

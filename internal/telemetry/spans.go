@@ -148,6 +148,10 @@ func StartProducerBatchSpan(ctx context.Context, tr trace.Tracer, destination st
 // child (same trace id); in LinkedMode the span starts a new trace with a
 // link to it. Baggage from h is in the returned context either way. When h
 // carries no trace context the span is a child of ctx's span, if any.
+//
+// The attributes are set once the span has started rather than given as
+// start options (one copy instead of two): a sampler sees the span's name
+// and kind, not its attributes.
 func StartConsumerSpan(ctx context.Context, tr trace.Tracer, mode LinkMode, destination, consumerGroup, messageID string, h nats.Header, extra ...attribute.KeyValue) (context.Context, trace.Span) {
 	return NewConsumerSpans(tr, mode, destination, consumerGroup).Start(ctx, messageID, HeaderCarrier(h), extra...)
 }
@@ -184,7 +188,7 @@ func (c *ConsumerSpans) Start(ctx context.Context, messageID string, carrier pro
 		attrs = append(attrs, semconv.MessagingMessageIDKey.String(messageID))
 	}
 	attrs = append(attrs, extra...)
-	opts := append(b.opts[:0], trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+	opts := append(b.opts[:0], trace.WithSpanKind(trace.SpanKindConsumer))
 
 	pctx := extractCached(ctx, carrier)
 	if mode == LinkedMode {
@@ -193,6 +197,12 @@ func (c *ConsumerSpans) Start(ctx context.Context, messageID string, carrier pro
 		}
 	}
 	sctx, span := c.tr.Start(pctx, c.name, opts...)
+	// Set once the span is started, not as a start option: the SDK copies
+	// start options' attributes into its config and then again into the
+	// span, about 0.4 µs and 500 bytes per job more than one copy
+	// (BenchmarkConsumerSpan). Samplers see the span's name ("process
+	// <destination>") and kind, not these attributes.
+	span.SetAttributes(attrs...)
 	clear(attrs)
 	clear(opts)
 	b.attrs, b.opts = attrs[:0], opts[:0]
