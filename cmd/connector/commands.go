@@ -11,7 +11,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
-	"sort"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -339,7 +338,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every write (sync_interval: always)")
 	redisURL := fs.String("redis", "", "Redis for job records (default: CONNECTOR_REDIS_URL, else 127.0.0.1:6379 if it answers, else none)")
 	telemetryOn := fs.Bool("telemetry", false, "enable tracing (SDK, batch span processor, no-op exporter) and metrics (Prometheus) in the framework run")
-	pairs := fs.Int("telemetry-pairs", 0, "measure the telemetry overhead: this many alternated runs without and with -telemetry, then the median ratio")
+	pairs := fs.Int("telemetry-pairs", 0, "measure the telemetry overhead: this many pairs of framework runs without and with -telemetry (back to back, order alternating), then the median ratio")
 	sampler := fs.Float64("telemetry-sample", 1, "with -telemetry: the fraction of traces sampled (parent-based ratio sampler; 1 samples all)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write a heap profile (allocations since the start) to this file at the end")
@@ -396,35 +395,21 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	return err
 }
 
-// benchTelemetryPairs alternates runs without and with telemetry (so that
-// the machine's drift falls on both alike) and reports, per pair and as a
-// median, the framework's rate with telemetry over its rate without.
+// benchTelemetryPairs measures what tracing and metrics cost the
+// framework (bench.Overhead): pairs of runs without and with telemetry,
+// back to back on one server, in alternating order, and the median of
+// with/plain.
 func benchTelemetryPairs(ctx context.Context, o bench.Options, pairs int, sampler float64, out io.Writer) error {
-	var ratios []float64
-	for i := 1; i <= pairs; i++ {
-		plain, err := bench.Run(ctx, o, io.Discard)
-		if err != nil {
-			return err
-		}
-		wo, do, shutdown, err := benchTelemetry(ctx, sampler)
-		if err != nil {
-			return err
-		}
-		t := o
-		t.WorkerOpts, t.DispatcherOpts = wo, do
-		traced, err := bench.Run(ctx, t, io.Discard)
-		shutdown()
-		if err != nil {
-			return err
-		}
-		// b/a of each run cancels the drift between the two runs' baselines.
-		ratios = append(ratios, traced/plain)
-		fmt.Fprintf(out, "pair %d: b/a plain %.3f, with telemetry %.3f => telemetry/plain %.3f\n", i, plain, traced, traced/plain)
+	wo, do, shutdown, err := benchTelemetry(ctx, sampler)
+	if err != nil {
+		return err
 	}
-	sort.Float64s(ratios)
-	med := ratios[len(ratios)/2]
-	if len(ratios)%2 == 0 {
-		med = (ratios[len(ratios)/2-1] + ratios[len(ratios)/2]) / 2
+	defer shutdown()
+	fmt.Fprintf(out, "N=%d, %d-byte arguments, job records: %v; telemetry: traces sampled at fraction %.2f, metrics on\n",
+		o.N, o.Size, o.Redis != nil, sampler)
+	med, err := bench.Overhead(ctx, o, wo, do, pairs, out)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(out, "median over %d pairs (sampled fraction %.2f): telemetry/plain = %.3f (overhead %.1f%%)\n", pairs, sampler, med, 100*(1-med))
 	return nil

@@ -6,8 +6,10 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -64,28 +66,11 @@ func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
 	if o.Rounds <= 0 {
 		o.Rounds = 1
 	}
-	srv, err := devenv.StartNATS(devenv.NATSOptions{SyncAlways: o.SyncAlways})
+	js, stop, err := start(ctx, o)
 	if err != nil {
 		return 0, err
 	}
-	defer srv.Stop()
-	nc, err := nats.Connect(srv.URL)
-	if err != nil {
-		return 0, err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return 0, err
-	}
-	// A stream that outlives the rounds: nats-server removes an account's
-	// empty streams directory in the background once its last stream is
-	// deleted, racing the next round's stream creation ("error creating
-	// store for stream", 10049: mkdir of a directory whose parent it just
-	// removed).
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ANCHOR", Subjects: []string{"bench.anchor"}}); err != nil {
-		return 0, err
-	}
+	defer stop()
 	fmt.Fprintf(out, "N=%d, %d-byte arguments, file storage, sync_interval=%s, job records: %v\n",
 		o.N, o.Size, map[bool]string{true: "always", false: "default (2m)"}[o.SyncAlways], o.Redis != nil)
 	var sumA, sumB float64
@@ -109,6 +94,96 @@ func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
 	ratio := sumB / sumA
 	fmt.Fprintf(out, "mean over %d round(s): a = %.0f msgs/s, b = %.0f jobs/s, b/a = %.2f\n", o.Rounds, sumA/float64(o.Rounds), sumB/float64(o.Rounds), ratio)
 	return ratio, nil
+}
+
+// start starts the embedded NATS server of a run and connects to it.
+func start(ctx context.Context, o Options) (jetstream.JetStream, func(), error) {
+	srv, err := devenv.StartNATS(devenv.NATSOptions{SyncAlways: o.SyncAlways})
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := nats.Connect(srv.URL)
+	if err != nil {
+		srv.Stop()
+		return nil, nil, err
+	}
+	stop := func() { nc.Close(); srv.Stop() }
+	js, err := jetstream.New(nc)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	// A stream that outlives the rounds: nats-server removes an account's
+	// empty streams directory in the background once its last stream is
+	// deleted, racing the next round's stream creation ("error creating
+	// store for stream", 10049: mkdir of a directory whose parent it just
+	// removed).
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ANCHOR", Subjects: []string{"bench.anchor"}}); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return js, stop, nil
+}
+
+// Overhead measures what some options (telemetry's, say) cost the
+// framework: pairs of framework runs of o.N jobs, one with o's options
+// alone ("plain") and one with the extra options as well ("with"), back to
+// back on one server. The order alternates from pair to pair (plain first,
+// then with first), so that the machine's drift falls on both alike, and
+// no raw run stands between them to add its own noise. It reports each
+// pair's with/plain rate ratio and returns their median.
+func Overhead(ctx context.Context, o Options, withWorker []worker.Option, withDispatcher []dispatcher.Option, pairs int, out io.Writer) (float64, error) {
+	if o.N <= 0 {
+		o.N = 100_000
+	}
+	if o.Size <= 0 {
+		o.Size = 256
+	}
+	js, stop, err := start(ctx, o)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	with := o
+	with.WorkerOpts = append(append([]worker.Option(nil), o.WorkerOpts...), withWorker...)
+	with.DispatcherOpts = append(append([]dispatcher.Option(nil), o.DispatcherOpts...), withDispatcher...)
+	ratios := make([]float64, 0, pairs)
+	run := 0
+	rate := func(o Options) (float64, error) {
+		run++
+		r, err := framework(ctx, js, o, run)
+		return r.Rate(o.N), err
+	}
+	for i := 1; i <= pairs; i++ {
+		var plain, traced float64
+		var err1, err2 error
+		if i%2 == 1 {
+			plain, err1 = rate(o)
+			traced, err2 = rate(with)
+		} else {
+			traced, err2 = rate(with)
+			plain, err1 = rate(o)
+		}
+		if err := errors.Join(err1, err2); err != nil {
+			return 0, err
+		}
+		ratios = append(ratios, traced/plain)
+		fmt.Fprintf(out, "pair %d: plain %7.0f jobs/s, with %7.0f jobs/s => with/plain %.3f\n", i, plain, traced, traced/plain)
+	}
+	return Median(ratios), nil
+}
+
+// Median of xs (sorted in place); 0 when empty.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	sort.Float64s(xs)
+	m := xs[len(xs)/2]
+	if len(xs)%2 == 0 {
+		m = (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	return m
 }
 
 func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Result, error) {
