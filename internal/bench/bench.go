@@ -38,6 +38,20 @@ type Options struct {
 	Rounds         int // alternate a/b this many times (default 1)
 }
 
+// withDefaults fills what o leaves unset: 100k jobs of 256 bytes, 1 round.
+func (o Options) withDefaults() Options {
+	if o.N <= 0 {
+		o.N = 100_000
+	}
+	if o.Size <= 0 {
+		o.Size = 256
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 1
+	}
+	return o
+}
+
 // Result of one phase.
 type Result struct {
 	Publish time.Duration
@@ -57,15 +71,7 @@ func (Payload) JobName() string { return "bench.noop" }
 
 // Run runs the benchmark and writes a report to out. It returns b/a.
 func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
-	if o.N <= 0 {
-		o.N = 100_000
-	}
-	if o.Size <= 0 {
-		o.Size = 256
-	}
-	if o.Rounds <= 0 {
-		o.Rounds = 1
-	}
+	o = o.withDefaults()
 	js, stop, err := start(ctx, o)
 	if err != nil {
 		return 0, err
@@ -133,12 +139,7 @@ func start(ctx context.Context, o Options) (jetstream.JetStream, func(), error) 
 // no raw run stands between them to add its own noise. It reports each
 // pair's with/plain rate ratio and returns their median.
 func Overhead(ctx context.Context, o Options, withWorker []worker.Option, withDispatcher []dispatcher.Option, pairs int, out io.Writer) (float64, error) {
-	if o.N <= 0 {
-		o.N = 100_000
-	}
-	if o.Size <= 0 {
-		o.Size = 256
-	}
+	o = o.withDefaults()
 	js, stop, err := start(ctx, o)
 	if err != nil {
 		return 0, err
