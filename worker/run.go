@@ -215,9 +215,9 @@ func (w *Worker) process(it *item) {
 	ctx := w.hardCtx
 	var span trace.Span
 	if w.tracer != nil {
-		// Eight attributes at most (the five of the consumer and these
-		// three): past eight the SDK builds a hash table per span when it
-		// ends, about a third more CPU per span. The channel is in the
+		// Eight attributes at most (the consumer's five, the message id
+		// and these two): past eight the SDK builds a hash table per span
+		// when it ends, about a third more CPU per span. The channel is in the
 		// consumer group's name (jobs~<channel>~<band>), the logs and the
 		// metrics.
 		ctx, span = it.spans.Start(ctx, env.ID, telemetry.JobCarrier(env, msg.Headers()),
