@@ -217,9 +217,9 @@ func (w *Worker) process(it *item) {
 	if w.tracer != nil {
 		// Eight attributes at most (the consumer's five, the message id
 		// and these two): past eight the SDK builds a hash table per span
-		// when it ends, about a third more CPU per span. The channel is in the
-		// consumer group's name (jobs~<channel>~<band>), the logs and the
-		// metrics.
+		// when it ends, about a third more CPU per span. The channel is in
+		// the consumer group's name (jobs~<channel>~<band>), the logs and
+		// the metrics.
 		ctx, span = it.spans.Start(ctx, env.ID, telemetry.JobCarrier(env, msg.Headers()),
 			attribute.String("connector.job.name", env.Name), attribute.Int("connector.job.attempt", attempt))
 		defer span.End()

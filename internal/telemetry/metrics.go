@@ -97,14 +97,13 @@ type Metrics struct {
 	storeOp  metric.Float64Histogram
 	meter    metric.Meter
 
-	jobs     cowCache[jobKey, *attrOpts]     // {job.name, job.channel}
 	outcomes cowCache[outcomeKey, *attrOpts] // {job.name, job.channel, job.outcome}
 	stores   cowCache[storeKey, *attrOpts]   // {store.op, store.outcome}
 	eventsC  cowCache[eventKey, *attrOpts]   // {event.*}
 
 	inflightN cowCache[string, *inflightCount] // by job.channel
 	counts    cowCache[countKey, *countCell]
-	series    cowCache[jobKey, *JobSeries]
+	series    cowCache[jobKey, *JobSeries] // {job.name, job.channel}
 }
 
 type (
@@ -283,12 +282,6 @@ func (m *Metrics) running(channel string) *inflightCount {
 	})
 }
 
-func (m *Metrics) job(name, channel string) *attrOpts {
-	return m.jobs.get(jobKey{name, channel}, func() *attrOpts {
-		return newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel))
-	})
-}
-
 // JobEnqueued counts one job published (connector.jobs.enqueued{job.name,
 // job.channel}).
 func (m *Metrics) JobEnqueued(ctx context.Context, name, channel string) {
@@ -331,7 +324,7 @@ func (m *Metrics) Job(name, channel string) *JobSeries {
 	return m.series.get(jobKey{name, channel}, func() *JobSeries {
 		return &JobSeries{
 			m: m, name: name, channel: channel,
-			wait:    m.job(name, channel),
+			wait:    newAttrOpts(AttrJobName.String(name), AttrJobChannel.String(channel)),
 			started: m.countCell(countStarted, name, channel, ""),
 			running: m.running(channel),
 		}
