@@ -187,3 +187,27 @@ func TestKilledWorkerFreesItsChannelSlot(t *testing.T) {
 	e.waitState(first, job.StateDone, 30*time.Second)
 	e.waitState(second, job.StateDone, 30*time.Second)
 }
+
+// A job that runs longer than the slot lease keeps its channel slot: the
+// heartbeat renews the slots its jobs hold, while other jobs of the channel
+// are received, tried and parked. Two workers in this process (so -race
+// sees the heartbeat and the runners of both); capacity 1 must hold.
+func TestLongJobKeepsItsChannelSlot(t *testing.T) {
+	e := newEnv(t)
+	for i := 0; i < 2; i++ {
+		reg := worker.NewRegistry()
+		testjobs.RegisterProbe(reg, e.rdb, e.prefix)
+		e.start(reg, worker.WithAckWait(time.Second), worker.WithConcurrency(4), worker.WithChannels("root.lim:1"))
+	}
+	ctx := context.Background()
+	const n = 4
+	for i := 0; i < n; i++ {
+		if _, err := e.d.Enqueue(ctx, testjobs.Probe{Key: "lim", N: i, For: 1600 * time.Millisecond}, job.WithChannel("root.lim")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 60*time.Second, func() bool { return len(e.probeList("lim", "done")) == n }, "all probes done")
+	if max := e.probeInt("lim", "max"); max != 1 {
+		t.Fatalf("max concurrent jobs on a channel of capacity 1 = %d, want 1 (slot lease renewed)", max)
+	}
+}

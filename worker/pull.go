@@ -188,6 +188,9 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 // received makes the item of a job message a puller received.
 func received(ps *pullSub, m *nats.Msg, spec *consumerSpec, band int) *item {
 	it := &item{received: time.Now(), ch: spec.cs, band: band, group: spec.name, spans: spec.spans}
+	if spec.cs != nil && spec.cs.limited {
+		it.token = wire.NewID()
+	}
 	ps.wrap(m, &it.pulled)
 	it.msg = &it.pulled
 	return it

@@ -27,14 +27,13 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 	if ctx.Err() != nil {
 		// Shutting down: a job not started yet goes straight back.
 		w.handBack([]*item{it}, 0)
-		if it.token != "" {
+		if it.slotHeld.Load() {
 			_ = w.slots.release(context.Background(), it.ch, it.token)
 		}
 		credits.give(1)
 		return
 	}
-	if it.ch.limited && it.token == "" {
-		it.token = wire.NewID()
+	if it.ch.limited && !it.slotHeld.Load() {
 		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token)
 		if err != nil || !ok {
 			if err != nil {
@@ -43,11 +42,12 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 			w.block(ctx, it)
 			return
 		}
+		it.slotHeld.Store(true)
 	}
 	w.running.Add(1)
 	w.process(it)
 	w.running.Add(-1)
-	if it.token != "" {
+	if it.slotHeld.Load() {
 		if err := w.slots.release(context.Background(), it.ch, it.token); err != nil {
 			w.log.Warn("channel slot not released; it expires with its lease", telemetry.ErrField(err))
 		}
@@ -79,7 +79,7 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 						w.log.Debug("heartbeat failed", telemetry.ErrField(err))
 					}
 				}
-				if it.token != "" {
+				if it.slotHeld.Load() {
 					leased = append(leased, it)
 				}
 			}

@@ -62,11 +62,15 @@ type item struct {
 	held       bool
 	prev, next *item
 
-	ch    *chanState
-	band  int
-	token string // slot lease token; "" when no slot held
-	group string // consumer name
-	spans *telemetry.ConsumerSpans
+	ch   *chanState
+	band int
+	// token names its channel slot lease: set when the item is made (for a
+	// limited channel) and never changed, so the heartbeat may read it;
+	// slotHeld says whether a slot is held under it.
+	token    string
+	slotHeld atomic.Bool
+	group    string // consumer name
+	spans    *telemetry.ConsumerSpans
 	// series: its metrics, from its start on (nil with metrics off)
 	series *telemetry.JobSeries
 
@@ -344,6 +348,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 			wait = time.Second
 		}
 		if ok {
+			it.slotHeld.Store(true)
 			cs.mu.Lock()
 			found := false
 			for i, x := range cs.blocked[band] {

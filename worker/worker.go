@@ -404,7 +404,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	queued := w.sched.closeAndDrain()
 	w.handBack(queued, 0)
 	for _, it := range queued {
-		if it.token != "" {
+		if it.slotHeld.Load() {
 			_ = w.slots.release(context.Background(), it.ch, it.token)
 		}
 		credits.give(1)
