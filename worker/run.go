@@ -27,9 +27,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 	if ctx.Err() != nil {
 		// Shutting down: a job not started yet goes straight back.
 		w.handBack([]*item{it}, 0)
-		if it.slotHeld.Load() {
-			_ = w.slots.release(context.Background(), it.ch, it.token)
-		}
+		_ = w.releaseSlot(it)
 		credits.give(1)
 		return
 	}
@@ -48,7 +46,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 	w.process(it)
 	w.running.Add(-1)
 	if it.slotHeld.Load() {
-		if err := w.slots.release(context.Background(), it.ch, it.token); err != nil {
+		if err := w.releaseSlot(it); err != nil {
 			w.log.Warn("channel slot not released; it expires with its lease", telemetry.ErrField(err))
 		}
 		select {

@@ -301,6 +301,16 @@ func (s *slots) release(ctx context.Context, cs *chanState, token string) error 
 	return err
 }
 
+// releaseSlot gives back the channel slot the job holds, if it holds one
+// (once: the flag is cleared). It outlives the worker's contexts, so that
+// slots are given back at shutdown too.
+func (w *Worker) releaseSlot(it *item) error {
+	if !it.slotHeld.Swap(false) {
+		return nil
+	}
+	return w.slots.release(context.Background(), it.ch, it.token)
+}
+
 // renew extends the leases of the slots held by running jobs.
 func (s *slots) renew(ctx context.Context, items []*item) error {
 	if len(items) == 0 {
@@ -360,7 +370,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 			}
 			cs.mu.Unlock()
 			if !found { // handed back meanwhile (shutdown): give the slot back
-				_ = w.slots.release(context.WithoutCancel(ctx), cs, it.token)
+				_ = w.releaseSlot(it)
 				continue
 			}
 			if band < channels.Bands-1 && !cs.ch.Sequential {
@@ -368,7 +378,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 			}
 			if !w.sched.pushReady(it) { // shutting down
 				w.handBack([]*item{it}, 0)
-				_ = w.slots.release(context.WithoutCancel(ctx), cs, it.token)
+				_ = w.releaseSlot(it)
 				w.credits.give(1)
 				return
 			}

@@ -404,9 +404,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	queued := w.sched.closeAndDrain()
 	w.handBack(queued, 0)
 	for _, it := range queued {
-		if it.slotHeld.Load() {
-			_ = w.slots.release(context.Background(), it.ch, it.token)
-		}
+		_ = w.releaseSlot(it)
 		credits.give(1)
 	}
 	for _, cs := range w.states {
