@@ -512,7 +512,7 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		u.State, u.Attempts, u.Error, u.ErrorType, u.Stack = job.StateDead, attempts, cause.Error(), errorType(cause), stack
 		u.StartedAt, u.EndedAt, u.Worker = started, time.Now(), w.cfg.name
 		w.record(u)
-		if started.IsZero() { // never ran: JobStarted did not count it
+		if started.IsZero() { // never ran: Started did not count it
 			w.metrics.JobRejected(context.Background(), env.Name, channel, telemetry.OutcomeDead)
 		}
 	} else {

@@ -269,7 +269,7 @@ func TestRunWorkerMetrics(t *testing.T) {
 		t.Errorf("queue wait sum %v s", sum)
 	}
 	if m.value(t, "connector_job_duration_seconds_sum", with(fail, "job_outcome", "dead")...) <= 0 {
-		t.Log("NOTE: the dead run's duration is recorded as 0 (worker.dead calls JobEnded with 0)")
+		t.Log("NOTE: the dead run's duration is recorded as 0 (worker.dead ends its series with 0)")
 	}
 	// Every series carries the scope; the process exposes Go and process collectors.
 	for _, s := range m.find("connector_jobs_started_total") {
@@ -326,10 +326,10 @@ func TestMalformedJobMetrics(t *testing.T) {
 	}, "the malformed message counted as dead")
 	for _, s := range m.find("connector_jobs_inflight") {
 		if s.value < 0 {
-			// worker.dead calls Metrics.JobEnded for messages that never
-			// went through JobStarted (malformed, unknown job, lost last
-			// attempt): the gauge goes negative. Reported to the runtime's
-			// owner; this test asserts the fix as soon as it lands.
+			// Messages that never went through Started (malformed,
+			// unknown job, lost last attempt) must not end a series
+			// (worker.dead counts them with Metrics.JobRejected), or the
+			// gauge goes negative.
 			t.Fatalf("connector_jobs_inflight%v = %v after a malformed message", s.labels, s.value)
 		}
 	}

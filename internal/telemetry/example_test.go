@@ -63,8 +63,8 @@ func ExampleHealth() {
 	if err != nil {
 		panic(err)
 	}
-	m.JobStarted(ctx, "export_order", "root", 2*time.Second)
-	m.JobEnded(ctx, "export_order", "root", telemetry.OutcomeSucceeded, 300*time.Millisecond)
+	m.Job("export_order", "root").Started(ctx, 2*time.Second)
+	m.Job("export_order", "root").Ended(ctx, telemetry.OutcomeSucceeded, 300*time.Millisecond)
 
 	h := telemetry.NewHealth(nil)
 	h.AddCheck("backend", func(ctx context.Context) error { return nil })

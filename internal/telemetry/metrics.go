@@ -27,7 +27,7 @@ const (
 	AttrConsumer      = attribute.Key("consumer")
 )
 
-// Job outcomes passed to Metrics.JobEnded.
+// Job outcomes passed to JobSeries.Ended.
 const (
 	OutcomeSucceeded   = "succeeded"
 	OutcomeRetried     = "retried"
@@ -77,7 +77,7 @@ var (
 // Metrics records the runtime's metrics through the OpenTelemetry metrics
 // API. It is safe for concurrent use.
 //
-// The hot path (JobStarted, JobEnded, JobEnqueued, StoreOp, EventHandled)
+// The hot path (JobSeries.Started and Ended, JobEnqueued, StoreOp, EventHandled)
 // does not allocate once a label combination has been seen: the attribute
 // sets and the option slices handed to the instruments are built once and
 // cached in copy-on-write maps. Keep names and channels bounded (job
@@ -383,24 +383,14 @@ func (j *JobSeries) endedOf(outcome string) *endedSeries {
 	return e
 }
 
-// JobStarted is Job(name, channel).Started(ctx, sinceEnqueue).
-func (m *Metrics) JobStarted(ctx context.Context, name, channel string, sinceEnqueue time.Duration) {
-	m.Job(name, channel).Started(ctx, sinceEnqueue)
-}
-
 // JobRejected counts a message that ended without running (not a valid
 // envelope, unknown job, last attempt lost): outcome without duration, and
-// the in-flight gauge is not touched since JobStarted never counted it.
+// the in-flight gauge is not touched since Started never counted it.
 func (m *Metrics) JobRejected(ctx context.Context, name, channel, outcome string) {
 	if m == nil {
 		return
 	}
 	m.count(countEnded, name, channel, outcome)
-}
-
-// JobEnded is Job(name, channel).Ended(ctx, outcome, d).
-func (m *Metrics) JobEnded(ctx context.Context, name, channel, outcome string, d time.Duration) {
-	m.Job(name, channel).Ended(ctx, outcome, d)
 }
 
 // EventHandled counts one event listener invocation

@@ -45,11 +45,11 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	m.JobEnqueued(ctx, "export_order", "root.export")
 	m.JobEnqueued(ctx, "export_order", "root.export")
-	m.JobStarted(ctx, "export_order", "root.export", 1500*time.Millisecond)
-	m.JobEnded(ctx, "export_order", "root.export", OutcomeSucceeded, 250*time.Millisecond)
-	m.JobStarted(ctx, "export_order", "root.export", 0)
-	m.JobEnded(ctx, "export_order", "root.export", OutcomeRetried, time.Second)
-	m.JobStarted(ctx, "import_partner", "root", time.Millisecond) // still running
+	m.Job("export_order", "root.export").Started(ctx, 1500*time.Millisecond)
+	m.Job("export_order", "root.export").Ended(ctx, OutcomeSucceeded, 250*time.Millisecond)
+	m.Job("export_order", "root.export").Started(ctx, 0)
+	m.Job("export_order", "root.export").Ended(ctx, OutcomeRetried, time.Second)
+	m.Job("import_partner", "root").Started(ctx, time.Millisecond) // still running
 	// Through a series handle, as the worker does; one outcome it keeps at
 	// hand, one it looks up.
 	series := m.Job("export_order", "root.export")
@@ -128,14 +128,14 @@ func TestNewMetricsNil(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	m.JobStarted(ctx, "a", "root", time.Second)
-	m.JobEnded(ctx, "a", "root", OutcomeDead, time.Second)
+	m.Job("a", "root").Started(ctx, time.Second)
+	m.Job("a", "root").Ended(ctx, OutcomeDead, time.Second)
 	if err := m.ObserveBacklog(func(context.Context) (map[string]int64, error) { return nil, nil }); err != nil {
 		t.Fatal(err)
 	}
 	var disabled *Metrics // metrics off: every method is a no-op
-	disabled.JobStarted(ctx, "a", "root", time.Second)
-	disabled.JobEnded(ctx, "a", "root", OutcomeDead, time.Second)
+	disabled.Job("a", "root").Started(ctx, time.Second)
+	disabled.Job("a", "root").Ended(ctx, OutcomeDead, time.Second)
 	disabled.JobEnqueued(ctx, "a", "root")
 	series := disabled.Job("a", "root")
 	if series != nil {
@@ -151,18 +151,18 @@ func TestNewMetricsNil(t *testing.T) {
 	}
 }
 
-// BenchmarkJobMetrics measures JobStarted+JobEnded per op: 0 allocs/op with
+// BenchmarkJobMetrics measures a series's Started+Ended per op: 0 allocs/op with
 // the noop provider and with the SDK once the label set is cached.
 func BenchmarkJobMetrics(b *testing.B) {
 	run := func(b *testing.B, m *Metrics) {
 		ctx := context.Background()
-		m.JobStarted(ctx, "export_order", "root.export", time.Millisecond) // warm the cache
-		m.JobEnded(ctx, "export_order", "root.export", OutcomeSucceeded, time.Millisecond)
+		m.Job("export_order", "root.export").Started(ctx, time.Millisecond) // warm the cache
+		m.Job("export_order", "root.export").Ended(ctx, OutcomeSucceeded, time.Millisecond)
 		b.ReportAllocs()
 		b.ResetTimer()
 		for b.Loop() {
-			m.JobStarted(ctx, "export_order", "root.export", time.Millisecond)
-			m.JobEnded(ctx, "export_order", "root.export", OutcomeSucceeded, 3*time.Millisecond)
+			m.Job("export_order", "root.export").Started(ctx, time.Millisecond)
+			m.Job("export_order", "root.export").Ended(ctx, OutcomeSucceeded, 3*time.Millisecond)
 		}
 	}
 	b.Run("noop", func(b *testing.B) {
@@ -192,8 +192,8 @@ func BenchmarkJobMetrics(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				m.JobStarted(ctx, "export_order", "root.export", time.Millisecond)
-				m.JobEnded(ctx, "export_order", "root.export", OutcomeSucceeded, 3*time.Millisecond)
+				m.Job("export_order", "root.export").Started(ctx, time.Millisecond)
+				m.Job("export_order", "root.export").Ended(ctx, OutcomeSucceeded, 3*time.Millisecond)
 			}
 		})
 	})
@@ -216,8 +216,8 @@ func TestJobMetricsAllocs(t *testing.T) {
 		}
 		ctx := context.Background()
 		f := func() {
-			m.JobStarted(ctx, "export_order", "root.export", time.Millisecond)
-			m.JobEnded(ctx, "export_order", "root.export", OutcomeSucceeded, 3*time.Millisecond)
+			m.Job("export_order", "root.export").Started(ctx, time.Millisecond)
+			m.Job("export_order", "root.export").Ended(ctx, OutcomeSucceeded, 3*time.Millisecond)
 			m.StoreOp(ctx, "bind", time.Millisecond, nil)
 			m.StoreOpOutcome(ctx, "lock", StoreOutcomeLocked, time.Millisecond)
 			m.EventHandled(ctx, "l", "m", "e", "ok")
