@@ -58,6 +58,7 @@ type Listeners struct {
 	mark    *redis.Script
 	metrics *telemetry.Metrics
 	grace   time.Duration
+	retired time.Duration // InactiveThreshold of retired partition consumers
 
 	pollInterval, watchInterval time.Duration
 
@@ -96,6 +97,20 @@ func WithMaxEventSize(n int) Option { return func(l *Listeners) { l.maxSize = n 
 // WithShutdownGrace is how long Run lets running handlers finish after its
 // context ends before it cancels their context (default 30 s).
 func WithShutdownGrace(d time.Duration) Option { return func(l *Listeners) { l.grace = d } }
+
+// DefaultRetiredConsumerTTL is how long a retired partition consumer stays
+// after its last pull request, by default.
+const DefaultRetiredConsumerTTL = 24 * time.Hour
+
+// WithRetiredConsumerTTL sets how long the consumers of a listener's
+// retired partitioning (after a change of WithPartitions) stay in the
+// stream once nothing pulls from them (default DefaultRetiredConsumerTTL):
+// a takeover gives them this InactiveThreshold, and the server deletes
+// them when it passes, as an operator may do by hand. Taking a set back
+// clears it. 0 keeps them until deleted by hand.
+func WithRetiredConsumerTTL(d time.Duration) Option {
+	return func(l *Listeners) { l.retired = max(d, 0) }
+}
 
 // WithWorkerID names this process in dead letters (default host:pid).
 func WithWorkerID(id string) Option { return func(l *Listeners) { l.worker = id } }
@@ -166,7 +181,7 @@ type listener struct {
 // an event is handled again: delivery is at least once either way).
 func NewListeners(js jetstream.JetStream, rdb redis.UniversalClient, names wire.Names, log *zap.Logger, opts ...Option) *Listeners {
 	l := &Listeners{js: js, rdb: rdb, names: names, log: log, ackWait: DefaultAckWait, maxSize: wire.DefaultMaxEnvelope,
-		grace:        30 * time.Second,
+		grace: 30 * time.Second, retired: DefaultRetiredConsumerTTL,
 		mark:         redis.NewScript(markScript),
 		pollInterval: defaultPollInterval, watchInterval: defaultWatchInterval}
 	for _, o := range opts {

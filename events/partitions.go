@@ -437,6 +437,7 @@ func (r *runner) ensurePartitionOnce(ctx context.Context, i int, floors []uint64
 	maps.Copy(cfg.Metadata, want.Metadata)
 	if floors != nil {
 		delete(cfg.Metadata, metaRetired)
+		cfg.InactiveThreshold = want.InactiveThreshold
 		mine := parseFloors(cfg.Metadata[metaFloors])
 		for b, f := range bucketFloors(floors, i, r.li.partitions) {
 			mine[b] = max(mine[b], f)
@@ -502,9 +503,8 @@ func (r *runner) takeOver(ctx context.Context, sets map[int]*consumerSet) error 
 	// Retire first, then read the floors: a straggler of an old set sees
 	// its retirement and stops; what it handled before shows in its floors.
 	for _, m := range others {
-		if sets[m].retired {
-			continue
-		}
+		// A set retired before keeps its stamp (and gets the TTL if it
+		// has another, or none: retired by an older version).
 		for j := 0; j < m; j++ { // partition 0 first: the one processes watch
 			if err := r.retire(ctx, ConsumerName(r.li.name, j, m), stamp); err != nil {
 				return err
@@ -543,10 +543,17 @@ func (r *runner) retire(ctx context.Context, name, stamp string) error {
 	}
 	cfg := info.Config
 	cfg.Metadata = userMetadata(cfg.Metadata)
-	if cfg.Metadata[metaRetired] != "" {
+	if cfg.Metadata[metaRetired] != "" && cfg.InactiveThreshold == r.l.retired {
 		return nil
 	}
-	cfg.Metadata[metaRetired] = stamp
+	if cfg.Metadata[metaRetired] == "" {
+		cfg.Metadata[metaRetired] = stamp
+	}
+	// Once nothing pulls from it, the server deletes it after the TTL:
+	// its floors count only at this takeover (later ones start from the
+	// live set's, which are at least as high), and a process of its set
+	// that comes back beside the live set waits (recreate).
+	cfg.InactiveThreshold = r.l.retired
 	if _, err := r.l.js.UpdateConsumer(ctx, r.l.names.EventsStream(), cfg); err != nil {
 		return fmt.Errorf("events: listener %s: retire %s: %w", r.li.name, name, err)
 	}

@@ -92,11 +92,17 @@ func (e *env) runFor(l *events.Listeners) (stop func()) {
 // metadata returns consumer's metadata.
 func (e *env) metadata(consumer string) map[string]string {
 	e.t.Helper()
+	return e.consumerConfig(consumer).Metadata
+}
+
+// consumerConfig returns consumer's configuration.
+func (e *env) consumerConfig(consumer string) jetstream.ConsumerConfig {
+	e.t.Helper()
 	c, err := e.js.Consumer(context.Background(), e.names.EventsStream(), consumer)
 	if err != nil {
 		e.t.Fatalf("consumer %s: %v", consumer, err)
 	}
-	return c.CachedInfo().Config.Metadata
+	return c.CachedInfo().Config
 }
 
 // Changing a listener's partition count hands the listener over where the
@@ -127,8 +133,14 @@ func TestRepartitionHandsOverWithoutReplayOrLoss(t *testing.T) {
 	stop = start(8)
 	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "second batch handled under 8 partitions")
 	log.check(t, ids)
-	if md := e.metadata(events.ConsumerName("resized", 0, 2)); md["connector.retired"] == "" {
-		t.Fatalf("the 2-partition consumers are not retired: %v", md)
+	for i := 0; i < 2; i++ {
+		cfg := e.consumerConfig(events.ConsumerName("resized", i, 2))
+		if cfg.Metadata["connector.retired"] == "" || cfg.InactiveThreshold != events.DefaultRetiredConsumerTTL {
+			t.Fatalf("2-partition consumer %d not retired with the default TTL: %v, inactive threshold %v", i, cfg.Metadata, cfg.InactiveThreshold)
+		}
+	}
+	if cfg := e.consumerConfig(events.ConsumerName("resized", 3, 8)); cfg.InactiveThreshold != 0 {
+		t.Fatalf("a live consumer has an inactive threshold: %v", cfg.InactiveThreshold)
 	}
 	stop()
 	batch(10, 5)
@@ -136,12 +148,63 @@ func TestRepartitionHandsOverWithoutReplayOrLoss(t *testing.T) {
 	stop = start(2)
 	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "third batch handled under 2 partitions again")
 	log.check(t, ids)
-	if md := e.metadata(events.ConsumerName("resized", 1, 2)); md["connector.retired"] != "" {
-		t.Fatalf("the 2-partition consumers are still retired: %v", md)
+	if cfg := e.consumerConfig(events.ConsumerName("resized", 1, 2)); cfg.Metadata["connector.retired"] != "" || cfg.InactiveThreshold != 0 {
+		t.Fatalf("the 2-partition consumers are still retired: %v, inactive threshold %v", cfg.Metadata, cfg.InactiveThreshold)
 	}
 	if md := e.metadata(events.ConsumerName("resized", 0, 8)); md["connector.retired"] == "" {
 		t.Fatalf("the 8-partition consumers are not retired: %v", md)
 	}
+	stop()
+}
+
+// The consumers of a retired partitioning are deleted by the server once
+// nothing pulls from them for WithRetiredConsumerTTL, and that loses
+// nothing: the live set goes on, and a later change back to the old count
+// starts from the live set's positions (no event handled twice, none
+// skipped, per-record order kept).
+func TestRetiredConsumersAreDeletedAfterTheirTTL(t *testing.T) {
+	e := newEnv(t)
+	log := newOrderLog()
+	start := func(partitions int) func() {
+		l := e.listeners(events.WithIntervals(50*time.Millisecond, 100*time.Millisecond), events.WithRetiredConsumerTTL(time.Second))
+		must(t, l.On("pruned", "res.partner", "", log.handler, events.WithPartitions(partitions)))
+		return e.runFor(l)
+	}
+	const records = 8
+	var ids []string
+	batch := func(from, count int) {
+		ids = append(ids, e.publishBatch(records, count, from)...)
+	}
+	gone := func(partitions int) bool {
+		for i := 0; i < partitions; i++ {
+			_, err := e.js.Consumer(context.Background(), e.names.EventsStream(), events.ConsumerName("pruned", i, partitions))
+			if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return false
+			}
+		}
+		return true
+	}
+
+	stop := start(2)
+	batch(0, 3)
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(ids) }, "first batch handled under 2 partitions")
+	stop()
+
+	stop = start(4)
+	batch(3, 3)
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "second batch handled under 4 partitions")
+	testenv.Eventually(t, 30*time.Second, func() bool { return gone(2) }, "the retired 2-partition consumers deleted by the server")
+	batch(6, 3)
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(ids) }, "third batch handled by the live set")
+	log.check(t, ids)
+	stop()
+
+	// Back to 2: its consumers are gone; the new ones start from the 4's.
+	batch(9, 3)
+	stop = start(2)
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "fourth batch handled under 2 partitions again")
+	testenv.Eventually(t, 30*time.Second, func() bool { return gone(4) }, "the retired 4-partition consumers deleted by the server")
+	log.check(t, ids)
 	stop()
 }
 
