@@ -397,3 +397,90 @@ func TestPriorityOvertakesBacklogAcrossProcesses(t *testing.T) {
 		})
 	}
 }
+
+// On a limited channel shared by several worker processes, jobs of one
+// band start in stream order fleet-wide: the process whose job frees a slot
+// does not take it for a younger job while another process holds an older
+// one waiting (it did: each process retried its own blocked jobs at once
+// while the others polled, so one process took most of the starts). Every
+// start is at most a few places from its place in the order, and both
+// processes share the work.
+func TestLimitedChannelStartsInOrderAcrossProcesses(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, w := range []string{"w0", "w1"} {
+		e.startProc(w, 5*time.Second, "TW_CHANNELS=root.fair:1", "TW_CONCURRENCY=4")
+	}
+	// Warm-up until both processes hold a pull on the channel's consumer.
+	opts := []job.Option{job.WithChannel("root.fair")}
+	starts := func(key string) (ns []int, by []string) {
+		for _, v := range e.list("ordered:" + key + ":starts") {
+			n, w, _ := strings.Cut(v, "@")
+			i, _ := strconv.Atoi(n)
+			ns, by = append(ns, i), append(by, w)
+		}
+		return ns, by
+	}
+	for i := 0; ; i++ {
+		if _, by := starts("warm"); slices.Contains(by, "w0") && slices.Contains(by, "w1") {
+			break
+		}
+		if i == 30 {
+			_, by := starts("warm")
+			t.Fatalf("warm-up jobs all ran on %v", by)
+		}
+		if _, err := e.d.Enqueue(ctx, testjobs.Ordered{Key: "warm", N: i}, opts...); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, 20*time.Second, "warm-up job started", func() (bool, string) {
+			ns, by := starts("warm")
+			return len(ns) == i+1, fmt.Sprint(ns, by)
+		})
+	}
+	const n = 40
+	items := make([]dispatcher.Item, n)
+	for i := range items {
+		items[i] = dispatcher.Item{Args: testjobs.Ordered{Key: "fair", N: i, For: 40 * time.Millisecond}, Options: opts}
+	}
+	began := time.Now()
+	if _, err := e.d.EnqueueMany(ctx, items); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, "all jobs started", func() (bool, string) {
+		ns, _ := starts("fair")
+		return len(ns) == n, fmt.Sprint(len(ns), " starts")
+	})
+	t.Logf("%d jobs of %s on a channel of capacity 1 all started after %s", n, items[0].Args.(testjobs.Ordered).For, time.Since(began))
+	ns, by := starts("fair")
+	t.Logf("starts: %v", ns)
+	t.Logf("by: %v", by)
+	// A job not yet pulled by either process may be overtaken by those
+	// already held: each process holds at most capacity+1 jobs of the
+	// channel (a process pulls again only once its waiting job started), so
+	// a start is at most a few places late, and few are.
+	const bound, lateBound = 4, 6
+	most, late, top := 0, 0, -1
+	for i, x := range ns {
+		most = max(most, i-x)
+		if x < top {
+			late++ // a younger job started before it
+		}
+		top = max(top, x)
+	}
+	t.Logf("%d jobs started after a younger one; the latest %d places after its turn", late, most)
+	for i, x := range ns {
+		if l := i - x; l > bound {
+			t.Fatalf("job %d started %d places after its turn (start %d, on %s), want <= %d: %v", x, l, i, by[i], bound, ns)
+		}
+	}
+	if late > lateBound {
+		t.Fatalf("%d jobs started after a younger one, want <= %d: %v", late, lateBound, ns)
+	}
+	share := map[string]int{}
+	for _, w := range by {
+		share[w]++
+	}
+	if share["w0"] < n/4 || share["w1"] < n/4 {
+		t.Fatalf("starts per process %v, want each at least %d", share, n/4)
+	}
+}

@@ -32,7 +32,8 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		return
 	}
 	if it.ch.limited && !it.slotHeld.Load() {
-		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token)
+		seq := seqOf(it)
+		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token, seq, it.ch.freshPlace(it.band, seq))
 		if err != nil || !ok {
 			if err != nil {
 				w.log.Warn("channel slot not acquired; waiting", zap.String(fieldChannel, it.ch.ch.Name), telemetry.ErrField(err))
@@ -49,10 +50,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		if err := w.releaseSlot(it); err != nil {
 			w.log.Warn("channel slot not released; it expires with its lease", telemetry.ErrField(err))
 		}
-		select {
-		case w.released <- struct{}{}:
-		default:
-		}
+		w.wakeFor(it.ch.capped)
 	}
 	credits.give(1)
 }

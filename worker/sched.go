@@ -3,7 +3,9 @@ package worker
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +40,9 @@ type chanState struct {
 	mu      sync.Mutex
 	blocked [channels.Bands][]*item
 	looping bool // a blockedLoop runs for this channel
+
+	capped []string // the channels of chain with a capacity
+	freed  wakeup   // a slot of one of them was released
 }
 
 // item is a job received and not yet finished.
@@ -211,11 +216,13 @@ func (s *scheduler) closeAndDrain() []*item {
 	return out
 }
 
-// slots is the Redis side: fleet-wide channel capacity and throttle.
+// slots is the Redis side: fleet-wide channel capacity and throttle, and
+// the order in which jobs waiting for a slot get one across the fleet.
 type slots struct {
 	rdb   redis.UniversalClient
 	tag   string // hash tag shared by every key: one slot in Redis Cluster
 	lease time.Duration
+	me    string // this worker instance, in the waiting sets
 }
 
 func (s *slots) slotsKey(ch string) string    { return s.tag + ":slots:" + ch }
@@ -224,29 +231,79 @@ func (s *slots) wantsKey(ch string, band int) string {
 	return s.tag + ":wants:" + ch + ":" + strconv.Itoa(band)
 }
 
+// waitingKey is the set of worker instances with jobs of ch and band
+// waiting for a slot, each scored by the stream sequence of its oldest;
+// waitingExpKey scores them by when they stop counting (unless renewed).
+func (s *slots) waitingKey(ch string, band int) string {
+	return s.tag + ":waiting:" + ch + ":" + strconv.Itoa(band)
+}
+func (s *slots) waitingExpKey(ch string, band int) string {
+	return s.tag + ":waitexp:" + ch + ":" + strconv.Itoa(band)
+}
+
+// freedChannel is the Redis Pub/Sub channel on which a released slot is
+// announced (the message is the job's channel), so that the jobs waiting
+// in other processes try at once instead of at their next poll.
+func (s *slots) freedChannel() string { return s.tag + ":freed" }
+
+// waitingTTL: a waiting instance that stops renewing its place (it died,
+// or its jobs are gone) stops counting after this long.
+const waitingTTL = 2 * time.Second
+
 // acquireScript takes a slot in every limited channel of a chain at once,
-// or nothing. KEYS: per chain entry (slots, throttle), then the "wants"
-// marks of better bands. ARGV: now, lease, token, n, then per entry
-// (capacity, throttle ms).
+// or nothing. It refuses while a job of the same channel and band with a
+// lower stream sequence waits, in any process (older jobs start first,
+// fleet-wide), and records this instance's place in the waiting set:
+// regFail when it refuses, regOK when it takes the slot (0 removes it).
+// KEYS: per chain entry (slots, throttle), the job channel's waiting and
+// waitexp sets of the band, then the "wants" marks of better bands. ARGV:
+// now, lease, token, n, then per entry (capacity, throttle ms), then me,
+// seq (0: no order), regFail, regOK, waiting TTL ms.
 var acquireScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local token = ARGV[3]
 local n = tonumber(ARGV[4])
+local f = 4 + 2*n
+local me = ARGV[f+1]
+local seq = tonumber(ARGV[f+2])
+local regFail = tonumber(ARGV[f+3])
+local regOK = tonumber(ARGV[f+4])
+local wttl = tonumber(ARGV[f+5])
+local wk = KEYS[2*n+1]
+local ek = KEYS[2*n+2]
+local function place(v)
+  if v > 0 then
+    redis.call('ZADD', wk, v, me)
+    redis.call('ZADD', ek, now + wttl, me)
+  else
+    redis.call('ZREM', wk, me)
+    redis.call('ZREM', ek, me)
+  end
+end
 for i = 1, n do
   local cap = tonumber(ARGV[3 + 2*i])
   local thr = tonumber(ARGV[4 + 2*i])
   if cap > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[2*i-1], '-inf', now)
-    if redis.call('ZCARD', KEYS[2*i-1]) >= cap then return {0, i} end
+    if redis.call('ZCARD', KEYS[2*i-1]) >= cap then place(regFail) return {0, i} end
   end
   if thr > 0 then
     local ttl = redis.call('PTTL', KEYS[2*i])
-    if ttl > 0 then return {0, -ttl} end
+    if ttl > 0 then place(regFail) return {0, -ttl} end
   end
 end
-for j = 2*n + 1, #KEYS do
-  if redis.call('EXISTS', KEYS[j]) == 1 then return {0, 0} end
+for j = 2*n + 3, #KEYS do
+  if redis.call('EXISTS', KEYS[j]) == 1 then place(regFail) return {0, 0} end
+end
+if seq > 0 then
+  local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREM', wk, unpack(gone))
+    redis.call('ZREM', ek, unpack(gone))
+  end
+  local head = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')
+  if #head > 0 and tonumber(head[2]) < seq then place(regFail) return {0, 0} end
 end
 for i = 1, n do
   local cap = tonumber(ARGV[3 + 2*i])
@@ -254,19 +311,29 @@ for i = 1, n do
   if cap > 0 then redis.call('ZADD', KEYS[2*i-1], now + lease, token) end
   if thr > 0 then redis.call('SET', KEYS[2*i], '1', 'PX', thr) end
 end
+place(regOK)
 return {1, 0}
 `)
 
-// acquire tries to take a slot for a job of band in cs. It returns whether
-// it did, and how long a throttle asks to wait (0 when capacity is full).
-func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token string) (bool, time.Duration, error) {
-	keys := make([]string, 0, 2*len(cs.chain)+band)
-	args := make([]any, 0, 4+2*len(cs.chain))
+// place is what acquire records of this instance's waiting jobs of the
+// band: the stream sequence of its oldest if the attempt fails (fail), and
+// if it succeeds (ok); 0 for none.
+type place struct{ fail, ok uint64 }
+
+// acquire tries to take a slot for a job of band in cs, whose stream
+// sequence is seq (0: not ordered). It returns whether it did, and how
+// long a throttle asks to wait (0 when capacity is full or an older job
+// waits).
+func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token string, seq uint64, pl place) (bool, time.Duration, error) {
+	keys := make([]string, 0, 2*len(cs.chain)+2+band)
+	args := make([]any, 0, 9+2*len(cs.chain))
 	args = append(args, time.Now().UnixMilli(), s.lease.Milliseconds(), token, len(cs.chain))
 	for _, c := range cs.chain {
 		keys = append(keys, s.slotsKey(c.Name), s.throttleKey(c.Name))
 		args = append(args, c.Capacity, c.Throttle.Milliseconds())
 	}
+	keys = append(keys, s.waitingKey(cs.ch.Name, band), s.waitingExpKey(cs.ch.Name, band))
+	args = append(args, s.me, seq, pl.fail, pl.ok, waitingTTL.Milliseconds())
 	if !cs.ch.Sequential {
 		for b := 0; b < band; b++ {
 			keys = append(keys, s.wantsKey(cs.ch.Name, b))
@@ -285,20 +352,106 @@ func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token stri
 	return false, 0, nil
 }
 
+// leave removes this instance from the waiting sets of cs (no job of it
+// waits any more).
+func (s *slots) leave(ctx context.Context, cs *chanState) {
+	pipe := s.rdb.Pipeline()
+	for b := 0; b < channels.Bands; b++ {
+		pipe.ZRem(ctx, s.waitingKey(cs.ch.Name, b), s.me)
+		pipe.ZRem(ctx, s.waitingExpKey(cs.ch.Name, b), s.me)
+	}
+	_, _ = pipe.Exec(ctx)
+}
+
 // want marks that a job of band waits for a slot of ch.
 func (s *slots) want(ctx context.Context, ch string, band int, ttl time.Duration) {
 	s.rdb.Set(ctx, s.wantsKey(ch, band), "1", ttl)
 }
 
+// release gives a slot back and announces it to the waiting processes
+// (the message names the channels whose slot was freed).
 func (s *slots) release(ctx context.Context, cs *chanState, token string) error {
+	if len(cs.capped) == 0 {
+		return nil // a throttle only: no slot held
+	}
 	pipe := s.rdb.Pipeline()
-	for _, c := range cs.chain {
-		if c.Capacity > 0 {
-			pipe.ZRem(ctx, s.slotsKey(c.Name), token)
+	rems := make([]*redis.IntCmd, len(cs.capped))
+	for i, name := range cs.capped {
+		rems[i] = pipe.ZRem(ctx, s.slotsKey(name), token)
+	}
+	// The announcement may fail alone (a Redis user without Pub/Sub
+	// rights): the others then find the slot at their next poll.
+	pipe.Publish(ctx, s.freedChannel(), strings.Join(cs.capped, " "))
+	_, _ = pipe.Exec(ctx)
+	for _, c := range rems {
+		if err := c.Err(); err != nil {
+			return err
 		}
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return nil
+}
+
+// wakeFor wakes the blocked loops of the channels whose chain includes one
+// of names (channels whose slot was released).
+func (w *Worker) wakeFor(names []string) {
+	for _, cs := range w.states {
+		for _, name := range cs.capped {
+			if slices.Contains(names, name) {
+				cs.freed.signal()
+				break
+			}
+		}
+	}
+}
+
+// seqOf is the stream sequence of a job (0 if unknown: not ordered).
+func seqOf(it *item) uint64 {
+	if it.meta == nil {
+		return 0
+	}
+	return it.meta.Sequence.Stream
+}
+
+// freshPlace is what a job not blocked yet records on its attempt: on
+// failure it joins the band's blocked jobs.
+func (cs *chanState) freshPlace(band int, seq uint64) place {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	var oldest uint64
+	if q := cs.blocked[band]; len(q) > 0 {
+		oldest = seqOf(q[0])
+	}
+	pl := place{fail: oldest, ok: oldest}
+	if seq > 0 && (oldest == 0 || seq < oldest) {
+		pl.fail = seq
+	}
+	return pl
+}
+
+// wakeup lets a channel's blocked loop try again at once (a slot was
+// released here or announced by another process).
+type wakeup struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// wait returns a channel closed at the next signal.
+func (b *wakeup) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch == nil {
+		b.ch = make(chan struct{})
+	}
+	return b.ch
+}
+
+func (b *wakeup) signal() {
+	b.mu.Lock()
+	if b.ch != nil {
+		close(b.ch)
+		b.ch = nil
+	}
+	b.mu.Unlock()
 }
 
 // releaseSlot gives back the channel slot the job holds, if it holds one
@@ -329,17 +482,32 @@ func (s *slots) renew(ctx context.Context, items []*item) error {
 	return err
 }
 
-// blockedLoop retries the blocked jobs of a channel, best band first, until
-// none is left or ctx ends.
+// blockedLoop retries the blocked jobs of a channel, best band first and
+// oldest (lowest stream sequence) first in a band, until none is left or
+// ctx ends. It wakes at once when a slot is released, here or anywhere in
+// the fleet, and polls meanwhile.
 func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
+	defer func() {
+		// No job of this process waits here any more (or it stops): its
+		// place goes, so that no other process waits for it.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		w.slots.leave(lctx, cs)
+		cancel()
+	}()
 	wait := 25 * time.Millisecond
 	for {
+		woken := cs.freed.wait() // before the attempt: no release missed
 		cs.mu.Lock()
 		var it *item
 		band := -1
+		var pl place
 		for b := range cs.blocked {
-			if len(cs.blocked[b]) > 0 {
-				it, band = cs.blocked[b][0], b
+			if q := cs.blocked[b]; len(q) > 0 {
+				it, band = q[0], b
+				pl.fail = seqOf(it)
+				if len(q) > 1 {
+					pl.ok = seqOf(q[1])
+				}
 				break
 			}
 		}
@@ -352,7 +520,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 		if band < channels.Bands-1 && !cs.ch.Sequential {
 			w.slots.want(ctx, cs.ch.Name, band, 2*time.Second)
 		}
-		ok, throttle, err := w.slots.acquire(ctx, cs, band, it.token)
+		ok, throttle, err := w.slots.acquire(ctx, cs, band, it.token, seqOf(it), pl)
 		if err != nil {
 			w.log.Warn("channel slot not acquired; Redis unavailable? retrying", zap.String("channel", cs.ch.Name), telemetry.ErrField(err))
 			wait = time.Second
@@ -393,7 +561,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 		case <-ctx.Done():
 			return
 		case <-time.After(d):
-		case <-w.released:
+		case <-woken:
 		}
 		if throttle == 0 && err == nil {
 			wait = min(wait*2, 250*time.Millisecond)
@@ -401,12 +569,18 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 	}
 }
 
-// block parks an item whose slot is not free, and starts the channel's
-// retry loop if it is not running.
+// block parks an item whose slot is not free, in stream order among its
+// band's, and starts the channel's retry loop if it is not running.
 func (w *Worker) block(ctx context.Context, it *item) {
 	cs := it.ch
 	cs.mu.Lock()
-	cs.blocked[it.band] = append(cs.blocked[it.band], it)
+	q := cs.blocked[it.band]
+	seq := seqOf(it)
+	i := len(q)
+	for i > 0 && seqOf(q[i-1]) > seq {
+		i--
+	}
+	cs.blocked[it.band] = slices.Insert(q, i, it)
 	start := !cs.looping
 	cs.looping = true
 	cs.mu.Unlock()

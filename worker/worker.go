@@ -186,12 +186,11 @@ type Worker struct {
 	wg       sync.WaitGroup
 	hardCtx  context.Context // cancelled when the grace period ends
 
-	chans    *channels.Config
-	states   map[string]*chanState
-	specs    []*consumerSpec
-	sched    *scheduler
-	slots    *slots
-	released chan struct{}
+	chans  *channels.Config
+	states map[string]*chanState
+	specs  []*consumerSpec
+	sched  *scheduler
+	slots  *slots
 
 	cancelsKey string
 
@@ -235,17 +234,22 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 		return nil, err
 	}
 	w := &Worker{js: js, reg: reg, handlers: reg.build(), cfg: c, names: names, log: c.log,
-		chans: chans, states: map[string]*chanState{}, sched: newScheduler(), released: make(chan struct{}, 1),
+		chans: chans, states: map[string]*chanState{}, sched: newScheduler(),
 		cancelsKey: names.CancelsKey()}
 	for _, ch := range chans.All() {
 		cs := &chanState{ch: ch, chain: chans.Chain(ch.Name), limited: chans.Limited(ch.Name)}
+		for _, c := range cs.chain {
+			if c.Capacity > 0 {
+				cs.capped = append(cs.capped, c.Name)
+			}
+		}
 		if cs.limited && c.rdb == nil {
 			return nil, fmt.Errorf("worker: channel %s has a capacity or throttle: it needs Redis (WithRedis)", ch.Name)
 		}
 		w.states[ch.Name] = cs
 	}
 	if c.rdb != nil {
-		w.slots = &slots{rdb: c.rdb, tag: "{" + names.Prefix + ":channels}", lease: c.ackWait}
+		w.slots = &slots{rdb: c.rdb, tag: "{" + names.Prefix + ":channels}", lease: c.ackWait, me: c.name + "~" + wire.NewID()}
 	}
 	if c.tp != nil {
 		w.tracer = c.tp.Tracer("github.com/connector-go/connector/worker")
@@ -358,6 +362,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", zap.String("worker", w.cfg.name), zap.String("stream", w.names.JobsStream()),
 		zap.Int("concurrency", w.cfg.concurrency), zap.Duration("ack_wait", w.cfg.ackWait))
 
+	if w.slots != nil && w.limited() {
+		go w.listenFreed(hard)
+	}
 	hbDone := make(chan struct{})
 	go w.heartbeats(hard, hbDone)
 	stDone := make(chan struct{})
@@ -518,4 +525,55 @@ func (w *Worker) consumerSpans(consumer string) *telemetry.ConsumerSpans {
 		return nil
 	}
 	return telemetry.NewConsumerSpans(w.tracer, w.cfg.linkMode, w.names.JobsStream(), consumer)
+}
+
+// limited reports whether a channel of this worker has a capacity or a
+// throttle.
+func (w *Worker) limited() bool {
+	for _, cs := range w.states {
+		if cs.limited {
+			return true
+		}
+	}
+	return false
+}
+
+// listenFreed wakes the blocked loops of a channel whenever a process of
+// the fleet announces a released slot of its chain, until ctx ends.
+// Without the announcements (a Redis user without Pub/Sub rights, a
+// connection lost) the loops poll.
+func (w *Worker) listenFreed(ctx context.Context) {
+	var ps *redis.PubSub
+	for backoff := 100 * time.Millisecond; ; {
+		ps = w.cfg.rdb.Subscribe(ctx, w.slots.freedChannel())
+		_, err := ps.Receive(ctx)
+		if err == nil {
+			break
+		}
+		_ = ps.Close()
+		if ctx.Err() != nil {
+			return
+		}
+		if strings.Contains(err.Error(), "NOPERM") {
+			w.log.Warn("released channel slots are not announced to this worker (the Redis user may not subscribe; see docs/security.md): its waiting jobs poll",
+				zap.String("channel", w.slots.freedChannel()), telemetry.ErrField(err))
+			return
+		}
+		if !sleep(ctx, &backoff) {
+			return
+		}
+	}
+	defer ps.Close()
+	ch := ps.Channel()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-ch:
+			if !ok {
+				return
+			}
+			w.wakeFor(strings.Fields(m.Payload))
+		}
+	}
 }

@@ -334,6 +334,14 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 		},
 		"SCAN+UNLINK":    func() error { c.Scan(ctx, 0, "connector:*", 100); return c.Unlink(ctx, "connector:rec:1").Err() },
 		"PEXPIRE/EXISTS": func() error { c.PExpire(ctx, "connector:n", time.Minute); return c.Exists(ctx, "connector:n").Err() },
+		"slot announcements": func() error {
+			ps := c.Subscribe(ctx, "{connector:channels}:freed")
+			defer ps.Close()
+			if _, err := ps.Receive(ctx); err != nil {
+				return err
+			}
+			return c.Publish(ctx, "{connector:channels}:freed", "root.shop").Err()
+		},
 	}
 	for name, f := range allowed {
 		if err := f(); err != nil {
