@@ -318,34 +318,11 @@ func TestPriorityOvertakesBacklogAcrossProcesses(t *testing.T) {
 			for _, w := range workers {
 				e.startProc(w, 5*time.Second, "TW_CHANNELS="+tc.chans, "TW_CONCURRENCY="+strconv.Itoa(conc))
 			}
-			starts := func(key string) (ns []int, by []string) {
-				for _, v := range e.list("ordered:" + key + ":starts") {
-					n, w, _ := strings.Cut(v, "@")
-					i, _ := strconv.Atoi(n)
-					ns, by = append(ns, i), append(by, w)
-				}
-				return ns, by
-			}
-			both := func(by []string) bool { return slices.Contains(by, "w0") && slices.Contains(by, "w1") }
+			starts := e.orderedStarts
 			bulk := []job.Option{job.WithChannel("root.bulk"), job.WithPriority(20)}
-			// Warm-up, one job at a time, until both processes pull from the
-			// backlog's consumer (so the backlog is shared between them).
-			for i := 0; ; i++ {
-				_, by := starts("warm")
-				if both(by) {
-					break
-				}
-				if i == 30 {
-					t.Fatalf("warm-up jobs all ran on %v", by)
-				}
-				if _, err := e.d.Enqueue(ctx, testjobs.Ordered{Key: "warm", N: i}, bulk...); err != nil {
-					t.Fatal(err)
-				}
-				waitUntil(t, 20*time.Second, "warm-up job started", func() (bool, string) {
-					ns, by := starts("warm")
-					return len(ns) == i+1, fmt.Sprint(ns, by)
-				})
-			}
+			// Warm-up: both processes pull from the backlog's consumer (so
+			// the backlog is shared between them).
+			e.warmUp(bulk...)
 			items := make([]dispatcher.Item, backlog)
 			for i := range items {
 				items[i] = dispatcher.Item{Args: testjobs.Ordered{Key: "bulk", N: i, For: 30 * time.Millisecond}, Options: bulk}
@@ -411,32 +388,9 @@ func TestLimitedChannelStartsInOrderAcrossProcesses(t *testing.T) {
 	for _, w := range []string{"w0", "w1"} {
 		e.startProc(w, 5*time.Second, "TW_CHANNELS=root.fair:1", "TW_CONCURRENCY=4")
 	}
-	// Warm-up until both processes hold a pull on the channel's consumer.
 	opts := []job.Option{job.WithChannel("root.fair")}
-	starts := func(key string) (ns []int, by []string) {
-		for _, v := range e.list("ordered:" + key + ":starts") {
-			n, w, _ := strings.Cut(v, "@")
-			i, _ := strconv.Atoi(n)
-			ns, by = append(ns, i), append(by, w)
-		}
-		return ns, by
-	}
-	for i := 0; ; i++ {
-		if _, by := starts("warm"); slices.Contains(by, "w0") && slices.Contains(by, "w1") {
-			break
-		}
-		if i == 30 {
-			_, by := starts("warm")
-			t.Fatalf("warm-up jobs all ran on %v", by)
-		}
-		if _, err := e.d.Enqueue(ctx, testjobs.Ordered{Key: "warm", N: i}, opts...); err != nil {
-			t.Fatal(err)
-		}
-		waitUntil(t, 20*time.Second, "warm-up job started", func() (bool, string) {
-			ns, by := starts("warm")
-			return len(ns) == i+1, fmt.Sprint(ns, by)
-		})
-	}
+	e.warmUp(opts...) // both processes hold a pull on the channel's consumer
+	starts := e.orderedStarts
 	const n = 40
 	items := make([]dispatcher.Item, n)
 	for i := range items {
@@ -482,5 +436,39 @@ func TestLimitedChannelStartsInOrderAcrossProcesses(t *testing.T) {
 	}
 	if share["w0"] < n/4 || share["w1"] < n/4 {
 		t.Fatalf("starts per process %v, want each at least %d", share, n/4)
+	}
+}
+
+// orderedStarts reads the starts recorded by testjobs.Ordered jobs of key:
+// their N, and the worker that started each, in start order.
+func (e *env) orderedStarts(key string) (ns []int, by []string) {
+	for _, v := range e.list("ordered:" + key + ":starts") {
+		n, w, _ := strings.Cut(v, "@")
+		i, _ := strconv.Atoi(n)
+		ns, by = append(ns, i), append(by, w)
+	}
+	return ns, by
+}
+
+// warmUp enqueues Ordered jobs with opts, one at a time, until both worker
+// processes w0 and w1 have started one (both pull from the consumer).
+func (e *env) warmUp(opts ...job.Option) {
+	e.t.Helper()
+	ctx := context.Background()
+	for i := 0; ; i++ {
+		_, by := e.orderedStarts("warm")
+		if slices.Contains(by, "w0") && slices.Contains(by, "w1") {
+			return
+		}
+		if i == 30 {
+			e.t.Fatalf("warm-up jobs all ran on %v", by)
+		}
+		if _, err := e.d.Enqueue(ctx, testjobs.Ordered{Key: "warm", N: i}, opts...); err != nil {
+			e.t.Fatal(err)
+		}
+		waitUntil(e.t, 20*time.Second, "warm-up job started", func() (bool, string) {
+			ns, by := e.orderedStarts("warm")
+			return len(ns) == i+1, fmt.Sprint(ns, by)
+		})
 	}
 }
