@@ -242,8 +242,9 @@ func (s *slots) waitingExpKey(ch string, band int) string {
 }
 
 // freedChannel is the Redis Pub/Sub channel on which a released slot is
-// announced (the message is the job's channel), so that the jobs waiting
-// in other processes try at once instead of at their next poll.
+// announced (the message names the channels whose slot was freed), so
+// that the jobs waiting in other processes try at once instead of at
+// their next poll.
 func (s *slots) freedChannel() string { return s.tag + ":freed" }
 
 // waitingTTL: a waiting instance that stops renewing its place (it died,

@@ -362,7 +362,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", zap.String("worker", w.cfg.name), zap.String("stream", w.names.JobsStream()),
 		zap.Int("concurrency", w.cfg.concurrency), zap.Duration("ack_wait", w.cfg.ackWait))
 
-	if w.slots != nil && w.limited() {
+	if w.slots != nil && w.capped() {
 		go w.listenFreed(hard)
 	}
 	hbDone := make(chan struct{})
@@ -527,11 +527,11 @@ func (w *Worker) consumerSpans(consumer string) *telemetry.ConsumerSpans {
 	return telemetry.NewConsumerSpans(w.tracer, w.cfg.linkMode, w.names.JobsStream(), consumer)
 }
 
-// limited reports whether a channel of this worker has a capacity or a
-// throttle.
-func (w *Worker) limited() bool {
+// capped reports whether a channel of this worker counts slots (has a
+// capacity in its chain): only those are announced when freed.
+func (w *Worker) capped() bool {
 	for _, cs := range w.states {
-		if cs.limited {
+		if len(cs.capped) > 0 {
 			return true
 		}
 	}
