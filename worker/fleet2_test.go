@@ -322,7 +322,7 @@ func TestPriorityOvertakesBacklogAcrossProcesses(t *testing.T) {
 			bulk := []job.Option{job.WithChannel("root.bulk"), job.WithPriority(20)}
 			// Warm-up: both processes pull from the backlog's consumer (so
 			// the backlog is shared between them).
-			e.warmUp(bulk...)
+			e.warmUp("warm", bulk...)
 			items := make([]dispatcher.Item, backlog)
 			for i := range items {
 				items[i] = dispatcher.Item{Args: testjobs.Ordered{Key: "bulk", N: i, For: 30 * time.Millisecond}, Options: bulk}
@@ -384,32 +384,63 @@ func TestPriorityOvertakesBacklogAcrossProcesses(t *testing.T) {
 // processes share the work.
 func TestLimitedChannelStartsInOrderAcrossProcesses(t *testing.T) {
 	e := newEnv(t)
-	ctx := context.Background()
 	for _, w := range []string{"w0", "w1"} {
 		e.startProc(w, 5*time.Second, "TW_CHANNELS=root.fair:1", "TW_CONCURRENCY=4")
 	}
 	opts := []job.Option{job.WithChannel("root.fair")}
-	e.warmUp(opts...) // both processes hold a pull on the channel's consumer
-	starts := e.orderedStarts
+	e.warmUp("warm", opts...) // both processes hold a pull on the channel's consumer
+	e.startInOrder("fair", func(int) []job.Option { return opts })
+}
+
+// Sibling channels sharing their parent's capacity (root.shop.a and
+// root.shop.b under root.shop:1) take the parent's slot in stream order
+// across both channels and both processes, as the seed's parent channel
+// runs its children's jobs from one queue. (Before, each channel's
+// waiting jobs raced the other's: whichever process and channel tried
+// first after a release won.)
+func TestSiblingChannelsStartInOrderUnderSharedCapacity(t *testing.T) {
+	e := newEnv(t)
+	for _, w := range []string{"w0", "w1"} {
+		e.startProc(w, 5*time.Second, "TW_CHANNELS=root.shop:1,root.shop.a,root.shop.b", "TW_CONCURRENCY=4")
+	}
+	a := []job.Option{job.WithChannel("root.shop.a")}
+	b := []job.Option{job.WithChannel("root.shop.b")}
+	e.warmUp("warm-a", a...)
+	e.warmUp("warm-b", b...)
+	e.startInOrder("shop", func(i int) []job.Option {
+		if i%2 == 0 {
+			return a
+		}
+		return b
+	})
+}
+
+// startInOrder enqueues 40 Ordered jobs of key in one batch, job i with
+// opts(i), on channels whose chain allows one job at a time, and checks
+// that they start in enqueue order across the worker processes w0 and w1
+// (within the slack of jobs not pulled yet), both processes taking part.
+func (e *env) startInOrder(key string, opts func(i int) []job.Option) {
+	t := e.t
+	t.Helper()
 	const n = 40
 	items := make([]dispatcher.Item, n)
 	for i := range items {
-		items[i] = dispatcher.Item{Args: testjobs.Ordered{Key: "fair", N: i, For: 40 * time.Millisecond}, Options: opts}
+		items[i] = dispatcher.Item{Args: testjobs.Ordered{Key: key, N: i, For: 40 * time.Millisecond}, Options: opts(i)}
 	}
 	began := time.Now()
-	if _, err := e.d.EnqueueMany(ctx, items); err != nil {
+	if _, err := e.d.EnqueueMany(context.Background(), items); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, 60*time.Second, "all jobs started", func() (bool, string) {
-		ns, _ := starts("fair")
+		ns, _ := e.orderedStarts(key)
 		return len(ns) == n, fmt.Sprint(len(ns), " starts")
 	})
-	t.Logf("%d jobs of %s on a channel of capacity 1 all started after %s", n, items[0].Args.(testjobs.Ordered).For, time.Since(began))
-	ns, by := starts("fair")
+	t.Logf("%d jobs of %s, one at a time, all started after %s", n, items[0].Args.(testjobs.Ordered).For, time.Since(began))
+	ns, by := e.orderedStarts(key)
 	t.Logf("starts: %v", ns)
 	t.Logf("by: %v", by)
 	// A job not yet pulled by either process may be overtaken by those
-	// already held: each process holds at most capacity+1 jobs of the
+	// already held: each process holds at most capacity+1 jobs of a
 	// channel (a process pulls again only once its waiting job started), so
 	// a start is at most a few places late, and few are.
 	const bound, lateBound = 4, 6
@@ -450,24 +481,25 @@ func (e *env) orderedStarts(key string) (ns []int, by []string) {
 	return ns, by
 }
 
-// warmUp enqueues Ordered jobs with opts, one at a time, until both worker
-// processes w0 and w1 have started one (both pull from the consumer).
-func (e *env) warmUp(opts ...job.Option) {
+// warmUp enqueues Ordered jobs of key with opts, one at a time, until both
+// worker processes w0 and w1 have started one (both pull from the
+// consumer).
+func (e *env) warmUp(key string, opts ...job.Option) {
 	e.t.Helper()
 	ctx := context.Background()
 	for i := 0; ; i++ {
-		_, by := e.orderedStarts("warm")
+		_, by := e.orderedStarts(key)
 		if slices.Contains(by, "w0") && slices.Contains(by, "w1") {
 			return
 		}
 		if i == 30 {
 			e.t.Fatalf("warm-up jobs all ran on %v", by)
 		}
-		if _, err := e.d.Enqueue(ctx, testjobs.Ordered{Key: "warm", N: i}, opts...); err != nil {
+		if _, err := e.d.Enqueue(ctx, testjobs.Ordered{Key: key, N: i}, opts...); err != nil {
 			e.t.Fatal(err)
 		}
 		waitUntil(e.t, 20*time.Second, "warm-up job started", func() (bool, string) {
-			ns, by := e.orderedStarts("warm")
+			ns, by := e.orderedStarts(key)
 			return len(ns) == i+1, fmt.Sprint(ns, by)
 		})
 	}

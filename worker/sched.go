@@ -45,6 +45,17 @@ type chanState struct {
 	freed  wakeup   // a slot of one of them was released
 }
 
+// newChanState is the state of a configured channel ch.
+func newChanState(chans *channels.Config, ch channels.Channel) *chanState {
+	cs := &chanState{ch: ch, chain: chans.Chain(ch.Name), limited: chans.Limited(ch.Name)}
+	for _, c := range cs.chain {
+		if c.Capacity > 0 {
+			cs.capped = append(cs.capped, c.Name)
+		}
+	}
+	return cs
+}
+
 // item is a job received and not yet finished.
 type item struct {
 	msg       jetstream.Msg
@@ -231,15 +242,23 @@ func (s *slots) wantsKey(ch string, band int) string {
 	return s.tag + ":wants:" + ch + ":" + strconv.Itoa(band)
 }
 
-// waitingKey is the set of worker instances with jobs of ch and band
-// waiting for a slot, each scored by the stream sequence of its oldest;
-// waitingExpKey scores them by when they stop counting (unless renewed).
+// waitingKey is the set of the jobs waiting for a slot at a limited
+// channel ch of their chain, in band: one place per worker instance and
+// job channel (the member "<instance>|<job channel>"), scored by the
+// stream sequence of that instance's oldest such job. A job waits at the
+// nearest channel of its chain that refused it, so sibling channels
+// sharing a parent's capacity wait in the parent's set, in one order.
+// waitingExpKey scores the same places by when they stop counting (unless
+// renewed).
 func (s *slots) waitingKey(ch string, band int) string {
 	return s.tag + ":waiting:" + ch + ":" + strconv.Itoa(band)
 }
 func (s *slots) waitingExpKey(ch string, band int) string {
 	return s.tag + ":waitexp:" + ch + ":" + strconv.Itoa(band)
 }
+
+// member names this instance's place for the jobs of cs in waiting sets.
+func (s *slots) member(cs *chanState) string { return s.me + "|" + cs.ch.Name }
 
 // freedChannel is the Redis Pub/Sub channel on which a released slot is
 // announced (the message names the channels whose slot was freed), so
@@ -252,14 +271,18 @@ func (s *slots) freedChannel() string { return s.tag + ":freed" }
 const waitingTTL = 2 * time.Second
 
 // acquireScript takes a slot in every limited channel of a chain at once,
-// or nothing. It refuses while a job of the same channel and band with a
-// lower stream sequence waits, in any process (older jobs start first,
-// fleet-wide), and records this instance's place in the waiting set:
-// regFail when it refuses, regOK when it takes the slot (0 removes it).
-// KEYS: per chain entry (slots, throttle), the job channel's waiting and
-// waitexp sets of the band, then the "wants" marks of better bands. ARGV:
-// now, lease, token, n, then per entry (capacity, throttle ms), then me,
-// seq (0: no order), regFail, regOK, waiting TTL ms.
+// or nothing. Going up the chain from the job's channel, each limited
+// channel refuses when it is full, throttled, or when a job of the band
+// with a lower stream sequence waits at it, in any process and any
+// channel below it (older jobs start first, fleet-wide, siblings
+// included). The place of this instance's oldest waiting job of the
+// channel (regFail) goes to the set of the channel that refused; when the
+// slot is taken, the place stays where it is for the next waiting job
+// (regOK), or goes (0).
+// KEYS: per chain entry (slots, throttle, waiting, waitexp of the band),
+// then the "wants" marks of better bands. ARGV: now, lease, token, n, then
+// per entry (capacity, throttle ms), then member, seq (0: no order),
+// regFail, regOK, waiting TTL ms.
 var acquireScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -271,48 +294,78 @@ local seq = tonumber(ARGV[f+2])
 local regFail = tonumber(ARGV[f+3])
 local regOK = tonumber(ARGV[f+4])
 local wttl = tonumber(ARGV[f+5])
-local wk = KEYS[2*n+1]
-local ek = KEYS[2*n+2]
-local function place(v)
-  if v > 0 then
-    redis.call('ZADD', wk, v, me)
-    redis.call('ZADD', ek, now + wttl, me)
-  else
-    redis.call('ZREM', wk, me)
-    redis.call('ZREM', ek, me)
+local lim = {}
+for i = 1, n do
+  lim[i] = tonumber(ARGV[3 + 2*i]) > 0 or tonumber(ARGV[4 + 2*i]) > 0
+end
+local function put(i, v)
+  redis.call('ZADD', KEYS[4*i-1], v, me)
+  redis.call('ZADD', KEYS[4*i], now + wttl, me)
+end
+local function drop(i)
+  redis.call('ZREM', KEYS[4*i-1], me)
+  redis.call('ZREM', KEYS[4*i], me)
+end
+-- keep rescores the place where it is; false if it is nowhere.
+local function keep(v)
+  for i = 1, n do
+    if lim[i] and redis.call('ZSCORE', KEYS[4*i-1], me) then
+      if v > 0 then put(i, v) else drop(i) end
+      return true
+    end
   end
+  return false
+end
+local function refuse(at, r)
+  -- A place held for an older job of this instance stays where that job
+  -- waits; this job's own place goes to the channel that refused it.
+  if regFail == 0 or (regFail ~= seq and keep(regFail)) then
+    if regFail == 0 then keep(0) end
+    return {0, r}
+  end
+  for i = 1, n do
+    if lim[i] then
+      if i == at then put(i, regFail) else drop(i) end
+    end
+  end
+  return {0, r}
+end
+local first = 0
+for i = 1, n do
+  if lim[i] then
+    if first == 0 then first = i end
+    local cap = tonumber(ARGV[3 + 2*i])
+    local thr = tonumber(ARGV[4 + 2*i])
+    if cap > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[4*i-3], '-inf', now)
+      if redis.call('ZCARD', KEYS[4*i-3]) >= cap then return refuse(i, i) end
+    end
+    if thr > 0 then
+      local ttl = redis.call('PTTL', KEYS[4*i-2])
+      if ttl > 0 then return refuse(i, -ttl) end
+    end
+    if seq > 0 then
+      local wk, ek = KEYS[4*i-1], KEYS[4*i]
+      local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', now)
+      if #gone > 0 then
+        redis.call('ZREM', wk, unpack(gone))
+        redis.call('ZREM', ek, unpack(gone))
+      end
+      local head = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')
+      if #head > 0 and tonumber(head[2]) < seq then return refuse(i, 0) end
+    end
+  end
+end
+for j = 4*n + 1, #KEYS do
+  if redis.call('EXISTS', KEYS[j]) == 1 then return refuse(first, 0) end
 end
 for i = 1, n do
   local cap = tonumber(ARGV[3 + 2*i])
   local thr = tonumber(ARGV[4 + 2*i])
-  if cap > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2*i-1], '-inf', now)
-    if redis.call('ZCARD', KEYS[2*i-1]) >= cap then place(regFail) return {0, i} end
-  end
-  if thr > 0 then
-    local ttl = redis.call('PTTL', KEYS[2*i])
-    if ttl > 0 then place(regFail) return {0, -ttl} end
-  end
+  if cap > 0 then redis.call('ZADD', KEYS[4*i-3], now + lease, token) end
+  if thr > 0 then redis.call('SET', KEYS[4*i-2], '1', 'PX', thr) end
 end
-for j = 2*n + 3, #KEYS do
-  if redis.call('EXISTS', KEYS[j]) == 1 then place(regFail) return {0, 0} end
-end
-if seq > 0 then
-  local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', now)
-  if #gone > 0 then
-    redis.call('ZREM', wk, unpack(gone))
-    redis.call('ZREM', ek, unpack(gone))
-  end
-  local head = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')
-  if #head > 0 and tonumber(head[2]) < seq then place(regFail) return {0, 0} end
-end
-for i = 1, n do
-  local cap = tonumber(ARGV[3 + 2*i])
-  local thr = tonumber(ARGV[4 + 2*i])
-  if cap > 0 then redis.call('ZADD', KEYS[2*i-1], now + lease, token) end
-  if thr > 0 then redis.call('SET', KEYS[2*i], '1', 'PX', thr) end
-end
-place(regOK)
+keep(regOK)
 return {1, 0}
 `)
 
@@ -326,15 +379,14 @@ type place struct{ fail, ok uint64 }
 // long a throttle asks to wait (0 when capacity is full or an older job
 // waits).
 func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token string, seq uint64, pl place) (bool, time.Duration, error) {
-	keys := make([]string, 0, 2*len(cs.chain)+2+band)
+	keys := make([]string, 0, 4*len(cs.chain)+band)
 	args := make([]any, 0, 9+2*len(cs.chain))
 	args = append(args, time.Now().UnixMilli(), s.lease.Milliseconds(), token, len(cs.chain))
 	for _, c := range cs.chain {
-		keys = append(keys, s.slotsKey(c.Name), s.throttleKey(c.Name))
+		keys = append(keys, s.slotsKey(c.Name), s.throttleKey(c.Name), s.waitingKey(c.Name, band), s.waitingExpKey(c.Name, band))
 		args = append(args, c.Capacity, c.Throttle.Milliseconds())
 	}
-	keys = append(keys, s.waitingKey(cs.ch.Name, band), s.waitingExpKey(cs.ch.Name, band))
-	args = append(args, s.me, seq, pl.fail, pl.ok, waitingTTL.Milliseconds())
+	args = append(args, s.member(cs), seq, pl.fail, pl.ok, waitingTTL.Milliseconds())
 	if !cs.ch.Sequential {
 		for b := 0; b < band; b++ {
 			keys = append(keys, s.wantsKey(cs.ch.Name, b))
@@ -353,13 +405,19 @@ func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token stri
 	return false, 0, nil
 }
 
-// leave removes this instance from the waiting sets of cs (no job of it
-// waits any more).
+// leave removes this instance's place for the jobs of cs from the waiting
+// sets of its chain (no job of it waits any more).
 func (s *slots) leave(ctx context.Context, cs *chanState) {
 	pipe := s.rdb.Pipeline()
-	for b := 0; b < channels.Bands; b++ {
-		pipe.ZRem(ctx, s.waitingKey(cs.ch.Name, b), s.me)
-		pipe.ZRem(ctx, s.waitingExpKey(cs.ch.Name, b), s.me)
+	me := s.member(cs)
+	for _, c := range cs.chain {
+		if !c.Limited() {
+			continue
+		}
+		for b := 0; b < channels.Bands; b++ {
+			pipe.ZRem(ctx, s.waitingKey(c.Name, b), me)
+			pipe.ZRem(ctx, s.waitingExpKey(c.Name, b), me)
+		}
 	}
 	_, _ = pipe.Exec(ctx)
 }

@@ -237,12 +237,7 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 		chans: chans, states: map[string]*chanState{}, sched: newScheduler(),
 		cancelsKey: names.CancelsKey()}
 	for _, ch := range chans.All() {
-		cs := &chanState{ch: ch, chain: chans.Chain(ch.Name), limited: chans.Limited(ch.Name)}
-		for _, c := range cs.chain {
-			if c.Capacity > 0 {
-				cs.capped = append(cs.capped, c.Name)
-			}
-		}
+		cs := newChanState(chans, ch)
 		if cs.limited && c.rdb == nil {
 			return nil, fmt.Errorf("worker: channel %s has a capacity or throttle: it needs Redis (WithRedis)", ch.Name)
 		}
