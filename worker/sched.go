@@ -306,15 +306,17 @@ local function drop(i)
   redis.call('ZREM', KEYS[4*i-1], me)
   redis.call('ZREM', KEYS[4*i], me)
 end
--- keep rescores the place where it is; false if it is nowhere.
+-- keep rescores the place where it is (a release may have copied it one
+-- channel up); false if it is nowhere.
 local function keep(v)
+  local found = false
   for i = 1, n do
     if lim[i] and redis.call('ZSCORE', KEYS[4*i-1], me) then
       if v > 0 then put(i, v) else drop(i) end
-      return true
+      found = true
     end
   end
-  return false
+  return found
 end
 local function refuse(at, r)
   -- A place held for an older job of this instance stays where that job
@@ -427,27 +429,73 @@ func (s *slots) want(ctx context.Context, ch string, band int, ttl time.Duration
 	s.rdb.Set(ctx, s.wantsKey(ch, band), "1", ttl)
 }
 
+// releaseScript gives a job's slots back. Then, at each channel of the
+// chain that has room again, the oldest job waiting there in each band
+// (its place, while it lasts) also takes a place at the next limited
+// channel up: it may start now, and a younger job of a sibling channel
+// waiting up there must not take the slot first. Its own next attempt
+// puts the place where it belongs. Last, the release is announced on the
+// Pub/Sub channel (an announcement refused, to a Redis user without
+// Pub/Sub rights, is left out: the others find the slot at their next
+// poll).
+// KEYS: per limited chain entry (slots, waiting of each band, waitexp of
+// each band). ARGV: token, now, bands, Pub/Sub channel, message, then per
+// entry its capacity.
+var releaseScript = redis.NewScript(`
+local token = ARGV[1]
+local now = tonumber(ARGV[2])
+local bands = tonumber(ARGV[3])
+local per = 1 + 2*bands
+local n = #KEYS / per
+for i = 1, n do
+  if tonumber(ARGV[5+i]) > 0 then redis.call('ZREM', KEYS[(i-1)*per+1], token) end
+end
+for i = 1, n-1 do
+  local cap = tonumber(ARGV[5+i])
+  local base = (i-1)*per
+  if cap > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[base+1], '-inf', now)
+    if redis.call('ZCARD', KEYS[base+1]) < cap then
+      for b = 1, bands do
+        local head = redis.call('ZRANGE', KEYS[base+1+b], 0, 0, 'WITHSCORES')
+        if #head > 0 then
+          local exp = redis.call('ZSCORE', KEYS[base+1+bands+b], head[1])
+          if exp and tonumber(exp) > now then
+            redis.call('ZADD', KEYS[base+per+1+b], head[2], head[1])
+            redis.call('ZADD', KEYS[base+per+1+bands+b], exp, head[1])
+          end
+        end
+      end
+    end
+  end
+end
+redis.pcall('PUBLISH', ARGV[4], ARGV[5])
+return 1
+`)
+
 // release gives a slot back and announces it to the waiting processes
 // (the message names the channels whose slot was freed).
 func (s *slots) release(ctx context.Context, cs *chanState, token string) error {
 	if len(cs.capped) == 0 {
 		return nil // a throttle only: no slot held
 	}
-	pipe := s.rdb.Pipeline()
-	rems := make([]*redis.IntCmd, len(cs.capped))
-	for i, name := range cs.capped {
-		rems[i] = pipe.ZRem(ctx, s.slotsKey(name), token)
-	}
-	// The announcement may fail alone (a Redis user without Pub/Sub
-	// rights): the others then find the slot at their next poll.
-	pipe.Publish(ctx, s.freedChannel(), strings.Join(cs.capped, " "))
-	_, _ = pipe.Exec(ctx)
-	for _, c := range rems {
-		if err := c.Err(); err != nil {
-			return err
+	keys := make([]string, 0, len(cs.chain)*(1+2*channels.Bands))
+	args := make([]any, 0, 5+len(cs.chain))
+	args = append(args, token, time.Now().UnixMilli(), channels.Bands, s.freedChannel(), strings.Join(cs.capped, " "))
+	for _, c := range cs.chain {
+		if !c.Limited() {
+			continue
 		}
+		keys = append(keys, s.slotsKey(c.Name))
+		for b := 0; b < channels.Bands; b++ {
+			keys = append(keys, s.waitingKey(c.Name, b))
+		}
+		for b := 0; b < channels.Bands; b++ {
+			keys = append(keys, s.waitingExpKey(c.Name, b))
+		}
+		args = append(args, c.Capacity)
 	}
-	return nil
+	return releaseScript.Run(ctx, s.rdb, keys, args...).Err()
 }
 
 // wakeFor wakes the blocked loops of the channels whose chain includes one
