@@ -10,128 +10,124 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// slotSteps runs one slot scenario against Redis: two worker instances,
+// p1 and p2, acquiring and releasing slots of the jobs of channels below
+// root.shop, and checking where their waiting places are.
+type slotSteps struct {
+	t      *testing.T
+	rdb    *redis.Client
+	chans  *channels.Config
+	p1, p2 *slots
+	band   int
+}
+
+func newSlotSteps(t *testing.T, config string) *slotSteps {
+	rdb, prefix := testenv.Redis(t)
+	chans, err := channels.Parse(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := "{" + prefix + ":channels}"
+	return &slotSteps{t: t, rdb: rdb, chans: chans,
+		p1: &slots{rdb: rdb, tag: tag, lease: time.Minute, me: "p1"},
+		p2: &slots{rdb: rdb, tag: tag, lease: time.Minute, me: "p2"}}
+}
+
+func (x *slotSteps) state(name string) *chanState {
+	return newChanState(x.chans, x.chans.Resolve(name))
+}
+
+// slotStep: job seq of cs, in instance s, tries a slot and gets one or
+// not (want), or, with release set, gives back the slot of token; then,
+// with at set, the place of s for cs's jobs is at at[0] with score at[1]
+// and nowhere else in the chain ("" for nowhere).
+type slotStep struct {
+	s       *slots
+	cs      *chanState
+	token   string
+	seq     uint64
+	want    bool
+	release bool
+	at      *slotPlace
+}
+
+type slotPlace struct {
+	ch    string
+	score float64
+}
+
+func (x *slotSteps) run(steps []slotStep) {
+	t := x.t
+	t.Helper()
+	ctx := context.Background()
+	for i, st := range steps {
+		if st.release {
+			if err := st.s.release(ctx, st.cs, st.token); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			ok, _, err := st.s.acquire(ctx, st.cs, x.band, st.token, st.seq, place{fail: st.seq})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok != st.want {
+				t.Fatalf("step %d: job %d of %s started: %v, want %v", i, st.seq, st.cs.ch.Name, ok, st.want)
+			}
+		}
+		if st.at == nil {
+			continue
+		}
+		for _, c := range st.cs.chain {
+			if !c.Limited() {
+				continue
+			}
+			v, err := x.rdb.ZScore(ctx, st.s.waitingKey(c.Name, x.band), st.s.member(st.cs)).Result()
+			switch {
+			case c.Name == st.at.ch && (err != nil || v != st.at.score):
+				t.Fatalf("step %d: place of %s's jobs at %s: %v (%v), want %v", i, st.cs.ch.Name, c.Name, v, err, st.at.score)
+			case c.Name != st.at.ch && err != redis.Nil:
+				t.Fatalf("step %d: place of %s's jobs left at %s: %v (%v)", i, st.cs.ch.Name, c.Name, v, err)
+			}
+		}
+	}
+}
+
 // The waiting place of a job goes to the channel of its chain that refused
 // it: a job held back by its own channel's capacity does not hold back a
 // sibling's job at the shared parent, and a job held back by the parent
 // holds back the younger jobs of every channel below it, in any process.
+// Refused later by its own channel, it moves its place there.
 func TestWaitingPlaceIsAtTheChannelThatRefused(t *testing.T) {
-	rdb, prefix := testenv.Redis(t)
-	ctx := context.Background()
-	chans, err := channels.Parse("root.shop:2,root.shop.a:1,root.shop.b,root.shop.c")
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := func(name string) *chanState { return newChanState(chans, chans.Resolve(name)) }
-	a, b, c := state("root.shop.a"), state("root.shop.b"), state("root.shop.c")
-	tag := "{" + prefix + ":channels}"
-	p1 := &slots{rdb: rdb, tag: tag, lease: time.Minute, me: "p1"}
-	p2 := &slots{rdb: rdb, tag: tag, lease: time.Minute, me: "p2"}
-	const band = 1
-	try := func(s *slots, cs *chanState, token string, seq uint64) bool {
-		t.Helper()
-		return tryAcquire(t, s, cs, band, token, seq)
-	}
-	placeAt := func(ch string, s *slots, cs *chanState) float64 {
-		t.Helper()
-		v, err := rdb.ZScore(ctx, s.waitingKey(ch, band), s.member(cs)).Result()
-		if err != nil {
-			return 0
-		}
-		return v
-	}
-
-	if !try(p1, a, "a1", 1) {
-		t.Fatal("first job of root.shop.a refused")
-	}
-	// root.shop.a is full: its next job waits there, not at root.shop.
-	if try(p1, a, "a10", 10) {
-		t.Fatal("second job of root.shop.a (capacity 1) started")
-	}
-	if got := placeAt("root.shop.a", p1, a); got != 10 {
-		t.Fatalf("place at root.shop.a = %v, want 10", got)
-	}
-	if got := placeAt("root.shop", p1, a); got != 0 {
-		t.Fatalf("place at root.shop = %v, want none", got)
-	}
-	// So an older job waiting for root.shop.a does not keep a younger job
-	// of root.shop.b from root.shop's free slot.
-	if !try(p2, b, "b20", 20) {
-		t.Fatal("job of root.shop.b held back by a job waiting for root.shop.a")
-	}
-	// root.shop is full now: the next job of root.shop.b waits at root.shop...
-	if try(p2, b, "b30", 30) {
-		t.Fatal("third job under root.shop (capacity 2) started")
-	}
-	if got := placeAt("root.shop", p2, b); got != 30 {
-		t.Fatalf("place at root.shop = %v, want 30", got)
-	}
-	// Once root.shop has room, a younger job of a sibling channel, in
-	// another process, waits behind it, while it starts.
-	if err := p2.release(ctx, b, "b20"); err != nil {
-		t.Fatal(err)
-	}
-	if try(p1, c, "c40", 40) {
-		t.Fatal("job 40 of root.shop.c started before job 30 of root.shop.b, which waits at root.shop")
-	}
-	if got := placeAt("root.shop", p1, c); got != 40 {
-		t.Fatalf("place of the refused job 40 at root.shop = %v, want 40", got)
-	}
-	if !try(p2, b, "b30", 30) {
-		t.Fatal("job 30 of root.shop.b, the oldest waiting at root.shop, refused")
-	}
-	if got := placeAt("root.shop", p2, b); got != 0 {
-		t.Fatalf("place of root.shop.b at root.shop after its start = %v, want none", got)
-	}
-	// A job refused at the parent waits there; refused later by its own
-	// channel, it moves its place there (and holds back no sibling).
-	steps := []struct {
-		s    *slots
-		cs   *chanState
-		tok  string
-		seq  uint64
-		want bool
-		rel  *slots // release tok instead of trying it
-	}{
-		{s: p2, cs: b, tok: "b30", rel: p2},
-		{s: p1, cs: a, tok: "a1", rel: p1},  // root.shop.a has room: job 10 waits at root.shop too
-		{s: p1, cs: c, tok: "c40", seq: 40}, // behind job 10
-		{s: p1, cs: a, tok: "a10", seq: 10, want: true},
-		{s: p1, cs: c, tok: "c40", seq: 40, want: true},
-		{s: p2, cs: a, tok: "a60", seq: 60}, // root.shop.a is full: waits there
-		{s: p1, cs: a, tok: "a10", rel: p1}, // job 60 waits at root.shop too
-		{s: p2, cs: b, tok: "b50", seq: 50, want: true},
-		{s: p2, cs: a, tok: "a60", seq: 60}, // root.shop is full: waits there only
-		{s: p2, cs: b, tok: "b50", rel: p2},
-		{s: p1, cs: a, tok: "a70", seq: 70}, // behind job 60 at root.shop
-		{s: p2, cs: a, tok: "a60", seq: 60, want: true},
-		{s: p1, cs: a, tok: "a70", seq: 70}, // root.shop.a is full again: waits there only
-	}
-	for i, st := range steps {
-		if st.rel != nil {
-			if err := st.rel.release(ctx, st.cs, st.tok); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		if got := try(st.s, st.cs, st.tok, st.seq); got != st.want {
-			t.Fatalf("step %d: job %d started: %v, want %v", i, st.seq, got, st.want)
-		}
-		if i == 8 {
-			if at, under := placeAt("root.shop", p2, a), placeAt("root.shop.a", p2, a); at != 60 || under != 0 {
-				t.Fatalf("place of job 60: %v at root.shop, %v at root.shop.a; want 60 and none", at, under)
-			}
-		}
-	}
-	if at, under := placeAt("root.shop", p1, a), placeAt("root.shop.a", p1, a); at != 0 || under != 70 {
-		t.Fatalf("place of job 70: %v at root.shop, %v at root.shop.a; want none and 70", at, under)
-	}
+	x := newSlotSteps(t, "root.shop:2,root.shop.a:1,root.shop.b,root.shop.c")
+	x.band = 1
+	p1, p2 := x.p1, x.p2
+	a, b, c := x.state("root.shop.a"), x.state("root.shop.b"), x.state("root.shop.c")
+	none := &slotPlace{}
+	x.run([]slotStep{
+		{s: p1, cs: a, token: "a1", seq: 1, want: true},
+		{s: p1, cs: a, token: "a10", seq: 10, at: &slotPlace{"root.shop.a", 10}}, // root.shop.a is full
+		{s: p2, cs: b, token: "b20", seq: 20, want: true},                        // not held back by job 10
+		{s: p2, cs: b, token: "b30", seq: 30, at: &slotPlace{"root.shop", 30}},   // root.shop is full
+		{s: p2, cs: b, token: "b20", release: true},
+		{s: p1, cs: c, token: "c40", seq: 40, at: &slotPlace{"root.shop", 40}}, // behind job 30
+		{s: p2, cs: b, token: "b30", seq: 30, want: true, at: none},
+		{s: p2, cs: b, token: "b30", release: true},
+		{s: p1, cs: a, token: "a1", release: true}, // root.shop.a has room: job 10 waits at root.shop too
+		{s: p1, cs: c, token: "c40", seq: 40},      // behind job 10
+		{s: p1, cs: a, token: "a10", seq: 10, want: true, at: none},
+		{s: p1, cs: c, token: "c40", seq: 40, want: true, at: none},
+		{s: p2, cs: a, token: "a60", seq: 60, at: &slotPlace{"root.shop.a", 60}}, // root.shop.a is full
+		{s: p1, cs: a, token: "a10", release: true},                              // job 60 waits at root.shop too
+		{s: p2, cs: b, token: "b50", seq: 50, want: true},
+		{s: p2, cs: a, token: "a60", seq: 60, at: &slotPlace{"root.shop", 60}}, // root.shop is full: waits there only
+		{s: p2, cs: b, token: "b50", release: true},
+		{s: p1, cs: a, token: "a70", seq: 70, at: &slotPlace{"root.shop", 70}}, // behind job 60
+		{s: p2, cs: a, token: "a60", seq: 60, want: true, at: none},
+		{s: p1, cs: a, token: "a70", seq: 70, at: &slotPlace{"root.shop.a", 70}}, // root.shop.a is full again: moves there
+	})
 	// leave takes a place off every waiting set of the chain.
-	p1.leave(ctx, a)
-	for _, ch := range []string{"root.shop.a", "root.shop"} {
-		if got := placeAt(ch, p1, a); got != 0 {
-			t.Fatalf("place at %s after leave = %v, want none", ch, got)
-		}
-	}
+	p1.leave(context.Background(), a)
+	x.run([]slotStep{{s: p1, cs: a, token: "a60", release: true, at: none}})
 }
 
 // A release that gives a channel room again lets its oldest waiting job
@@ -139,54 +135,19 @@ func TestWaitingPlaceIsAtTheChannelThatRefused(t *testing.T) {
 // sibling channel, already waiting there, does not take the parent's slot
 // first (it would, if it tried before the older job's process did).
 func TestReleaseMovesTheOldestWaitingJobUp(t *testing.T) {
-	rdb, prefix := testenv.Redis(t)
-	ctx := context.Background()
-	chans, err := channels.Parse("root.shop:2,root.shop.a:1,root.shop.b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := newChanState(chans, chans.Resolve("root.shop.a")), newChanState(chans, chans.Resolve("root.shop.b"))
-	tag := "{" + prefix + ":channels}"
-	p1 := &slots{rdb: rdb, tag: tag, lease: time.Minute, me: "p1"}
-	p2 := &slots{rdb: rdb, tag: tag, lease: time.Minute, me: "p2"}
-	const band = 0
-	try := func(s *slots, cs *chanState, token string, seq uint64) bool {
-		t.Helper()
-		return tryAcquire(t, s, cs, band, token, seq)
-	}
-	for _, j := range []struct {
-		s    *slots
-		cs   *chanState
-		tok  string
-		seq  uint64
-		want bool
-	}{
-		{p1, a, "a1", 1, true},
-		{p1, a, "a10", 10, false}, // root.shop.a is full: waits there
-		{p2, b, "b20", 20, true},  // root.shop has room
-		{p2, b, "b30", 30, false}, // root.shop is full: waits there
-	} {
-		if got := try(j.s, j.cs, j.tok, j.seq); got != j.want {
-			t.Fatalf("job %d started: %v, want %v", j.seq, got, j.want)
-		}
-	}
-	if err := p1.release(ctx, a, "a1"); err != nil { // root.shop.a and root.shop have room
-		t.Fatal(err)
-	}
-	if try(p2, b, "b30", 30) {
-		t.Fatal("job 30 of root.shop.b took root.shop's slot before job 10 of root.shop.a, whose channel had room again")
-	}
-	if !try(p1, a, "a10", 10) {
-		t.Fatal("job 10 of root.shop.a refused")
-	}
-	for _, ch := range []string{"root.shop.a", "root.shop"} {
-		if err := rdb.ZScore(ctx, p1.waitingKey(ch, band), p1.member(a)).Err(); err != redis.Nil {
-			t.Fatalf("job 10 started, but a place of root.shop.a's jobs is left at %s (err %v)", ch, err)
-		}
-	}
-	if try(p2, b, "b30", 30) {
-		t.Fatal("job 30 started with root.shop full")
-	}
+	x := newSlotSteps(t, "root.shop:2,root.shop.a:1,root.shop.b")
+	p1, p2 := x.p1, x.p2
+	a, b := x.state("root.shop.a"), x.state("root.shop.b")
+	x.run([]slotStep{
+		{s: p1, cs: a, token: "a1", seq: 1, want: true},
+		{s: p1, cs: a, token: "a10", seq: 10},             // root.shop.a is full: waits there
+		{s: p2, cs: b, token: "b20", seq: 20, want: true}, // root.shop has room
+		{s: p2, cs: b, token: "b30", seq: 30},             // root.shop is full: waits there
+		{s: p1, cs: a, token: "a1", release: true},        // root.shop.a and root.shop have room
+		{s: p2, cs: b, token: "b30", seq: 30},             // job 10 goes first
+		{s: p1, cs: a, token: "a10", seq: 10, want: true, at: &slotPlace{}},
+		{s: p2, cs: b, token: "b30", seq: 30}, // root.shop is full
+	})
 }
 
 // A Redis user without Pub/Sub rights still gives slots back: only the
@@ -224,15 +185,4 @@ func TestReleaseWithoutPubSubRights(t *testing.T) {
 			t.Fatalf("release without Pub/Sub rights: %v", err)
 		}
 	}
-}
-
-// tryAcquire tries a slot for the job seq of cs in band, as a fresh job of
-// an instance with no other job waiting, and reports whether it got one.
-func tryAcquire(t *testing.T, s *slots, cs *chanState, band int, token string, seq uint64) bool {
-	t.Helper()
-	ok, _, err := s.acquire(context.Background(), cs, band, token, seq, place{fail: seq})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ok
 }
