@@ -298,9 +298,12 @@ local lim = {}
 for i = 1, n do
   lim[i] = tonumber(ARGV[3 + 2*i]) > 0 or tonumber(ARGV[4 + 2*i]) > 0
 end
+-- hold: a throttle's wait, during which a refused job does not try again
+-- (its place must outlast it).
+local hold = 0
 local function put(i, v)
   redis.call('ZADD', KEYS[4*i-1], v, me)
-  redis.call('ZADD', KEYS[4*i], now + wttl, me)
+  redis.call('ZADD', KEYS[4*i], now + hold + wttl, me)
 end
 local function drop(i)
   redis.call('ZREM', KEYS[4*i-1], me)
@@ -344,7 +347,7 @@ for i = 1, n do
     end
     if thr > 0 then
       local ttl = redis.call('PTTL', KEYS[4*i-2])
-      if ttl > 0 then return refuse(i, -ttl) end
+      if ttl > 0 then hold = ttl return refuse(i, -ttl) end
     end
     if seq > 0 then
       local wk, ek = KEYS[4*i-1], KEYS[4*i]

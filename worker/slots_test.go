@@ -186,3 +186,23 @@ func TestReleaseWithoutPubSubRights(t *testing.T) {
 		}
 	}
 }
+
+// A job refused by a throttle waits out the throttle before it tries
+// again: its place lasts that long and the usual 2 s beyond, so that a
+// younger job of another process does not start first when the throttle
+// ends.
+func TestThrottledPlaceOutlastsTheThrottle(t *testing.T) {
+	x := newSlotSteps(t, "root.slow:0:throttle=30")
+	cs := x.state("root.slow")
+	x.run([]slotStep{
+		{s: x.p1, cs: cs, token: "j1", seq: 1, want: true},
+		{s: x.p1, cs: cs, token: "j2", seq: 2, at: &slotPlace{"root.slow", 2}},
+	})
+	exp, err := x.rdb.ZScore(context.Background(), x.p1.waitingExpKey("root.slow", x.band), x.p1.member(cs)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(time.UnixMilli(int64(exp))); left < 30*time.Second {
+		t.Fatalf("the place lapses in %s, before the 30 s throttle ends", left)
+	}
+}
