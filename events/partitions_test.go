@@ -105,6 +105,35 @@ func (e *env) consumerConfig(consumer string) jetstream.ConsumerConfig {
 	return c.CachedInfo().Config
 }
 
+// repartitioning runs a listener of name on "res.partner" under a chosen
+// partition count, one run at a time, and publishes events of records
+// records; ids are the events published so far, in order.
+type repartitioning struct {
+	e       *env
+	name    string
+	records int
+	opts    []events.Option
+	log     *orderLog
+	ids     []string
+}
+
+func (e *env) repartition(name string, records int, opts ...events.Option) *repartitioning {
+	return &repartitioning{e: e, name: name, records: records, log: newOrderLog(),
+		opts: append([]events.Option{events.WithIntervals(50*time.Millisecond, 100*time.Millisecond)}, opts...)}
+}
+
+// start runs the listener with partitions partitions until stop is called.
+func (r *repartitioning) start(partitions int) (stop func()) {
+	l := r.e.listeners(r.opts...)
+	must(r.e.t, l.On(r.name, "res.partner", "", r.log.handler, events.WithPartitions(partitions)))
+	return r.e.runFor(l)
+}
+
+// batch publishes count events per record, numbered from from.
+func (r *repartitioning) batch(from, count int) {
+	r.ids = append(r.ids, r.e.publishBatch(r.records, count, from)...)
+}
+
 // Changing a listener's partition count hands the listener over where the
 // old consumers stopped: the events handled under 2 partitions are not
 // handled again under 8, the events that waited meanwhile are handled once,
@@ -112,27 +141,18 @@ func (e *env) consumerConfig(consumer string) jetstream.ConsumerConfig {
 // retired consumers are taken back, with the floors of the 8).
 func TestRepartitionHandsOverWithoutReplayOrLoss(t *testing.T) {
 	e := newEnv(t)
-	log := newOrderLog()
-	start := func(partitions int) func() {
-		l := e.listeners(events.WithIntervals(50*time.Millisecond, 100*time.Millisecond))
-		must(t, l.On("resized", "res.partner", "", log.handler, events.WithPartitions(partitions)))
-		return e.runFor(l)
-	}
-	const records = 12
-	var ids []string
-	batch := func(from, count int) {
-		ids = append(ids, e.publishBatch(records, count, from)...)
-	}
+	r := e.repartition("resized", 12)
+	log, start, batch := r.log, r.start, r.batch
 
 	stop := start(2)
 	batch(0, 5)
-	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(ids) }, "first batch handled under 2 partitions")
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(r.ids) }, "first batch handled under 2 partitions")
 	stop()
 	batch(5, 5) // waits for the next configuration
 
 	stop = start(8)
-	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "second batch handled under 8 partitions")
-	log.check(t, ids)
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(r.ids) }, "second batch handled under 8 partitions")
+	log.check(t, r.ids)
 	for i := 0; i < 2; i++ {
 		cfg := e.consumerConfig(events.ConsumerName("resized", i, 2))
 		if cfg.Metadata["connector.retired"] == "" || cfg.InactiveThreshold != events.DefaultRetiredConsumerTTL {
@@ -146,8 +166,8 @@ func TestRepartitionHandsOverWithoutReplayOrLoss(t *testing.T) {
 	batch(10, 5)
 
 	stop = start(2)
-	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "third batch handled under 2 partitions again")
-	log.check(t, ids)
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(r.ids) }, "third batch handled under 2 partitions again")
+	log.check(t, r.ids)
 	if cfg := e.consumerConfig(events.ConsumerName("resized", 1, 2)); cfg.Metadata["connector.retired"] != "" || cfg.InactiveThreshold != 0 {
 		t.Fatalf("the 2-partition consumers are still retired: %v, inactive threshold %v", cfg.Metadata, cfg.InactiveThreshold)
 	}
@@ -164,17 +184,8 @@ func TestRepartitionHandsOverWithoutReplayOrLoss(t *testing.T) {
 // skipped, per-record order kept).
 func TestRetiredConsumersAreDeletedAfterTheirTTL(t *testing.T) {
 	e := newEnv(t)
-	log := newOrderLog()
-	start := func(partitions int) func() {
-		l := e.listeners(events.WithIntervals(50*time.Millisecond, 100*time.Millisecond), events.WithRetiredConsumerTTL(time.Second))
-		must(t, l.On("pruned", "res.partner", "", log.handler, events.WithPartitions(partitions)))
-		return e.runFor(l)
-	}
-	const records = 8
-	var ids []string
-	batch := func(from, count int) {
-		ids = append(ids, e.publishBatch(records, count, from)...)
-	}
+	r := e.repartition("pruned", 8, events.WithRetiredConsumerTTL(time.Second))
+	log, start, batch := r.log, r.start, r.batch
 	gone := func(partitions int) bool {
 		for i := 0; i < partitions; i++ {
 			_, err := e.js.Consumer(context.Background(), e.names.EventsStream(), events.ConsumerName("pruned", i, partitions))
@@ -187,24 +198,24 @@ func TestRetiredConsumersAreDeletedAfterTheirTTL(t *testing.T) {
 
 	stop := start(2)
 	batch(0, 3)
-	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(ids) }, "first batch handled under 2 partitions")
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(r.ids) }, "first batch handled under 2 partitions")
 	stop()
 
 	stop = start(4)
 	batch(3, 3)
-	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "second batch handled under 4 partitions")
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(r.ids) }, "second batch handled under 4 partitions")
 	testenv.Eventually(t, 30*time.Second, func() bool { return gone(2) }, "the retired 2-partition consumers deleted by the server")
 	batch(6, 3)
-	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(ids) }, "third batch handled by the live set")
-	log.check(t, ids)
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(r.ids) }, "third batch handled by the live set")
+	log.check(t, r.ids)
 	stop()
 
 	// Back to 2: its consumers are gone; the new ones start from the 4's.
 	batch(9, 3)
 	stop = start(2)
-	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(ids) }, "fourth batch handled under 2 partitions again")
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() == len(r.ids) }, "fourth batch handled under 2 partitions again")
 	testenv.Eventually(t, 30*time.Second, func() bool { return gone(4) }, "the retired 4-partition consumers deleted by the server")
-	log.check(t, ids)
+	log.check(t, r.ids)
 	stop()
 }
 

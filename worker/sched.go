@@ -324,10 +324,8 @@ end
 local function refuse(at, r)
   -- A place held for an older job of this instance stays where that job
   -- waits; this job's own place goes to the channel that refused it.
-  if regFail == 0 or (regFail ~= seq and keep(regFail)) then
-    if regFail == 0 then keep(0) end
-    return {0, r}
-  end
+  if regFail == 0 then keep(0) return {0, r} end
+  if regFail ~= seq and keep(regFail) then return {0, r} end
   for i = 1, n do
     if lim[i] then
       if i == at then put(i, regFail) else drop(i) end
