@@ -1,9 +1,11 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -51,8 +53,7 @@ func (d *Dispatcher) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, 
 	if info.State.Msgs == 0 {
 		return nil, nil
 	}
-	// Only job letters: event listeners keep theirs under <prefix>.dead.events.
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{d.names.DeadJobsWildcard(), d.names.Prefix + ".dead.malformed.>"}})
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: deadJobFilters(d.names)})
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: dead letters: %w", err)
 	}
@@ -198,4 +199,137 @@ func (d *Dispatcher) RequeueAll(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, first
+}
+
+// Queue is one queue of the jobs stream: the jobs of one priority band of
+// a channel, or of every band of a sequential channel, as a durable
+// consumer of the workers serves them.
+type Queue struct {
+	// Consumer is the durable consumer ("jobs~root~shop~1"); empty for jobs
+	// of a channel no worker has a consumer for yet (they wait for one).
+	Consumer string `json:"consumer,omitempty"`
+	Channel  string `json:"channel"`
+	// Band is the priority band, 0 (first) to 2; -1 for every band of a
+	// sequential channel.
+	Band int `json:"band"`
+	// Waiting jobs are queued and not taken by a worker yet.
+	Waiting uint64 `json:"waiting"`
+	// Taken jobs are taken by a worker and not settled: running, waiting
+	// for a channel slot, or held by a worker that died (they come back
+	// when its lease runs out).
+	Taken int `json:"taken"`
+	// Redelivered counts the taken jobs taken more than once (a lease ran
+	// out, or a worker handed them back).
+	Redelivered int `json:"redelivered"`
+	// Pulls is the number of pull requests workers have open on the queue:
+	// 0 while jobs wait means no worker serves it now.
+	Pulls int `json:"pulls"`
+}
+
+// Stats is a snapshot of the jobs queue (each figure read on its own, not
+// atomically: under load they may disagree by the jobs that moved between
+// two reads).
+type Stats struct {
+	Queues []Queue `json:"queues"`
+	// Delayed jobs wait in the jobs stream for their ETA or a retry delay
+	// (message schedules), periodic schedules included.
+	Delayed uint64 `json:"delayed"`
+	// Dead is the number of job dead letters (DeadLetters lists them).
+	Dead uint64 `json:"dead"`
+}
+
+// Stats reads the state of the jobs queue from JetStream: per queue, the
+// jobs waiting and taken; the delayed jobs; the dead letters. It needs no
+// Redis.
+func (d *Dispatcher) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	if err != nil {
+		return st, fmt.Errorf("dispatcher: stats: %w", err)
+	}
+	// Messages per jobs subject (a few per channel): the rest of the stream
+	// is schedules.
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(d.names.JobsWildcard()))
+	if err != nil {
+		return st, fmt.Errorf("dispatcher: stats: %w", err)
+	}
+	queued := uint64(0)
+	for _, n := range info.State.Subjects {
+		queued += n
+	}
+	st.Delayed = info.State.Msgs - min(queued, info.State.Msgs)
+	served := map[string]bool{}
+	lister := s.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		channel, band, ok := d.names.ParseJobsConsumer(ci.Name)
+		if !ok {
+			continue // not a workers' queue
+		}
+		for subj := range info.State.Subjects {
+			if filterMatches(ci.Config, subj) {
+				served[subj] = true
+			}
+		}
+		st.Queues = append(st.Queues, Queue{Consumer: ci.Name, Channel: channel, Band: band, Waiting: ci.NumPending,
+			Taken: ci.NumAckPending, Redelivered: ci.NumRedelivered, Pulls: ci.NumWaiting})
+	}
+	if err := lister.Err(); err != nil {
+		return st, fmt.Errorf("dispatcher: stats: %w", err)
+	}
+	for subj, n := range info.State.Subjects {
+		if served[subj] {
+			continue
+		}
+		if channel, band, ok := d.names.ParseJobsSubject(subj); ok {
+			st.Queues = append(st.Queues, Queue{Channel: channel, Band: band, Waiting: n})
+		}
+	}
+	slices.SortFunc(st.Queues, func(a, b Queue) int {
+		return cmp.Or(cmp.Compare(a.Channel, b.Channel), cmp.Compare(a.Band, b.Band), cmp.Compare(a.Consumer, b.Consumer))
+	})
+	if st.Dead, err = d.deadCount(ctx); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// deadCount counts the job dead letters: the pending count of a
+// short-lived consumer filtered on them (the server counts, nothing is
+// read).
+func (d *Dispatcher) deadCount(ctx context.Context) (uint64, error) {
+	s, err := d.js.Stream(ctx, d.names.DeadStream())
+	if err != nil {
+		return 0, fmt.Errorf("dispatcher: stats: %w", err)
+	}
+	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubjects:    deadJobFilters(d.names),
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		InactiveThreshold: 30 * time.Second, // gone by itself if the delete below fails
+	})
+	if err != nil {
+		return 0, fmt.Errorf("dispatcher: stats: %w", err)
+	}
+	n := c.CachedInfo().NumPending
+	_ = s.DeleteConsumer(context.WithoutCancel(ctx), c.CachedInfo().Name)
+	return n, nil
+}
+
+// deadJobFilters are the subjects of job dead letters (event listeners
+// keep theirs under <prefix>.dead.events).
+func deadJobFilters(n wire.Names) []string {
+	return []string{n.DeadJobsWildcard(), n.Prefix + ".dead.malformed.>"}
+}
+
+// filterMatches reports whether a consumer's filter takes subject.
+func filterMatches(cc jetstream.ConsumerConfig, subject string) bool {
+	if cc.FilterSubject != "" && subjectMatches(cc.FilterSubject, subject) {
+		return true
+	}
+	for _, f := range cc.FilterSubjects {
+		if subjectMatches(f, subject) {
+			return true
+		}
+	}
+	return false
 }

@@ -231,14 +231,8 @@ func (d *Dispatcher) cancelDescendants(ctx context.Context, rec job.Record) erro
 func (d *Dispatcher) consumerOf(ctx context.Context, s jetstream.Stream, subject string) (jetstream.Consumer, error) {
 	lister := s.ListConsumers(ctx)
 	for info := range lister.Info() {
-		filters := info.Config.FilterSubjects
-		if info.Config.FilterSubject != "" {
-			filters = append(filters, info.Config.FilterSubject)
-		}
-		for _, f := range filters {
-			if subjectMatches(f, subject) {
-				return s.Consumer(ctx, info.Name)
-			}
+		if filterMatches(info.Config, subject) {
+			return s.Consumer(ctx, info.Name)
 		}
 	}
 	if err := lister.Err(); err != nil {

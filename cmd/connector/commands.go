@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -108,9 +109,20 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	return nil
 }
 
+const jobsUsage = `usage:
+  connector jobs show ID [--json]         a job's state, attempts, result or error, timestamps
+  connector jobs stats [--json]           per queue: jobs waiting and taken; delayed and dead jobs
+  connector jobs dead [--limit N] [--json] dead-lettered jobs with their errors
+  connector jobs requeue ID | --all       put dead jobs back, attempts reset
+  connector jobs cancel ID [ID...]        cancel jobs no worker has taken (queued, delayed, dead)
+
+Connection flags as for "connector worker" (-h after a command lists them).
+`
+
 func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	if len(args) == 0 {
-		return fmt.Errorf("usage: connector jobs show ID | dead | requeue ID|--all")
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, jobsUsage)
+		return flag.ErrHelp
 	}
 	sub := args[0]
 	fs := newFlags("jobs "+sub, stderr)
@@ -213,6 +225,44 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 				time.UnixMilli(l.DiedAt).UTC().Format(time.RFC3339), telemetry.Redact(l.Error))
 		}
 		return tw.Flush()
+	case "stats":
+		st, err := d.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(st)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+		fmt.Fprintln(tw, "CHANNEL\tBAND\tWAITING\tTAKEN\tREDELIVERED\tPULLS\tCONSUMER")
+		for _, q := range st.Queues {
+			band, consumer := strconv.Itoa(q.Band), q.Consumer
+			if q.Band < 0 {
+				band = "all (sequential)"
+			}
+			if consumer == "" {
+				consumer = "(none yet: no worker serves this channel)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", q.Channel, band, q.Waiting, q.Taken, q.Redelivered, q.Pulls, consumer)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "delayed (ETA, retry delay, periodic): %d\ndead: %d\n", st.Delayed, st.Dead)
+		return nil
+	case "cancel":
+		if len(pos) == 0 {
+			return fmt.Errorf("usage: connector jobs cancel ID [ID...]")
+		}
+		var errs []error
+		for _, id := range pos {
+			if err := d.Cancel(ctx, id); err != nil {
+				errs = append(errs, fmt.Errorf("cancel %s: %w", id, err))
+				continue
+			}
+			fmt.Fprintf(stdout, "cancelled %s\n", id)
+		}
+		return errors.Join(errs...)
 	case "requeue":
 		if *all {
 			n, err := d.RequeueAll(ctx)
@@ -305,10 +355,11 @@ connector dev is running (Ctrl-C to stop)
   health/metrics  http://%s/readyz  http://%s/metrics
 Watch the log: demo.greet jobs succeed, demo.flaky jobs are retried twice then
 succeed, demo.broken jobs are dead-lettered with their error. In another shell:
+  go run ./cmd/connector jobs stats --nats %s --redis redis://%s
   go run ./cmd/connector jobs dead --nats %s --redis redis://%s
   go run ./cmd/connector jobs show <id> --nats %s --redis redis://%s
 
-`, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), httpHost, httpHost, ns.URL, mr.Addr(), ns.URL, mr.Addr())
+`, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), httpHost, httpHost, ns.URL, mr.Addr(), ns.URL, mr.Addr(), ns.URL, mr.Addr())
 
 	// The example connector: shop and catalog servers, the shop connector's
 	// jobs in the worker, its export listeners and periodic imports.

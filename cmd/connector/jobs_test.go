@@ -179,3 +179,157 @@ func TestJobsCommandsRequeueDeadJobs(t *testing.T) {
 		t.Errorf("jobs requeue of a done job: %v, want job.ErrNotFound", err)
 	}
 }
+
+// `jobs stats` and `jobs cancel` against a real deployment. Before any
+// worker runs, queued jobs show in a queue no consumer serves, a job with
+// an ETA as delayed; cancelling takes each out of the figures. A worker
+// then takes the queued jobs (taken, not waiting) and a taken job can no
+// longer be cancelled; a failing job shows as dead.
+func TestJobsStatsAndCancel(t *testing.T) {
+	srv, _, js := testenv.JetStream(t)
+	rdb, prefix := testenv.Redis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	env := func(k string) string {
+		return map[string]string{"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix}[k]
+	}
+	cli := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, err := runCmd(t, env, args...)
+		if err != nil {
+			t.Fatalf("connector %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return stdout
+	}
+	stats := func() dispatcher.Stats {
+		t.Helper()
+		var st dispatcher.Stats
+		if err := json.Unmarshal([]byte(cli("jobs", "stats", "--json")), &st); err != nil {
+			t.Fatalf("jobs stats --json: %v", err)
+		}
+		return st
+	}
+	// root is the one queue with jobs (default channel and priority).
+	root := func(st dispatcher.Stats) dispatcher.Queue {
+		var q dispatcher.Queue
+		for _, x := range st.Queues {
+			if x.Waiting+uint64(x.Taken) > 0 {
+				if q.Channel != "" {
+					t.Fatalf("two queues with jobs: %+v", st.Queues)
+				}
+				q = x
+			}
+		}
+		return q
+	}
+	cli("streams", "provision")
+	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close(context.Background()) }()
+	state := func(id string) job.State {
+		rec, err := d.Job(ctx, id)
+		if err != nil {
+			return ""
+		}
+		return rec.State
+	}
+
+	later, err := d.Enqueue(ctx, fragileJob{N: 1}, job.WithDelay(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queued []string
+	for i := range 3 {
+		id, err := d.Enqueue(ctx, fragileJob{N: 10 + i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		queued = append(queued, id)
+	}
+	// The records are batched: d.Job flushes d's, so that the CLI (another
+	// dispatcher) finds them.
+	for _, id := range append([]string{later}, queued...) {
+		if _, err := d.Job(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := stats()
+	if q := root(st); q.Channel != job.DefaultChannel || q.Consumer != "" || q.Waiting != 3 || q.Taken != 0 || st.Delayed != 1 || st.Dead != 0 {
+		t.Fatalf("before any worker: %+v, delayed %d, dead %d; want 3 waiting in root with no consumer, 1 delayed", q, st.Delayed, st.Dead)
+	}
+	if text := cli("jobs", "stats"); !strings.Contains(text, "no worker serves") || !strings.Contains(text, "delayed (ETA, retry delay, periodic): 1") {
+		t.Errorf("jobs stats:\n%s", text)
+	}
+
+	// Cancel the delayed job and one queued job: both leave the figures.
+	out := cli("jobs", "cancel", later, queued[0])
+	for _, id := range []string{later, queued[0]} {
+		if !strings.Contains(out, "cancelled "+id) {
+			t.Errorf("jobs cancel: %q does not say %s is cancelled", out, id)
+		}
+		if s := state(id); s != job.StateCancelled {
+			t.Errorf("job %s is %s after jobs cancel, want cancelled", id, s)
+		}
+	}
+	st = stats()
+	if q := root(st); q.Waiting != 2 || st.Delayed != 0 {
+		t.Fatalf("after cancelling: %+v, delayed %d; want 2 waiting, none delayed", q, st.Delayed)
+	}
+
+	// A worker takes the two left and holds them (their runs block).
+	release := make(chan struct{})
+	var runs sync.Map
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[fragileJob]) (string, error) {
+		runs.Store(j.ID, true)
+		if j.Args.N < 0 {
+			return "", errors.New("the backend refused the record")
+		}
+		select {
+		case <-release:
+			return "ok", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	})
+	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	var last dispatcher.Stats
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		last = stats()
+		q := root(last)
+		_, r1 := runs.Load(queued[1])
+		_, r2 := runs.Load(queued[2])
+		return r1 && r2 && q.Consumer != "" && q.Waiting == 0 && q.Taken == 2 && q.Pulls > 0
+	}, "both jobs taken, running, the queue served (last %+v)", &last)
+	if _, _, err := runCmd(t, env, "jobs", "cancel", queued[1]); !errors.Is(err, job.ErrStarted) {
+		t.Errorf("jobs cancel of a running job: %v, want job.ErrStarted", err)
+	}
+	if _, _, err := runCmd(t, env, "jobs", "cancel", "NOSUCHJOB"); !errors.Is(err, job.ErrNotFound) {
+		t.Errorf("jobs cancel of an unknown job: %v, want job.ErrNotFound", err)
+	}
+	close(release)
+	for _, id := range queued[1:] {
+		testenv.Eventually(t, 20*time.Second, func() bool { return state(id) == job.StateDone }, "job %s done", id)
+	}
+	if _, ok := runs.Load(queued[0]); ok {
+		t.Errorf("the cancelled job %s ran", queued[0])
+	}
+
+	// A failing job is dead.
+	if _, err := d.Enqueue(ctx, fragileJob{N: -1}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		last = stats()
+		q := root(last)
+		return last.Dead == 1 && q.Channel == ""
+	}, "one dead job, nothing queued (last %+v)", &last)
+}

@@ -6,6 +6,8 @@
 //	connector jobs show ID              a job's state, attempts, error, timestamps
 //	connector jobs dead [--limit N]     dead-lettered jobs with their errors
 //	connector jobs requeue ID | --all   put dead jobs back, attempts reset
+//	connector jobs cancel ID [ID...]    cancel jobs that have not started
+//	connector jobs stats                jobs waiting and taken per queue; delayed, dead
 //	connector bench [--n 100000]        job runtime vs raw JetStream, one run
 //
 // Every flag has an environment variable (CONNECTOR_*); `connector worker
@@ -45,6 +47,8 @@ usage:
   connector jobs show ID [flags]       show a job record
   connector jobs dead [flags]          list dead-lettered jobs
   connector jobs requeue ID|--all      requeue dead jobs (attempts reset)
+  connector jobs cancel ID [ID...]     cancel jobs that have not started
+  connector jobs stats [flags]         jobs waiting and taken per queue; delayed and dead jobs
   connector bench [flags]              benchmark the job runtime against raw JetStream
   connector version
 

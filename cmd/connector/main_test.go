@@ -123,6 +123,8 @@ func TestHelpHidesSecretsFromEnvironment(t *testing.T) {
 		{"streams", "provision", "-h"},
 		{"jobs", "show", "-h"},
 		{"jobs", "dead", "-h"},
+		{"jobs", "stats", "-h"},
+		{"jobs", "cancel", "-h"},
 		{"bench", "-h"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {

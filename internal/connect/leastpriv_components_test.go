@@ -154,6 +154,18 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	if err != nil || len(dead) != 1 {
 		t.Fatalf("operator lists dead letters: %d, %v", len(dead), err)
 	}
+	// Operator: the queue's figures (`connector jobs stats`), and a cancel
+	// (`connector jobs cancel`) of a delayed job.
+	held, err := opd.Enqueue(ctx, lpImport{ID: "held"}, job.WithDelay(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := opd.Stats(ctx); err != nil || st.Dead != 1 || st.Delayed != 1 || len(st.Queues) == 0 {
+		t.Fatalf("operator reads the stats: %+v, %v; want 1 dead, 1 delayed, the queues", st, err)
+	}
+	if err := opd.Cancel(ctx, held); err != nil {
+		t.Fatalf("operator cancels a delayed job: %v", err)
+	}
 	if err := opd.Requeue(ctx, broken); err != nil {
 		t.Fatalf("operator requeues: %v", err)
 	}

@@ -90,6 +90,25 @@ func (n Names) JobsConsumer(channel string, band int) string {
 	return "jobs~" + strings.ReplaceAll(channel, ".", "~") + "~" + b
 }
 
+// ParseJobsConsumer reads channel and band from a name JobsConsumer made
+// (band -1: a sequential channel's); ok is false for any other name.
+func (n Names) ParseJobsConsumer(name string) (channel string, band int, ok bool) {
+	rest, found := strings.CutPrefix(name, "jobs~")
+	i := strings.LastIndexByte(rest, '~')
+	if !found || i <= 0 {
+		return "", 0, false
+	}
+	channel = strings.ReplaceAll(rest[:i], "~", ".")
+	if rest[i+1:] == "seq" {
+		return channel, -1, true
+	}
+	band, err := strconv.Atoi(rest[i+1:])
+	if err != nil || band < 0 || band > 2 {
+		return "", 0, false
+	}
+	return channel, band, true
+}
+
 // ParseJobsSubject splits a jobs subject into channel and band.
 func (n Names) ParseJobsSubject(subject string) (channel string, band int, ok bool) {
 	rest, found := strings.CutPrefix(subject, n.Prefix+".jobs.")
