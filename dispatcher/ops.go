@@ -21,7 +21,10 @@ import (
 func zapKey(k string) zap.Field  { return zap.String("identity_key", k) }
 func zapErr(err error) zap.Field { return telemetry.ErrField(err) }
 
-// Job returns the record of a job.
+// Job returns the record of a job. The record of a job enqueued a moment
+// ago by another process may still be on its way (records are written in
+// batches, every 20 ms): for a dispatcher-made id less than a second old,
+// Job waits for it until then, before it answers job.ErrNotFound.
 func (d *Dispatcher) Job(ctx context.Context, id string) (job.Record, error) {
 	if d.rec == nil {
 		return job.Record{}, ErrNoRedis

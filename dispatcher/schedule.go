@@ -108,7 +108,8 @@ func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 // when a worker has already taken the job: that run goes on (a worker that
 // has not started it yet may still drop it), but the job is not retried
 // after it. It returns job.ErrNotFound when the job is unknown (Cancel
-// needs the job records: WithRedis).
+// needs the job records: WithRedis); a job another process enqueued a
+// moment ago is found, as by Job.
 func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	if d.rec == nil {
 		return ErrNoRedis

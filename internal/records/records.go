@@ -188,6 +188,8 @@ type Store struct {
 	closed  chan struct{}
 	flushMu sync.Mutex
 	once    sync.Once
+
+	missed func(id string) // tests: Get found no record yet and waits
 }
 
 // MaxPending bounds the updates held while Redis is unreachable; beyond it
@@ -525,15 +527,62 @@ func (s *Store) read(ctx context.Context, id string) (worker, queued *blob, err 
 	return dec(get(cmds[0])), dec(get(cmds[1])), nil
 }
 
-// Get reads a record; job.ErrNotFound when none is kept.
+// producerLag bounds how long after a job's id was made its record may
+// still be on its way from the process that enqueued it: producers flush
+// every 20 ms; a slow round trip and the clocks of two hosts take the
+// rest.
+const producerLag = time.Second
+
+// Get reads a record; job.ErrNotFound when none is kept. A job with a
+// time-ordered id (a ULID) made less than a second ago may have been
+// enqueued a moment ago by another process whose batch of records has not
+// reached Redis yet: Get waits for its record until the id is a second old
+// (at most a second).
 func (s *Store) Get(ctx context.Context, id string) (job.Record, error) {
-	w, q, err := s.read(ctx, id)
-	if err != nil {
-		return job.Record{}, err
+	var deadline time.Time
+	for {
+		w, q, err := s.read(ctx, id)
+		if err != nil {
+			return job.Record{}, err
+		}
+		if w != nil || q != nil {
+			return merged(id, w, q), nil
+		}
+		if deadline.IsZero() {
+			ms, ok := ulidTime(id)
+			if !ok {
+				break
+			}
+			deadline = time.UnixMilli(int64(ms)).Add(producerLag)
+			deadline = minTime(deadline, time.Now().Add(producerLag))
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			break
+		}
+		if s.missed != nil {
+			s.missed(id)
+		}
+		t := time.NewTimer(min(wait, 50*time.Millisecond))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return job.Record{}, ctx.Err()
+		}
 	}
-	if w == nil && q == nil {
-		return job.Record{}, fmt.Errorf("%w: %s", job.ErrNotFound, id)
+	return job.Record{}, fmt.Errorf("%w: %s", job.ErrNotFound, id)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
 	}
+	return b
+}
+
+// merged makes the record of a job from its two sides (either may be nil).
+func merged(id string, w, q *blob) job.Record {
 	var u Update
 	var updated int64
 	if q != nil {
@@ -561,7 +610,7 @@ func (s *Store) Get(ctx context.Context, id string) (job.Record, error) {
 	if u.MaxRetries != nil {
 		rec.MaxRetries = *u.MaxRetries
 	}
-	return rec, nil
+	return rec
 }
 
 // Set applies an update to the workers' side synchronously (operations:

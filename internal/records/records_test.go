@@ -156,3 +156,59 @@ func TestULIDTime(t *testing.T) {
 		}
 	}
 }
+
+// Another process's record may not have reached Redis yet (producers
+// batch records for 20 ms): Get waits for the record of a job whose id is
+// less than a second old, and answers at once for an older id or an id
+// that is not a ULID.
+func TestGetWaitsForAFreshJobsRecord(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	names := wire.MustNames(prefix)
+	ctx := context.Background()
+	producer := New(rdb, names, time.Minute, nil)
+	defer producer.Close(ctx)
+	reader := New(rdb, names, time.Minute, nil)
+	defer reader.Close(ctx)
+	var misses []string
+
+	// The producer records the job only once the reader has looked and
+	// found nothing.
+	id := wire.NewID()
+	reader.missed = func(miss string) {
+		if len(misses) == 0 {
+			producer.Record(&Update{ID: id, Queued: job.StateEnqueued, Name: "n"})
+			if err := producer.Flush(ctx); err != nil {
+				t.Error(err)
+			}
+		}
+		misses = append(misses, miss)
+	}
+	rec, err := reader.Get(ctx, id)
+	if err != nil || rec.State != job.StateEnqueued || rec.Name != "n" {
+		t.Fatalf("Get of a fresh job recorded late: %+v, %v", rec, err)
+	}
+	if len(misses) == 0 {
+		t.Fatal("the record was there at the first read: the test proves nothing")
+	}
+
+	// A fresh id with no record: not found, after waiting (at most 1 s).
+	misses = nil
+	start := time.Now()
+	if _, err := reader.Get(ctx, wire.NewID()); !errors.Is(err, job.ErrNotFound) {
+		t.Fatalf("fresh unknown id: %v", err)
+	}
+	if len(misses) == 0 || time.Since(start) > 5*time.Second {
+		t.Fatalf("fresh unknown id: %d misses in %s; want some, within the second", len(misses), time.Since(start))
+	}
+
+	// An old ULID and a caller's id: not found at once.
+	misses = nil
+	for _, id := range []string{"01ARZ3NDEKTSV4RRFFQ69G5FAV", "order-7"} {
+		if _, err := reader.Get(ctx, id); !errors.Is(err, job.ErrNotFound) {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	if len(misses) != 0 {
+		t.Fatalf("Get waited for ids that cannot be in flight: %v", misses)
+	}
+}
