@@ -17,6 +17,24 @@ import (
 	"github.com/connector-go/connector/worker"
 )
 
+// operatorCLI runs the connector command against a deployment (NATS at
+// url, the test Redis, prefix): env is its environment, cli runs it and
+// returns its output, failing the test on an error.
+func operatorCLI(t *testing.T, url, prefix string) (env func(string) string, cli func(args ...string) string) {
+	env = func(k string) string {
+		return map[string]string{"CONNECTOR_NATS_URL": url, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix}[k]
+	}
+	cli = func(args ...string) string {
+		t.Helper()
+		stdout, stderr, err := runCmd(t, env, args...)
+		if err != nil {
+			t.Fatalf("connector %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return stdout
+	}
+	return env, cli
+}
+
 type fragileJob struct {
 	N int `msgpack:"n"`
 }
@@ -83,17 +101,7 @@ func TestJobsCommandsRequeueDeadJobs(t *testing.T) {
 	}
 	waitState(job.StateDead, ids...)
 
-	env := func(k string) string {
-		return map[string]string{"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix}[k]
-	}
-	cli := func(args ...string) string {
-		t.Helper()
-		stdout, stderr, err := runCmd(t, env, args...)
-		if err != nil {
-			t.Fatalf("connector %s: %v\n%s", strings.Join(args, " "), err, stderr)
-		}
-		return stdout
-	}
+	env, cli := operatorCLI(t, srv.URL, prefix)
 	dead := func() []string {
 		t.Helper()
 		var letters []dispatcher.DeadLetter
@@ -190,17 +198,7 @@ func TestJobsStatsAndCancel(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	env := func(k string) string {
-		return map[string]string{"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix}[k]
-	}
-	cli := func(args ...string) string {
-		t.Helper()
-		stdout, stderr, err := runCmd(t, env, args...)
-		if err != nil {
-			t.Fatalf("connector %s: %v\n%s", strings.Join(args, " "), err, stderr)
-		}
-		return stdout
-	}
+	env, cli := operatorCLI(t, srv.URL, prefix)
 	stats := func() dispatcher.Stats {
 		t.Helper()
 		var st dispatcher.Stats

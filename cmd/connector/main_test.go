@@ -220,9 +220,7 @@ func TestJobsCommandsRedactJobErrors(t *testing.T) {
 		return err == nil && rec.State == job.StateDead
 	}, "job %s dead", id)
 
-	env := func(k string) string {
-		return map[string]string{"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix}[k]
-	}
+	env, _ := operatorCLI(t, srv.URL, prefix)
 	for _, args := range [][]string{
 		{"jobs", "show", id},
 		{"jobs", "show", id, "--json"},
