@@ -1,8 +1,11 @@
 # Everything here is plain go commands; see README.md.
-.PHONY: test dev bench compose-secrets compose-check build
+.PHONY: test lint dev bench compose-secrets compose-check build
 
 test:            ## gofmt check, go vet, tests with -race (real Redis when it answers), short fuzz
 	@scripts/test.sh
+
+lint:            ## staticcheck (fetched at a pinned version by go run; not part of make test)
+	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 dev:             ## run everything embedded: NATS, a Redis store, a worker, demo jobs
 	go run ./cmd/connector dev

@@ -484,7 +484,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 	ev.Seq, ev.Attempt = seq, attempt
 
 	var skip bool
-	if err, stack := protect(func() error { skip = p.skipped(ev); return nil }); err != nil {
+	if stack, err := protect(func() error { skip = p.skipped(ev); return nil }); err != nil {
 		p.fail(ctx, log, msg, ev, err, stack)
 		return
 	}
@@ -502,7 +502,7 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 		attribute.String("connector.listener", p.li.name),
 		attribute.Int("messaging.nats.delivery_count", attempt),
 	)
-	err, stack := p.call(sctx, msg, ev)
+	stack, err := p.call(sctx, msg, ev)
 	if err == nil {
 		span.End()
 		p.done(ctx, log, msg, seq)
@@ -548,18 +548,18 @@ func (p *partition) count(ctx context.Context, ev Event, outcome string) {
 }
 
 // protect runs f, turning a panic into an error and a stack.
-func protect(f func() error) (err error, stack string) {
+func protect(f func() error) (stack string, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("events: panic: %v", r)
 			stack = string(debug.Stack())
 		}
 	}()
-	return f(), ""
+	return "", f()
 }
 
 // call runs the handler with heartbeats, turning a panic into an error.
-func (p *partition) call(ctx context.Context, msg jetstream.Msg, ev Event) (err error, stack string) {
+func (p *partition) call(ctx context.Context, msg jetstream.Msg, ev Event) (stack string, err error) {
 	stop := make(chan struct{})
 	var hb sync.WaitGroup
 	hb.Add(1)
