@@ -149,7 +149,13 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return err
 	}
-	conns, err := app.Open(ctx, &cfg, log)
+	// The queue's figures and the dead letters are in JetStream alone: they
+	// are shown while Redis is down.
+	open := app.Open
+	if sub == "stats" || sub == "dead" {
+		open = app.OpenNATS
+	}
+	conns, err := open(ctx, &cfg, log)
 	if err != nil {
 		return err
 	}

@@ -325,4 +325,26 @@ func TestJobsStatsAndCancel(t *testing.T) {
 		q := root(last)
 		return last.Dead == 1 && q.Channel == ""
 	}, "one dead job, nothing queued (last %+v)", &last)
+
+	// The figures and the dead letters are in JetStream alone: they are
+	// shown while Redis is down (a job's record is not).
+	noRedis := func(k string) string {
+		if k == "CONNECTOR_REDIS_URL" {
+			return "redis://127.0.0.1:1/0"
+		}
+		return env(k)
+	}
+	if _, _, err := runCmd(t, noRedis, "jobs", "show", queued[1]); err == nil {
+		t.Fatal("jobs show worked with Redis down: the test proves nothing")
+	}
+	last = dispatcher.Stats{}
+	stdout, stderr, err := runCmd(t, noRedis, "jobs", "stats", "--json")
+	if err != nil || json.Unmarshal([]byte(stdout), &last) != nil || last.Dead != 1 {
+		t.Errorf("jobs stats with Redis down: %+v, %v\n%s", last, err, stderr)
+	}
+	stdout, stderr, err = runCmd(t, noRedis, "jobs", "dead", "--json")
+	var letters []dispatcher.DeadLetter
+	if err != nil || json.Unmarshal([]byte(stdout), &letters) != nil || len(letters) != 1 {
+		t.Errorf("jobs dead with Redis down: %d letters, %v\n%s", len(letters), err, stderr)
+	}
 }

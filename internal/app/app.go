@@ -140,6 +140,21 @@ type Conns struct {
 
 // Open connects to NATS and Redis and sets up telemetry.
 func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
+	c, err := OpenNATS(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if c.Redis, err = connect.ConnectRedis(ctx, cfg.Redis); err != nil {
+		c.Close()
+		return nil, err
+	}
+	log.Info("connected", zap.String("nats", cfg.NATS.String()), zap.String("redis", cfg.Redis.String()))
+	return c, nil
+}
+
+// OpenNATS is Open without Redis (Conns.Redis nil): for the operations
+// JetStream alone answers, which so keep working while Redis is down.
+func OpenNATS(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
 	tp, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: cfg.ServiceName, Prometheus: true})
 	if err != nil {
 		return nil, err
@@ -156,11 +171,6 @@ func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
 		c.Close()
 		return nil, err
 	}
-	if c.Redis, err = connect.ConnectRedis(ctx, cfg.Redis); err != nil {
-		c.Close()
-		return nil, err
-	}
-	log.Info("connected", zap.String("nats", cfg.NATS.String()), zap.String("redis", cfg.Redis.String()))
 	return c, nil
 }
 
