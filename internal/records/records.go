@@ -553,8 +553,8 @@ func (s *Store) Get(ctx context.Context, id string) (job.Record, error) {
 			if !ok {
 				break
 			}
-			deadline = time.UnixMilli(int64(ms)).Add(producerLag)
-			deadline = minTime(deadline, time.Now().Add(producerLag))
+			// (an id from a clock ahead of ours waits no longer)
+			deadline = time.UnixMilli(min(int64(ms), time.Now().UnixMilli())).Add(producerLag)
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 {
@@ -572,13 +572,6 @@ func (s *Store) Get(ctx context.Context, id string) (job.Record, error) {
 		}
 	}
 	return job.Record{}, fmt.Errorf("%w: %s", job.ErrNotFound, id)
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 // merged makes the record of a job from its two sides (either may be nil).
