@@ -174,10 +174,15 @@ func OpenNATS(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error)
 	return c, nil
 }
 
-// Close releases everything Open made.
+// drainWait bounds how long Close waits for the NATS connection to drain.
+const drainWait = 10 * time.Second
+
+// Close releases everything Open made. It drains the NATS connection
+// (subscriptions end, everything buffered is flushed) and waits for that,
+// at most drainWait.
 func (c *Conns) Close() {
 	if c.NC != nil {
-		_ = c.NC.Drain()
+		connect.DrainNATS(c.NC, drainWait)
 	}
 	if c.Redis != nil {
 		_ = c.Redis.Close()
@@ -245,8 +250,12 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 
 	g, gctx := newGroup(ctx)
 	if cfg.HTTPAddr != "" || cfg.HTTPListener != nil {
+		// The health server outlives the worker's drain (not ready, still
+		// live), and RunWorker returns only once it has shut down: a caller
+		// that then closes its listener or exits finds it stopped.
 		hctx, cancelHTTP := context.WithCancel(context.WithoutCancel(ctx))
-		defer cancelHTTP()
+		stopped := make(chan struct{})
+		defer func() { cancelHTTP(); <-stopped }()
 		addr := cfg.HTTPAddr
 		serve := func() error { return health.ListenAndServe(hctx, cfg.HTTPAddr, c.Telemetry.MetricsHandler) }
 		if ln := cfg.HTTPListener; ln != nil {
@@ -254,6 +263,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 			serve = func() error { return health.Serve(hctx, ln, c.Telemetry.MetricsHandler) }
 		}
 		go func() {
+			defer close(stopped)
 			if err := serve(); err != nil && !errors.Is(err, context.Canceled) {
 				c.Log.Error("health endpoint stopped", telemetry.ErrField(err))
 			}

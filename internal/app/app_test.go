@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,7 +16,10 @@ import (
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func bind(t *testing.T, env map[string]string, args ...string) app.Config {
@@ -152,4 +156,109 @@ func TestDeadMaxAgeReachesTheStream(t *testing.T) {
 	if got := s.CachedInfo().Config.MaxAge; got != 720*time.Hour {
 		t.Fatalf("dead-letter stream MaxAge %v, want 720h", got)
 	}
+}
+
+// slowCloseListener takes a while to close, as a listener may under load,
+// and says when it has.
+type slowCloseListener struct {
+	net.Listener
+	closed atomic.Bool
+}
+
+func (l *slowCloseListener) Close() error {
+	time.Sleep(100 * time.Millisecond)
+	err := l.Listener.Close()
+	l.closed.Store(true)
+	return err
+}
+
+// RunWorker returns only once its health server has shut down: a caller
+// closing the listener or exiting right after it finds the server stopped,
+// and a normal stop logs no error (it used to log "health endpoint
+// stopped: use of closed network connection" when `connector dev`'s
+// deferred Close beat the server's shutdown).
+func TestRunWorkerReturnsAfterTheHealthServerStopped(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	cfg := bind(t, map[string]string{
+		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
+	})
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &slowCloseListener{Listener: inner}
+	defer inner.Close()
+	cfg.HTTPAddr, cfg.HTTPListener = "", ln
+	core, logs := observer.New(zap.WarnLevel)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	conns, err := app.Open(ctx, &cfg, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conns.Close()
+	done := make(chan error, 1)
+	go func() { done <- app.RunWorker(ctx, &cfg, conns, worker.NewRegistry()) }()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		resp, err := http.Get("http://" + inner.Addr().String() + "/livez")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "health server up")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("RunWorker: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunWorker did not return")
+	}
+	if !ln.closed.Load() {
+		t.Error("RunWorker returned before its health server had shut down (listener still open)")
+	}
+	for _, e := range logs.FilterMessage("health endpoint stopped").All() {
+		t.Errorf("logged on a normal stop: %s %v", e.Message, e.ContextMap())
+	}
+}
+
+// Conns.Close returns once the NATS connection has drained: what was
+// published last has reached the server, and the connection is closed
+// (Drain alone returns at once and drains in the background, which a
+// process exiting next would cut short).
+func TestConnsCloseWaitsForTheDrain(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	cfg := bind(t, map[string]string{
+		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
+	})
+	conns, err := app.Open(context.Background(), &cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := srv.Connect(t)
+	var got atomic.Int64
+	sub, err := obs.Subscribe(prefix+".drain", func(*nats.Msg) { got.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := obs.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 5000
+	payload := make([]byte, 1024)
+	for i := 0; i < n; i++ {
+		if err := conns.NC.Publish(prefix+".drain", payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conns.Close()
+	if !conns.NC.IsClosed() {
+		t.Errorf("Close returned with the connection %s, want closed (drained)", conns.NC.Status())
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return got.Load() == n }, "all %d messages published before Close received", n)
 }

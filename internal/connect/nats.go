@@ -176,6 +176,9 @@ func (c NATSConfig) Options(log *zap.Logger) ([]nats.Option, error) {
 		nats.ReconnectWait(time.Second),
 		nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if nc.IsClosed() {
+				return // our own Close: "nats connection closed" says it
+			}
 			fields := []zap.Field{urlField(nc)}
 			if err != nil {
 				fields = append(fields, zap.String("error", scrub(err.Error(), password, token)))
@@ -300,4 +303,22 @@ func (c NATSConfig) connErr(err error) error {
 		}
 	}
 	return wrapErr("connect: nats "+Redact(c.URL), err, secrets...)
+}
+
+// DrainNATS drains nc (subscriptions end, everything buffered is flushed
+// to the server) and waits for that, at most wait, then closes it. nats.go's
+// Drain alone returns at once and drains in the background, which a
+// process exiting next cuts short: the last acks or publishes would be
+// lost.
+func DrainNATS(nc *nats.Conn, wait time.Duration) {
+	closed := nc.StatusChanged(nats.CLOSED)
+	if err := nc.Drain(); err == nil {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-closed:
+		case <-t.C:
+		}
+	}
+	nc.Close()
 }

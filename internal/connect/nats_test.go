@@ -380,3 +380,34 @@ func TestNATSPasswordRotation(t *testing.T) {
 		assertNoSecret(t, line, []string{oldPW, newPW})
 	}
 }
+
+// A lost server is a warning ("nats disconnected"); a connection closed on
+// purpose (every shutdown) is not: it logs "nats connection closed" only,
+// so that an alert on warnings does not fire at each rollout.
+func TestNATSDisconnectWarnsOnlyForOutages(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	core, logs := observer.New(zap.InfoLevel)
+	log := zap.New(core)
+	count := func(msg string) int { return logs.FilterMessage(msg).Len() }
+
+	closing, err := connect.ConnectNATS(context.Background(), connect.NATSConfig{URL: srv.URL}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closing.Close()
+	testenv.Eventually(t, 10*time.Second, func() bool { return count("nats connection closed") == 1 }, "closed logged")
+	// Callbacks run in order on one goroutine: a warning of the Close
+	// would have come before "closed".
+	if n := count("nats disconnected"); n != 0 {
+		t.Errorf("Close logged %d disconnect warning(s), want none", n)
+	}
+
+	lost, err := connect.ConnectNATS(context.Background(), connect.NATSConfig{URL: srv.URL}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lost.Close()
+	srv.Server.Shutdown()
+	srv.Server.WaitForShutdown()
+	testenv.Eventually(t, 10*time.Second, func() bool { return count("nats disconnected") > 0 }, "a warning for the lost server")
+}

@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, onListe
 	if err != nil {
 		return err
 	}
-	defer func() { _ = conn.Drain() }()
+	defer connect.DrainNATS(conn, 10*time.Second)
 	js, err := jetstream.New(conn)
 	if err != nil {
 		return err
