@@ -37,9 +37,11 @@ func (d *Dispatcher) Job(ctx context.Context, id string) (job.Record, error) {
 
 // DeadLetter is one entry of the dead-letter stream.
 type DeadLetter struct {
-	// Seq is the entry's sequence in the dead-letter stream.
-	Seq     uint64
-	Subject string
+	// Seq is the entry's sequence in the dead-letter stream, Subject its
+	// subject there (<prefix>.dead.jobs.<id>); the embedded letter's
+	// Subject is the job's own.
+	Seq     uint64 `json:"seq"`
+	Subject string `json:"dead_subject"`
 	wire.DeadLetter
 }
 

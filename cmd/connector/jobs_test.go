@@ -129,6 +129,23 @@ func TestJobsCommandsRequeueDeadJobs(t *testing.T) {
 	if got, want := dead(), slices.Sorted(slices.Values(ids)); !slices.Equal(got, want) {
 		t.Fatalf("jobs dead --json: %v, want %v", got, want)
 	}
+	// Its keys are snake_case, as jobs show's and the wire format's; the
+	// raw message stays in the stream.
+	var raw []map[string]any
+	if err := json.Unmarshal([]byte(cli("jobs", "dead", "--json")), &raw); err != nil || len(raw) == 0 {
+		t.Fatalf("jobs dead --json: %v", err)
+	}
+	for _, k := range []string{"seq", "dead_subject", "subject", "job_id", "job_name", "reason", "error", "attempts", "died_at"} {
+		if _, ok := raw[0][k]; !ok {
+			t.Errorf("jobs dead --json: no key %q in %v", k, raw[0])
+		}
+	}
+	if _, ok := raw[0]["data"]; ok {
+		t.Errorf("jobs dead --json carries the raw message: %v", raw[0])
+	}
+	if !strings.Contains(raw[0]["dead_subject"].(string), ".dead.jobs.") || !strings.Contains(raw[0]["subject"].(string), ".jobs.") {
+		t.Errorf("jobs dead --json: dead_subject %v, subject %v", raw[0]["dead_subject"], raw[0]["subject"])
+	}
 
 	// jobs show, in text and JSON.
 	text = cli("jobs", "show", ids[0])

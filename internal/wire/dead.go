@@ -15,20 +15,20 @@ const (
 // keeps the original message verbatim (Data, Headers, Subject) so that the
 // job can be requeued, plus why it died.
 type DeadLetter struct {
-	V          int                 `msgpack:"v"`
-	Reason     string              `msgpack:"reason"`
-	Error      string              `msgpack:"error"`
-	ErrorType  string              `msgpack:"error_type,omitempty"`
-	Stack      string              `msgpack:"stack,omitempty"`
-	Attempts   int                 `msgpack:"attempts"`
-	JobID      string              `msgpack:"job_id,omitempty"`
-	JobName    string              `msgpack:"job_name,omitempty"`
-	Channel    string              `msgpack:"channel,omitempty"`
-	Subject    string              `msgpack:"subject"`
-	StreamSeq  uint64              `msgpack:"stream_seq,omitempty"`
-	EnqueuedAt int64               `msgpack:"enqueued_at,omitempty"` // unix ms
-	DiedAt     int64               `msgpack:"died_at"`               // unix ms
-	Worker     string              `msgpack:"worker,omitempty"`
-	Headers    map[string][]string `msgpack:"headers,omitempty"`
-	Data       []byte              `msgpack:"data"`
+	V          int                 `msgpack:"v" json:"v"`
+	Reason     string              `msgpack:"reason" json:"reason"`
+	Error      string              `msgpack:"error" json:"error"`
+	ErrorType  string              `msgpack:"error_type,omitempty" json:"error_type,omitempty"`
+	Stack      string              `msgpack:"stack,omitempty" json:"stack,omitempty"`
+	Attempts   int                 `msgpack:"attempts" json:"attempts"`
+	JobID      string              `msgpack:"job_id,omitempty" json:"job_id,omitempty"`
+	JobName    string              `msgpack:"job_name,omitempty" json:"job_name,omitempty"`
+	Channel    string              `msgpack:"channel,omitempty" json:"channel,omitempty"`
+	Subject    string              `msgpack:"subject" json:"subject"`
+	StreamSeq  uint64              `msgpack:"stream_seq,omitempty" json:"stream_seq,omitempty"`
+	EnqueuedAt int64               `msgpack:"enqueued_at,omitempty" json:"enqueued_at,omitempty"` // unix ms
+	DiedAt     int64               `msgpack:"died_at" json:"died_at"`                             // unix ms
+	Worker     string              `msgpack:"worker,omitempty" json:"worker,omitempty"`
+	Headers    map[string][]string `msgpack:"headers,omitempty" json:"headers,omitempty"`
+	Data       []byte              `msgpack:"data" json:"data,omitempty"`
 }
