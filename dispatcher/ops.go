@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/connector-go/connector/internal/deadletter"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
@@ -45,48 +46,18 @@ type DeadLetter struct {
 	wire.DeadLetter
 }
 
-// DeadLetters lists up to limit dead letters (0: all), oldest first.
+// DeadLetters lists up to limit dead letters of jobs (0: all), oldest
+// first.
 func (d *Dispatcher) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
-	s, err := d.js.Stream(ctx, d.names.DeadStream())
+	entries, err := deadletter.List(ctx, d.js, d.names.DeadStream(), deadJobFilters(d.names), limit)
 	if err != nil {
-		return nil, fmt.Errorf("dispatcher: dead letters: %w", err)
+		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher: dead letters: %w", err)
+	out := make([]DeadLetter, len(entries))
+	for i, e := range entries {
+		out[i] = DeadLetter{Seq: e.Seq, Subject: e.Subject, DeadLetter: e.Letter}
 	}
-	if info.State.Msgs == 0 {
-		return nil, nil
-	}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: deadJobFilters(d.names)})
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher: dead letters: %w", err)
-	}
-	var out []DeadLetter
-	for {
-		if limit > 0 && len(out) >= limit {
-			return out, nil
-		}
-		m, err := c.Next(jetstream.FetchMaxWait(2 * time.Second))
-		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
-			return out, nil
-		}
-		if err != nil {
-			return out, fmt.Errorf("dispatcher: dead letters: %w", err)
-		}
-		meta, _ := m.Metadata()
-		dl := DeadLetter{Subject: m.Subject()}
-		if meta != nil {
-			dl.Seq = meta.Sequence.Stream
-		}
-		if err := wire.Unmarshal(m.Data(), &dl.DeadLetter); err != nil {
-			dl.Reason, dl.Error = "unreadable", err.Error()
-		}
-		out = append(out, dl)
-		if meta != nil && meta.NumPending == 0 {
-			return out, nil
-		}
-	}
+	return out, nil
 }
 
 // Requeue puts a dead job back in the jobs stream with its attempts reset.

@@ -473,6 +473,13 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
+	if target := msg.Headers().Get(wire.HeaderReplayFor); target != "" && target != p.li.name {
+		// Replayed from another listener's dead letter: not ours.
+		log.Debug("events: replay for another listener", zap.String("replay_for", target))
+		p.done(ctx, log, msg, seq)
+		return
+	}
+
 	ev, reason, err := p.decode(msg)
 	if err != nil {
 		log.Warn("events: bad event, dead-lettered", zap.String("reason", reason), zap.String("error", telemetry.Redact(err.Error())))

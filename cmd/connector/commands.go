@@ -119,6 +119,23 @@ const jobsUsage = `usage:
 Connection flags as for "connector worker" (-h after a command lists them).
 `
 
+// parseInterspersed parses fs's flags wherever they are among args and
+// returns the other arguments (ids before or after the flags).
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			pos = append(pos, args[0])
+			args = args[1:]
+		}
+	}
+	return pos, nil
+}
+
 func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, jobsUsage)
@@ -131,18 +148,9 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	all := fs.Bool("all", false, "requeue: every dead job")
 	limit := fs.Int("limit", 100, "dead: at most this many")
 	asJSON := fs.Bool("json", false, "print JSON")
-	// Accept the id before or after the flags.
-	var pos []string
-	rest := args[1:]
-	for len(rest) > 0 {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		rest = fs.Args()
-		if len(rest) > 0 {
-			pos = append(pos, rest[0])
-			rest = rest[1:]
-		}
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
+		return err
 	}
 	cfg.LogLevel = "error"
 	log, err := telemetry.NewLogger("error", "console")

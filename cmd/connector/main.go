@@ -8,6 +8,8 @@
 //	connector jobs requeue ID | --all   put dead jobs back, attempts reset
 //	connector jobs cancel ID [ID...]    cancel jobs that have not started
 //	connector jobs stats                jobs waiting and taken per queue; delayed, dead
+//	connector events dead               events a listener gave up on, with their errors
+//	connector events replay SEQ | --all give dead events back to their listener only
 //	connector bench [--n 100000]        job runtime vs raw JetStream, one run
 //
 // Every flag has an environment variable (CONNECTOR_*); `connector worker
@@ -49,6 +51,8 @@ usage:
   connector jobs requeue ID|--all      requeue dead jobs (attempts reset)
   connector jobs cancel ID [ID...]     cancel jobs that have not started
   connector jobs stats [flags]         jobs waiting and taken per queue; delayed and dead jobs
+  connector events dead [flags]        list events a listener gave up on
+  connector events replay SEQ|--all    give dead events back to their listener
   connector bench [flags]              benchmark the job runtime against raw JetStream
   connector version
 
@@ -69,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return cmdStreams(ctx, args[1:], stdout, stderr, getenv)
 	case "jobs":
 		return cmdJobs(ctx, args[1:], stdout, stderr, getenv)
+	case "events":
+		return cmdEvents(ctx, args[1:], stdout, stderr, getenv)
 	case "bench":
 		return cmdBench(ctx, args[1:], stdout, stderr, getenv)
 	case "version":

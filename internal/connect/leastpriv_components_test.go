@@ -284,6 +284,22 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		return err == nil && len(info.State.Subjects) == 1
 	}, "the failing listener's dead letter in %s", n.DeadStream())
 
+	// Operator: the dead events (`connector events dead`), and a replay
+	// (`connector events replay`), which the failing listener receives
+	// (and dead-letters again: it still fails).
+	opPub := events.NewPublisher(op.js, n)
+	deadEvents, err := opPub.DeadLetters(ctx, 0)
+	if err != nil || len(deadEvents) != 1 || deadEvents[0].Listener != "failing" {
+		t.Fatalf("operator lists dead events: %+v, %v", deadEvents, err)
+	}
+	if err := opPub.Replay(ctx, deadEvents[0].Seq); err != nil {
+		t.Fatalf("operator replays a dead event: %v", err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		again, err := opPub.DeadLetters(ctx, 0)
+		return err == nil && len(again) == 1 && again[0].Seq != deadEvents[0].Seq && again[0].Listener == "failing"
+	}, "the replayed event dead again, under a new letter")
+
 	// An event over the listeners' size limit is dead-lettered as
 	// malformed, with the original bytes, and not handled.
 	bigEvent := events.Event{Model: "lp.sized", Name: events.Write, RecordID: "9",

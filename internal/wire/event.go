@@ -262,5 +262,19 @@ func (n Names) DeadEventSubject(listener string, seq uint64) string {
 	return fmt.Sprintf("%s.dead.events.%s.%d", n.Prefix, listener, seq)
 }
 
+// ParseDeadEventSubject returns the listener of a dead event's letter
+// subject (DeadEventSubject), or false.
+func (n Names) ParseDeadEventSubject(subject string) (listener string, ok bool) {
+	rest, ok := strings.CutPrefix(subject, n.Prefix+".dead.events.")
+	if !ok {
+		return "", false
+	}
+	listener, seq, ok := strings.Cut(rest, ".")
+	if !ok || listener == "" || seq == "" || strings.Contains(seq, ".") {
+		return "", false
+	}
+	return listener, true
+}
+
 // DeadEventsWildcard matches the dead letters of every listener.
 func (n Names) DeadEventsWildcard() string { return n.Prefix + ".dead.events.>" }

@@ -161,6 +161,14 @@ func TestEventSubjects(t *testing.T) {
 	if got := n.DeadEventSubject("export", 12); got != "acme.dead.events.export.12" {
 		t.Fatalf("dead subject %q", got)
 	}
+	if l, ok := n.ParseDeadEventSubject(n.DeadEventSubject("export", 12)); !ok || l != "export" {
+		t.Fatalf("ParseDeadEventSubject: %q %v", l, ok)
+	}
+	for _, bad := range []string{"acme.dead.jobs.X", "acme.dead.events.export", "acme.dead.events..12", "acme.dead.events.export.12.1", "other.dead.events.export.12"} {
+		if l, ok := n.ParseDeadEventSubject(bad); ok {
+			t.Errorf("ParseDeadEventSubject(%q) = %q, true", bad, l)
+		}
+	}
 	// The bucket is FNV-1a: pin two values so other languages can check
 	// their implementation against these.
 	if EventBucket("42") != 0x83 || EventBucket("") != 0xc5 {

@@ -19,10 +19,13 @@ const DefaultPrefix = "connector"
 
 // Header names. NATS headers are case-sensitive: write them exactly so.
 const (
-	HeaderMsgID     = "Nats-Msg-Id"
-	HeaderJobID     = "Connector-Job-Id"
-	HeaderJobName   = "Connector-Job-Name"
-	HeaderDeadWhy   = "Connector-Dead-Reason"
+	HeaderMsgID   = "Nats-Msg-Id"
+	HeaderJobID   = "Connector-Job-Id"
+	HeaderJobName = "Connector-Job-Name"
+	HeaderDeadWhy = "Connector-Dead-Reason"
+	// HeaderReplayFor marks an event replayed from a dead letter: only
+	// the listener it names handles it; the others acknowledge it unseen.
+	HeaderReplayFor = "Connector-Replay-For"
 	HeaderSchedule  = "Nats-Schedule"
 	HeaderSchTarget = "Nats-Schedule-Target"
 )

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/app"
+	"github.com/connector-go/connector/internal/telemetry"
+)
+
+const eventsUsage = `usage:
+  connector events dead [--limit N] [--json]  events a listener gave up on, with their errors
+  connector events replay SEQ [SEQ...] | --all
+                                              give dead events back to the listener that
+                                              gave up on them (and to it only)
+
+SEQ is the letter's sequence in the dead-letter stream (the SEQ column of
+"events dead"). Connection flags as for "connector worker" (-h after a
+command lists them). Neither command needs Redis.
+`
+
+func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, eventsUsage)
+		return flag.ErrHelp
+	}
+	sub := args[0]
+	if sub != "dead" && sub != "replay" {
+		fmt.Fprint(stderr, eventsUsage)
+		return fmt.Errorf("unknown events command %q", sub)
+	}
+	fs := newFlags("events "+sub, stderr)
+	var cfg app.Config
+	cfg.Bind(fs, getenv)
+	all := fs.Bool("all", false, "replay: every dead event that can be replayed")
+	limit := fs.Int("limit", 100, "dead: at most this many")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	log, err := telemetry.NewLogger("error", "console")
+	if err != nil {
+		return err
+	}
+	sc, err := cfg.Streams()
+	if err != nil {
+		return err
+	}
+	conns, err := app.OpenNATS(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+	defer conns.Close()
+	pub := events.NewPublisher(conns.JS, sc.Names)
+
+	if sub == "dead" {
+		letters, err := pub.DeadLetters(ctx, *limit)
+		if err != nil {
+			return err
+		}
+		for i := range letters {
+			letters[i].Error, letters[i].Stack = telemetry.Redact(letters[i].Error), telemetry.Redact(letters[i].Stack)
+			letters[i].Data, letters[i].Headers = nil, nil // the raw event stays in the stream
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(letters)
+		}
+		if len(letters) == 0 {
+			fmt.Fprintln(stdout, "no dead events")
+			return nil
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+		fmt.Fprintln(tw, "SEQ\tLISTENER\tSUBJECT\tREASON\tATTEMPTS\tDIED\tERROR")
+		for _, l := range letters {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Seq, l.Listener, l.DeadLetter.Subject, l.Reason, l.Attempts,
+				time.UnixMilli(l.DiedAt).UTC().Format(time.RFC3339), l.Error)
+		}
+		return tw.Flush()
+	}
+
+	if *all {
+		n, err := pub.ReplayAll(ctx)
+		fmt.Fprintf(stdout, "replayed %d event(s)\n", n)
+		return err
+	}
+	if len(pos) == 0 {
+		return fmt.Errorf("usage: connector events replay SEQ [SEQ...] | --all")
+	}
+	var errs []error
+	for _, p := range pos {
+		seq, err := strconv.ParseUint(p, 10, 64)
+		if err != nil || seq == 0 {
+			errs = append(errs, fmt.Errorf("replay %q: not a dead-letter sequence", p))
+			continue
+		}
+		if err := pub.Replay(ctx, seq); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fmt.Fprintf(stdout, "replayed %d\n", seq)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"go.uber.org/zap/zaptest"
+)
+
+// `events dead` lists the events a listener gave up on, `events replay
+// SEQ` gives one back to that listener, which handles it; neither needs
+// Redis (run here with a dead Redis URL).
+func TestEventsDeadAndReplay(t *testing.T) {
+	srv, _, js := testenv.JetStream(t)
+	rdb, prefix := testenv.Redis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	names := wire.MustNames(prefix)
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names, Memory: true}); err != nil {
+		t.Fatal(err)
+	}
+	var fixed atomic.Bool
+	var handled atomic.Int32
+	l := events.NewListeners(js, rdb, names, zaptest.NewLogger(t))
+	if err := l.On("export", "res.partner", events.Write, func(context.Context, events.Event) error {
+		if !fixed.Load() {
+			return errors.New("the shop is down")
+		}
+		handled.Add(1)
+		return nil
+	}, events.WithPartitions(1), events.WithMaxDeliver(1)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if _, err := events.NewPublisher(js, names).Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7"}); err != nil {
+		t.Fatal(err)
+	}
+
+	env, _ := operatorCLI(t, srv.URL, prefix)
+	noRedis := func(k string) string {
+		if k == "CONNECTOR_REDIS_URL" {
+			return "redis://127.0.0.1:1/0"
+		}
+		return env(k)
+	}
+	cli := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, err := runCmd(t, noRedis, args...)
+		if err != nil {
+			t.Fatalf("connector %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return stdout
+	}
+	var letters []events.DeadLetter
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		letters = nil
+		return json.Unmarshal([]byte(cli("events", "dead", "--json")), &letters) == nil && len(letters) == 1
+	}, "one dead event")
+	if l := letters[0]; l.Listener != "export" || l.Error != "the shop is down" || l.Reason != wire.ReasonError || l.Data != nil {
+		t.Fatalf("events dead --json: %+v", l)
+	}
+	if text := cli("events", "dead"); !strings.Contains(text, "export") || !strings.Contains(text, "the shop is down") {
+		t.Errorf("events dead:\n%s", text)
+	}
+
+	fixed.Store(true)
+	seq := strconv.FormatUint(letters[0].Seq, 10)
+	if out := cli("events", "replay", seq); !strings.Contains(out, "replayed "+seq) {
+		t.Errorf("events replay: %q", out)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return handled.Load() == 1 }, "the replayed event handled")
+	if text := cli("events", "dead"); !strings.Contains(text, "no dead events") {
+		t.Errorf("events dead after the replay:\n%s", text)
+	}
+	if _, _, err := runCmd(t, noRedis, "events", "replay", seq); err == nil {
+		t.Error("a second replay of the same letter succeeded")
+	}
+	if out := cli("events", "replay", "--all"); !strings.Contains(out, "replayed 0 event(s)") {
+		t.Errorf("events replay --all: %q", out)
+	}
+}

@@ -1,0 +1,125 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/connector-go/connector/internal/deadletter"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrNotReplayable: a dead letter whose event no listener could handle as
+// it is (malformed, or on a subject no listener matches: the subject
+// guard's letters). Fix the publisher and publish the event again.
+var ErrNotReplayable = errors.New("events: dead letter cannot be replayed")
+
+// DeadLetter is one dead event: a listener gave up on it, or it could not
+// be read.
+type DeadLetter struct {
+	// Seq is the letter's sequence in the dead-letter stream, Subject its
+	// subject there (<prefix>.dead.events.<listener>.<seq>); the embedded
+	// letter's Subject is the event's own.
+	Seq      uint64 `json:"seq"`
+	Subject  string `json:"dead_subject"`
+	Listener string `json:"listener"`
+	wire.DeadLetter
+}
+
+// DeadLetters lists up to limit dead events (0: all), oldest first.
+func (p *Publisher) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
+	entries, err := deadletter.List(ctx, p.js, p.names.DeadStream(), []string{p.names.DeadEventsWildcard()}, limit)
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	out := make([]DeadLetter, len(entries))
+	for i, e := range entries {
+		listener, _ := p.names.ParseDeadEventSubject(e.Subject)
+		out[i] = DeadLetter{Seq: e.Seq, Subject: e.Subject, Listener: listener, DeadLetter: e.Letter}
+	}
+	return out, nil
+}
+
+// Replay gives the dead event at dead-letter stream sequence seq back to
+// the listener that gave up on it, and to that listener only: the event
+// is published again on its subject, with its body and headers, marked
+// with the Connector-Replay-For header; the other listeners of the
+// subject acknowledge it without running their handlers. It counts its
+// deliveries from 1 again. Once the stream has it, the letter is removed.
+//
+// The replay is a new message of the events stream: the record's events
+// published since come before it, and subscribers outside the framework
+// see the event again (same event id). Replaying the same letter twice
+// within the dedup window publishes it once.
+func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
+	s, err := p.js.Stream(ctx, p.names.DeadStream())
+	if err != nil {
+		return fmt.Errorf("events: replay: %w", err)
+	}
+	raw, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
+	}
+	listener, ok := p.names.ParseDeadEventSubject(raw.Subject)
+	if !ok {
+		return fmt.Errorf("%w: dead letter %d is not an event's (%s)", ErrNotReplayable, seq, raw.Subject)
+	}
+	var dl wire.DeadLetter
+	if err := wire.Unmarshal(raw.Data, &dl); err != nil {
+		return fmt.Errorf("%w: dead letter %d does not decode: %w", ErrNotReplayable, seq, err)
+	}
+	if listener == GuardName || dl.Reason == wire.ReasonMalformed || dl.Reason == wire.ReasonUnknownModel {
+		return fmt.Errorf("%w: dead letter %d: reason %s (listener %s): no listener can handle the event as it is; fix the publisher",
+			ErrNotReplayable, seq, dl.Reason, listener)
+	}
+	if dl.Subject == "" || !strings.HasPrefix(dl.Subject, p.names.Prefix+".events.") {
+		return fmt.Errorf("%w: dead letter %d: subject %q", ErrNotReplayable, seq, dl.Subject)
+	}
+	msg := nats.NewMsg(dl.Subject)
+	for k, v := range dl.Headers {
+		if k == wire.HeaderMsgID || strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		msg.Header[k] = v
+	}
+	msg.Header.Set(wire.HeaderReplayFor, listener)
+	msg.Header.Set(wire.HeaderMsgID, "replay-"+listener+"-"+strconv.FormatUint(seq, 10))
+	msg.Data = dl.Data
+	if _, err := p.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
+	}
+	// The event is safely back; now remove its letter. A failure here
+	// leaves a letter whose replay is deduplicated within the window.
+	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("events: replayed dead letter %d but could not remove it: %w", seq, err)
+	}
+	return nil
+}
+
+// ReplayAll replays every dead event that can be (Replay); it returns how
+// many it replayed and the first error met (it keeps going). Letters that
+// cannot be replayed (ErrNotReplayable) are left where they are, and
+// are not errors.
+func (p *Publisher) ReplayAll(ctx context.Context) (int, error) {
+	letters, err := p.DeadLetters(ctx, 0)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var first error
+	for _, l := range letters {
+		err := p.Replay(ctx, l.Seq)
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrNotReplayable):
+		case first == nil:
+			first = err
+		}
+	}
+	return n, first
+}

@@ -1,0 +1,119 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// drained waits until listener's consumer (one partition) has handled
+// everything in the stream.
+func (e *env) drained(listener string) {
+	e.t.Helper()
+	cons, err := e.js.Consumer(context.Background(), e.names.EventsStream(), events.ConsumerName(listener, 0, 1))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	testenv.Eventually(e.t, 10*time.Second, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	}, "listener %s drained", listener)
+}
+
+// A dead event is listed (DeadLetters, with its listener) and replayed to
+// the listener that gave up on it, and to it only: the other listener of
+// the same event does not run again. The letter is gone once replayed; a
+// letter no listener could handle (the subject guard's) is refused with
+// ErrNotReplayable and stays.
+func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	var fixed atomic.Bool
+	exports, audits := newCounter(), newCounter()
+	l := e.listeners()
+	must(t, l.On("export", "res.partner", events.Write, func(_ context.Context, ev events.Event) error {
+		if !fixed.Load() {
+			return errors.New("the shop is down")
+		}
+		exports.inc(ev.ID)
+		return nil
+	}, events.WithPartitions(1), events.WithMaxDeliver(1)))
+	must(t, l.On("audit", "res.partner", events.Write, func(_ context.Context, ev events.Event) error {
+		audits.inc(ev.ID)
+		return nil
+	}, events.WithPartitions(1)))
+	e.start(l)
+
+	pub := events.NewPublisher(e.js, e.names)
+	id := e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "42", Fields: []string{"name"}})
+	// An event on a subject no listener matches: the guard's letter.
+	stray := nats.NewMsg(e.names.Prefix + ".events.res.partner.write")
+	stray.Data = []byte("x")
+	if _, err := e.js.PublishMsg(ctx, stray); err != nil {
+		t.Fatal(err)
+	}
+	var letters []events.DeadLetter
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		letters, err = pub.DeadLetters(ctx, 0)
+		return err == nil && len(letters) == 2
+	}, "two dead letters")
+	var exportLetter, guardLetter events.DeadLetter
+	for _, dl := range letters {
+		switch dl.Listener {
+		case "export":
+			exportLetter = dl
+		case events.GuardName:
+			guardLetter = dl
+		}
+	}
+	if exportLetter.Seq == 0 || exportLetter.Error != "the shop is down" || exportLetter.Subject != e.names.DeadEventSubject("export", exportLetter.StreamSeq) {
+		t.Fatalf("the export listener's letter: %+v", exportLetter)
+	}
+	if guardLetter.Seq == 0 {
+		t.Fatalf("no letter of the subject guard in %+v", letters)
+	}
+	e.drained("audit")
+	if n := audits.get(id); n != 1 {
+		t.Fatalf("audit handled the event %d times, want 1", n)
+	}
+
+	if err := pub.Replay(ctx, guardLetter.Seq); !errors.Is(err, events.ErrNotReplayable) {
+		t.Errorf("replay of the guard's letter: %v, want ErrNotReplayable", err)
+	}
+	fixed.Store(true)
+	if err := pub.Replay(ctx, exportLetter.Seq); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return exports.get(id) == 1 }, "the replayed event exported")
+	e.drained("audit")
+	e.drained("export")
+	if n := audits.get(id); n != 1 {
+		t.Errorf("audit handled the event %d times, want 1: the replay was for export only", n)
+	}
+	if n := exports.get(id); n != 1 {
+		t.Errorf("export handled the replay %d times, want 1", n)
+	}
+	left, err := pub.DeadLetters(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].Seq != guardLetter.Seq {
+		t.Errorf("letters left: %+v, want the guard's only", left)
+	}
+	if err := pub.Replay(ctx, exportLetter.Seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Errorf("second replay of a removed letter: %v, want ErrMsgNotFound", err)
+	}
+
+	// ReplayAll skips what cannot be replayed, without an error.
+	if n, err := pub.ReplayAll(ctx); n != 0 || err != nil {
+		t.Errorf("ReplayAll: %d, %v; want 0, nil", n, err)
+	}
+}

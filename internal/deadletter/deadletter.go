@@ -1,0 +1,70 @@
+// Package deadletter reads the dead-letter stream: the letters of dead
+// jobs (dispatcher) and of events a listener gave up on (events) share it,
+// under different subjects.
+package deadletter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Entry is one letter of the stream.
+type Entry struct {
+	// Seq is the letter's sequence in the dead-letter stream, Subject its
+	// subject there.
+	Seq     uint64
+	Subject string
+	Letter  wire.DeadLetter
+}
+
+// List reads up to limit letters (0: all) of stream on filters, oldest
+// first, through an ordered consumer (nothing durable is left behind). A
+// letter that does not decode is listed with reason "unreadable".
+func List(ctx context.Context, js jetstream.JetStream, stream string, filters []string, limit int) ([]Entry, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters})
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	var out []Entry
+	for {
+		if limit > 0 && len(out) >= limit {
+			return out, nil
+		}
+		m, err := c.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("dead letters: %w", err)
+		}
+		meta, _ := m.Metadata()
+		e := Entry{Subject: m.Subject()}
+		if meta != nil {
+			e.Seq = meta.Sequence.Stream
+		}
+		if err := wire.Unmarshal(m.Data(), &e.Letter); err != nil {
+			e.Letter.Reason, e.Letter.Error = "unreadable", err.Error()
+		}
+		out = append(out, e)
+		if meta != nil && meta.NumPending == 0 {
+			return out, nil
+		}
+	}
+}
