@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"time"
 
 	"github.com/connector-go/connector/internal/deadletter"
 	"github.com/connector-go/connector/internal/records"
@@ -273,21 +272,10 @@ func (d *Dispatcher) Stats(ctx context.Context) (Stats, error) {
 // short-lived consumer filtered on them (the server counts, nothing is
 // read).
 func (d *Dispatcher) deadCount(ctx context.Context) (uint64, error) {
-	s, err := d.js.Stream(ctx, d.names.DeadStream())
+	n, err := deadletter.Count(ctx, d.js, d.names.DeadStream(), deadJobFilters(d.names))
 	if err != nil {
 		return 0, fmt.Errorf("dispatcher: stats: %w", err)
 	}
-	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		FilterSubjects:    deadJobFilters(d.names),
-		AckPolicy:         jetstream.AckNonePolicy,
-		MemoryStorage:     true,
-		InactiveThreshold: 30 * time.Second, // gone by itself if the delete below fails
-	})
-	if err != nil {
-		return 0, fmt.Errorf("dispatcher: stats: %w", err)
-	}
-	n := c.CachedInfo().NumPending
-	_ = s.DeleteConsumer(context.WithoutCancel(ctx), c.CachedInfo().Name)
 	return n, nil
 }
 

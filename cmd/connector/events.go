@@ -17,6 +17,7 @@ import (
 )
 
 const eventsUsage = `usage:
+  connector events stats [--json]             per listener: partitions, lag, events held, dead
   connector events dead [--limit N] [--json]  events a listener gave up on, with their errors
   connector events replay SEQ [SEQ...] | --all
                                               give dead events back to the listener that
@@ -24,7 +25,7 @@ const eventsUsage = `usage:
 
 SEQ is the letter's sequence in the dead-letter stream (the SEQ column of
 "events dead"). Connection flags as for "connector worker" (-h after a
-command lists them). Neither command needs Redis.
+command lists them). None of these commands needs Redis.
 `
 
 func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -33,7 +34,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return flag.ErrHelp
 	}
 	sub := args[0]
-	if sub != "dead" && sub != "replay" {
+	if sub != "stats" && sub != "dead" && sub != "replay" {
 		fmt.Fprint(stderr, eventsUsage)
 		return fmt.Errorf("unknown events command %q", sub)
 	}
@@ -62,6 +63,29 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	defer conns.Close()
 	pub := events.NewPublisher(conns.JS, sc.Names)
 
+	if sub == "stats" {
+		st, err := pub.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(st)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+		fmt.Fprintln(tw, "LISTENER\tPARTITIONS\tPENDING\tTAKEN\tREDELIVERED\tPULLS\tDEAD")
+		for _, l := range st.Listeners {
+			parts := strconv.Itoa(l.Partitions)
+			if l.Retired > 0 {
+				parts += fmt.Sprintf(" (+%d retired)", l.Retired)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", l.Listener, parts, l.Pending, l.Taken, l.Redelivered, l.Pulls, l.Dead)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "dead events: %d\n", st.Dead)
+		return nil
+	}
 	if sub == "dead" {
 		letters, err := pub.DeadLetters(ctx, *limit)
 		if err != nil {

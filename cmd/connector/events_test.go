@@ -74,6 +74,13 @@ func TestEventsDeadAndReplay(t *testing.T) {
 	if text := cli("events", "dead"); !strings.Contains(text, "export") || !strings.Contains(text, "the shop is down") {
 		t.Errorf("events dead:\n%s", text)
 	}
+	var st events.Stats
+	if err := json.Unmarshal([]byte(cli("events", "stats", "--json")), &st); err != nil || st.Dead != 1 {
+		t.Errorf("events stats --json: %+v, %v", st, err)
+	}
+	if text := cli("events", "stats"); !strings.Contains(text, "export") || !strings.Contains(text, "dead events: 1") {
+		t.Errorf("events stats:\n%s", text)
+	}
 
 	fixed.Store(true)
 	seq := strconv.FormatUint(letters[0].Seq, 10)

@@ -8,6 +8,7 @@
 //	connector jobs requeue ID | --all   put dead jobs back, attempts reset
 //	connector jobs cancel ID [ID...]    cancel jobs that have not started
 //	connector jobs stats                jobs waiting and taken per queue; delayed, dead
+//	connector events stats              per listener: partitions, lag, events held, dead
 //	connector events dead               events a listener gave up on, with their errors
 //	connector events replay SEQ | --all give dead events back to their listener only
 //	connector bench [--n 100000]        job runtime vs raw JetStream, one run
@@ -51,6 +52,7 @@ usage:
   connector jobs requeue ID|--all      requeue dead jobs (attempts reset)
   connector jobs cancel ID [ID...]     cancel jobs that have not started
   connector jobs stats [flags]         jobs waiting and taken per queue; delayed and dead jobs
+  connector events stats [flags]       per listener: lag, events held, dead events
   connector events dead [flags]        list events a listener gave up on
   connector events replay SEQ|--all    give dead events back to their listener
   connector bench [flags]              benchmark the job runtime against raw JetStream

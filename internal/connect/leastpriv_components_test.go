@@ -292,6 +292,9 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	if err != nil || len(deadEvents) != 1 || deadEvents[0].Listener != "failing" {
 		t.Fatalf("operator lists dead events: %+v, %v", deadEvents, err)
 	}
+	if st, err := opPub.Stats(ctx); err != nil || st.Dead != 1 || len(st.Listeners) < 3 {
+		t.Fatalf("operator reads the listeners' stats (`connector events stats`): %+v, %v", st, err)
+	}
 	if err := opPub.Replay(ctx, deadEvents[0].Seq); err != nil {
 		t.Fatalf("operator replays a dead event: %v", err)
 	}
