@@ -372,8 +372,9 @@ succeed, demo.broken jobs are dead-lettered with their error. In another shell:
   go run ./cmd/connector jobs stats --nats %s --redis redis://%s
   go run ./cmd/connector jobs dead --nats %s --redis redis://%s
   go run ./cmd/connector jobs show <id> --nats %s --redis redis://%s
+  go run ./cmd/connector events stats --nats %s
 
-`, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), httpHost, httpHost, ns.URL, mr.Addr(), ns.URL, mr.Addr(), ns.URL, mr.Addr())
+`, ns.URL, "CONNECTOR_JOBS", "CONNECTOR_DLQ", "CONNECTOR_EVENTS", mr.Addr(), httpHost, httpHost, ns.URL, mr.Addr(), ns.URL, mr.Addr(), ns.URL, mr.Addr(), ns.URL)
 
 	// The example connector: shop and catalog servers, the shop connector's
 	// jobs in the worker, its export listeners and periodic imports.
