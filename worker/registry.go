@@ -133,15 +133,30 @@ func typed[T job.Args](fn HandlerFunc[T]) Handler {
 	}
 }
 
+// Handler returns the handler of a job name (or alias) wrapped in the
+// registry's middleware, as a worker runs it; false if none is registered.
+// Tests run handlers through it (package workertest).
+func (r *Registry) Handler(name string) (Handler, bool) {
+	e, ok := r.entries[name]
+	if !ok {
+		return nil, false
+	}
+	return r.wrap(e.h), true
+}
+
+// wrap wraps h in the middleware chain, the first added outermost.
+func (r *Registry) wrap(h Handler) Handler {
+	for i := len(r.mw) - 1; i >= 0; i-- {
+		h = r.mw[i](h)
+	}
+	return h
+}
+
 // build wraps every handler with the middleware chain once.
 func (r *Registry) build() map[string]Handler {
 	out := make(map[string]Handler, len(r.entries))
 	for name, e := range r.entries {
-		h := e.h
-		for i := len(r.mw) - 1; i >= 0; i-- {
-			h = r.mw[i](h)
-		}
-		out[name] = h
+		out[name] = r.wrap(e.h)
 	}
 	return out
 }

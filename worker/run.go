@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/worker/internal/outcome"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
@@ -241,37 +241,10 @@ func (w *Worker) process(it *item) {
 		it.running.Store(true)
 	}
 
-	runCtx := ctx
-	var cancel context.CancelFunc
-	if m.Timeout > 0 {
-		runCtx, cancel = context.WithTimeout(ctx, m.Timeout)
-	}
-	result, herr := safeCall(runCtx, h, m)
-	if cancel != nil {
-		if herr != nil && errors.Is(runCtx.Err(), context.DeadlineExceeded) && w.hardCtx.Err() == nil {
-			herr = job.Retry(fmt.Errorf("%w after %s: %w", job.ErrTimeout, m.Timeout, herr))
-		}
-		cancel()
-	}
+	// ctx ends with the worker's hard stop only: a timeout is the run's.
+	result, herr := outcome.Run(ctx, m.Timeout, h, m)
 	w.finish(ctx, it, m, result, herr, jc, span)
 }
-
-func safeCall(ctx context.Context, h Handler, m *Message) (result string, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = &panicError{value: p, stack: string(debug.Stack())}
-		}
-	}()
-	return h(ctx, m)
-}
-
-type panicError struct {
-	value any
-	stack string
-}
-
-func (e *panicError) Error() string { return fmt.Sprintf("%v: %v", job.ErrPanic, e.value) }
-func (e *panicError) Unwrap() error { return job.ErrPanic }
 
 // finish settles a job that ran by its outcome.
 func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string, herr error, jc *jobCtx, span trace.Span) {
@@ -281,12 +254,13 @@ func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string
 	it.runMu.Unlock()
 	msg, env, started := it.msg, it.env, it.received
 	took := time.Since(started)
-	var nothing *job.NothingToDoError
+	v := outcome.Judge(m.Meta, result, herr)
 	switch {
-	case herr == nil || errors.As(herr, &nothing):
-		outcome := telemetry.OutcomeSucceeded
-		if herr != nil {
-			result, outcome = nothing.Msg, telemetry.OutcomeNothingToDo
+	case v.Kind == outcome.Done || v.Kind == outcome.NothingToDo:
+		result = v.Result
+		ended := telemetry.OutcomeSucceeded
+		if v.Kind == outcome.NothingToDo {
+			ended = telemetry.OutcomeNothingToDo
 		}
 		if env.Graph != "" && w.cfg.rdb != nil {
 			if err := w.releaseChildren(ctx, env); err != nil {
@@ -304,7 +278,7 @@ func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string
 			jc.logger().Warn("ack failed; the job may run again", telemetry.ErrField(err))
 		}
 		w.forgetHandbacks(it)
-		it.series.Ended(ctx, outcome, took)
+		it.series.Ended(ctx, ended, took)
 		u := w.base(m, started)
 		u.State, u.Result, u.EndedAt, u.ClearError = job.StateDone, result, time.Now(), m.Attempt > 1
 		w.record(u)
@@ -324,45 +298,21 @@ func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string
 	if span != nil {
 		telemetry.RecordError(span, herr)
 	}
-	if r, ok := job.AsRetryable(herr); ok {
-		exhausted := !r.NoCount && m.MaxRetries > 0 && m.Attempt >= m.MaxRetries
-		if !exhausted {
-			w.retry(ctx, it, m, herr, r, jc, took)
-			return
-		}
-		reason := wire.ReasonMaxRetries
-		if errors.Is(herr, job.ErrTimeout) {
-			reason = wire.ReasonTimeout
-		}
-		it.series.Ended(ctx, telemetry.OutcomeDead, took)
-		w.dead(it, m.Attempt, reason, fmt.Errorf("%w (%d): %w", job.ErrMaxRetries, m.MaxRetries, herr), "", started)
+	if v.Kind == outcome.Retry {
+		w.retry(ctx, it, m, v, jc, took)
 		return
 	}
-	reason, stack := wire.ReasonError, ""
-	var pe *panicError
-	switch {
-	case errors.As(herr, &pe):
-		reason, stack = wire.ReasonPanic, pe.stack
-	case errors.Is(herr, job.ErrBadArgs):
-		reason = wire.ReasonBadArgs
-	default:
-		stack = fmt.Sprintf("%+v", herr)
-	}
 	it.series.Ended(ctx, telemetry.OutcomeDead, took)
-	w.dead(it, m.Attempt, reason, herr, stack, started)
+	w.dead(it, m.Attempt, v.Reason, v.Cause, v.Stack, started)
 }
 
 // retry schedules the next attempt of a job that failed with a retryable
 // error: a message schedule that holds no capacity while it waits, or, in
 // a sequential channel (which must wait for its head job), the same
 // message again after the delay.
-func (w *Worker) retry(ctx context.Context, it *item, m *Message, herr error, r *job.RetryableError, jc *jobCtx, took time.Duration) {
-	delay := r.Delay
-	if delay <= 0 {
-		delay = m.RetryPattern.Delay(m.Attempt)
-	}
-	next := m.Attempt
-	if r.NoCount {
+func (w *Worker) retry(ctx context.Context, it *item, m *Message, v outcome.Verdict, jc *jobCtx, took time.Duration) {
+	herr, delay, next := v.Cause, v.Delay, m.Attempt
+	if !v.Counted {
 		next = m.Attempt - 1
 	}
 	it.series.Ended(ctx, telemetry.OutcomeRetried, took)
@@ -380,15 +330,15 @@ func (w *Worker) retry(ctx context.Context, it *item, m *Message, herr error, r 
 	if inPlace {
 		// The next delivery of this message is the next attempt, unless
 		// this one is not to be counted.
-		if r.NoCount {
+		if !v.Counted {
 			w.handBack([]*item{it}, delay)
 		} else if it.settle() {
 			_ = it.msg.NakWithDelay(delay)
 		}
-		jc.logger().Info("job failed; retrying in place", telemetry.ErrField(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+		jc.logger().Info("job failed; retrying in place", telemetry.ErrField(herr), zap.Duration("delay", delay), zap.Bool("counted", v.Counted))
 		return
 	}
-	jc.logger().Info("job failed; retry scheduled", telemetry.ErrField(herr), zap.Duration("delay", delay), zap.Bool("counted", !r.NoCount))
+	jc.logger().Info("job failed; retry scheduled", telemetry.ErrField(herr), zap.Duration("delay", delay), zap.Bool("counted", v.Counted))
 }
 
 // releaseChildren marks a graph job done and publishes the children whose
@@ -587,7 +537,7 @@ func errorType(err error) string {
 		case *job.RetryableError:
 			err = e.Err
 			continue
-		case *panicError:
+		case *outcome.PanicError:
 			return "panic"
 		case interface{ Unwrap() []error }:
 			errs := e.Unwrap()
