@@ -13,7 +13,6 @@ import (
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
@@ -106,13 +105,7 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	if channel == "" {
 		channel = job.DefaultChannel
 	}
-	msg := nats.NewMsg(d.subject(channel, env.Priority))
-	for k, v := range dl.Headers {
-		if k == wire.HeaderMsgID || len(k) > 5 && k[:5] == "Nats-" {
-			continue
-		}
-		msg.Header[k] = v
-	}
+	msg := deadletter.Republish(d.subject(channel, env.Priority), &dl)
 	msg.Header[wire.HeaderMsgID] = []string{env.ID + ".r" + strconv.FormatUint(seq, 10)}
 	msg.Data = body
 	if d.rdb != nil {

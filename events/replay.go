@@ -9,7 +9,6 @@ import (
 
 	"github.com/connector-go/connector/internal/deadletter"
 	"github.com/connector-go/connector/internal/wire"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -79,16 +78,9 @@ func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
 	if dl.Subject == "" || !strings.HasPrefix(dl.Subject, p.names.Prefix+".events.") {
 		return fmt.Errorf("%w: dead letter %d: subject %q", ErrNotReplayable, seq, dl.Subject)
 	}
-	msg := nats.NewMsg(dl.Subject)
-	for k, v := range dl.Headers {
-		if k == wire.HeaderMsgID || strings.HasPrefix(k, "Nats-") {
-			continue
-		}
-		msg.Header[k] = v
-	}
+	msg := deadletter.Republish(dl.Subject, &dl)
 	msg.Header.Set(wire.HeaderReplayFor, listener)
 	msg.Header.Set(wire.HeaderMsgID, "replay-"+listener+"-"+strconv.FormatUint(seq, 10))
-	msg.Data = dl.Data
 	if _, err := p.js.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
 	}

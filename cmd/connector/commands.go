@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/examples/demo"
 	"github.com/connector-go/connector/internal/app"
 	"github.com/connector-go/connector/internal/bench"
@@ -23,6 +24,7 @@ import (
 	"github.com/connector-go/connector/internal/devenv"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/worker"
 	"go.uber.org/zap"
 )
@@ -118,6 +120,34 @@ const jobsUsage = `usage:
 
 Connection flags as for "connector worker" (-h after a command lists them).
 `
+
+// writeLetters prints dead letters for an operator, as JSON or as a table
+// whose first columns are head, filled by row, which also returns the
+// letter. Errors and stacks are redacted (they may quote URLs with
+// credentials); the raw message is left out (it stays in the stream).
+func writeLetters[L any](stdout io.Writer, asJSON bool, letters []L, none, head string, row func(*L) (*wire.DeadLetter, string)) error {
+	cols := make([]string, len(letters))
+	for i := range letters {
+		dl, c := row(&letters[i])
+		dl.Error, dl.Stack = telemetry.Redact(dl.Error), telemetry.Redact(dl.Stack)
+		dl.Data, dl.Headers = nil, nil
+		cols[i] = fmt.Sprintf("%s\t%s\t%d\t%s\t%s", c, dl.Reason, dl.Attempts,
+			time.UnixMilli(dl.DiedAt).UTC().Format(time.RFC3339), dl.Error)
+	}
+	if asJSON {
+		return json.NewEncoder(stdout).Encode(letters)
+	}
+	if len(letters) == 0 {
+		fmt.Fprintln(stdout, none)
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+	fmt.Fprintf(tw, "SEQ\t%s\tREASON\tATTEMPTS\tDIED\tERROR\n", head)
+	for _, c := range cols {
+		fmt.Fprintln(tw, c)
+	}
+	return tw.Flush()
+}
 
 // parseInterspersed parses fs's flags wherever they are among args and
 // returns the other arguments (ids before or after the flags).
@@ -221,24 +251,10 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		if err != nil {
 			return err
 		}
-		for i := range letters {
-			letters[i].Error, letters[i].Stack = telemetry.Redact(letters[i].Error), telemetry.Redact(letters[i].Stack)
-			letters[i].Data, letters[i].Headers = nil, nil // the raw message stays in the stream
-		}
-		if *asJSON {
-			return json.NewEncoder(stdout).Encode(letters)
-		}
-		if len(letters) == 0 {
-			fmt.Fprintln(stdout, "no dead jobs")
-			return nil
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
-		fmt.Fprintln(tw, "SEQ\tJOB ID\tNAME\tREASON\tATTEMPTS\tDIED\tERROR")
-		for _, l := range letters {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Seq, l.JobID, l.JobName, l.Reason, l.Attempts,
-				time.UnixMilli(l.DiedAt).UTC().Format(time.RFC3339), telemetry.Redact(l.Error))
-		}
-		return tw.Flush()
+		return writeLetters(stdout, *asJSON, letters, "no dead jobs", "JOB ID\tNAME",
+			func(l *dispatcher.DeadLetter) (*wire.DeadLetter, string) {
+				return &l.DeadLetter, fmt.Sprintf("%d\t%s\t%s", l.Seq, l.JobID, l.JobName)
+			})
 	case "stats":
 		st, err := d.Stats(ctx)
 		if err != nil {

@@ -9,11 +9,11 @@ import (
 	"io"
 	"strconv"
 	"text/tabwriter"
-	"time"
 
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/app"
 	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/internal/wire"
 )
 
 const eventsUsage = `usage:
@@ -91,24 +91,10 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		if err != nil {
 			return err
 		}
-		for i := range letters {
-			letters[i].Error, letters[i].Stack = telemetry.Redact(letters[i].Error), telemetry.Redact(letters[i].Stack)
-			letters[i].Data, letters[i].Headers = nil, nil // the raw event stays in the stream
-		}
-		if *asJSON {
-			return json.NewEncoder(stdout).Encode(letters)
-		}
-		if len(letters) == 0 {
-			fmt.Fprintln(stdout, "no dead events")
-			return nil
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
-		fmt.Fprintln(tw, "SEQ\tLISTENER\tSUBJECT\tREASON\tATTEMPTS\tDIED\tERROR")
-		for _, l := range letters {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Seq, l.Listener, l.DeadLetter.Subject, l.Reason, l.Attempts,
-				time.UnixMilli(l.DiedAt).UTC().Format(time.RFC3339), l.Error)
-		}
-		return tw.Flush()
+		return writeLetters(stdout, *asJSON, letters, "no dead events", "LISTENER\tSUBJECT",
+			func(l *events.DeadLetter) (*wire.DeadLetter, string) {
+				return &l.DeadLetter, fmt.Sprintf("%d\t%s\t%s", l.Seq, l.Listener, l.DeadLetter.Subject)
+			})
 	}
 
 	if *all {

@@ -89,3 +89,18 @@ func Count(ctx context.Context, js jetstream.JetStream, stream string, filters [
 	_ = s.DeleteConsumer(context.WithoutCancel(ctx), c.CachedInfo().Name)
 	return n, nil
 }
+
+// Republish is the message that puts a letter's original back on subject:
+// its data and its headers, but NATS's own (Nats-*: the old message id,
+// schedule headers), which the caller sets anew.
+func Republish(subject string, dl *wire.DeadLetter) *nats.Msg {
+	msg := nats.NewMsg(subject)
+	for k, v := range dl.Headers {
+		if len(k) > 5 && k[:5] == "Nats-" {
+			continue
+		}
+		msg.Header[k] = v
+	}
+	msg.Data = dl.Data
+	return msg
+}
