@@ -29,9 +29,13 @@ type DeadLetter struct {
 	wire.DeadLetter
 }
 
-// DeadLetters lists up to limit dead events (0: all), oldest first.
-func (p *Publisher) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
-	entries, err := deadletter.List(ctx, p.js, p.names.DeadStream(), []string{p.names.DeadEventsWildcard()}, limit)
+// DeadLetters lists up to limit dead events (0: all) of listener (""
+// for every listener's), oldest first.
+func (p *Publisher) DeadLetters(ctx context.Context, listener string, limit int) ([]DeadLetter, error) {
+	if err := validListener(listener); err != nil {
+		return nil, err
+	}
+	entries, err := deadletter.List(ctx, p.js, p.names.DeadStream(), []string{p.deadFilter(listener)}, limit)
 	if err != nil {
 		return nil, fmt.Errorf("events: %w", err)
 	}
@@ -92,12 +96,33 @@ func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
 	return nil
 }
 
-// ReplayAll replays every dead event that can be (Replay); it returns how
-// many it replayed and the first error met (it keeps going). Letters that
-// cannot be replayed (ErrNotReplayable) are left where they are, and
-// are not errors.
-func (p *Publisher) ReplayAll(ctx context.Context) (int, error) {
-	letters, err := p.DeadLetters(ctx, 0)
+// validListener accepts "" (every listener), a listener's name and the
+// subject guard's.
+func validListener(name string) error {
+	if name == "" || name == GuardName {
+		return nil
+	}
+	if err := wire.ValidID(name); err != nil || len(name) > 64 {
+		return fmt.Errorf("%w: name %q (1-64 letters, digits, '_' or '-')", ErrBadListener, name)
+	}
+	return nil
+}
+
+// deadFilter is the subject filter of listener's dead events (""
+// for every listener's).
+func (p *Publisher) deadFilter(listener string) string {
+	if listener == "" {
+		return p.names.DeadEventsWildcard()
+	}
+	return p.names.Prefix + ".dead.events." + listener + ".*"
+}
+
+// ReplayAll replays every dead event of listener ("" for every
+// listener's) that can be (Replay); it returns how many it replayed and
+// the first error met (it keeps going). Letters that cannot be replayed
+// (ErrNotReplayable) are left where they are, and are not errors.
+func (p *Publisher) ReplayAll(ctx context.Context, listener string) (int, error) {
+	letters, err := p.DeadLetters(ctx, listener, 0)
 	if err != nil {
 		return 0, err
 	}

@@ -62,7 +62,7 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	var letters []events.DeadLetter
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		var err error
-		letters, err = pub.DeadLetters(ctx, 0)
+		letters, err = pub.DeadLetters(ctx, "", 0)
 		return err == nil && len(letters) == 2
 	}, "two dead letters")
 	var exportLetter, guardLetter events.DeadLetter
@@ -73,6 +73,12 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 		case events.GuardName:
 			guardLetter = dl
 		}
+	}
+	if only, err := pub.DeadLetters(ctx, "export", 0); err != nil || len(only) != 1 || only[0].Listener != "export" {
+		t.Fatalf("the export listener's letters: %+v, %v", only, err)
+	}
+	if _, err := pub.DeadLetters(ctx, "export.*", 0); !errors.Is(err, events.ErrBadListener) {
+		t.Errorf("a listener name with wildcards: %v, want ErrBadListener", err)
 	}
 	if exportLetter.Seq == 0 || exportLetter.Error != "the shop is down" || exportLetter.Subject != e.names.DeadEventSubject("export", exportLetter.StreamSeq) {
 		t.Fatalf("the export listener's letter: %+v", exportLetter)
@@ -101,7 +107,7 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	if n := exports.get(id); n != 1 {
 		t.Errorf("export handled the replay %d times, want 1", n)
 	}
-	left, err := pub.DeadLetters(ctx, 0)
+	left, err := pub.DeadLetters(ctx, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +119,7 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	}
 
 	// ReplayAll skips what cannot be replayed, without an error.
-	if n, err := pub.ReplayAll(ctx); n != 0 || err != nil {
+	if n, err := pub.ReplayAll(ctx, ""); n != 0 || err != nil {
 		t.Errorf("ReplayAll: %d, %v; want 0, nil", n, err)
 	}
 }

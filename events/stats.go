@@ -84,13 +84,13 @@ func (p *Publisher) Stats(ctx context.Context) (Stats, error) {
 		return st, fmt.Errorf("events: stats: %w", err)
 	}
 	for _, ls := range byName {
-		if ls.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.names.Prefix + ".dead.events." + ls.Listener + ".*"}); err != nil {
+		if ls.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.deadFilter(ls.Listener)}); err != nil {
 			return st, fmt.Errorf("events: stats: %w", err)
 		}
 		st.Listeners = append(st.Listeners, *ls)
 	}
 	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Listener < st.Listeners[j].Listener })
-	if st.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.names.DeadEventsWildcard()}); err != nil {
+	if st.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.deadFilter("")}); err != nil {
 		return st, fmt.Errorf("events: stats: %w", err)
 	}
 	return st, nil

@@ -18,8 +18,9 @@ import (
 
 const eventsUsage = `usage:
   connector events stats [--json]             per listener: partitions, lag, events held, dead
-  connector events dead [--limit N] [--json]  events a listener gave up on, with their errors
-  connector events replay SEQ [SEQ...] | --all
+  connector events dead [--listener L] [--limit N] [--json]
+                                              events a listener gave up on, with their errors
+  connector events replay SEQ [SEQ...] | --all [--listener L]
                                               give dead events back to the listener that
                                               gave up on them (and to it only)
 
@@ -42,6 +43,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
 	all := fs.Bool("all", false, "replay: every dead event that can be replayed")
+	listener := fs.String("listener", "", "dead, replay --all: this listener's dead events only")
 	limit := fs.Int("limit", 100, "dead: at most this many")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parseInterspersed(fs, args[1:])
@@ -87,7 +89,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return nil
 	}
 	if sub == "dead" {
-		letters, err := pub.DeadLetters(ctx, *limit)
+		letters, err := pub.DeadLetters(ctx, *listener, *limit)
 		if err != nil {
 			return err
 		}
@@ -98,7 +100,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	}
 
 	if *all {
-		n, err := pub.ReplayAll(ctx)
+		n, err := pub.ReplayAll(ctx, *listener)
 		fmt.Fprintf(stdout, "replayed %d event(s)\n", n)
 		return err
 	}

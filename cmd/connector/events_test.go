@@ -74,6 +74,9 @@ func TestEventsDeadAndReplay(t *testing.T) {
 	if text := cli("events", "dead"); !strings.Contains(text, "export") || !strings.Contains(text, "the shop is down") {
 		t.Errorf("events dead:\n%s", text)
 	}
+	if text := cli("events", "dead", "--listener", "audit"); !strings.Contains(text, "no dead events") {
+		t.Errorf("events dead --listener audit:\n%s", text)
+	}
 	var st events.Stats
 	if err := json.Unmarshal([]byte(cli("events", "stats", "--json")), &st); err != nil || st.Dead != 1 {
 		t.Errorf("events stats --json: %+v, %v", st, err)

@@ -288,7 +288,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	// (`connector events replay`), which the failing listener receives
 	// (and dead-letters again: it still fails).
 	opPub := events.NewPublisher(op.js, n)
-	deadEvents, err := opPub.DeadLetters(ctx, 0)
+	deadEvents, err := opPub.DeadLetters(ctx, "", 0)
 	if err != nil || len(deadEvents) != 1 || deadEvents[0].Listener != "failing" {
 		t.Fatalf("operator lists dead events: %+v, %v", deadEvents, err)
 	}
@@ -299,7 +299,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		t.Fatalf("operator replays a dead event: %v", err)
 	}
 	testenv.Eventually(t, 20*time.Second, func() bool {
-		again, err := opPub.DeadLetters(ctx, 0)
+		again, err := opPub.DeadLetters(ctx, "", 0)
 		return err == nil && len(again) == 1 && again[0].Seq != deadEvents[0].Seq && again[0].Listener == "failing"
 	}, "the replayed event dead again, under a new letter")
 
