@@ -2,10 +2,12 @@ package events_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/connector-go/connector/events"
@@ -124,4 +126,74 @@ func ExamplePublisher_Message() {
 	// record_id: 42
 	// time: 1700000000123
 	// v: 1
+}
+
+// A listener gives up on an event (its backend was down); once the
+// backend is back, the operator replays the dead event to that listener
+// alone (`connector events replay SEQ`); the audit listener, which handled
+// it the first time, does not handle it again (TestReplayDeadEventToItsListenerOnly
+// checks that).
+func ExamplePublisher_Replay() {
+	dir, _ := os.MkdirTemp("", "events-replay-example")
+	defer os.RemoveAll(dir)
+	ns, _ := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Port: -1, NoLog: true, NoSigs: true})
+	go ns.Start()
+	ns.ReadyForConnections(10 * time.Second)
+	defer ns.Shutdown()
+	nc, _ := nats.Connect(ns.ClientURL())
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	names := wire.MustNames("replay")
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	var backendUp atomic.Bool
+	exported, audited := make(chan string, 4), make(chan string, 4)
+	l := events.NewListeners(js, nil, names, zap.NewNop())
+	_ = l.On("export", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		if !backendUp.Load() {
+			return errors.New("shop unreachable")
+		}
+		exported <- ev.RecordID
+		return nil
+	}, events.WithMaxDeliver(1)) // give up at once, for the example
+	_ = l.On("audit", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		audited <- ev.RecordID
+		return nil
+	})
+	done := make(chan error)
+	go func() { done <- l.Run(ctx) }()
+
+	pub := events.NewPublisher(js, names)
+	_, _ = pub.Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7"})
+	fmt.Println("audited", <-audited)
+
+	var dead []events.DeadLetter
+	for deadline := time.Now().Add(10 * time.Second); len(dead) == 0 && time.Now().Before(deadline); {
+		dead, _ = pub.DeadLetters(ctx, "", 0)
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
+	if len(dead) == 0 {
+		fmt.Println("timeout")
+		return
+	}
+	fmt.Println("dead for", dead[0].Listener+":", dead[0].Error)
+
+	backendUp.Store(true)
+	if err := pub.Replay(ctx, dead[0].Seq); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("exported", <-exported) // and not audited again
+	cancel()
+	fmt.Println(<-done)
+	// Output:
+	// audited 7
+	// dead for export: shop unreachable
+	// exported 7
+	// <nil>
 }
