@@ -96,6 +96,28 @@ func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
 	return nil
 }
 
+// Discard removes the dead event at dead-letter stream sequence seq for
+// good: no listener handles it again (the event itself stays in the
+// events stream until its MaxAge). The error wraps
+// jetstream.ErrMsgNotFound when there is no such letter.
+func (p *Publisher) Discard(ctx context.Context, seq uint64) error {
+	s, err := p.js.Stream(ctx, p.names.DeadStream())
+	if err != nil {
+		return fmt.Errorf("events: discard: %w", err)
+	}
+	raw, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("events: discard dead letter %d: %w", seq, err)
+	}
+	if _, ok := p.names.ParseDeadEventSubject(raw.Subject); !ok {
+		return fmt.Errorf("events: discard dead letter %d: not an event's (%s)", seq, raw.Subject)
+	}
+	if err := s.DeleteMsg(ctx, seq); err != nil {
+		return fmt.Errorf("events: discard dead letter %d: %w", seq, err)
+	}
+	return nil
+}
+
 // validListener accepts "" (every listener), a listener's name and the
 // subject guard's.
 func validListener(name string) error {

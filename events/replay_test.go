@@ -31,7 +31,7 @@ func (e *env) drained(listener string) {
 // the listener that gave up on it, and to it only: the other listener of
 // the same event does not run again. The letter is gone once replayed; a
 // letter no listener could handle (the subject guard's) is refused with
-// ErrNotReplayable and stays.
+// ErrNotReplayable and stays, until it is discarded.
 func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -121,5 +121,15 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	// ReplayAll skips what cannot be replayed, without an error.
 	if n, err := pub.ReplayAll(ctx, ""); n != 0 || err != nil {
 		t.Errorf("ReplayAll: %d, %v; want 0, nil", n, err)
+	}
+	// What cannot be replayed can be discarded.
+	if err := pub.Discard(ctx, guardLetter.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := pub.DeadLetters(ctx, "", 0); err != nil || len(left) != 0 {
+		t.Errorf("letters left after the discard: %+v, %v", left, err)
+	}
+	if err := pub.Discard(ctx, guardLetter.Seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Errorf("second discard: %v, want ErrMsgNotFound", err)
 	}
 }

@@ -23,6 +23,7 @@ const eventsUsage = `usage:
   connector events replay SEQ [SEQ...] | --all [--listener L]
                                               give dead events back to the listener that
                                               gave up on them (and to it only)
+  connector events discard SEQ [SEQ...]       remove dead events for good (not handled again)
 
 SEQ is the letter's sequence in the dead-letter stream (the SEQ column of
 "events dead"). Connection flags as for "connector worker" (-h after a
@@ -35,7 +36,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return flag.ErrHelp
 	}
 	sub := args[0]
-	if sub != "stats" && sub != "dead" && sub != "replay" {
+	if sub != "stats" && sub != "dead" && sub != "replay" && sub != "discard" {
 		fmt.Fprint(stderr, eventsUsage)
 		return fmt.Errorf("unknown events command %q", sub)
 	}
@@ -99,26 +100,30 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			})
 	}
 
-	if *all {
+	if *all && sub == "replay" {
 		n, err := pub.ReplayAll(ctx, *listener)
 		fmt.Fprintf(stdout, "replayed %d event(s)\n", n)
 		return err
 	}
 	if len(pos) == 0 {
-		return fmt.Errorf("usage: connector events replay SEQ [SEQ...] | --all")
+		return fmt.Errorf("usage: connector events %s SEQ [SEQ...]", sub)
+	}
+	act, done := pub.Replay, "replayed"
+	if sub == "discard" {
+		act, done = pub.Discard, "discarded"
 	}
 	var errs []error
 	for _, p := range pos {
 		seq, err := strconv.ParseUint(p, 10, 64)
 		if err != nil || seq == 0 {
-			errs = append(errs, fmt.Errorf("replay %q: not a dead-letter sequence", p))
+			errs = append(errs, fmt.Errorf("%s %q: not a dead-letter sequence", sub, p))
 			continue
 		}
-		if err := pub.Replay(ctx, seq); err != nil {
+		if err := act(ctx, seq); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		fmt.Fprintf(stdout, "replayed %d\n", seq)
+		fmt.Fprintf(stdout, "%s %d\n", done, seq)
 	}
 	return errors.Join(errs...)
 }

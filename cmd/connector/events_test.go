@@ -18,8 +18,9 @@ import (
 )
 
 // `events dead` lists the events a listener gave up on, `events replay
-// SEQ` gives one back to that listener, which handles it; neither needs
-// Redis (run here with a dead Redis URL).
+// SEQ` gives one back to that listener, which handles it, `events discard
+// SEQ` removes one for good; none needs Redis (run here with a dead Redis
+// URL).
 func TestEventsDeadAndReplay(t *testing.T) {
 	srv, _, js := testenv.JetStream(t)
 	rdb, prefix := testenv.Redis(t)
@@ -99,5 +100,25 @@ func TestEventsDeadAndReplay(t *testing.T) {
 	}
 	if out := cli("events", "replay", "--all"); !strings.Contains(out, "replayed 0 event(s)") {
 		t.Errorf("events replay --all: %q", out)
+	}
+
+	// An event not worth replaying is discarded.
+	fixed.Store(false)
+	if _, err := events.NewPublisher(js, names).Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "8"}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		letters = nil
+		return json.Unmarshal([]byte(cli("events", "dead", "--json")), &letters) == nil && len(letters) == 1
+	}, "the second event dead")
+	seq = strconv.FormatUint(letters[0].Seq, 10)
+	if out := cli("events", "discard", seq); !strings.Contains(out, "discarded "+seq) {
+		t.Errorf("events discard: %q", out)
+	}
+	if text := cli("events", "dead"); !strings.Contains(text, "no dead events") {
+		t.Errorf("events dead after the discard:\n%s", text)
+	}
+	if handled.Load() != 1 {
+		t.Errorf("handled %d events, want 1 (the discarded one is not handled)", handled.Load())
 	}
 }

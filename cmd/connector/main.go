@@ -11,6 +11,7 @@
 //	connector events stats              per listener: partitions, lag, events held, dead
 //	connector events dead               events a listener gave up on, with their errors
 //	connector events replay SEQ | --all give dead events back to their listener only
+//	connector events discard SEQ...     remove dead events for good
 //	connector bench [--n 100000]        job runtime vs raw JetStream, one run
 //
 // Every flag has an environment variable (CONNECTOR_*); `connector worker
@@ -55,6 +56,7 @@ usage:
   connector events stats [flags]       per listener: lag, events held, dead events
   connector events dead [flags]        list events a listener gave up on
   connector events replay SEQ|--all    give dead events back to their listener
+  connector events discard SEQ...      remove dead events for good
   connector bench [flags]              benchmark the job runtime against raw JetStream
   connector version
 
