@@ -47,9 +47,45 @@ type Stats struct {
 // the listener) and the dead-letter stream. It needs no Redis.
 func (p *Publisher) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
+	byName, err := p.listenerConsumers(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, ls := range byName {
+		if ls.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.deadFilter(ls.Listener)}); err != nil {
+			return st, fmt.Errorf("events: stats: %w", err)
+		}
+		st.Listeners = append(st.Listeners, *ls)
+	}
+	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Listener < st.Listeners[j].Listener })
+	if st.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.deadFilter("")}); err != nil {
+		return st, fmt.Errorf("events: stats: %w", err)
+	}
+	return st, nil
+}
+
+// Lag is, per listener (and the subject guard), the events it has not
+// acknowledged yet over its live partitions: pending plus taken. One
+// listing of the events stream's consumers: cheap enough for every
+// metrics scrape (the worker's connector.listener.pending gauge).
+func (p *Publisher) Lag(ctx context.Context) (map[string]int64, error) {
+	byName, err := p.listenerConsumers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(byName))
+	for name, ls := range byName {
+		out[name] = int64(ls.Pending) + int64(ls.Taken)
+	}
+	return out, nil
+}
+
+// listenerConsumers adds up the figures of the events stream's consumers
+// per listener (their metadata names it; the guard's is GuardConsumer).
+func (p *Publisher) listenerConsumers(ctx context.Context) (map[string]*ListenerStats, error) {
 	s, err := p.js.Stream(ctx, p.names.EventsStream())
 	if err != nil {
-		return st, fmt.Errorf("events: stats: %w", err)
+		return nil, fmt.Errorf("events: stats: %w", err)
 	}
 	byName := map[string]*ListenerStats{}
 	lister := s.ListConsumers(ctx)
@@ -81,17 +117,7 @@ func (p *Publisher) Stats(ctx context.Context) (Stats, error) {
 		ls.Pulls += info.NumWaiting
 	}
 	if err := lister.Err(); err != nil {
-		return st, fmt.Errorf("events: stats: %w", err)
+		return nil, fmt.Errorf("events: stats: %w", err)
 	}
-	for _, ls := range byName {
-		if ls.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.deadFilter(ls.Listener)}); err != nil {
-			return st, fmt.Errorf("events: stats: %w", err)
-		}
-		st.Listeners = append(st.Listeners, *ls)
-	}
-	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Listener < st.Listeners[j].Listener })
-	if st.Dead, err = deadletter.Count(ctx, p.js, p.names.DeadStream(), []string{p.deadFilter("")}); err != nil {
-		return st, fmt.Errorf("events: stats: %w", err)
-	}
-	return st, nil
+	return byName, nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/connect"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/streams"
@@ -241,6 +242,9 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		return err
 	}
 	if err := metrics.ObserveBacklog(backlog(c.JS, sc)); err != nil {
+		return err
+	}
+	if err := metrics.ObserveListenerBacklog(events.NewPublisher(c.JS, sc.Names).Lag); err != nil {
 		return err
 	}
 	health := telemetry.NewHealth(c.Log)

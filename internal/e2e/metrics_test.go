@@ -601,3 +601,41 @@ func TestJobLogFieldsAsDocumented(t *testing.T) {
 		}
 	}
 }
+
+// connector_listener_pending{event_listener} is a listener's lag, read from
+// JetStream at each scrape: events pending plus the one being handled;
+// back to 0 once they are handled.
+func TestListenerBacklogMetric(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	handling := make(chan struct{}, 3)
+	listen := func(c *app.Conns) app.Service {
+		l := events.NewListeners(c.JS, c.Redis, e.names, c.Log, events.WithAckWait(5*time.Second))
+		if err := l.On("lagging", "sale.order", "", func(ctx context.Context, ev events.Event) error {
+			handling <- struct{}{}
+			<-release
+			return nil
+		}, events.WithPartitions(1)); err != nil {
+			t.Fatal(err)
+		}
+		return l.Run
+	}
+	a := e.startApp(worker.NewRegistry(), nil, nil, listen)
+	pub := events.NewPublisher(e.js, e.names)
+	for range 3 {
+		if _, err := pub.Publish(ctx, events.Event{Model: "sale.order", Name: events.Write, RecordID: "SO9"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-handling // one taken, two pending behind it (one at a time per partition)
+	lag := func() float64 {
+		m, _ := scrape(t, a.base)
+		return m.value(t, "connector_listener_pending", "event_listener", "lagging")
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return lag() == 3 }, "listener lag 3")
+	for range 3 {
+		release <- struct{}{}
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return lag() == 0 }, "listener lag back to 0")
+}

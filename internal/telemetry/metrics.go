@@ -65,6 +65,7 @@ const (
 	MetricEventsHandled   = "connector.events.handled"
 	MetricStoreOpDuration = "connector.store.op.duration"
 	MetricConsumerPending = "connector.consumer.pending"
+	MetricListenerPending = "connector.listener.pending"
 )
 
 // Histogram buckets in seconds. The SDK's default buckets are made for
@@ -439,26 +440,39 @@ func (m *Metrics) StoreOpOutcome(ctx context.Context, op, outcome string, d time
 // (for example ConsumerInfo.NumPending + NumAckPending). An error from f
 // skips that collection. Call it once per Metrics.
 func (m *Metrics) ObserveBacklog(f func(ctx context.Context) (map[string]int64, error)) error {
+	return m.observeCounts(MetricConsumerPending, "Messages not yet acknowledged, by JetStream consumer.", AttrConsumer, f)
+}
+
+// ObserveListenerBacklog registers the observable gauge
+// connector.listener.pending{event.listener}: f (events.Publisher.Lag) is
+// called at each collection and returns, per event listener, the events
+// it has not acknowledged yet. Call it once per Metrics.
+func (m *Metrics) ObserveListenerBacklog(f func(ctx context.Context) (map[string]int64, error)) error {
+	return m.observeCounts(MetricListenerPending, "Events not yet acknowledged, by event listener.", AttrEventListener, f)
+}
+
+// observeCounts registers the gauge name, observed at each collection as
+// f's counts, each under key.
+func (m *Metrics) observeCounts(name, desc string, key attribute.Key, f func(ctx context.Context) (map[string]int64, error)) error {
 	if m == nil {
 		return nil
 	}
-	g, err := m.meter.Int64ObservableGauge(MetricConsumerPending, metric.WithUnit("{message}"),
-		metric.WithDescription("Messages not yet acknowledged, by JetStream consumer."))
+	g, err := m.meter.Int64ObservableGauge(name, metric.WithUnit("{message}"), metric.WithDescription(desc))
 	if err != nil {
-		return fmt.Errorf("telemetry: instrument %s: %w", MetricConsumerPending, err)
+		return fmt.Errorf("telemetry: instrument %s: %w", name, err)
 	}
 	_, err = m.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		counts, err := f(ctx)
 		if err != nil {
 			return err
 		}
-		for name, n := range counts {
-			o.ObserveInt64(g, n, metric.WithAttributes(AttrConsumer.String(name)))
+		for k, n := range counts {
+			o.ObserveInt64(g, n, metric.WithAttributes(key.String(k)))
 		}
 		return nil
 	}, g)
 	if err != nil {
-		return fmt.Errorf("telemetry: register %s callback: %w", MetricConsumerPending, err)
+		return fmt.Errorf("telemetry: register %s callback: %w", name, err)
 	}
 	return nil
 }
