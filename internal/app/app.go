@@ -241,7 +241,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	if err != nil {
 		return err
 	}
-	if err := metrics.ObserveBacklog(backlog(c.JS, sc)); err != nil {
+	if err := metrics.ObserveBacklog(Backlog(c.JS, sc.Names)); err != nil {
 		return err
 	}
 	if err := metrics.ObserveListenerBacklog(events.NewPublisher(c.JS, sc.Names).Lag); err != nil {
@@ -291,10 +291,12 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	return err
 }
 
-// backlog reports pending jobs of the workers' consumer (for autoscaling).
-func backlog(js jetstream.JetStream, sc streams.Config) func(ctx context.Context) (map[string]int64, error) {
+// Backlog reports, per consumer of the jobs stream, the jobs not
+// acknowledged yet (the connector.consumer.pending gauge, read at each
+// scrape).
+func Backlog(js jetstream.JetStream, names wire.Names) func(ctx context.Context) (map[string]int64, error) {
 	return func(ctx context.Context) (map[string]int64, error) {
-		s, err := js.Stream(ctx, sc.Names.JobsStream())
+		s, err := js.Stream(ctx, names.JobsStream())
 		if err != nil {
 			return nil, fmt.Errorf("backlog: %w", err)
 		}

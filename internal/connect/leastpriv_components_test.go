@@ -16,6 +16,7 @@ import (
 
 	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/app"
 	"github.com/connector-go/connector/internal/connect"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/testenv"
@@ -283,6 +284,15 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+".dead.events.failing.>"))
 		return err == nil && len(info.State.Subjects) == 1
 	}, "the failing listener's dead letter in %s", n.DeadStream())
+
+	// Worker: the backlog gauges it reports at each scrape list the
+	// consumers of the jobs and events streams.
+	if _, err := app.Backlog(work.js, n)(ctx); err != nil {
+		t.Fatalf("worker reads the jobs backlog: %v", err)
+	}
+	if lag, err := events.NewPublisher(work.js, n).Lag(ctx); err != nil || len(lag) == 0 {
+		t.Fatalf("worker reads the listeners' lag: %v, %v", lag, err)
+	}
 
 	// Operator: the dead events (`connector events dead`), and a replay
 	// (`connector events replay`), which the failing listener receives

@@ -68,6 +68,9 @@ func WorkerPermissions(prefix, inbox string) *server.Permissions {
 			"$JS.API.CONSUMER.INFO." + jobs + ".*",
 			"$JS.API.CONSUMER.MSG.NEXT." + jobs + ".*",
 			"$JS.ACK." + jobs + ".>",
+			// the backlog gauges read at each scrape (consumer lists)
+			"$JS.API.CONSUMER.LIST." + jobs,
+			"$JS.API.CONSUMER.LIST." + events,
 			// listeners' consumers ev_<listener> (NATS wildcards match
 			// whole tokens only, so "ev_*" cannot be expressed)
 			"$JS.API.CONSUMER.CREATE." + events + ".*",
