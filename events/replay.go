@@ -17,6 +17,11 @@ import (
 // guard's letters). Fix the publisher and publish the event again.
 var ErrNotReplayable = errors.New("events: dead letter cannot be replayed")
 
+// ErrNoListener: the listener of a dead letter has no consumer in the
+// events stream (renamed, or not deployed yet): a replay would reach
+// nobody, so the letter stays.
+var ErrNoListener = errors.New("events: the listener has no consumer in the events stream")
+
 // DeadLetter is one dead event: a listener gave up on it, or it could not
 // be read.
 type DeadLetter struct {
@@ -81,6 +86,14 @@ func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
 	}
 	if dl.Subject == "" || !strings.HasPrefix(dl.Subject, p.names.Prefix+".events.") {
 		return fmt.Errorf("%w: dead letter %d: subject %q", ErrNotReplayable, seq, dl.Subject)
+	}
+	// Only the named listener handles a replay: it must be there.
+	listeners, err := p.listenerConsumers(ctx)
+	if err != nil {
+		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
+	}
+	if listeners[listener] == nil {
+		return fmt.Errorf("%w: dead letter %d: listener %s", ErrNoListener, seq, listener)
 	}
 	msg := deadletter.Republish(dl.Subject, &dl)
 	msg.Header.Set(wire.HeaderReplayFor, listener)

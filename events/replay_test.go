@@ -9,6 +9,7 @@ import (
 
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -122,6 +123,28 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	if n, err := pub.ReplayAll(ctx, ""); n != 0 || err != nil {
 		t.Errorf("ReplayAll: %d, %v; want 0, nil", n, err)
 	}
+	// A letter of a listener that is gone (renamed) is not replayed: it
+	// would reach nobody. It stays.
+	ghost := &wire.DeadLetter{V: 1, Reason: wire.ReasonError, Error: "x", Attempts: 1,
+		Subject: e.names.EventSubject("res.partner", events.Write, "42"), Data: []byte("x")}
+	data, err := wire.Marshal(ghost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := e.js.Publish(ctx, e.names.DeadEventSubject("renamed", 1), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Replay(ctx, ack.Sequence); !errors.Is(err, events.ErrNoListener) {
+		t.Errorf("replay for a listener that is gone: %v, want ErrNoListener", err)
+	}
+	if n, err := pub.ReplayAll(ctx, ""); n != 0 || !errors.Is(err, events.ErrNoListener) {
+		t.Errorf("ReplayAll with a gone listener's letter: %d, %v; want 0, ErrNoListener", n, err)
+	}
+	if err := pub.Discard(ctx, ack.Sequence); err != nil {
+		t.Fatal(err)
+	}
+
 	// What cannot be replayed can be discarded.
 	if err := pub.Discard(ctx, guardLetter.Seq); err != nil {
 		t.Fatal(err)
