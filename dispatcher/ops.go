@@ -145,18 +145,26 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	return nil
 }
 
-// RequeueAll requeues every dead job that is a valid envelope; it returns
-// how many were requeued and the first error met (it keeps going).
-func (d *Dispatcher) RequeueAll(ctx context.Context) (int, error) {
+// RequeueAll requeues every dead job that is a valid envelope and that
+// every filter keeps (JobNamed: the jobs of one name, once its handler is
+// fixed); it returns how many were requeued and the first error met (it
+// keeps going).
+func (d *Dispatcher) RequeueAll(ctx context.Context, filters ...func(DeadLetter) bool) (int, error) {
 	letters, err := d.DeadLetters(ctx, 0)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	var first error
+next:
 	for _, l := range letters {
 		if l.Reason == wire.ReasonMalformed {
 			continue
+		}
+		for _, keep := range filters {
+			if !keep(l) {
+				continue next
+			}
 		}
 		if err := d.RequeueSeq(ctx, l.Seq); err != nil {
 			if first == nil {
@@ -167,6 +175,11 @@ func (d *Dispatcher) RequeueAll(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, first
+}
+
+// JobNamed keeps the dead letters of jobs named one of names (RequeueAll).
+func JobNamed(names ...string) func(DeadLetter) bool {
+	return func(l DeadLetter) bool { return slices.Contains(names, l.JobName) }
 }
 
 // Queue is one queue of the jobs stream: the jobs of one priority band of

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"sync"
 	"text/tabwriter"
@@ -114,8 +115,10 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 const jobsUsage = `usage:
   connector jobs show ID [--json]         a job's state, attempts, result or error, timestamps
   connector jobs stats [--json]           per queue: jobs waiting and taken; delayed and dead jobs
-  connector jobs dead [--limit N] [--json] dead-lettered jobs with their errors
-  connector jobs requeue ID | --all       put dead jobs back, attempts reset
+  connector jobs dead [--name J] [--limit N] [--json]
+                                          dead-lettered jobs with their errors
+  connector jobs requeue ID | --all [--name J]
+                                          put dead jobs back, attempts reset
   connector jobs cancel ID [ID...]        cancel jobs no worker has taken (queued, delayed, dead)
 
 Connection flags as for "connector worker" (-h after a command lists them).
@@ -177,6 +180,7 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	cfg.Bind(fs, getenv)
 	all := fs.Bool("all", false, "requeue: every dead job")
 	limit := fs.Int("limit", 100, "dead: at most this many")
+	name := fs.String("name", "", "dead, requeue --all: the jobs of this name only")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
@@ -247,9 +251,17 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		row("updated", ts(rec.UpdatedAt))
 		return tw.Flush()
 	case "dead":
-		letters, err := d.DeadLetters(ctx, *limit)
+		n := *limit
+		if *name != "" {
+			n = 0 // filtered here: read them all, keep limit
+		}
+		letters, err := d.DeadLetters(ctx, n)
 		if err != nil {
 			return err
+		}
+		if *name != "" {
+			letters = slices.DeleteFunc(letters, func(l dispatcher.DeadLetter) bool { return l.JobName != *name })
+			letters = letters[:min(len(letters), max(*limit, 0))]
 		}
 		return writeLetters(stdout, *asJSON, letters, "no dead jobs", "JOB ID\tNAME",
 			func(l *dispatcher.DeadLetter) (*wire.DeadLetter, string) {
@@ -295,7 +307,11 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return errors.Join(errs...)
 	case "requeue":
 		if *all {
-			n, err := d.RequeueAll(ctx)
+			var filters []func(dispatcher.DeadLetter) bool
+			if *name != "" {
+				filters = append(filters, dispatcher.JobNamed(*name))
+			}
+			n, err := d.RequeueAll(ctx, filters...)
 			fmt.Fprintf(stdout, "requeued %d job(s)\n", n)
 			return err
 		}

@@ -180,8 +180,19 @@ func TestJobsCommandsRequeueDeadJobs(t *testing.T) {
 		t.Errorf("jobs dead after one requeue: %v, want %v", got, want)
 	}
 
-	// The others, all at once.
-	if out := cli("jobs", "requeue", "--all"); !strings.Contains(out, "requeued 2 job(s)") {
+	// By name: another name's are none of these.
+	if text := cli("jobs", "dead", "--name", "test.other"); !strings.Contains(text, "no dead jobs") {
+		t.Errorf("jobs dead --name test.other:\n%s", text)
+	}
+	if text := cli("jobs", "dead", "--name", "test.fragile", "--limit", "1"); strings.Count(text, "test.fragile") != 1 {
+		t.Errorf("jobs dead --name test.fragile --limit 1:\n%s", text)
+	}
+	if out := cli("jobs", "requeue", "--all", "--name", "test.other"); !strings.Contains(out, "requeued 0 job(s)") {
+		t.Errorf("jobs requeue --all --name test.other: %q", out)
+	}
+
+	// The others, all at once (by their name).
+	if out := cli("jobs", "requeue", "--all", "--name", "test.fragile"); !strings.Contains(out, "requeued 2 job(s)") {
 		t.Errorf("jobs requeue --all: %q", out)
 	}
 	waitState(job.StateDone, ids[1:]...)
