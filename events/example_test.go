@@ -21,31 +21,52 @@ import (
 	"go.uber.org/zap"
 )
 
-// An export listener that skips the echoes of its own backend's imports.
-func ExampleListeners() {
-	// An embedded JetStream server; in production, your NATS cluster.
+// startExample starts an embedded JetStream server (in production, your
+// NATS cluster) with the connector streams under prefix.
+func startExample(prefix string) (jetstream.JetStream, wire.Names, func(), error) {
 	dir, _ := os.MkdirTemp("", "events-example")
-	defer os.RemoveAll(dir)
-	ns, _ := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Port: -1, NoLog: true, NoSigs: true})
+	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		return nil, wire.Names{}, nil, err
+	}
 	go ns.Start()
 	ns.ReadyForConnections(10 * time.Second)
-	defer ns.Shutdown()
-	nc, _ := nats.Connect(ns.ClientURL())
-	defer nc.Close()
+	nc, err := nats.Connect(ns.ClientURL())
+	stop := func() {
+		if nc != nil {
+			nc.Close()
+		}
+		ns.Shutdown()
+		os.RemoveAll(dir)
+	}
+	if err != nil {
+		stop()
+		return nil, wire.Names{}, nil, err
+	}
 	js, _ := jetstream.New(nc)
+	names := wire.MustNames(prefix)
+	if err := streams.Ensure(context.Background(), js, streams.Config{Names: names}); err != nil {
+		stop()
+		return nil, wire.Names{}, nil, err
+	}
+	return js, names, stop, nil
+}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	names := wire.MustNames("example")
-	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+// An export listener that skips the echoes of its own backend's imports.
+func ExampleListeners() {
+	js, names, stop, err := startExample("example")
+	if err != nil {
 		fmt.Println(err)
 		return
 	}
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 
 	handled := make(chan events.Event)
 	// No Redis here (nil): delivery is at least once either way.
 	l := events.NewListeners(js, nil, names, zap.NewNop())
-	err := l.On("export_partner_shop1", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+	err = l.On("export_partner_shop1", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		// In a connector: enqueue units.ExportRecord{BackendID: "shop-1", ...}.
 		handled <- ev
 		return nil
@@ -134,22 +155,14 @@ func ExamplePublisher_Message() {
 // it the first time, does not handle it again (TestReplayDeadEventToItsListenerOnly
 // checks that).
 func ExamplePublisher_Replay() {
-	dir, _ := os.MkdirTemp("", "events-replay-example")
-	defer os.RemoveAll(dir)
-	ns, _ := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Port: -1, NoLog: true, NoSigs: true})
-	go ns.Start()
-	ns.ReadyForConnections(10 * time.Second)
-	defer ns.Shutdown()
-	nc, _ := nats.Connect(ns.ClientURL())
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	names := wire.MustNames("replay")
-	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+	js, names, stop, err := startExample("replay")
+	if err != nil {
 		fmt.Println(err)
 		return
 	}
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 
 	var backendUp atomic.Bool
 	exported, audited := make(chan string, 4), make(chan string, 4)
