@@ -17,8 +17,11 @@ import (
 // ErrInvalidEvent: an event cannot be published or was not decodable.
 var ErrInvalidEvent = errors.New("events: invalid event")
 
-// Publisher publishes domain events to the events stream. It is safe for
-// concurrent use.
+// Publisher publishes domain events to the events stream. It also reads
+// and operates the listeners' side of the stream, for operators (their NATS
+// user): the listeners' figures (Stats, Lag) and the events they gave up
+// on (DeadLetters, Replay, ReplayAll, Discard). It is safe for concurrent
+// use.
 type Publisher struct {
 	js     jetstream.JetStream
 	names  wire.Names

@@ -78,6 +78,8 @@ func Work(ctx context.Context, tb testing.TB, reg *worker.Registry, args job.Arg
 // WorkAttempt is Work for attempt n (1 is the first run): on the job's
 // last allowed attempt a retryable error ends it in the dead-letter
 // stream ("max_retries"), and the retry pattern's delay depends on n.
+// Without job.WithRetryPattern the pattern is job.DefaultRetryPattern, a
+// worker's default (worker.WithRetryPattern does not reach here).
 func WorkAttempt(ctx context.Context, tb testing.TB, reg *worker.Registry, n int, args job.Args, opts ...job.Option) Result {
 	tb.Helper()
 	if n < 1 {
