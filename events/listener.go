@@ -212,8 +212,11 @@ func (l *Listeners) On(name, model, event string, h Handler, opts ...ListenOptio
 	for _, o := range opts {
 		o(li)
 	}
-	if err := wire.ValidID(name); err != nil || len(name) > 64 || name == GuardName {
-		return fmt.Errorf("%w: name %q (1-64 letters, digits, '_' or '-')", ErrBadListener, name)
+	if name == GuardName {
+		return badName(name)
+	}
+	if err := checkName(name); err != nil {
+		return err
 	}
 	if err := wire.ValidModel(model); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadListener, err)

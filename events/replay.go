@@ -64,22 +64,24 @@ func (p *Publisher) DeadLetters(ctx context.Context, listener string, limit int)
 // see the event again (same event id). Replaying the same letter twice
 // within the dedup window publishes it once.
 func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
-	s, err := p.js.Stream(ctx, p.names.DeadStream())
+	s, raw, listener, err := p.letter(ctx, seq)
 	if err != nil {
-		return fmt.Errorf("events: replay: %w", err)
-	}
-	raw, err := s.GetMsg(ctx, seq)
-	if err != nil {
-		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
-	}
-	listener, ok := p.names.ParseDeadEventSubject(raw.Subject)
-	if !ok {
-		return fmt.Errorf("%w: dead letter %d is not an event's (%s)", ErrNotReplayable, seq, raw.Subject)
+		return err
 	}
 	var dl wire.DeadLetter
 	if err := wire.Unmarshal(raw.Data, &dl); err != nil {
 		return fmt.Errorf("%w: dead letter %d does not decode: %w", ErrNotReplayable, seq, err)
 	}
+	listeners, err := p.listenerConsumers(ctx)
+	if err != nil {
+		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
+	}
+	return p.replay(ctx, s, seq, listener, &dl, listeners)
+}
+
+// replay is Replay of the letter dl of listener at seq in the dead-letter
+// stream s, given the listeners that have consumers.
+func (p *Publisher) replay(ctx context.Context, s jetstream.Stream, seq uint64, listener string, dl *wire.DeadLetter, listeners map[string]*ListenerStats) error {
 	if listener == GuardName || dl.Reason == wire.ReasonMalformed || dl.Reason == wire.ReasonUnknownModel {
 		return fmt.Errorf("%w: dead letter %d: reason %s (listener %s): no listener can handle the event as it is; fix the publisher",
 			ErrNotReplayable, seq, dl.Reason, listener)
@@ -88,14 +90,10 @@ func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("%w: dead letter %d: subject %q", ErrNotReplayable, seq, dl.Subject)
 	}
 	// Only the named listener handles a replay: it must be there.
-	listeners, err := p.listenerConsumers(ctx)
-	if err != nil {
-		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
-	}
 	if listeners[listener] == nil {
 		return fmt.Errorf("%w: dead letter %d: listener %s", ErrNoListener, seq, listener)
 	}
-	msg := deadletter.Republish(dl.Subject, &dl)
+	msg := deadletter.Republish(dl.Subject, dl)
 	msg.Header.Set(wire.HeaderReplayFor, listener)
 	msg.Header.Set(wire.HeaderMsgID, "replay-"+listener+"-"+strconv.FormatUint(seq, 10))
 	if _, err := p.js.PublishMsg(ctx, msg); err != nil {
@@ -114,21 +112,33 @@ func (p *Publisher) Replay(ctx context.Context, seq uint64) error {
 // events stream until its MaxAge). The error wraps
 // jetstream.ErrMsgNotFound when there is no such letter.
 func (p *Publisher) Discard(ctx context.Context, seq uint64) error {
-	s, err := p.js.Stream(ctx, p.names.DeadStream())
+	s, _, _, err := p.letter(ctx, seq)
 	if err != nil {
-		return fmt.Errorf("events: discard: %w", err)
-	}
-	raw, err := s.GetMsg(ctx, seq)
-	if err != nil {
-		return fmt.Errorf("events: discard dead letter %d: %w", seq, err)
-	}
-	if _, ok := p.names.ParseDeadEventSubject(raw.Subject); !ok {
-		return fmt.Errorf("events: discard dead letter %d: not an event's (%s)", seq, raw.Subject)
+		return err
 	}
 	if err := s.DeleteMsg(ctx, seq); err != nil {
 		return fmt.Errorf("events: discard dead letter %d: %w", seq, err)
 	}
 	return nil
+}
+
+// letter reads the dead event's letter at seq, with the dead-letter
+// stream and the listener it names. A letter that is not an event's is
+// ErrNotReplayable; a missing one wraps jetstream.ErrMsgNotFound.
+func (p *Publisher) letter(ctx context.Context, seq uint64) (jetstream.Stream, *jetstream.RawStreamMsg, string, error) {
+	s, err := p.js.Stream(ctx, p.names.DeadStream())
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("events: dead letter %d: %w", seq, err)
+	}
+	raw, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("events: dead letter %d: %w", seq, err)
+	}
+	listener, ok := p.names.ParseDeadEventSubject(raw.Subject)
+	if !ok {
+		return nil, nil, "", fmt.Errorf("%w: dead letter %d is not an event's (%s)", ErrNotReplayable, seq, raw.Subject)
+	}
+	return s, raw, listener, nil
 }
 
 // validListener accepts "" (every listener), a listener's name and the
@@ -137,19 +147,19 @@ func validListener(name string) error {
 	if name == "" || name == GuardName {
 		return nil
 	}
+	return checkName(name)
+}
+
+// checkName checks a listener's name: 1-64 letters, digits, '_' or '-'.
+func checkName(name string) error {
 	if err := wire.ValidID(name); err != nil || len(name) > 64 {
-		return fmt.Errorf("%w: name %q (1-64 letters, digits, '_' or '-')", ErrBadListener, name)
+		return badName(name)
 	}
 	return nil
 }
 
-// deadFilter is the subject filter of listener's dead events (""
-// for every listener's).
-func (p *Publisher) deadFilter(listener string) string {
-	if listener == "" {
-		return p.names.DeadEventsWildcard()
-	}
-	return p.names.Prefix + ".dead.events." + listener + ".*"
+func badName(name string) error {
+	return fmt.Errorf("%w: name %q (1-64 letters, digits, '_' or '-')", ErrBadListener, name)
 }
 
 // ReplayAll replays every dead event of listener ("" for every
@@ -161,10 +171,21 @@ func (p *Publisher) ReplayAll(ctx context.Context, listener string) (int, error)
 	if err != nil {
 		return 0, err
 	}
+	if len(letters) == 0 {
+		return 0, nil
+	}
+	s, err := p.js.Stream(ctx, p.names.DeadStream())
+	if err != nil {
+		return 0, fmt.Errorf("events: replay: %w", err)
+	}
+	listeners, err := p.listenerConsumers(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("events: replay: %w", err)
+	}
 	n := 0
 	var first error
 	for _, l := range letters {
-		err := p.Replay(ctx, l.Seq)
+		err := p.replay(ctx, s, l.Seq, l.Listener, &l.DeadLetter, listeners)
 		switch {
 		case err == nil:
 			n++
@@ -174,4 +195,13 @@ func (p *Publisher) ReplayAll(ctx context.Context, listener string) (int, error)
 		}
 	}
 	return n, first
+}
+
+// deadFilter is the subject filter of listener's dead events (""
+// for every listener's).
+func (p *Publisher) deadFilter(listener string) string {
+	if listener == "" {
+		return p.names.DeadEventsWildcard()
+	}
+	return p.names.DeadEventsOf(listener)
 }

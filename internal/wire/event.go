@@ -276,5 +276,10 @@ func (n Names) ParseDeadEventSubject(subject string) (listener string, ok bool) 
 	return listener, true
 }
 
+// DeadEventsOf matches the dead letters of one listener.
+func (n Names) DeadEventsOf(listener string) string {
+	return n.Prefix + ".dead.events." + listener + ".*"
+}
+
 // DeadEventsWildcard matches the dead letters of every listener.
 func (n Names) DeadEventsWildcard() string { return n.Prefix + ".dead.events.>" }
