@@ -162,9 +162,6 @@ func (d *Dispatcher) publisher() *jspub.Publisher {
 // window is how many acknowledgements a bulk enqueue keeps outstanding.
 const window = 4096
 
-// Names exposes the subjects and streams this dispatcher uses.
-func (d *Dispatcher) Names() wire.Names { return d.names }
-
 var _ job.Enqueuer = (*Dispatcher)(nil)
 
 // prepared is one job ready to publish.

@@ -24,7 +24,7 @@ import (
 func TestEchoSuppressionWithUnitsImporter(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	pub := events.NewPublisher(e.js, e.names, events.WithOriginFrom(units.OriginFrom))
+	pub := e.publisher(events.WithOriginFrom(units.OriginFrom))
 
 	shop, local := unitstest.NewSystem(), unitstest.NewSystem()
 	var (
@@ -140,7 +140,7 @@ type echoLoop struct {
 
 func newEchoLoop(t *testing.T, suppress bool) *echoLoop {
 	e := newEnv(t)
-	pub := events.NewPublisher(e.js, e.names, events.WithOriginFrom(units.OriginFrom))
+	pub := e.publisher(events.WithOriginFrom(units.OriginFrom))
 	lp := &echoLoop{e: e, reg: units.NewRegistry(), jobs: unitstest.NewTrap(),
 		shop: unitstest.NewSystem(), local: unitstest.NewSystem()}
 	lp.local.OnChange = func(ctx context.Context, model string, c unitstest.Change) {

@@ -5,8 +5,8 @@
 // A service (in any language: the wire format is in docs/events.md)
 // publishes an event when it creates, writes or deletes a record:
 //
-//	pub := events.NewPublisher(js, names, events.WithOriginFrom(units.OriginFrom))
-//	_, err := pub.Publish(ctx, events.Event{
+//	pub, err := events.NewPublisher(js, events.WithPrefix("connector"), events.WithOriginFrom(units.OriginFrom))
+//	_, err = pub.Publish(ctx, events.Event{
 //		Model: "res.partner", Name: events.Write, RecordID: "42",
 //		Fields: []string{"name", "email"},
 //	})
@@ -17,12 +17,17 @@
 // per listener (at least once), and two listeners on the same event each
 // get it:
 //
-//	l := events.NewListeners(js, rdb, names, log)
-//	err := l.On("shop1_export_partner", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+//	l, err := events.NewListeners(js, events.WithRedis(rdb), events.WithLogger(log))
+//	err = l.On("shop1_export_partner", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 //		_, err := enq.Enqueue(ctx, ExportPartner{Backend: "shop-1", ID: ev.RecordID})
 //		return err
 //	}, events.WithSkipIf(events.SkipOrigin("shop-1")))
 //	err = l.Run(ctx)
+//
+// A publisher and the listeners of one deployment share its prefix
+// (WithPrefix, as worker.WithPrefix and dispatcher.WithPrefix) and, for
+// traces, a tracer provider (WithTracerProvider): both are SharedOptions,
+// accepted by NewPublisher and NewListeners alike.
 //
 // SkipOrigin is the echo suppression: an importer writes local records with
 // units.WithOrigin(ctx, backendID), the local system copies that origin into

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,7 +35,7 @@ func TestPublishWireFormat(t *testing.T) {
 	ctx := context.Background()
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	pub := events.NewPublisher(e.js, e.names, events.WithPublishTracer(tp.Tracer("test")),
+	pub := e.publisher(events.WithTracerProvider(tp),
 		events.WithOriginFrom(func(context.Context) string { return "shop-1" }))
 	at := time.UnixMilli(1700000000123)
 	ev := events.Event{Model: "res.partner", Name: events.Write, RecordID: "42", Fields: []string{"name"}, Time: at,
@@ -225,7 +226,7 @@ func TestPerRecordOrderUnderParallelism(t *testing.T) {
 			events.WithRetryDelay(func(int) time.Duration { return 10 * time.Millisecond })))
 		e.start(l)
 	}
-	pub := events.NewPublisher(e.js, e.names)
+	pub := e.publisher()
 	for n := 0; n < perRecord; n++ {
 		for r := 0; r < records; r++ {
 			if _, err := pub.Publish(context.Background(), events.Event{
@@ -333,7 +334,7 @@ func TestBadEventsAreDeadLettered(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A valid body published on another model's subject.
-	mismatch, err := events.NewPublisher(e.js, e.names).Message(events.Event{ID: wire.NewID(), Model: "res.users", Name: events.Write, RecordID: "2", Time: time.Now()})
+	mismatch, err := e.publisher().Message(events.Event{ID: wire.NewID(), Model: "res.users", Name: events.Write, RecordID: "2", Time: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,14 +460,14 @@ func TestTracingParentsConsumerToProducer(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	tr := tp.Tracer("test")
 	var handlerSpan atomic.Value
-	l := e.listeners(events.WithTracer(tr))
+	l := e.listeners(events.WithTracerProvider(tp))
 	must(t, l.On("traced", "res.partner", "", func(ctx context.Context, _ events.Event) error {
 		handlerSpan.Store(trace.SpanContextFromContext(ctx))
 		return nil
 	}, events.WithPartitions(1)))
 	e.start(l)
 	ctx, root := tr.Start(context.Background(), "request")
-	if _, err := events.NewPublisher(e.js, e.names, events.WithPublishTracer(tr)).Publish(ctx,
+	if _, err := e.publisher(events.WithTracerProvider(tp)).Publish(ctx,
 		events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +504,7 @@ func TestLinkedTracesLinkConsumerToProducer(t *testing.T) {
 	tr := tp.Tracer("test")
 	var mu sync.Mutex
 	var handled []trace.SpanContext // the handler's span, per delivery
-	l := e.listeners(events.WithTracer(tr), events.WithLinkedTraces())
+	l := e.listeners(events.WithTracerProvider(tp), events.WithLinkedTraces())
 	must(t, l.On("linked", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		mu.Lock()
 		handled = append(handled, trace.SpanContextFromContext(ctx))
@@ -516,7 +517,7 @@ func TestLinkedTracesLinkConsumerToProducer(t *testing.T) {
 	e.start(l)
 
 	ctx, root := tr.Start(context.Background(), "request")
-	id, err := events.NewPublisher(e.js, e.names, events.WithPublishTracer(tr)).Publish(ctx,
+	id, err := e.publisher(events.WithTracerProvider(tp)).Publish(ctx,
 		events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
 	root.End()
 	if err != nil {
@@ -576,8 +577,36 @@ func TestLinkedTracesLinkConsumerToProducer(t *testing.T) {
 	}
 }
 
+// A prefix that cannot name subjects is refused by both constructors; a
+// SharedOption serves both.
+func TestConstructorsCheckThePrefix(t *testing.T) {
+	for _, bad := range []string{"a.b", "a b", "a>"} {
+		if _, err := events.NewPublisher(nil, events.WithPrefix(bad)); err == nil {
+			t.Errorf("NewPublisher accepted prefix %q", bad)
+		}
+		if _, err := events.NewListeners(nil, events.WithPrefix(bad)); err == nil {
+			t.Errorf("NewListeners accepted prefix %q", bad)
+		}
+	}
+	shared := []events.SharedOption{events.WithPrefix("shop-2")}
+	pub, err := events.NewPublisher(nil, shared[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.NewListeners(nil, shared[0]); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := pub.Message(events.Event{ID: "1", Model: "res.partner", Name: events.Write, RecordID: "1", Time: time.Now()})
+	if err != nil || !strings.HasPrefix(msg.Subject, "shop-2.events.") {
+		t.Fatalf("subject under WithPrefix(\"shop-2\"): %v, %v", msg, err)
+	}
+}
+
 func TestOnValidates(t *testing.T) {
-	l := events.NewListeners(nil, nil, wire.MustNames("x"), nil)
+	l, err := events.NewListeners(nil, events.WithPrefix("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := func(context.Context, events.Event) error { return nil }
 	bad := []func() error{
 		func() error { return l.On("a.b", "m", "", h) },
@@ -690,17 +719,13 @@ func TestDeletedConsumerIsRecreated(t *testing.T) {
 	}
 }
 
-// With WithMetrics, connector.events.handled counts each delivery by
+// With WithMeterProvider, connector.events.handled counts each delivery by
 // listener, model, event and outcome.
 func TestMetricsCountOutcomes(t *testing.T) {
 	e := newEnv(t)
 	reader := sdkmetric.NewManualReader()
-	m, err := telemetry.NewMetrics(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := newCounter()
-	l := e.listeners(events.WithMetrics(m))
+	l := e.listeners(events.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
 	must(t, l.On("metered", "res.partner", "", func(_ context.Context, ev events.Event) error {
 		got.inc(ev.RecordID)
 		if ev.RecordID == "flaky" && ev.Attempt == 1 {

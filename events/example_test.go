@@ -18,16 +18,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
-	"go.uber.org/zap"
 )
 
 // startExample starts an embedded JetStream server (in production, your
-// NATS cluster) with the connector streams under prefix.
-func startExample(prefix string) (jetstream.JetStream, wire.Names, func(), error) {
+// NATS cluster) with the connector streams under prefix (in production,
+// the workers provision them).
+func startExample(prefix string) (jetstream.JetStream, func(), error) {
 	dir, _ := os.MkdirTemp("", "events-example")
 	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
-		return nil, wire.Names{}, nil, err
+		return nil, nil, err
 	}
 	go ns.Start()
 	ns.ReadyForConnections(10 * time.Second)
@@ -41,20 +41,19 @@ func startExample(prefix string) (jetstream.JetStream, wire.Names, func(), error
 	}
 	if err != nil {
 		stop()
-		return nil, wire.Names{}, nil, err
+		return nil, nil, err
 	}
 	js, _ := jetstream.New(nc)
-	names := wire.MustNames(prefix)
-	if err := streams.Ensure(context.Background(), js, streams.Config{Names: names}); err != nil {
+	if err := streams.Ensure(context.Background(), js, streams.Config{Names: wire.MustNames(prefix)}); err != nil {
 		stop()
-		return nil, wire.Names{}, nil, err
+		return nil, nil, err
 	}
-	return js, names, stop, nil
+	return js, stop, nil
 }
 
 // An export listener that skips the echoes of its own backend's imports.
 func ExampleListeners() {
-	js, names, stop, err := startExample("example")
+	js, stop, err := startExample("example")
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -64,8 +63,12 @@ func ExampleListeners() {
 	defer cancel()
 
 	handled := make(chan events.Event)
-	// No Redis here (nil): delivery is at least once either way.
-	l := events.NewListeners(js, nil, names, zap.NewNop())
+	// No Redis here (no WithRedis): delivery is at least once either way.
+	l, err := events.NewListeners(js, events.WithPrefix("example"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	err = l.On("export_partner_shop1", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		// In a connector: enqueue units.ExportRecord{BackendID: "shop-1", ...}.
 		handled <- ev
@@ -78,7 +81,11 @@ func ExampleListeners() {
 	done := make(chan error)
 	go func() { done <- l.Run(ctx) }()
 
-	pub := events.NewPublisher(js, names, events.WithOriginFrom(units.OriginFrom))
+	pub, err := events.NewPublisher(js, events.WithPrefix("example"), events.WithOriginFrom(units.OriginFrom))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	// The importer of shop-1 created partner 7: its event is an echo.
 	_, _ = pub.Publish(units.WithOrigin(ctx, "shop-1"), events.Event{Model: "res.partner", Name: events.Create, RecordID: "7"})
 	// A user renamed it: to be exported.
@@ -117,7 +124,11 @@ func ExamplePredicate() {
 // the encoded model and the record's bucket, Nats-Msg-Id = event id, and a
 // msgpack map (docs/events.md).
 func ExamplePublisher_Message() {
-	pub := events.NewPublisher(nil, wire.MustNames("connector"))
+	pub, err := events.NewPublisher(nil) // the default prefix, "connector"
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	msg, err := pub.Message(events.Event{
 		ID: "01JD7X3M9Q8Z5K2V4N6P8R0T2W", Model: "res.partner", Name: events.Write, RecordID: "42",
 		Fields: []string{"name"}, Origin: "shop-1", Time: time.UnixMilli(1700000000123),
@@ -155,7 +166,7 @@ func ExamplePublisher_Message() {
 // it the first time, does not handle it again (TestReplayDeadEventToItsListenerOnly
 // checks that).
 func ExamplePublisher_Replay() {
-	js, names, stop, err := startExample("replay")
+	js, stop, err := startExample("replay")
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -166,7 +177,11 @@ func ExamplePublisher_Replay() {
 
 	var backendUp atomic.Bool
 	exported, audited := make(chan string, 4), make(chan string, 4)
-	l := events.NewListeners(js, nil, names, zap.NewNop())
+	l, err := events.NewListeners(js, events.WithPrefix("replay"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	_ = l.On("export", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		if !backendUp.Load() {
 			return errors.New("shop unreachable")
@@ -181,7 +196,11 @@ func ExamplePublisher_Replay() {
 	done := make(chan error)
 	go func() { done <- l.Run(ctx) }()
 
-	pub := events.NewPublisher(js, names)
+	pub, err := events.NewPublisher(js, events.WithPrefix("replay"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	_, _ = pub.Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7"})
 	fmt.Println("audited", <-audited)
 

@@ -51,8 +51,24 @@ func (e *env) newJS() jetstream.JetStream {
 
 // listeners builds a Listeners on its own connection; register, then start.
 func (e *env) listeners(opts ...events.Option) *events.Listeners {
-	opts = append([]events.Option{events.WithAckWait(3 * time.Second)}, opts...)
-	return events.NewListeners(e.newJS(), e.rdb, e.names, zaptest.NewLogger(e.t), opts...)
+	e.t.Helper()
+	opts = append([]events.Option{events.WithAckWait(3 * time.Second), events.WithRedis(e.rdb),
+		events.WithPrefix(e.names.Prefix), events.WithLogger(zaptest.NewLogger(e.t))}, opts...)
+	l, err := events.NewListeners(e.newJS(), opts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
+// publisher builds a Publisher of the test's prefix.
+func (e *env) publisher(opts ...events.PublisherOption) *events.Publisher {
+	e.t.Helper()
+	p, err := events.NewPublisher(e.js, append([]events.PublisherOption{events.WithPrefix(e.names.Prefix)}, opts...)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
 }
 
 // start runs l until the test ends.
@@ -75,7 +91,7 @@ func (e *env) start(l *events.Listeners) {
 
 func (e *env) publish(ev events.Event) string {
 	e.t.Helper()
-	id, err := events.NewPublisher(e.js, e.names).Publish(context.Background(), ev)
+	id, err := e.publisher().Publish(context.Background(), ev)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 )
@@ -46,6 +47,7 @@ const (
 // the listeners' durable consumers, so the fleet handles each event once
 // per listener.
 type Listeners struct {
+	shared
 	js      jetstream.JetStream
 	rdb     redis.UniversalClient
 	names   wire.Names
@@ -57,6 +59,7 @@ type Listeners struct {
 	worker  string
 	mark    *redis.Script
 	metrics *telemetry.Metrics
+	mp      metric.MeterProvider
 	grace   time.Duration
 	retired time.Duration // InactiveThreshold of retired partition consumers
 
@@ -67,13 +70,23 @@ type Listeners struct {
 	listeners []*listener
 }
 
-// Option configures Listeners.
-type Option func(*Listeners)
+// WithRedis keeps, per listener partition, the stream sequence of the
+// last event handled, so that an event delivered again after its
+// acknowledgement was lost is not handled twice. Without it such an event
+// is handled again: delivery is at least once either way.
+func WithRedis(rdb redis.UniversalClient) Option {
+	return listenersOption(func(l *Listeners) { l.rdb = rdb })
+}
 
-// WithTracer traces the handling of each event with a CONSUMER span,
-// child of the publisher's span (from the traceparent header), or, with
-// [WithLinkedTraces], the root of a new trace linked to it.
-func WithTracer(tr trace.Tracer) Option { return func(l *Listeners) { l.tracer = tr } }
+// WithLogger sets the listeners' logger (default: none).
+func WithLogger(log *zap.Logger) Option { return listenersOption(func(l *Listeners) { l.log = log }) }
+
+// WithMeterProvider counts handled events
+// (connector.events.handled{event.listener, event.model, event.name,
+// event.outcome}, outcome one of succeeded, skipped, retried, dead).
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return listenersOption(func(l *Listeners) { l.mp = mp })
+}
 
 // WithLinkedTraces makes the handling of each event start a new trace whose
 // root CONSUMER span links to the publisher's span, instead of being its
@@ -82,21 +95,29 @@ func WithTracer(tr trace.Tracer) Option { return func(l *Listeners) { l.tracer =
 // worker.WithLinkedTraces does for jobs. What the handler does (jobs it
 // enqueues) belongs to the new trace. Events without trace context start a
 // new trace either way.
-func WithLinkedTraces() Option { return func(l *Listeners) { l.link = telemetry.LinkedMode } }
+func WithLinkedTraces() Option {
+	return listenersOption(func(l *Listeners) { l.link = telemetry.LinkedMode })
+}
 
 // WithAckWait sets how long the server waits for an acknowledgement before
 // it delivers an event again (default 30 s): the time for which a crashed
 // process's event stays blocked. Handlers are kept alive by heartbeats
 // (every AckWait/3) however long they run.
-func WithAckWait(d time.Duration) Option { return func(l *Listeners) { l.ackWait = d } }
+func WithAckWait(d time.Duration) Option {
+	return listenersOption(func(l *Listeners) { l.ackWait = d })
+}
 
-// WithMaxEventSize bounds accepted event bodies (default
-// wire.DefaultMaxEnvelope); larger ones are dead-lettered as malformed.
-func WithMaxEventSize(n int) Option { return func(l *Listeners) { l.maxSize = n } }
+// WithMaxEventSize bounds accepted event bodies (default 1 MiB); larger
+// ones are dead-lettered as malformed.
+func WithMaxEventSize(n int) Option {
+	return listenersOption(func(l *Listeners) { l.maxSize = n })
+}
 
 // WithShutdownGrace is how long Run lets running handlers finish after its
 // context ends before it cancels their context (default 30 s).
-func WithShutdownGrace(d time.Duration) Option { return func(l *Listeners) { l.grace = d } }
+func WithShutdownGrace(d time.Duration) Option {
+	return listenersOption(func(l *Listeners) { l.grace = d })
+}
 
 // DefaultRetiredConsumerTTL is how long a retired partition consumer stays
 // after its last pull request, by default.
@@ -109,18 +130,15 @@ const DefaultRetiredConsumerTTL = 24 * time.Hour
 // them when it passes, as an operator may do by hand. Taking a set back
 // clears it. 0 keeps them until deleted by hand.
 func WithRetiredConsumerTTL(d time.Duration) Option {
-	return func(l *Listeners) { l.retired = max(d, 0) }
+	return listenersOption(func(l *Listeners) { l.retired = max(d, 0) })
 }
 
 // WithWorkerID names this process in dead letters (default host:pid).
-func WithWorkerID(id string) Option { return func(l *Listeners) { l.worker = id } }
+func WithWorkerID(id string) Option {
+	return listenersOption(func(l *Listeners) { l.worker = id })
+}
 
-// WithMetrics counts handled events in m
-// (connector.events.handled{event.listener, event.model, event.name,
-// event.outcome}, outcome one of succeeded, skipped, retried, dead).
-func WithMetrics(m *telemetry.Metrics) Option { return func(l *Listeners) { l.metrics = m } }
-
-// Event outcomes counted by WithMetrics.
+// Event outcomes counted by WithMeterProvider.
 const (
 	outcomeSucceeded = telemetry.OutcomeSucceeded
 	outcomeSkipped   = "skipped"
@@ -174,18 +192,27 @@ type listener struct {
 	retryDelay         func(int) time.Duration
 }
 
-// NewListeners returns an empty set of listeners reading names' events
-// stream. rdb keeps, per listener partition, the stream sequence of the
-// last event handled, so that an event delivered again after its
-// acknowledgement was lost is not handled twice; it may be nil (then such
-// an event is handled again: delivery is at least once either way).
-func NewListeners(js jetstream.JetStream, rdb redis.UniversalClient, names wire.Names, log *zap.Logger, opts ...Option) *Listeners {
-	l := &Listeners{js: js, rdb: rdb, names: names, log: log, ackWait: DefaultAckWait, maxSize: wire.DefaultMaxEnvelope,
+// NewListeners returns an empty set of listeners reading the events stream
+// of the deployment named by WithPrefix (default "connector"); add
+// listeners with On, then Run them. It fails only on a prefix that cannot
+// name subjects or a meter provider that refuses the events' counter.
+func NewListeners(js jetstream.JetStream, opts ...Option) (*Listeners, error) {
+	l := &Listeners{js: js, ackWait: DefaultAckWait, maxSize: wire.DefaultMaxEnvelope,
 		grace: 30 * time.Second, retired: DefaultRetiredConsumerTTL,
 		mark:         redis.NewScript(markScript),
 		pollInterval: defaultPollInterval, watchInterval: defaultWatchInterval}
 	for _, o := range opts {
-		o(l)
+		o.applyListeners(l)
+	}
+	names, err := wire.NewNames(l.prefix)
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	l.names, l.tracer = names, l.newTracer()
+	if l.mp != nil {
+		if l.metrics, err = telemetry.NewMetrics(l.mp); err != nil {
+			return nil, fmt.Errorf("events: metrics: %w", err)
+		}
 	}
 	if l.log == nil {
 		l.log = zap.NewNop()
@@ -197,7 +224,7 @@ func NewListeners(js jetstream.JetStream, rdb redis.UniversalClient, names wire.
 		host, _ := os.Hostname()
 		l.worker = host + ":" + strconv.Itoa(os.Getpid())
 	}
-	return l
+	return l, nil
 }
 
 // On registers listener name for the events named event of model (event ""

@@ -84,7 +84,7 @@ func (p *proc) kill(t *testing.T) {
 // the event ids.
 func (e *env) publishBatch(records, perRecord, from int) []string {
 	e.t.Helper()
-	pub := events.NewPublisher(e.js, e.names)
+	pub := e.publisher()
 	var ids []string
 	for n := from; n < from+perRecord; n++ {
 		for r := 0; r < records; r++ {

@@ -340,7 +340,7 @@ func TestGuardDeadLettersEventsNoListenerCanReceive(t *testing.T) {
 	}, events.WithPartitions(8)))
 	e.start(l)
 
-	good, err := events.NewPublisher(e.js, e.names).Message(events.Event{ID: wire.NewID(), Model: "res.partner", Name: events.Write, RecordID: "42", Time: time.Now()})
+	good, err := e.publisher().Message(events.Event{ID: wire.NewID(), Model: "res.partner", Name: events.Write, RecordID: "42", Time: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}

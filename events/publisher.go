@@ -23,37 +23,37 @@ var ErrInvalidEvent = errors.New("events: invalid event")
 // on (DeadLetters, Replay, ReplayAll, Discard). It is safe for concurrent
 // use.
 type Publisher struct {
+	shared
 	js     jetstream.JetStream
 	names  wire.Names
 	tracer trace.Tracer
 	origin func(context.Context) string
 }
 
-// PublisherOption configures a Publisher.
-type PublisherOption func(*Publisher)
-
-// WithPublishTracer traces each publish with a PRODUCER span and puts its
-// context in the "traceparent" header. Without it the span is not recorded
-// but the caller's span context is still propagated.
-func WithPublishTracer(tr trace.Tracer) PublisherOption {
-	return func(p *Publisher) { p.tracer = tr }
-}
-
 // WithOriginFrom fills Event.Origin, when empty, from the context of
 // Publish: pass units.OriginFrom so that writes made by an importer (under
 // units.WithOrigin) publish events that its export listener skips.
 func WithOriginFrom(f func(context.Context) string) PublisherOption {
-	return func(p *Publisher) { p.origin = f }
+	return publisherOption(func(p *Publisher) { p.origin = f })
 }
 
-// NewPublisher returns a publisher into names' events stream (provisioned
-// by streams.Ensure).
-func NewPublisher(js jetstream.JetStream, names wire.Names, opts ...PublisherOption) *Publisher {
-	p := &Publisher{js: js, names: names}
+// NewPublisher returns a publisher into the events stream of the
+// deployment named by WithPrefix (default "connector"). The stream is
+// provisioned by the workers (worker.Worker.Setup) or by
+// "connector streams provision"; publishing before it exists fails.
+//
+// It fails only on a prefix that cannot name subjects.
+func NewPublisher(js jetstream.JetStream, opts ...PublisherOption) (*Publisher, error) {
+	p := &Publisher{js: js}
 	for _, o := range opts {
-		o(p)
+		o.applyPublisher(p)
 	}
-	return p
+	names, err := wire.NewNames(p.prefix)
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	p.names, p.tracer = names, p.newTracer()
+	return p, nil
 }
 
 // Publish stores ev in the events stream and returns its id. The event id

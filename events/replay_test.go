@@ -52,7 +52,7 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	}, events.WithPartitions(1)))
 	e.start(l)
 
-	pub := events.NewPublisher(e.js, e.names)
+	pub := e.publisher()
 	id := e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "42", Fields: []string{"name"}})
 	// An event on a subject no listener matches: the guard's letter.
 	stray := nats.NewMsg(e.names.Prefix + ".events.res.partner.write")

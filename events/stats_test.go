@@ -24,7 +24,7 @@ func TestStatsPerListener(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- l.Run(rctx) }()
 
-	pub := events.NewPublisher(e.js, e.names)
+	pub := e.publisher()
 	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		st, err := pub.Stats(ctx)

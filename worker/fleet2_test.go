@@ -63,7 +63,7 @@ func waitExit(t *testing.T, cmd *exec.Cmd, timeout time.Duration) error {
 func TestPeriodicTicksDuringWorkerDowntimeRunOnceAfterRestart(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	names := e.d.Names()
+	names := e.names()
 	before := e.startProc("before", 5*time.Second)
 	if err := e.d.Schedule(ctx, "beat", "@every 1s", testjobs.Stamp{Key: "beat"}); err != nil {
 		t.Fatal(err)
@@ -277,7 +277,7 @@ func TestIdentityKeyAcrossProducerProcesses(t *testing.T) {
 	for k := range ids {
 		id = k
 	}
-	s, err := e.js.Stream(ctx, e.d.Names().JobsStream())
+	s, err := e.js.Stream(ctx, e.names().JobsStream())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,7 +102,7 @@ func TestIdentityKeyUnderConcurrency(t *testing.T) {
 			t.Fatalf("enqueue %d = %q, %v (first %q)", i, ids[i], errs[i], ids[0])
 		}
 	}
-	s, err := e.js.Stream(ctx, e.d.Names().JobsStream())
+	s, err := e.js.Stream(ctx, e.names().JobsStream())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,12 +207,12 @@ func TestPeriodicJobOncePerTickAcrossWorkers(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	s, err := e.js.Stream(ctx, e.d.Names().JobsStream())
+	s, err := e.js.Stream(ctx, e.names().JobsStream())
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(e.d.Names().PeriodicSubject("tick")))
-	if err != nil || info.State.Subjects[e.d.Names().PeriodicSubject("tick")] != 1 {
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(e.names().PeriodicSubject("tick")))
+	if err != nil || info.State.Subjects[e.names().PeriodicSubject("tick")] != 1 {
 		t.Fatalf("schedule messages: %v, %v", info.State.Subjects, err)
 	}
 	testenv.Eventually(t, 15*time.Second, func() bool { return log.count("tick") >= 4 }, "4 ticks")

@@ -257,9 +257,6 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	return w, nil
 }
 
-// Names exposes the subjects and streams the worker uses.
-func (w *Worker) Names() wire.Names { return w.names }
-
 // Running returns how many jobs this worker runs right now.
 func (w *Worker) Running() int { return int(w.running.Load()) }
 

@@ -62,6 +62,9 @@ func newEnv(t *testing.T) *env {
 	return &env{t: t, srv: srv, nc: nc, js: js, rdb: rdb, prefix: prefix, d: d}
 }
 
+// names are the env's stream and subject names.
+func (e *env) names() wire.Names { return wire.MustNames(e.prefix) }
+
 // start runs a worker until the test ends (or stop is called) and waits
 // until its consumer exists.
 func (e *env) start(reg *worker.Registry, opts ...worker.Option) (stop func()) {
@@ -312,7 +315,7 @@ func TestMalformedMessagesAreDeadLetteredWithReason(t *testing.T) {
 	})
 	e.start(reg)
 	ctx := context.Background()
-	n := e.d.Names()
+	n := e.names()
 	pub := func(data []byte) {
 		t.Helper()
 		if _, err := e.js.Publish(ctx, n.JobsSubject("root", 1), data); err != nil {
@@ -435,7 +438,7 @@ func TestRetryWaitHoldsNoCapacity(t *testing.T) {
 		id, _ := e.d.Enqueue(ctx, Flaky{Mode: "quick"})
 		e.waitState(id, job.StateDone, 10*time.Second)
 	}
-	cons, err := e.js.Consumer(ctx, e.d.Names().JobsStream(), e.d.Names().JobsConsumer("root", 1))
+	cons, err := e.js.Consumer(ctx, e.names().JobsStream(), e.names().JobsConsumer("root", 1))
 	if err != nil {
 		t.Fatal(err)
 	}

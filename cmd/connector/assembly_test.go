@@ -75,7 +75,11 @@ func exampleSystems(t *testing.T, js jetstream.JetStream, prefix string) (shopUR
 	t.Helper()
 	s := httptest.NewServer(shop.NewServer(shop.WithSampleData()))
 	t.Cleanup(s.Close)
-	c := httptest.NewServer(catalog.New(catalog.WithPublisher(events.NewPublisher(js, wire.MustNames(prefix)))))
+	pub, err := events.NewPublisher(js, events.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := httptest.NewServer(catalog.New(catalog.WithPublisher(pub)))
 	t.Cleanup(c.Close)
 	return s.URL, c.URL
 }

@@ -64,7 +64,10 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return err
 	}
 	defer conns.Close()
-	pub := events.NewPublisher(conns.JS, sc.Names)
+	pub, err := events.NewPublisher(conns.JS, events.WithPrefix(sc.Names.Prefix))
+	if err != nil {
+		return err
+	}
 
 	if sub == "stats" {
 		st, err := pub.Stats(ctx)

@@ -32,7 +32,14 @@ func TestEventsDeadAndReplay(t *testing.T) {
 	}
 	var fixed atomic.Bool
 	var handled atomic.Int32
-	l := events.NewListeners(js, rdb, names, zaptest.NewLogger(t))
+	l, err := events.NewListeners(js, events.WithRedis(rdb), events.WithPrefix(prefix), events.WithLogger(zaptest.NewLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := events.NewPublisher(js, events.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := l.On("export", "res.partner", events.Write, func(context.Context, events.Event) error {
 		if !fixed.Load() {
 			return errors.New("the shop is down")
@@ -45,7 +52,7 @@ func TestEventsDeadAndReplay(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	if _, err := events.NewPublisher(js, names).Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7"}); err != nil {
+	if _, err := pub.Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7"}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -104,7 +111,7 @@ func TestEventsDeadAndReplay(t *testing.T) {
 
 	// An event not worth replaying is discarded.
 	fixed.Store(false)
-	if _, err := events.NewPublisher(js, names).Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "8"}); err != nil {
+	if _, err := pub.Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "8"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool {

@@ -32,18 +32,17 @@ func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, re
 	// The process's telemetry: the listeners' spans and metrics
 	// (connector_events_handled_total), the synchronizers' spans (binder,
 	// adapter and local calls).
-	metrics, err := telemetry.NewMetrics(conns.Telemetry.MeterProvider)
-	if err != nil {
-		return nil, err
-	}
 	lopts := []events.Option{
-		events.WithTracer(conns.Telemetry.TracerProvider.Tracer("github.com/connector-go/connector/events")),
-		events.WithMetrics(metrics),
+		events.WithPrefix(cfg.Prefix), events.WithRedis(conns.Redis), events.WithLogger(log.Named("events")),
+		events.WithTracerProvider(conns.Telemetry.TracerProvider), events.WithMeterProvider(conns.Telemetry.MeterProvider),
 	}
 	if cfg.LinkedTraces {
 		lopts = append(lopts, events.WithLinkedTraces())
 	}
-	l := events.NewListeners(conns.JS, conns.Redis, d.Names(), log.Named("events"), lopts...)
+	l, err := events.NewListeners(conns.JS, lopts...)
+	if err != nil {
+		return nil, err
+	}
 	err = shopconnector.Register(reg, l, shopconnector.Config{
 		Shops: shops, CatalogURL: catalogURL, Bindings: bindings.New(conns.Redis, cfg.Prefix, bindings.WithMeterProvider(conns.Telemetry.MeterProvider)), Jobs: d, Logger: log,
 		Tracer: conns.Telemetry.TracerProvider.Tracer("github.com/connector-go/connector/units"),
@@ -104,7 +103,11 @@ func devShop(ctx context.Context, conns *app.Conns, cfg *app.Config, d *dispatch
 	if err != nil {
 		return nil, "", err
 	}
-	cat := catalog.New(catalog.WithPublisher(events.NewPublisher(conns.JS, d.Names())), catalog.WithLogger(log.Named("catalog")))
+	pub, err := events.NewPublisher(conns.JS, events.WithPrefix(cfg.Prefix))
+	if err != nil {
+		return nil, "", err
+	}
+	cat := catalog.New(catalog.WithPublisher(pub), catalog.WithLogger(log.Named("catalog")))
 	catalogURL, err := serveExample(ctx, "catalog", catalogAddr, cat, log)
 	if err != nil {
 		return nil, "", err

@@ -20,6 +20,7 @@ import (
 	"github.com/connector-go/connector/examples/shop"
 	"github.com/connector-go/connector/examples/shopconnector"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
 	"github.com/connector-go/connector/worker"
@@ -192,6 +193,7 @@ type e2e struct {
 	version string
 	js      jetstream.JetStream
 	d       *dispatcher.Dispatcher
+	names   wire.Names
 	store   *bindings.Store
 	cat     *catalog.Server
 	shopURL string
@@ -209,19 +211,26 @@ func newE2E(t *testing.T, version string) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &e2e{t: t, version: version, js: js, d: d, store: bindings.New(rdb, prefix), shopRec: &recorder{}}
+	e := &e2e{t: t, version: version, js: js, d: d, names: wire.MustNames(prefix), store: bindings.New(rdb, prefix), shopRec: &recorder{}}
 	e.jobs = &countingEnqueuer{next: d}
 
 	shopSrv := httptest.NewServer(e.shopRec.wrap(shop.NewServer(shop.WithSampleData())))
 	t.Cleanup(shopSrv.Close)
-	e.cat = catalog.New(catalog.WithPublisher(events.NewPublisher(js, d.Names())), catalog.WithLogger(log))
+	pub, err := events.NewPublisher(js, events.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cat = catalog.New(catalog.WithPublisher(pub), catalog.WithLogger(log))
 	catSrv := httptest.NewServer(e.cat)
 	t.Cleanup(catSrv.Close)
 	e.shopURL, e.catURL = shopSrv.URL, catSrv.URL
 	e.shop = shopconnector.Shop("shop-"+version, version, shopSrv.URL)
 
 	reg := worker.NewRegistry()
-	l := events.NewListeners(js, rdb, d.Names(), log, events.WithAckWait(5*time.Second))
+	l, err := events.NewListeners(js, events.WithRedis(rdb), events.WithPrefix(prefix), events.WithLogger(log), events.WithAckWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
 	err = shopconnector.Register(reg, l, shopconnector.Config{
 		Shops: []units.Backend{e.shop}, CatalogURL: catSrv.URL, Bindings: e.store, Jobs: e.jobs, Logger: log, Partitions: 2,
 	})
@@ -285,7 +294,7 @@ func (e *e2e) listenersIdle(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		for _, m := range shopconnector.ExportedModels {
 			for i := range 2 {
-				if !e.consumerIdle(e.d.Names().EventsStream(), events.ConsumerName(shopconnector.ExportListener(e.shop.ID, m), i, 2)) {
+				if !e.consumerIdle(e.names.EventsStream(), events.ConsumerName(shopconnector.ExportListener(e.shop.ID, m), i, 2)) {
 					return false
 				}
 			}
@@ -297,7 +306,7 @@ func (e *e2e) listenersIdle(t *testing.T) {
 // events counts the events in the events stream.
 func (e *e2e) events(t *testing.T) uint64 {
 	t.Helper()
-	s, err := e.js.Stream(context.Background(), e.d.Names().EventsStream())
+	s, err := e.js.Stream(context.Background(), e.names.EventsStream())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +323,7 @@ func (e *e2e) events(t *testing.T) uint64 {
 func (e *e2e) jobsIdle() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	s, err := e.js.Stream(ctx, e.d.Names().JobsStream())
+	s, err := e.js.Stream(ctx, e.names.JobsStream())
 	if err != nil {
 		return false
 	}

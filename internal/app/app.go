@@ -244,7 +244,11 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	if err := metrics.ObserveBacklog(Backlog(c.JS, sc.Names)); err != nil {
 		return err
 	}
-	if err := metrics.ObserveListenerBacklog(events.NewPublisher(c.JS, sc.Names).Lag); err != nil {
+	ops, err := events.NewPublisher(c.JS, events.WithPrefix(sc.Names.Prefix))
+	if err != nil {
+		return err
+	}
+	if err := metrics.ObserveListenerBacklog(ops.Lag); err != nil {
 		return err
 	}
 	health := telemetry.NewHealth(c.Log)

@@ -142,14 +142,15 @@ func TestDeadMaxAgeReachesTheStream(t *testing.T) {
 		t.Fatalf("from env: %v (%v)", sc.DeadMaxAge, err)
 	}
 	_, _, js := testenv.JetStream(t)
-	w, err := worker.New(js, worker.NewRegistry(), worker.WithPrefix(testenv.Prefix(t)), worker.WithDeadMaxAge(sc.DeadMaxAge))
+	prefix := testenv.Prefix(t)
+	w, err := worker.New(js, worker.NewRegistry(), worker.WithPrefix(prefix), worker.WithDeadMaxAge(sc.DeadMaxAge))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Setup(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	s, err := js.Stream(context.Background(), w.Names().DeadStream())
+	s, err := js.Stream(context.Background(), wire.MustNames(prefix).DeadStream())
 	if err != nil {
 		t.Fatal(err)
 	}

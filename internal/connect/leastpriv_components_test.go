@@ -238,7 +238,18 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	// Events: the producer publishes, a worker-side listener handles one,
 	// another fails and dead-letters it.
 	handled := make(chan events.Event, 4)
-	l := events.NewListeners(work.js, rdb, n, zap.NewNop(), events.WithMaxEventSize(maxSize))
+	l, err := events.NewListeners(work.js, events.WithRedis(rdb), events.WithPrefix(prefix), events.WithMaxEventSize(maxSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publisher := func(js jetstream.JetStream) *events.Publisher {
+		t.Helper()
+		p, err := events.NewPublisher(js, events.WithPrefix(prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	if err := l.On("audit", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		handled <- ev
 		return nil
@@ -264,7 +275,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		lstop()
 		<-ldone
 	}()
-	pub := events.NewPublisher(prod.js, n)
+	pub := publisher(prod.js)
 	if _, err := pub.Publish(ctx, events.Event{Model: "res.partner", Name: events.Write, RecordID: "7"}); err != nil {
 		t.Fatalf("producer publishes an event: %v", err)
 	}
@@ -290,14 +301,14 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	if _, err := app.Backlog(work.js, n)(ctx); err != nil {
 		t.Fatalf("worker reads the jobs backlog: %v", err)
 	}
-	if lag, err := events.NewPublisher(work.js, n).Lag(ctx); err != nil || len(lag) == 0 {
+	if lag, err := publisher(work.js).Lag(ctx); err != nil || len(lag) == 0 {
 		t.Fatalf("worker reads the listeners' lag: %v, %v", lag, err)
 	}
 
 	// Operator: the dead events (`connector events dead`), and a replay
 	// (`connector events replay`), which the failing listener receives
 	// (and dead-letters again: it still fails).
-	opPub := events.NewPublisher(op.js, n)
+	opPub := publisher(op.js)
 	deadEvents, err := opPub.DeadLetters(ctx, "", 0)
 	if err != nil || len(deadEvents) != 1 || deadEvents[0].Listener != "failing" {
 		t.Fatalf("operator lists dead events: %+v, %v", deadEvents, err)

@@ -108,6 +108,31 @@ func (e *env) startWorker(reg *worker.Registry, opts ...worker.Option) {
 	e.run("worker", w.Run)
 }
 
+// publisher is a Publisher of the test's prefix on js (e.js when nil).
+func (e *env) publisher(js jetstream.JetStream, opts ...events.PublisherOption) *events.Publisher {
+	e.t.Helper()
+	if js == nil {
+		js = e.js
+	}
+	p, err := events.NewPublisher(js, append([]events.PublisherOption{events.WithPrefix(e.prefix)}, opts...)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// listeners is a Listeners of the test's prefix on js, with Redis rdb and
+// logger log.
+func (e *env) listeners(js jetstream.JetStream, rdb redis.UniversalClient, log *zap.Logger, opts ...events.Option) *events.Listeners {
+	e.t.Helper()
+	l, err := events.NewListeners(js, append([]events.Option{events.WithPrefix(e.prefix), events.WithRedis(rdb),
+		events.WithLogger(log)}, opts...)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
 // startListeners runs l until the test ends.
 func (e *env) startListeners(l *events.Listeners) {
 	e.t.Helper()

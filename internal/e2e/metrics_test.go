@@ -145,11 +145,7 @@ func TestRunWorkerMetrics(t *testing.T) {
 	})
 	handled := make(chan string, 1)
 	listen := func(c *app.Conns) app.Service {
-		m, err := telemetry.NewMetrics(c.Telemetry.MeterProvider)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := events.NewListeners(c.JS, c.Redis, e.names, c.Log, events.WithMetrics(m), events.WithAckWait(5*time.Second))
+		l := e.listeners(c.JS, c.Redis, c.Log, events.WithMeterProvider(c.Telemetry.MeterProvider), events.WithAckWait(5*time.Second))
 		if err := l.On("e2e_listener", "sale.order", "", func(ctx context.Context, ev events.Event) error {
 			handled <- ev.RecordID
 			return nil
@@ -182,7 +178,7 @@ func TestRunWorkerMetrics(t *testing.T) {
 	retryID := enqueue(jobFail{Msg: "busy", Retries: 1}, job.WithChannel("root.shop"))
 	deadID := enqueue(jobFail{Msg: "broken"}, job.WithChannel("root.shop"))
 	slowID := enqueue(jobSlow{}, job.WithChannel("root.slow"))
-	if _, err := events.NewPublisher(e.js, e.names).Publish(ctx, events.Event{Model: "sale.order", Name: events.Create, RecordID: "SO1"}); err != nil {
+	if _, err := e.publisher(nil).Publish(ctx, events.Event{Model: "sale.order", Name: events.Create, RecordID: "SO1"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range append(okIDs, retryID) {
@@ -611,7 +607,7 @@ func TestListenerBacklogMetric(t *testing.T) {
 	release := make(chan struct{})
 	handling := make(chan struct{}, 3)
 	listen := func(c *app.Conns) app.Service {
-		l := events.NewListeners(c.JS, c.Redis, e.names, c.Log, events.WithAckWait(5*time.Second))
+		l := e.listeners(c.JS, c.Redis, c.Log, events.WithAckWait(5*time.Second))
 		if err := l.On("lagging", "sale.order", "", func(ctx context.Context, ev events.Event) error {
 			handling <- struct{}{}
 			<-release
@@ -622,7 +618,7 @@ func TestListenerBacklogMetric(t *testing.T) {
 		return l.Run
 	}
 	a := e.startApp(worker.NewRegistry(), nil, nil, listen)
-	pub := events.NewPublisher(e.js, e.names)
+	pub := e.publisher(nil)
 	for range 3 {
 		if _, err := pub.Publish(ctx, events.Event{Model: "sale.order", Name: events.Write, RecordID: "SO9"}); err != nil {
 			t.Fatal(err)

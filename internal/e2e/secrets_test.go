@@ -19,7 +19,6 @@ import (
 	"github.com/connector-go/connector/internal/connect"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/testenv"
-	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
 	"github.com/nats-io/nats-server/v2/server"
@@ -174,14 +173,12 @@ func TestSecretsStayOut(t *testing.T) {
 		}
 		return "", leaky(j.Args.Msg)
 	})
-	names := wire.MustNames(prefix)
 	listen := func(c *app.Conns) app.Service {
-		m, err := telemetry.NewMetrics(c.Telemetry.MeterProvider)
+		l, err := events.NewListeners(c.JS, events.WithPrefix(prefix), events.WithRedis(c.Redis), events.WithLogger(c.Log),
+			events.WithMeterProvider(c.Telemetry.MeterProvider), events.WithTracerProvider(tp), events.WithAckWait(5*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
-		l := events.NewListeners(c.JS, c.Redis, names, c.Log, events.WithMetrics(m), events.WithTracer(tp.Tracer("e2e")),
-			events.WithAckWait(5*time.Second))
 		if err := l.On("e2e_leaky", "sale.order", "", func(ctx context.Context, ev events.Event) error {
 			return leaky("export " + ev.RecordID)
 		}, events.WithMaxDeliver(2), events.WithRetryDelay(func(int) time.Duration { return 10 * time.Millisecond }), events.WithPartitions(1)); err != nil {
@@ -224,7 +221,11 @@ func TestSecretsStayOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := events.NewPublisher(conns.JS, names).Publish(ctx, events.Event{Model: "sale.order", Name: events.Write, RecordID: "SO9"}); err != nil {
+	pub, err := events.NewPublisher(conns.JS, events.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, events.Event{Model: "sale.order", Name: events.Write, RecordID: "SO9"}); err != nil {
 		t.Fatal(err)
 	}
 	waitState(t, d, deadID, job.StateDead)

@@ -28,7 +28,7 @@ import (
 func TestOneTraceProducerJobsEventsJobs(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	pub := events.NewPublisher(e.js, e.names, events.WithPublishTracer(e.tp.Tracer("e2e/events")))
+	pub := e.publisher(nil, events.WithTracerProvider(e.tp))
 
 	// ids of B, the event and C, as their producers learn them
 	idsB, idsEv, idsC := make(chan string, 1), make(chan string, 1), make(chan string, 1)
@@ -66,7 +66,7 @@ func TestOneTraceProducerJobsEventsJobs(t *testing.T) {
 	})
 	e.startWorker(reg)
 
-	l := events.NewListeners(e.js, e.rdb, e.names, quietLogger(t), events.WithTracer(e.tp.Tracer("e2e/listeners")),
+	l := e.listeners(e.js, e.rdb, quietLogger(t), events.WithTracerProvider(e.tp),
 		events.WithAckWait(5*time.Second))
 	if err := l.On("export_order", "sale.order", events.Write, func(ctx context.Context, ev events.Event) error {
 		id, err := e.d.Enqueue(ctx, jobC{Partner: "p-" + ev.RecordID})
@@ -205,7 +205,7 @@ func TestSpanErrors(t *testing.T) {
 	})
 	e.startWorker(reg)
 	// A listener that fails on an event's first delivery.
-	l := events.NewListeners(e.js, e.rdb, e.names, quietLogger(t), events.WithTracer(e.tp.Tracer("e2e/listeners")),
+	l := e.listeners(e.js, e.rdb, quietLogger(t), events.WithTracerProvider(e.tp),
 		events.WithAckWait(5*time.Second))
 	if err := l.On("flaky", "res.partner", "", func(ctx context.Context, ev events.Event) error {
 		if ev.Attempt == 1 {
@@ -216,7 +216,7 @@ func TestSpanErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.startListeners(l)
-	evID, err := events.NewPublisher(e.js, e.names).Publish(ctx, events.Event{Model: "res.partner", Name: events.Create, RecordID: "7"})
+	evID, err := e.publisher(nil).Publish(ctx, events.Event{Model: "res.partner", Name: events.Create, RecordID: "7"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,11 @@ func run() error {
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 
-	l := events.NewListeners(js, rdb, names, log.Named(*id), events.WithAckWait(*ackWait), events.WithWorkerID(*id))
+	l, err := events.NewListeners(js, events.WithRedis(rdb), events.WithPrefix(names.Prefix), events.WithLogger(log.Named(*id)),
+		events.WithAckWait(*ackWait), events.WithWorkerID(*id))
+	if err != nil {
+		return err
+	}
 	err = l.On(*listener, *model, "", func(ctx context.Context, ev events.Event) error {
 		if *work > 0 {
 			time.Sleep(*work)

@@ -65,10 +65,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, onListe
 	if err != nil {
 		return err
 	}
-	names, err := wire.NewNames(*prefix)
-	if err != nil {
-		return err
-	}
 	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "catalog"})
 	if err != nil {
 		return err
@@ -90,8 +86,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, onListe
 	if err != nil {
 		return err
 	}
-	pub := events.NewPublisher(js, names,
-		events.WithPublishTracer(tel.TracerProvider.Tracer("github.com/connector-go/connector/examples/catalog")))
+	pub, err := events.NewPublisher(js, events.WithPrefix(*prefix), events.WithTracerProvider(tel.TracerProvider))
+	if err != nil {
+		return err
+	}
 	srv := &http.Server{
 		Addr:              *addr,
 		Handler:           catalog.New(catalog.WithPublisher(pub), catalog.WithLogger(log)),
@@ -103,7 +101,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, onListe
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("catalog listening", zap.String("addr", ln.Addr().String()), zap.String("events", names.EventsStream()),
+	log.Info("catalog listening", zap.String("addr", ln.Addr().String()), zap.String("prefix", *prefix),
 		zap.String("traces", tel.TracesExporter))
 	if onListen != nil {
 		onListen(ln.Addr())
