@@ -1,0 +1,201 @@
+// Package service runs a connector of your own as a worker process, the way
+// "connector worker" runs the stock one: flags and CONNECTOR_* environment
+// (the same as "connector worker -h" lists), connections to NATS and Redis
+// (credentials, TLS, reconnects), stream provisioning, OpenTelemetry traces
+// and Prometheus metrics, /livez, /readyz and /metrics, the job worker for
+// your registry, your event listeners, and a graceful shutdown on SIGTERM.
+//
+// A connector's main is its registry and a setup:
+//
+//	func main() {
+//		reg := worker.NewRegistry()
+//		worker.MustRegister(reg, exportPartner)
+//		service.Main(reg, func(ctx context.Context, env *service.Env) error {
+//			l, err := env.Listeners()
+//			if err != nil {
+//				return err
+//			}
+//			return l.On("shop1_export_partner", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+//				_, err := env.Dispatcher.Enqueue(ctx, ExportPartner{ID: ev.RecordID})
+//				return err
+//			}, events.WithSkipIf(events.SkipOrigin("shop-1")))
+//		})
+//	}
+//
+// Build it into an image and run it as the deploy/ manifests run the stock
+// worker; every flag has its environment variable.
+package service
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/app"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+)
+
+// Setup prepares what the process runs beside the jobs of its registry,
+// once it is connected and the streams are provisioned (with -provision,
+// the default), before anything runs: event listeners (Env.Listeners),
+// periodic jobs (Env.Dispatcher.Schedule), other services (Env.Go). An
+// error stops the process before it starts.
+type Setup func(ctx context.Context, env *Env) error
+
+// Env is the process as a Setup sees it: its configuration and
+// connections, ready to use. It is valid for the process's lifetime.
+type Env struct {
+	// Prefix is the deployment prefix (-prefix, CONNECTOR_PREFIX).
+	Prefix string
+	// Log is the process's logger (-log-level, -log-format).
+	Log *zap.Logger
+	// JS is the process's JetStream context, Redis its Redis client.
+	JS    jetstream.JetStream
+	Redis redis.UniversalClient
+	// Dispatcher enqueues jobs, traced and counted with the process's
+	// telemetry.
+	Dispatcher *dispatcher.Dispatcher
+	// TracerProvider and MeterProvider are the process's OpenTelemetry
+	// providers (OTEL_* environment; metrics on /metrics).
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+
+	cfg       *app.Config
+	mu        sync.Mutex
+	listeners *events.Listeners
+	services  []app.Service
+}
+
+// Listeners returns the process's event listeners, built on its
+// connections with its prefix, Redis, logger, traces (and
+// -linked-traces) and metrics; opts add to those. Register listeners
+// with On; the process runs them beside the worker. Every call returns the
+// same Listeners (opts apply on the first call only).
+func (e *Env) Listeners(opts ...events.Option) (*events.Listeners, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.listeners != nil {
+		return e.listeners, nil
+	}
+	base := []events.Option{events.WithPrefix(e.Prefix), events.WithRedis(e.Redis),
+		events.WithLogger(e.Log.Named("events")), events.WithTracerProvider(e.TracerProvider),
+		events.WithMeterProvider(e.MeterProvider)}
+	if e.cfg.LinkedTraces {
+		base = append(base, events.WithLinkedTraces())
+	}
+	l, err := events.NewListeners(e.JS, append(base, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	e.listeners = l
+	e.services = append(e.services, l.Run)
+	return l, nil
+}
+
+// Go runs f beside the worker until the process stops: f's context ends
+// at shutdown, and an error f returns stops the process (after the others
+// have stopped too) and is Run's error.
+func (e *Env) Go(f func(ctx context.Context) error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.services = append(e.services, f)
+}
+
+// Main runs the process with the program's arguments and environment
+// until SIGINT or SIGTERM, then exits: with status 0 after a graceful
+// shutdown, 2 on bad flags, 1 on any other error (printed on stderr, with
+// any password in a URL redacted).
+func Main(reg *worker.Registry, setups ...Setup) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := Run(ctx, os.Args[1:], os.Getenv, reg, setups...)
+	stop()
+	os.Exit(exitCode(err, os.Stderr, os.Args[0]))
+}
+
+// exitCode reports err on w and returns the process's exit status.
+func exitCode(err error, w io.Writer, prog string) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errFlags):
+		return 2
+	}
+	fmt.Fprintf(w, "%s: %s\n", prog, telemetry.Redact(err.Error()))
+	return 1
+}
+
+var errFlags = errors.New("service: bad flags")
+
+// Run is Main without the exit: it parses args (the flags, without the
+// program name; defaults from getenv), connects, provisions the streams,
+// runs the setups, then the worker, the listeners and the services until
+// ctx ends, and shuts them down gracefully. It returns nil after a
+// graceful shutdown.
+func Run(ctx context.Context, args []string, getenv func(string) string, reg *worker.Registry, setups ...Setup) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var cfg app.Config
+	cfg.Bind(fs, getenv)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errFlags, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errFlags, fs.Arg(0))
+	}
+	log, err := telemetry.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errFlags, err)
+	}
+	defer func() { _ = log.Sync() }()
+	conns, err := app.Open(ctx, &cfg, log)
+	if err != nil {
+		return err
+	}
+	defer conns.Close()
+	d, err := conns.Dispatcher(&cfg)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = d.Close(context.WithoutCancel(ctx)) }()
+	// The streams exist before the setups run (a setup may register
+	// periodic jobs); the worker checks them again as it starts.
+	if cfg.Provision {
+		sc, err := cfg.Streams()
+		if err != nil {
+			return fmt.Errorf("%w: %w", errFlags, err)
+		}
+		if err := streams.Ensure(ctx, conns.JS, sc); err != nil {
+			return err
+		}
+	}
+	env := &Env{Prefix: cfg.Prefix, Log: log, JS: conns.JS, Redis: conns.Redis, Dispatcher: d,
+		TracerProvider: conns.Telemetry.TracerProvider, MeterProvider: conns.Telemetry.MeterProvider, cfg: &cfg}
+	for _, s := range setups {
+		if err := s(ctx, env); err != nil {
+			return fmt.Errorf("service: setup: %w", err)
+		}
+	}
+	env.mu.Lock()
+	extra := env.services
+	env.mu.Unlock()
+	return app.RunWorker(ctx, &cfg, conns, reg, extra...)
+}

@@ -1,0 +1,195 @@
+package service_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/job"
+	"github.com/connector-go/connector/service"
+	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+type exportPartner struct {
+	ID string `msgpack:"id"`
+}
+
+func (exportPartner) JobName() string { return "test.export_partner" }
+
+// freeAddr returns a 127.0.0.1 address nothing listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+func get(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// proc is a service.Run in the background.
+type proc struct {
+	prefix string
+	base   string // http://<health and metrics address>
+	nats   *testenv.NATSServer
+	cancel context.CancelFunc
+	ended  chan struct{} // closed when Run has returned, with err
+	err    error
+}
+
+// wait waits for Run to return and returns its error.
+func (p *proc) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-p.ended:
+		return p.err
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+// stop cancels Run's context and returns its error.
+func (p *proc) stop(t *testing.T) error {
+	t.Helper()
+	p.cancel()
+	return p.wait(t)
+}
+
+// run starts service.Run on a fresh embedded NATS and the test's Redis
+// prefix, with extra flags.
+func run(t *testing.T, reg *worker.Registry, extra []string, setups ...service.Setup) *proc {
+	t.Helper()
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	p := &proc{nats: testenv.StartNATS(t)}
+	_, p.prefix = testenv.Redis(t)
+	addr := freeAddr(t)
+	p.base = "http://" + addr
+	args := append([]string{"--nats", p.nats.URL, "--redis", testenv.RedisURL(t), "--prefix", p.prefix,
+		"--http", addr, "--log-level", "warn", "--ack-wait", "5s", "--shutdown-grace", "5s"}, extra...)
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel, p.ended = cancel, make(chan struct{})
+	go func() {
+		defer close(p.ended)
+		p.err = service.Run(ctx, args, func(string) string { return "" }, reg, setups...)
+	}()
+	t.Cleanup(func() { _ = p.stop(t) })
+	return p
+}
+
+// A connector's own process: its jobs, its listener (enqueuing a job for
+// each event) and a service of its own run on the process's connections,
+// with health and metrics; a cancelled context shuts it down gracefully.
+func TestRunsJobsListenersAndServices(t *testing.T) {
+	exported := make(chan string, 4)
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[exportPartner]) (string, error) {
+		exported <- j.Args.ID
+		return "exported", nil
+	})
+	serviceStopped := make(chan struct{})
+	p := run(t, reg, nil, func(ctx context.Context, env *service.Env) error {
+		l, err := env.Listeners()
+		if err != nil {
+			return err
+		}
+		if again, _ := env.Listeners(); again != l {
+			t.Error("Listeners: a second call built another set")
+		}
+		env.Go(func(ctx context.Context) error {
+			<-ctx.Done()
+			close(serviceStopped)
+			return nil
+		})
+		return l.On("export_partner", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+			_, err := env.Dispatcher.Enqueue(ctx, exportPartner{ID: ev.RecordID})
+			return err
+		}, events.WithPartitions(1))
+	})
+	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
+
+	// Another service of the company publishes an event.
+	pub, err := events.NewPublisher(p.js(t), events.WithPrefix(p.prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(context.Background(), events.Event{Model: "res.partner", Name: events.Write, RecordID: "42"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-exported:
+		if id != "42" {
+			t.Fatalf("exported %q, want 42", id)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the event's job did not run")
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, m := get(p.base + "/metrics")
+		return strings.Contains(m, `connector_events_handled_total{`) && strings.Contains(m, `event_listener="export_partner"`) &&
+			strings.Contains(m, `connector_jobs_enqueued_total{`) && strings.Contains(m, `connector_jobs_ended_total{`)
+	}, "the listener's, the dispatcher's and the worker's metrics on /metrics")
+
+	if err := p.stop(t); err != nil {
+		t.Fatalf("Run after a graceful shutdown: %v", err)
+	}
+	select {
+	case <-serviceStopped:
+	default:
+		t.Fatal("Run returned before the setup's service stopped")
+	}
+}
+
+// js connects to the process's NATS server, as another service would.
+func (p *proc) js(t *testing.T) jetstream.JetStream { return jsOf(t, p.nats) }
+
+// jsOf connects to srv, as another service would.
+func jsOf(t *testing.T, srv *testenv.NATSServer) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(srv.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// A setup's error stops the process before it starts, and is Run's error.
+func TestSetupErrorStopsTheProcess(t *testing.T) {
+	broken := errors.New("catalog URL missing")
+	p := run(t, worker.NewRegistry(), nil, func(context.Context, *service.Env) error { return broken })
+	if err := p.wait(t); !errors.Is(err, broken) {
+		t.Fatalf("Run: %v, want the setup's error", err)
+	}
+}
+
+// A service that fails stops the process (the worker drains) and its
+// error is Run's.
+func TestServiceErrorStopsTheProcess(t *testing.T) {
+	lost := errors.New("lost the backend's webhook socket")
+	p := run(t, worker.NewRegistry(), nil, func(_ context.Context, env *service.Env) error {
+		env.Go(func(context.Context) error { return lost })
+		return nil
+	})
+	if err := p.wait(t); !errors.Is(err, lost) {
+		t.Fatalf("Run: %v, want the service's error", err)
+	}
+}
