@@ -135,6 +135,12 @@ func WithMemoryStorage() Option { return func(c *config) { c.streams.Memory = tr
 // worker should get the same value.
 func WithDeadMaxAge(d time.Duration) Option { return func(c *config) { c.streams.DeadMaxAge = d } }
 
+// WithEventsMaxAge bounds how long domain events are kept in the events
+// stream this worker provisions (default 7 days): the longest a listener
+// may be stopped, or lag behind, without missing events. Every
+// provisioning worker should get the same value.
+func WithEventsMaxAge(d time.Duration) Option { return func(c *config) { c.streams.EventsMaxAge = d } }
+
 // WithRecordTTL sets how long job records are kept (default 7 days).
 func WithRecordTTL(d time.Duration) Option { return func(c *config) { c.recordTTL = d } }
 

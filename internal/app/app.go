@@ -52,6 +52,8 @@ type Config struct {
 	RecordTTL time.Duration
 	// DeadMaxAge bounds how long dead letters are kept (0: forever).
 	DeadMaxAge time.Duration
+	// EventsMaxAge bounds how long domain events are kept (default 7 days).
+	EventsMaxAge time.Duration
 	// RegisterSchedules lets the process register periodic jobs at start
 	// (the example connector's imports). Least-privilege workers may not:
 	// an operator registers them (shop-schedule), and this is false.
@@ -105,6 +107,7 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&c.LinkedTraces, "linked-traces", envOr(getenv, "CONNECTOR_LINKED_TRACES", "false") == "true", "job runs start new traces linked to the producer instead of child spans (env CONNECTOR_LINKED_TRACES)")
 	fs.BoolVar(&c.TraceHeaders, "trace-headers", envBool(getenv, "CONNECTOR_TRACE_HEADERS", false), "enqueued jobs carry their trace context in W3C headers too, not only in their envelope (for nats-server message tracing) (env CONNECTOR_TRACE_HEADERS)")
 	fs.DurationVar(&c.DeadMaxAge, "dead-max-age", envDur(getenv, "CONNECTOR_DEAD_MAX_AGE", 0), "how long dead letters are kept in the dead-letter stream; 0 keeps them until requeued or removed (env CONNECTOR_DEAD_MAX_AGE)")
+	fs.DurationVar(&c.EventsMaxAge, "events-max-age", envDur(getenv, "CONNECTOR_EVENTS_MAX_AGE", streams.DefaultEventsMaxAge), "how long domain events are kept in the events stream: the longest a listener may be stopped or lag behind without missing events (env CONNECTOR_EVENTS_MAX_AGE)")
 	fs.DurationVar(&c.RecordTTL, "record-ttl", envDur(getenv, "CONNECTOR_RECORD_TTL", records.DefaultTTL), "how long job records (connector jobs show) are kept in Redis after their last update (env CONNECTOR_RECORD_TTL)")
 	fs.BoolVar(&c.RegisterSchedules, "register-schedules", envBool(getenv, "CONNECTOR_REGISTER_SCHEDULES", true), "register periodic jobs at start; false where only an operator may (least privilege: docs/security.md) (env CONNECTOR_REGISTER_SCHEDULES)")
 	fs.StringVar(&c.Channels, "channels", envOr(getenv, "CONNECTOR_CHANNELS", ""), `channel capacities, e.g. "root:4,root.shop:2,root.shop.orders:1:sequential" (env CONNECTOR_CHANNELS)`)
@@ -127,7 +130,7 @@ func (c *Config) Streams() (streams.Config, error) {
 	if err != nil {
 		return streams.Config{}, err
 	}
-	return streams.Config{Names: n, Replicas: c.Replicas, DeadMaxAge: c.DeadMaxAge}, nil
+	return streams.Config{Names: n, Replicas: c.Replicas, DeadMaxAge: c.DeadMaxAge, EventsMaxAge: c.EventsMaxAge}, nil
 }
 
 // Conns are the live connections and telemetry of a process.
@@ -223,6 +226,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		worker.WithConcurrency(cfg.Concurrency), worker.WithAckWait(cfg.AckWait),
 		worker.WithShutdownGrace(cfg.ShutdownGrace), worker.WithStreamReplicas(cfg.Replicas),
 		worker.WithChannels(cfg.Channels), worker.WithRecordTTL(cfg.RecordTTL), worker.WithDeadMaxAge(cfg.DeadMaxAge),
+		worker.WithEventsMaxAge(cfg.EventsMaxAge),
 	}
 	if !cfg.Provision {
 		opts = append(opts, worker.WithoutProvisioning())

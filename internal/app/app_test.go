@@ -129,21 +129,23 @@ func TestRecordTTLAndHTTPListener(t *testing.T) {
 	}
 }
 
-// Dead letters' retention comes from --dead-max-age / CONNECTOR_DEAD_MAX_AGE
-// and reaches the dead-letter stream a worker provisions.
-func TestDeadMaxAgeReachesTheStream(t *testing.T) {
+// Dead letters' and events' retention come from --dead-max-age /
+// CONNECTOR_DEAD_MAX_AGE and --events-max-age / CONNECTOR_EVENTS_MAX_AGE
+// and reach the streams a worker provisions.
+func TestMaxAgesReachTheStreams(t *testing.T) {
 	def := bind(t, nil)
-	if sc, err := def.Streams(); err != nil || sc.DeadMaxAge != 0 {
-		t.Fatalf("default dead max age %v (%v), want 0 (forever)", sc.DeadMaxAge, err)
+	if sc, err := def.Streams(); err != nil || sc.DeadMaxAge != 0 || sc.EventsMaxAge != 7*24*time.Hour {
+		t.Fatalf("default max ages: dead %v, events %v (%v), want 0 (forever) and 168h", sc.DeadMaxAge, sc.EventsMaxAge, err)
 	}
-	cfg := bind(t, map[string]string{"CONNECTOR_DEAD_MAX_AGE": "720h"})
+	cfg := bind(t, map[string]string{"CONNECTOR_DEAD_MAX_AGE": "720h", "CONNECTOR_EVENTS_MAX_AGE": "336h"})
 	sc, err := cfg.Streams()
-	if err != nil || sc.DeadMaxAge != 720*time.Hour {
-		t.Fatalf("from env: %v (%v)", sc.DeadMaxAge, err)
+	if err != nil || sc.DeadMaxAge != 720*time.Hour || sc.EventsMaxAge != 336*time.Hour {
+		t.Fatalf("from env: dead %v, events %v (%v)", sc.DeadMaxAge, sc.EventsMaxAge, err)
 	}
 	_, _, js := testenv.JetStream(t)
 	prefix := testenv.Prefix(t)
-	w, err := worker.New(js, worker.NewRegistry(), worker.WithPrefix(prefix), worker.WithDeadMaxAge(sc.DeadMaxAge))
+	w, err := worker.New(js, worker.NewRegistry(), worker.WithPrefix(prefix), worker.WithDeadMaxAge(sc.DeadMaxAge),
+		worker.WithEventsMaxAge(sc.EventsMaxAge))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +158,13 @@ func TestDeadMaxAgeReachesTheStream(t *testing.T) {
 	}
 	if got := s.CachedInfo().Config.MaxAge; got != 720*time.Hour {
 		t.Fatalf("dead-letter stream MaxAge %v, want 720h", got)
+	}
+	s, err = js.Stream(context.Background(), wire.MustNames(prefix).EventsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxAge; got != 336*time.Hour {
+		t.Fatalf("events stream MaxAge %v, want 336h", got)
 	}
 }
 

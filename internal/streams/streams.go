@@ -80,12 +80,15 @@ func Dead(c Config) jetstream.StreamConfig {
 	}
 }
 
+// DefaultEventsMaxAge is how long events are kept by default.
+const DefaultEventsMaxAge = 7 * 24 * time.Hour
+
 // Events is the stream of domain events: limits retention so that every
 // listener (a durable consumer each) reads every event.
 func Events(c Config) jetstream.StreamConfig {
 	age := c.EventsMaxAge
 	if age <= 0 {
-		age = 7 * 24 * time.Hour
+		age = DefaultEventsMaxAge
 	}
 	return jetstream.StreamConfig{
 		Name:        c.Names.EventsStream(),
