@@ -337,6 +337,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	shopAddr := fs.String("shop-addr", "127.0.0.1:8081", "address of the example shop (examples/shop)")
 	catalogAddr := fs.String("catalog-addr", "127.0.0.1:8082", "address of the example catalog (examples/catalog)")
 	importEvery := fs.String("import-every", "@every 10s", "schedule of the example connector's batch imports")
+	serversOnly := fs.Bool("servers-only", false, "run the embedded NATS and Redis only (no worker, no demo), for running your own connector against them")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -360,6 +361,17 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		return err
 	}
 	defer mr.Close()
+	if *serversOnly {
+		fmt.Fprintf(stdout, `
+connector dev is running its servers only (Ctrl-C to stop)
+  NATS JetStream  %s   (embedded)
+  Redis store     redis://%s/0   (embedded miniredis)
+Run your connector (service.Main) against them:
+  go run ./cmd/<your connector> --nats %s --redis redis://%s/0 --http 127.0.0.1:8090
+`, ns.URL, mr.Addr(), ns.URL, mr.Addr())
+		<-ctx.Done()
+		return nil
+	}
 	// Like the shop and catalog: a busy address falls back to a free port,
 	// and what is printed is where it really listens.
 	httpLn, err := net.Listen("tcp", *httpAddr)
