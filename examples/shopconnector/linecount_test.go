@@ -61,6 +61,7 @@ func TestLineCounts(t *testing.T) {
 	check("README.md", readme, "The example connector in `examples/shopconnector` \\((\\d+) lines of Go", total)
 	check("README.md", readme, "tests aside: the connector package, (\\d+),", pkg)
 	check("README.md", readme, "the (\\d+)-line `shop-schedule` command", lines["cmd/shop-schedule/main.go"])
+	check("README.md", readme, "`shop-worker`, a `service.Main` in (\\d+) lines", lines["cmd/shop-worker/main.go"])
 	doc := read("../../docs/example.md")
 	check("docs/example.md", doc, "`examples/shopconnector` is (\\d+) lines of Go", total)
 	check("docs/example.md", doc, "the connector package, (\\d+) \\(", pkg)
