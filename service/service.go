@@ -53,8 +53,10 @@ import (
 // Setup prepares what the process runs beside the jobs of its registry,
 // once it is connected and the streams are provisioned (with -provision,
 // the default), before anything runs: event listeners (Env.Listeners),
-// periodic jobs (Env.Dispatcher.Schedule), other services (Env.Go). An
-// error stops the process before it starts.
+// periodic jobs (Env.Dispatcher.Schedule), other services (Env.Go). It
+// may still register handlers in the registry (a connector's jobs often
+// need the process's connections). An error stops the process before it
+// starts.
 type Setup func(ctx context.Context, env *Env) error
 
 // Env is the process as a Setup sees it: its configuration and
