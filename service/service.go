@@ -79,20 +79,29 @@ type Env struct {
 
 	cfg       *app.Config
 	mu        sync.Mutex
+	started   bool // the setups are over: Listeners and Go may not add any more
 	listeners *events.Listeners
 	services  []app.Service
 }
+
+// ErrStarted: Env.Listeners was called after the setups, when the process
+// no longer takes new services.
+var ErrStarted = errors.New("service: the process has started; build listeners in a Setup")
 
 // Listeners returns the process's event listeners, built on its
 // connections with its prefix, Redis, logger, traces (and
 // -linked-traces) and metrics; opts add to those. Register listeners
 // with On; the process runs them beside the worker. Every call returns the
-// same Listeners (opts apply on the first call only).
+// same Listeners (opts apply on the first call only). The first call must
+// come from a Setup (later: ErrStarted).
 func (e *Env) Listeners(opts ...events.Option) (*events.Listeners, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.listeners != nil {
 		return e.listeners, nil
+	}
+	if e.started {
+		return nil, ErrStarted
 	}
 	base := []events.Option{events.WithPrefix(e.Prefix), events.WithRedis(e.Redis),
 		events.WithLogger(e.Log.Named("events")), events.WithTracerProvider(e.TracerProvider),
@@ -111,10 +120,14 @@ func (e *Env) Listeners(opts ...events.Option) (*events.Listeners, error) {
 
 // Go runs f beside the worker until the process stops: f's context ends
 // at shutdown, and an error f returns stops the process (after the others
-// have stopped too) and is Run's error.
+// have stopped too) and is Run's error. Call it from a Setup: a later call
+// panics, as f would never run.
 func (e *Env) Go(f func(ctx context.Context) error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.started {
+		panic(ErrStarted)
+	}
 	e.services = append(e.services, f)
 }
 
@@ -197,6 +210,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 		}
 	}
 	env.mu.Lock()
+	env.started = true
 	extra := env.services
 	env.mu.Unlock()
 	return app.RunWorker(ctx, &cfg, conns, reg, extra...)

@@ -107,7 +107,9 @@ func TestRunsJobsListenersAndServices(t *testing.T) {
 		return "exported", nil
 	})
 	serviceStopped := make(chan struct{})
+	var setupEnv *service.Env
 	p := run(t, reg, nil, func(ctx context.Context, env *service.Env) error {
+		setupEnv = env
 		l, err := env.Listeners()
 		if err != nil {
 			return err
@@ -149,6 +151,11 @@ func TestRunsJobsListenersAndServices(t *testing.T) {
 			strings.Contains(m, `connector_jobs_enqueued_total{`) && strings.Contains(m, `connector_jobs_ended_total{`)
 	}, "the listener's, the dispatcher's and the worker's metrics on /metrics")
 
+	// Once started, the process takes no new listeners.
+	if again, err := setupEnv.Listeners(); err != nil || again == nil {
+		t.Errorf("Listeners after start, already built: %v, %v", again, err)
+	}
+
 	if err := p.stop(t); err != nil {
 		t.Fatalf("Run after a graceful shutdown: %v", err)
 	}
@@ -170,6 +177,20 @@ func jsOf(t *testing.T, srv *testenv.NATSServer) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// After the setups, Env takes no new listeners: ErrStarted.
+func TestListenersAfterStart(t *testing.T) {
+	envs := make(chan *service.Env, 1)
+	p := run(t, worker.NewRegistry(), nil, func(_ context.Context, env *service.Env) error {
+		envs <- env
+		return nil
+	})
+	env := <-envs
+	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
+	if _, err := env.Listeners(); !errors.Is(err, service.ErrStarted) {
+		t.Fatalf("Listeners after start: %v, want ErrStarted", err)
+	}
 }
 
 // A setup's error stops the process before it starts, and is Run's error.
