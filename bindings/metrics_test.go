@@ -129,7 +129,7 @@ func TestStoreOpMetrics(t *testing.T) {
 	must("completed", err)
 
 	// A Store over a Redis that is down records its failures as errors.
-	down := redis.NewClient(&redis.Options{Addr: closedAddr(t), MaxRetries: -1, DialTimeout: time.Second, DialerRetries: 1})
+	down := redis.NewClient(&redis.Options{Addr: testenv.FreeAddr(t), MaxRetries: -1, DialTimeout: time.Second, DialerRetries: 1})
 	t.Cleanup(func() { _ = down.Close() })
 	ds := bindings.New(down, prefix, bindings.WithMeterProvider(mp))
 	if err := ds.Binder("shop", "product").Bind(ctx, "E1", "L1", time.Now()); err == nil {

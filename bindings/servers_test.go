@@ -35,7 +35,7 @@ func startRedisServer(t *testing.T, args ...string) string {
 		t.Skip("redis-server not installed: cannot start a Redis of the test's own")
 	}
 	dir := t.TempDir()
-	addr := closedAddr(t)
+	addr := testenv.FreeAddr(t)
 	port := addr[strings.LastIndexByte(addr, ':')+1:]
 	logFile := filepath.Join(dir, "redis.log")
 	cmd := exec.Command(bin, append([]string{"--port", port, "--bind", "127.0.0.1",

@@ -3,7 +3,6 @@ package bindings_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -15,23 +14,11 @@ import (
 	"github.com/connector-go/connector/job"
 )
 
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // With Redis down, every operation returns an error value that is both
 // ErrUnavailable and a (counted) job.RetryableError: the job retries and
 // nothing is lost. No panic, no hang.
 func TestRedisDownIsRetryable(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: closedAddr(t), MaxRetries: -1, DialTimeout: time.Second, DialerRetries: 1})
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.FreeAddr(t), MaxRetries: -1, DialTimeout: time.Second, DialerRetries: 1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	s := bindings.New(rdb, "down")
 	b := s.Binder("shop", "product")
@@ -172,7 +159,7 @@ func TestRedisOutageMidSession(t *testing.T) {
 // primary later.
 func TestReplicaRepliesAreRetryable(t *testing.T) {
 	// A replica of a primary that is gone (nothing listens there).
-	addr := startRedisServer(t, "--replicaof", "127.0.0.1", closedAddr(t)[len("127.0.0.1:"):])
+	addr := startRedisServer(t, "--replicaof", "127.0.0.1", testenv.FreeAddr(t)[len("127.0.0.1:"):])
 	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	s := bindings.New(rdb, "replica")

@@ -52,7 +52,7 @@ func childMain() {
 func TestMainRunsUntilSIGTERM(t *testing.T) {
 	srv := testenv.StartNATS(t)
 	rdb, prefix := testenv.Redis(t)
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	cmd := exec.Command(os.Args[0], "--nats", srv.URL, "--redis", testenv.RedisURL(t), "--prefix", prefix,
 		"--http", addr, "--log-level", "warn", "--ack-wait", "5s")
 	cmd.Env = append(os.Environ(), "SERVICE_TEST_CHILD=1", "OTEL_TRACES_EXPORTER=none")

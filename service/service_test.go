@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -23,18 +22,6 @@ type exportPartner struct {
 }
 
 func (exportPartner) JobName() string { return "test.export_partner" }
-
-// freeAddr returns a 127.0.0.1 address nothing listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
 
 func get(url string) (int, string) {
 	resp, err := http.Get(url)
@@ -82,7 +69,7 @@ func run(t *testing.T, reg *worker.Registry, extra []string, setups ...service.S
 	t.Setenv("OTEL_TRACES_EXPORTER", "none")
 	p := &proc{nats: testenv.StartNATS(t)}
 	_, p.prefix = testenv.Redis(t)
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	p.base = "http://" + addr
 	args := append([]string{"--nats", p.nats.URL, "--redis", testenv.RedisURL(t), "--prefix", p.prefix,
 		"--http", addr, "--log-level", "warn", "--ack-wait", "5s", "--shutdown-grace", "5s"}, extra...)

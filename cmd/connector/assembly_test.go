@@ -46,18 +46,6 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// freeAddr returns a 127.0.0.1 address nothing listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // scrape returns the text of a /metrics endpoint ("" when it does not answer).
 func scrape(url string) string {
 	resp, err := http.Get(url)
@@ -114,7 +102,7 @@ func TestWorkerAssemblyTelemetry(t *testing.T) {
 	srv, _, js := testenv.JetStream(t)
 	_, prefix := testenv.Redis(t)
 	shopURL, catalogURL := exampleSystems(t, js, prefix)
-	httpAddr := freeAddr(t)
+	httpAddr := testenv.FreeAddr(t)
 	env := map[string]string{
 		"CONNECTOR_TEST_RUN_MAIN": "worker",
 		"CONNECTOR_NATS_URL":      srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,

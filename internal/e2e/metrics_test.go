@@ -58,7 +58,7 @@ func (e *env) startApp(reg *worker.Registry, log *zap.Logger, rdb redis.Universa
 	a := &appWorker{
 		cfg: &app.Config{
 			Prefix: e.prefix, Replicas: 1, Concurrency: 8, AckWait: 10 * time.Second,
-			ShutdownGrace: 10 * time.Second, HTTPAddr: freeAddr(e.t), LogLevel: "info", LogFormat: "json",
+			ShutdownGrace: 10 * time.Second, HTTPAddr: testenv.FreeAddr(e.t), LogLevel: "info", LogFormat: "json",
 			Provision: false, ServiceName: "e2e-worker",
 		},
 		conns: &app.Conns{Log: log, NC: e.nc, JS: e.js, Redis: rdb, Telemetry: tel},
@@ -350,7 +350,7 @@ func waitState(t *testing.T, d interface {
 func TestReadyzDependencies(t *testing.T) {
 	t.Run("redis unreachable", func(t *testing.T) {
 		e := newEnv(t)
-		rdb := redis.NewClient(&redis.Options{Addr: closedAddr(t), Password: "S3CRET",
+		rdb := redis.NewClient(&redis.Options{Addr: testenv.FreeAddr(t), Password: "S3CRET",
 			DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
 		t.Cleanup(func() { _ = rdb.Close() })
 		a := e.startApp(worker.NewRegistry(), nil, rdb)

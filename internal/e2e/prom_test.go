@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -158,21 +157,6 @@ func scrape(t *testing.T, base string) (metrics, string) {
 	}
 	return parseProm(t, body), body
 }
-
-// freeAddr returns a loopback address with a port free right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string { return freeAddr(t) }
 
 func TestParseProm(t *testing.T) {
 	m := metrics(parseProm(t, `# HELP x a

@@ -147,7 +147,7 @@ func TestSecretsStayOut(t *testing.T) {
 	cfg := &app.Config{
 		NATS: connect.NATSConfig{URL: natsURL}, Redis: connect.RedisConfig{URL: redisURL},
 		Prefix: prefix, Replicas: 1, Concurrency: 4, AckWait: 10 * time.Second, ShutdownGrace: 5 * time.Second,
-		HTTPAddr: freeAddr(t), LogLevel: "debug", LogFormat: "json", Provision: true, ServiceName: "e2e-secrets",
+		HTTPAddr: testenv.FreeAddr(t), LogLevel: "debug", LogFormat: "json", Provision: true, ServiceName: "e2e-secrets",
 	}
 	ctx := context.Background()
 	conns, err := app.Open(ctx, cfg, log)

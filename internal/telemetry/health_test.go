@@ -40,18 +40,6 @@ func readyz(t *testing.T, base string) (int, ReadyReport) {
 	return code, rep
 }
 
-// closedAddr returns an address nobody listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // TestReadyz wires the ready-made checks to real servers: all pass (200),
 // then Redis is unreachable (503), then the NATS server goes away (503).
 func TestReadyz(t *testing.T) {
@@ -83,7 +71,7 @@ func TestReadyz(t *testing.T) {
 	}
 
 	t.Run("redis down", func(t *testing.T) {
-		bad := redis.NewClient(&redis.Options{Addr: closedAddr(t), Password: "hunter2", MaxRetries: -1, DialTimeout: 500 * time.Millisecond})
+		bad := redis.NewClient(&redis.Options{Addr: testenv.FreeAddr(t), Password: "hunter2", MaxRetries: -1, DialTimeout: 500 * time.Millisecond})
 		defer bad.Close()
 		h2 := NewHealth(nil)
 		h2.AddCheck("nats", NATSCheck(nc))

@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,6 +185,19 @@ func CleanRedis(c redis.UniversalClient, prefix string) {
 	if len(keys) > 0 {
 		c.Unlink(ctx, keys...)
 	}
+}
+
+// FreeAddr returns a 127.0.0.1 address nothing listens on right now: for a
+// server a test starts, or for a client that must find nobody there.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
 }
 
 // Eventually waits until cond is true, failing the test after timeout.
