@@ -34,6 +34,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -76,6 +77,11 @@ type Env struct {
 	// providers (OTEL_* environment; metrics on /metrics).
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
+	// RegisterSchedules says whether the process may register periodic
+	// jobs (-register-schedules, CONNECTOR_REGISTER_SCHEDULES; default
+	// true). It is false where the worker's NATS user may not: an
+	// operator registers them instead (docs/security.md).
+	RegisterSchedules bool
 
 	cfg       *app.Config
 	mu        sync.Mutex
@@ -164,7 +170,7 @@ var errFlags = errors.New("service: bad flags")
 // ctx ends, and shuts them down gracefully. It returns nil after a
 // graceful shutdown.
 func Run(ctx context.Context, args []string, getenv func(string) string, reg *worker.Registry, setups ...Setup) error {
-	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs := flag.NewFlagSet(filepath.Base(os.Args[0]), flag.ContinueOnError)
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
 	if err := fs.Parse(args); err != nil {
@@ -203,7 +209,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 		}
 	}
 	env := &Env{Prefix: cfg.Prefix, Log: log, JS: conns.JS, Redis: conns.Redis, Dispatcher: d,
-		TracerProvider: conns.Telemetry.TracerProvider, MeterProvider: conns.Telemetry.MeterProvider, cfg: &cfg}
+		TracerProvider: conns.Telemetry.TracerProvider, MeterProvider: conns.Telemetry.MeterProvider,
+		RegisterSchedules: cfg.RegisterSchedules, cfg: &cfg}
 	for _, s := range setups {
 		if err := s(ctx, env); err != nil {
 			return fmt.Errorf("service: setup: %w", err)

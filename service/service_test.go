@@ -138,6 +138,9 @@ func TestRunsJobsListenersAndServices(t *testing.T) {
 			strings.Contains(m, `connector_jobs_enqueued_total{`) && strings.Contains(m, `connector_jobs_ended_total{`)
 	}, "the listener's, the dispatcher's and the worker's metrics on /metrics")
 
+	if setupEnv.Prefix != p.prefix || !setupEnv.RegisterSchedules {
+		t.Errorf("Env: prefix %q (want %q), register schedules %v (want the default, true)", setupEnv.Prefix, p.prefix, setupEnv.RegisterSchedules)
+	}
 	// Once started, the process takes no new listeners.
 	if again, err := setupEnv.Listeners(); err != nil || again == nil {
 		t.Errorf("Listeners after start, already built: %v, %v", again, err)
@@ -166,14 +169,18 @@ func jsOf(t *testing.T, srv *testenv.NATSServer) jetstream.JetStream {
 	return js
 }
 
-// After the setups, Env takes no new listeners: ErrStarted.
+// After the setups, Env takes no new listeners: ErrStarted. (And Env
+// carries the flags a setup may need.)
 func TestListenersAfterStart(t *testing.T) {
 	envs := make(chan *service.Env, 1)
-	p := run(t, worker.NewRegistry(), nil, func(_ context.Context, env *service.Env) error {
+	p := run(t, worker.NewRegistry(), []string{"--register-schedules=false"}, func(_ context.Context, env *service.Env) error {
 		envs <- env
 		return nil
 	})
 	env := <-envs
+	if env.RegisterSchedules {
+		t.Error("Env.RegisterSchedules under --register-schedules=false")
+	}
 	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
 	if _, err := env.Listeners(); !errors.Is(err, service.ErrStarted) {
 		t.Fatalf("Listeners after start: %v, want ErrStarted", err)
