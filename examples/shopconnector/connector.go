@@ -174,8 +174,8 @@ type Config struct {
 // Register wires the shop connector into a worker registry and a set of
 // event listeners: the four synchronization jobs, and one export listener
 // per shop instance and exported model. Run the listeners next to the
-// worker (app.RunWorker takes them as an extra service) and call Schedule
-// once for the periodic imports.
+// worker (service.Env.Listeners does: see cmd/shop-worker) and call
+// Schedule once for the periodic imports.
 func Register(reg *worker.Registry, l *events.Listeners, cfg Config) error {
 	if len(cfg.Shops) == 0 || cfg.CatalogURL == "" || cfg.Bindings == nil || cfg.Jobs == nil {
 		return errors.New("shopconnector: Config needs Shops, CatalogURL, Bindings and Jobs")
