@@ -92,11 +92,12 @@ type Env struct {
 
 // ErrStarted: Env.Listeners was called after the setups, when the process
 // no longer takes new services.
-var ErrStarted = errors.New("service: the process has started; build listeners in a Setup")
+var ErrStarted = errors.New("service: the process has started; add listeners and services in a Setup")
 
 // Listeners returns the process's event listeners, built on its
 // connections with its prefix, Redis, logger, traces (and
-// -linked-traces) and metrics; opts add to those. Register listeners
+// -linked-traces), metrics and shutdown grace (-shutdown-grace, as the
+// worker's); opts add to those. Register listeners
 // with On; the process runs them beside the worker. Every call returns the
 // same Listeners (opts apply on the first call only). The first call must
 // come from a Setup (later: ErrStarted).
@@ -111,7 +112,7 @@ func (e *Env) Listeners(opts ...events.Option) (*events.Listeners, error) {
 	}
 	base := []events.Option{events.WithPrefix(e.Prefix), events.WithRedis(e.Redis),
 		events.WithLogger(e.Log.Named("events")), events.WithTracerProvider(e.TracerProvider),
-		events.WithMeterProvider(e.MeterProvider)}
+		events.WithMeterProvider(e.MeterProvider), events.WithShutdownGrace(e.cfg.ShutdownGrace)}
 	if e.cfg.LinkedTraces {
 		base = append(base, events.WithLinkedTraces())
 	}

@@ -187,6 +187,44 @@ func TestListenersAfterStart(t *testing.T) {
 	}
 }
 
+// The listeners' handlers get the process's -shutdown-grace at shutdown,
+// as its jobs do, not the events package's default of 30 s.
+func TestListenersShareTheShutdownGrace(t *testing.T) {
+	handling := make(chan struct{}, 1)
+	p := run(t, worker.NewRegistry(), []string{"--shutdown-grace", "1s"}, func(_ context.Context, env *service.Env) error {
+		l, err := env.Listeners()
+		if err != nil {
+			return err
+		}
+		return l.On("slow", "res.partner", "", func(ctx context.Context, _ events.Event) error {
+			handling <- struct{}{}
+			<-ctx.Done() // a handler that ends only when its context does
+			return ctx.Err()
+		}, events.WithPartitions(1))
+	})
+	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
+	pub, err := events.NewPublisher(p.js(t), events.WithPrefix(p.prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(context.Background(), events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-handling:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler did not start")
+	}
+	begin := time.Now()
+	p.cancel()
+	select {
+	case <-p.ended:
+	case <-time.After(20 * time.Second): // the events package's default grace is 30 s
+		t.Fatal("Run did not return within 20 s of its shutdown with a 1 s grace")
+	}
+	t.Logf("Run returned %v after the shutdown began", time.Since(begin).Round(time.Millisecond))
+}
+
 // A setup's error stops the process before it starts, and is Run's error.
 func TestSetupErrorStopsTheProcess(t *testing.T) {
 	broken := errors.New("catalog URL missing")

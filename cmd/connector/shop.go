@@ -35,6 +35,7 @@ func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, re
 	lopts := []events.Option{
 		events.WithPrefix(cfg.Prefix), events.WithRedis(conns.Redis), events.WithLogger(log.Named("events")),
 		events.WithTracerProvider(conns.Telemetry.TracerProvider), events.WithMeterProvider(conns.Telemetry.MeterProvider),
+		events.WithShutdownGrace(cfg.ShutdownGrace),
 	}
 	if cfg.LinkedTraces {
 		lopts = append(lopts, events.WithLinkedTraces())
