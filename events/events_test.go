@@ -18,6 +18,7 @@ import (
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/worker"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -845,5 +846,13 @@ func TestForeignPublisherPerDocs(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("foreign event not handled")
+	}
+}
+
+// Listeners and the worker stop within the same grace by default, inside
+// the 30 s a pod gets to stop.
+func TestShutdownGraceMatchesTheWorker(t *testing.T) {
+	if events.DefaultShutdownGrace != worker.DefaultShutdownGrace {
+		t.Fatalf("events.DefaultShutdownGrace %v, worker.DefaultShutdownGrace %v", events.DefaultShutdownGrace, worker.DefaultShutdownGrace)
 	}
 }

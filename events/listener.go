@@ -40,6 +40,9 @@ const (
 	DefaultPartitions = 8
 	DefaultMaxDeliver = 5
 	DefaultAckWait    = 30 * time.Second
+	// DefaultShutdownGrace is the worker's (worker.DefaultShutdownGrace):
+	// within the 30 s a pod gets to stop.
+	DefaultShutdownGrace = 25 * time.Second
 )
 
 // Listeners runs the listeners of one process. Every process of the fleet
@@ -114,7 +117,8 @@ func WithMaxEventSize(n int) Option {
 }
 
 // WithShutdownGrace is how long Run lets running handlers finish after its
-// context ends before it cancels their context (default 30 s).
+// context ends before it cancels their context (default
+// DefaultShutdownGrace, 25 s).
 func WithShutdownGrace(d time.Duration) Option {
 	return listenersOption(func(l *Listeners) { l.grace = d })
 }
@@ -198,7 +202,7 @@ type listener struct {
 // name subjects or a meter provider that refuses the events' counter.
 func NewListeners(js jetstream.JetStream, opts ...Option) (*Listeners, error) {
 	l := &Listeners{js: js, ackWait: DefaultAckWait, maxSize: wire.DefaultMaxEnvelope,
-		grace: 30 * time.Second, retired: DefaultRetiredConsumerTTL,
+		grace: DefaultShutdownGrace, retired: DefaultRetiredConsumerTTL,
 		mark:         redis.NewScript(markScript),
 		pollInterval: defaultPollInterval, watchInterval: defaultWatchInterval}
 	for _, o := range opts {
