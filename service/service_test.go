@@ -225,6 +225,36 @@ func TestListenersShareTheShutdownGrace(t *testing.T) {
 	t.Logf("Run returned %v after the shutdown began", time.Since(begin).Round(time.Millisecond))
 }
 
+// NATS or Redis unreachable at start: Run returns the error (Main exits
+// with status 1) and the process's supervisor starts it again; no setup
+// runs. (Once running, an outage pauses work instead: the worker's tests.)
+func TestUnreachableAtStartIsAnError(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	noEnv := func(string) string { return "" }
+	for _, c := range []struct{ name, nats, redis string }{
+		{"NATS", "nats://" + testenv.FreeAddr(t), testenv.RedisURL(t)},
+		{"Redis", srv.URL, "redis://" + testenv.FreeAddr(t) + "/0"},
+	} {
+		ran := false
+		done := make(chan error, 1)
+		go func() {
+			done <- service.Run(context.Background(), []string{"--nats", c.nats, "--redis", c.redis, "--prefix", prefix,
+				"--http", "", "--log-level", "error"}, noEnv, worker.NewRegistry(),
+				func(context.Context, *service.Env) error { ran = true; return nil })
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "connect") || ran {
+				t.Errorf("%s unreachable: Run %v (setup ran: %v), want a connect error before any setup", c.name, err, ran)
+			}
+		case <-time.After(60 * time.Second):
+			t.Errorf("%s unreachable: Run did not return", c.name)
+		}
+	}
+}
+
 // A setup's error stops the process before it starts, and is Run's error.
 func TestSetupErrorStopsTheProcess(t *testing.T) {
 	broken := errors.New("catalog URL missing")
