@@ -114,16 +114,10 @@ func TestRunsJobsListenersAndServices(t *testing.T) {
 			return err
 		}, events.WithPartitions(1))
 	})
-	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
+	p.ready(t)
 
 	// Another service of the company publishes an event.
-	pub, err := events.NewPublisher(p.js(t), events.WithPrefix(p.prefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(context.Background(), events.Event{Model: "res.partner", Name: events.Write, RecordID: "42"}); err != nil {
-		t.Fatal(err)
-	}
+	p.publish(t, events.Event{Model: "res.partner", Name: events.Write, RecordID: "42"})
 	select {
 	case id := <-exported:
 		if id != "42" {
@@ -156,6 +150,25 @@ func TestRunsJobsListenersAndServices(t *testing.T) {
 	}
 }
 
+// ready waits until the process answers /readyz with 200.
+func (p *proc) ready(t *testing.T) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
+}
+
+// publish publishes ev in the process's deployment, as another service of
+// the company would.
+func (p *proc) publish(t *testing.T, ev events.Event) {
+	t.Helper()
+	pub, err := events.NewPublisher(p.js(t), events.WithPrefix(p.prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // js connects to the process's NATS server, as another service would.
 func (p *proc) js(t *testing.T) jetstream.JetStream { return jsOf(t, p.nats) }
 
@@ -181,7 +194,7 @@ func TestListenersAfterStart(t *testing.T) {
 	if env.RegisterSchedules {
 		t.Error("Env.RegisterSchedules under --register-schedules=false")
 	}
-	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
+	p.ready(t)
 	if _, err := env.Listeners(); !errors.Is(err, service.ErrStarted) {
 		t.Fatalf("Listeners after start: %v, want ErrStarted", err)
 	}
@@ -202,14 +215,8 @@ func TestListenersShareTheShutdownGrace(t *testing.T) {
 			return ctx.Err()
 		}, events.WithPartitions(1))
 	})
-	testenv.Eventually(t, 20*time.Second, func() bool { code, _ := get(p.base + "/readyz"); return code == http.StatusOK }, "/readyz 200")
-	pub, err := events.NewPublisher(p.js(t), events.WithPrefix(p.prefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(context.Background(), events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"}); err != nil {
-		t.Fatal(err)
-	}
+	p.ready(t)
+	p.publish(t, events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
 	select {
 	case <-handling:
 	case <-time.After(20 * time.Second):
