@@ -40,14 +40,22 @@ func TestStatsPerListener(t *testing.T) {
 	for _, r := range []string{"2", "3", "4"} {
 		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: r})
 	}
-	st, err := pub.Stats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A consumer counts a new message a moment after the stream has
+	// acknowledged its publish (the server signals its consumers on a
+	// goroutine of its own): wait for the three, then check the rest.
+	var st events.Stats
 	got := map[string]events.ListenerStats{}
-	for _, ls := range st.Listeners {
-		got[ls.Listener] = ls
-	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		if st, err = pub.Stats(ctx); err != nil {
+			t.Fatal(err)
+		}
+		clear(got)
+		for _, ls := range st.Listeners {
+			got[ls.Listener] = ls
+		}
+		return got["export"].Pending == 3 && got["audit"].Pending == 3 && got[events.GuardName].Pending == 3
+	}, "the three new events pending for each listener and the guard: %+v", got)
 	if len(got) != 3 {
 		t.Fatalf("listeners %+v, want export, audit and the guard", st.Listeners)
 	}
