@@ -68,6 +68,28 @@ func provision(ctx context.Context, e env, prefix string) {
 	}
 }
 
+// statsWhen reads d.Stats until cond holds (JetStream's consumers count a
+// job a moment after its enqueue returns), for 5 s at most.
+func statsWhen(ctx context.Context, d *dispatcher.Dispatcher, cond func(dispatcher.Stats) bool) dispatcher.Stats {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := d.Stats(ctx)
+		if err == nil && cond(st) || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+// waiting is the number of jobs waiting in all queues.
+func waiting(st dispatcher.Stats) uint64 {
+	var n uint64
+	for _, q := range st.Queues {
+		n += q.Waiting
+	}
+	return n
+}
+
 // Enqueue with options, then look at the job's record and at the queue.
 // Nothing runs the job here: it waits for a worker.
 func Example() {
@@ -90,7 +112,7 @@ func Example() {
 	rec, _ := d.Job(ctx, id)
 	fmt.Println(rec.Name, rec.State, rec.Description)
 
-	st, _ := d.Stats(ctx)
+	st := statsWhen(ctx, d, func(st dispatcher.Stats) bool { return waiting(st) == 1 }) // JetStream counts it a moment later
 	for _, q := range st.Queues {
 		if q.Waiting > 0 {
 			fmt.Printf("%s, band %d: %d waiting\n", q.Channel, q.Band, q.Waiting)
@@ -120,12 +142,8 @@ func ExampleDispatcher_EnqueueMany() {
 		fmt.Println(err)
 	}
 	fmt.Println(len(res), "enqueued, first error:", res[0].Err)
-	st, _ := d.Stats(ctx)
-	var waiting uint64
-	for _, q := range st.Queues {
-		waiting += q.Waiting
-	}
-	fmt.Println(waiting, "waiting")
+	st := statsWhen(ctx, d, func(st dispatcher.Stats) bool { return waiting(st) == 10_000 }) // JetStream counts them a moment later
+	fmt.Println(waiting(st), "waiting")
 	// Output:
 	// 10000 enqueued, first error: <nil>
 	// 10000 waiting

@@ -221,7 +221,9 @@ type Stats struct {
 
 // Stats reads the state of the jobs queue from JetStream: per queue, the
 // jobs waiting and taken; the delayed jobs; the dead letters. It needs no
-// Redis.
+// Redis. The figures are JetStream's, a moment behind: a consumer counts a
+// job shortly after its enqueue has returned, so a job enqueued just now
+// may not be waiting yet.
 func (d *Dispatcher) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	s, err := d.js.Stream(ctx, d.names.JobsStream())

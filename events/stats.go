@@ -44,7 +44,9 @@ type Stats struct {
 
 // Stats reads, per listener, its lag, the events it holds and its dead
 // letters, from the consumers of the events stream (their metadata names
-// the listener) and the dead-letter stream. It needs no Redis.
+// the listener) and the dead-letter stream. It needs no Redis. The figures
+// are JetStream's, a moment behind: an event published just now may not be
+// pending yet.
 func (p *Publisher) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	byName, err := p.listenerConsumers(ctx)
