@@ -178,19 +178,7 @@ func newEchoLoop(t *testing.T, suppress bool) *echoLoop {
 }
 
 // listenerIdle: every event published so far has been handled or skipped.
-func (lp *echoLoop) listenerIdle() bool {
-	for i := 0; i < 2; i++ {
-		c, err := lp.e.js.Consumer(context.Background(), lp.e.names.EventsStream(), events.ConsumerName("export_product_shop-eu", i, 2))
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(context.Background())
-		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
-			return false
-		}
-	}
-	return true
-}
+func (lp *echoLoop) listenerIdle() bool { return lp.e.caughtUp("export_product_shop-eu", 2) }
 
 // settle runs rounds of jobs until none is left (true) or maxRounds ran.
 func (lp *echoLoop) settle(t *testing.T, maxRounds int) (rounds int, quiet bool) {

@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,4 +162,48 @@ func (c *counter) snapshot() map[string]int {
 		out[k] = v
 	}
 	return out
+}
+
+// drained waits until listener's consumer (one partition) has handled
+// everything in the stream.
+func (e *env) drained(listener string) {
+	e.t.Helper()
+	testenv.Eventually(e.t, 10*time.Second, func() bool { return e.caughtUp(listener, 1) }, "listener %s drained", listener)
+}
+
+// caughtUp: the n partition consumers of listener have delivered and
+// acknowledged every event of the stream they filter. Nothing pending is
+// not enough: a consumer counts a new event a moment after its publish was
+// acknowledged (the server signals its consumers on a goroutine of its
+// own, in stream order), so the listener's newest event in the stream
+// must also have been delivered; then every earlier one was counted too.
+func (e *env) caughtUp(listener string, n int) bool {
+	ctx := context.Background()
+	var delivered uint64
+	var filter string // the listener's events, all partitions
+	for i := range n {
+		c, err := e.js.Consumer(ctx, e.names.EventsStream(), events.ConsumerName(listener, i, n))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+			return false
+		}
+		delivered = max(delivered, info.Delivered.Stream)
+		f := info.Config.FilterSubject
+		if len(info.Config.FilterSubjects) > 0 {
+			f = info.Config.FilterSubjects[0]
+		}
+		filter = f[:strings.LastIndexByte(f, '.')] + ".*" // any bucket
+	}
+	s, err := e.js.Stream(ctx, e.names.EventsStream())
+	if err != nil {
+		return false
+	}
+	last, err := s.GetLastMsgForSubject(ctx, filter)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true
+	}
+	return err == nil && delivered >= last.Sequence
 }

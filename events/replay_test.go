@@ -14,20 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// drained waits until listener's consumer (one partition) has handled
-// everything in the stream.
-func (e *env) drained(listener string) {
-	e.t.Helper()
-	cons, err := e.js.Consumer(context.Background(), e.names.EventsStream(), events.ConsumerName(listener, 0, 1))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	testenv.Eventually(e.t, 10*time.Second, func() bool {
-		info, err := cons.Info(context.Background())
-		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
-	}, "listener %s drained", listener)
-}
-
 // A dead event is listed (DeadLetters, with its listener) and replayed to
 // the listener that gave up on it, and to it only: the other listener of
 // the same event does not run again. The letter is gone once replayed; a
