@@ -172,38 +172,23 @@ func (e *env) drained(listener string) {
 }
 
 // caughtUp: the n partition consumers of listener have delivered and
-// acknowledged every event of the stream they filter. Nothing pending is
-// not enough: a consumer counts a new event a moment after its publish was
-// acknowledged (the server signals its consumers on a goroutine of its
-// own, in stream order), so the listener's newest event in the stream
-// must also have been delivered; then every earlier one was counted too.
+// acknowledged every event of the stream they filter (testenv.CaughtUp).
 func (e *env) caughtUp(listener string, n int) bool {
 	ctx := context.Background()
-	var delivered uint64
+	var names []string
 	var filter string // the listener's events, all partitions
 	for i := range n {
-		c, err := e.js.Consumer(ctx, e.names.EventsStream(), events.ConsumerName(listener, i, n))
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(ctx)
-		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
-			return false
-		}
-		delivered = max(delivered, info.Delivered.Stream)
-		f := info.Config.FilterSubject
-		if len(info.Config.FilterSubjects) > 0 {
-			f = info.Config.FilterSubjects[0]
-		}
-		filter = f[:strings.LastIndexByte(f, '.')] + ".*" // any bucket
+		names = append(names, events.ConsumerName(listener, i, n))
 	}
-	s, err := e.js.Stream(ctx, e.names.EventsStream())
+	c, err := e.js.Consumer(ctx, e.names.EventsStream(), names[0])
 	if err != nil {
 		return false
 	}
-	last, err := s.GetLastMsgForSubject(ctx, filter)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return true
+	cfg := c.CachedInfo().Config
+	filter = cfg.FilterSubject
+	if len(cfg.FilterSubjects) > 0 {
+		filter = cfg.FilterSubjects[0]
 	}
-	return err == nil && delivered >= last.Sequence
+	filter = filter[:strings.LastIndexByte(filter, '.')] + ".*" // any bucket
+	return testenv.CaughtUp(ctx, e.js, e.names.EventsStream(), filter, names...)
 }

@@ -293,10 +293,10 @@ func (e *e2e) listenersIdle(t *testing.T) {
 	t.Helper()
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		for _, m := range shopconnector.ExportedModels {
-			for i := range 2 {
-				if !e.consumerIdle(e.names.EventsStream(), events.ConsumerName(shopconnector.ExportListener(e.shop.ID, m), i, 2)) {
-					return false
-				}
+			l := shopconnector.ExportListener(e.shop.ID, m)
+			if !testenv.CaughtUp(context.Background(), e.js, e.names.EventsStream(), e.names.EventFilter(m, "", ""),
+				events.ConsumerName(l, 0, 2), events.ConsumerName(l, 1, 2)) {
+				return false
 			}
 		}
 		return e.jobsIdle()
@@ -336,17 +336,6 @@ func (e *e2e) jobsIdle() bool {
 		}
 	}
 	return lister.Err() == nil && n > 0
-}
-
-func (e *e2e) consumerIdle(stream, name string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c, err := e.js.Consumer(ctx, stream, name)
-	if err != nil {
-		return false
-	}
-	info, err := c.Info(ctx)
-	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
 }
 
 // assertExports checks how many export/delete jobs the listeners enqueued

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -198,6 +199,37 @@ func FreeAddr(t testing.TB) string {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	return addr
+}
+
+// CaughtUp reports whether consumers of stream have delivered and
+// acknowledged every message on subject filter (the subjects they share
+// between them). Nothing pending is not enough: a consumer counts a new
+// message a moment after its publish was acknowledged (the server signals
+// its consumers on a goroutine of its own, in stream order), so the
+// newest message on filter must also have been delivered by one of them;
+// then every earlier one was counted too.
+func CaughtUp(ctx context.Context, js jetstream.JetStream, stream, filter string, consumers ...string) bool {
+	var delivered uint64
+	for _, name := range consumers {
+		c, err := js.Consumer(ctx, stream, name)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+			return false
+		}
+		delivered = max(delivered, info.Delivered.Stream)
+	}
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return false
+	}
+	last, err := s.GetLastMsgForSubject(ctx, filter)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true
+	}
+	return err == nil && delivered >= last.Sequence
 }
 
 // Eventually waits until cond is true, failing the test after timeout.
