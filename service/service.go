@@ -199,7 +199,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 	}
 	defer func() { _ = d.Close(context.WithoutCancel(ctx)) }()
 	// The streams exist before the setups run (a setup may register
-	// periodic jobs); the worker checks them again as it starts.
+	// periodic jobs).
 	if cfg.Provision {
 		sc, err := cfg.Streams()
 		if err != nil {
@@ -221,5 +221,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 	env.started = true
 	extra := env.services
 	env.mu.Unlock()
-	return app.RunWorker(ctx, &cfg, conns, reg, extra...)
+	// Provisioned above: the worker only checks the streams exist.
+	run := cfg
+	run.Provision = false
+	return app.RunWorker(ctx, &run, conns, reg, extra...)
 }

@@ -55,16 +55,12 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err != nil {
 		return err
 	}
-	sc, err := cfg.Streams()
-	if err != nil {
-		return err
-	}
 	conns, err := app.OpenNATS(ctx, &cfg, log)
 	if err != nil {
 		return err
 	}
 	defer conns.Close()
-	pub, err := events.NewPublisher(conns.JS, events.WithPrefix(sc.Names.Prefix))
+	pub, err := events.NewPublisher(conns.JS, events.WithPrefix(cfg.Prefix))
 	if err != nil {
 		return err
 	}
