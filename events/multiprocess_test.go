@@ -1,12 +1,10 @@
 package events_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,25 +16,8 @@ import (
 // proc is a running events/internal/listenerproc.
 type proc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testenv.Buffer
 	done   chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startProc runs a listener process on e's servers; it is stopped (SIGTERM)
@@ -45,7 +26,7 @@ func (e *env) startProc(id string, args ...string) *proc {
 	e.t.Helper()
 	bin := testenv.GoBuild(e.t, "./events/internal/listenerproc")
 	args = append([]string{"-nats", e.srv.URL, "-redis", testenv.RedisURL(e.t), "-prefix", e.names.Prefix, "-id", id}, args...)
-	p := &proc{cmd: exec.Command(bin, args...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(bin, args...), stderr: &testenv.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		e.t.Fatal(err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,7 +14,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,24 +25,6 @@ import (
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// lockedBuffer collects output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // scrape returns the text of a /metrics endpoint ("" when it does not answer).
 func scrape(url string) string {
@@ -116,7 +96,7 @@ func TestWorkerAssemblyTelemetry(t *testing.T) {
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -203,7 +183,7 @@ func TestWorkerRegisterSchedules(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
-			var stderr lockedBuffer
+			var stderr testenv.Buffer
 			go func() {
 				done <- run(ctx, append([]string{"worker", "--http="}, tc.args...), io.Discard, &stderr, func(k string) string { return env[k] })
 			}()
@@ -260,7 +240,7 @@ func TestDevHTTPFallbackAndEventMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testenv.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

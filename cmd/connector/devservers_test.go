@@ -23,7 +23,7 @@ func (devPing) JobName() string { return "test.dev_ping" }
 // that connector runs its jobs there.
 func TestDevServersOnlyRunYourOwnConnector(t *testing.T) {
 	t.Setenv("OTEL_TRACES_EXPORTER", "none")
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testenv.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	devDone := make(chan error, 1)

@@ -1,7 +1,6 @@
 package shopconnector_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,31 +8,12 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/internal/testenv"
 )
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // `connector dev` runs the whole example on its embedded defaults: it
 // prints the shop's and the catalog's URLs and the commands to try, the
@@ -46,7 +26,7 @@ func TestConnectorDevRunsTheExample(t *testing.T) {
 		t.Skip("builds and runs cmd/connector")
 	}
 	bin := testenv.GoBuild(t, "./cmd/connector")
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testenv.Buffer
 	cmd := exec.Command(bin, "dev", "--nats-port", "0", "--http", "127.0.0.1:0",
 		"--shop-addr", "127.0.0.1:0", "--catalog-addr", "127.0.0.1:0",
 		"--import-every", "@every 1s", "--every", "1h", "--log-level", "warn")

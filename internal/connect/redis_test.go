@@ -1,7 +1,6 @@
 package connect_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,24 +22,7 @@ import (
 type redisProc struct {
 	Port int
 	cmd  *exec.Cmd
-	out  *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	out  *testenv.Buffer
 }
 
 func redisServerBinary(t *testing.T) string {
@@ -77,7 +58,7 @@ func startRedis(t *testing.T, tlsPort bool, args ...string) (*redisProc, string)
 	if tlsPort {
 		base = []string{"--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
 	}
-	p := &redisProc{Port: port, out: &syncBuffer{}}
+	p := &redisProc{Port: port, out: &testenv.Buffer{}}
 	p.cmd = exec.Command(bin, append(base, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {

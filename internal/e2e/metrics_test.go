@@ -521,7 +521,7 @@ func (j jobLabeled) JobLabels() (backend, model string) { return j.Backend, j.Mo
 func TestJobLogFieldsAsDocumented(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	var logs syncBuffer
+	var logs testenv.Buffer
 	log, err := telemetry.NewLogger("info", "json", telemetry.WithLogOutput(&logs))
 	if err != nil {
 		t.Fatal(err)

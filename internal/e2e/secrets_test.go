@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,25 +23,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's writes and the test's
-// reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // passwordRedis starts a private redis-server on a free port with a
 // password for the default user and an ACL user "e2e" with password pw, and
@@ -68,7 +47,7 @@ func passwordRedis(t *testing.T, pw string) string {
 	}
 	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 	l.Close()
-	var out syncBuffer
+	var out testenv.Buffer
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", t.TempDir(), "--requirepass", "default-"+pw,
 		"--user", "e2e", "on", ">"+pw, "~*", "&*", "+@all")
@@ -139,7 +118,7 @@ func TestSecretsStayOut(t *testing.T) {
 	redisURL := passwordRedis(t, redisPW)
 	natsURL := strings.Replace(srv.URL, "nats://", "nats://worker:"+natsPW+"@", 1)
 
-	var logs syncBuffer
+	var logs testenv.Buffer
 	log, err := telemetry.NewLogger("debug", "json", telemetry.WithLogOutput(&logs))
 	if err != nil {
 		t.Fatal(err)

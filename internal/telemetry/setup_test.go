@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -69,20 +68,9 @@ func TestSetupNone(t *testing.T) {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
 func TestSetupConsole(t *testing.T) {
 	clearOTELEnv(t)
-	var out lockedBuffer
+	var out testenv.Buffer
 	p, err := Setup(context.Background(), Config{ServiceName: "svc", TracesExporter: "console", ConsoleOutput: &out})
 	if err != nil {
 		t.Fatal(err)
@@ -93,8 +81,8 @@ func TestSetupConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got consoleSpan
-	if err := json.Unmarshal(out.b.Bytes(), &got); err != nil {
-		t.Fatalf("console output %q: %v", out.b.String(), err)
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("console output %q: %v", out.String(), err)
 	}
 	if got.Name != "send JOBS" || got.Kind != "producer" || got.Attributes["messaging.message.id"] != "id-1" {
 		t.Errorf("console span %+v", got)
