@@ -1,7 +1,8 @@
 // Package service runs a connector of your own as a worker process, the way
 // "connector worker" runs the stock one: flags and CONNECTOR_* environment
 // (the same as "connector worker -h" lists), connections to NATS and Redis
-// (credentials, TLS, reconnects), stream provisioning, OpenTelemetry traces
+// (credentials, TLS, reconnects; at start it waits for them, -start-wait),
+// stream provisioning, OpenTelemetry traces
 // and Prometheus metrics, /livez, /readyz and /metrics, the job worker for
 // your registry, your event listeners, and a graceful shutdown on SIGTERM.
 //
@@ -170,10 +171,12 @@ var errFlags = errors.New("service: bad flags")
 // runs the setups, then the worker, the listeners and the services until
 // ctx ends, and shuts them down gracefully. It returns nil after a
 // graceful shutdown.
-func Run(ctx context.Context, args []string, getenv func(string) string, reg *worker.Registry, setups ...Setup) error {
+func Run(ctx context.Context, args []string, getenv func(string) string, reg *worker.Registry, setups ...Setup) (err error) {
+	defer func() { err = app.Stopped(ctx, err) }()
 	fs := flag.NewFlagSet(filepath.Base(os.Args[0]), flag.ContinueOnError)
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
+	cfg.BindStartWait(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

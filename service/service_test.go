@@ -240,21 +240,23 @@ func TestUnreachableAtStartIsAnError(t *testing.T) {
 	srv := testenv.StartNATS(t)
 	_, prefix := testenv.Redis(t)
 	noEnv := func(string) string { return "" }
-	for _, c := range []struct{ name, nats, redis string }{
-		{"NATS", "nats://" + testenv.FreeAddr(t), testenv.RedisURL(t)},
-		{"Redis", srv.URL, "redis://" + testenv.FreeAddr(t) + "/0"},
+	for _, c := range []struct{ name, nats, redis, wait, want string }{
+		{"NATS", "nats://" + testenv.FreeAddr(t), testenv.RedisURL(t), "0", "connect: nats"},
+		{"Redis", srv.URL, "redis://" + testenv.FreeAddr(t) + "/0", "0", "connect: redis"},
+		{"NATS after waiting", "nats://" + testenv.FreeAddr(t), testenv.RedisURL(t), "1s", "gave up waiting after 1s"},
+		{"Redis after waiting", srv.URL, "redis://" + testenv.FreeAddr(t) + "/0", "1s", "gave up waiting after 1s"},
 	} {
 		ran := false
 		done := make(chan error, 1)
 		go func() {
 			done <- service.Run(context.Background(), []string{"--nats", c.nats, "--redis", c.redis, "--prefix", prefix,
-				"--http", "", "--log-level", "error"}, noEnv, worker.NewRegistry(),
+				"--http", "", "--log-level", "error", "--start-wait", c.wait}, noEnv, worker.NewRegistry(),
 				func(context.Context, *service.Env) error { ran = true; return nil })
 		}()
 		select {
 		case err := <-done:
-			if err == nil || !strings.Contains(err.Error(), "connect") || ran {
-				t.Errorf("%s unreachable: Run %v (setup ran: %v), want a connect error before any setup", c.name, err, ran)
+			if err == nil || !strings.Contains(err.Error(), c.want) || ran {
+				t.Errorf("%s unreachable: Run %v (setup ran: %v), want an error with %q before any setup", c.name, err, ran, c.want)
 			}
 		case <-time.After(60 * time.Second):
 			t.Errorf("%s unreachable: Run did not return", c.name)

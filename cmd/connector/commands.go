@@ -44,10 +44,12 @@ func registry() *worker.Registry {
 	return reg
 }
 
-func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) (err error) {
+	defer func() { err = app.Stopped(ctx, err) }()
 	fs := newFlags("worker", stderr)
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
+	cfg.BindStartWait(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

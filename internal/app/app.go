@@ -58,6 +58,10 @@ type Config struct {
 	// (the example connector's imports). Least-privilege workers may not:
 	// an operator registers them (shop-schedule), and this is false.
 	RegisterSchedules bool
+	// StartWait is how long Open waits for NATS and Redis to come up (0:
+	// one attempt). Only long-running processes bind its flag
+	// (BindStartWait); the operations commands fail at once.
+	StartWait time.Duration
 	// HTTPListener, when set, serves /livez, /readyz and /metrics instead
 	// of listening on HTTPAddr (no flag: for callers that pick the port).
 	HTTPListener net.Listener
@@ -124,6 +128,12 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	c.ServiceName = envOr(getenv, "OTEL_SERVICE_NAME", "connector-worker")
 }
 
+// BindStartWait registers --start-wait: for long-running processes, which
+// wait for their servers at start (connect.DefaultStartWait).
+func (c *Config) BindStartWait(fs *flag.FlagSet, getenv func(string) string) {
+	fs.DurationVar(&c.StartWait, "start-wait", envDur(getenv, "CONNECTOR_START_WAIT", connect.DefaultStartWait), "how long to wait at start for NATS and Redis to be reachable (refused, closed, unresolved, timing out) before exiting; authentication and TLS errors exit at once; 0 tries once (env CONNECTOR_START_WAIT)")
+}
+
 // Streams returns the stream provisioning config.
 func (c *Config) Streams() (streams.Config, error) {
 	n, err := wire.NewNames(c.Prefix)
@@ -148,7 +158,9 @@ func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.Redis, err = connect.ConnectRedis(ctx, cfg.Redis); err != nil {
+	if c.Redis, err = connect.Retry(ctx, cfg.StartWait, log, "Redis", func(ctx context.Context) (redis.UniversalClient, error) {
+		return connect.ConnectRedis(ctx, cfg.Redis)
+	}); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -167,7 +179,9 @@ func OpenNATS(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error)
 	if cfg.NATS.Name == "" {
 		cfg.NATS.Name = cfg.ServiceName
 	}
-	if c.NC, err = connect.ConnectNATS(ctx, cfg.NATS, log); err != nil {
+	if c.NC, err = connect.Retry(ctx, cfg.StartWait, log, "NATS", func(ctx context.Context) (*nats.Conn, error) {
+		return connect.ConnectNATS(ctx, cfg.NATS, log)
+	}); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -207,6 +221,16 @@ func (c *Conns) Dispatcher(cfg *Config) (*dispatcher.Dispatcher, error) {
 		opts = append(opts, dispatcher.WithTraceHeaders())
 	}
 	return dispatcher.New(c.JS, opts...)
+}
+
+// Stopped is err, or nil when err comes from ctx's cancellation: a
+// process asked to stop (SIGTERM) while it was still starting (waiting
+// for its servers, provisioning) stops gracefully, as it does later.
+func Stopped(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
 }
 
 // Service is something that runs beside the worker until ctx ends (event

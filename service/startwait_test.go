@@ -1,0 +1,211 @@
+package service_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/service"
+	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// firstAttempt listens on a free address, accepts the first connection
+// there and closes it at once (as a server still starting does), then
+// stops listening. The channel says when that happened (or that no
+// connection came): a connection was tried, and failed, before the test
+// starts the real server on the address.
+func firstAttempt(t *testing.T) (addr string, tried <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan error, 1)
+	go func() {
+		_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+		c, err := ln.Accept()
+		if err == nil {
+			_ = c.Close()
+		}
+		_ = ln.Close()
+		out <- err
+	}()
+	return ln.Addr().String(), out
+}
+
+// proxy forwards connections on addr to target until the test ends: the
+// test's real Redis, reachable on an address that was closed before.
+func proxy(t *testing.T, addr, target string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, u)
+			mu.Unlock()
+			wg.Add(2)
+			go func() { defer wg.Done(); _, _ = io.Copy(u, c); _ = u.Close() }()
+			go func() { defer wg.Done(); _, _ = io.Copy(c, u); _ = c.Close() }()
+		}
+	}()
+	return nil
+}
+
+// A worker process started before its servers waits for them (by default
+// up to connect.DefaultStartWait), then runs: the setups run only once
+// both NATS and Redis answer. The test proves that the first connection
+// attempt failed before the server came up.
+func TestStartWaitsForServers(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	_, prefix := testenv.Redis(t)
+	redisURL := testenv.RedisURL(t)
+	ru, err := url.Parse(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := testenv.StartNATS(t)
+
+	natsLater := func(t *testing.T, addr string) {
+		_, port, _ := net.SplitHostPort(addr)
+		p, _ := strconv.Atoi(port)
+		testenv.StartNATS(t, func(o *server.Options) { o.Port = p })
+	}
+	redisLater := func(t *testing.T, addr string) {
+		if err := proxy(t, addr, ru.Host); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	for _, c := range []struct {
+		name string
+		// late is the server that comes up after the first attempt.
+		late  func(t *testing.T, addr string)
+		flags func(addr string) []string
+	}{
+		{"NATS", natsLater, func(addr string) []string { return []string{"--nats", "nats://" + addr, "--redis", redisURL} }},
+		{"Redis", redisLater, func(addr string) []string {
+			return []string{"--nats", running.URL, "--redis", strings.Replace(redisURL, ru.Host, addr, 1)}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			addr, tried := firstAttempt(t)
+			ran := make(chan struct{})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				done <- service.Run(ctx, append(c.flags(addr), "--prefix", prefix, "--http", "", "--log-level", "error"),
+					func(string) string { return "" }, worker.NewRegistry(),
+					func(context.Context, *service.Env) error { close(ran); return nil })
+			}()
+			select {
+			case err := <-tried:
+				if err != nil {
+					t.Fatalf("no connection attempt: %v", err)
+				}
+			case err := <-done:
+				t.Fatalf("Run returned before any connection attempt: %v", err)
+			}
+			c.late(t, addr)
+			select {
+			case <-ran:
+			case err := <-done:
+				t.Fatalf("Run returned instead of waiting for %s: %v", c.name, err)
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the setup did not run within 30 s of %s coming up", c.name)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run after a graceful stop: %v", err)
+			}
+		})
+	}
+}
+
+// Waiting is for servers that are not up yet, not for a wrong
+// configuration: a rejected password ends the start at once, however long
+// the process would wait.
+func TestStartWaitEndsOnAuthError(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	srv := testenv.StartNATS(t, func(o *server.Options) { o.Username, o.Password = "worker", "right" })
+	_, prefix := testenv.Redis(t)
+	u := strings.Replace(srv.URL, "nats://", "nats://worker:wrong@", 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- service.Run(context.Background(), []string{"--nats", u, "--redis", testenv.RedisURL(t), "--prefix", prefix,
+			"--http", "", "--log-level", "error", "--start-wait", "10m"}, func(string) string { return "" }, worker.NewRegistry())
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") || strings.Contains(err.Error(), "wrong") {
+			t.Fatalf("Run: %v, want the authorization error, password redacted", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run kept waiting on an authorization error")
+	}
+}
+
+// A process asked to stop while it waits for its servers stops at once,
+// and gracefully (Run returns nil: exit status 0), as it would later.
+func TestStopWhileWaitingForServers(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	_, prefix := testenv.Redis(t)
+	addr, tried := firstAttempt(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- service.Run(ctx, []string{"--nats", "nats://" + addr, "--redis", testenv.RedisURL(t), "--prefix", prefix,
+			"--http", "", "--log-level", "error"}, func(string) string { return "" }, worker.NewRegistry())
+	}()
+	select {
+	case err := <-tried:
+		if err != nil {
+			t.Fatalf("no connection attempt: %v", err)
+		}
+	case err := <-done:
+		t.Fatalf("Run returned before any connection attempt: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run stopped while waiting: %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run kept waiting after its context ended")
+	}
+}
