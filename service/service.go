@@ -42,6 +42,7 @@ import (
 	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/app"
+	"github.com/connector-go/connector/internal/connect"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/worker"
@@ -202,15 +203,19 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 	}
 	defer func() { _ = d.Close(context.WithoutCancel(ctx)) }()
 	// The streams exist before the setups run (a setup may register
-	// periodic jobs).
+	// periodic jobs, its listeners create consumers): provisioned here, or,
+	// with -provision=false, provisioned by an operator, maybe still
+	// running beside this process.
+	sc, err := cfg.Streams()
+	if err != nil {
+		return fmt.Errorf("%w: %w", errFlags, err)
+	}
+	ready := func(ctx context.Context) (struct{}, error) { return struct{}{}, streams.Check(ctx, conns.JS, sc.Names) }
 	if cfg.Provision {
-		sc, err := cfg.Streams()
-		if err != nil {
-			return fmt.Errorf("%w: %w", errFlags, err)
-		}
-		if err := streams.Ensure(ctx, conns.JS, sc); err != nil {
-			return err
-		}
+		ready = func(ctx context.Context) (struct{}, error) { return struct{}{}, streams.Ensure(ctx, conns.JS, sc) }
+	}
+	if _, err := connect.Retry(ctx, cfg.StartDeadline(), log, "JetStream streams", streams.Unavailable, ready); err != nil {
+		return err
 	}
 	env := &Env{Prefix: cfg.Prefix, Log: log, JS: conns.JS, Redis: conns.Redis, Dispatcher: d,
 		TracerProvider: conns.Telemetry.TracerProvider, MeterProvider: conns.Telemetry.MeterProvider,

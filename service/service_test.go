@@ -243,8 +243,8 @@ func TestUnreachableAtStartIsAnError(t *testing.T) {
 	for _, c := range []struct{ name, nats, redis, wait, want string }{
 		{"NATS", "nats://" + testenv.FreeAddr(t), testenv.RedisURL(t), "0", "connect: nats"},
 		{"Redis", srv.URL, "redis://" + testenv.FreeAddr(t) + "/0", "0", "connect: redis"},
-		{"NATS after waiting", "nats://" + testenv.FreeAddr(t), testenv.RedisURL(t), "1s", "gave up waiting after 1s"},
-		{"Redis after waiting", srv.URL, "redis://" + testenv.FreeAddr(t) + "/0", "1s", "gave up waiting after 1s"},
+		{"NATS after waiting", "nats://" + testenv.FreeAddr(t), testenv.RedisURL(t), "1s", "gave up waiting"},
+		{"Redis after waiting", srv.URL, "redis://" + testenv.FreeAddr(t) + "/0", "1s", "gave up waiting"},
 	} {
 		ran := false
 		done := make(chan error, 1)

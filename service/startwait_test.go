@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/url"
@@ -11,10 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/service"
 	"github.com/connector-go/connector/worker"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // firstAttempt listens on a free address, accepts the first connection
@@ -207,5 +211,92 @@ func TestStopWhileWaitingForServers(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run kept waiting after its context ended")
+	}
+}
+
+// A worker that may not create the streams (-provision=false) waits for
+// the operator's provisioning, which runs beside it in a fresh install (the
+// Kubernetes provision Job), instead of exiting: its consumers appear once
+// the streams do. Without them by the end of -start-wait, it exits with
+// "stream not found".
+func TestStartWaitsForStreams(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	names, err := wire.NewNames(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := jsOf(t, srv)
+	nc := srv.Connect(t)
+	// The worker's check of the jobs stream is a request on this subject.
+	checks, err := nc.SubscribeSync("$JS.API.STREAM.INFO." + names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--nats", srv.URL, "--redis", testenv.RedisURL(t), "--prefix", prefix,
+		"--http", "", "--log-level", "error", "--provision=false"}
+
+	// A setup runs only once the streams exist (its listeners create
+	// consumers on them).
+	setupRan := make(chan bool, 2)
+	setup := func(ctx context.Context, env *service.Env) error {
+		_, err := env.JS.Stream(ctx, names.JobsStream())
+		setupRan <- err == nil
+		return nil
+	}
+
+	// Never provisioned: the worker gives up after its wait.
+	start := time.Now()
+	err = service.Run(context.Background(), append(args, "--start-wait", "1s"), func(string) string { return "" }, worker.NewRegistry(), setup)
+	if !errors.Is(err, jetstream.ErrStreamNotFound) || !strings.Contains(err.Error(), "gave up waiting") {
+		t.Fatalf("Run without streams: %v, want stream not found after waiting", err)
+	}
+	if len(setupRan) > 0 {
+		t.Fatal("the setup ran without the streams")
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Fatalf("Run gave up after %s, before its 1 s wait", d)
+	}
+	for { // drop the checks of that run
+		if _, err := checks.NextMsg(10 * time.Millisecond); err != nil {
+			break
+		}
+	}
+
+	// Provisioned while it waits: it starts.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- service.Run(ctx, args, func(string) string { return "" }, worker.NewRegistry(), setup) }()
+	if _, err := checks.NextMsg(30 * time.Second); err != nil {
+		t.Fatalf("the worker did not check the streams: %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned instead of waiting for the streams: %v", err)
+	default:
+	}
+	if err := streams.Ensure(context.Background(), js, streams.Config{Names: names}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		_, err := js.Consumer(context.Background(), names.JobsStream(), names.JobsConsumer("root", 0))
+		return err == nil
+	}, "the worker's consumer after the streams were provisioned")
+	if sawStreams := <-setupRan; !sawStreams {
+		t.Fatal("the setup ran before the streams existed")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned: %v", err)
+	default:
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after a graceful stop: %v", err)
 	}
 }

@@ -62,6 +62,7 @@ type Config struct {
 	// one attempt). Only long-running processes bind its flag
 	// (BindStartWait); the operations commands fail at once.
 	StartWait time.Duration
+	startBy   time.Time // StartWait from the first StartDeadline call
 	// HTTPListener, when set, serves /livez, /readyz and /metrics instead
 	// of listening on HTTPAddr (no flag: for callers that pick the port).
 	HTTPListener net.Listener
@@ -131,7 +132,20 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 // BindStartWait registers --start-wait: for long-running processes, which
 // wait for their servers at start (connect.DefaultStartWait).
 func (c *Config) BindStartWait(fs *flag.FlagSet, getenv func(string) string) {
-	fs.DurationVar(&c.StartWait, "start-wait", envDur(getenv, "CONNECTOR_START_WAIT", connect.DefaultStartWait), "how long to wait at start for NATS and Redis to be reachable (refused, closed, unresolved, timing out) before exiting; authentication and TLS errors exit at once; 0 tries once (env CONNECTOR_START_WAIT)")
+	fs.DurationVar(&c.StartWait, "start-wait", envDur(getenv, "CONNECTOR_START_WAIT", connect.DefaultStartWait), "how long to wait at start for NATS and Redis to be reachable (refused, closed, unresolved, timing out) and for the streams (with -provision=false) before exiting; authentication and TLS errors exit at once; 0 tries once (env CONNECTOR_START_WAIT)")
+}
+
+// StartDeadline is when waiting at start ends: StartWait after its first
+// call, shared by every wait of the start (connections, streams); zero
+// (one attempt each) without StartWait.
+func (c *Config) StartDeadline() time.Time {
+	if c.StartWait <= 0 {
+		return time.Time{}
+	}
+	if c.startBy.IsZero() {
+		c.startBy = time.Now().Add(c.StartWait)
+	}
+	return c.startBy
 }
 
 // Streams returns the stream provisioning config.
@@ -158,7 +172,7 @@ func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.Redis, err = connect.Retry(ctx, cfg.StartWait, log, "Redis", func(ctx context.Context) (redis.UniversalClient, error) {
+	if c.Redis, err = connect.Retry(ctx, cfg.StartDeadline(), log, "Redis", connect.Transient, func(ctx context.Context) (redis.UniversalClient, error) {
 		return connect.ConnectRedis(ctx, cfg.Redis)
 	}); err != nil {
 		c.Close()
@@ -179,7 +193,7 @@ func OpenNATS(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error)
 	if cfg.NATS.Name == "" {
 		cfg.NATS.Name = cfg.ServiceName
 	}
-	if c.NC, err = connect.Retry(ctx, cfg.StartWait, log, "NATS", func(ctx context.Context) (*nats.Conn, error) {
+	if c.NC, err = connect.Retry(ctx, cfg.StartDeadline(), log, "NATS", connect.Transient, func(ctx context.Context) (*nats.Conn, error) {
 		return connect.ConnectNATS(ctx, cfg.NATS, log)
 	}); err != nil {
 		c.Close()
@@ -262,7 +276,11 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	if err != nil {
 		return err
 	}
-	if err := w.Setup(ctx); err != nil {
+	// The streams may not be there yet (an operator's provisioning job
+	// running beside a worker that may not create them), or JetStream not
+	// answering yet (a cluster electing its leader): wait for them too.
+	if _, err := connect.Retry(ctx, cfg.StartDeadline(), c.Log, "JetStream streams and consumers", streams.Unavailable,
+		func(ctx context.Context) (struct{}, error) { return struct{}{}, w.Setup(ctx) }); err != nil {
 		return err
 	}
 	metrics, err := telemetry.NewMetrics(c.Telemetry.MeterProvider)

@@ -59,38 +59,43 @@ func Transient(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// Retry calls connect until it succeeds, fails with an error that is not
-// Transient, ctx ends, or wait has passed since the first attempt; the
-// error is then the last attempt's. With wait 0 it tries once. Between
-// attempts it backs off from 250 ms to 5 s and logs the error (what names
-// the server: "NATS", "Redis"). A process started beside its servers (a
-// compose project, a Helm release, a NATS rolling restart) so waits for
-// them instead of exiting and being restarted with a growing back-off.
-func Retry[T any](ctx context.Context, wait time.Duration, log *zap.Logger, what string, connect func(context.Context) (T, error)) (T, error) {
+// Retry calls f until it succeeds, fails with an error that transient
+// does not accept (Transient, for connections), ctx ends, or the deadline
+// passes; the error is then the last attempt's. With a zero deadline it
+// tries once. Between attempts it backs off from 250 ms to 5 s and logs the
+// error (what names what it waits for: "NATS", "Redis"). A process started
+// beside its servers (a compose project, a Helm release, a NATS rolling
+// restart) so waits for them instead of exiting and being restarted with a
+// growing back-off.
+func Retry[T any](ctx context.Context, deadline time.Time, log *zap.Logger, what string, transient func(error) bool,
+	f func(context.Context) (T, error)) (T, error) {
 	start := time.Now()
 	backoff := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		v, err := connect(ctx)
+		v, err := f(ctx)
 		if err == nil {
 			if attempt > 1 {
-				log.Info("connected after waiting", zap.String("server", what), zap.Int("attempts", attempt),
+				log.Info("ready after waiting", zap.String("waited_for", what), zap.Int("attempts", attempt),
 					zap.Duration("waited", time.Since(start).Round(time.Millisecond)))
 			}
 			return v, nil
 		}
-		left := wait - time.Since(start)
-		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+		if ctx.Err() != nil {
+			if errors.Is(err, ctx.Err()) {
+				return v, err
+			}
 			return v, fmt.Errorf("%w (stopped waiting: %w)", err, ctx.Err())
 		}
-		if wait <= 0 || !Transient(err) || ctx.Err() != nil {
+		if deadline.IsZero() || !transient(err) {
 			return v, err
 		}
+		left := time.Until(deadline)
 		if left <= 0 {
-			return v, fmt.Errorf("%w (gave up waiting after %s)", err, wait)
+			return v, fmt.Errorf("%w (gave up waiting after %s)", err, time.Since(start).Round(time.Second))
 		}
 		d := min(backoff, left)
 		backoff = min(backoff*2, 5*time.Second)
-		log.Warn("server not reachable yet; waiting", zap.String("server", what), zap.Int("attempt", attempt),
+		log.Warn("not ready yet; waiting", zap.String("waiting_for", what), zap.Int("attempt", attempt),
 			zap.Duration("retry_in", d), zap.Duration("gives_up_in", left.Round(time.Second)), telemetry.ErrField(err))
 		t := time.NewTimer(d)
 		select {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func TestTransient(t *testing.T) {
 	}
 }
 
-// Retry tries once with no wait, gives up after the wait with the last
+// Retry tries once without a deadline, gives up after the wait with the last
 // error, and stops at once on an error waiting cannot cure.
 func TestRetry(t *testing.T) {
 	log := zap.NewNop()
@@ -51,20 +52,20 @@ func TestRetry(t *testing.T) {
 		return func(context.Context) (int, error) { *n++; return 0, nats.ErrNoServers }
 	}
 	var n int
-	if _, err := connect.Retry(context.Background(), 0, log, "NATS", refused(&n)); !errors.Is(err, nats.ErrNoServers) || n != 1 {
+	if _, err := connect.Retry(context.Background(), time.Time{}, log, "NATS", connect.Transient, refused(&n)); !errors.Is(err, nats.ErrNoServers) || n != 1 {
 		t.Fatalf("no wait: %v after %d attempts, want the error after 1", err, n)
 	}
 	n = 0
-	if _, err := connect.Retry(context.Background(), 600*time.Millisecond, log, "NATS", refused(&n)); !errors.Is(err, nats.ErrNoServers) || n < 2 {
+	if _, err := connect.Retry(context.Background(), time.Now().Add(600*time.Millisecond), log, "NATS", connect.Transient, refused(&n)); !errors.Is(err, nats.ErrNoServers) || n < 2 || !strings.Contains(err.Error(), "gave up waiting") {
 		t.Fatalf("wait: %v after %d attempts, want the last error after several", err, n)
 	}
 	n = 0
-	_, err := connect.Retry(context.Background(), time.Minute, log, "NATS", func(context.Context) (int, error) { n++; return 0, nats.ErrAuthorization })
+	_, err := connect.Retry(context.Background(), time.Now().Add(time.Minute), log, "NATS", connect.Transient, func(context.Context) (int, error) { n++; return 0, nats.ErrAuthorization })
 	if !errors.Is(err, nats.ErrAuthorization) || n != 1 {
 		t.Fatalf("auth: %v after %d attempts, want the error after 1", err, n)
 	}
 	n = 0
-	v, err := connect.Retry(context.Background(), time.Minute, log, "Redis", func(context.Context) (int, error) {
+	v, err := connect.Retry(context.Background(), time.Now().Add(time.Minute), log, "Redis", connect.Transient, func(context.Context) (int, error) {
 		if n++; n < 3 {
 			return 0, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 		}

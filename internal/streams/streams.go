@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/connector-go/connector/internal/connect"
 	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -149,4 +151,21 @@ func Check(ctx context.Context, js jetstream.JetStream, n wire.Names) error {
 		}
 	}
 	return nil
+}
+
+// jsClusterNotAvailable is nats-server's "JetStream system temporarily
+// unavailable" (JSClusterNotAvailErr): a cluster without a meta leader yet.
+const jsClusterNotAvailable jetstream.ErrorCode = 10008
+
+// Unavailable reports whether err, from Ensure, Check or a consumer's
+// creation, may go away by itself at start: a stream not provisioned yet
+// (an operator's job provisions it beside a worker that may not), JetStream
+// not answering yet (no responders, a timeout, a cluster electing its
+// leader), or a connection error that connect.Transient accepts.
+func Unavailable(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsClusterNotAvailable {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, nats.ErrNoResponders) || connect.Transient(err)
 }

@@ -2,6 +2,8 @@ package streams_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -89,4 +91,26 @@ func TestScheduleFiresIntoJobsSubject(t *testing.T) {
 		info, err := s.Info(ctx, jetstream.WithSubjectFilter(n.ScheduleWildcard()))
 		return err == nil && len(info.State.Subjects) == 0
 	}, "schedule purged after firing")
+}
+
+// At start a worker waits while the streams are missing or JetStream does
+// not answer yet, not on errors that waiting cannot cure.
+func TestUnavailable(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"stream not provisioned yet", fmt.Errorf("streams: X_JOBS: %w", jetstream.ErrStreamNotFound), true},
+		{"cluster without a meta leader", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{"no responders", nats.ErrNoResponders, true},
+		{"API timeout", context.DeadlineExceeded, true},
+		{"JetStream not enabled", jetstream.ErrJetStreamNotEnabled, false},
+		{"bad request", &jetstream.APIError{Code: 400, ErrorCode: 10003, Description: "bad request"}, false},
+		{"permissions", errors.New("nats: permissions violation for subscription"), false},
+	} {
+		if got := streams.Unavailable(c.err); got != c.want {
+			t.Errorf("%s: Unavailable(%v) = %v, want %v", c.name, c.err, got, c.want)
+		}
+	}
 }
