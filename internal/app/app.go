@@ -166,8 +166,11 @@ type Conns struct {
 	Telemetry *telemetry.Providers
 }
 
-// Open connects to NATS and Redis and sets up telemetry.
+// Open connects to NATS and Redis and sets up telemetry. It also sends
+// go-redis's own log lines to log (telemetry.RedisLogs: a process-wide
+// setting, which Open makes for the process it assembles).
 func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
+	redis.SetLogger(telemetry.RedisLogs(log))
 	c, err := OpenNATS(ctx, cfg, log)
 	if err != nil {
 		return nil, err

@@ -143,3 +143,24 @@ func Redact(s string) string {
 func containsFold(s, sub string) bool {
 	return strings.Contains(strings.ToLower(s), sub)
 }
+
+// RedisLogs is go-redis's own logging (redis.SetLogger: a process-wide
+// setting) sent to log at warn level, under logger name "go-redis" and
+// redacted, instead of go-redis's default: plain lines on standard error
+// ("redis: <date> pool.go:...: failed to dial ..."), which break a JSON
+// log stream during every Redis outage. The processes set it at start
+// (app.Open); a library never does.
+func RedisLogs(log *zap.Logger) interface {
+	Printf(ctx context.Context, format string, v ...any)
+} {
+	return redisLogs{log.Named("go-redis").WithOptions(zap.AddCallerSkip(2))}
+}
+
+type redisLogs struct{ log *zap.Logger }
+
+func (l redisLogs) Printf(_ context.Context, format string, v ...any) {
+	if ce := l.log.Check(zap.WarnLevel, ""); ce != nil {
+		ce.Message = Redact(strings.TrimSpace(fmt.Sprintf(format, v...)))
+		ce.Write()
+	}
+}

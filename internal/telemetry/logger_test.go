@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
@@ -121,5 +123,52 @@ func TestTraceFields(t *testing.T) {
 	}
 	if rec["trace_id"] != span.SpanContext().TraceID().String() || rec["span_id"] != span.SpanContext().SpanID().String() {
 		t.Errorf("record %v", rec)
+	}
+}
+
+// go-redis's own log lines (a failed dial during an outage) come out as
+// JSON lines of the process's logger, at warn level and redacted, instead
+// of plain lines on standard error.
+func TestRedisLogs(t *testing.T) {
+	var buf testenv.Buffer
+	log, err := NewLogger("info", "json", WithLogOutput(&buf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	redis.SetLogger(RedisLogs(log))
+	t.Cleanup(func() { redis.SetLogger(RedisLogs(zap.NewNop())) })
+
+	c := redis.NewClient(&redis.Options{Addr: testenv.FreeAddr(t), MaxRetries: -1})
+	if err := c.Ping(context.Background()).Err(); err == nil {
+		t.Fatal("ping of a closed port succeeded")
+	}
+	_ = c.Close()
+	RedisLogs(log).Printf(context.Background(), "sentinel: dial %s failed", "redis://:Sup3rS3cret@r:6379")
+	_ = log.Sync()
+
+	out := buf.String()
+	if strings.Contains(out, "Sup3rS3cret") {
+		t.Fatalf("password logged:\n%s", out)
+	}
+	var dial bool
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, line)
+		}
+		if rec["level"] != "warn" || rec["logger"] != "go-redis" {
+			t.Errorf("level %v, logger %v; want warn, go-redis: %s", rec["level"], rec["logger"], line)
+		}
+		msg, _ := rec["msg"].(string)
+		caller, _ := rec["caller"].(string)
+		if strings.Contains(msg, "failed to dial") {
+			dial = true
+			if caller == "" || strings.HasPrefix(caller, "telemetry/") || strings.HasPrefix(caller, "internal/log") {
+				t.Errorf("caller %q, want go-redis's line that logged (pool/pool.go)", caller)
+			}
+		}
+	}
+	if !dial {
+		t.Fatalf("no line for the failed dial:\n%s", out)
 	}
 }
