@@ -177,7 +177,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 	fs := flag.NewFlagSet(filepath.Base(os.Args[0]), flag.ContinueOnError)
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
-	cfg.BindStartWait(fs, getenv)
+	cfg.BindStartWait(fs, getenv, connect.DefaultStartWait)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

@@ -21,30 +21,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// firstAttempt listens on a free address, accepts the first connection
-// there and closes it at once (as a server still starting does), then
-// stops listening. The channel says when that happened (or that no
-// connection came): a connection was tried, and failed, before the test
-// starts the real server on the address.
-func firstAttempt(t *testing.T) (addr string, tried <-chan error) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan error, 1)
-	go func() {
-		_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
-		c, err := ln.Accept()
-		if err == nil {
-			_ = c.Close()
-		}
-		_ = ln.Close()
-		out <- err
-	}()
-	return ln.Addr().String(), out
-}
-
 // proxy forwards connections on addr to target until the test ends: the
 // test's real Redis, reachable on an address that was closed before.
 func proxy(t *testing.T, addr, target string) error {
@@ -125,7 +101,7 @@ func TestStartWaitsForServers(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			addr, tried := firstAttempt(t)
+			addr, tried := testenv.FirstAttempt(t)
 			ran := make(chan struct{})
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -187,7 +163,7 @@ func TestStartWaitEndsOnAuthError(t *testing.T) {
 func TestStopWhileWaitingForServers(t *testing.T) {
 	t.Setenv("OTEL_TRACES_EXPORTER", "none")
 	_, prefix := testenv.Redis(t)
-	addr, tried := firstAttempt(t)
+	addr, tried := testenv.FirstAttempt(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

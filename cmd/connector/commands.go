@@ -27,6 +27,7 @@ import (
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 )
 
@@ -49,7 +50,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func
 	fs := newFlags("worker", stderr)
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
-	cfg.BindStartWait(fs, getenv)
+	cfg.BindStartWait(fs, getenv, connect.DefaultStartWait)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,6 +86,7 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	fs := newFlags("streams provision", stderr)
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
+	cfg.BindStartWait(fs, getenv, 0)
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -92,7 +94,9 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	if err != nil {
 		return err
 	}
-	nc, err := connect.ConnectNATS(ctx, cfg.NATS, log)
+	nc, err := connect.Retry(ctx, cfg.StartDeadline(), log, "NATS", connect.Transient, func(ctx context.Context) (*nats.Conn, error) {
+		return connect.ConnectNATS(ctx, cfg.NATS, log)
+	})
 	if err != nil {
 		return err
 	}
@@ -106,7 +110,8 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	if err != nil {
 		return err
 	}
-	if err := streams.Ensure(ctx, js, sc); err != nil {
+	if _, err := connect.Retry(ctx, cfg.StartDeadline(), log, "JetStream streams", streams.Unavailable,
+		func(ctx context.Context) (struct{}, error) { return struct{}{}, streams.Ensure(ctx, js, sc) }); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "streams %s, %s, %s provisioned (replicas %d)\n",

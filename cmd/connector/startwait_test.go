@@ -3,12 +3,17 @@ package main
 import (
 	"context"
 	"io"
+	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // `connector worker --provision=false`, as the Kubernetes worker runs,
@@ -60,5 +65,63 @@ func TestWorkerWaitsForStreams(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("connector worker did not stop")
+	}
+}
+
+// `connector streams provision --start-wait` (the Kubernetes provisioning
+// Job sets CONNECTOR_START_WAIT) waits for a NATS that is still starting;
+// without it, the command fails at once, as the other operations do.
+func TestProvisionWaitsForNATS(t *testing.T) {
+	prefix := testenv.Prefix(t)
+	names := wire.MustNames(prefix)
+	none := func(string) string { return "" }
+
+	refused := "nats://" + testenv.FreeAddr(t)
+	start := time.Now()
+	err := run(context.Background(), []string{"streams", "provision", "--nats", refused, "--prefix", prefix}, io.Discard, io.Discard, none)
+	if err == nil || !strings.Contains(err.Error(), "connect: nats") {
+		t.Fatalf("provision against nothing: %v, want a connect error", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("provision without --start-wait took %s, want it to fail at once", d)
+	}
+
+	addr, tried := testenv.FirstAttempt(t)
+	done := make(chan error, 1)
+	var stdout testenv.Buffer
+	go func() {
+		done <- run(context.Background(), []string{"streams", "provision", "--nats", "nats://" + addr, "--prefix", prefix, "--log-level", "error"},
+			&stdout, io.Discard, func(k string) string { return map[string]string{"CONNECTOR_START_WAIT": "30s"}[k] })
+	}()
+	select {
+	case err := <-tried:
+		if err != nil {
+			t.Fatalf("no connection attempt: %v", err)
+		}
+	case err := <-done:
+		t.Fatalf("provision returned before any connection attempt: %v", err)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	srv := testenv.StartNATS(t, func(o *server.Options) { o.Port = p })
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("provision: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("provision did not end after NATS came up")
+	}
+	js, err := jetstream.New(srv.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{names.JobsStream(), names.DeadStream(), names.EventsStream()} {
+		if _, err := js.Stream(context.Background(), s); err != nil {
+			t.Errorf("stream %s: %v", s, err)
+		}
+	}
+	if !strings.Contains(stdout.String(), "provisioned") {
+		t.Errorf("output %q", stdout.String())
 	}
 }

@@ -129,10 +129,12 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	c.ServiceName = envOr(getenv, "OTEL_SERVICE_NAME", "connector-worker")
 }
 
-// BindStartWait registers --start-wait: for long-running processes, which
-// wait for their servers at start (connect.DefaultStartWait).
-func (c *Config) BindStartWait(fs *flag.FlagSet, getenv func(string) string) {
-	fs.DurationVar(&c.StartWait, "start-wait", envDur(getenv, "CONNECTOR_START_WAIT", connect.DefaultStartWait), "how long to wait at start for NATS and Redis to be reachable (refused, closed, unresolved, timing out) and for the streams (with -provision=false) before exiting; authentication and TLS errors exit at once; 0 tries once (env CONNECTOR_START_WAIT)")
+// BindStartWait registers --start-wait, with default def unless
+// CONNECTOR_START_WAIT is set: connect.DefaultStartWait for long-running
+// processes, 0 for a one-shot command that a deployment may still want to
+// wait (the provisioning job).
+func (c *Config) BindStartWait(fs *flag.FlagSet, getenv func(string) string, def time.Duration) {
+	fs.DurationVar(&c.StartWait, "start-wait", envDur(getenv, "CONNECTOR_START_WAIT", def), "how long to wait at start for NATS and Redis to be reachable (refused, closed, unresolved, timing out) and for the streams (with -provision=false) before exiting; authentication and TLS errors exit at once; 0 tries once (env CONNECTOR_START_WAIT)")
 }
 
 // StartDeadline is when waiting at start ends: StartWait after its first

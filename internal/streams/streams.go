@@ -153,18 +153,24 @@ func Check(ctx context.Context, js jetstream.JetStream, n wire.Names) error {
 	return nil
 }
 
-// jsClusterNotAvailable is nats-server's "JetStream system temporarily
-// unavailable" (JSClusterNotAvailErr): a cluster without a meta leader yet.
-const jsClusterNotAvailable jetstream.ErrorCode = 10008
+// nats-server's errors of a cluster still forming: "JetStream system
+// temporarily unavailable" (JSClusterNotAvailErr: no meta leader yet) and
+// "no suitable peers for placement" (JSClusterNoPeersErrF: fewer JetStream
+// servers up than the streams' replicas).
+const (
+	jsClusterNotAvailable jetstream.ErrorCode = 10008
+	jsClusterNoPeers      jetstream.ErrorCode = 10005
+)
 
 // Unavailable reports whether err, from Ensure, Check or a consumer's
 // creation, may go away by itself at start: a stream not provisioned yet
 // (an operator's job provisions it beside a worker that may not), JetStream
 // not answering yet (no responders, a timeout, a cluster electing its
-// leader), or a connection error that connect.Transient accepts.
+// leader or waiting for its peers), or a connection error that
+// connect.Transient accepts.
 func Unavailable(err error) bool {
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsClusterNotAvailable {
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jsClusterNotAvailable || apiErr.ErrorCode == jsClusterNoPeers) {
 		return true
 	}
 	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, nats.ErrNoResponders) || connect.Transient(err)

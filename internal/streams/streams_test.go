@@ -103,7 +103,9 @@ func TestUnavailable(t *testing.T) {
 	}{
 		{"stream not provisioned yet", fmt.Errorf("streams: X_JOBS: %w", jetstream.ErrStreamNotFound), true},
 		{"cluster without a meta leader", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{"cluster waiting for its peers", &jetstream.APIError{Code: 500, ErrorCode: 10005, Description: "no suitable peers for placement"}, true},
 		{"no responders", nats.ErrNoResponders, true},
+		{"replicas on a single server", &jetstream.APIError{Code: 500, ErrorCode: 10074, Description: "replicas > 1 not supported in non-clustered mode"}, false},
 		{"API timeout", context.DeadlineExceeded, true},
 		{"JetStream not enabled", jetstream.ErrJetStreamNotEnabled, false},
 		{"bad request", &jetstream.APIError{Code: 400, ErrorCode: 10003, Description: "bad request"}, false},

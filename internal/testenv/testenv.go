@@ -320,3 +320,27 @@ func (b *Buffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// FirstAttempt listens on a free address, accepts the first connection
+// there and closes it at once (as a server still starting does), then
+// stops listening. The channel says when that happened (or that no
+// connection came): a connection was tried, and failed, before the test
+// starts the real server on the address.
+func FirstAttempt(t testing.TB) (addr string, tried <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan error, 1)
+	go func() {
+		_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+		c, err := ln.Accept()
+		if err == nil {
+			_ = c.Close()
+		}
+		_ = ln.Close()
+		out <- err
+	}()
+	return ln.Addr().String(), out
+}
