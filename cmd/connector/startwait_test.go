@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -123,5 +124,77 @@ func TestProvisionWaitsForNATS(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "provisioned") {
 		t.Errorf("output %q", stdout.String())
+	}
+}
+
+// A fresh NATS cluster comes up one server at a time: provisioning R3
+// streams against its first server meets no meta leader, then too few
+// JetStream peers. `connector streams provision --start-wait` waits
+// through both and provisions once the three servers are up.
+func TestProvisionWaitsForACluster(t *testing.T) {
+	prefix := testenv.Prefix(t)
+	names := wire.MustNames(prefix)
+	var client, routes [3]int
+	for i := range 3 {
+		for _, p := range []*int{&client[i], &routes[i]} {
+			_, port, _ := net.SplitHostPort(testenv.FreeAddr(t))
+			*p, _ = strconv.Atoi(port)
+		}
+	}
+	node := func(i int) func(*server.Options) {
+		return func(o *server.Options) {
+			o.ServerName = "n" + strconv.Itoa(i+1)
+			o.Port = client[i]
+			o.Cluster = server.ClusterOpts{Name: "c-" + prefix, Host: "127.0.0.1", Port: routes[i]}
+			o.Routes = server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", routes[0], routes[1], routes[2]))
+		}
+	}
+	first := testenv.StartNATS(t, node(0))
+	nc := first.Connect(t)
+	checks, err := nc.SubscribeSync("$JS.API.STREAM.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	var stdout, stderr testenv.Buffer
+	go func() {
+		done <- run(context.Background(), []string{"streams", "provision", "--nats", first.URL, "--prefix", prefix,
+			"--replicas", "3", "--start-wait", "2m", "--log-level", "warn"}, &stdout, &stderr, func(string) string { return "" })
+	}()
+	// It asks the first server while the cluster cannot answer, fails
+	// (an attempt is a stream info request, then a create) and tries again.
+	for i := range 3 {
+		if _, err := checks.NextMsg(30 * time.Second); err != nil {
+			t.Fatalf("JetStream request %d: %v", i+1, err)
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("provision returned with one server of three: %v\n%s", err, stderr.String())
+	default:
+	}
+	testenv.StartNATS(t, node(1))
+	testenv.StartNATS(t, node(2))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("provision: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(110 * time.Second):
+		t.Fatalf("provision did not end once the cluster was up\n%s", stderr.String())
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(context.Background(), names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := s.CachedInfo().Config.Replicas; r != 3 {
+		t.Errorf("jobs stream with %d replicas, want 3", r)
 	}
 }
