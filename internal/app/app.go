@@ -58,9 +58,10 @@ type Config struct {
 	// (the example connector's imports). Least-privilege workers may not:
 	// an operator registers them (shop-schedule), and this is false.
 	RegisterSchedules bool
-	// StartWait is how long Open waits for NATS and Redis to come up (0:
-	// one attempt). Only long-running processes bind its flag
-	// (BindStartWait); the operations commands fail at once.
+	// StartWait is how long the start waits for NATS, Redis and the
+	// streams (0: one attempt each). Long-running processes bind its flag
+	// with a default (BindStartWait), `streams provision` without one; the
+	// other operations commands fail at once.
 	StartWait time.Duration
 	startBy   time.Time // StartWait from the first StartDeadline call
 	// HTTPListener, when set, serves /livez, /readyz and /metrics instead
