@@ -210,11 +210,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 	if err != nil {
 		return fmt.Errorf("%w: %w", errFlags, err)
 	}
-	ready := func(ctx context.Context) (struct{}, error) { return struct{}{}, streams.Check(ctx, conns.JS, sc.Names) }
+	ready := func(ctx context.Context) error { return streams.Check(ctx, conns.JS, sc.Names) }
 	if cfg.Provision {
-		ready = func(ctx context.Context) (struct{}, error) { return struct{}{}, streams.Ensure(ctx, conns.JS, sc) }
+		ready = func(ctx context.Context) error { return streams.Ensure(ctx, conns.JS, sc) }
 	}
-	if _, err := connect.Retry(ctx, cfg.StartDeadline(), log, "JetStream streams", streams.Unavailable, ready); err != nil {
+	if err := connect.Wait(ctx, cfg.StartDeadline(), log, "JetStream streams", streams.Unavailable, ready); err != nil {
 		return err
 	}
 	env := &Env{Prefix: cfg.Prefix, Log: log, JS: conns.JS, Redis: conns.Redis, Dispatcher: d,

@@ -110,8 +110,8 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	if err != nil {
 		return err
 	}
-	if _, err := connect.Retry(ctx, cfg.StartDeadline(), log, "JetStream streams", streams.Unavailable,
-		func(ctx context.Context) (struct{}, error) { return struct{}{}, streams.Ensure(ctx, js, sc) }); err != nil {
+	if err := connect.Wait(ctx, cfg.StartDeadline(), log, "JetStream streams", streams.Unavailable,
+		func(ctx context.Context) error { return streams.Ensure(ctx, js, sc) }); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "streams %s, %s, %s provisioned (replicas %d)\n",

@@ -285,8 +285,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	// The streams may not be there yet (an operator's provisioning job
 	// running beside a worker that may not create them), or JetStream not
 	// answering yet (a cluster electing its leader): wait for them too.
-	if _, err := connect.Retry(ctx, cfg.StartDeadline(), c.Log, "JetStream streams and consumers", streams.Unavailable,
-		func(ctx context.Context) (struct{}, error) { return struct{}{}, w.Setup(ctx) }); err != nil {
+	if err := connect.Wait(ctx, cfg.StartDeadline(), c.Log, "JetStream streams and consumers", streams.Unavailable, w.Setup); err != nil {
 		return err
 	}
 	metrics, err := telemetry.NewMetrics(c.Telemetry.MeterProvider)

@@ -106,3 +106,10 @@ func Retry[T any](ctx context.Context, deadline time.Time, log *zap.Logger, what
 		}
 	}
 }
+
+// Wait is Retry for an f without a result (provisioning, a check).
+func Wait(ctx context.Context, deadline time.Time, log *zap.Logger, what string, transient func(error) bool,
+	f func(context.Context) error) error {
+	_, err := Retry(ctx, deadline, log, what, transient, func(ctx context.Context) (struct{}, error) { return struct{}{}, f(ctx) })
+	return err
+}
