@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -79,9 +78,7 @@ func TestStartWaitsForServers(t *testing.T) {
 	running := testenv.StartNATS(t)
 
 	natsLater := func(t *testing.T, addr string) {
-		_, port, _ := net.SplitHostPort(addr)
-		p, _ := strconv.Atoi(port)
-		testenv.StartNATS(t, func(o *server.Options) { o.Port = p })
+		testenv.StartNATS(t, func(o *server.Options) { o.Port = testenv.Port(t, addr) })
 	}
 	redisLater := func(t *testing.T, addr string) {
 		if err := proxy(t, addr, ru.Host); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -102,9 +101,7 @@ func TestProvisionWaitsForNATS(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("provision returned before any connection attempt: %v", err)
 	}
-	_, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
-	srv := testenv.StartNATS(t, func(o *server.Options) { o.Port = p })
+	srv := testenv.StartNATS(t, func(o *server.Options) { o.Port = testenv.Port(t, addr) })
 	select {
 	case err := <-done:
 		if err != nil {
@@ -136,10 +133,7 @@ func TestProvisionWaitsForACluster(t *testing.T) {
 	names := wire.MustNames(prefix)
 	var client, routes [3]int
 	for i := range 3 {
-		for _, p := range []*int{&client[i], &routes[i]} {
-			_, port, _ := net.SplitHostPort(testenv.FreeAddr(t))
-			*p, _ = strconv.Atoi(port)
-		}
+		client[i], routes[i] = testenv.Port(t, testenv.FreeAddr(t)), testenv.Port(t, testenv.FreeAddr(t))
 	}
 	node := func(i int) func(*server.Options) {
 		return func(o *server.Options) {

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -343,4 +344,19 @@ func FirstAttempt(t testing.TB) (addr string, tried <-chan error) {
 		out <- err
 	}()
 	return ln.Addr().String(), out
+}
+
+// Port is the port of a 127.0.0.1 address (FreeAddr, FirstAttempt): for a
+// server a test starts there (StartNATS's options take a port).
+func Port(t testing.TB, addr string) int {
+	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
