@@ -76,6 +76,14 @@
 // export listener of that backend skips events whose origin is itself, so an
 // imported record is not exported straight back.
 //
+// # Records created while a run goes the other way
+//
+// An import's new local record can be exported, or an export's new external
+// record imported, before the creating run binds it. The creating run holds
+// the other direction's record lock while it binds, so the crossing run
+// waits; if the crossing run got ahead of that lock, the run whose Bind
+// fails deletes the second copy (docs/units.md).
+//
 // Package units/unitstest has in-memory systems, binders and locks, a job
 // trap and an inline job runner for connector authors' tests.
 package units

@@ -273,7 +273,7 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 	if _, _, err := findBinding(); err != nil {
 		return "", err
 	}
-	resource := "import/" + w.Backend.ID + "/" + w.Model + "/" + externalID
+	resource := w.importResource(externalID)
 	if ctx, err = enter(ctx, resource); err != nil {
 		return "", err
 	}
@@ -342,12 +342,14 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 	}
 	if !bound {
 		verb = "created"
-		localID, err = local.Create(octx, values)
+		if localID, err = local.Create(octx, values); err != nil {
+			return "", err
+		}
+		err = w.bindCreated(ctx, binder, externalID, localID, true)
+	} else if err == nil {
+		err = binder.Bind(ctx, externalID, localID, w.Env.Now())
 	}
 	if err != nil {
-		return "", err
-	}
-	if err := binder.Bind(ctx, externalID, localID, w.Env.Now()); err != nil {
 		return "", err
 	}
 	if imp.After != nil {
@@ -442,7 +444,7 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 			}
 		}
 	}
-	resource := "export/" + w.Backend.ID + "/" + w.Model + "/" + localID
+	resource := w.exportResource(localID)
 	if ctx, err = enter(ctx, resource); err != nil {
 		return "", err
 	}
@@ -532,12 +534,14 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 	}
 	if !bound {
 		verb = "created"
-		externalID, err = ad.Create(ctx, values)
+		if externalID, err = ad.Create(ctx, values); err != nil {
+			return "", err
+		}
+		err = w.bindCreated(ctx, binder, externalID, localID, false)
+	} else if err == nil {
+		err = binder.Bind(ctx, externalID, localID, w.Env.Now())
 	}
 	if err != nil {
-		return "", err
-	}
-	if err := binder.Bind(ctx, externalID, localID, w.Env.Now()); err != nil {
 		return "", err
 	}
 	if ex.After != nil {
@@ -608,7 +612,7 @@ func (d *Deleter) Run(ctx context.Context, w *Work, externalID string) (res stri
 	if err != nil {
 		return "", err
 	}
-	unlock, err := w.lock(ctx, "delete/"+w.Backend.ID+"/"+w.Model+"/"+externalID)
+	unlock, err := w.lock(ctx, w.deleteResource(externalID))
 	if err != nil {
 		return "", err
 	}

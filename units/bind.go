@@ -1,0 +1,139 @@
+package units
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/connector-go/connector/internal/telemetry"
+	"github.com/connector-go/connector/job"
+)
+
+// The record locks of the synchronizers, one per direction and record.
+func (w *Work) importResource(externalID string) string {
+	return "import/" + w.Backend.ID + "/" + w.Model + "/" + externalID
+}
+
+func (w *Work) exportResource(localID string) string {
+	return "export/" + w.Backend.ID + "/" + w.Model + "/" + localID
+}
+
+func (w *Work) deleteResource(externalID string) string {
+	return "delete/" + w.Backend.ID + "/" + w.Model + "/" + externalID
+}
+
+// copyRaceDelay is how long a run that removed a second copy waits before it
+// runs again (as long as a lock held elsewhere makes it wait).
+const copyRaceDelay = time.Second
+
+// bindCreated binds externalID and localID after this run created one of
+// them: the local record for an import (importing), the external one for an
+// export.
+//
+// Creating a record and binding it are two steps, and a run going the other
+// way may start between them: an export of the local record an import has
+// just created (a local change that does not carry the import's origin, such
+// as an automation reacting to the create), or an import of the external
+// record an export has just created. That run sees the new record unbound
+// and would make a second copy of it in the first system. Two measures keep
+// one copy:
+//
+//  1. While it binds, the creating run holds the other direction's record
+//     lock on the new record, so that such a run waits (a retry that does
+//     not count) and then finds the binding.
+//  2. A run that took that lock first (it can, in the moment between the
+//     create and the lock) makes its copy, and one of the two Binds fails.
+//     The run whose Bind fails removes the second copy, whichever run made
+//     it: its own record when the record it copied is bound already (it then
+//     runs again, as a retry that does not count, to update the bound
+//     record), or the other run's copy of the record it has just created
+//     (then it binds its own pair).
+func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, localID string, importing bool) error {
+	peer := w.importResource(externalID)
+	if importing {
+		peer = w.exportResource(localID)
+	}
+	if unlock, err := w.lock(ctx, peer); err == nil {
+		defer unlock()
+	} else {
+		// Held by a run going the other way (or Redis failed, and Bind
+		// will say so): bind anyway and settle a conflict below.
+		w.Logger.Debug("bind a created record without the other direction's lock", zap.String("resource", peer), telemetry.ErrField(err))
+	}
+	bindErr := binder.Bind(ctx, externalID, localID, w.Env.Now())
+	if bindErr == nil {
+		return nil
+	}
+	boundLocal, extBound, err := binder.ToInternal(ctx, externalID)
+	if err != nil {
+		return bindErr
+	}
+	boundExt, locBound, err := binder.ToExternal(ctx, localID)
+	if err != nil {
+		return bindErr
+	}
+	extTaken := extBound && boundLocal != localID
+	locTaken := locBound && boundExt != externalID
+	if extTaken == locTaken {
+		// Neither (Bind failed for another reason) or both (not a race
+		// between two runs of this pair): nothing to settle here.
+		return bindErr
+	}
+	local, err := w.Local()
+	if err != nil {
+		return err
+	}
+	ad, err := w.Adapter()
+	if err != nil {
+		return err
+	}
+	// The local system's deletes carry the origin, like the import's
+	// writes, so that the export listener does not echo them.
+	octx := WithOrigin(ctx, w.Backend.ID)
+	var (
+		own    bool   // the second copy is the record this run created
+		why    string // how the second copy came about
+		del    func() error
+		unbind string // the external id of the copy's binding
+	)
+	switch {
+	case importing && extTaken:
+		// An export created externalID from boundLocal: the local record
+		// this import created is a second copy of boundLocal.
+		own = true
+		why = fmt.Sprintf("external %s was bound to local %s by an export while this import created local %s", externalID, boundLocal, localID)
+		del = func() error { return local.Delete(octx, localID) }
+	case !importing && locTaken:
+		// An import created localID from boundExt: the external record
+		// this export created is a second copy of boundExt.
+		own = true
+		why = fmt.Sprintf("local %s was bound to external %s by an import while this export created external %s", localID, boundExt, externalID)
+		del = func() error { return ad.Delete(ctx, externalID) }
+	case importing:
+		// An export copied the local record this import created to the
+		// backend as boundExt.
+		unbind = boundExt
+		why = fmt.Sprintf("an export copied local %s, which this import created, to external %s", localID, boundExt)
+		del = func() error { return ad.Delete(ctx, boundExt) }
+	default:
+		// An import copied the external record this export created to the
+		// local system as boundLocal.
+		unbind = externalID
+		why = fmt.Sprintf("an import copied external %s, which this export created, to local %s", externalID, boundLocal)
+		del = func() error { return local.Delete(octx, boundLocal) }
+	}
+	if err := del(); err != nil && !errors.Is(err, ErrMissing) {
+		return fmt.Errorf("%s: %s; deleting that second copy failed: %w (bind: %w)", w.Model, why, err, bindErr)
+	}
+	w.Logger.Warn("second copy of a record deleted", zap.String("model", w.Model), zap.String("why", why))
+	if own {
+		return job.RetryNoCount(fmt.Errorf("%s: %s: that second copy is deleted and the run goes again to update the bound record: %w", w.Model, why, bindErr), copyRaceDelay)
+	}
+	if err := binder.Unbind(ctx, unbind); err != nil {
+		return err
+	}
+	return binder.Bind(ctx, externalID, localID, w.Env.Now())
+}
