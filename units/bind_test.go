@@ -27,6 +27,20 @@ func (b hookBinder) Bind(ctx context.Context, externalID, localID string, at tim
 	return b.Binder.Bind(ctx, externalID, localID, at)
 }
 
+// onFirstBind makes f's binders call fn (once) ahead of the first Bind.
+func onFirstBind(f *fixture, fn func(externalID, localID string)) {
+	fired := false
+	binders := f.env.Binders
+	f.env.Binders = func(b, m string) units.Binder {
+		return hookBinder{binders(b, m), func(externalID, localID string) {
+			if !fired {
+				fired = true
+				fn(externalID, localID)
+			}
+		}}
+	}
+}
+
 // onFirstCreate makes m call fn (once) inside its first Create, after the
 // record is stored and before Create returns: as a change event that is
 // handled before the creating run has its answer.
@@ -66,16 +80,7 @@ func TestExportWaitsWhileAnImportBindsItsRecord(t *testing.T) {
 	forEachKind(t, func(t *testing.T, f *fixture) {
 		f.seedShop()
 		var during error
-		fired := false
-		binders := f.env.Binders
-		f.env.Binders = func(b, m string) units.Binder {
-			return hookBinder{binders(b, m), func(_, localID string) {
-				if !fired {
-					fired = true
-					_, during = f.exportRecord(t, "category", localID)
-				}
-			}}
-		}
+		onFirstBind(f, func(_, localID string) { _, during = f.exportRecord(t, "category", localID) })
 		if _, err := f.importRecord(t, "category", "c1", false); err != nil {
 			t.Fatal(err)
 		}
@@ -101,16 +106,7 @@ func TestImportWaitsWhileAnExportBindsItsRecord(t *testing.T) {
 	forEachKind(t, func(t *testing.T, f *fixture) {
 		local, _ := f.local.Model("category").Create(context.Background(), units.Record{"name": "Tools"})
 		var during error
-		fired := false
-		binders := f.env.Binders
-		f.env.Binders = func(b, m string) units.Binder {
-			return hookBinder{binders(b, m), func(externalID, _ string) {
-				if !fired {
-					fired = true
-					_, during = f.importRecord(t, "category", externalID, false)
-				}
-			}}
-		}
+		onFirstBind(f, func(externalID, _ string) { _, during = f.importRecord(t, "category", externalID, false) })
 		if _, err := f.exportRecord(t, "category", local); err != nil {
 			t.Fatal(err)
 		}
