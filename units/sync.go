@@ -205,7 +205,9 @@ func IsNothingToDo(err error) bool {
 //  6. map (for create when not bound yet), Validate;
 //  7. create or write the local record, with WithOrigin(ctx, backend id) so
 //     that change listeners do not export it back;
-//  8. bind the external and local ids with a new sync date; After.
+//  8. bind the external and local ids with a new sync date; After. A new
+//     local record is bound under its export lock, and a second copy made
+//     by an export that crossed the import is deleted (docs/units.md).
 type Importer struct {
 	// Fields to read from the backend (nil: all).
 	Fields []string
@@ -394,6 +396,9 @@ func ImportDependency(ctx context.Context, w *Work, d Dependency) error {
 //  3. export the Dependencies not bound yet (or Always);
 //  4. map only the changed fields (all fields on create), Validate;
 //  5. create or write the external record; bind with a new sync date; After.
+//     A new external record is bound under its import lock, and a second
+//     copy made by an import that crossed the export is deleted
+//     (docs/units.md).
 type Exporter struct {
 	UpdatedAt    func(external Record) (time.Time, bool)
 	Skip         func(ctx context.Context, w *Work, rec Record) string
