@@ -29,6 +29,10 @@ func (w *Work) deleteResource(externalID string) string {
 // runs again (as long as a lock held elsewhere makes it wait).
 const copyRaceDelay = time.Second
 
+// bindTimeout bounds binding a created record, or undoing it, once the
+// job's context is cancelled.
+const bindTimeout = 10 * time.Second
+
 // bindCreated binds externalID and localID after this run created one of
 // them: the local record for an import (importing), the external one for an
 // export.
@@ -51,7 +55,14 @@ const copyRaceDelay = time.Second
 //     runs again, as a retry that does not count, to update the bound
 //     record), or the other run's copy of the record it has just created
 //     (then it binds its own pair).
+//
+// A record that cannot be bound at all (Redis unavailable) is deleted again,
+// so that the job's retry creates it once, not twice.
 func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, localID string, importing bool) error {
+	// The record exists now: binding it (or undoing it) goes on even if the
+	// job is cancelled meanwhile (a worker's shutdown), for a bounded time.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+	defer cancel()
 	peer := w.importResource(externalID)
 	if importing {
 		peer = w.exportResource(localID)
@@ -67,19 +78,15 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 	if bindErr == nil {
 		return nil
 	}
-	boundLocal, extBound, err := binder.ToInternal(ctx, externalID)
-	if err != nil {
-		return bindErr
+	boundLocal, extBound, err1 := binder.ToInternal(ctx, externalID)
+	boundExt, locBound, err2 := binder.ToExternal(ctx, localID)
+	if err1 == nil && err2 == nil && extBound && boundLocal == localID && locBound && boundExt == externalID {
+		return nil // bound after all (the answer was lost)
 	}
-	boundExt, locBound, err := binder.ToExternal(ctx, localID)
-	if err != nil {
-		return bindErr
-	}
-	extTaken := extBound && boundLocal != localID
-	locTaken := locBound && boundExt != externalID
-	if extTaken == locTaken {
-		// Neither (Bind failed for another reason) or both (not a race
-		// between two runs of this pair): nothing to settle here.
+	extTaken := err1 == nil && extBound && boundLocal != localID
+	locTaken := err2 == nil && locBound && boundExt != externalID
+	if extTaken && locTaken {
+		// Not a race between two runs of this pair: left as it is.
 		return bindErr
 	}
 	local, err := w.Local()
@@ -93,6 +100,12 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 	// The local system's deletes carry the origin, like the import's
 	// writes, so that the export listener does not echo them.
 	octx := WithOrigin(ctx, w.Backend.ID)
+	deleteOwn := func() error {
+		if importing {
+			return local.Delete(octx, localID)
+		}
+		return ad.Delete(ctx, externalID)
+	}
 	var (
 		own    bool   // the second copy is the record this run created
 		why    string // how the second copy came about
@@ -100,18 +113,26 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 		unbind string // the external id of the copy's binding
 	)
 	switch {
+	case !extTaken && !locTaken:
+		// Bind failed (Redis unavailable, say): a later run would create
+		// the record again. The record is deleted instead, so that the
+		// run's retry creates it once.
+		created := pick(importing, "local "+localID, "external "+externalID)
+		if err := deleteOwn(); err != nil && !errors.Is(err, ErrMissing) {
+			return fmt.Errorf("%s: %s was created and could not be bound, nor deleted (a retry may make a second copy): %w (delete: %w)", w.Model, created, bindErr, err)
+		}
+		w.Logger.Warn("created record deleted: it could not be bound", zap.String("model", w.Model), zap.String("record", created), telemetry.ErrField(bindErr))
+		return fmt.Errorf("%s: %s was created and could not be bound, so it is deleted and the run's retry creates it again: %w", w.Model, created, bindErr)
 	case importing && extTaken:
 		// An export created externalID from boundLocal: the local record
 		// this import created is a second copy of boundLocal.
-		own = true
+		own, del = true, deleteOwn
 		why = fmt.Sprintf("external %s was bound to local %s by an export while this import created local %s", externalID, boundLocal, localID)
-		del = func() error { return local.Delete(octx, localID) }
 	case !importing && locTaken:
 		// An import created localID from boundExt: the external record
 		// this export created is a second copy of boundExt.
-		own = true
+		own, del = true, deleteOwn
 		why = fmt.Sprintf("local %s was bound to external %s by an import while this export created external %s", localID, boundExt, externalID)
-		del = func() error { return ad.Delete(ctx, externalID) }
 	case importing:
 		// An export copied the local record this import created to the
 		// backend as boundExt.
@@ -136,4 +157,11 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 		return err
 	}
 	return binder.Bind(ctx, externalID, localID, w.Env.Now())
+}
+
+func pick(cond bool, a, b string) string {
+	if cond {
+		return a
+	}
+	return b
 }

@@ -16,29 +16,36 @@ import (
 // the moment between the create of one and its Bind. Categories have no
 // dependencies, so that each run makes exactly one record.
 
-// hookBinder calls before ahead of every Bind.
+// hookBinder runs its first Bind through first instead: bind is given the
+// Bind of the binder underneath.
 type hookBinder struct {
 	units.Binder
-	before func(externalID, localID string)
+	first *bool
+	bind  func(externalID, localID string, through func() error) error
 }
 
 func (b hookBinder) Bind(ctx context.Context, externalID, localID string, at time.Time) error {
-	b.before(externalID, localID)
-	return b.Binder.Bind(ctx, externalID, localID, at)
+	through := func() error { return b.Binder.Bind(ctx, externalID, localID, at) }
+	if *b.first {
+		*b.first = false
+		return b.bind(externalID, localID, through)
+	}
+	return through()
 }
 
-// onFirstBind makes f's binders call fn (once) ahead of the first Bind.
-func onFirstBind(f *fixture, fn func(externalID, localID string)) {
-	fired := false
+// onFirstBind makes f's binders run bind instead of their first Bind.
+func onFirstBind(f *fixture, bind func(externalID, localID string, through func() error) error) {
+	first := true
 	binders := f.env.Binders
-	f.env.Binders = func(b, m string) units.Binder {
-		return hookBinder{binders(b, m), func(externalID, localID string) {
-			if !fired {
-				fired = true
-				fn(externalID, localID)
-			}
-		}}
-	}
+	f.env.Binders = func(b, m string) units.Binder { return hookBinder{binders(b, m), &first, bind} }
+}
+
+// beforeFirstBind makes f's binders call fn (once) ahead of the first Bind.
+func beforeFirstBind(f *fixture, fn func(externalID, localID string)) {
+	onFirstBind(f, func(externalID, localID string, through func() error) error {
+		fn(externalID, localID)
+		return through()
+	})
 }
 
 // onFirstCreate makes m call fn (once) inside its first Create, after the
@@ -80,7 +87,7 @@ func TestExportWaitsWhileAnImportBindsItsRecord(t *testing.T) {
 	forEachKind(t, func(t *testing.T, f *fixture) {
 		f.seedShop()
 		var during error
-		onFirstBind(f, func(_, localID string) { _, during = f.exportRecord(t, "category", localID) })
+		beforeFirstBind(f, func(_, localID string) { _, during = f.exportRecord(t, "category", localID) })
 		if _, err := f.importRecord(t, "category", "c1", false); err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +113,7 @@ func TestImportWaitsWhileAnExportBindsItsRecord(t *testing.T) {
 	forEachKind(t, func(t *testing.T, f *fixture) {
 		local, _ := f.local.Model("category").Create(context.Background(), units.Record{"name": "Tools"})
 		var during error
-		onFirstBind(f, func(externalID, _ string) { _, during = f.importRecord(t, "category", externalID, false) })
+		beforeFirstBind(f, func(externalID, _ string) { _, during = f.importRecord(t, "category", externalID, false) })
 		if _, err := f.exportRecord(t, "category", local); err != nil {
 			t.Fatal(err)
 		}
@@ -272,5 +279,89 @@ func TestExportDeletesItsOwnCopy(t *testing.T) {
 		if n := f.ext.Model("category").Calls("create"); n != 1 {
 			t.Errorf("the shop got %d creates, want only the copy's (%s)", n, res)
 		}
+	})
+}
+
+var errBindDown = errors.New("test: binder unavailable")
+
+// A created record whose Bind fails (Redis unavailable) is deleted, so that
+// the retry creates it once; a Bind that failed to answer after it bound
+// keeps the record.
+func TestCreatedRecordThatCannotBeBound(t *testing.T) {
+	down := func(_, _ string, _ func() error) error { return job.Retry(errBindDown) }
+	lostAnswer := func(_, _ string, through func() error) error {
+		if err := through(); err != nil {
+			return err
+		}
+		return job.Retry(errBindDown)
+	}
+	t.Run("import", func(t *testing.T) {
+		forEachKind(t, func(t *testing.T, f *fixture) {
+			f.seedShop()
+			localM := f.local.Model("category")
+			onFirstBind(f, down)
+			_, err := f.importRecord(t, "category", "c1", false)
+			if r, ok := job.AsRetryable(err); !ok || r.NoCount || !errors.Is(err, errBindDown) {
+				t.Fatalf("import: %v, want the bind's retryable error", err)
+			}
+			ch := localM.Changes()
+			if localM.Len() != 0 || len(ch) != 2 || ch[1].Op != "delete" || ch[1].Origin != backendID {
+				t.Fatalf("local changes %+v, want the create undone (with the origin)", ch)
+			}
+			if _, err := f.importRecord(t, "category", "c1", false); err != nil {
+				t.Fatal(err)
+			}
+			if localM.Len() != 1 {
+				t.Errorf("%d local categories after the retry, want 1", localM.Len())
+			}
+			bound(t, f.binder("category"), "c1")
+		})
+	})
+	t.Run("export", func(t *testing.T) {
+		forEachKind(t, func(t *testing.T, f *fixture) {
+			id, _ := f.local.Model("category").Create(context.Background(), units.Record{"name": "Tools"})
+			extM := f.ext.Model("category")
+			onFirstBind(f, down)
+			if _, err := f.exportRecord(t, "category", id); !errors.Is(err, errBindDown) {
+				t.Fatalf("export: %v, want the bind's error", err)
+			}
+			if extM.Len() != 0 || extM.Calls("delete") != 1 {
+				t.Fatalf("%d shop categories, %d deletes: want the create undone", extM.Len(), extM.Calls("delete"))
+			}
+			if _, err := f.exportRecord(t, "category", id); err != nil {
+				t.Fatal(err)
+			}
+			if extM.Len() != 1 {
+				t.Errorf("%d shop categories after the retry, want 1", extM.Len())
+			}
+		})
+	})
+	t.Run("bound after all", func(t *testing.T) {
+		forEachKind(t, func(t *testing.T, f *fixture) {
+			f.seedShop()
+			onFirstBind(f, lostAnswer)
+			if _, err := f.importRecord(t, "category", "c1", false); err != nil {
+				t.Fatalf("import: %v, want success (the pair is bound)", err)
+			}
+			local := bound(t, f.binder("category"), "c1")
+			if _, ok := f.local.Model("category").Get(local); !ok {
+				t.Error("the bound local record was deleted")
+			}
+		})
+	})
+}
+
+// A job cancelled while its created record is bound (a worker's shutdown)
+// still binds it: the retry finds it bound instead of creating it again.
+func TestBindOutlivesTheJobsCancel(t *testing.T) {
+	forEachKind(t, func(t *testing.T, f *fixture) {
+		f.seedShop()
+		ctx, cancel := context.WithCancel(context.Background())
+		f.local.Model("category").OnChange = func(context.Context, unitstest.Change) { cancel() }
+		_, err := f.reg.RunImport(ctx, f.env, units.ImportRecord{BackendID: backendID, Model: "category", ExternalID: "c1"})
+		if err != nil {
+			t.Fatalf("import cancelled after its create: %v", err)
+		}
+		bound(t, f.binder("category"), "c1")
 	})
 }

@@ -82,7 +82,8 @@
 // record imported, before the creating run binds it. The creating run holds
 // the other direction's record lock while it binds, so the crossing run
 // waits; if the crossing run got ahead of that lock, the run whose Bind
-// fails deletes the second copy (docs/units.md).
+// fails deletes the second copy. A created record that cannot be bound is
+// deleted again before the job retries (docs/units.md).
 //
 // Package units/unitstest has in-memory systems, binders and locks, a job
 // trap and an inline job runner for connector authors' tests.
