@@ -117,7 +117,10 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 		// Bind failed (Redis unavailable, say): a later run would create
 		// the record again. The record is deleted instead, so that the
 		// run's retry creates it once.
-		created := pick(importing, "local "+localID, "external "+externalID)
+		created := "external " + externalID
+		if importing {
+			created = "local " + localID
+		}
 		if err := deleteOwn(); err != nil && !errors.Is(err, ErrMissing) {
 			return fmt.Errorf("%s: %s was created and could not be bound, nor deleted (a retry may make a second copy): %w (delete: %w)", w.Model, created, bindErr, err)
 		}
@@ -157,11 +160,4 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 		return err
 	}
 	return binder.Bind(ctx, externalID, localID, w.Env.Now())
-}
-
-func pick(cond bool, a, b string) string {
-	if cond {
-		return a
-	}
-	return b
 }
