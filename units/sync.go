@@ -340,16 +340,17 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 				return "", err
 			}
 			bound = false
-		}
-	}
-	if !bound {
-		verb = "created"
-		if localID, err = local.Create(octx, values); err != nil {
+		} else if err != nil {
 			return "", err
 		}
-		err = w.bindCreated(ctx, binder, externalID, localID, true)
-	} else if err == nil {
+	}
+	if bound {
 		err = binder.Bind(ctx, externalID, localID, w.Env.Now())
+	} else {
+		verb = "created"
+		if localID, err = local.Create(octx, values); err == nil {
+			err = w.bindCreated(ctx, binder, externalID, localID, true)
+		}
 	}
 	if err != nil {
 		return "", err
@@ -535,16 +536,17 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 				return "", err
 			}
 			bound = false
-		}
-	}
-	if !bound {
-		verb = "created"
-		if externalID, err = ad.Create(ctx, values); err != nil {
+		} else if err != nil {
 			return "", err
 		}
-		err = w.bindCreated(ctx, binder, externalID, localID, false)
-	} else if err == nil {
+	}
+	if bound {
 		err = binder.Bind(ctx, externalID, localID, w.Env.Now())
+	} else {
+		verb = "created"
+		if externalID, err = ad.Create(ctx, values); err == nil {
+			err = w.bindCreated(ctx, binder, externalID, localID, false)
+		}
 	}
 	if err != nil {
 		return "", err
