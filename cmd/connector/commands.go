@@ -186,7 +186,7 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
 	all := fs.Bool("all", false, "requeue: every dead job")
-	limit := fs.Int("limit", 100, "dead: at most this many")
+	limit := fs.Int("limit", 100, "dead: at most this many (0: all)")
 	name := fs.String("name", "", "dead, requeue --all: the jobs of this name only")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parseInterspersed(fs, args[1:])
@@ -268,7 +268,9 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		}
 		if *name != "" {
 			letters = slices.DeleteFunc(letters, func(l dispatcher.DeadLetter) bool { return l.JobName != *name })
-			letters = letters[:min(len(letters), max(*limit, 0))]
+			if *limit > 0 { // 0 (or less): all, as without --name
+				letters = letters[:min(len(letters), *limit)]
+			}
 		}
 		return writeLetters(stdout, *asJSON, letters, "no dead jobs", "JOB ID\tNAME",
 			func(l *dispatcher.DeadLetter) (*wire.DeadLetter, string) {

@@ -229,6 +229,13 @@ func (s *suite) isolation(t *testing.T) {
 		t.Errorf("changing the record given to Create changed the system: %q = %v", s.h.Field, got[s.h.Field])
 	}
 	got[s.h.Field] = "changed by the caller after Read"
+	got, err = a.Read(s.ctx(t), id, nil)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if fmt.Sprint(got[s.h.Field]) != want {
+		t.Errorf("changing the record returned by Read changed the system: %q = %v", s.h.Field, got[s.h.Field])
+	}
 	upd := units.Record{s.h.Field: "written"}
 	if err := a.Write(s.ctx(t), id, upd); err != nil {
 		t.Fatalf("Write: %v", err)
@@ -239,7 +246,7 @@ func (s *suite) isolation(t *testing.T) {
 		t.Fatalf("Read: %v", err)
 	}
 	if fmt.Sprint(again[s.h.Field]) != "written" {
-		t.Errorf("changing a record given to Write or returned by Read changed the system: %q = %v", s.h.Field, again[s.h.Field])
+		t.Errorf("changing the record given to Write changed the system: %q = %v", s.h.Field, again[s.h.Field])
 	}
 }
 

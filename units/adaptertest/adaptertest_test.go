@@ -109,6 +109,13 @@ func (b *broken) Read(ctx context.Context, id string, fields []string) (units.Re
 	if s, ok := b.shared[id]; ok && err == nil {
 		return s, nil
 	}
+	if err == nil && len(fields) == 0 && b.fault == "read-shared" {
+		// Copies what it is given, but hands out the record it keeps.
+		if b.shared == nil {
+			b.shared = map[string]units.Record{}
+		}
+		b.shared[id] = r
+	}
 	return r, b.missing(err)
 }
 
@@ -184,6 +191,7 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 		"paging-ignored":     {"SearchPaging"},
 		"filter-ignored":     {"SearchFilter"},
 		"shared-record":      {"Isolation"},
+		"read-shared":        {"Isolation"},
 		"down-not-retryable": {"RetryableErrors"},
 	} {
 		t.Run(fault, func(t *testing.T) {
