@@ -546,8 +546,15 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			}
 		}
 		sent[i] = p
-		if err := batch.Publish(ctx, i, p.msg); err != nil && ctx.Err() != nil {
-			// Its Ack has the error; the rest are not sent.
+		if err := batch.Publish(ctx, i, p.msg); err != nil && (ctx.Err() != nil || errors.Is(err, jspub.ErrAckTimeout)) {
+			// Its Ack has the error; the rest are not sent, and fail with
+			// it (none may read as enqueued: no id and no error).
+			if ctx.Err() == nil {
+				err = fmt.Errorf("dispatcher: not published: %w", err)
+			}
+			for j := i + 1; j < len(items); j++ {
+				fail(j, err)
+			}
 			break
 		}
 	}

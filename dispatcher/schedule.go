@@ -138,15 +138,6 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 			}
 		}
 		return d.cancelDescendants(ctx, rec)
-	case job.StatePending:
-		// A graph job waiting for its parents: never released.
-		if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
-			return err
-		}
-		if err := d.rdb.HSet(ctx, graphs.Key(d.names, rec.Graph), "cancelled:"+id, "1").Err(); err != nil {
-			return err
-		}
-		return d.cancelDescendants(ctx, rec)
 	}
 	// The tombstone first: workers check every job they receive against it
 	// before queueing it, so a schedule that fires in the meantime, or a
@@ -158,19 +149,68 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 	}
+	if rec.State == job.StatePending {
+		// A graph job waiting for its parents: marked so that none
+		// releases it. If the last one did already, a moment ago (its
+		// worker's record of the release may still be on its way), the job
+		// may be queued, or taken: it is cancelled as a queued job is, once
+		// its record says where it is.
+		released, err := graphs.CancelPending(ctx, d.rdb, d.names, rec.Graph, id)
+		if err != nil {
+			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+		}
+		if released {
+			if rec, err = d.releasedRecord(ctx, rec); err != nil {
+				return err
+			}
+			switch rec.State {
+			case job.StateStarted, job.StateDone, job.StateFailed, job.StateDead:
+				return fmt.Errorf("%w: job %s is %s", job.ErrStarted, id, rec.State)
+			case job.StateCancelled:
+				return nil
+			}
+		}
+		if rec.State == job.StatePending {
+			// Never released, or its release not recorded yet: the
+			// tombstone drops its message if it comes.
+			if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
+				return err
+			}
+			return d.cancelDescendants(ctx, rec)
+		}
+	}
 	s, err := d.js.Stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	// Where the job's message is: its jobs subject (whose consumer tells
+	// whether it was taken), or its schedule (a graph job released with an
+	// ETA, recorded as enqueued), purged below. The record's channel and
+	// priority may not name its band (a released graph job's record has no
+	// priority).
+	subject, scheduled := d.subject(rec.Channel, &rec.Priority), false
+	if rec.State == job.StateEnqueued && rec.Seq > 0 {
+		m, err := s.GetMsg(ctx, rec.Seq)
+		switch {
+		case err == nil && m.Subject == d.names.ScheduleSubject(id):
+			scheduled = true
+		case err == nil:
+			if _, _, ok := d.names.ParseJobsSubject(m.Subject); ok {
+				subject = m.Subject
+			}
+		case !isNoMessage(err):
+			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+		}
 	}
 	// A waiting job: its schedule goes, so it never fires.
 	if err := s.Purge(ctx, jetstream.WithPurgeSubject(d.names.ScheduleSubject(id))); err != nil {
 		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 	}
-	if rec.State == job.StateEnqueued && rec.Seq > 0 {
+	if rec.State == job.StateEnqueued && rec.Seq > 0 && !scheduled {
 		// Taken by a worker already? The consumer delivers in stream order:
 		// a sequence beyond what it delivered was never seen. A taken job's
 		// message stays (its worker settles it); an untaken one goes.
-		cons, err := d.consumerOf(ctx, s, d.subject(rec.Channel, &rec.Priority))
+		cons, err := d.consumerOf(ctx, s, subject)
 		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 		}
@@ -194,6 +234,28 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		d.releaseIdentity(ctx, ident, id)
 	}
 	return d.cancelDescendants(ctx, rec)
+}
+
+// releasedRecord waits (up to a second) for the record of a graph job
+// whose last parent released it to say so: the worker that released it
+// records it in its next batch. It returns the record as it is then.
+func (d *Dispatcher) releasedRecord(ctx context.Context, rec job.Record) (job.Record, error) {
+	deadline := time.Now().Add(time.Second)
+	for rec.State == job.StatePending && time.Now().Before(deadline) {
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return rec, ctx.Err()
+		}
+		r, err := d.rec.Get(ctx, rec.ID)
+		if err != nil {
+			return rec, err
+		}
+		rec = r
+	}
+	return rec, nil
 }
 
 // cancelsKept is how long a cancel tombstone is kept.

@@ -71,7 +71,11 @@ func Store(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph s
 	return nil
 }
 
+// doneScript marks a job done and returns its children now ready. A graph
+// that is not kept (one without edges stores nothing; an expired one is
+// gone) has nothing to release: the mark would make a hash without expiry.
 var doneScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], 'done:' .. ARGV[1], '1')
 local kids = redis.call('HGET', KEYS[1], 'children:' .. ARGV[1])
 if not kids then return {} end
@@ -141,4 +145,29 @@ func CancelDescendants(ctx context.Context, rdb redis.UniversalClient, n wire.Na
 		return nil, fmt.Errorf("graphs: %w", err)
 	}
 	return res, nil
+}
+
+// cancelPendingScript marks a waiting job cancelled, so that no parent
+// releases it, and tells whether its parents were all done already (it
+// was released, or is being released now).
+var cancelPendingScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'cancelled:' .. ARGV[1], '1')
+local parents = redis.call('HGET', KEYS[1], 'parents:' .. ARGV[1]) or ''
+for p in string.gmatch(parents, '[^,]+') do
+  if redis.call('HEXISTS', KEYS[1], 'done:' .. p) == 0 then return 0 end
+end
+return 1
+`)
+
+// CancelPending marks a job that waits for its parents cancelled: no
+// parent releases it after this. released reports that its parents were
+// all done before (a worker released it, or is releasing it: its message
+// may be in the jobs stream).
+func CancelPending(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph, id string) (released bool, err error) {
+	r, err := cancelPendingScript.Run(ctx, rdb, []string{Key(n, graph)}, id).Int()
+	if err != nil {
+		return false, fmt.Errorf("graphs: %w", err)
+	}
+	return r == 1, nil
 }

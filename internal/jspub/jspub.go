@@ -120,6 +120,10 @@ type Batch struct {
 	done  chan struct{}   // signalled when left drops to 0
 	last  atomic.Int64    // unix nanos of the last acknowledgement
 	reply []byte
+	// stalled: no acknowledgement came for the stall timeout while the
+	// window was full; the outstanding messages failed with ErrAckTimeout
+	// and the rest of the batch fails at once (publishing goroutine only).
+	stalled bool
 }
 
 const (
@@ -154,12 +158,24 @@ func (p *Publisher) NewBatch(n int) (*Batch, error) {
 // Publish sends message i (its Reply is set here). It blocks while the
 // window is full, until an acknowledgement frees a place, ctx ends, or
 // none comes for the stall timeout; the returned error is then also the
-// message's Ack.
+// message's Ack. After a stall, the outstanding messages have failed with
+// ErrAckTimeout, and so does every later Publish of the batch, at once.
 func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
+	if b.stalled {
+		b.acks[i] = Ack{Err: ErrAckTimeout}
+		b.state[i].Store(settled)
+		return ErrAckTimeout
+	}
 	select {
 	case b.sem <- struct{}{}:
 	default:
 		if err := b.waitRoom(ctx); err != nil {
+			if errors.Is(err, ErrAckTimeout) {
+				// The stream stopped answering: fail what is outstanding
+				// now, rather than one stall timeout per message to come.
+				b.stalled = true
+				b.abort(ErrAckTimeout)
+			}
 			b.acks[i] = Ack{Err: err}
 			b.state[i].Store(settled)
 			return err

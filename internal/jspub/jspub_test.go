@@ -159,3 +159,34 @@ func TestParseAck(t *testing.T) {
 		t.Fatalf("error ack: %v", err)
 	}
 }
+
+// A batch larger than its window whose acknowledgements stop fails within
+// about one stall timeout, not one stall timeout per message beyond the
+// window (a 10k-job EnqueueMany would wait 30 s per job: days).
+func TestBatchStallFailsTheRestAtOnce(t *testing.T) {
+	_, nc, _ := testenv.JetStream(t)
+	ctx := context.Background()
+	mute, err := nc.Subscribe("mute.>", func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Unsubscribe()
+	const stall = 200 * time.Millisecond
+	p := New(nc, 2, stall)
+	defer p.Close()
+	const n = 40
+	b, _ := p.NewBatch(n)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		_ = b.Publish(ctx, i, &nats.Msg{Subject: "mute.x", Data: []byte("x")})
+	}
+	acks := b.Wait(ctx)
+	if took := time.Since(start); took > 10*stall {
+		t.Fatalf("a stalled batch of %d (window 2, stall %s) took %s to fail", n, stall, took)
+	}
+	for i, a := range acks {
+		if !errors.Is(a.Err, ErrAckTimeout) {
+			t.Fatalf("ack %d: %+v", i, a)
+		}
+	}
+}
