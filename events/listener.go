@@ -306,8 +306,11 @@ type partition struct {
 	index  int
 	consum string
 	seqKey string
-	dest   string
-	spans  *telemetry.ConsumerSpans // built once per partition
+	// markTTL is the runner's when the term began (a handler may outlive
+	// its term, while the runner reads the stream again).
+	markTTL time.Duration
+	dest    string
+	spans   *telemetry.ConsumerSpans // built once per partition
 
 	// cons is the consumer; last its configuration as last seen, used to
 	// create it again (same start, same floors) if it is deleted.
@@ -351,16 +354,7 @@ func (l *Listeners) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("events: %w", err)
 	}
-	// The marks are keyed by the stream's creation time: a recreated
-	// stream, whose sequences start again at 1, must not inherit them.
-	created := strconv.FormatInt(stream.CachedInfo().Created.UnixNano(), 10)
-	// A mark outlives its last update by the stream's MaxAge and a day:
-	// by then every event it covers is gone from the stream, and the marks
-	// of retired consumers and of replaced streams do not pile up.
-	var markTTL time.Duration
-	if age := stream.CachedInfo().Config.MaxAge; age > 0 {
-		markTTL = age + 24*time.Hour
-	}
+	created, markTTL := streamMarks(stream.CachedInfo())
 
 	runners := make([]*runner, 0, len(lis))
 	for _, li := range lis {
@@ -409,6 +403,21 @@ func (l *Listeners) Run(ctx context.Context) error {
 	wg.Wait()
 	g.inflight.Wait()
 	return nil
+}
+
+// streamMarks is how the Redis marks of the events stream described by
+// info are kept: their key's stream part and their TTL.
+func streamMarks(info *jetstream.StreamInfo) (created string, markTTL time.Duration) {
+	// The marks are keyed by the stream's creation time: a recreated
+	// stream, whose sequences start again at 1, must not inherit them.
+	created = strconv.FormatInt(info.Created.UnixNano(), 10)
+	// A mark outlives its last update by the stream's MaxAge and a day:
+	// by then every event it covers is gone from the stream, and the marks
+	// of retired consumers and of replaced streams do not pile up.
+	if age := info.Config.MaxAge; age > 0 {
+		markTTL = age + 24*time.Hour
+	}
+	return created, markTTL
 }
 
 // gate lets handlers start until stop, and counts those running.
@@ -472,6 +481,13 @@ func (p *partition) supervise(tctx, hctx context.Context, g *gate, endTerm conte
 		switch {
 		case errors.Is(err, errRetired):
 			log.Warn("events: consumer retired by another process; stopping this partitioning")
+			endTerm()
+			return
+		case errors.Is(err, errStreamReplaced):
+			// Its sequences start again: the consumer's last
+			// configuration (start, floors) and the marks of the old
+			// stream say nothing about the new one.
+			log.Warn("events: the events stream was replaced; starting the listener over on the new stream")
 			endTerm()
 			return
 		case err != nil && tctx.Err() == nil:
@@ -705,7 +721,7 @@ func (p *partition) markHandled(ctx context.Context, log *zap.Logger, seq uint64
 	if p.l.rdb == nil {
 		return
 	}
-	if err := p.l.mark.Run(ctx, p.l.rdb, []string{p.seqKey}, seq, p.r.markTTL.Milliseconds()).Err(); err != nil {
+	if err := p.l.mark.Run(ctx, p.l.rdb, []string{p.seqKey}, seq, p.markTTL.Milliseconds()).Err(); err != nil {
 		log.Warn("events: record last handled sequence", telemetry.ErrField(err))
 	}
 }

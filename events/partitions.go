@@ -67,6 +67,10 @@ const (
 // errRetired: the partition's consumer was retired by a takeover.
 var errRetired = errors.New("events: consumer retired")
 
+// errStreamReplaced: the events stream was deleted and created again since
+// the runner last read it.
+var errStreamReplaced = errors.New("events: events stream replaced")
+
 // ConflictError says that the events stream holds a consumer of a
 // listener's name whose filter is not the one this process would give it:
 // the listener is registered elsewhere (or was) for another model or event.
@@ -97,10 +101,13 @@ type consumerSet struct {
 // runner owns one listener in this process: it decides whether the process
 // may consume the listener's set, and runs terms of consumption.
 type runner struct {
-	l       *Listeners
-	li      *listener
-	created string        // the stream's creation time, for the Redis marks
-	markTTL time.Duration // how long a mark outlives its last update (0: forever)
+	l  *Listeners
+	li *listener
+	// created is the stream's creation time, for the Redis marks; markTTL
+	// how long a mark outlives its last update (0: forever). Both are read
+	// again by resolve, between terms: the stream may have been replaced.
+	created string
+	markTTL time.Duration
 	log     *zap.Logger
 
 	cons    []jetstream.Consumer // the set, as ensured by resolve
@@ -201,7 +208,7 @@ func (r *runner) term(ctx, hctx context.Context, g *gate) {
 			consum: ConsumerName(r.li.name, i, n),
 			dest:   r.l.names.EventsStream(),
 		}
-		p.seqKey = r.markKey(p.consum)
+		p.seqKey, p.markTTL = r.markKey(p.consum), r.markTTL
 		p.spans = telemetry.NewConsumerSpans(r.l.tracer, r.l.link, p.dest, p.consum)
 		p.use(r.cons[i])
 		parts[i] = p
@@ -264,13 +271,16 @@ func (p *partition) use(c jetstream.Consumer) {
 // resolve decides whether this process may consume the listener's set now;
 // when it may, the set exists, up to date, in r.cons.
 func (r *runner) resolve(ctx context.Context) (bool, error) {
+	if err := r.refresh(ctx); err != nil {
+		return false, err
+	}
 	sets, err := r.discover(ctx)
 	if err != nil {
 		return false, err
 	}
 	if len(sets) == 0 {
 		// A new listener: its consumers read the stream from the start.
-		if err := r.ensure(ctx, nil); err != nil {
+		if err := r.ensure(ctx, nil, nil); err != nil {
 			return false, err
 		}
 		if sets, err = r.discover(ctx); err != nil {
@@ -280,7 +290,7 @@ func (r *runner) resolve(ctx context.Context) (bool, error) {
 	n := r.li.partitions
 	if ours := sets[n]; ours != nil && !ours.retired && beatsAll(ours, rivals(sets, n)) {
 		r.idle.reset()
-		return true, r.ensure(ctx, nil)
+		return true, r.ensureLive(ctx, sets)
 	}
 	// Another partitioning is (or was) in charge.
 	if live := rivals(sets, n); len(live) > 0 {
@@ -303,9 +313,60 @@ func (r *runner) resolve(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	if ours := sets[n]; ours != nil && !ours.retired && beatsAll(ours, rivals(sets, n)) {
-		return true, r.ensure(ctx, nil)
+		return true, r.ensureLive(ctx, sets)
 	}
 	return false, nil
+}
+
+// ensureLive ensures this process's set, found live (sets as discovered).
+// A partition of it missing beside other, retired, sets of the listener is
+// one a takeover did not get to create (it failed or its process stopped
+// halfway): it is created with the handover floors, read again from those
+// sets, as the takeover would have, not from the start of the stream (which
+// would handle again every event the old partitioning handled).
+func (r *runner) ensureLive(ctx context.Context, sets map[int]*consumerSet) error {
+	n := r.li.partitions
+	var fill []uint64
+	if len(sets) > 1 {
+		missing := false
+		for i := 0; i < n && !missing; i++ {
+			_, err := r.info(ctx, ConsumerName(r.li.name, i, n))
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				missing = true
+			} else if err != nil {
+				return fmt.Errorf("events: listener %s: %w", r.li.name, err)
+			}
+		}
+		if missing {
+			others := slices.DeleteFunc(slices.Sorted(maps.Keys(sets)), func(m int) bool { return m == n })
+			var err error
+			if fill, err = r.floorsOf(ctx, others); err != nil {
+				return err
+			}
+		}
+	}
+	return r.ensure(ctx, nil, fill)
+}
+
+// refresh reads the events stream again: a stream deleted and created
+// again (its sequences restart at 1) must not inherit the old one's marks.
+func (r *runner) refresh(ctx context.Context) error {
+	created, markTTL, err := r.stream(ctx)
+	if err != nil {
+		return err
+	}
+	r.created, r.markTTL = created, markTTL
+	return nil
+}
+
+// stream reads the events stream's marks parameters (streamMarks).
+func (r *runner) stream(ctx context.Context) (string, time.Duration, error) {
+	s, err := r.l.js.Stream(ctx, r.l.names.EventsStream())
+	if err != nil {
+		return "", 0, fmt.Errorf("events: listener %s: %w", r.li.name, err)
+	}
+	created, markTTL := streamMarks(s.CachedInfo())
+	return created, markTTL, nil
 }
 
 // rivals are the live sets of sets with another partition count than n.
@@ -383,12 +444,13 @@ func filtersOf(c jetstream.ConsumerConfig) []string {
 // keeping their start and metadata, and loads them into r.cons. With
 // floors (a takeover), every partition gets the floors of its buckets
 // (never lowered) and is un-retired; a partition created then starts at
-// its lowest floor.
-func (r *runner) ensure(ctx context.Context, floors []uint64) error {
+// its lowest floor. Without floors, a partition that must be created gets
+// those of fill (nil: none, it reads the stream from its start).
+func (r *runner) ensure(ctx context.Context, floors, fill []uint64) error {
 	n := r.li.partitions
 	cons := make([]jetstream.Consumer, n)
 	for i := 0; i < n; i++ {
-		c, err := r.ensurePartition(ctx, i, floors)
+		c, err := r.ensurePartition(ctx, i, floors, fill)
 		if err != nil {
 			return fmt.Errorf("events: listener %s: consumer %s: %w", r.li.name, ConsumerName(r.li.name, i, n), err)
 		}
@@ -398,20 +460,23 @@ func (r *runner) ensure(ctx context.Context, floors []uint64) error {
 	return nil
 }
 
-func (r *runner) ensurePartition(ctx context.Context, i int, floors []uint64) (jetstream.Consumer, error) {
-	c, err := r.ensurePartitionOnce(ctx, i, floors)
+func (r *runner) ensurePartition(ctx context.Context, i int, floors, fill []uint64) (jetstream.Consumer, error) {
+	c, err := r.ensurePartitionOnce(ctx, i, floors, fill)
 	if errors.Is(err, jetstream.ErrConsumerExists) {
 		// Another process created it meanwhile, differently: update it.
-		c, err = r.ensurePartitionOnce(ctx, i, floors)
+		c, err = r.ensurePartitionOnce(ctx, i, floors, fill)
 	}
 	return c, err
 }
 
-func (r *runner) ensurePartitionOnce(ctx context.Context, i int, floors []uint64) (jetstream.Consumer, error) {
+func (r *runner) ensurePartitionOnce(ctx context.Context, i int, floors, fill []uint64) (jetstream.Consumer, error) {
 	stream := r.l.names.EventsStream()
 	want := r.config(i)
 	c, err := r.l.js.Consumer(ctx, stream, want.Durable)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if floors == nil {
+			floors = fill
+		}
 		if floors != nil {
 			mine := bucketFloors(floors, i, r.li.partitions)
 			if low := lowest(floors, i, r.li.partitions); low > 0 {
@@ -457,8 +522,16 @@ func (r *runner) ensurePartitionOnce(ctx context.Context, i int, floors []uint64
 // recreate brings back a partition's consumer after its consumption
 // stopped: the same consumer if it still exists (errRetired if it was
 // retired), else a new one with the configuration it last had, unless
-// another set of the listener is live (errRetired).
+// another set of the listener is live (errRetired). errStreamReplaced: the
+// events stream is not the one of the term any more.
 func (r *runner) recreate(ctx context.Context, p *partition) (jetstream.Consumer, error) {
+	// A replaced stream: the term's marks and p.last (start, floors) are
+	// the old stream's, whatever consumer is found in the new one.
+	if created, _, err := r.stream(ctx); err != nil {
+		return nil, err
+	} else if created != r.created {
+		return nil, errStreamReplaced
+	}
 	stream := r.l.names.EventsStream()
 	c, err := r.l.js.Consumer(ctx, stream, p.consum)
 	if err == nil {
@@ -511,6 +584,18 @@ func (r *runner) takeOver(ctx context.Context, sets map[int]*consumerSet) error 
 			}
 		}
 	}
+	floors, err := r.floorsOf(ctx, others)
+	if err != nil {
+		return err
+	}
+	r.log.Info("events: taking the listener over from its previous partitioning", zap.Ints("from", others))
+	return r.ensure(ctx, floors, nil)
+}
+
+// floorsOf reads the handover floors of the listener's sets of the
+// partition counts others: per record bucket, the last stream sequence
+// they handled (their ack floors, the Redis marks, and their own floors).
+func (r *runner) floorsOf(ctx context.Context, others []int) ([]uint64, error) {
 	floors := make([]uint64, wire.EventBuckets)
 	for _, m := range others {
 		for j := 0; j < m; j++ {
@@ -519,7 +604,7 @@ func (r *runner) takeOver(ctx context.Context, sets map[int]*consumerSet) error 
 				continue // deleted: its buckets are replayed (at least once)
 			}
 			if err != nil {
-				return fmt.Errorf("events: listener %s: %w", r.li.name, err)
+				return nil, fmt.Errorf("events: listener %s: %w", r.li.name, err)
 			}
 			f := max(info.AckFloor.Stream, r.mark(ctx, info.Name))
 			own := parseFloors(info.Config.Metadata[metaFloors])
@@ -528,8 +613,7 @@ func (r *runner) takeOver(ctx context.Context, sets map[int]*consumerSet) error 
 			}
 		}
 	}
-	r.log.Info("events: taking the listener over from its previous partitioning", zap.Ints("from", others))
-	return r.ensure(ctx, floors)
+	return floors, nil
 }
 
 // retire marks a consumer retired in its metadata.

@@ -1,0 +1,106 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap/zaptest"
+)
+
+// A running listener whose events stream is deleted and provisioned again
+// (sequences restart at 1) handles the new stream's events: the marks of
+// the old stream, keyed by its creation time, do not apply to the new one
+// (docs/events.md, "Delivery: at least once").
+func TestRecreatedStreamDoesNotInheritMarks(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	got := newCounter()
+	l := e.listeners()
+	must(t, l.On("reborn", "res.partner", "", func(_ context.Context, ev events.Event) error {
+		got.inc(ev.RecordID)
+		return nil
+	}, events.WithPartitions(1)))
+	e.start(l)
+	for i := 0; i < 5; i++ {
+		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: fmt.Sprint("old", i)})
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(got.snapshot()) == 5 }, "old events handled")
+
+	must(t, e.js.DeleteStream(ctx, e.names.EventsStream()))
+	must(t, streams.Ensure(ctx, e.js, streams.Config{Names: e.names, Memory: true}))
+	for i := 0; i < 3; i++ {
+		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: fmt.Sprint("new", i)})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !(got.get("new0") == 1 && got.get("new1") == 1 && got.get("new2") == 1) {
+		if time.Now().After(deadline) {
+			c, err := e.js.Consumer(ctx, e.names.EventsStream(), events.ConsumerName("reborn", 0, 1))
+			if err != nil {
+				t.Fatalf("new events not handled (%v); consumer: %v", got.snapshot(), err)
+			}
+			info, _ := c.Info(ctx)
+			t.Fatalf("new events not handled (%v); consumer acked up to stream seq %d, %d pending, %d unacknowledged",
+				got.snapshot(), info.AckFloor.Stream, info.NumPending, info.NumAckPending)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.drained("reborn")
+	for r, c := range got.snapshot() {
+		if c != 1 {
+			t.Fatalf("record %s handled %d times", r, c)
+		}
+	}
+}
+
+// flakyCreate is a JetStream whose CreateConsumer of one consumer fails
+// once (a timeout, a process stopped in the middle).
+type flakyCreate struct {
+	jetstream.JetStream
+	name   string
+	failed atomic.Bool
+}
+
+func (f *flakyCreate) CreateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	if cfg.Durable == f.name && f.failed.CompareAndSwap(false, true) {
+		return nil, errors.New("injected: request timed out")
+	}
+	return f.JetStream.CreateConsumer(ctx, stream, cfg)
+}
+
+// A takeover interrupted after it created some of the new partitioning's
+// consumers (here one CREATE fails; equally a process stopped or killed in
+// the middle) is finished later without replaying what the old
+// partitioning handled: the missing consumers get the handover floors too.
+func TestInterruptedTakeoverDoesNotReplay(t *testing.T) {
+	e := newEnv(t)
+	r := e.repartition("halfway", 8)
+	log := r.log
+
+	stop := r.start(1)
+	r.batch(0, 3)
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(r.ids) }, "first batch handled under 1 partition")
+	stop()
+	r.batch(3, 2) // waits for the takeover
+
+	js := &flakyCreate{JetStream: e.newJS(), name: events.ConsumerName("halfway", 1, 2)}
+	l, err := events.NewListeners(js, append([]events.Option{events.WithAckWait(3 * time.Second), events.WithRedis(e.rdb),
+		events.WithPrefix(e.names.Prefix), events.WithLogger(zaptest.NewLogger(t))}, r.opts...)...)
+	must(t, err)
+	must(t, l.On("halfway", "res.partner", "", log.handler, events.WithPartitions(2)))
+	stop = e.runFor(l)
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() >= len(r.ids) && e.caughtUp("halfway", 2) },
+		"second batch handled under 2 partitions")
+	if !js.failed.Load() {
+		t.Fatal("the takeover did not try to create the consumer that fails")
+	}
+	log.check(t, r.ids)
+	stop()
+}
