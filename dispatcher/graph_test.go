@@ -189,6 +189,11 @@ func TestCancelReleasedChildWithETA(t *testing.T) {
 		r, err := e.d.Job(ctx, later)
 		return err == nil && r.State != job.StatePending
 	}, "the child released")
+	// Its releasing worker records it as the dispatcher records a delayed
+	// job: waiting, until its ETA.
+	if r, err := e.d.Job(ctx, later); err != nil || r.State != job.StateWaiting || time.Until(r.ETA) < 50*time.Minute {
+		t.Fatalf("released child with a delay: %v, state %s, ETA %v", err, r.State, r.ETA)
+	}
 	// Another job of the same channel and band runs after it was released.
 	other, err := e.d.Enqueue(ctx, GraphStep{Name: "other"})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,5 +163,100 @@ func TestRedisOutagePausesThenRecovers(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("job did not run after Redis came back")
+	}
+}
+
+// While Redis is down, admission waits and the jobs a worker received keep
+// their leases (docs/architecture.md: every received message is under
+// heartbeat at once), however many arrive meanwhile: none is delivered
+// again, and once Redis is back each runs once.
+func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CONNECTOR_TEST_REQUIRE_REDIS") == "1" {
+			t.Fatal("redis-server not installed")
+		}
+		t.Skip("redis-server not installed")
+	}
+	port := freePort(t)
+	startRedis := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+		defer c.Close()
+		testenv.Eventually(t, 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil }, "redis up")
+		return cmd
+	}
+	srv := startRedis()
+	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: 1,
+		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
+	defer rdb.Close()
+	_, _, js := testenv.JetStream(t)
+	prefix := testenv.Prefix(t)
+	names := wire.MustNames(prefix)
+	ctx := context.Background()
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := dispatcher.New(js, dispatcher.WithPrefix(prefix))
+	reg := worker.NewRegistry()
+	var mu sync.Mutex
+	runs := map[int]int{}
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[testjobs.Probe]) (string, error) {
+		mu.Lock()
+		runs[j.Args.N]++
+		mu.Unlock()
+		return "", nil
+	})
+	ran := func() (n, twice int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range runs {
+			n++
+			if r > 1 {
+				twice++
+			}
+		}
+		return n, twice
+	}
+	w, _ := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithAckWait(time.Second),
+		worker.WithPrefetch(200), worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel+1))))
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	defer func() { cancel(); <-done }()
+	if _, err := d.Enqueue(ctx, testjobs.Probe{N: 0}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { n, _ := ran(); return n == 1 }, "first job ran")
+
+	_ = srv.Process.Kill()
+	_, _ = srv.Process.Wait()
+	// Jobs arrive one by one: each is a group of its own for admission.
+	const jobs = 60
+	for i := 1; i <= jobs; i++ {
+		if _, err := d.Enqueue(ctx, testjobs.Probe{N: i}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // spaced arrivals, not a wait on a condition
+	}
+	// The outage lasts three leases: a job received and not under
+	// heartbeat meanwhile is delivered again.
+	time.Sleep(3 * time.Second) // the outage's length, not a wait on a condition
+	srv = startRedis()
+	testenv.Eventually(t, 20*time.Second, func() bool { n, _ := ran(); return n == jobs+1 }, "every job ran after the outage")
+	cons, err := js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	}, "every job settled")
+	if _, twice := ran(); twice > 0 {
+		t.Errorf("%d jobs ran twice: their leases ran out in the worker while Redis was down", twice)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
@@ -79,17 +80,25 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 	// Received groups are admitted (a Redis round trip) and queued by a
 	// goroutine of their own, so that the next pull request goes out as
 	// soon as a batch is in, not after it is admitted: the server always
-	// has a request to fill.
-	admitQ := make(chan []*item, 8)
+	// has a request to fill. The puller never waits for admission (while
+	// Redis is down it waits long): the messages of its open request that
+	// it has not read yet are under no heartbeat. The credits bound what
+	// waits for admission.
+	var admitQ groups
+	admitQ.init()
 	admitted := make(chan struct{})
 	go func() {
 		defer close(admitted)
-		for g := range admitQ {
+		for {
+			g, ok := admitQ.pop()
+			if !ok {
+				return
+			}
 			w.queue(ctx, g, credits)
 		}
 	}()
 	defer func() {
-		close(admitQ)
+		admitQ.close()
 		<-admitted
 	}()
 	// The batch adapts: an idle puller long-polls for one job and holds no
@@ -166,7 +175,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 					ended, perr = true, err
 				}
 			}
-			admitQ <- group
+			admitQ.push(group)
 		}
 		credits.putBack(reserved - got)
 		if got >= n && n > 0 {
@@ -182,6 +191,58 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			continue
 		}
 		backoff = 100 * time.Millisecond
+	}
+}
+
+// groups is a puller's queue of received groups for admission: pushing
+// never blocks.
+type groups struct {
+	mu     sync.Mutex
+	q      [][]*item
+	closed bool
+	more   chan struct{} // a group was pushed, or closed (buffered 1)
+}
+
+func (g *groups) init() { g.more = make(chan struct{}, 1) }
+
+func (g *groups) push(its []*item) {
+	g.mu.Lock()
+	g.q = append(g.q, its)
+	g.mu.Unlock()
+	g.signal()
+}
+
+func (g *groups) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.signal()
+}
+
+func (g *groups) signal() {
+	select {
+	case g.more <- struct{}{}:
+	default:
+	}
+}
+
+// pop waits for the next group; false once closed and empty.
+func (g *groups) pop() ([]*item, bool) {
+	for {
+		g.mu.Lock()
+		if len(g.q) > 0 {
+			its := g.q[0]
+			g.q[0] = nil
+			g.q = g.q[1:]
+			g.mu.Unlock()
+			return its, true
+		}
+		closed := g.closed
+		g.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-g.more
 	}
 }
 
@@ -229,7 +290,7 @@ func (w *Worker) queue(ctx context.Context, group []*item, credits *credits) {
 // with their hand-back counts. While Redis is unreachable it waits (the
 // jobs stay under heartbeat): work pauses rather than run a cancelled job.
 func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*item {
-	checks := 0
+	checks, redelivered := 0, 0
 	for _, it := range group {
 		meta, err := it.msg.Metadata()
 		if err != nil {
@@ -246,8 +307,13 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 		if !env.Template {
 			checks++
 		}
+		if meta.NumDelivered > 1 {
+			redelivered++
+		}
 	}
-	if w.cfg.rdb == nil || checks == 0 {
+	// A periodic firing is checked against no tombstone, but a redelivered
+	// one has its hand-backs too.
+	if w.cfg.rdb == nil || checks == 0 && redelivered == 0 {
 		return group
 	}
 	ids := make([]string, 0, checks)
@@ -260,7 +326,9 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 	counts := make([]*redis.StringCmd, len(group))
 	for backoff := 100 * time.Millisecond; ; {
 		pipe := w.cfg.rdb.Pipeline()
-		scores = pipe.ZMScore(ctx, w.cancelsKey, ids...)
+		if len(ids) > 0 {
+			scores = pipe.ZMScore(ctx, w.cancelsKey, ids...)
+		}
 		for i, it := range group {
 			if it.env != nil && it.meta.NumDelivered > 1 {
 				counts[i] = pipe.Get(ctx, w.handbackKey(it.meta.Sequence.Stream))
@@ -278,7 +346,10 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 			return group
 		}
 	}
-	cancelled := scores.Val()
+	var cancelled []float64
+	if scores != nil {
+		cancelled = scores.Val()
+	}
 	out, c := group[:0], 0
 	for i, it := range group {
 		if cmd := counts[i]; cmd != nil {

@@ -321,7 +321,11 @@ func (w *Worker) retry(ctx context.Context, it *item, m *Message, v outcome.Verd
 	w.record(u)
 	inPlace := it.ch.ch.Sequential
 	if !inPlace {
-		if err := w.scheduleRetry(ctx, it, next, delay); err != nil {
+		switch err := w.scheduleRetry(ctx, it, next, delay); {
+		case errors.Is(err, errHandedBack):
+			jc.logger().Warn("job failed after it was handed back at shutdown; its redelivery is its next attempt", telemetry.ErrField(herr))
+			return
+		case err != nil:
 			// Could not schedule: keep the message and retry it in place.
 			jc.logger().Warn("retry not scheduled; retrying in place", telemetry.ErrField(err))
 			inPlace = true
@@ -360,18 +364,41 @@ func (w *Worker) releaseChildren(ctx context.Context, env *wire.Envelope) error 
 		if err != nil {
 			return fmt.Errorf("release %s: %w", k.ID, err)
 		}
-		u := records.Update{ID: k.ID, Queued: job.StateEnqueued, Seq: ack.Sequence, Graph: env.Graph}
-		if kenv, err := wire.DecodeEnvelope(k.Data, 0); err == nil {
-			u.Name, u.Channel, u.EnqueuedAt, u.Description = kenv.Name, kenv.Channel, wire.FromMillis(kenv.EnqueuedAt), kenv.Description
+		// Recorded as the dispatcher records a job it enqueues: its
+		// priority (Cancel finds the job's band by it), and waiting until
+		// its ETA when its message is a schedule.
+		u := records.Update{ID: k.ID, Graph: env.Graph}
+		kenv, err := wire.DecodeEnvelope(k.Data, 0)
+		if err == nil {
+			u = envRecord(kenv)
+		}
+		u.Queued, u.Seq = job.StateEnqueued, ack.Sequence
+		if m.Header.Get(wire.HeaderSchedule) != "" {
+			u.Queued = job.StateWaiting
+			if kenv != nil && kenv.ETA > 0 {
+				u.ETA = wire.FromMillis(kenv.ETA)
+			}
 		}
 		w.record(u)
 	}
 	return nil
 }
 
+// errHandedBack: the job's message was handed back (a handler that
+// ignored its cancelled context past the shutdown grace) before the run
+// could settle it; its redelivery runs it again.
+var errHandedBack = errors.New("worker: job handed back before it settled")
+
 // scheduleRetry puts the next attempt in a message schedule and acks the
-// current message, so no capacity is held while waiting.
+// current message, so no capacity is held while waiting. A job handed
+// back already (a handler that ignored its cancelled context past the
+// shutdown grace) lives on in its redelivery: it gets no schedule too
+// (errHandedBack). The message stays under heartbeat while the schedule
+// is published.
 func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay time.Duration) error {
+	if it.settled.Load() {
+		return errHandedBack
+	}
 	msg, env := it.msg, it.env
 	next := *env
 	next.Attempt = attempt
@@ -398,9 +425,14 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 	}
 	w.forgetHandbacks(it)
 	if !it.settle() {
+		w.log.Warn("retry scheduled as the job was handed back at shutdown; it may run twice", w.msgFields(it, attempt)...)
 		return nil
 	}
-	return msg.Ack()
+	if err := msg.Ack(); err != nil {
+		// Scheduled: retrying in place as well would make two of it.
+		w.log.Warn("retry scheduled but the message not acked; the job may run once more", append(w.msgFields(it, attempt), telemetry.ErrField(err))...)
+	}
+	return nil
 }
 
 // dead copies the message to the dead-letter stream with why it died, and

@@ -235,3 +235,47 @@ func TestPeriodicJobOncePerTickAcrossWorkers(t *testing.T) {
 		}
 	}
 }
+
+// A periodic firing handed back unrun keeps its attempts, as any job: a
+// no-count retry in place (a sequential channel) of a firing with
+// MaxRetries(1) runs again as attempt 1, not as a lost attempt 2.
+func TestPeriodicFiringHandBacksDoNotCount(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	runs := map[string][]int{} // job id -> attempts of its runs
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Tick]) (string, error) {
+		mu.Lock()
+		runs[j.ID] = append(runs[j.ID], j.Attempt)
+		n := len(runs[j.ID])
+		mu.Unlock()
+		if n == 1 {
+			return "", job.RetryNoCount(errors.New("backend busy"), 50*time.Millisecond)
+		}
+		return "ok", nil
+	})
+	e.start(reg, worker.WithChannels("root.seq:1:sequential"))
+	if err := e.d.Schedule(ctx, "tick", "@every 1s", Tick{Tag: "tick"}, job.WithChannel("root.seq"), job.WithMaxRetries(1)); err != nil {
+		t.Fatal(err)
+	}
+	var first string
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for id := range runs {
+			first = id
+			return true
+		}
+		return false
+	}, "a firing ran")
+	if err := e.d.Unschedule(ctx, "tick"); err != nil {
+		t.Fatal(err)
+	}
+	rec := e.waitState(first, job.StateDone, 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if got := fmt.Sprint(runs[first]); got != "[1 1]" || rec.Attempts != 1 {
+		t.Fatalf("firing %s ran at attempts %s (record: %d attempts, %s)", first, got, rec.Attempts, rec.State)
+	}
+}

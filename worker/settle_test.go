@@ -426,3 +426,55 @@ func TestEnqueueManyPublishesAsynchronously(t *testing.T) {
 		t.Fatalf("%d jobs stored of %d", n, len(items))
 	}
 }
+
+// A handler that ignores its cancelled context past the grace period has
+// its job handed back (it runs again elsewhere); when it returns a
+// retryable error later, this worker schedules no retry of its own: the
+// job would otherwise live on twice (its redelivery and the schedule).
+func TestStuckHandlerRetryAfterHandBackSchedulesNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if run == 1 {
+			<-release // ignores ctx
+			return "", job.RetryAfter(errors.New("backend timed out"), time.Hour)
+		}
+		return "ok", nil
+	})
+	w, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb),
+		worker.WithShutdownGrace(300*time.Millisecond), worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel+1))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	id, _ := e.d.Enqueue(ctx, Step{Key: "stuck"})
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("stuck") == 1 }, "job running")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	// The handler gives up now, after its job was handed back.
+	close(release)
+	testenv.Eventually(t, 10*time.Second, func() bool { return w.Running() == 0 }, "stuck handler returned")
+	e.start(s.registry())
+	e.waitState(id, job.StateDone, 10*time.Second)
+	st, err := e.js.Stream(ctx, e.names().JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(e.names().ScheduleWildcard()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.State.Subjects) != 0 {
+		t.Fatalf("a retry of the handed-back job is scheduled too (%v): it would run again", info.State.Subjects)
+	}
+}
