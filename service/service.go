@@ -159,6 +159,9 @@ func exitCode(err error, w io.Writer, prog string) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errFlags):
+		if !errors.Is(err, errFlagsSaid) { // the flag package has not said why
+			fmt.Fprintf(w, "%s: %s\n", prog, telemetry.Redact(err.Error()))
+		}
 		return 2
 	}
 	fmt.Fprintf(w, "%s: %s\n", prog, telemetry.Redact(err.Error()))
@@ -166,6 +169,10 @@ func exitCode(err error, w io.Writer, prog string) int {
 }
 
 var errFlags = errors.New("service: bad flags")
+
+// errFlagsSaid is errFlags for the errors of fs.Parse, which the flag
+// package has already printed.
+var errFlagsSaid = fmt.Errorf("%w (reported)", errFlags)
 
 // Run is Main without the exit: it parses args (the flags, without the
 // program name; defaults from getenv), connects, provisions the streams,
@@ -182,10 +189,13 @@ func Run(ctx context.Context, args []string, getenv func(string) string, reg *wo
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %w", errFlags, err)
+		return fmt.Errorf("%w: %w", errFlagsSaid, err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errFlags, fs.Arg(0))
+	}
+	if err := cfg.Check(); err != nil { // before connecting: a variable that does not parse, an unreadable CONNECTOR_CHANNELS_FILE
+		return fmt.Errorf("%w: %w", errFlags, err)
 	}
 	log, err := telemetry.NewLogger(cfg.LogLevel, cfg.LogFormat)
 	if err != nil {

@@ -54,6 +54,9 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := cfg.Check(); err != nil {
+		return err
+	}
 	log, err := telemetry.NewLogger(cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return err
@@ -88,6 +91,9 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	cfg.Bind(fs, getenv)
 	cfg.BindStartWait(fs, getenv, 0)
 	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if err := cfg.Check(); err != nil {
 		return err
 	}
 	log, err := telemetry.NewLogger(cfg.LogLevel, cfg.LogFormat)
@@ -191,6 +197,9 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
+		return err
+	}
+	if err := cfg.Check(); err != nil {
 		return err
 	}
 	cfg.LogLevel = "error"

@@ -51,6 +51,9 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err != nil {
 		return err
 	}
+	if err := cfg.Check(); err != nil {
+		return err
+	}
 	log, err := telemetry.NewLogger("error", "console")
 	if err != nil {
 		return err

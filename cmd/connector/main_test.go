@@ -242,3 +242,26 @@ func TestJobsCommandsRedactJobErrors(t *testing.T) {
 		})
 	}
 }
+
+// A CONNECTOR_* variable whose value does not parse stops every command
+// that reads it, before any connection, with an error naming it.
+func TestMalformedEnvStopsTheCommands(t *testing.T) {
+	getenv := func(k string) string {
+		if k == "CONNECTOR_RECORD_TTL" {
+			return "7d"
+		}
+		return ""
+	}
+	for _, args := range [][]string{
+		{"worker"},
+		{"streams", "provision"},
+		{"jobs", "show", "some-id"},
+		{"events", "stats"},
+	} {
+		var out, errs strings.Builder
+		err := run(context.Background(), args, &out, &errs, getenv)
+		if err == nil || !strings.Contains(err.Error(), `CONNECTOR_RECORD_TTL="7d"`) {
+			t.Errorf("connector %s: %v, want the variable named", strings.Join(args, " "), err)
+		}
+	}
+}

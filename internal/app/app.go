@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
 	"go.uber.org/zap"
 )
 
@@ -64,6 +65,10 @@ type Config struct {
 	// other operations commands fail at once.
 	StartWait time.Duration
 	startBy   time.Time // StartWait from the first StartDeadline call
+	// channelsErr: CONNECTOR_CHANNELS_FILE could not be read; envErrs:
+	// variables whose values do not parse (Check).
+	channelsErr error
+	envErrs     []error
 	// HTTPListener, when set, serves /livez, /readyz and /metrics instead
 	// of listening on HTTPAddr (no flag: for callers that pick the port).
 	HTTPListener net.Listener
@@ -76,25 +81,32 @@ func envOr(getenv func(string) string, k, def string) string {
 	return def
 }
 
-func envInt(getenv func(string) string, k string, def int) int {
-	if n, err := strconv.Atoi(getenv(k)); err == nil {
-		return n
-	}
-	return def
+// envInt, envBool and envDur read a variable of the environment, def when
+// it is unset; a value that does not parse is def too, and an error that
+// Check reports (a typo in a Deployment must not silently mean the default).
+func (c *Config) envInt(getenv func(string) string, k string, def int) int {
+	return envParse(c, getenv, k, def, "an integer", strconv.Atoi)
 }
 
-func envBool(getenv func(string) string, k string, def bool) bool {
-	if b, err := strconv.ParseBool(getenv(k)); err == nil {
-		return b
-	}
-	return def
+func (c *Config) envBool(getenv func(string) string, k string, def bool) bool {
+	return envParse(c, getenv, k, def, "true or false", strconv.ParseBool)
 }
 
-func envDur(getenv func(string) string, k string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(getenv(k)); err == nil {
-		return d
+func (c *Config) envDur(getenv func(string) string, k string, def time.Duration) time.Duration {
+	return envParse(c, getenv, k, def, "a duration such as 30s, 5m or 168h", time.ParseDuration)
+}
+
+func envParse[T any](c *Config, getenv func(string) string, k string, def T, want string, parse func(string) (T, error)) T {
+	v := getenv(k)
+	if v == "" {
+		return def
 	}
-	return def
+	x, err := parse(v)
+	if err != nil {
+		c.envErrs = append(c.envErrs, fmt.Errorf("app: %s=%q: want %s", k, v, want))
+		return def
+	}
+	return x
 }
 
 // Bind registers the flags on fs, with defaults from the environment.
@@ -102,20 +114,20 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	c.NATS.Bind(fs, getenv)
 	c.Redis.Bind(fs, getenv)
 	fs.StringVar(&c.Prefix, "prefix", envOr(getenv, "CONNECTOR_PREFIX", wire.DefaultPrefix), "prefix of subjects, streams and Redis keys (env CONNECTOR_PREFIX)")
-	fs.IntVar(&c.Replicas, "replicas", envInt(getenv, "CONNECTOR_STREAM_REPLICAS", 1), "replicas of provisioned streams; 3 in production (env CONNECTOR_STREAM_REPLICAS)")
-	fs.IntVar(&c.Concurrency, "concurrency", envInt(getenv, "CONNECTOR_CONCURRENCY", worker.DefaultConcurrency), "jobs run at once by this process (env CONNECTOR_CONCURRENCY)")
-	fs.DurationVar(&c.AckWait, "ack-wait", envDur(getenv, "CONNECTOR_ACK_WAIT", worker.DefaultAckWait), "job lease; a dead worker's jobs restart after it (env CONNECTOR_ACK_WAIT)")
-	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", envDur(getenv, "CONNECTOR_SHUTDOWN_GRACE", worker.DefaultShutdownGrace), "time running jobs get to finish on SIGTERM (env CONNECTOR_SHUTDOWN_GRACE)")
+	fs.IntVar(&c.Replicas, "replicas", c.envInt(getenv, "CONNECTOR_STREAM_REPLICAS", 1), "replicas of provisioned streams; 3 in production (env CONNECTOR_STREAM_REPLICAS)")
+	fs.IntVar(&c.Concurrency, "concurrency", c.envInt(getenv, "CONNECTOR_CONCURRENCY", worker.DefaultConcurrency), "jobs run at once by this process (env CONNECTOR_CONCURRENCY)")
+	fs.DurationVar(&c.AckWait, "ack-wait", c.envDur(getenv, "CONNECTOR_ACK_WAIT", worker.DefaultAckWait), "job lease; a dead worker's jobs restart after it (env CONNECTOR_ACK_WAIT)")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.envDur(getenv, "CONNECTOR_SHUTDOWN_GRACE", worker.DefaultShutdownGrace), "time running jobs get to finish on SIGTERM (env CONNECTOR_SHUTDOWN_GRACE)")
 	fs.StringVar(&c.HTTPAddr, "http", envOr(getenv, "CONNECTOR_HTTP_ADDR", ":8080"), "address of /livez, /readyz and /metrics; empty disables (env CONNECTOR_HTTP_ADDR)")
 	fs.StringVar(&c.LogLevel, "log-level", envOr(getenv, "CONNECTOR_LOG_LEVEL", "info"), "debug, info, warn or error (env CONNECTOR_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", envOr(getenv, "CONNECTOR_LOG_FORMAT", "json"), "json or console (env CONNECTOR_LOG_FORMAT)")
-	fs.BoolVar(&c.Provision, "provision", envOr(getenv, "CONNECTOR_PROVISION", "true") == "true", "create/update streams at start; false only checks they exist (env CONNECTOR_PROVISION)")
-	fs.BoolVar(&c.LinkedTraces, "linked-traces", envOr(getenv, "CONNECTOR_LINKED_TRACES", "false") == "true", "job runs start new traces linked to the producer instead of child spans (env CONNECTOR_LINKED_TRACES)")
-	fs.BoolVar(&c.TraceHeaders, "trace-headers", envBool(getenv, "CONNECTOR_TRACE_HEADERS", false), "enqueued jobs carry their trace context in W3C headers too, not only in their envelope (for nats-server message tracing) (env CONNECTOR_TRACE_HEADERS)")
-	fs.DurationVar(&c.DeadMaxAge, "dead-max-age", envDur(getenv, "CONNECTOR_DEAD_MAX_AGE", 0), "how long dead letters are kept in the dead-letter stream; 0 keeps them until requeued or removed (env CONNECTOR_DEAD_MAX_AGE)")
-	fs.DurationVar(&c.EventsMaxAge, "events-max-age", envDur(getenv, "CONNECTOR_EVENTS_MAX_AGE", streams.DefaultEventsMaxAge), "how long domain events are kept in the events stream: the longest a listener may be stopped or lag behind without missing events (env CONNECTOR_EVENTS_MAX_AGE)")
-	fs.DurationVar(&c.RecordTTL, "record-ttl", envDur(getenv, "CONNECTOR_RECORD_TTL", records.DefaultTTL), "how long job records (connector jobs show) are kept in Redis after their last update (env CONNECTOR_RECORD_TTL)")
-	fs.BoolVar(&c.RegisterSchedules, "register-schedules", envBool(getenv, "CONNECTOR_REGISTER_SCHEDULES", true), "register periodic jobs at start; false where only an operator may (least privilege: docs/security.md) (env CONNECTOR_REGISTER_SCHEDULES)")
+	fs.BoolVar(&c.Provision, "provision", c.envBool(getenv, "CONNECTOR_PROVISION", true), "create/update streams at start; false only checks they exist (env CONNECTOR_PROVISION)")
+	fs.BoolVar(&c.LinkedTraces, "linked-traces", c.envBool(getenv, "CONNECTOR_LINKED_TRACES", false), "job runs start new traces linked to the producer instead of child spans (env CONNECTOR_LINKED_TRACES)")
+	fs.BoolVar(&c.TraceHeaders, "trace-headers", c.envBool(getenv, "CONNECTOR_TRACE_HEADERS", false), "enqueued jobs carry their trace context in W3C headers too, not only in their envelope (for nats-server message tracing) (env CONNECTOR_TRACE_HEADERS)")
+	fs.DurationVar(&c.DeadMaxAge, "dead-max-age", c.envDur(getenv, "CONNECTOR_DEAD_MAX_AGE", 0), "how long dead letters are kept in the dead-letter stream; 0 keeps them until requeued or removed (env CONNECTOR_DEAD_MAX_AGE)")
+	fs.DurationVar(&c.EventsMaxAge, "events-max-age", c.envDur(getenv, "CONNECTOR_EVENTS_MAX_AGE", streams.DefaultEventsMaxAge), "how long domain events are kept in the events stream: the longest a listener may be stopped or lag behind without missing events (env CONNECTOR_EVENTS_MAX_AGE)")
+	fs.DurationVar(&c.RecordTTL, "record-ttl", c.envDur(getenv, "CONNECTOR_RECORD_TTL", records.DefaultTTL), "how long job records (connector jobs show) are kept in Redis after their last update (env CONNECTOR_RECORD_TTL)")
+	fs.BoolVar(&c.RegisterSchedules, "register-schedules", c.envBool(getenv, "CONNECTOR_REGISTER_SCHEDULES", true), "register periodic jobs at start; false where only an operator may (least privilege: docs/security.md) (env CONNECTOR_REGISTER_SCHEDULES)")
 	fs.StringVar(&c.Channels, "channels", envOr(getenv, "CONNECTOR_CHANNELS", ""), `channel capacities, e.g. "root:4,root.shop:2,root.shop.orders:1:sequential" (env CONNECTOR_CHANNELS)`)
 	fs.Func("channels-file", "file holding the channel configuration, one entry per line (env CONNECTOR_CHANNELS_FILE)", func(p string) error {
 		b, err := os.ReadFile(p)
@@ -123,11 +135,28 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 		return err
 	})
 	if p := getenv("CONNECTOR_CHANNELS_FILE"); p != "" && c.Channels == "" {
+		// Bind cannot fail: an unreadable file is reported by Check (and
+		// RunWorker), unless a flag gives the channels instead.
 		if b, err := os.ReadFile(p); err == nil {
 			c.Channels = string(b)
+		} else {
+			c.channelsErr = fmt.Errorf("app: CONNECTOR_CHANNELS_FILE: %w", err)
 		}
 	}
 	c.ServiceName = envOr(getenv, "OTEL_SERVICE_NAME", "connector-worker")
+}
+
+// Check reports the settings taken from the environment that Bind could
+// not use: a value that does not parse (CONNECTOR_CONCURRENCY=abc), a
+// CONNECTOR_CHANNELS_FILE that cannot be read (when no flag gives the
+// channels instead). The commands call it once their flags are parsed;
+// RunWorker calls it first.
+func (c *Config) Check() error {
+	errs := c.envErrs
+	if c.channelsErr != nil && c.Channels == "" {
+		errs = append(errs, c.channelsErr)
+	}
+	return errors.Join(errs...)
 }
 
 // BindStartWait registers --start-wait, with default def unless
@@ -135,7 +164,7 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 // processes, 0 for a one-shot command that a deployment may still want to
 // wait (the provisioning job).
 func (c *Config) BindStartWait(fs *flag.FlagSet, getenv func(string) string, def time.Duration) {
-	fs.DurationVar(&c.StartWait, "start-wait", envDur(getenv, "CONNECTOR_START_WAIT", def), "how long to wait at start for NATS and Redis to be reachable (refused, closed, unresolved, timing out) and for the streams (with -provision=false) before exiting; authentication and TLS errors exit at once; 0 tries once (env CONNECTOR_START_WAIT)")
+	fs.DurationVar(&c.StartWait, "start-wait", c.envDur(getenv, "CONNECTOR_START_WAIT", def), "how long to wait at start for NATS and Redis to be reachable (refused, closed, unresolved, timing out) and for the streams (with -provision=false) before exiting; authentication and TLS errors exit at once; 0 tries once (env CONNECTOR_START_WAIT)")
 }
 
 // StartDeadline is when waiting at start ends: StartWait after its first
@@ -170,10 +199,12 @@ type Conns struct {
 }
 
 // Open connects to NATS and Redis and sets up telemetry. It also sends
-// go-redis's own log lines to log (telemetry.RedisLogs: a process-wide
-// setting, which Open makes for the process it assembles).
+// go-redis's and OpenTelemetry's own log lines to log (telemetry.RedisLogs,
+// telemetry.OTelErrors: process-wide settings, which Open makes for the
+// process it assembles).
 func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
 	redis.SetLogger(telemetry.RedisLogs(log))
+	otel.SetErrorHandler(telemetry.OTelErrors(log))
 	c, err := OpenNATS(ctx, cfg, log)
 	if err != nil {
 		return nil, err
@@ -260,6 +291,9 @@ type Service func(ctx context.Context) error
 // RunWorker runs the job worker for reg, the health/metrics endpoint and the
 // extra services until ctx is cancelled, then shuts them down gracefully.
 func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry, extra ...Service) error {
+	if err := cfg.Check(); err != nil {
+		return err
+	}
 	sc, err := cfg.Streams()
 	if err != nil {
 		return err

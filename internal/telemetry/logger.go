@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -163,4 +164,18 @@ func (l redisLogs) Printf(_ context.Context, format string, v ...any) {
 		ce.Message = Redact(strings.TrimSpace(fmt.Sprintf(format, v...)))
 		ce.Write()
 	}
+}
+
+// OTelErrors is OpenTelemetry's error handler (otel.SetErrorHandler: a
+// process-wide setting) sending the SDK's own errors (a span export that
+// fails while the collector is down, a metrics callback that fails during
+// a scrape) to log at warn level, under logger name "otel" and redacted,
+// instead of OpenTelemetry's default: plain lines on standard error
+// through the log package, which break a JSON log stream. The processes
+// set it at start (app.Open); a library never does.
+func OTelErrors(log *zap.Logger) otel.ErrorHandler {
+	log = log.Named("otel")
+	return otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("opentelemetry error", ErrField(err))
+	})
 }
