@@ -333,6 +333,12 @@ local function refuse(at, r)
   end
   return {0, r}
 end
+-- A slot under this token is one an earlier attempt took whose answer
+-- was lost (a timeout): the job does not hold it, and must not wait for
+-- it until its lease ends.
+for i = 1, n do
+  if tonumber(ARGV[3 + 2*i]) > 0 then redis.call('ZREM', KEYS[4*i-3], token) end
+end
 local first = 0
 for i = 1, n do
   if lim[i] then
@@ -425,9 +431,25 @@ func (s *slots) leave(ctx context.Context, cs *chanState) {
 	_, _ = pipe.Exec(ctx)
 }
 
-// want marks that a job of band waits for a slot of ch.
+// want marks that a job of band waits for a slot of ch. The mark names
+// this instance, so that its job's start takes off its own mark only.
 func (s *slots) want(ctx context.Context, ch string, band int, ttl time.Duration) {
-	s.rdb.Set(ctx, s.wantsKey(ch, band), "1", ttl)
+	s.rdb.Set(ctx, s.wantsKey(ch, band), s.me, ttl)
+}
+
+// unwantScript deletes a "wants" mark if it is still the given instance's.
+var unwantScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// unwant takes this instance's mark off once its job of band has a slot
+// of ch. A mark another instance set meanwhile stays: its job of the band
+// still waits (perhaps sleeping out a throttle, past which no later
+// attempt of it would set the mark again), and worse bands still wait
+// for it.
+func (s *slots) unwant(ctx context.Context, ch string, band int) {
+	unwantScript.Run(ctx, s.rdb, []string{s.wantsKey(ch, band)}, s.me)
 }
 
 // releaseScript gives a job's slots back. Then, at each channel of the
@@ -650,7 +672,7 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 				continue
 			}
 			if band < channels.Bands-1 && !cs.ch.Sequential {
-				w.cfg.rdb.Del(ctx, w.slots.wantsKey(cs.ch.Name, band))
+				w.slots.unwant(ctx, cs.ch.Name, band)
 			}
 			if !w.sched.pushReady(it) { // shutting down
 				w.handBack([]*item{it}, 0)
@@ -664,6 +686,13 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 		d := wait
 		if throttle > 0 {
 			d = throttle
+			// The loop sleeps out the throttle: the mark must last as
+			// long, or a worse band's job of another process, woken when
+			// the throttle ends as this one is, may take the start first
+			// (the place lasts as long, for the same reason).
+			if band < channels.Bands-1 && !cs.ch.Sequential {
+				w.slots.want(ctx, cs.ch.Name, band, throttle+waitingTTL)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -688,10 +717,23 @@ func (w *Worker) block(ctx context.Context, it *item) {
 	for i > 0 && seqOf(q[i-1]) > seq {
 		i--
 	}
+	// A job of a better band than any blocked so far wakes a running loop:
+	// it tries this job first and leaves its "wants" mark now, not after
+	// the wait it sleeps (a throttle's, for a worse band's job).
+	better := true
+	for b := 0; b <= it.band; b++ {
+		if len(cs.blocked[b]) > 0 {
+			better = false
+			break
+		}
+	}
 	cs.blocked[it.band] = slices.Insert(q, i, it)
 	start := !cs.looping
 	cs.looping = true
 	cs.mu.Unlock()
+	if !start && better {
+		cs.freed.signal()
+	}
 	if start {
 		w.wg.Add(1)
 		go func() {

@@ -206,3 +206,59 @@ func TestThrottledPlaceOutlastsTheThrottle(t *testing.T) {
 		t.Fatalf("the place lapses in %s, before the 30 s throttle ends", left)
 	}
 }
+
+// A job of a better band that takes its slot takes off its own "wants"
+// mark, not the one another process set meanwhile for a job of the band
+// that still waits (it may be sleeping out a throttle, and set no mark
+// again before that ends): worse bands keep waiting for that one.
+func TestStartLeavesAnotherProcesssWantsMark(t *testing.T) {
+	x := newSlotSteps(t, "root.slow:0:throttle=30")
+	ctx := context.Background()
+	cs := x.state("root.slow")
+	p3 := &slots{rdb: x.rdb, tag: x.p1.tag, lease: time.Minute, me: "p3"}
+	key := x.p1.wantsKey("root.slow", 0)
+	x.p1.want(ctx, "root.slow", 0, 2*time.Second)
+	x.p2.want(ctx, "root.slow", 0, 32*time.Second) // its job sleeps out the throttle
+	x.p1.unwant(ctx, "root.slow", 0)               // p1's job started
+	if n, err := x.rdb.Exists(ctx, key).Result(); err != nil || n != 1 {
+		t.Fatalf("p2's mark after p1's job started: %d, %v", n, err)
+	}
+	x.rdb.Del(ctx, x.p1.throttleKey("root.slow")) // the throttle ends
+	if ok, _, err := p3.acquire(ctx, cs, 1, "p3-band1", 0, place{}); err != nil || ok {
+		t.Fatalf("a band-1 job started while p2's band-0 job waits: %v, %v", ok, err)
+	}
+	x.p2.unwant(ctx, "root.slow", 0) // p2's job started
+	if n, err := x.rdb.Exists(ctx, key).Result(); err != nil || n != 0 {
+		t.Fatalf("p2's own mark after its job started: %d, %v", n, err)
+	}
+}
+
+// An attempt whose answer was lost (a Redis timeout after the script ran)
+// took the slots under the job's token; the job, which does not know it,
+// tries again with the same token. It must not wait for its own slot until
+// the lease ends (a full channel of capacity 1 would stop, fleet-wide), and
+// an attempt refused meanwhile must not keep such a slot.
+func TestRetriedAttemptDoesNotWaitForItsOwnSlot(t *testing.T) {
+	x := newSlotSteps(t, "root.shop:2,root.shop.a:1,root.shop.b")
+	a, b := x.state("root.shop.a"), x.state("root.shop.b")
+	x.run([]slotStep{
+		{s: x.p1, cs: a, token: "a10", seq: 10, want: true}, // its answer lost
+		{s: x.p2, cs: b, token: "b2", seq: 2, want: true},   // root.shop is full now
+		{s: x.p2, cs: b, token: "b3", seq: 3},               // waits at root.shop
+		{s: x.p2, cs: b, token: "b2", release: true},
+		{s: x.p1, cs: a, token: "a10", seq: 10},           // tried again: behind job 3
+		{s: x.p2, cs: b, token: "b3", seq: 3, want: true}, // job 10 holds no slot
+		{s: x.p2, cs: b, token: "b5", seq: 5, want: true},
+	})
+	for _, ch := range []string{"root.shop", "root.shop.a"} {
+		if n, err := x.rdb.ZScore(context.Background(), x.p1.slotsKey(ch), "a10").Result(); err != redis.Nil {
+			t.Fatalf("the refused job holds a slot of %s: %v, %v", ch, n, err)
+		}
+	}
+	x.run([]slotStep{
+		{s: x.p2, cs: b, token: "b3", release: true},
+		{s: x.p1, cs: a, token: "a10", seq: 10, want: true}, // its answer lost again
+		{s: x.p1, cs: a, token: "a10", seq: 10, want: true}, // tried again: its own slot
+		{s: x.p2, cs: b, token: "b6", seq: 6},               // root.shop is full
+	})
+}
