@@ -369,6 +369,7 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		return nil
 	})
 	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error { return watchClosed(gctx, c.NC) })
 	for _, s := range extra {
 		s := s
 		g.Go(func() error { return s(gctx) })
@@ -378,6 +379,33 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		err = nil
 	}
 	return err
+}
+
+// closedPoll is how often RunWorker looks at its NATS connection.
+const closedPoll = 500 * time.Millisecond
+
+// ErrNATSClosed: the NATS connection was closed for good while the worker
+// ran. nats.go gives up on a connection only in a few cases (two identical
+// authorization errors in a row with a password or token given as a value,
+// not a file; a server error it does not know), and never reconnects it:
+// the process stops, so that its supervisor starts it again, rather than
+// stay live (/livez) and never ready again.
+var ErrNATSClosed = errors.New("app: the NATS connection is closed for good")
+
+// watchClosed returns ErrNATSClosed once nc is closed while ctx lives.
+func watchClosed(ctx context.Context, nc *nats.Conn) error {
+	t := time.NewTicker(closedPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if nc.IsClosed() && ctx.Err() == nil {
+				return fmt.Errorf("%w (last error: %v); stopping, to be started again", ErrNATSClosed, nc.LastError())
+			}
+		}
+	}
 }
 
 // Backlog reports, per consumer of the jobs stream, the jobs not

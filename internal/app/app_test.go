@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"io"
 	"net"
@@ -271,4 +272,52 @@ func TestConnsCloseWaitsForTheDrain(t *testing.T) {
 		t.Errorf("Close returned with the connection %s, want closed (drained)", conns.NC.Status())
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool { return got.Load() == n }, "all %d messages published before Close received", n)
+}
+
+// A NATS connection that nats.go closes for good (it gives up after two
+// identical authorization errors with a password given as a value) never
+// comes back: RunWorker stops with ErrNATSClosed, so that the process
+// exits and its supervisor starts it again, instead of a worker that is
+// live and never ready again.
+func TestRunWorkerStopsWhenNATSIsClosedForGood(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	cfg := bind(t, map[string]string{
+		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
+	})
+	cfg.HTTPAddr = ""
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	conns, err := app.Open(ctx, &cfg, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conns.Close()
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(context.Context, *job.Job[ttlJob]) (string, error) { return "done", nil })
+	done := make(chan error, 1)
+	go func() { done <- app.RunWorker(ctx, &cfg, conns, reg) }()
+	// Running: a job ran.
+	d, err := conns.Dispatcher(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := d.Enqueue(ctx, ttlJob{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		rec, err := d.Job(ctx, id)
+		return err == nil && rec.State == job.StateDone
+	}, "a job ran")
+	_ = d.Close(ctx)
+	conns.NC.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, app.ErrNATSClosed) {
+			t.Fatalf("RunWorker after its connection closed: %v, want ErrNATSClosed", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunWorker went on with a closed NATS connection")
+	}
 }
