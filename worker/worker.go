@@ -171,8 +171,8 @@ func WithPrefetch(n int) Option { return func(c *config) { c.prefetch = n } }
 // Capacities hold across the whole fleet (they are counted in Redis, so a
 // limited channel needs WithRedis); a child's jobs count against its
 // parents; a job of an unconfigured channel runs in its nearest configured
-// ancestor. Every worker of a deployment should get the same configuration:
-// it is published in the <PREFIX>_CHANNELS bucket for producers to route by.
+// ancestor. Every worker of a deployment should get the same configuration
+// (producers need none: a job's channel is its subject).
 func WithChannels(spec string) Option { return func(c *config) { c.channels = spec } }
 
 // Worker runs jobs. Create it with New and call Run.

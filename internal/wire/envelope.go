@@ -44,7 +44,8 @@ type Envelope struct {
 	EnqueuedAt  int64              `msgpack:"enqueued_at,omitempty"` // unix ms
 	ETA         int64              `msgpack:"eta,omitempty"`         // unix ms
 	// Template marks the envelope of a periodic schedule: each firing is a
-	// new job whose id is "<id>-<stream sequence>".
+	// new job whose id is "<id>-t<tick, unix seconds>" (from the firing's
+	// Nats-Schedule-Next header; "<id>-<stream sequence>" without it).
 	Template bool `msgpack:"tmpl,omitempty"`
 	// Graph names the job graph the job belongs to (chain, group): when the
 	// job is done, the worker releases the children whose parents are all done.
