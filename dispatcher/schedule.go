@@ -160,7 +160,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 		}
 		if released {
-			if rec, err = d.releasedRecord(ctx, rec); err != nil {
+			if rec, err = d.recordMoved(ctx, rec); err != nil {
 				return err
 			}
 			switch rec.State {
@@ -182,6 +182,42 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	s, err := d.js.Stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	if rec.State == job.StateWaiting {
+		// Its schedule still there, with the tombstone set: a firing from
+		// now on is dropped by the worker that receives it, and the purge
+		// below ends it. Gone: it fired (the server stores the job and
+		// purges the schedule at once), and the job is in the jobs stream,
+		// perhaps taken by a worker that admitted it before the tombstone.
+		if _, err := s.GetLastMsgForSubject(ctx, d.names.ScheduleSubject(id)); err != nil {
+			if !isNoMessage(err) {
+				return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+			}
+			if rec, err = d.recordMoved(ctx, rec); err != nil {
+				return err
+			}
+			switch rec.State {
+			case job.StateStarted, job.StateDone, job.StateFailed, job.StateDead:
+				return fmt.Errorf("%w: job %s is %s", job.ErrStarted, id, rec.State)
+			case job.StateCancelled:
+				return nil // a worker received it and dropped it
+			case job.StateWaiting:
+				// A job retrying in place (a sequential channel's) has no
+				// schedule: its message, at rec.Seq, is delivered again
+				// after its delay, and dropped then. Otherwise rec.Seq is
+				// the schedule's, and the job's message is above it: not
+				// taken if its band's consumer has not delivered past the
+				// schedule; else it may have been (a worker that has not
+				// admitted it yet drops it).
+				taken, err := d.firedAndDelivered(ctx, s, rec)
+				if err != nil {
+					return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+				}
+				if taken {
+					return fmt.Errorf("%w: job %s: its ETA or retry delay is over and a worker may have taken it", job.ErrStarted, id)
+				}
+			}
+		}
 	}
 	// Where the job's message is: its jobs subject (whose consumer tells
 	// whether it was taken), or its schedule (a graph job released with an
@@ -236,12 +272,45 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	return d.cancelDescendants(ctx, rec)
 }
 
-// releasedRecord waits (up to a second) for the record of a graph job
-// whose last parent released it to say so: the worker that released it
-// records it in its next batch. It returns the record as it is then.
-func (d *Dispatcher) releasedRecord(ctx context.Context, rec job.Record) (job.Record, error) {
-	deadline := time.Now().Add(time.Second)
-	for rec.State == job.StatePending && time.Now().Before(deadline) {
+// firedAndDelivered tells, for a waiting job whose schedule is gone,
+// whether its message may have been delivered to a worker: not when it is
+// the message at rec.Seq, still on a jobs subject (retrying in place), nor
+// when its band's consumer has not delivered past rec.Seq (its schedule's
+// sequence; no consumer: nothing was delivered).
+func (d *Dispatcher) firedAndDelivered(ctx context.Context, s jetstream.Stream, rec job.Record) (bool, error) {
+	if rec.Seq == 0 {
+		return true, nil // unknown: it may have been
+	}
+	m, err := s.GetMsg(ctx, rec.Seq)
+	switch {
+	case err == nil:
+		if _, _, ok := d.names.ParseJobsSubject(m.Subject); ok {
+			return false, nil
+		}
+	case !isNoMessage(err):
+		return false, err
+	}
+	cons, err := d.consumerOf(ctx, s, d.subject(rec.Channel, &rec.Priority))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return false, err
+	}
+	return info.Delivered.Stream >= rec.Seq, nil
+}
+
+// recordMoved waits (up to a second) for a job's record to leave the state
+// it has (a worker records in batches, 20 ms apart): the record of a graph
+// job whose last parent released it, of a job whose schedule fired and
+// that a worker took. It returns the record as it is then.
+func (d *Dispatcher) recordMoved(ctx context.Context, rec job.Record) (job.Record, error) {
+	deadline, was := time.Now().Add(time.Second), rec.State
+	for rec.State == was && time.Now().Before(deadline) {
 		t := time.NewTimer(20 * time.Millisecond)
 		select {
 		case <-t.C:

@@ -64,7 +64,8 @@ type Record struct {
 	StartedAt   time.Time `json:"started_at,omitzero"`
 	EndedAt     time.Time `json:"ended_at,omitzero"`
 	UpdatedAt   time.Time `json:"updated_at,omitzero"`
-	// Seq is the jobs-stream sequence of the message that enqueued it.
+	// Seq is the jobs-stream sequence of the message that enqueued it (while
+	// it waits for its ETA or a retry: of its schedule).
 	Seq uint64 `json:"seq,omitempty"`
 	// Graph is the job graph the job belongs to, if any.
 	Graph string `json:"graph,omitempty"`

@@ -318,10 +318,16 @@ func (w *Worker) retry(ctx context.Context, it *item, m *Message, v outcome.Verd
 	it.series.Ended(ctx, telemetry.OutcomeRetried, took)
 	u := w.base(m, it.received)
 	u.State, u.Error, u.ErrorType, u.ETA, u.EndedAt = job.StateWaiting, herr.Error(), errorType(herr), time.Now().Add(delay), time.Now()
-	w.record(u)
 	inPlace := it.ch.ch.Sequential
+	var err error
 	if !inPlace {
-		switch err := w.scheduleRetry(ctx, it, next, delay); {
+		// The record names the schedule (Cancel tells by it whether the
+		// retry fired and was taken).
+		u.Seq, err = w.scheduleRetry(ctx, it, next, delay)
+	}
+	w.record(u)
+	if !inPlace {
+		switch {
 		case errors.Is(err, errHandedBack):
 			jc.logger().Warn("job failed after it was handed back at shutdown; its redelivery is its next attempt", telemetry.ErrField(herr))
 			return
@@ -395,9 +401,9 @@ var errHandedBack = errors.New("worker: job handed back before it settled")
 // shutdown grace) lives on in its redelivery: it gets no schedule too
 // (errHandedBack). The message stays under heartbeat while the schedule
 // is published.
-func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay time.Duration) error {
+func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay time.Duration) (seq uint64, err error) {
 	if it.settled.Load() {
-		return errHandedBack
+		return 0, errHandedBack
 	}
 	msg, env := it.msg, it.env
 	next := *env
@@ -406,7 +412,7 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 	next.ETA = at.UnixMilli()
 	data, err := wire.EncodeEnvelope(&next)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	out := nats.NewMsg(w.names.ScheduleSubject(env.ID))
 	for k, v := range msg.Headers() {
@@ -420,19 +426,20 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 	out.Data = data
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := w.js.PublishMsg(pctx, out); err != nil {
-		return err
+	ack, err := w.js.PublishMsg(pctx, out)
+	if err != nil {
+		return 0, err
 	}
 	w.forgetHandbacks(it)
 	if !it.settle() {
 		w.log.Warn("retry scheduled as the job was handed back at shutdown; it may run twice", w.msgFields(it, attempt)...)
-		return nil
+		return ack.Sequence, nil
 	}
 	if err := msg.Ack(); err != nil {
 		// Scheduled: retrying in place as well would make two of it.
 		w.log.Warn("retry scheduled but the message not acked; the job may run once more", append(w.msgFields(it, attempt), telemetry.ErrField(err))...)
 	}
-	return nil
+	return ack.Sequence, nil
 }
 
 // dead copies the message to the dead-letter stream with why it died, and

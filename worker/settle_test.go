@@ -218,6 +218,114 @@ func TestCancelOfATakenJobLosesNothing(t *testing.T) {
 	e.waitState(held, job.StateDone, 10*time.Second)
 }
 
+// A job whose ETA is over and that a worker took (here waiting for the
+// channel's slot) before its record says so: Cancel answers ErrStarted,
+// not nil, and the job still runs.
+func TestCancelOfAFiredAndTakenJobLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "long" {
+			<-release
+		}
+		return "ok", nil
+	})
+	e.start(s.registry(), worker.WithChannels("root.one:1"))
+	long, _ := e.d.Enqueue(ctx, Step{Key: "long"}, job.WithChannel("root.one"))
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("long") == 1 }, "long job running")
+	held, _ := e.d.Enqueue(ctx, Step{Key: "held"}, job.WithChannel("root.one"), job.WithDelay(200*time.Millisecond))
+	names := wire.MustNames(e.prefix)
+	cons, err := e.js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root.one", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 2
+	}, "the delayed job fired and taken by the worker, waiting for the slot")
+	if rec, _ := e.d.Job(ctx, held); rec.State != job.StateWaiting {
+		t.Fatalf("held job is %s: the test needs its record still waiting", rec.State)
+	}
+	if err := e.d.Cancel(ctx, held); !errors.Is(err, job.ErrStarted) {
+		t.Fatalf("cancel of a fired and taken job = %v, want ErrStarted", err)
+	}
+	close(release)
+	e.waitState(long, job.StateDone, 10*time.Second)
+	e.waitState(held, job.StateDone, 10*time.Second)
+}
+
+// A job whose ETA is over while no worker runs is in the jobs stream, not
+// taken: Cancel cancels it, and the worker that receives it later drops it.
+func TestCancelOfAFiredJobNotTaken(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	names := e.names()
+	id, err := e.d.Enqueue(ctx, Step{Key: "late"}, job.WithDelay(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	str, err := e.js.Stream(ctx, names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, err := str.GetLastMsgForSubject(ctx, names.ScheduleSubject(id))
+		return errors.Is(err, jetstream.ErrMsgNotFound)
+	}, "the schedule fired")
+	if err := e.d.Cancel(ctx, id); err != nil {
+		t.Fatalf("cancel of a fired job no worker took = %v, want nil", err)
+	}
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) { return "ok", nil })
+	e.start(s.registry())
+	other, _ := e.d.Enqueue(ctx, Step{Key: "other"})
+	e.waitState(other, job.StateDone, 10*time.Second)
+	e.waitState(id, job.StateCancelled, 10*time.Second)
+	if n := s.count("late"); n != 0 {
+		t.Fatalf("cancelled job ran %d times", n)
+	}
+}
+
+// A job whose retry fired while no worker ran: its record names the retry's
+// schedule, so Cancel knows that no worker took it since (nil, not
+// ErrStarted), and the worker that receives it later drops it.
+func TestCancelOfAFiredRetryNotTaken(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	names := e.names()
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if run == 1 {
+			return "", job.RetryAfter(errors.New("down"), 4*time.Second)
+		}
+		return "ok", nil
+	})
+	stop := e.start(s.registry())
+	id, _ := e.d.Enqueue(ctx, Step{Key: "flaky"})
+	e.waitState(id, job.StateWaiting, 10*time.Second)
+	stop() // before the retry fires (a stop takes at most about 2 s): no worker receives it
+	str, err := e.js.Stream(ctx, names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := str.GetLastMsgForSubject(ctx, names.ScheduleSubject(id)); err != nil {
+		t.Fatalf("the retry's schedule is not there once the worker stopped: %v", err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, err := str.GetLastMsgForSubject(ctx, names.ScheduleSubject(id))
+		return errors.Is(err, jetstream.ErrMsgNotFound)
+	}, "the retry fired")
+	if err := e.d.Cancel(ctx, id); err != nil {
+		t.Fatalf("cancel of a fired retry no worker took = %v, want nil", err)
+	}
+	e.start(s.registry())
+	other, _ := e.d.Enqueue(ctx, Step{Key: "other"})
+	e.waitState(other, job.StateDone, 10*time.Second)
+	e.waitState(id, job.StateCancelled, 10*time.Second)
+	if n := s.count("flaky"); n != 1 {
+		t.Fatalf("cancelled job ran %d times, want its first run only", n)
+	}
+}
+
 // A requeued job can be cancelled again before it runs.
 func TestRequeuedJobCanBeCancelled(t *testing.T) {
 	e := newEnv(t)
