@@ -26,7 +26,8 @@ type Config struct {
 	DeadMaxAge time.Duration
 	// EventsMaxAge bounds stored events (default 7 days).
 	EventsMaxAge time.Duration
-	// Duplicates is the publish dedup window (default 2 minutes).
+	// Duplicates is the publish dedup window (default 2 minutes; at most
+	// the max age of a stream that has one, as the server requires).
 	Duplicates time.Duration
 }
 
@@ -44,11 +45,18 @@ func (c Config) replicas() int {
 	return c.Replicas
 }
 
-func (c Config) dup() time.Duration {
-	if c.Duplicates <= 0 {
-		return 2 * time.Minute
+// dup is the dedup window of a stream whose messages are kept maxAge (0:
+// no limit): the server refuses a window longer than the max age, so a
+// short retention shortens the window too.
+func (c Config) dup(maxAge time.Duration) time.Duration {
+	d := c.Duplicates
+	if d <= 0 {
+		d = 2 * time.Minute
 	}
-	return c.Duplicates
+	if maxAge > 0 && d > maxAge {
+		d = maxAge
+	}
+	return d
 }
 
 // Jobs is the work-queue stream: runnable jobs on <prefix>.jobs.<channel>
@@ -61,7 +69,7 @@ func Jobs(c Config) jetstream.StreamConfig {
 		Retention:         jetstream.WorkQueuePolicy,
 		Storage:           c.storage(),
 		Replicas:          c.replicas(),
-		Duplicates:        c.dup(),
+		Duplicates:        c.dup(0),
 		AllowMsgSchedules: true,
 		Discard:           jetstream.DiscardOld,
 	}
@@ -76,7 +84,7 @@ func Dead(c Config) jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     c.storage(),
 		Replicas:    c.replicas(),
-		Duplicates:  c.dup(),
+		Duplicates:  c.dup(c.DeadMaxAge),
 		MaxAge:      c.DeadMaxAge,
 		AllowDirect: true,
 	}
@@ -99,7 +107,7 @@ func Events(c Config) jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     c.storage(),
 		Replicas:    c.replicas(),
-		Duplicates:  c.dup(),
+		Duplicates:  c.dup(age),
 		MaxAge:      age,
 	}
 }

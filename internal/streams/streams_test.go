@@ -116,3 +116,36 @@ func TestUnavailable(t *testing.T) {
 		}
 	}
 }
+
+// A retention shorter than the 2-minute dedup window is a valid setting
+// (--dead-max-age, --events-max-age): the server refuses a duplicates
+// window larger than the max age, so provisioning must shorten the window
+// rather than fail, on new streams and on live ones (updated), and a
+// second Ensure must find the streams unchanged.
+func TestEnsureWithAShortMaxAge(t *testing.T) {
+	_, _, js := testenv.JetStream(t)
+	ctx := context.Background()
+	names := wire.MustNames(testenv.Prefix(t))
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := streams.Config{Names: names, DeadMaxAge: time.Minute, EventsMaxAge: 30 * time.Second}
+	for i := 0; i < 2; i++ {
+		if err := streams.Ensure(ctx, js, cfg); err != nil {
+			t.Fatalf("ensure #%d: %v", i, err)
+		}
+	}
+	for name, age := range map[string]time.Duration{cfg.Names.DeadStream(): time.Minute, cfg.Names.EventsStream(): 30 * time.Second} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := s.CachedInfo().Config
+		if c.MaxAge != age || c.Duplicates > c.MaxAge {
+			t.Errorf("%s: max age %s, duplicates %s", name, c.MaxAge, c.Duplicates)
+		}
+	}
+	if s, err := js.Stream(ctx, cfg.Names.JobsStream()); err != nil || s.CachedInfo().Config.Duplicates != 2*time.Minute {
+		t.Errorf("jobs stream: %v", err)
+	}
+}

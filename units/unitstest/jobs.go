@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
 )
@@ -15,11 +16,15 @@ type Enqueued struct {
 	ID      string
 	Args    job.Args
 	Options job.Options
+
+	identity string // the identity key, given or computed
 }
 
 // Trap is a job.Enqueuer that captures jobs instead of sending them (the
-// seed's trap_jobs). An enqueue whose identity key matches a captured job
-// returns that job's id and captures nothing, as the real queue does.
+// seed's trap_jobs). An enqueue whose identity key (job.WithIdentityKey,
+// or computed by job.WithIdentityExact or WithIdentityFunc) or whose
+// caller-chosen id (job.WithID) matches a captured job returns that job's
+// id and captures nothing, as the real queue does.
 type Trap struct {
 	mu   sync.Mutex
 	seq  int
@@ -31,14 +36,26 @@ func NewTrap() *Trap { return &Trap{} }
 
 // Enqueue implements job.Enqueuer.
 func (t *Trap) Enqueue(_ context.Context, args job.Args, opts ...job.Option) (string, error) {
+	if args == nil {
+		return "", fmt.Errorf("unitstest: nil job args")
+	}
 	o := job.Apply(args, opts...)
+	// The dispatcher's identity: the key given, else the function's of
+	// the encoded arguments.
+	identity := o.IdentityKey
+	if identity == "" && o.IdentityFunc != nil {
+		raw, err := wire.Marshal(args)
+		if err != nil {
+			return "", fmt.Errorf("unitstest: encode %s args: %w", args.JobName(), err)
+		}
+		identity = o.IdentityFunc(args.JobName(), raw)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if o.IdentityKey != "" {
-		for _, j := range t.jobs {
-			if j.Options.IdentityKey == o.IdentityKey {
-				return j.ID, nil
-			}
+	for _, j := range t.jobs {
+		// A chosen id enqueued again is dropped by JetStream's dedup.
+		if (identity != "" && j.identity == identity) || (o.ID != "" && j.ID == o.ID) {
+			return j.ID, nil
 		}
 	}
 	t.seq++
@@ -46,7 +63,7 @@ func (t *Trap) Enqueue(_ context.Context, args job.Args, opts ...job.Option) (st
 	if id == "" {
 		id = fmt.Sprintf("trap-%d", t.seq)
 	}
-	t.jobs = append(t.jobs, Enqueued{ID: id, Args: args, Options: o})
+	t.jobs = append(t.jobs, Enqueued{ID: id, Args: args, Options: o, identity: identity})
 	return id, nil
 }
 

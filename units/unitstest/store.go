@@ -49,20 +49,25 @@ func (s *Store) MemBinder(backendID, model string) *Binder {
 	return b
 }
 
+// lockRetryDelay is the delay of the job.RetryNoCount a held lock returns:
+// bindings.Store's default (bindings.WithLockRetryDelay).
+const lockRetryDelay = time.Second
+
 // Acquire implements units.Locker: a held lock is a job.RetryNoCount error
-// wrapping a *bindings.LockedError (ErrLocked), as bindings.Store gives.
+// (after 1 s) wrapping a *bindings.LockedError (ErrLocked), as
+// bindings.Store gives by default. A TTL under 1 ms is bindings.ErrInvalid.
 // Releasing twice returns bindings.ErrLockLost the second time.
 func (s *Store) Acquire(ctx context.Context, resource string, ttl time.Duration) (func(context.Context) error, error) {
 	if resource == "" {
 		return nil, fmt.Errorf("%w: lock needs a resource name", bindings.ErrInvalid)
 	}
-	if ttl <= 0 {
-		return nil, fmt.Errorf("%w: lock ttl %s", bindings.ErrInvalid, ttl)
+	if ttl < time.Millisecond { // the real store counts in milliseconds
+		return nil, fmt.Errorf("%w: lock TTL must be at least 1ms, got %s", bindings.ErrInvalid, ttl)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if held, ok := s.locks[resource]; ok {
-		return nil, job.RetryNoCount(&bindings.LockedError{Resource: resource, Remaining: held}, 0)
+		return nil, job.RetryNoCount(&bindings.LockedError{Resource: resource, Remaining: held}, lockRetryDelay)
 	}
 	s.locks[resource] = ttl
 	s.acquired[resource]++

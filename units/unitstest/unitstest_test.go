@@ -241,3 +241,53 @@ func ExampleInline() {
 	// connector.import_record product 8 imported from shop-eu: local record 2 created
 	// connector.import_batch 2 product import jobs enqueued for shop-eu
 }
+
+// The trap deduplicates as the dispatcher does: an identity computed from
+// the arguments (job.WithIdentityExact, WithIdentityFunc) counts as much as
+// a key given as such, and a caller-chosen id enqueued twice is one job
+// (JetStream drops the repeat: Nats-Msg-Id).
+func TestTrapDeduplicatesLikeTheDispatcher(t *testing.T) {
+	tr := unitstest.NewTrap()
+	ctx := context.Background()
+	id1, err1 := tr.Enqueue(ctx, ping{1}, job.WithIdentityExact())
+	id2, err2 := tr.Enqueue(ctx, ping{1}, job.WithIdentityExact())
+	id3, err3 := tr.Enqueue(ctx, ping{2}, job.WithIdentityExact())
+	if err1 != nil || err2 != nil || err3 != nil || id1 != id2 || id1 == id3 {
+		t.Errorf("identity exact: ids %s %s %s (%v %v %v), want the first two equal", id1, id2, id3, err1, err2, err3)
+	}
+	byName := job.WithIdentityFunc(func(name string, _ []byte) string { return name })
+	a, _ := tr.Enqueue(ctx, ping{7}, byName)
+	if b, _ := tr.Enqueue(ctx, ping{8}, byName); a == id1 || b != a {
+		t.Errorf("identity func: ids %s %s, want one new job", a, b)
+	}
+	c1, _ := tr.Enqueue(ctx, ping{3}, job.WithID("order-42"))
+	c2, _ := tr.Enqueue(ctx, ping{3}, job.WithID("order-42"))
+	if c1 != "order-42" || c2 != "order-42" {
+		t.Errorf("chosen ids %s %s", c1, c2)
+	}
+	if n := len(tr.Jobs()); n != 4 {
+		t.Errorf("%d jobs captured, want 4 (ping 1, 2, 7 and order-42): %+v", n, tr.Jobs())
+	}
+}
+
+// A held lock retries the job after the same delay with both stores (the
+// real one's default, 1 s, not the job's retry pattern), and both refuse a
+// TTL below the millisecond the real one counts in.
+func TestStoreLockRetriesLikeBindings(t *testing.T) {
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			_, locker := k.new(t)
+			ctx := context.Background()
+			if _, err := locker.Acquire(ctx, "r", time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			_, err := locker.Acquire(ctx, "r", time.Minute)
+			if r, ok := job.AsRetryable(err); !ok || !r.NoCount || r.Delay != time.Second {
+				t.Errorf("held lock: %#v, want a job.RetryNoCount after 1s", err)
+			}
+			if _, err := locker.Acquire(ctx, "sub-ms", 500*time.Microsecond); !errors.Is(err, bindings.ErrInvalid) {
+				t.Errorf("a TTL of 500µs: %v, want bindings.ErrInvalid", err)
+			}
+		})
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/internal/channels"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
@@ -68,8 +69,13 @@ func (r Result) String() string {
 }
 
 // Work runs attempt 1 of the job args, enqueued with opts, through reg
-// (the handler registered for its name, with reg's middleware). It fails
-// the test if no handler is registered or the arguments do not encode.
+// (the handler registered for its name, with reg's middleware). The
+// handler sees the job as a worker shows it: its fields travel in the
+// envelope a dispatcher makes (an identity key computed by
+// job.WithIdentityExact, the timeout and retry pattern in whole
+// milliseconds). It fails the test if no handler is registered, the
+// arguments do not encode, or a dispatcher would refuse the job (an
+// invalid id or channel, negative max retries or retry delays).
 func Work(ctx context.Context, tb testing.TB, reg *worker.Registry, args job.Args, opts ...job.Option) Result {
 	tb.Helper()
 	return WorkAttempt(ctx, tb, reg, 1, args, opts...)
@@ -77,7 +83,10 @@ func Work(ctx context.Context, tb testing.TB, reg *worker.Registry, args job.Arg
 
 // WorkAttempt is Work for attempt n (1 is the first run): on the job's
 // last allowed attempt a retryable error ends it in the dead-letter
-// stream ("max_retries"), and the retry pattern's delay depends on n.
+// stream ("max_retries"), and the retry pattern's delay depends on n. An
+// attempt past the job's max retries is dead ("max_retries") without
+// running, as a worker dead-letters a job redelivered after its last
+// attempt was lost.
 // Without job.WithRetryPattern the pattern is job.DefaultRetryPattern, a
 // worker's default (worker.WithRetryPattern does not reach here).
 func WorkAttempt(ctx context.Context, tb testing.TB, reg *worker.Registry, n int, args job.Args, opts ...job.Option) Result {
@@ -90,31 +99,15 @@ func WorkAttempt(ctx context.Context, tb testing.TB, reg *worker.Registry, n int
 	if !ok {
 		tb.Fatalf("workertest: no handler registered for job %q", name)
 	}
-	raw, err := wire.Marshal(args)
-	if err != nil {
-		tb.Fatalf("workertest: encode %s args: %v", name, err)
+	meta, raw := envelope(tb, name, args, opts)
+	meta.Attempt = n
+	if meta.MaxRetries > 0 && n > meta.MaxRetries {
+		// A worker never runs it: the job comes back only when the worker
+		// running its last allowed attempt died, and goes to the dead letters.
+		err := fmt.Errorf("%w: attempt %d of %d was lost (worker died or lease expired)", job.ErrMaxRetries, n-1, meta.MaxRetries)
+		return Result{Kind: Dead, Err: err, Reason: wire.ReasonMaxRetries, Meta: meta}
 	}
 	o := job.Apply(args, opts...)
-	meta := job.Meta{
-		ID: o.ID, Name: name, Attempt: n, MaxRetries: job.DefaultMaxRetries, Channel: o.Channel,
-		Priority: job.DefaultPriority, Description: o.Description, IdentityKey: o.IdentityKey,
-		EnqueuedAt: time.Now(), Timeout: o.Timeout, RetryPattern: o.RetryPattern,
-	}
-	if meta.ID == "" {
-		meta.ID = wire.NewID()
-	}
-	if o.MaxRetries != nil {
-		meta.MaxRetries = *o.MaxRetries
-	}
-	if meta.Channel == "" {
-		meta.Channel = job.DefaultChannel
-	}
-	if o.Priority != nil {
-		meta.Priority = *o.Priority
-	}
-	if meta.RetryPattern == nil {
-		meta.RetryPattern = job.DefaultRetryPattern
-	}
 	m := &worker.Message{Meta: meta, Args: raw, Delivered: 1}
 	if len(o.Headers) > 0 {
 		m.Header = nats.Header{}
@@ -136,4 +129,74 @@ func WorkAttempt(ctx context.Context, tb testing.TB, reg *worker.Registry, n int
 		res.Kind = Dead
 	}
 	return res
+}
+
+// envelope makes the job's envelope as a dispatcher does, checked as a
+// dispatcher checks it (failing the test where a dispatcher would refuse
+// the job), and reads it back as a worker does: the job's fields as its
+// handler sees them (the identity key computed, the timeout and the retry
+// pattern in whole milliseconds), and its encoded arguments.
+func envelope(tb testing.TB, name string, args job.Args, opts []job.Option) (job.Meta, []byte) {
+	tb.Helper()
+	raw, err := wire.Marshal(args)
+	if err != nil {
+		tb.Fatalf("workertest: encode %s args: %v", name, err)
+	}
+	o := job.Apply(args, opts...)
+	env := wire.Envelope{
+		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
+		Priority: o.Priority, Description: o.Description, EnqueuedAt: time.Now().UnixMilli(),
+		Identity: o.IdentityKey,
+	}
+	if env.ID == "" {
+		env.ID = wire.NewID()
+	}
+	if env.Channel == "" {
+		env.Channel = job.DefaultChannel
+	}
+	if err := channels.Valid(env.Channel); err != nil {
+		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
+	}
+	if o.Timeout > 0 {
+		env.TimeoutMS = o.Timeout.Milliseconds()
+	}
+	if len(o.RetryPattern) > 0 {
+		env.Retry = make(map[int]int64, len(o.RetryPattern))
+		for k, v := range o.RetryPattern {
+			env.Retry[k] = v.Milliseconds()
+		}
+	}
+	if env.Identity == "" && o.IdentityFunc != nil {
+		env.Identity = o.IdentityFunc(name, raw)
+	}
+	data, err := wire.EncodeEnvelope(&env)
+	if err == nil && len(data) > wire.DefaultMaxEnvelope {
+		err = fmt.Errorf("job %s is %d bytes, over the %d-byte limit: %w", name, len(data), wire.DefaultMaxEnvelope, wire.ErrInvalid)
+	}
+	if err != nil {
+		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
+	}
+	got, err := wire.DecodeEnvelope(data, 0)
+	if err != nil {
+		tb.Fatalf("workertest: a worker cannot read job %s: %v", name, err)
+	}
+	meta := job.Meta{
+		ID: got.ID, Name: got.Name, MaxRetries: job.DefaultMaxRetries, Channel: got.Channel,
+		Priority: job.DefaultPriority, Description: got.Description, IdentityKey: got.Identity,
+		EnqueuedAt: wire.FromMillis(got.EnqueuedAt), Timeout: time.Duration(got.TimeoutMS) * time.Millisecond,
+		RetryPattern: job.DefaultRetryPattern,
+	}
+	if got.MaxRetries != nil {
+		meta.MaxRetries = *got.MaxRetries
+	}
+	if got.Priority != nil {
+		meta.Priority = *got.Priority
+	}
+	if len(got.Retry) > 0 {
+		meta.RetryPattern = make(job.RetryPattern, len(got.Retry))
+		for k, v := range got.Retry {
+			meta.RetryPattern[k] = time.Duration(v) * time.Millisecond
+		}
+	}
+	return meta, got.Args
 }

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
 	"github.com/connector-go/connector/worker/workertest"
@@ -147,4 +150,175 @@ func ExampleWork() {
 	// Output:
 	// done: "imported P-1"
 	// retry in 30s (counted: true): no id yet
+}
+
+type Seen struct {
+	ID string `msgpack:"id"`
+}
+
+func (Seen) JobName() string { return "test.seen" }
+
+// seenRegistry registers a handler that reports the job it saw, waiting for
+// its context to end up to wait (a timeout shorter than that fails it).
+func seenRegistry(seen *job.Meta, ran *int, wait time.Duration) *worker.Registry {
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Seen]) (string, error) {
+		*seen = j.Meta
+		*ran++
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(wait):
+		}
+		if j.Args.ID == "down" {
+			return "", job.Retry(errDown)
+		}
+		return "seen " + j.Args.ID, nil
+	})
+	return reg
+}
+
+// The handler sees the job as a worker gives it: the fields travel in the
+// envelope a dispatcher makes of the options (the identity key computed by
+// job.WithIdentityExact, the timeout and retry pattern in milliseconds).
+func TestWorkShowsTheJobAsTheWorkerDoes(t *testing.T) {
+	ctx := context.Background()
+	var seen job.Meta
+	var ran int
+	reg := seenRegistry(&seen, &ran, 0)
+	args := Seen{ID: "P-1"}
+	raw, err := wire.Marshal(args) // the dispatcher's encoding
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := workertest.Work(ctx, t, reg, args, job.WithIdentityExact(),
+		job.WithTimeout(1500*time.Microsecond+time.Second), job.WithRetryPattern(job.RetryPattern{1: 2500 * time.Microsecond}))
+	if res.Kind != workertest.Done {
+		t.Fatalf("run: %v", res)
+	}
+	if want := job.IdentityExact(args.JobName(), raw); seen.IdentityKey != want || res.Meta.IdentityKey != want {
+		t.Errorf("identity key seen %q (result's meta %q), want %q (job.IdentityExact of the encoded args)", seen.IdentityKey, res.Meta.IdentityKey, want)
+	}
+	if seen.Timeout != time.Second+time.Millisecond {
+		t.Errorf("timeout seen %s, want 1.001s (the envelope's milliseconds)", seen.Timeout)
+	}
+	if d := seen.RetryPattern.Delay(1); d != 2*time.Millisecond {
+		t.Errorf("retry delay seen %s, want 2ms (the envelope's milliseconds)", d)
+	}
+	if seen.EnqueuedAt.IsZero() || seen.EnqueuedAt.Nanosecond()%int(time.Millisecond) != 0 {
+		t.Errorf("enqueued at %v, want a time in milliseconds", seen.EnqueuedAt)
+	}
+}
+
+// Options a dispatcher refuses (the envelope would be invalid) fail the
+// test rather than run a job no worker would ever see.
+func TestWorkRefusesWhatTheDispatcherRefuses(t *testing.T) {
+	var seen job.Meta
+	var ran int
+	reg := seenRegistry(&seen, &ran, 0)
+	for name, opt := range map[string]job.Option{
+		"negative max retries":    job.WithMaxRetries(-1),
+		"id with a dot":           job.WithID("order.42"),
+		"channel part not a word": job.WithChannel("root.1shop"),
+		"negative retry delay":    job.WithRetryPattern(job.RetryPattern{1: -time.Second}),
+	} {
+		f := &fakeTB{TB: t}
+		func() {
+			defer func() {
+				if r := recover(); r != nil && r != f {
+					panic(r)
+				}
+			}()
+			res := workertest.Work(context.Background(), f, reg, Seen{ID: "x"}, opt)
+			t.Errorf("%s: ran (%v), want the test failed", name, res)
+		}()
+		if f.fatal == "" {
+			t.Errorf("%s: no Fatalf", name)
+		}
+	}
+	if ran != 0 {
+		t.Errorf("the handler ran %d times", ran)
+	}
+}
+
+// An attempt past the job's max retries is never run by a worker: a job
+// redelivered after its last allowed attempt was lost is dead-lettered
+// unrun ("max_retries").
+func TestWorkAttemptPastMaxRetriesIsDead(t *testing.T) {
+	var seen job.Meta
+	var ran int
+	reg := seenRegistry(&seen, &ran, 0)
+	res := workertest.WorkAttempt(context.Background(), t, reg, 4, Seen{ID: "x"}, job.WithMaxRetries(3))
+	if res.Kind != workertest.Dead || res.Reason != "max_retries" || !errors.Is(res.Err, job.ErrMaxRetries) || ran != 0 {
+		t.Errorf("attempt 4 of 3: %v (handler ran %d times), want dead (max_retries), unrun", res, ran)
+	}
+	if res := workertest.WorkAttempt(context.Background(), t, reg, 4, Seen{ID: "x"}, job.WithMaxRetries(0)); res.Kind != workertest.Done {
+		t.Errorf("attempt 4 of a job retried forever: %v", res)
+	}
+}
+
+// The same job enqueued by a dispatcher and run by a worker on NATS shows
+// its handler the fields workertest shows, and the options a dispatcher
+// refuses are the ones workertest refuses.
+func TestWorkMatchesARealWorker(t *testing.T) {
+	_, _, js := testenv.JetStream(t)
+	rdb, prefix := testenv.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	metas := make(chan job.Meta, 1)
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Seen]) (string, error) {
+		select {
+		case metas <- j.Meta:
+		default:
+		}
+		return "seen", nil
+	})
+	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithMemoryStorage())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(wctx) }()
+	defer func() { stop(); <-ran }()
+	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	args := Seen{ID: "P-1"}
+	opts := []job.Option{job.WithIdentityExact(), job.WithChannel("root.shop"), job.WithPriority(3), job.WithMaxRetries(7),
+		job.WithDescription("import P-1"), job.WithTimeout(time.Second + 1500*time.Microsecond),
+		job.WithRetryPattern(job.RetryPattern{1: 2500 * time.Microsecond, 3: time.Minute})}
+	if _, err := d.Enqueue(ctx, args, opts...); err != nil {
+		t.Fatal(err)
+	}
+	var real job.Meta
+	select {
+	case real = <-metas:
+	case <-ctx.Done():
+		t.Fatal("the worker did not run the job")
+	}
+	var ignored job.Meta
+	var n int
+	got := workertest.Work(ctx, t, seenRegistry(&ignored, &n, 0), args, opts...).Meta
+	real.ID, real.EnqueuedAt, got.ID, got.EnqueuedAt = "", time.Time{}, "", time.Time{}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", real) {
+		t.Errorf("workertest shows the handler\n%+v\nthe worker shows it\n%+v", got, real)
+	}
+
+	for name, opt := range map[string]job.Option{
+		"negative max retries":    job.WithMaxRetries(-1),
+		"id with a dot":           job.WithID("order.42"),
+		"channel part not a word": job.WithChannel("root.1shop"),
+		"negative retry delay":    job.WithRetryPattern(job.RetryPattern{1: -time.Second}),
+	} {
+		if _, err := d.Enqueue(ctx, Seen{ID: "x"}, opt); err == nil {
+			t.Errorf("%s: the dispatcher enqueued it (TestWorkRefusesWhatTheDispatcherRefuses expects a refusal)", name)
+		}
+	}
 }
