@@ -409,6 +409,10 @@ type Exporter struct {
 	Options  map[string]any
 	Validate func(ctx context.Context, w *Work, values Record, create bool) error
 	After    func(ctx context.Context, w *Work, externalID string, rec Record) error
+	// JobOptions are added to the import job enqueued instead of an export
+	// when the backend's record changed since the last sync (channel,
+	// priority, ...): give it the connector's channel, as its other jobs.
+	JobOptions []job.Option
 }
 
 // Run exports local record localID; fields are the changed fields (nil: all).
@@ -562,7 +566,8 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 func (ex *Exporter) importFirst(ctx context.Context, w *Work, externalID string) (string, error) {
 	a := ImportRecord{BackendID: w.Backend.ID, Model: w.Model, ExternalID: externalID, Force: true}
 	if w.Env.Jobs != nil {
-		id, err := w.Env.Jobs.Enqueue(ctx, a, job.WithIdentityKey(a.IdentityKey()))
+		opts := append([]job.Option{job.WithIdentityKey(a.IdentityKey())}, ex.JobOptions...)
+		id, err := w.Env.Jobs.Enqueue(ctx, a, opts...)
 		if err != nil {
 			return "", err
 		}

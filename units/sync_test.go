@@ -143,7 +143,8 @@ func newFixture(t *testing.T, binders func(string, string) units.Binder, locker 
 	// Version 2 brings exports; version 3 makes category batch imports delayed.
 	must(units.Register(v2, units.ExporterUsage, units.AnyModel, &units.Exporter{UpdatedAt: updatedAt}))
 	must(units.Register(v2, units.ExporterUsage, "product", &units.Exporter{
-		UpdatedAt: updatedAt,
+		UpdatedAt:  updatedAt,
+		JobOptions: []job.Option{job.WithChannel("root.shop")},
 		Dependencies: func(_ context.Context, _ *units.Work, rec units.Record) ([]units.Dependency, error) {
 			c, _ := rec["category_id"].(string)
 			if c == "" {
@@ -505,7 +506,8 @@ func TestExportImportsFirstWhenExternalChanged(t *testing.T) {
 		}
 		jobs := f.trap.Named("connector.import_record")
 		want := units.ImportRecord{BackendID: backendID, Model: "product", ExternalID: "p1", Force: true}
-		if len(jobs) != 1 || jobs[0].Args != want || jobs[0].Options.IdentityKey != want.IdentityKey() {
+		if len(jobs) != 1 || jobs[0].Args != want || jobs[0].Options.IdentityKey != want.IdentityKey() ||
+			jobs[0].Options.Channel != "root.shop" { // the exporter's JobOptions
 			t.Fatalf("jobs = %+v", f.trap.Jobs())
 		}
 		if len(f.ext.Model("product").Changes()) != writes {

@@ -122,8 +122,8 @@ func missingID(err error, model, id string) error {
 // registers its own AdapterFactory (see ListKey).
 //
 // Search understands one filter, "updated_since" (a time.Time or an RFC 3339
-// string): records modified at or after it. Query.Offset must be a multiple
-// of Query.Limit (the shop pages by page number); Limit 0 reads every page.
+// string): records modified at or after it. Any Offset and Limit (0: every
+// record) work, over pages of the largest size up to 100 dividing both.
 type ShopAdapter struct {
 	c client
 	// ListKey is the field of a list answer holding the records: "items"
@@ -156,9 +156,9 @@ func NewShopAdapter(hc *http.Client, baseURL, version, model, listKey string) (*
 
 // Search returns the ids of the records matching q, oldest change first.
 func (a *ShopAdapter) Search(ctx context.Context, q units.Query) ([]string, error) {
-	per := q.Limit
-	if per <= 0 || per > 100 {
-		per = 100
+	per := 100 // the shop pages by page number: pages must fit Offset and Limit
+	for q.Offset%per != 0 || max(q.Limit, 0)%per != 0 {
+		per--
 	}
 	v := url.Values{"per_page": {strconv.Itoa(per)}}
 	switch s := q.Filters["updated_since"].(type) {
@@ -184,7 +184,7 @@ func (a *ShopAdapter) Search(ctx context.Context, q units.Query) ([]string, erro
 		for _, it := range items {
 			ids = append(ids, idOf(it["id"]))
 		}
-		if len(items) < per || q.Limit > 0 {
+		if len(items) < per || q.Limit > 0 && len(ids) >= q.Limit {
 			return ids, nil
 		}
 	}

@@ -101,7 +101,10 @@ func Units(hc *http.Client) (*units.Registry, error) {
 		UpdatedAt:    stamp("updated_at"),
 		Dependencies: orderDeps(field("customer_id"), "lines", field("product_id")),
 	}))
-	add(units.Register(v1, units.ExporterUsage, units.AnyModel, &units.Exporter{UpdatedAt: stamp("updated_at")}))
+	// An exporter that finds the shop's record changed imports it instead,
+	// with a job on the connector's channel like all its jobs.
+	onShop := []job.Option{job.WithChannel(Channel)}
+	add(units.Register(v1, units.ExporterUsage, units.AnyModel, &units.Exporter{UpdatedAt: stamp("updated_at"), JobOptions: onShop}))
 	add(units.Register(v1, units.ImportMapperUsage, "product", importProductV1))
 	add(units.Register(v1, units.ImportMapperUsage, "customer", importCustomerV1))
 	add(units.Register(v1, units.ImportMapperUsage, "order", importOrderV1))
@@ -117,7 +120,7 @@ func Units(hc *http.Client) (*units.Registry, error) {
 		UpdatedAt:    stamp("modified"),
 		Dependencies: orderDeps(nestedID("customer"), "items", nestedID("product")),
 	}))
-	add(units.Register(v2, units.ExporterUsage, units.AnyModel, &units.Exporter{UpdatedAt: stamp("modified")}))
+	add(units.Register(v2, units.ExporterUsage, units.AnyModel, &units.Exporter{UpdatedAt: stamp("modified"), JobOptions: onShop}))
 	add(units.Register(v2, units.ImportMapperUsage, "product", importProductV2))
 	add(units.Register(v2, units.ImportMapperUsage, "customer", importCustomerV2))
 	add(units.Register(v2, units.ImportMapperUsage, "order", importOrderV2))

@@ -562,6 +562,10 @@ type countingEnqueuer struct {
 	mu     sync.Mutex
 	jobs   []string
 	jobIDs []string
+	// imports are the ids of the ImportRecord jobs enqueued through it
+	// (the synchronizers' own: an exporter's import of a record changed in
+	// the shop since its last sync).
+	imports []string
 }
 
 func (c *countingEnqueuer) Enqueue(ctx context.Context, args job.Args, opts ...job.Option) (string, error) {
@@ -570,6 +574,10 @@ func (c *countingEnqueuer) Enqueue(ctx context.Context, args job.Args, opts ...j
 		return id, err
 	}
 	switch a := args.(type) {
+	case units.ImportRecord:
+		c.mu.Lock()
+		c.imports = append(c.imports, id)
+		c.mu.Unlock()
 	case units.ExportRecord:
 		c.add(id, fmt.Sprintf("export %s %s %v", a.Model, a.LocalID, a.Fields))
 	case units.DeleteRecord:
