@@ -160,14 +160,9 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 			return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 		}
 		if released {
-			if rec, err = d.recordMoved(ctx, rec); err != nil {
+			var known bool
+			if rec, known, err = d.moved(ctx, rec); known {
 				return err
-			}
-			switch rec.State {
-			case job.StateStarted, job.StateDone, job.StateFailed, job.StateDead:
-				return fmt.Errorf("%w: job %s is %s", job.ErrStarted, id, rec.State)
-			case job.StateCancelled:
-				return nil
 			}
 		}
 		if rec.State == job.StatePending {
@@ -193,15 +188,11 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 			if !isNoMessage(err) {
 				return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 			}
-			if rec, err = d.recordMoved(ctx, rec); err != nil {
+			var known bool
+			if rec, known, err = d.moved(ctx, rec); known {
 				return err
 			}
-			switch rec.State {
-			case job.StateStarted, job.StateDone, job.StateFailed, job.StateDead:
-				return fmt.Errorf("%w: job %s is %s", job.ErrStarted, id, rec.State)
-			case job.StateCancelled:
-				return nil // a worker received it and dropped it
-			case job.StateWaiting:
+			if rec.State == job.StateWaiting {
 				// A job retrying in place (a sequential channel's) has no
 				// schedule: its message, at rec.Seq, is delivered again
 				// after its delay, and dropped then. Otherwise rec.Seq is
@@ -302,6 +293,22 @@ func (d *Dispatcher) firedAndDelivered(ctx context.Context, s jetstream.Stream, 
 		return false, err
 	}
 	return info.Delivered.Stream >= rec.Seq, nil
+}
+
+// moved waits for a job's record to leave the state it has (recordMoved);
+// known reports that the record answers Cancel then: with job.ErrStarted
+// for a job that started, nil for one a worker dropped (cancelled).
+func (d *Dispatcher) moved(ctx context.Context, rec job.Record) (_ job.Record, known bool, err error) {
+	if rec, err = d.recordMoved(ctx, rec); err != nil {
+		return rec, true, err
+	}
+	switch rec.State {
+	case job.StateStarted, job.StateDone, job.StateFailed, job.StateDead:
+		return rec, true, fmt.Errorf("%w: job %s is %s", job.ErrStarted, rec.ID, rec.State)
+	case job.StateCancelled:
+		return rec, true, nil
+	}
+	return rec, false, nil
 }
 
 // recordMoved waits (up to a second) for a job's record to leave the state

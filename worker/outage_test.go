@@ -97,27 +97,10 @@ func TestNATSOutagePausesThenRecovers(t *testing.T) {
 // Redis goes away: jobs of a limited channel (slots live in Redis) wait,
 // then run when it is back. The worker does not die.
 func TestRedisOutagePausesThenRecovers(t *testing.T) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CONNECTOR_TEST_REQUIRE_REDIS") == "1" {
-			t.Fatal("redis-server not installed")
-		}
-		t.Skip("redis-server not installed")
-	}
-	port := freePort(t)
-	startRedis := func() *exec.Cmd {
-		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
-		defer c.Close()
-		testenv.Eventually(t, 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil }, "redis up")
-		return cmd
-	}
+	startRedis, addr := privateRedis(t)
 	srv := startRedis()
 	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: 1,
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: 1,
 		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
 	defer rdb.Close()
 	_, _, js := testenv.JetStream(t)
@@ -171,27 +154,10 @@ func TestRedisOutagePausesThenRecovers(t *testing.T) {
 // heartbeat at once), however many arrive meanwhile: none is delivered
 // again, and once Redis is back each runs once.
 func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CONNECTOR_TEST_REQUIRE_REDIS") == "1" {
-			t.Fatal("redis-server not installed")
-		}
-		t.Skip("redis-server not installed")
-	}
-	port := freePort(t)
-	startRedis := func() *exec.Cmd {
-		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
-		defer c.Close()
-		testenv.Eventually(t, 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil }, "redis up")
-		return cmd
-	}
+	startRedis, addr := privateRedis(t)
 	srv := startRedis()
 	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: 1,
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: 1,
 		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
 	defer rdb.Close()
 	_, _, js := testenv.JetStream(t)
@@ -259,4 +225,30 @@ func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
 	if _, twice := ran(); twice > 0 {
 		t.Errorf("%d jobs ran twice: their leases ran out in the worker while Redis was down", twice)
 	}
+}
+
+// privateRedis is a redis-server of the test's own, on a free port, for a
+// test to kill and start again (skipped without one, failed in CI): start
+// starts it and waits until it answers; addr is where.
+func privateRedis(t *testing.T) (start func() *exec.Cmd, addr string) {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CONNECTOR_TEST_REQUIRE_REDIS") == "1" {
+			t.Fatal("redis-server not installed")
+		}
+		t.Skip("redis-server not installed")
+	}
+	port := freePort(t)
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
+	return func() *exec.Cmd {
+		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c := redis.NewClient(&redis.Options{Addr: addr})
+		defer c.Close()
+		testenv.Eventually(t, 10*time.Second, func() bool { return c.Ping(context.Background()).Err() == nil }, "redis up")
+		return cmd
+	}, addr
 }

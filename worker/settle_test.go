@@ -260,30 +260,13 @@ func TestCancelOfAFiredAndTakenJobLosesNothing(t *testing.T) {
 func TestCancelOfAFiredJobNotTaken(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	names := e.names()
 	id, err := e.d.Enqueue(ctx, Step{Key: "late"}, job.WithDelay(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
-	str, err := e.js.Stream(ctx, names.JobsStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		_, err := str.GetLastMsgForSubject(ctx, names.ScheduleSubject(id))
-		return errors.Is(err, jetstream.ErrMsgNotFound)
-	}, "the schedule fired")
-	if err := e.d.Cancel(ctx, id); err != nil {
-		t.Fatalf("cancel of a fired job no worker took = %v, want nil", err)
-	}
+	scheduleFired(t, e, id)
 	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) { return "ok", nil })
-	e.start(s.registry())
-	other, _ := e.d.Enqueue(ctx, Step{Key: "other"})
-	e.waitState(other, job.StateDone, 10*time.Second)
-	e.waitState(id, job.StateCancelled, 10*time.Second)
-	if n := s.count("late"); n != 0 {
-		t.Fatalf("cancelled job ran %d times", n)
-	}
+	cancelledThenDropped(t, e, s, id, "late", 0)
 }
 
 // A job whose retry fired while no worker ran: its record names the retry's
@@ -310,19 +293,40 @@ func TestCancelOfAFiredRetryNotTaken(t *testing.T) {
 	if _, err := str.GetLastMsgForSubject(ctx, names.ScheduleSubject(id)); err != nil {
 		t.Fatalf("the retry's schedule is not there once the worker stopped: %v", err)
 	}
+	scheduleFired(t, e, id)
+	cancelledThenDropped(t, e, s, id, "flaky", 1)
+}
+
+// scheduleFired waits until the schedule of job id has fired (the server
+// purges it as it stores the job).
+func scheduleFired(t *testing.T, e *env, id string) {
+	t.Helper()
+	ctx := context.Background()
+	str, err := e.js.Stream(ctx, e.names().JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		_, err := str.GetLastMsgForSubject(ctx, names.ScheduleSubject(id))
+		_, err := str.GetLastMsgForSubject(ctx, e.names().ScheduleSubject(id))
 		return errors.Is(err, jetstream.ErrMsgNotFound)
-	}, "the retry fired")
+	}, "the schedule of %s fired", id)
+}
+
+// cancelledThenDropped cancels job id, fired and taken by no worker (nil),
+// then starts a worker of s: it drops the job (cancelled), which so ran
+// as many times as before (runs, of its Step key).
+func cancelledThenDropped(t *testing.T, e *env, s *steps, id, key string, runs int) {
+	t.Helper()
+	ctx := context.Background()
 	if err := e.d.Cancel(ctx, id); err != nil {
-		t.Fatalf("cancel of a fired retry no worker took = %v, want nil", err)
+		t.Fatalf("cancel of a fired job no worker took = %v, want nil", err)
 	}
 	e.start(s.registry())
 	other, _ := e.d.Enqueue(ctx, Step{Key: "other"})
 	e.waitState(other, job.StateDone, 10*time.Second)
 	e.waitState(id, job.StateCancelled, 10*time.Second)
-	if n := s.count("flaky"); n != 1 {
-		t.Fatalf("cancelled job ran %d times, want its first run only", n)
+	if n := s.count(key); n != runs {
+		t.Fatalf("cancelled job ran %d times, want %d", n, runs)
 	}
 }
 
@@ -358,7 +362,6 @@ func TestRequeuedJobCanBeCancelled(t *testing.T) {
 // context: the job is handed back and completes on another worker.
 func TestShutdownGraceBoundsAStuckHandler(t *testing.T) {
 	e := newEnv(t)
-	ctx := context.Background()
 	never := make(chan struct{})
 	defer close(never)
 	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
@@ -367,25 +370,7 @@ func TestShutdownGraceBoundsAStuckHandler(t *testing.T) {
 		}
 		return "ok", nil
 	})
-	w, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb),
-		worker.WithShutdownGrace(300*time.Millisecond), worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel+1))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
-	id, _ := e.d.Enqueue(ctx, Step{Key: "stuck"})
-	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("stuck") == 1 }, "job running")
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return: the grace period is no bound")
-	}
+	_, id := stopPastGrace(t, e, s)
 	e.start(s.registry())
 	e.waitState(id, job.StateDone, 10*time.Second)
 }
@@ -550,6 +535,32 @@ func TestStuckHandlerRetryAfterHandBackSchedulesNothing(t *testing.T) {
 		}
 		return "ok", nil
 	})
+	w, id := stopPastGrace(t, e, s)
+	// The handler gives up now, after its job was handed back.
+	close(release)
+	testenv.Eventually(t, 10*time.Second, func() bool { return w.Running() == 0 }, "stuck handler returned")
+	e.start(s.registry())
+	e.waitState(id, job.StateDone, 10*time.Second)
+	st, err := e.js.Stream(ctx, e.names().JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(e.names().ScheduleWildcard()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.State.Subjects) != 0 {
+		t.Fatalf("a retry of the handed-back job is scheduled too (%v): it would run again", info.State.Subjects)
+	}
+}
+
+// stopPastGrace runs a worker of s with a 300 ms shutdown grace, enqueues
+// the job "stuck", waits until its handler runs, stops the worker and
+// waits for Run to return: the handler, which ignores its context, still
+// runs, and its job was handed back.
+func stopPastGrace(t *testing.T, e *env, s *steps) (*worker.Worker, string) {
+	t.Helper()
+	ctx := context.Background()
 	w, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb),
 		worker.WithShutdownGrace(300*time.Millisecond), worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel+1))))
 	if err != nil {
@@ -567,22 +578,7 @@ func TestStuckHandlerRetryAfterHandBackSchedulesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return")
+		t.Fatal("Run did not return: the grace period is no bound")
 	}
-	// The handler gives up now, after its job was handed back.
-	close(release)
-	testenv.Eventually(t, 10*time.Second, func() bool { return w.Running() == 0 }, "stuck handler returned")
-	e.start(s.registry())
-	e.waitState(id, job.StateDone, 10*time.Second)
-	st, err := e.js.Stream(ctx, e.names().JobsStream())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(e.names().ScheduleWildcard()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(info.State.Subjects) != 0 {
-		t.Fatalf("a retry of the handed-back job is scheduled too (%v): it would run again", info.State.Subjects)
-	}
+	return w, id
 }

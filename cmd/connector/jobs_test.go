@@ -15,6 +15,8 @@ import (
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 )
 
 // operatorCLI runs the connector command against a deployment (NATS at
@@ -65,18 +67,7 @@ func TestJobsCommandsRequeueDeadJobs(t *testing.T) {
 		}
 		return "fixed", nil
 	})
-	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithMemoryStorage())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = d.Close(context.Background()) }()
+	d := runWorker(t, js, rdb, prefix, reg)
 
 	var ids []string
 	for i := range 3 {
@@ -375,4 +366,23 @@ func TestJobsStatsAndCancel(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(stdout), &letters) != nil || len(letters) != 1 {
 		t.Errorf("jobs dead with Redis down: %d letters, %v\n%s", len(letters), err, stderr)
 	}
+}
+
+// runWorker runs a worker of reg (memory storage) until the test ends and
+// returns a dispatcher of the same prefix, closed then too.
+func runWorker(t *testing.T, js jetstream.JetStream, rdb redis.UniversalClient, prefix string, reg *worker.Registry) *dispatcher.Dispatcher {
+	t.Helper()
+	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithMemoryStorage())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close(context.Background()); cancel(); <-done })
+	return d
 }

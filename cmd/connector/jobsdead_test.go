@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
@@ -25,18 +24,7 @@ func TestJobsDeadLimitZeroWithName(t *testing.T) {
 	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[fragileJob]) (string, error) {
 		return "", errors.New("the backend refused the record")
 	})
-	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithMemoryStorage())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = d.Close(context.Background()) }()
+	d := runWorker(t, js, rdb, prefix, reg)
 	var ids []string
 	for i := range 2 {
 		id, err := d.Enqueue(ctx, fragileJob{N: i})

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/job"
@@ -200,17 +199,7 @@ func TestJobsCommandsRedactJobErrors(t *testing.T) {
 	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[leakyJob]) (string, error) {
 		return "", fmt.Errorf("push to redis://:%s@10.0.0.9:6379/0: refused", secret)
 	})
-	w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb), worker.WithMemoryStorage())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := runWorker(t, js, rdb, prefix, reg)
 	id, err := d.Enqueue(ctx, leakyJob{})
 	if err != nil {
 		t.Fatal(err)
