@@ -57,8 +57,9 @@ const bindTimeout = 10 * time.Second
 //     (then it binds its own pair).
 //
 // A record that cannot be bound at all (Redis unavailable) is deleted again,
-// so that the job's retry creates it once, not twice.
-func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, localID string, importing bool) error {
+// so that the job's retry creates it once, not twice. synced is the
+// binding's sync date.
+func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, localID string, importing bool, synced time.Time) error {
 	// The record exists now: binding it (or undoing it) goes on even if the
 	// job is cancelled meanwhile (a worker's shutdown), for a bounded time.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
@@ -74,7 +75,7 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 		// will say so): bind anyway and settle a conflict below.
 		w.Logger.Debug("bind a created record without the other direction's lock", zap.String("resource", peer), telemetry.ErrField(err))
 	}
-	bindErr := binder.Bind(ctx, externalID, localID, w.Env.Now())
+	bindErr := binder.Bind(ctx, externalID, localID, synced)
 	if bindErr == nil {
 		return nil
 	}
@@ -159,5 +160,5 @@ func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, local
 	if err := binder.Unbind(ctx, unbind); err != nil {
 		return err
 	}
-	return binder.Bind(ctx, externalID, localID, w.Env.Now())
+	return binder.Bind(ctx, externalID, localID, synced)
 }

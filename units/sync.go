@@ -238,6 +238,10 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 	if err != nil {
 		return "", err
 	}
+	// The binding's sync date is when the record was read, not when it is
+	// bound: a change the backend takes in between is newer than the sync
+	// date, so its own import runs rather than find the record up to date.
+	readAt := w.Env.Now()
 	rec, err := ad.Read(ctx, externalID, imp.Fields)
 	if errors.Is(err, ErrMissing) {
 		return "", job.NothingToDo("%s record %s no longer exists in backend %s", w.Model, externalID, w.Backend.ID)
@@ -345,11 +349,11 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 		}
 	}
 	if bound {
-		err = binder.Bind(ctx, externalID, localID, w.Env.Now())
+		err = binder.Bind(ctx, externalID, localID, readAt)
 	} else {
 		verb = "created"
 		if localID, err = local.Create(octx, values); err == nil {
-			err = w.bindCreated(ctx, binder, externalID, localID, true)
+			err = w.bindCreated(ctx, binder, externalID, localID, true, readAt)
 		}
 	}
 	if err != nil {
@@ -549,7 +553,7 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 	} else {
 		verb = "created"
 		if externalID, err = ad.Create(ctx, values); err == nil {
-			err = w.bindCreated(ctx, binder, externalID, localID, false)
+			err = w.bindCreated(ctx, binder, externalID, localID, false, w.Env.Now())
 		}
 	}
 	if err != nil {

@@ -768,3 +768,41 @@ func TestExportImportsInlineWithoutJobs(t *testing.T) {
 		t.Error("exported anyway")
 	}
 }
+
+// A change the backend takes while its record is being imported (after the
+// read, before the bind) is imported in its turn: the binding's sync date
+// is when the record was read, so the change is not taken for one the
+// import already brought.
+func TestImportDoesNotSwallowAChangeMadeDuringIt(t *testing.T) {
+	forEachKind(t, func(t *testing.T, f *fixture) {
+		f.seedShop()
+		f.tick(time.Minute)
+		changed := false
+		err := units.Register(f.reg.Backend("shop"), units.ImporterUsage, "category", &units.Importer{
+			UpdatedAt: updatedAt,
+			Validate: func(context.Context, *units.Work, units.Record, bool) error {
+				if !changed {
+					changed = true
+					// The shop takes a change now; the import binds a moment later.
+					f.ext.Model("category").Put("c1", units.Record{"name": "Hand tools", "updated_at": f.tick(time.Second)})
+					f.tick(time.Second)
+				}
+				return nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.importRecord(t, "category", "c1", false); err != nil {
+			t.Fatal(err)
+		}
+		// The change's own import (its event, or the next batch import).
+		if _, err := f.importRecord(t, "category", "c1", false); err != nil {
+			t.Fatalf("the change made during the first import was not imported: %v", err)
+		}
+		cat, _ := f.local.Model("category").Get(bound(t, f.binder("category"), "c1"))
+		if cat["name"] != "Hand tools" {
+			t.Errorf("local category %v, want the shop's change", cat)
+		}
+	})
+}
