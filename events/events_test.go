@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
@@ -313,6 +314,11 @@ func TestPredicates(t *testing.T) {
 	if events.FieldsUnchanged("y")(events.Event{}) {
 		t.Error("an event without a field list must not be skipped")
 	}
+	// No origin is a user's (or another process's) change, never an echo:
+	// not even a backend id left empty by mistake skips it.
+	if events.SkipOrigin("", "shop-1")(events.Event{Fields: []string{"x"}}) {
+		t.Error("SkipOrigin skipped an event without origin")
+	}
 }
 
 // Bad events are dead-lettered with a reason, keeping the original
@@ -343,18 +349,43 @@ func TestBadEventsAreDeadLettered(t *testing.T) {
 	if _, err := e.js.PublishMsg(ctx, mismatch); err != nil {
 		t.Fatal(err)
 	}
+	// A body whose event is not the subject's: a listener of writes must
+	// not handle a create.
+	otherEvent, err := e.publisher().Message(events.Event{ID: wire.NewID(), Model: "res.partner", Name: events.Create, RecordID: "3", Time: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherEvent.Subject = e.names.EventSubject("res.partner", events.Write, "3")
+	if _, err := e.js.PublishMsg(ctx, otherEvent); err != nil {
+		t.Fatal(err)
+	}
+	// A body whose record is not in the subject's bucket: its events would
+	// not be ordered with the record's other events.
+	otherBucket, err := e.publisher().Message(events.Event{ID: wire.NewID(), Model: "res.partner", Name: events.Write, RecordID: "4", Time: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherBucket.Subject = e.names.EventSubject("res.partner", events.Write, "5")
+	if otherBucket.Subject == e.names.EventSubject("res.partner", events.Write, "4") {
+		t.Fatal("records 4 and 5 share a bucket; the test proves nothing")
+	}
+	if _, err := e.js.PublishMsg(ctx, otherBucket); err != nil {
+		t.Fatal(err)
+	}
 	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "good"})
 	testenv.Eventually(t, 10*time.Second, func() bool { return got.get("good") == 1 }, "good event handled after bad ones")
 	letters := e.deadLetters()
-	if len(letters) != 2 {
-		t.Fatalf("%d dead letters, want 2", len(letters))
+	if len(letters) != 4 {
+		t.Fatalf("%d dead letters, want 4", len(letters))
 	}
 	if letters[0].Reason != wire.ReasonMalformed || string(letters[0].Data) != "not msgpack" ||
 		letters[0].Subject != garbage.Subject || letters[0].Headers["X-Test"][0] != "kept" || letters[0].StreamSeq != 1 {
 		t.Fatalf("letter 0: %+v", letters[0])
 	}
-	if letters[1].Reason != wire.ReasonUnknownModel || letters[1].StreamSeq != 2 {
-		t.Fatalf("letter 1: %+v", letters[1])
+	for i, dl := range letters[1:] {
+		if dl.Reason != wire.ReasonUnknownModel || dl.StreamSeq != uint64(i+2) {
+			t.Fatalf("letter %d: %+v", i+1, dl)
+		}
 	}
 	if len(got.snapshot()) != 1 {
 		t.Fatalf("handler saw %v", got.snapshot())
@@ -418,6 +449,39 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 		info, err := cons.Info(context.Background())
 		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
 	}, "consumer drained")
+}
+
+// The dead letter is written before the event is terminated: while the
+// letter cannot be written (here the dead-letter stream is gone), the event
+// is not terminated but delivered again; once the letter can be written it
+// is, and the event is terminated.
+func TestEventRetriedWhileItsDeadLetterCannotBeWritten(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	calls := newCounter()
+	l := e.listeners()
+	must(t, l.On("unlucky", "sale.order", "", func(_ context.Context, ev events.Event) error {
+		calls.inc(ev.RecordID)
+		return errors.New("backend says no")
+	}, events.WithPartitions(1), events.WithMaxDeliver(1),
+		events.WithRetryDelay(func(int) time.Duration { return 20 * time.Millisecond })))
+	must(t, e.js.DeleteStream(ctx, e.names.DeadStream()))
+	e.start(l)
+	e.publish(events.Event{Model: "sale.order", Name: events.Write, RecordID: "1"})
+	testenv.Eventually(t, 15*time.Second, func() bool { return calls.get("1") >= 3 },
+		"the event delivered again while its letter cannot be written")
+
+	must(t, streams.Ensure(ctx, e.js, streams.Config{Names: e.names, Memory: true}))
+	testenv.Eventually(t, 15*time.Second, func() bool { return len(e.deadLetters()) == 1 }, "the letter written once the stream is back")
+	if dl := e.deadLetters()[0]; dl.Reason != wire.ReasonError || dl.Attempts < 3 {
+		t.Fatalf("letter %+v", dl)
+	}
+	cons, err := e.js.Consumer(ctx, e.names.EventsStream(), events.ConsumerName("unlucky", 0, 1))
+	must(t, err)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	}, "event terminated")
 }
 
 // Events published while no worker runs wait in the stream; a listener

@@ -238,6 +238,12 @@ func TestProcessesWithDifferentPartitionCounts(t *testing.T) {
 		return func() bool { return strings.Contains(p.stderr.String(), s) }
 	}
 	testenv.Eventually(t, 20*time.Second, logged(b, "events: listening"), "B runs")
+	// A runs, idle: B keeps waiting well past its idle window (A's pull
+	// requests show it alive), rather than taking over.
+	holds(t, 10*time.Second, func() bool {
+		_, err := e.js.Consumer(context.Background(), e.names.EventsStream(), events.ConsumerName("shared", 0, 8))
+		return errors.Is(err, jetstream.ErrConsumerNotFound) && e.metadata(events.ConsumerName("shared", 0, 4))["connector.retired"] == ""
+	}, "B waits while A runs, idle")
 
 	ids := e.publishBatch(records, 10, 0)
 	testenv.Eventually(t, 30*time.Second, func() bool { return e.handledAll(ids) == len(ids) }, "first batch handled")
@@ -283,6 +289,17 @@ func TestProcessesWithDifferentPartitionCounts(t *testing.T) {
 		}
 	}
 	e.checkOrder(records, true)
+}
+
+// holds checks cond every 50 ms for d and fails as soon as it is false:
+// the proof that something does not happen while its cause lasts.
+func holds(t *testing.T, d time.Duration, cond func() bool, format string, a ...any) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if !cond() {
+			t.Fatalf("no longer true: "+format, a...)
+		}
+	}
 }
 
 // A listener name already used in the stream for another model or event

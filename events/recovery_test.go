@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,5 +104,52 @@ func TestInterruptedTakeoverDoesNotReplay(t *testing.T) {
 		t.Fatal("the takeover did not try to create the consumer that fails")
 	}
 	log.check(t, r.ids)
+	stop()
+}
+
+// A takeover reads where the old partitioning stopped from its Redis marks
+// too, not only from its consumers' ack floors: an event the old set
+// handled whose acknowledgement was lost (its process stopped right after
+// the handler returned) is not handled again by the new set
+// (docs/events.md, "Changing the partitions", step 2).
+func TestTakeoverReadsMarksAboveTheAckFloor(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	r := e.repartition("lostack", 4)
+	log := r.log
+
+	stop := r.start(1)
+	r.batch(0, 2)
+	testenv.Eventually(t, 20*time.Second, func() bool { return log.handled() == len(r.ids) }, "first batch handled under 1 partition")
+	stop()
+
+	stream, err := e.js.Stream(ctx, e.names.EventsStream())
+	must(t, err)
+	info, err := stream.Info(ctx)
+	must(t, err)
+	first := len(r.ids)
+	r.batch(2, 2)
+	// The first event of this batch was handled by the 1-partition set,
+	// which wrote its mark, but the acknowledgement was lost.
+	old := events.ConsumerName("lostack", 0, 1)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		c, err := e.js.Consumer(ctx, e.names.EventsStream(), old)
+		return err == nil && c.CachedInfo().AckFloor.Stream == info.State.LastSeq
+	}, "the old consumer's ack floor at the first batch")
+	key := e.names.RedisKey("events", "seq", old, strconv.FormatInt(info.Created.UnixNano(), 10))
+	must(t, e.rdb.Set(ctx, key, info.State.LastSeq+1, 0).Err())
+
+	stop = r.start(2)
+	handledBefore := r.ids[first]
+	rest := slices.Delete(slices.Clone(r.ids), first, first+1)
+	testenv.Eventually(t, 30*time.Second, func() bool { return log.handled() >= len(rest) && e.caughtUp("lostack", 2) },
+		"second batch handled under 2 partitions")
+	log.mu.Lock()
+	again := log.count[handledBefore]
+	log.mu.Unlock()
+	if again != 0 {
+		t.Fatalf("the event under the old set's mark was handled again by the new set (%d times)", again)
+	}
+	log.check(t, rest)
 	stop()
 }
