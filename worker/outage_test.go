@@ -149,8 +149,8 @@ func TestRedisOutagePausesThenRecovers(t *testing.T) {
 	}
 }
 
-// While Redis is down, admission waits and the jobs a worker received keep
-// their leases (docs/architecture.md: every received message is under
+// While Redis is down, admission waits (no job starts, even in an
+// unlimited channel) and the jobs a worker received keep their leases (docs/architecture.md: every received message is under
 // heartbeat at once), however many arrive meanwhile: none is delivered
 // again, and once Redis is back each runs once.
 func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
@@ -212,6 +212,12 @@ func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
 	// The outage lasts three leases: a job received and not under
 	// heartbeat meanwhile is delivered again.
 	time.Sleep(3 * time.Second) // the outage's length, not a wait on a condition
+	// Admission waits for Redis (no cancel check, no start): none of the
+	// jobs that arrived during the outage ran, though the channel is
+	// unlimited.
+	if n, _ := ran(); n != 1 {
+		t.Fatalf("%d jobs ran while Redis was down: admission did not wait for the cancel check", n-1)
+	}
 	srv = startRedis()
 	testenv.Eventually(t, 20*time.Second, func() bool { n, _ := ran(); return n == jobs+1 }, "every job ran after the outage")
 	cons, err := js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root", 1))

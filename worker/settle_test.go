@@ -139,6 +139,86 @@ func TestHandedBackJobsKeepTheirAttempts(t *testing.T) {
 	}
 }
 
+// SIGTERM while a job still runs: the jobs the worker received and has not
+// started go back at once (docs/architecture.md, failure model), not when
+// the running job ends nor after their leases, and another worker runs them
+// without losing an attempt while the stopping worker's job is still in its
+// grace period.
+func TestShutdownHandsBackQueuedJobsWhileAJobRuns(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	// The first job started holds the stopping worker's only runner until
+	// release; every other run returns at once.
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	var started atomic.Int32
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if started.Add(1) == 1 {
+			<-release
+		}
+		return "ok", nil
+	})
+	var ids []string
+	for i := 0; i < 10; i++ {
+		id, err := e.d.Enqueue(ctx, Step{Key: fmt.Sprint(i), N: i}, job.WithMaxRetries(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb), worker.WithConcurrency(1),
+		worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, stopA := context.WithCancel(ctx)
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.Run(actx) }()
+	testenv.Eventually(t, 10*time.Second, func() bool { return started.Load() == 1 }, "first job started")
+	names := e.names()
+	cons, err := e.js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending >= 5
+	}, "the worker holds several jobs it has not started")
+	first := strings.TrimSuffix(s.seen(), "#1")
+	stopA() // its running job is not released: it is in its grace period
+	e.start(s.registry())
+	for i, id := range ids {
+		if fmt.Sprint(i) == first {
+			continue
+		}
+		rec := e.waitState(id, job.StateDone, 10*time.Second)
+		if rec.Attempts != 1 {
+			t.Fatalf("job %s: %d attempts, want 1 (hand-backs are not attempts)", id, rec.Attempts)
+		}
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("the stopping worker returned (%v) before its running job ended", err)
+	default:
+	}
+	unblock()
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		if fmt.Sprint(i) == first {
+			if rec := e.waitState(id, job.StateDone, 10*time.Second); rec.Attempts != 1 {
+				t.Fatalf("running job %s: %d attempts, want 1", id, rec.Attempts)
+			}
+		}
+		if n := s.count(fmt.Sprint(i)); n != 1 {
+			t.Fatalf("job %d ran %d times (%s)", i, n, s.seen())
+		}
+	}
+}
+
 // In a sequential channel a retry waits in place; RetryNoCount there does
 // not count either.
 func TestSequentialNoCountRetriesDoNotCount(t *testing.T) {

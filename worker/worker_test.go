@@ -305,6 +305,100 @@ func TestPermanentErrorAndPanicDeadLetterAndWorkerSurvives(t *testing.T) {
 	}
 }
 
+// refusingJS refuses the publishes on subjects starting with prefix while
+// failing is set, as a stream that does not answer would.
+type refusingJS struct {
+	jetstream.JetStream
+	prefix  string
+	failing atomic.Bool
+	refused atomic.Int32
+}
+
+func (j *refusingJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if j.failing.Load() && len(m.Subject) >= len(j.prefix) && m.Subject[:len(j.prefix)] == j.prefix {
+		j.refused.Add(1)
+		return nil, errors.New("stream unavailable")
+	}
+	return j.JetStream.PublishMsg(ctx, m, opts...)
+}
+
+// runOn runs a worker of reg on js (the env's stream and Redis) until the
+// test ends.
+func (e *env) runOn(js jetstream.JetStream, reg *worker.Registry) {
+	e.t.Helper()
+	w, err := worker.New(js, reg, worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb),
+		worker.WithLogger(zaptest.NewLogger(e.t, zaptest.Level(zap.ErrorLevel+1))))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	e.t.Cleanup(func() { cancel(); <-done })
+}
+
+// A retry whose schedule cannot be published (NATS refuses the publish) is
+// retried in place: the job is not lost, and its next run is its next
+// attempt (docs/architecture.md, failure model: NATS down).
+func TestRetryNotScheduledIsRetriedInPlace(t *testing.T) {
+	e := newEnv(t)
+	rjs := &refusingJS{JetStream: e.js, prefix: e.prefix + ".sched."}
+	rjs.failing.Store(true)
+	var runs atomic.Int32
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
+		if runs.Add(1) == 1 {
+			return "", job.RetryAfter(errors.New("backend busy"), 100*time.Millisecond)
+		}
+		return "fine", nil
+	})
+	e.runOn(rjs, reg)
+	id, err := e.d.Enqueue(context.Background(), Flaky{Mode: "retry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := e.waitState(id, job.StateDone, 20*time.Second)
+	if rjs.refused.Load() < 1 {
+		t.Fatal("the retry's schedule was not refused: the test proves nothing")
+	}
+	if n := runs.Load(); n != 2 || rec.Attempts != 2 {
+		t.Fatalf("%d runs, record %+v: want 2 runs, the second one attempt 2", n, rec)
+	}
+}
+
+// A dead letter that cannot be stored does not end its job
+// (docs/architecture.md, failure model: "dead-letter publish fails"): the
+// job stays queued and comes back, and is dead-lettered once the letter
+// is stored.
+func TestDeadLetterNotStoredKeepsTheJob(t *testing.T) {
+	e := newEnv(t)
+	djs := &refusingJS{JetStream: e.js, prefix: e.prefix + ".dead."}
+	djs.failing.Store(true)
+	var runs atomic.Int32
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
+		runs.Add(1)
+		return "", &permanentErr{code: 422}
+	})
+	e.runOn(djs, reg)
+	id, err := e.d.Enqueue(context.Background(), Flaky{Mode: "error"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return djs.refused.Load() >= 1 }, "a dead letter refused")
+	if rec, _ := e.d.Job(context.Background(), id); rec.State == job.StateDead {
+		t.Fatalf("job recorded dead although its letter was not stored: %+v", rec)
+	}
+	djs.failing.Store(false)
+	e.waitState(id, job.StateDead, 20*time.Second)
+	if dl := findDead(t, e, id); dl.Reason != wire.ReasonError || !contains(dl.Error, "422") {
+		t.Fatalf("letter = %+v", dl.DeadLetter)
+	}
+	if n := runs.Load(); n < 2 {
+		t.Fatalf("handler ran %d times: the job did not come back after its letter was refused", n)
+	}
+}
+
 func TestMalformedMessagesAreDeadLetteredWithReason(t *testing.T) {
 	e := newEnv(t)
 	reg := worker.NewRegistry()
