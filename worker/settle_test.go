@@ -89,22 +89,7 @@ func TestHandedBackJobsKeepTheirAttempts(t *testing.T) {
 		<-release
 		return "ok", nil
 	})
-	var ids []string
-	for i := 0; i < 10; i++ {
-		id, err := e.d.Enqueue(ctx, Step{Key: fmt.Sprint(i), N: i}, job.WithMaxRetries(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	a, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb), worker.WithConcurrency(1),
-		worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, stopA := context.WithCancel(ctx)
-	stopped := make(chan error, 1)
-	go func() { stopped <- a.Run(actx) }()
+	ids, stopA, stopped := tenJobsOneRunner(t, e, s)
 	testenv.Eventually(t, 10*time.Second, func() bool { return started.Load() == 1 }, "first job started")
 	cons, err := e.js.Consumer(ctx, wire.MustNames(e.prefix).JobsStream(), wire.MustNames(e.prefix).JobsConsumer("root", 1))
 	if err != nil {
@@ -160,22 +145,7 @@ func TestShutdownHandsBackQueuedJobsWhileAJobRuns(t *testing.T) {
 		}
 		return "ok", nil
 	})
-	var ids []string
-	for i := 0; i < 10; i++ {
-		id, err := e.d.Enqueue(ctx, Step{Key: fmt.Sprint(i), N: i}, job.WithMaxRetries(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	a, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb), worker.WithConcurrency(1),
-		worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, stopA := context.WithCancel(ctx)
-	stopped := make(chan error, 1)
-	go func() { stopped <- a.Run(actx) }()
+	ids, stopA, stopped := tenJobsOneRunner(t, e, s)
 	testenv.Eventually(t, 10*time.Second, func() bool { return started.Load() == 1 }, "first job started")
 	names := e.names()
 	cons, err := e.js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root", 1))
@@ -661,4 +631,27 @@ func stopPastGrace(t *testing.T, e *env, s *steps) (*worker.Worker, string) {
 		t.Fatal("Run did not return: the grace period is no bound")
 	}
 	return w, id
+}
+
+// tenJobsOneRunner enqueues ten jobs (MaxRetries 1) and runs them on a
+// worker of a single runner; stop stops it, and Run's error is on stopped.
+func tenJobsOneRunner(t *testing.T, e *env, s *steps) (ids []string, stop context.CancelFunc, stopped chan error) {
+	t.Helper()
+	ctx := context.Background()
+	for i := 0; i < 10; i++ {
+		id, err := e.d.Enqueue(ctx, Step{Key: fmt.Sprint(i), N: i}, job.WithMaxRetries(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a, err := worker.New(e.js, s.registry(), worker.WithPrefix(e.prefix), worker.WithRedis(e.rdb), worker.WithConcurrency(1),
+		worker.WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, stop := context.WithCancel(ctx)
+	stopped = make(chan error, 1)
+	go func() { stopped <- a.Run(actx) }()
+	return ids, stop, stopped
 }
