@@ -105,9 +105,10 @@ func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 // Cancel cancels a job that has not started: a job waiting for its ETA or
 // its retry delay, or one queued and not yet taken by a worker. A cancelled
 // job never starts; its identity key is freed. It returns job.ErrStarted
-// when a worker has already taken the job: that run goes on (a worker that
-// has not started it yet may still drop it), but the job is not retried
-// after it. It returns job.ErrNotFound when the job is unknown (Cancel
+// when a worker has already taken the job: a run begun goes on, but the
+// job is not retried after it. A worker that took it and has not started
+// it yet (it waits for a channel slot, or behind busy runners) checks it
+// again before it starts, and drops it: its record then says cancelled. It returns job.ErrNotFound when the job is unknown (Cancel
 // needs the job records: WithRedis); a job another process enqueued a
 // moment ago is found, as by Job.
 func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
@@ -247,7 +248,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 				return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 			}
 			if info.Delivered.Stream >= rec.Seq {
-				return fmt.Errorf("%w: job %s was taken by a worker", job.ErrStarted, id)
+				return fmt.Errorf("%w: job %s was taken by a worker (if it has not started, the worker drops it: its record will say cancelled)", job.ErrStarted, id)
 			}
 		}
 		if err := s.DeleteMsg(ctx, rec.Seq); err != nil && !isNoMessage(err) {

@@ -25,7 +25,8 @@ var (
 	ErrTimeout = errors.New("job: timeout")
 	// ErrCancelled: the job was cancelled before it started.
 	ErrCancelled = errors.New("job: cancelled")
-	// ErrStarted: too late to cancel, a worker has taken the job.
+	// ErrStarted: too late to cancel for sure, a worker has taken the job
+	// (it may still drop it if it has not started it).
 	ErrStarted = errors.New("job: already started")
 )
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/graphs"
+	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
@@ -367,18 +369,66 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 			out = append(out, it)
 			continue
 		}
-		if it.settle() {
-			_ = it.msg.Ack()
-		}
-		w.inflight.del(it)
+		w.dropCancelled(it)
 		credits.give(1)
-		w.forgetHandbacks(it)
-		u := envRecord(it.env)
-		u.State, u.EndedAt, u.Worker = job.StateCancelled, time.Now(), w.cfg.name
-		w.record(u)
-		w.log.Info("cancelled job dropped", w.msgFields(it, 0)...)
 	}
 	return out
+}
+
+// dropCancelled settles a job found cancelled before it started: it never
+// runs. As Cancel does for a job it reaches first, its identity key is
+// freed (a new job of that key may be enqueued) and the graph jobs that
+// wait for it are cancelled too. The caller gives back its credit.
+func (w *Worker) dropCancelled(it *item) {
+	if it.settle() {
+		_ = it.msg.Ack()
+	}
+	w.inflight.del(it)
+	w.forgetHandbacks(it)
+	env := it.env
+	u := envRecord(env)
+	now := time.Now()
+	u.State, u.EndedAt, u.Worker = job.StateCancelled, now, w.cfg.name
+	w.record(u)
+	if env.Identity != "" {
+		w.releaseIdentity(env.Identity, env.ID)
+	}
+	if env.Graph != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		kids, err := graphs.CancelDescendants(ctx, w.cfg.rdb, w.names, env.Graph, env.ID)
+		cancel()
+		if err != nil {
+			w.log.Warn("graph jobs waiting for a cancelled job not cancelled", append(w.msgFields(it, 0), telemetry.ErrField(err))...)
+		}
+		for _, kid := range kids {
+			w.record(records.Update{ID: kid, State: job.StateCancelled, EndedAt: now})
+		}
+	}
+	w.log.Info("cancelled job dropped", w.msgFields(it, 0)...)
+}
+
+// recheckAfter: a job held this long in the process before it starts (by
+// busy runners) is checked against the cancel tombstones again, and so is
+// every job that waited for a channel slot. Cancel, finding it taken by a
+// worker, answered ErrStarted; the job is dropped all the same if it has
+// not started.
+const recheckAfter = 250 * time.Millisecond
+
+// cancelledMeanwhile reports whether a job that waited since its admission
+// (for a channel slot, or at least recheckAfter for a runner) was
+// cancelled meanwhile. One ZSCORE, for such jobs only; when Redis does not
+// answer, the job runs (Cancel told ErrStarted).
+func (w *Worker) cancelledMeanwhile(ctx context.Context, it *item, blocked bool) bool {
+	if w.cfg.rdb == nil || it.env == nil || it.env.Template || !blocked && time.Since(it.received) < recheckAfter {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := w.cfg.rdb.ZScore(ctx, w.cancelsKey, it.env.ID).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		w.log.Debug("cancel tombstone not checked again; the job runs", append(w.msgFields(it, 0), telemetry.ErrField(err))...)
+	}
+	return err == nil
 }
 
 // handBack returns jobs this worker received and did not run: the

@@ -31,7 +31,9 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		credits.give(1)
 		return
 	}
-	if it.ch.limited && !it.slotHeld.Load() {
+	// A job with its slot already comes from its channel's blocked list.
+	wasBlocked := it.slotHeld.Load()
+	if it.ch.limited && !wasBlocked {
 		seq := seqOf(it)
 		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token, seq, it.ch.freshPlace(it.band, seq))
 		if err != nil || !ok {
@@ -43,9 +45,13 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		}
 		it.slotHeld.Store(true)
 	}
-	w.running.Add(1)
-	w.process(it)
-	w.running.Add(-1)
+	if w.cancelledMeanwhile(ctx, it, wasBlocked) {
+		w.dropCancelled(it)
+	} else {
+		w.running.Add(1)
+		w.process(it)
+		w.running.Add(-1)
+	}
 	if it.slotHeld.Load() {
 		if err := w.releaseSlot(it); err != nil {
 			w.log.Warn("channel slot not released; it expires with its lease", telemetry.ErrField(err))

@@ -236,22 +236,41 @@ func TestCancelRetryingHeadOfSequentialChannel(t *testing.T) {
 }
 
 // Cancel of a job a worker holds (waiting for a channel slot) answers
-// ErrStarted and loses nothing: the job still runs.
-func TestCancelOfATakenJobLosesNothing(t *testing.T) {
-	cancelOfATakenJob(t, false)
+// ErrStarted: the worker has taken it. It has not started, though, and
+// never does: the worker checks the tombstone again before it starts it.
+// Its identity key is freed, as for a job cancelled before a worker took
+// it, so a new job of that key runs.
+func TestCancelOfABlockedJobDropsIt(t *testing.T) {
+	e := cancelOfATakenJob(t, "blocked")
+	ctx := context.Background()
+	again, err := e.d.Enqueue(ctx, Step{Key: "again"}, job.WithChannel("root.one"), job.WithIdentityKey("held-key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Were the key still held by the cancelled job, Enqueue would answer
+	// that job's id, which never runs.
+	e.waitState(again, job.StateDone, 10*time.Second)
 }
 
 // A job whose ETA is over and that a worker took (here waiting for the
 // channel's slot) before its record says so: Cancel answers ErrStarted,
-// not nil, and the job still runs.
-func TestCancelOfAFiredAndTakenJobLosesNothing(t *testing.T) {
-	cancelOfATakenJob(t, true)
+// not nil, and the job never starts.
+func TestCancelOfAFiredAndBlockedJobDropsIt(t *testing.T) {
+	cancelOfATakenJob(t, "fired")
 }
 
-// cancelOfATakenJob: a job "held" (delayed by 200 ms when fired) is taken
-// by a worker and waits for the slot of root.one:1, which a long job holds;
-// Cancel answers ErrStarted, and both jobs run.
-func cancelOfATakenJob(t *testing.T, fired bool) {
+// A graph job a worker holds is dropped, and the jobs that wait for it are
+// cancelled with it, as Cancel does for the jobs it reaches first.
+func TestCancelOfABlockedGraphJobCancelsItsChildren(t *testing.T) {
+	cancelOfATakenJob(t, "graph")
+}
+
+// cancelOfATakenJob: a job "held" is taken by a worker and waits for the
+// slot of root.one:1, which a long job holds; Cancel answers ErrStarted;
+// once the long job is done, the held job is dropped without running. How
+// held is enqueued: "blocked" (with an identity key), "fired" (delayed by
+// 200 ms), "graph" (the parent of a child job).
+func cancelOfATakenJob(t *testing.T, how string) *env {
 	e := newEnv(t)
 	ctx := context.Background()
 	release := make(chan struct{})
@@ -264,11 +283,20 @@ func cancelOfATakenJob(t *testing.T, fired bool) {
 	e.start(s.registry(), worker.WithChannels("root.one:1"))
 	long, _ := e.d.Enqueue(ctx, Step{Key: "long"}, job.WithChannel("root.one"))
 	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("long") == 1 }, "long job running")
-	opts := []job.Option{job.WithChannel("root.one")}
-	if fired {
-		opts = append(opts, job.WithDelay(200*time.Millisecond))
+	var held, child string
+	switch how {
+	case "blocked":
+		held, _ = e.d.Enqueue(ctx, Step{Key: "held"}, job.WithChannel("root.one"), job.WithIdentityKey("held-key"))
+	case "fired":
+		held, _ = e.d.Enqueue(ctx, Step{Key: "held"}, job.WithChannel("root.one"), job.WithDelay(200*time.Millisecond))
+	case "graph":
+		res, err := e.d.EnqueueGraph(ctx, dispatcher.Chain(
+			dispatcher.Job(Step{Key: "held"}, job.WithChannel("root.one")), dispatcher.Job(Step{Key: "child"})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held, child = res.Jobs[0], res.Jobs[1]
 	}
-	held, _ := e.d.Enqueue(ctx, Step{Key: "held"}, opts...)
 	names := wire.MustNames(e.prefix)
 	cons, err := e.js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root.one", 1))
 	if err != nil {
@@ -278,15 +306,70 @@ func cancelOfATakenJob(t *testing.T, fired bool) {
 		info, err := cons.Info(ctx)
 		return err == nil && info.NumAckPending == 2
 	}, "the second job taken by the worker, waiting for the slot")
-	if rec, _ := e.d.Job(ctx, held); fired && rec.State != job.StateWaiting {
+	if rec, _ := e.d.Job(ctx, held); how == "fired" && rec.State != job.StateWaiting {
 		t.Fatalf("held job is %s: the test needs its record still waiting", rec.State)
 	}
 	if err := e.d.Cancel(ctx, held); !errors.Is(err, job.ErrStarted) {
-		t.Fatalf("cancel of a taken job (fired %v) = %v, want ErrStarted", fired, err)
+		t.Fatalf("cancel of a taken job (%s) = %v, want ErrStarted", how, err)
 	}
 	close(release)
 	e.waitState(long, job.StateDone, 10*time.Second)
-	e.waitState(held, job.StateDone, 10*time.Second)
+	e.waitState(held, job.StateCancelled, 10*time.Second)
+	if child != "" {
+		e.waitState(child, job.StateCancelled, 10*time.Second)
+	}
+	// The slot the dropped job took is free again: a later job runs.
+	after, _ := e.d.Enqueue(ctx, Step{Key: "after"}, job.WithChannel("root.one"))
+	e.waitState(after, job.StateDone, 10*time.Second)
+	if n := s.count("held") + s.count("child"); n != 0 {
+		t.Fatalf("cancelled job ran (%s)", s.seen())
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 0
+	}, "the dropped job's message settled")
+	return e
+}
+
+// A job queued in a worker behind a long one (one runner) is taken: Cancel
+// answers ErrStarted, and the runner that frees up drops it instead of
+// running it.
+func TestCancelOfAJobQueuedBehindBusyRunnersDropsIt(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "long" {
+			<-release
+		}
+		return "ok", nil
+	})
+	e.start(s.registry(), worker.WithConcurrency(1))
+	long, _ := e.d.Enqueue(ctx, Step{Key: "long"})
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("long") == 1 }, "long job running")
+	queued, _ := e.d.Enqueue(ctx, Step{Key: "queued"})
+	names := wire.MustNames(e.prefix)
+	cons, err := e.js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 2
+	}, "the second job taken by the worker")
+	taken := time.Now()
+	if err := e.d.Cancel(ctx, queued); !errors.Is(err, job.ErrStarted) {
+		t.Fatalf("cancel of a taken job = %v, want ErrStarted", err)
+	}
+	// Held longer than the worker's recheck threshold (250 ms): a job
+	// started sooner after its admission is not checked again.
+	time.Sleep(time.Until(taken.Add(400 * time.Millisecond)))
+	close(release)
+	e.waitState(long, job.StateDone, 10*time.Second)
+	e.waitState(queued, job.StateCancelled, 10*time.Second)
+	if n := s.count("queued"); n != 0 {
+		t.Fatalf("cancelled job ran (%s)", s.seen())
+	}
 }
 
 // A job whose ETA is over while no worker runs is in the jobs stream, not
