@@ -40,6 +40,30 @@ type Adapter interface {
 	Delete(ctx context.Context, id string) error
 }
 
+// ReturningWriter is an Adapter whose writes return the record as the
+// system stored it, as most REST APIs answer a POST or a PATCH (the SQL
+// RETURNING clause). Implement it when the answer comes for free.
+//
+// An Exporter with UpdatedAt uses it: the binding's sync date becomes the
+// update stamp of the export's own write, in the backend's clock, instead
+// of the time of the bind. A change someone else makes in the backend
+// right after the export's write is then newer than the sync date: the
+// next export imports it first instead of overwriting it, and its own
+// import is not "already up to date". (With plain Write, that change is
+// older than the bind's time, and taken as synced.)
+//
+// The conformance kit (units/adaptertest) checks both methods of an
+// adapter that implements it: CreateReturning's id reads back, and each
+// returned record holds the fields written.
+type ReturningWriter interface {
+	// CreateReturning creates a record and returns its id and the record
+	// as stored (every field, with those the system sets itself).
+	CreateReturning(ctx context.Context, rec Record) (id string, stored Record, err error)
+	// WriteReturning changes the fields of rec and returns the record as
+	// stored. Errors as Write's.
+	WriteReturning(ctx context.Context, id string, rec Record) (stored Record, err error)
+}
+
 // AdapterFactory builds the Adapter of a backend instance for the work's
 // model, typically from w.Backend.Settings. Register it under AdapterUsage.
 type AdapterFactory func(w *Work) (Adapter, error)

@@ -400,7 +400,9 @@ func ImportDependency(ctx context.Context, w *Work, d Dependency) error {
 //  2. take the record lock; read the local record; Skip;
 //  3. export the Dependencies not bound yet (or Always);
 //  4. map only the changed fields (all fields on create), Validate;
-//  5. create or write the external record; bind with a new sync date; After.
+//  5. create or write the external record; bind with a new sync date (the
+//     stamp of the write, UpdatedAt of the stored record, when the adapter
+//     is a ReturningWriter; else the time of the bind); After.
 //     A new external record is bound under its import lock, and a second
 //     copy made by an import that crossed the export is deleted
 //     (docs/units.md).
@@ -531,9 +533,40 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 	if err != nil {
 		return "", err
 	}
+	// The sync date: the stamp of this write when the adapter returns the
+	// stored record (ReturningWriter), else the time of the bind.
+	var stamp time.Time
+	write, create := ad.Write, ad.Create
+	if rw, ok := ad.(ReturningWriter); ok && ex.UpdatedAt != nil {
+		keep := func(stored Record) {
+			if t, ok := ex.UpdatedAt(stored); ok {
+				stamp = t
+			}
+		}
+		write = func(ctx context.Context, id string, rec Record) error {
+			stored, err := rw.WriteReturning(ctx, id, rec)
+			if err == nil {
+				keep(stored)
+			}
+			return err
+		}
+		create = func(ctx context.Context, rec Record) (string, error) {
+			id, stored, err := rw.CreateReturning(ctx, rec)
+			if err == nil {
+				keep(stored)
+			}
+			return id, err
+		}
+	}
+	syncDate := func() time.Time {
+		if !stamp.IsZero() {
+			return stamp
+		}
+		return w.Env.Now()
+	}
 	verb := "updated"
 	if bound {
-		err = ad.Write(ctx, externalID, values)
+		err = write(ctx, externalID, values)
 		if errors.Is(err, ErrMissing) {
 			// Deleted in the backend: create it again with all fields.
 			w.Logger.Info("bound external record missing: creating it again", zap.String("external_id", externalID), zap.String("local_id", localID))
@@ -549,11 +582,11 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 		}
 	}
 	if bound {
-		err = binder.Bind(ctx, externalID, localID, w.Env.Now())
+		err = binder.Bind(ctx, externalID, localID, syncDate())
 	} else {
 		verb = "created"
-		if externalID, err = ad.Create(ctx, values); err == nil {
-			err = w.bindCreated(ctx, binder, externalID, localID, false, w.Env.Now())
+		if externalID, err = create(ctx, values); err == nil {
+			err = w.bindCreated(ctx, binder, externalID, localID, false, syncDate())
 		}
 	}
 	if err != nil {

@@ -806,3 +806,53 @@ func TestImportDoesNotSwallowAChangeMadeDuringIt(t *testing.T) {
 		}
 	})
 }
+
+// A change someone makes in the shop just after an export's write (before
+// the export binds) is newer than the binding's sync date, since the
+// adapter returns the stored record (units.ReturningWriter) and its stamp
+// is the sync date: the next export imports first instead of overwriting
+// it, and the change's own import is not "already up to date".
+func TestExportDoesNotSwallowAChangeMadeRightAfterItsWrite(t *testing.T) {
+	forEachKind(t, func(t *testing.T, f *fixture) {
+		f.seedShop()
+		f.tick(time.Minute)
+		if _, err := f.importRecord(t, "product", "p1", false); err != nil {
+			t.Fatal(err)
+		}
+		prodID := bound(t, f.binder("product"), "p1")
+		shop := f.ext.Model("product")
+		shop.StampField, shop.Clock = "updated_at", f.clock
+		changed := false
+		shop.OnChange = func(ctx context.Context, c unitstest.Change) {
+			if c.Op != "write" || changed {
+				return
+			}
+			changed = true
+			// The shop takes someone's change now; the export binds a
+			// moment later.
+			rec, _ := shop.Get("p1")
+			rec["price"], rec["updated_at"] = 99.0, f.tick(time.Second)
+			shop.Put("p1", rec)
+			f.tick(time.Second)
+		}
+		f.tick(time.Minute)
+		res, err := f.exportRecord(t, "product", prodID, "name")
+		if err != nil || !strings.Contains(res, "updated") || !changed {
+			t.Fatalf("first export: %q, %v (shop changed: %v)", res, err, changed)
+		}
+		writes := len(shop.Changes())
+		res, err = f.exportRecord(t, "product", prodID, "name")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(res, "import enqueued") || len(shop.Changes()) != writes {
+			t.Fatalf("second export: %q: the shop's change was taken as synced", res)
+		}
+		if _, err := f.importRecord(t, "product", "p1", false); err != nil {
+			t.Fatalf("the shop's change was not imported: %v", err)
+		}
+		if prod, _ := f.local.Model("product").Get(prodID); prod["price"] != 99.0 {
+			t.Errorf("local product %v, want the shop's price", prod)
+		}
+	})
+}

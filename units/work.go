@@ -143,7 +143,7 @@ func (w *Work) Adapter() (Adapter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("units: build adapter for %s/%s: %w", w.Backend.ID, w.Model, err)
 	}
-	return &tracedAdapter{a: a, tr: w.Tracer, prefix: "adapter.", target: w.Backend.Type + "/" + w.Model, backend: w.Backend.ID}, nil
+	return traced(&tracedAdapter{a: a, tr: w.Tracer, prefix: "adapter.", target: w.Backend.Type + "/" + w.Model, backend: w.Backend.ID}), nil
 }
 
 // Local returns the local system's adapter for the work's model.
@@ -155,7 +155,15 @@ func (w *Work) Local() (Adapter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("units: local adapter for %s: %w", w.Model, err)
 	}
-	return &tracedAdapter{a: a, tr: w.Tracer, prefix: "local.", target: w.Model, backend: w.Backend.ID}, nil
+	return traced(&tracedAdapter{a: a, tr: w.Tracer, prefix: "local.", target: w.Model, backend: w.Backend.ID}), nil
+}
+
+// traced returns t, as a ReturningWriter too when its adapter is one.
+func traced(t *tracedAdapter) Adapter {
+	if rw, ok := t.a.(ReturningWriter); ok {
+		return &tracedReturning{tracedAdapter: t, rw: rw}
+	}
+	return t
 }
 
 // Binder returns the binder for the work's backend instance and model: the
@@ -257,6 +265,29 @@ func (t *tracedAdapter) Delete(ctx context.Context, id string) error {
 	err := t.a.Delete(ctx, id)
 	end(span, err)
 	return err
+}
+
+// tracedReturning is a tracedAdapter over a ReturningWriter.
+type tracedReturning struct {
+	*tracedAdapter
+	rw ReturningWriter
+}
+
+func (t *tracedReturning) CreateReturning(ctx context.Context, rec Record) (string, Record, error) {
+	ctx, span := t.start(ctx, "create", "")
+	id, stored, err := t.rw.CreateReturning(ctx, rec)
+	if err == nil {
+		span.SetAttributes(attribute.String("connector.record_id", id))
+	}
+	end(span, err)
+	return id, stored, err
+}
+
+func (t *tracedReturning) WriteReturning(ctx context.Context, id string, rec Record) (Record, error) {
+	ctx, span := t.start(ctx, "write", id)
+	stored, err := t.rw.WriteReturning(ctx, id, rec)
+	end(span, err)
+	return stored, err
 }
 
 type tracedBinder struct {

@@ -199,16 +199,32 @@ func (a *ShopAdapter) Read(ctx context.Context, id string, _ []string) (units.Re
 
 // Create creates a record and returns its id.
 func (a *ShopAdapter) Create(ctx context.Context, rec units.Record) (string, error) {
+	id, _, err := a.CreateReturning(ctx, rec)
+	return id, err
+}
+
+// CreateReturning is Create, with the record as the shop stored it (its
+// answer, with its modification time): the Exporter binds with that time
+// as the sync date (units.ReturningWriter).
+func (a *ShopAdapter) CreateReturning(ctx context.Context, rec units.Record) (string, units.Record, error) {
 	var out units.Record
 	if err := a.c.do(ctx, http.MethodPost, "", rec, &out); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return idOf(out["id"]), nil
+	return idOf(out["id"]), out, nil
 }
 
 // Write changes the fields of rec (PATCH).
 func (a *ShopAdapter) Write(ctx context.Context, id string, rec units.Record) error {
-	return missingID(a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), rec, nil), a.c.model, id)
+	_, err := a.WriteReturning(ctx, id, rec)
+	return err
+}
+
+// WriteReturning is Write, with the record as the shop stored it.
+func (a *ShopAdapter) WriteReturning(ctx context.Context, id string, rec units.Record) (units.Record, error) {
+	var out units.Record
+	err := a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), rec, &out)
+	return out, missingID(err, a.c.model, id)
 }
 
 // Delete deletes a record.

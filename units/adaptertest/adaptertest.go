@@ -15,7 +15,9 @@
 // that records are values (changing a record after Create or Read does not
 // change the system), the units.ErrMissing error for absent records (never
 // retryable) and, when Break is given, that network failures are retryable
-// (job.AsRetryable).
+// (job.AsRetryable). An adapter that is a units.ReturningWriter has its
+// CreateReturning and WriteReturning checked too: the id reads back, and
+// the records returned hold the fields written and the others kept.
 package adaptertest
 
 import (
@@ -94,6 +96,7 @@ func Run(t *testing.T, h Harness) {
 	if h.Break != nil {
 		t.Run("RetryableErrors", s.retryable)
 	}
+	t.Run("Returning", s.returning)
 }
 
 type suite struct{ h Harness }
@@ -370,4 +373,44 @@ func (s *suite) retryable(t *testing.T) {
 	check("Create", err)
 	check("Write", a.Write(s.ctx(t), id, units.Record{s.h.Field: "x"}))
 	check("Delete", a.Delete(s.ctx(t), id))
+}
+
+func (s *suite) returning(t *testing.T) {
+	a := s.h.New(t)
+	rw, ok := a.(units.ReturningWriter)
+	if !ok {
+		t.Skip("not a units.ReturningWriter")
+	}
+	want := s.h.Record(1)
+	id, stored, err := rw.CreateReturning(s.ctx(t), want)
+	if err != nil || id == "" {
+		t.Fatalf("CreateReturning(record 1) = %q, %v", id, err)
+	}
+	for k, v := range want {
+		if fmt.Sprint(stored[k]) != fmt.Sprint(v) {
+			t.Errorf("CreateReturning returned %q = %v, want %v", k, stored[k], v)
+		}
+	}
+	if got, err := a.Read(s.ctx(t), id, nil); err != nil || fmt.Sprint(got[s.h.Field]) != fmt.Sprint(want[s.h.Field]) {
+		t.Fatalf("Read(%q) after CreateReturning = %v, %v", id, got, err)
+	}
+	stored, err = rw.WriteReturning(s.ctx(t), id, units.Record{s.h.Field: "changed"})
+	if err != nil {
+		t.Fatalf("WriteReturning(%q): %v", id, err)
+	}
+	for k, v := range want {
+		if k == s.h.Field {
+			v = "changed"
+		}
+		if fmt.Sprint(stored[k]) != fmt.Sprint(v) {
+			t.Errorf("WriteReturning returned %q = %v, want %v (the record as stored)", k, stored[k], v)
+		}
+	}
+	stored[s.h.Field] = "mutated by the caller"
+	if got, err := a.Read(s.ctx(t), id, nil); err != nil || fmt.Sprint(got[s.h.Field]) != "changed" {
+		t.Errorf("Read after changing the returned record = %v, %v: records must be values", got, err)
+	}
+	if _, err := rw.WriteReturning(s.ctx(t), s.h.MissingID, units.Record{s.h.Field: "x"}); !errors.Is(err, units.ErrMissing) {
+		t.Errorf("WriteReturning(missing id) = %v, want units.ErrMissing", err)
+	}
 }

@@ -154,6 +154,19 @@ func (b *broken) Write(ctx context.Context, id string, rec units.Record) error {
 	return b.missing(b.Memory.Write(ctx, id, rec))
 }
 
+// WriteReturning is Write (with its fault), then the record as stored; for
+// returning-stale, the record as it was before the write.
+func (b *broken) WriteReturning(ctx context.Context, id string, rec units.Record) (units.Record, error) {
+	before, err := b.Memory.Read(ctx, id, nil)
+	if err := b.Write(ctx, id, rec); err != nil {
+		return nil, err
+	}
+	if b.fault != "returning-stale" {
+		before, err = b.Memory.Read(ctx, id, nil)
+	}
+	return before, err
+}
+
 func (b *broken) Delete(ctx context.Context, id string) error {
 	if err := b.fail(); err != nil {
 		return err
@@ -185,14 +198,15 @@ func TestBrokenAdapterHelper(t *testing.T) {
 // check the broken rule (and only there).
 func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 	for fault, subtests := range map[string][]string{
-		"missing-plain":      {"Delete", "MissingRecord"},
+		"missing-plain":      {"Delete", "MissingRecord", "Returning"},
 		"missing-retryable":  {"MissingRecord"},
-		"write-replaces":     {"Write"},
+		"write-replaces":     {"Returning", "Write"},
 		"paging-ignored":     {"SearchPaging"},
 		"filter-ignored":     {"SearchFilter"},
 		"shared-record":      {"Isolation"},
 		"read-shared":        {"Isolation"},
 		"down-not-retryable": {"RetryableErrors"},
+		"returning-stale":    {"Returning"},
 	} {
 		t.Run(fault, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestBrokenAdapterHelper$", "-test.v", "-test.count=1")

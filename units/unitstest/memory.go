@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
@@ -31,7 +32,8 @@ type Change struct {
 	Origin string
 }
 
-// Memory is an in-memory system implementing units.Adapter for one model.
+// Memory is an in-memory system implementing units.Adapter (and
+// units.ReturningWriter) for one model.
 // Records get ids "1", "2", ... in creation order (with Prefix in front).
 // It is safe for concurrent use.
 type Memory struct {
@@ -42,6 +44,12 @@ type Memory struct {
 	// OnChange, if set, is called after every successful write, like the
 	// change events a real system publishes.
 	OnChange func(ctx context.Context, c Change)
+	// StampField, if set, is a field the system sets itself on every
+	// create and write made through the Adapter methods, to the time of
+	// the write (Clock, or time.Now), as backends stamp their records'
+	// modification time ("updated_at"). Set it before use.
+	StampField string
+	Clock      func() time.Time
 
 	mu      sync.Mutex
 	seq     int
@@ -176,10 +184,17 @@ func (m *Memory) Read(ctx context.Context, id string, fields []string) (units.Re
 
 // Create implements units.Adapter.
 func (m *Memory) Create(ctx context.Context, rec units.Record) (string, error) {
+	id, _, err := m.CreateReturning(ctx, rec)
+	return id, err
+}
+
+// CreateReturning implements units.ReturningWriter: Create, returning the
+// record as stored (with StampField set).
+func (m *Memory) CreateReturning(ctx context.Context, rec units.Record) (string, units.Record, error) {
 	m.mu.Lock()
 	if err := m.enter(ctx, "create"); err != nil {
 		m.mu.Unlock()
-		return "", err
+		return "", nil, err
 	}
 	m.seq++
 	id := m.Prefix + strconv.Itoa(m.seq)
@@ -187,33 +202,57 @@ func (m *Memory) Create(ctx context.Context, rec units.Record) (string, error) {
 		m.seq++
 		id = m.Prefix + strconv.Itoa(m.seq)
 	}
-	m.records[id] = maps.Clone(rec)
+	stored := maps.Clone(rec)
+	m.stamp(stored)
+	m.records[id] = stored
 	m.order = append(m.order, id)
 	c := m.record(ctx, "create", id, rec)
+	stored = maps.Clone(stored)
 	m.mu.Unlock()
 	m.notify(ctx, c)
-	return id, nil
+	return id, stored, nil
 }
 
 // Write implements units.Adapter: the fields of rec are set, others kept.
 func (m *Memory) Write(ctx context.Context, id string, rec units.Record) error {
+	_, err := m.WriteReturning(ctx, id, rec)
+	return err
+}
+
+// WriteReturning implements units.ReturningWriter: Write, returning the
+// record as stored (with StampField set).
+func (m *Memory) WriteReturning(ctx context.Context, id string, rec units.Record) (units.Record, error) {
 	m.mu.Lock()
 	if err := m.enter(ctx, "write"); err != nil {
 		m.mu.Unlock()
-		return err
+		return nil, err
 	}
 	r, ok := m.records[id]
 	if !ok {
 		m.mu.Unlock()
-		return units.Missing(m.Model, id)
+		return nil, units.Missing(m.Model, id)
 	}
 	r = maps.Clone(r)
 	maps.Copy(r, rec)
+	m.stamp(r)
 	m.records[id] = r
 	c := m.record(ctx, "write", id, rec)
+	r = maps.Clone(r)
 	m.mu.Unlock()
 	m.notify(ctx, c)
-	return nil
+	return r, nil
+}
+
+// stamp sets the StampField of a record written. m.mu held.
+func (m *Memory) stamp(r units.Record) {
+	if m.StampField == "" {
+		return
+	}
+	now := time.Now
+	if m.Clock != nil {
+		now = m.Clock
+	}
+	r[m.StampField] = now()
 }
 
 // Delete implements units.Adapter.
