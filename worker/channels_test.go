@@ -211,3 +211,46 @@ func TestLongJobKeepsItsChannelSlot(t *testing.T) {
 		t.Fatalf("max concurrent jobs on a channel of capacity 1 = %d, want 1 (slot lease renewed)", max)
 	}
 }
+
+// A running job's slot lease that expired (Redis unreachable for longer
+// than the lease, and another process pruned it) is taken again at its
+// next renewal: the channel counts every job that runs, and starts no
+// other until it is back under its capacity.
+func TestExpiredSlotLeaseIsTakenAgain(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "long" {
+			<-release
+		}
+		return "ok", nil
+	})
+	e.start(s.registry(), worker.WithChannels("root.one:1"), worker.WithAckWait(3*time.Second))
+	if _, err := e.d.Enqueue(ctx, Step{Key: "long"}, job.WithChannel("root.one")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("long") == 1 }, "long job running")
+	tag := "{" + e.prefix + ":channels}"
+	slots := tag + ":slots:root.one"
+	held, err := e.rdb.ZRange(ctx, slots, 0, -1).Result()
+	if err != nil || len(held) != 1 {
+		t.Fatalf("slots of root.one: %v, %v", held, err)
+	}
+	// What a process does with a lease it finds expired.
+	if err := e.rdb.ZRem(ctx, slots, held[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return e.rdb.ZScore(ctx, slots, held[0]).Err() == nil
+	}, "the lost lease taken again at the next renewal")
+	next, _ := e.d.Enqueue(ctx, Step{Key: "next"}, job.WithChannel("root.one"))
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return e.rdb.ZCard(ctx, tag+":waiting:root.one:1").Val() == 1
+	}, "the next job refused a slot while the long one runs")
+	if n := s.count("next"); n != 0 {
+		t.Fatalf("a job started beside the long one on a channel of capacity 1 (%s)", s.seen())
+	}
+	close(release)
+	e.waitState(next, job.StateDone, 10*time.Second)
+}

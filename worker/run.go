@@ -86,8 +86,13 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 				}
 			}
 			if w.slots != nil && len(leased) > 0 {
-				if err := w.slots.renew(ctx, leased); err != nil {
+				lost, err := w.slots.renew(ctx, leased)
+				if err != nil {
 					w.log.Warn("channel slot leases not renewed", telemetry.ErrField(err))
+				}
+				if lost > 0 {
+					w.log.Warn("channel slot leases had expired (Redis unreachable for longer than the lease): taken again; "+
+						"the channels may run over their capacity until these jobs end", zap.Int("leases", lost))
 				}
 			}
 		}

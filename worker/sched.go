@@ -82,9 +82,11 @@ type item struct {
 	band int
 	// token names its channel slot lease: set when the item is made (for a
 	// limited channel) and never changed, so the heartbeat may read it;
-	// slotHeld says whether a slot is held under it.
+	// slotHeld says whether a slot is held under it; slotMu orders its
+	// release against a renewal that takes a lost lease again.
 	token    string
 	slotHeld atomic.Bool
+	slotMu   sync.Mutex
 	group    string // consumer name
 	spans    *telemetry.ConsumerSpans
 	// series: its metrics, from its start on (nil with metrics off)
@@ -588,28 +590,63 @@ func (b *wakeup) signal() {
 // (once: the flag is cleared). It outlives the worker's contexts, so that
 // slots are given back at shutdown too.
 func (w *Worker) releaseSlot(it *item) error {
+	it.slotMu.Lock()
+	defer it.slotMu.Unlock()
 	if !it.slotHeld.Swap(false) {
 		return nil
 	}
 	return w.slots.release(context.Background(), it.ch, it.token)
 }
 
-// renew extends the leases of the slots held by running jobs.
-func (s *slots) renew(ctx context.Context, items []*item) error {
+// renew extends the leases of the slots held by running jobs. A lease
+// found gone was not renewed in time (Redis was unreachable for longer
+// than the lease) and another process may have pruned it and taken the
+// slot: the job runs on, so its slot is taken again, even over the
+// capacity. The channel then counts every job that runs and starts no
+// other until it is back under its capacity; without it, the fleet would
+// go on running one job more than the capacity for as long as this one
+// runs. It reports how many leases were taken again.
+func (s *slots) renew(ctx context.Context, items []*item) (int, error) {
 	if len(items) == 0 {
-		return nil
+		return 0, nil
 	}
+	type lease struct {
+		it  *item
+		key string
+		cmd *redis.IntCmd
+	}
+	var leases []lease
 	pipe := s.rdb.Pipeline()
 	until := float64(time.Now().Add(s.lease).UnixMilli())
 	for _, it := range items {
 		for _, c := range it.ch.chain {
 			if c.Capacity > 0 {
-				pipe.ZAddXX(ctx, s.slotsKey(c.Name), redis.Z{Score: until, Member: it.token})
+				k := s.slotsKey(c.Name)
+				cmd := pipe.ZAddArgs(ctx, k, redis.ZAddArgs{XX: true, Ch: true, Members: []redis.Z{{Score: until, Member: it.token}}})
+				leases = append(leases, lease{it, k, cmd})
 			}
 		}
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, err
+	}
+	lost := 0
+	for _, l := range leases {
+		if l.cmd.Val() == 1 {
+			continue
+		}
+		// Only while the job holds it: its release may have come first.
+		l.it.slotMu.Lock()
+		if l.it.slotHeld.Load() {
+			if err := s.rdb.ZAdd(ctx, l.key, redis.Z{Score: until, Member: l.it.token}).Err(); err != nil {
+				l.it.slotMu.Unlock()
+				return lost, err
+			}
+			lost++
+		}
+		l.it.slotMu.Unlock()
+	}
+	return lost, nil
 }
 
 // blockedLoop retries the blocked jobs of a channel, best band first and
