@@ -104,11 +104,13 @@ func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 
 // Cancel cancels a job that has not started: a job waiting for its ETA or
 // its retry delay, or one queued and not yet taken by a worker. A cancelled
-// job never starts; its identity key is freed. It returns job.ErrStarted
-// when a worker has already taken the job: a run begun goes on, but the
-// job is not retried after it. A worker that took it and has not started
-// it yet (it waits for a channel slot, or behind busy runners) checks it
-// again before it starts, and drops it: its record then says cancelled. It returns job.ErrNotFound when the job is unknown (Cancel
+// job never starts; its identity key is freed. A job a worker has taken
+// but not started (it waits there for a channel slot, or behind busy
+// runners) is dropped by that worker: Cancel waits for its record to say
+// so (up to 3 s) and returns nil. It returns job.ErrStarted when the job
+// has started: that run goes on, but the job is not retried after it; or
+// when its worker did not answer in time (it still drops the job if it
+// has not started it: its record then says cancelled). It returns job.ErrNotFound when the job is unknown (Cancel
 // needs the job records: WithRedis); a job another process enqueued a
 // moment ago is found, as by Job.
 func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
@@ -206,7 +208,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 					return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 				}
 				if taken {
-					return fmt.Errorf("%w: job %s: its ETA or retry delay is over and a worker may have taken it", job.ErrStarted, id)
+					return d.taken(ctx, rec, "its ETA or retry delay is over and a worker may have taken it")
 				}
 			}
 		}
@@ -248,7 +250,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 				return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 			}
 			if info.Delivered.Stream >= rec.Seq {
-				return fmt.Errorf("%w: job %s was taken by a worker (if it has not started, the worker drops it: its record will say cancelled)", job.ErrStarted, id)
+				return d.taken(ctx, rec, "was taken by a worker")
 			}
 		}
 		if err := s.DeleteMsg(ctx, rec.Seq); err != nil && !isNoMessage(err) {
@@ -296,11 +298,34 @@ func (d *Dispatcher) firedAndDelivered(ctx context.Context, s jetstream.Stream, 
 	return info.Delivered.Stream >= rec.Seq, nil
 }
 
+// takenWait bounds how long Cancel waits for the record of a job a worker
+// took: a worker checks the jobs it holds unstarted against the
+// tombstones four times a second.
+const takenWait = 3 * time.Second
+
+// taken answers Cancel for a job a worker may hold, once the tombstone is
+// set: the worker drops the job if it has not started it, and records it
+// cancelled. Cancel waits for the record (up to takenWait): cancelled, it
+// answers nil; anything else (started, or no answer in time), it answers
+// job.ErrStarted, saying why.
+func (d *Dispatcher) taken(ctx context.Context, rec job.Record, why string) error {
+	rec, err := d.recordMoved(ctx, rec, takenWait)
+	switch {
+	case err != nil:
+		return err
+	case rec.State == job.StateCancelled:
+		return nil
+	case rec.State == job.StateEnqueued || rec.State == job.StateWaiting:
+		return fmt.Errorf("%w: job %s %s (if it has not started, the worker drops it: its record will say cancelled)", job.ErrStarted, rec.ID, why)
+	}
+	return fmt.Errorf("%w: job %s is %s", job.ErrStarted, rec.ID, rec.State)
+}
+
 // moved waits for a job's record to leave the state it has (recordMoved);
 // known reports that the record answers Cancel then: with job.ErrStarted
 // for a job that started, nil for one a worker dropped (cancelled).
 func (d *Dispatcher) moved(ctx context.Context, rec job.Record) (_ job.Record, known bool, err error) {
-	if rec, err = d.recordMoved(ctx, rec); err != nil {
+	if rec, err = d.recordMoved(ctx, rec, time.Second); err != nil {
 		return rec, true, err
 	}
 	switch rec.State {
@@ -312,12 +337,13 @@ func (d *Dispatcher) moved(ctx context.Context, rec job.Record) (_ job.Record, k
 	return rec, false, nil
 }
 
-// recordMoved waits (up to a second) for a job's record to leave the state
-// it has (a worker records in batches, 20 ms apart): the record of a graph
+// recordMoved waits (up to wait) for a job's record to leave the state it
+// has (a worker records in batches, 20 ms apart): the record of a graph
 // job whose last parent released it, of a job whose schedule fired and
-// that a worker took. It returns the record as it is then.
-func (d *Dispatcher) recordMoved(ctx context.Context, rec job.Record) (job.Record, error) {
-	deadline, was := time.Now().Add(time.Second), rec.State
+// that a worker took, of a job a worker holds. It returns the record as it
+// is then.
+func (d *Dispatcher) recordMoved(ctx context.Context, rec job.Record, wait time.Duration) (job.Record, error) {
+	deadline, was := time.Now().Add(wait), rec.State
 	for rec.State == was && time.Now().Before(deadline) {
 		t := time.NewTimer(20 * time.Millisecond)
 		select {

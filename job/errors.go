@@ -25,8 +25,9 @@ var (
 	ErrTimeout = errors.New("job: timeout")
 	// ErrCancelled: the job was cancelled before it started.
 	ErrCancelled = errors.New("job: cancelled")
-	// ErrStarted: too late to cancel for sure, a worker has taken the job
-	// (it may still drop it if it has not started it).
+	// ErrStarted: too late to cancel, the job has started (or the worker
+	// holding it did not answer in time: it still drops the job if it has
+	// not started it).
 	ErrStarted = errors.New("job: already started")
 )
 

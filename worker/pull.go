@@ -279,6 +279,12 @@ func (w *Worker) queue(ctx context.Context, group []*item, credits *credits) {
 		return
 	}
 	group = w.admit(ctx, group, credits)
+	for _, it := range group {
+		if it.env != nil && !it.env.Template {
+			it.jobID = it.env.ID
+		}
+		it.admitted.Store(true)
+	}
 	if ctx.Err() != nil {
 		w.handBack(group, 0) // shutting down: straight back
 		credits.give(len(group))
@@ -385,6 +391,16 @@ func (w *Worker) dropCancelled(it *item) {
 	}
 	w.inflight.del(it)
 	w.forgetHandbacks(it)
+	if it.fate.CompareAndSwap(fateOpen, fateCancelled) {
+		w.cancelled(it)
+	}
+}
+
+// cancelled records the fate of a job found cancelled before it started:
+// its record says so, its identity key is freed and the graph jobs that
+// wait for it are cancelled. Its message may still be held (a job waiting
+// for a slot or a runner, dropped when it gets there).
+func (w *Worker) cancelled(it *item) {
 	env := it.env
 	u := envRecord(env)
 	now := time.Now()
@@ -407,18 +423,80 @@ func (w *Worker) dropCancelled(it *item) {
 	w.log.Info("cancelled job dropped", w.msgFields(it, 0)...)
 }
 
+// dropHeld settles a cancelled job this process held, taken out of its
+// queue: its slot (if it had one) and its credit go back.
+func (w *Worker) dropHeld(it *item) {
+	w.dropCancelled(it)
+	w.giveBack(it, w.credits)
+}
+
 // recheckAfter: a job held this long in the process before it starts (by
-// busy runners) is checked against the cancel tombstones again, and so is
-// every job that waited for a channel slot. Cancel, finding it taken by a
-// worker, answered ErrStarted; the job is dropped all the same if it has
-// not started.
-const recheckAfter = 250 * time.Millisecond
+// busy runners, or waiting for a channel slot) is checked against the
+// cancel tombstones again, every watchEvery while it waits (watchCancels)
+// and once more as it starts (cancelledMeanwhile), and so is every job
+// that waited for a slot. Cancel, finding the job taken by a worker, waits
+// for its record: cancelled, when a check finds it first.
+const (
+	recheckAfter = 250 * time.Millisecond
+	watchEvery   = 250 * time.Millisecond
+)
+
+// watchCancels checks the jobs this process holds and has not started
+// (admitted at least recheckAfter ago) against the cancel tombstones, one
+// ZMSCORE every watchEvery when there are any. A cancelled one is decided
+// at once (its record says cancelled, its identity key is freed) and its
+// message goes: now if it is queued for a runner, at once from its
+// channel's blocked loop (woken), or from the runner that took it.
+func (w *Worker) watchCancels(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(watchEvery)
+	defer t.Stop()
+	var its []*item
+	var ids []string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			its, ids = its[:0], ids[:0]
+			for _, it := range w.inflight.snapshot() {
+				if !it.admitted.Load() || it.jobID == "" || it.fate.Load() != fateOpen || it.running.Load() || now.Sub(it.received) < recheckAfter {
+					continue
+				}
+				its, ids = append(its, it), append(ids, it.jobID)
+			}
+			if len(ids) == 0 {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			scores, err := w.cfg.rdb.ZMScore(cctx, w.cancelsKey, ids...).Result()
+			cancel()
+			if err != nil {
+				w.log.Debug("held jobs not checked against the cancel tombstones", telemetry.ErrField(err))
+				continue
+			}
+			for i, sc := range scores {
+				if it := its[i]; sc > 0 && it.fate.CompareAndSwap(fateOpen, fateCancelled) {
+					w.cancelled(it)
+					if w.sched.remove(it) {
+						w.dropHeld(it) // queued for a runner: goes now
+					} else if it.ch != nil {
+						it.ch.freed.signal() // its blocked loop drops it now
+					}
+				}
+			}
+		}
+	}
+}
 
 // cancelledMeanwhile reports whether a job that waited since its admission
 // (for a channel slot, or at least recheckAfter for a runner) was
 // cancelled meanwhile. One ZSCORE, for such jobs only; when Redis does not
 // answer, the job runs (Cancel told ErrStarted).
 func (w *Worker) cancelledMeanwhile(ctx context.Context, it *item, blocked bool) bool {
+	if it.fate.Load() == fateCancelled {
+		return true // watchCancels found it first
+	}
 	if w.cfg.rdb == nil || it.env == nil || it.env.Template || !blocked && time.Since(it.received) < recheckAfter {
 		return false
 	}

@@ -45,13 +45,19 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		}
 		it.slotHeld.Store(true)
 	}
-	if w.cancelledMeanwhile(ctx, it, wasBlocked) {
-		w.dropCancelled(it)
-	} else {
+	if !w.cancelledMeanwhile(ctx, it, wasBlocked) && it.fate.CompareAndSwap(fateOpen, fateStarted) {
 		w.running.Add(1)
 		w.process(it)
 		w.running.Add(-1)
+	} else {
+		w.dropCancelled(it)
 	}
+	w.giveBack(it, credits)
+}
+
+// giveBack returns what a job that ended held: its channel slot, if it
+// had one (announced to the waiting jobs), and its credit.
+func (w *Worker) giveBack(it *item, credits *credits) {
 	if it.slotHeld.Load() {
 		if err := w.releaseSlot(it); err != nil {
 			w.log.Warn("channel slot not released; it expires with its lease", telemetry.ErrField(err))

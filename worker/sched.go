@@ -66,6 +66,14 @@ type item struct {
 	handbacks int            // deliveries of this message handed back unrun
 	settled   atomic.Bool    // acked, nak'ed or terminated: nothing more to say
 
+	// admitted: decoded and checked against the cancel tombstones; jobID
+	// is then the id its cancel tombstone would have ("" for a periodic
+	// firing or a bad message), never written again. fate: whether it
+	// starts or is dropped as cancelled, decided once (fateOpen until then).
+	admitted atomic.Bool
+	jobID    string
+	fate     atomic.Int32
+
 	// While the handler runs, run is its message: the "started" record is
 	// written only for jobs still running at the next records tick
 	// (startedRecords), so a short job writes one record, not two.
@@ -118,6 +126,14 @@ type scheduler struct {
 
 func newScheduler() *scheduler { return &scheduler{} }
 
+// An item's fate: decided once, by the runner that starts it or by the
+// cancel check that drops it.
+const (
+	fateOpen int32 = iota
+	fateStarted
+	fateCancelled
+)
+
 // settle claims the right to ack, nak or terminate the job's message: true
 // once, for the first caller.
 func (it *item) settle() bool { return it.settled.CompareAndSwap(false, true) }
@@ -155,6 +171,23 @@ func (s *scheduler) pushReady(it *item) bool {
 	s.wake()
 	s.mu.Unlock()
 	return true
+}
+
+// remove takes an item out of the queues if it is there (not taken by a
+// runner, nor drained at shutdown).
+func (s *scheduler) remove(it *item) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.Index(s.ready, it); i >= 0 {
+		s.ready = slices.Delete(s.ready, i, i+1)
+		return true
+	}
+	q := s.queue[it.band]
+	if i := slices.Index(q, it); i >= 0 {
+		s.queue[it.band] = slices.Delete(q, i, i+1)
+		return true
+	}
+	return false
 }
 
 // next blocks for the best item; nil once closed and empty. wake is the
@@ -664,6 +697,23 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 	wait := 25 * time.Millisecond
 	for {
 		woken := cs.freed.wait() // before the attempt: no release missed
+		cs.mu.Lock()
+		// Jobs cancelled while they waited (watchCancels) leave the list
+		// without taking a slot.
+		var dropped []*item
+		for b := range cs.blocked {
+			cs.blocked[b] = slices.DeleteFunc(cs.blocked[b], func(x *item) bool {
+				if x.fate.Load() == fateCancelled {
+					dropped = append(dropped, x)
+					return true
+				}
+				return false
+			})
+		}
+		cs.mu.Unlock()
+		for _, x := range dropped {
+			w.dropHeld(x)
+		}
 		cs.mu.Lock()
 		var it *item
 		band := -1

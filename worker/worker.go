@@ -371,6 +371,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	} else {
 		close(stDone)
 	}
+	wcDone := make(chan struct{})
+	if w.cfg.rdb != nil {
+		go w.watchCancels(hard, wcDone)
+	} else {
+		close(wcDone)
+	}
 
 	// Pullers fetch batches into the local scheduler; `concurrency` runners
 	// take the best job. Every message is under heartbeat from the moment it
@@ -446,6 +452,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	cancelHard()
 	<-hbDone
 	<-stDone
+	<-wcDone
 	if w.rec != nil {
 		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := w.rec.Close(fctx); err != nil {
