@@ -132,7 +132,7 @@ const jobsUsage = `usage:
                                           dead-lettered jobs with their errors
   connector jobs requeue ID | --all [--name J]
                                           put dead jobs back, attempts reset
-  connector jobs cancel ID [ID...]        cancel jobs no worker has taken (queued, delayed, dead)
+  connector jobs cancel ID [ID...]        cancel jobs that have not started (queued, delayed, held, dead)
 
 Connection flags as for "connector worker" (-h after a command lists them).
 `
