@@ -50,11 +50,20 @@ type Adapter interface {
 // right after the export's write is then newer than the sync date: the
 // next export imports it first instead of overwriting it, and its own
 // import is not "already up to date". (With plain Write, that change is
-// older than the bind's time, and taken as synced.)
+// older than the bind's time, and taken as synced.) The sync date never
+// goes back to the stamp, though, below a later one an import bound
+// meanwhile; and a stamp not after the one read before the write is not
+// taken (the answer lacks the stamp the system set): the time of the bind
+// is then. With a stamp of coarse precision (seconds), a change made in
+// the same second as the write still reads as synced.
 //
-// The conformance kit (units/adaptertest) checks both methods of an
-// adapter that implements it: CreateReturning's id reads back, and each
-// returned record holds the fields written.
+// The returned record must be what a Read finds right after, with the
+// fields the system sets itself. An adapter that wraps another (retries,
+// rate limits) must implement ReturningWriter too, or the Exporter falls
+// back to the time of the bind. The conformance kit (units/adaptertest)
+// checks both methods of an adapter that implements it: CreateReturning's
+// id reads back, and each returned record is a copy of the record a Read
+// finds right after.
 type ReturningWriter interface {
 	// CreateReturning creates a record and returns its id and the record
 	// as stored (every field, with those the system sets itself).

@@ -437,6 +437,7 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 	if err != nil {
 		return "", err
 	}
+	var before time.Time // the external record's stamp, read before the write
 	if bound && ex.UpdatedAt != nil {
 		ext, err := ad.Read(ctx, externalID, nil)
 		switch {
@@ -450,6 +451,7 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 			return "", err
 		default:
 			if updated, ok := ex.UpdatedAt(ext); ok {
+				before = updated
 				synced, found, err := binder.SyncDate(ctx, externalID)
 				if err != nil {
 					return "", err
@@ -534,12 +536,14 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 		return "", err
 	}
 	// The sync date: the stamp of this write when the adapter returns the
-	// stored record (ReturningWriter), else the time of the bind.
+	// stored record (ReturningWriter), else the time of the bind. A stamp
+	// not after the one read before the write is not this write's (an
+	// answer without the stamp the system sets): the time of the bind then.
 	var stamp time.Time
 	write, create := ad.Write, ad.Create
 	if rw, ok := ad.(ReturningWriter); ok && ex.UpdatedAt != nil {
 		keep := func(stored Record) {
-			if t, ok := ex.UpdatedAt(stored); ok {
+			if t, ok := ex.UpdatedAt(stored); ok && t.After(before) {
 				stamp = t
 			}
 		}
@@ -582,7 +586,18 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 		}
 	}
 	if bound {
-		err = binder.Bind(ctx, externalID, localID, syncDate())
+		synced := syncDate()
+		if !stamp.IsZero() {
+			// An import that ran meanwhile (it takes another lock) may have
+			// bound a later sync date, after a change it imported: the
+			// stamp, older, must not take it back (the change would read
+			// as not synced, and the next export would import it first
+			// over a local change).
+			if cur, found, err := binder.SyncDate(ctx, externalID); err == nil && found && cur.After(synced) {
+				synced = cur
+			}
+		}
+		err = binder.Bind(ctx, externalID, localID, synced)
 	} else {
 		verb = "created"
 		if externalID, err = create(ctx, values); err == nil {

@@ -856,3 +856,98 @@ func TestExportDoesNotSwallowAChangeMadeRightAfterItsWrite(t *testing.T) {
 		}
 	})
 }
+
+// An import that runs while an export of the same record writes (they take
+// different locks), after a change made in the shop, binds a later sync
+// date than the stamp of the export's write: the export must not take it
+// back. Else the change reads as not synced, and the next export imports
+// first, over a local change, which is lost.
+func TestExportDoesNotTakeBackAConcurrentImportsSyncDate(t *testing.T) {
+	forEachKind(t, func(t *testing.T, f *fixture) {
+		f.seedShop()
+		f.tick(time.Minute)
+		if _, err := f.importRecord(t, "product", "p1", false); err != nil {
+			t.Fatal(err)
+		}
+		prodID := bound(t, f.binder("product"), "p1")
+		shop := f.ext.Model("product")
+		shop.StampField, shop.Clock = "updated_at", f.clock
+		changed := false
+		shop.OnChange = func(ctx context.Context, c unitstest.Change) {
+			if c.Op != "write" || changed {
+				return
+			}
+			changed = true
+			// A change in the shop right after the export's write, and its
+			// import, which binds before the export does.
+			rec, _ := shop.Get("p1")
+			rec["price"], rec["updated_at"] = 99.0, f.tick(time.Second)
+			shop.Put("p1", rec)
+			f.tick(time.Second)
+			if res, err := f.importRecord(t, "product", "p1", false); err != nil {
+				t.Errorf("concurrent import: %q, %v", res, err)
+			}
+		}
+		rename := func(name string) {
+			rec, _ := f.local.Model("product").Get(prodID)
+			rec["name"] = name
+			f.local.Model("product").Put(prodID, rec)
+		}
+		f.tick(time.Minute)
+		rename("Claw hammer")
+		if res, err := f.exportRecord(t, "product", prodID, "name"); err != nil || !strings.Contains(res, "updated") || !changed {
+			t.Fatalf("first export: %q, %v", res, err)
+		}
+		f.tick(time.Minute)
+		rename("Nail")
+		res, err := f.exportRecord(t, "product", prodID, "name")
+		if err != nil || !strings.Contains(res, "updated") {
+			t.Fatalf("second export: %q, %v: the imported change read as not synced", res, err)
+		}
+		if rec, _ := shop.Get("p1"); rec["name"] != "Nail" || rec["price"] != 99.0 {
+			t.Errorf("shop record %v", rec)
+		}
+	})
+}
+
+// staleAnswer is a shop whose write answers carry the record as it was
+// before the write (a stamp set by the database, not in the answer).
+type staleAnswer struct{ *unitstest.Memory }
+
+func (s staleAnswer) WriteReturning(ctx context.Context, id string, rec units.Record) (units.Record, error) {
+	before, err := s.Memory.Read(ctx, id, nil)
+	if err != nil {
+		return nil, err
+	}
+	return before, s.Memory.Write(ctx, id, rec)
+}
+
+// A write answer whose stamp is not after the one read before the write is
+// not that write's: the sync date is the time of the bind, and the export's
+// own write does not read as a change of the shop at the next export.
+func TestExportIgnoresAStaleStampInTheAnswer(t *testing.T) {
+	forEachKind(t, func(t *testing.T, f *fixture) {
+		f.seedShop()
+		f.tick(time.Minute)
+		if _, err := f.importRecord(t, "product", "p1", false); err != nil {
+			t.Fatal(err)
+		}
+		prodID := bound(t, f.binder("product"), "p1")
+		shop := f.ext.Model("product")
+		shop.StampField, shop.Clock = "updated_at", f.clock
+		if err := units.Replace(f.reg.Backend("shop"), units.AdapterUsage, units.AnyModel, func(w *units.Work) (units.Adapter, error) {
+			return staleAnswer{f.ext.Model(w.Model)}, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for i, name := range []string{"Claw hammer", "Nail"} {
+			f.tick(time.Minute)
+			rec, _ := f.local.Model("product").Get(prodID)
+			rec["name"] = name
+			f.local.Model("product").Put(prodID, rec)
+			if res, err := f.exportRecord(t, "product", prodID, "name"); err != nil || !strings.Contains(res, "updated") {
+				t.Fatalf("export %d: %q, %v", i+1, res, err)
+			}
+		}
+	})
+}

@@ -391,8 +391,25 @@ func (s *suite) returning(t *testing.T) {
 			t.Errorf("CreateReturning returned %q = %v, want %v", k, stored[k], v)
 		}
 	}
+	// The answer is the record as stored: what a Read finds right after,
+	// with the fields the system sets (its update stamp, which the
+	// Exporter binds with), and a copy.
+	sameAsRead := func(op string, stored units.Record) {
+		t.Helper()
+		got, err := a.Read(s.ctx(t), id, nil)
+		if err != nil {
+			t.Fatalf("Read(%q) after %s: %v", id, op, err)
+		}
+		for k, v := range got {
+			if fmt.Sprint(stored[k]) != fmt.Sprint(v) {
+				t.Errorf("%s returned %q = %v; a Read right after finds %v (the record as stored)", op, k, stored[k], v)
+			}
+		}
+	}
+	sameAsRead("CreateReturning", stored)
+	stored[s.h.Field] = "mutated by the caller"
 	if got, err := a.Read(s.ctx(t), id, nil); err != nil || fmt.Sprint(got[s.h.Field]) != fmt.Sprint(want[s.h.Field]) {
-		t.Fatalf("Read(%q) after CreateReturning = %v, %v", id, got, err)
+		t.Errorf("Read after changing the record CreateReturning returned = %v, %v: records must be values", got, err)
 	}
 	stored, err = rw.WriteReturning(s.ctx(t), id, units.Record{s.h.Field: "changed"})
 	if err != nil {
@@ -406,6 +423,7 @@ func (s *suite) returning(t *testing.T) {
 			t.Errorf("WriteReturning returned %q = %v, want %v (the record as stored)", k, stored[k], v)
 		}
 	}
+	sameAsRead("WriteReturning", stored)
 	stored[s.h.Field] = "mutated by the caller"
 	if got, err := a.Read(s.ctx(t), id, nil); err != nil || fmt.Sprint(got[s.h.Field]) != "changed" {
 		t.Errorf("Read after changing the returned record = %v, %v: records must be values", got, err)

@@ -164,6 +164,9 @@ func (b *broken) WriteReturning(ctx context.Context, id string, rec units.Record
 	if b.fault != "returning-stale" {
 		before, err = b.Memory.Read(ctx, id, nil)
 	}
+	if b.fault == "returning-unstamped" {
+		delete(before, "updated_at") // the stamp the system set, left out
+	}
 	return before, err
 }
 
@@ -183,7 +186,13 @@ func TestBrokenAdapterHelper(t *testing.T) {
 		t.Skip("helper of TestSuiteCatchesBrokenAdapters")
 	}
 	adaptertest.Run(t, adaptertest.Harness{
-		New: func(t *testing.T) units.Adapter { return &broken{Memory: unitstest.NewMemory("product"), fault: fault} },
+		New: func(t *testing.T) units.Adapter {
+			m := unitstest.NewMemory("product")
+			if fault == "returning-unstamped" {
+				m.StampField = "updated_at"
+			}
+			return &broken{Memory: m, fault: fault}
+		},
 		Break: func(t *testing.T, a units.Adapter) {
 			if fault == "down-not-retryable" {
 				a.(*broken).down = true
@@ -198,15 +207,16 @@ func TestBrokenAdapterHelper(t *testing.T) {
 // check the broken rule (and only there).
 func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 	for fault, subtests := range map[string][]string{
-		"missing-plain":      {"Delete", "MissingRecord", "Returning"},
-		"missing-retryable":  {"MissingRecord"},
-		"write-replaces":     {"Returning", "Write"},
-		"paging-ignored":     {"SearchPaging"},
-		"filter-ignored":     {"SearchFilter"},
-		"shared-record":      {"Isolation"},
-		"read-shared":        {"Isolation"},
-		"down-not-retryable": {"RetryableErrors"},
-		"returning-stale":    {"Returning"},
+		"missing-plain":       {"Delete", "MissingRecord", "Returning"},
+		"missing-retryable":   {"MissingRecord"},
+		"write-replaces":      {"Returning", "Write"},
+		"paging-ignored":      {"SearchPaging"},
+		"filter-ignored":      {"SearchFilter"},
+		"shared-record":       {"Isolation"},
+		"read-shared":         {"Isolation"},
+		"down-not-retryable":  {"RetryableErrors"},
+		"returning-stale":     {"Returning"},
+		"returning-unstamped": {"Returning"},
 	} {
 		t.Run(fault, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestBrokenAdapterHelper$", "-test.v", "-test.count=1")
