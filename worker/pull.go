@@ -500,7 +500,7 @@ func (w *Worker) cancelledMeanwhile(ctx context.Context, it *item, blocked bool)
 	if w.cfg.rdb == nil || it.env == nil || it.env.Template || !blocked && time.Since(it.received) < recheckAfter {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 250*time.Millisecond)
 	defer cancel()
 	_, err := w.cfg.rdb.ZScore(ctx, w.cancelsKey, it.env.ID).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {

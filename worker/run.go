@@ -33,7 +33,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 	}
 	// A job with its slot already comes from its channel's blocked list.
 	wasBlocked := it.slotHeld.Load()
-	if it.ch.limited && !wasBlocked {
+	if it.ch.limited && !wasBlocked && it.fate.Load() != fateCancelled {
 		seq := seqOf(it)
 		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token, seq, it.ch.freshPlace(it.band, seq))
 		if err != nil || !ok {

@@ -452,6 +452,12 @@ func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token stri
 // leave removes this instance's place for the jobs of cs from the waiting
 // sets of its chain (no job of it waits any more).
 func (s *slots) leave(ctx context.Context, cs *chanState) {
+	s.leaveBands(ctx, cs, func(int) bool { return true })
+}
+
+// leaveBands removes this instance's places for the jobs of cs in the
+// bands that match.
+func (s *slots) leaveBands(ctx context.Context, cs *chanState, match func(band int) bool) {
 	pipe := s.rdb.Pipeline()
 	me := s.member(cs)
 	for _, c := range cs.chain {
@@ -459,8 +465,10 @@ func (s *slots) leave(ctx context.Context, cs *chanState) {
 			continue
 		}
 		for b := 0; b < channels.Bands; b++ {
-			pipe.ZRem(ctx, s.waitingKey(c.Name, b), me)
-			pipe.ZRem(ctx, s.waitingExpKey(c.Name, b), me)
+			if match(b) {
+				pipe.ZRem(ctx, s.waitingKey(c.Name, b), me)
+				pipe.ZRem(ctx, s.waitingExpKey(c.Name, b), me)
+			}
 		}
 	}
 	_, _ = pipe.Exec(ctx)
@@ -701,7 +709,9 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 		// Jobs cancelled while they waited (watchCancels) leave the list
 		// without taking a slot.
 		var dropped []*item
+		var emptied [channels.Bands]bool // bands left with no blocked job
 		for b := range cs.blocked {
+			n := len(cs.blocked[b])
 			cs.blocked[b] = slices.DeleteFunc(cs.blocked[b], func(x *item) bool {
 				if x.fate.Load() == fateCancelled {
 					dropped = append(dropped, x)
@@ -709,10 +719,22 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 				}
 				return false
 			})
+			emptied[b] = n > 0 && len(cs.blocked[b]) == 0
 		}
 		cs.mu.Unlock()
 		for _, x := range dropped {
 			w.dropHeld(x)
+		}
+		if len(dropped) > 0 {
+			// Nothing of this process waits in an emptied band any more: its
+			// place there goes, and so does its "wants" mark, which would
+			// hold back worse bands fleet-wide until it expired.
+			w.slots.leaveBands(ctx, cs, func(b int) bool { return emptied[b] })
+			for b, gone := range emptied {
+				if gone && b < channels.Bands-1 && !cs.ch.Sequential {
+					w.slots.unwant(ctx, cs.ch.Name, b)
+				}
+			}
 		}
 		cs.mu.Lock()
 		var it *item

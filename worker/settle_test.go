@@ -702,3 +702,30 @@ func tenJobsOneRunner(t *testing.T, e *env, s *steps) (ids []string, stop contex
 	go func() { stopped <- a.Run(actx) }()
 	return ids, stop, stopped
 }
+
+// A job of a better band waiting for a throttled channel leaves a "wants"
+// mark (and its place) for as long as the throttle's wait, holding back
+// worse bands fleet-wide. Cancelled, it takes both away at once.
+func TestCancelledBlockedJobTakesItsWantsMarkAway(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) { return "ok", nil })
+	e.start(s.registry(), worker.WithChannels("root.one:5:throttle=30"))
+	first, _ := e.d.Enqueue(ctx, Step{Key: "first"}, job.WithChannel("root.one"))
+	e.waitState(first, job.StateDone, 10*time.Second)
+	high, _ := e.d.Enqueue(ctx, Step{Key: "high"}, job.WithChannel("root.one"), job.WithPriority(0))
+	tag := "{" + e.prefix + ":channels}"
+	mark, place := tag+":wants:root.one:0", tag+":waiting:root.one:0"
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return e.rdb.PTTL(ctx, mark).Val() > 20*time.Second && e.rdb.ZCard(ctx, place).Val() == 1
+	}, "the high job's mark and place, for the throttle's wait")
+	if err := e.d.Cancel(ctx, high); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return e.rdb.Exists(ctx, mark).Val() == 0 && e.rdb.ZCard(ctx, place).Val() == 0
+	}, "the cancelled job's mark and place gone")
+	if n := s.count("high"); n != 0 {
+		t.Fatalf("cancelled job ran (%s)", s.seen())
+	}
+}
