@@ -807,6 +807,49 @@ func TestImportDoesNotSwallowAChangeMadeDuringIt(t *testing.T) {
 	})
 }
 
+// stampingShop imports the shop's product p1, then makes the shop stamp
+// its records' updated_at at each write, as shops do. It returns the local
+// product's id and the shop's products.
+func (f *fixture) stampingShop(t *testing.T) (string, *unitstest.Memory) {
+	t.Helper()
+	f.seedShop()
+	f.tick(time.Minute)
+	if _, err := f.importRecord(t, "product", "p1", false); err != nil {
+		t.Fatal(err)
+	}
+	shop := f.ext.Model("product")
+	shop.StampField, shop.Clock = "updated_at", f.clock
+	return bound(t, f.binder("product"), "p1"), shop
+}
+
+// changeAfterExportWrite (on a stampingShop) arranges that someone changes
+// p1's price in the shop right after the next export's write, before the
+// export binds (and, with andImport, that the change's own import runs
+// then too). The flag says whether the change was made.
+func (f *fixture) changeAfterExportWrite(t *testing.T, andImport bool) (string, *unitstest.Memory, *bool) {
+	t.Helper()
+	prodID, shop := f.stampingShop(t)
+	changed := new(bool)
+	shop.OnChange = func(ctx context.Context, c unitstest.Change) {
+		if c.Op != "write" || *changed {
+			return
+		}
+		*changed = true
+		rec, _ := shop.Get("p1")
+		rec["price"], rec["updated_at"] = 99.0, f.tick(time.Second)
+		shop.Put("p1", rec)
+		f.tick(time.Second)
+		if !andImport {
+			return
+		}
+		if res, err := f.importRecord(t, "product", "p1", false); err != nil {
+			t.Errorf("concurrent import: %q, %v", res, err)
+		}
+	}
+	f.tick(time.Minute)
+	return prodID, shop, changed
+}
+
 // A change someone makes in the shop just after an export's write (before
 // the export binds) is newer than the binding's sync date, since the
 // adapter returns the stored record (units.ReturningWriter) and its stamp
@@ -814,31 +857,10 @@ func TestImportDoesNotSwallowAChangeMadeDuringIt(t *testing.T) {
 // it, and the change's own import is not "already up to date".
 func TestExportDoesNotSwallowAChangeMadeRightAfterItsWrite(t *testing.T) {
 	forEachKind(t, func(t *testing.T, f *fixture) {
-		f.seedShop()
-		f.tick(time.Minute)
-		if _, err := f.importRecord(t, "product", "p1", false); err != nil {
-			t.Fatal(err)
-		}
-		prodID := bound(t, f.binder("product"), "p1")
-		shop := f.ext.Model("product")
-		shop.StampField, shop.Clock = "updated_at", f.clock
-		changed := false
-		shop.OnChange = func(ctx context.Context, c unitstest.Change) {
-			if c.Op != "write" || changed {
-				return
-			}
-			changed = true
-			// The shop takes someone's change now; the export binds a
-			// moment later.
-			rec, _ := shop.Get("p1")
-			rec["price"], rec["updated_at"] = 99.0, f.tick(time.Second)
-			shop.Put("p1", rec)
-			f.tick(time.Second)
-		}
-		f.tick(time.Minute)
+		prodID, shop, changed := f.changeAfterExportWrite(t, false)
 		res, err := f.exportRecord(t, "product", prodID, "name")
-		if err != nil || !strings.Contains(res, "updated") || !changed {
-			t.Fatalf("first export: %q, %v (shop changed: %v)", res, err, changed)
+		if err != nil || !strings.Contains(res, "updated") || !*changed {
+			t.Fatalf("first export: %q, %v (shop changed: %v)", res, err, *changed)
 		}
 		writes := len(shop.Changes())
 		res, err = f.exportRecord(t, "product", prodID, "name")
@@ -864,38 +886,14 @@ func TestExportDoesNotSwallowAChangeMadeRightAfterItsWrite(t *testing.T) {
 // first, over a local change, which is lost.
 func TestExportDoesNotTakeBackAConcurrentImportsSyncDate(t *testing.T) {
 	forEachKind(t, func(t *testing.T, f *fixture) {
-		f.seedShop()
-		f.tick(time.Minute)
-		if _, err := f.importRecord(t, "product", "p1", false); err != nil {
-			t.Fatal(err)
-		}
-		prodID := bound(t, f.binder("product"), "p1")
-		shop := f.ext.Model("product")
-		shop.StampField, shop.Clock = "updated_at", f.clock
-		changed := false
-		shop.OnChange = func(ctx context.Context, c unitstest.Change) {
-			if c.Op != "write" || changed {
-				return
-			}
-			changed = true
-			// A change in the shop right after the export's write, and its
-			// import, which binds before the export does.
-			rec, _ := shop.Get("p1")
-			rec["price"], rec["updated_at"] = 99.0, f.tick(time.Second)
-			shop.Put("p1", rec)
-			f.tick(time.Second)
-			if res, err := f.importRecord(t, "product", "p1", false); err != nil {
-				t.Errorf("concurrent import: %q, %v", res, err)
-			}
-		}
+		prodID, shop, changed := f.changeAfterExportWrite(t, true)
 		rename := func(name string) {
 			rec, _ := f.local.Model("product").Get(prodID)
 			rec["name"] = name
 			f.local.Model("product").Put(prodID, rec)
 		}
-		f.tick(time.Minute)
 		rename("Claw hammer")
-		if res, err := f.exportRecord(t, "product", prodID, "name"); err != nil || !strings.Contains(res, "updated") || !changed {
+		if res, err := f.exportRecord(t, "product", prodID, "name"); err != nil || !strings.Contains(res, "updated") || !*changed {
 			t.Fatalf("first export: %q, %v", res, err)
 		}
 		f.tick(time.Minute)
@@ -927,14 +925,7 @@ func (s staleAnswer) WriteReturning(ctx context.Context, id string, rec units.Re
 // own write does not read as a change of the shop at the next export.
 func TestExportIgnoresAStaleStampInTheAnswer(t *testing.T) {
 	forEachKind(t, func(t *testing.T, f *fixture) {
-		f.seedShop()
-		f.tick(time.Minute)
-		if _, err := f.importRecord(t, "product", "p1", false); err != nil {
-			t.Fatal(err)
-		}
-		prodID := bound(t, f.binder("product"), "p1")
-		shop := f.ext.Model("product")
-		shop.StampField, shop.Clock = "updated_at", f.clock
+		prodID, _ := f.stampingShop(t)
 		if err := units.Replace(f.reg.Backend("shop"), units.AdapterUsage, units.AnyModel, func(w *units.Work) (units.Adapter, error) {
 			return staleAnswer{f.ext.Model(w.Model)}, nil
 		}); err != nil {

@@ -220,12 +220,7 @@ func TestExpiredSlotLeaseIsTakenAgain(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	release := make(chan struct{})
-	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
-		if j.Args.Key == "long" {
-			<-release
-		}
-		return "ok", nil
-	})
+	s := longSteps(release)
 	e.start(s.registry(), worker.WithChannels("root.one:1"), worker.WithAckWait(3*time.Second))
 	if _, err := e.d.Enqueue(ctx, Step{Key: "long"}, job.WithChannel("root.one")); err != nil {
 		t.Fatal(err)

@@ -46,6 +46,17 @@ func newSteps(script func(ctx context.Context, j *job.Job[Step], run int) (strin
 	return &steps{runs: map[string]int{}, script: script}
 }
 
+// longSteps are steps that succeed at once, but for "long", which waits
+// until release is closed.
+func longSteps(release chan struct{}) *steps {
+	return newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if j.Args.Key == "long" {
+			<-release
+		}
+		return "ok", nil
+	})
+}
+
 func (s *steps) handler(ctx context.Context, j *job.Job[Step]) (string, error) {
 	s.mu.Lock()
 	s.runs[j.Args.Key]++
@@ -279,12 +290,7 @@ func cancelOfATakenJob(t *testing.T, how string) *env {
 	e := newEnv(t)
 	ctx := context.Background()
 	release := make(chan struct{})
-	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
-		if j.Args.Key == "long" {
-			<-release
-		}
-		return "ok", nil
-	})
+	s := longSteps(release)
 	ch, opt := "root.one", worker.WithChannels("root.one:1")
 	if how == "queued" {
 		ch, opt = "root", worker.WithConcurrency(1)
