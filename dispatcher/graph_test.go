@@ -96,13 +96,7 @@ func (e *genv) start() {
 
 func (e *genv) waitState(id string, want job.State) job.Record {
 	e.t.Helper()
-	var rec job.Record
-	testenv.Eventually(e.t, 15*time.Second, func() bool {
-		r, err := e.d.Job(context.Background(), id)
-		rec = r
-		return err == nil && r.State == want
-	}, "job %s in state %s (last %+v)", id, want, &rec)
-	return rec
+	return testenv.WaitJob(e.t, e.d, id, want, 15*time.Second)
 }
 
 // A graph without edges (a group of roots) keeps nothing in Redis for

@@ -266,10 +266,7 @@ func TestSkipIf(t *testing.T) {
 	e := newEnv(t)
 	got := newCounter()
 	l := e.listeners()
-	must(t, l.On("export_shop1", "res.partner", "", func(_ context.Context, ev events.Event) error {
-		got.inc(ev.RecordID)
-		return nil
-	}, events.WithPartitions(1), events.WithSkipIf(
+	must(t, l.On("export_shop1", "res.partner", "", got.handle, events.WithPartitions(1), events.WithSkipIf(
 		events.SkipOrigin("shop-1"),
 		events.And(events.SkipIf(func(ev events.Event) bool { return ev.Name == events.Write }), events.FieldsUnchanged("name", "email")),
 	)))
@@ -328,10 +325,7 @@ func TestBadEventsAreDeadLettered(t *testing.T) {
 	ctx := context.Background()
 	got := newCounter()
 	l := e.listeners()
-	must(t, l.On("sink", "res.partner", "", func(_ context.Context, ev events.Event) error {
-		got.inc(ev.RecordID)
-		return nil
-	}, events.WithPartitions(1)))
+	must(t, l.On("sink", "res.partner", "", got.handle, events.WithPartitions(1)))
 	e.start(l)
 
 	garbage := nats.NewMsg(e.names.EventSubject("res.partner", events.Write, "1"))
@@ -763,10 +757,7 @@ func TestDeletedConsumerIsRecreated(t *testing.T) {
 	ctx := context.Background()
 	got := newCounter()
 	l := e.listeners()
-	must(t, l.On("phoenix", "res.partner", "", func(_ context.Context, ev events.Event) error {
-		got.inc(ev.RecordID)
-		return nil
-	}, events.WithPartitions(1)))
+	must(t, l.On("phoenix", "res.partner", "", got.handle, events.WithPartitions(1)))
 	e.start(l)
 	for i := 0; i < 5; i++ {
 		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: fmt.Sprint(i)})
@@ -863,10 +854,7 @@ func TestShutdownGraceCancelsHandlers(t *testing.T) {
 	}
 	got := newCounter()
 	l2 := e.listeners()
-	must(t, l2.On("graceful", "res.partner", "", func(_ context.Context, ev events.Event) error {
-		got.inc(ev.RecordID)
-		return nil
-	}, events.WithPartitions(1)))
+	must(t, l2.On("graceful", "res.partner", "", got.handle, events.WithPartitions(1)))
 	e.start(l2)
 	testenv.Eventually(t, 10*time.Second, func() bool { return got.get("1") == 1 }, "interrupted event handled by the next worker")
 }

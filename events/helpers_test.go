@@ -148,6 +148,12 @@ func (c *counter) inc(k string) {
 	c.mu.Unlock()
 }
 
+// handle is a listener's handler that counts each event by record id.
+func (c *counter) handle(_ context.Context, ev events.Event) error {
+	c.inc(ev.RecordID)
+	return nil
+}
+
 func (c *counter) get(k string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -351,10 +351,7 @@ func TestGuardDeadLettersEventsNoListenerCanReceive(t *testing.T) {
 	e := newEnv(t)
 	got := newCounter()
 	l := e.listeners()
-	must(t, l.On("sink", "res.partner", "", func(_ context.Context, ev events.Event) error {
-		got.inc(ev.RecordID)
-		return nil
-	}, events.WithPartitions(8)))
+	must(t, l.On("sink", "res.partner", "", got.handle, events.WithPartitions(8)))
 	e.start(l)
 
 	good, err := e.publisher().Message(events.Event{ID: wire.NewID(), Model: "res.partner", Name: events.Write, RecordID: "42", Time: time.Now()})

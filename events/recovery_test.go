@@ -26,10 +26,7 @@ func TestRecreatedStreamDoesNotInheritMarks(t *testing.T) {
 	ctx := context.Background()
 	got := newCounter()
 	l := e.listeners()
-	must(t, l.On("reborn", "res.partner", "", func(_ context.Context, ev events.Event) error {
-		got.inc(ev.RecordID)
-		return nil
-	}, events.WithPartitions(1)))
+	must(t, l.On("reborn", "res.partner", "", got.handle, events.WithPartitions(1)))
 	e.start(l)
 	for i := 0; i < 5; i++ {
 		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: fmt.Sprint("old", i)})

@@ -97,12 +97,8 @@ func TestNATSOutagePausesThenRecovers(t *testing.T) {
 // Redis goes away: jobs of a limited channel (slots live in Redis) wait,
 // then run when it is back. The worker does not die.
 func TestRedisOutagePausesThenRecovers(t *testing.T) {
-	startRedis, addr := privateRedis(t)
-	srv := startRedis()
-	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
-	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: 1,
-		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
-	defer rdb.Close()
+	redisSrv := newFlakyRedis(t)
+	rdb := redisSrv.rdb
 	_, _, js := testenv.JetStream(t)
 	prefix := testenv.Prefix(t)
 	ctx := context.Background()
@@ -128,8 +124,7 @@ func TestRedisOutagePausesThenRecovers(t *testing.T) {
 	if n := <-ran; n != 1 {
 		t.Fatal(n)
 	}
-	_ = srv.Process.Kill()
-	_, _ = srv.Process.Wait()
+	redisSrv.kill()
 	if _, err := d.Enqueue(ctx, testjobs.Probe{N: 2}, job.WithChannel("root.lim")); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +133,7 @@ func TestRedisOutagePausesThenRecovers(t *testing.T) {
 		t.Fatalf("job %d ran without its channel slot", n)
 	case <-time.After(1500 * time.Millisecond): // proving a negative needs some time
 	}
-	srv = startRedis()
+	redisSrv.restart()
 	select {
 	case n := <-ran:
 		if n != 2 {
@@ -154,12 +149,8 @@ func TestRedisOutagePausesThenRecovers(t *testing.T) {
 // heartbeat at once), however many arrive meanwhile: none is delivered
 // again, and once Redis is back each runs once.
 func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
-	startRedis, addr := privateRedis(t)
-	srv := startRedis()
-	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
-	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: 1,
-		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
-	defer rdb.Close()
+	redisSrv := newFlakyRedis(t)
+	rdb := redisSrv.rdb
 	_, _, js := testenv.JetStream(t)
 	prefix := testenv.Prefix(t)
 	names := wire.MustNames(prefix)
@@ -199,8 +190,7 @@ func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool { n, _ := ran(); return n == 1 }, "first job ran")
 
-	_ = srv.Process.Kill()
-	_, _ = srv.Process.Wait()
+	redisSrv.kill()
 	// Jobs arrive one by one: each is a group of its own for admission.
 	const jobs = 60
 	for i := 1; i <= jobs; i++ {
@@ -218,7 +208,7 @@ func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
 	if n, _ := ran(); n != 1 {
 		t.Fatalf("%d jobs ran while Redis was down: admission did not wait for the cancel check", n-1)
 	}
-	srv = startRedis()
+	redisSrv.restart()
 	testenv.Eventually(t, 20*time.Second, func() bool { n, _ := ran(); return n == jobs+1 }, "every job ran after the outage")
 	cons, err := js.Consumer(ctx, names.JobsStream(), names.JobsConsumer("root", 1))
 	if err != nil {
@@ -232,6 +222,34 @@ func TestRedisOutageKeepsTheLeasesOfArrivingJobs(t *testing.T) {
 		t.Errorf("%d jobs ran twice: their leases ran out in the worker while Redis was down", twice)
 	}
 }
+
+// flakyRedis is a privateRedis a test kills and starts again, with a
+// client that gives up fast while it is down.
+type flakyRedis struct {
+	start func() *exec.Cmd
+	srv   *exec.Cmd
+	rdb   *redis.Client
+}
+
+func newFlakyRedis(t *testing.T) *flakyRedis {
+	start, addr := privateRedis(t)
+	f := &flakyRedis{start: start, srv: start()}
+	f.rdb = redis.NewClient(&redis.Options{Addr: addr, MaxRetries: 1,
+		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
+	t.Cleanup(func() {
+		_ = f.rdb.Close()
+		f.kill()
+	})
+	return f
+}
+
+// kill stops the server at once; restart starts it again, on its address.
+func (f *flakyRedis) kill() {
+	_ = f.srv.Process.Kill()
+	_, _ = f.srv.Process.Wait()
+}
+
+func (f *flakyRedis) restart() { f.srv = f.start() }
 
 // privateRedis is a redis-server of the test's own, on a free port, for a
 // test to kill and start again (skipped without one, failed in CI): start

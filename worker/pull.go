@@ -497,12 +497,12 @@ func (w *Worker) cancelledMeanwhile(ctx context.Context, it *item, blocked bool)
 	if it.fate.Load() == fateCancelled {
 		return true // watchCancels found it first
 	}
-	if w.cfg.rdb == nil || it.env == nil || it.env.Template || !blocked && time.Since(it.received) < recheckAfter {
+	if w.cfg.rdb == nil || it.jobID == "" || !blocked && time.Since(it.received) < recheckAfter {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 250*time.Millisecond)
 	defer cancel()
-	_, err := w.cfg.rdb.ZScore(ctx, w.cancelsKey, it.env.ID).Result()
+	_, err := w.cfg.rdb.ZScore(ctx, w.cancelsKey, it.jobID).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		w.log.Debug("cancel tombstone not checked again; the job runs", append(w.msgFields(it, 0), telemetry.ErrField(err))...)
 	}

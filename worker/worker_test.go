@@ -102,13 +102,7 @@ func (e *env) start(reg *worker.Registry, opts ...worker.Option) (stop func()) {
 
 func (e *env) waitState(id string, want job.State, timeout time.Duration) job.Record {
 	e.t.Helper()
-	var rec job.Record
-	testenv.Eventually(e.t, timeout, func() bool {
-		r, err := e.d.Job(context.Background(), id)
-		rec = r
-		return err == nil && r.State == want
-	}, "job %s in state %s (last %+v)", id, want, &rec)
-	return rec
+	return testenv.WaitJob(e.t, e.d, id, want, timeout)
 }
 
 func TestTypedJobRunsAndIsRecorded(t *testing.T) {

@@ -133,12 +133,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	}
 	waitState := func(id string, want job.State) {
 		t.Helper()
-		var last job.Record
-		testenv.Eventually(t, 20*time.Second, func() bool {
-			r, err := d.Job(ctx, id)
-			last = r
-			return err == nil && r.State == want
-		}, "job %s %s (last %+v)", id, want, &last)
+		testenv.WaitJob(t, d, id, want, 20*time.Second)
 	}
 	waitState(now, job.StateDone)
 	waitState(later, job.StateDone)

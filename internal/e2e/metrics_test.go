@@ -331,17 +331,9 @@ func TestMalformedJobMetrics(t *testing.T) {
 	}
 }
 
-func waitState(t *testing.T, d interface {
-	Job(context.Context, string) (job.Record, error)
-}, id string, want job.State) job.Record {
+func waitState(t *testing.T, d testenv.JobReader, id string, want job.State) job.Record {
 	t.Helper()
-	var rec job.Record
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		r, err := d.Job(context.Background(), id)
-		rec = r
-		return err == nil && r.State == want
-	}, "job %s in state %s (last %+v)", id, want, &rec)
-	return rec
+	return testenv.WaitJob(t, d, id, want, 20*time.Second)
 }
 
 // /readyz fails (503, the broken check named) when Redis is unreachable or

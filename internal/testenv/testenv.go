@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/connector-go/connector/job"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -232,6 +233,24 @@ func CaughtUp(ctx context.Context, js jetstream.JetStream, stream, filter string
 		return true
 	}
 	return err == nil && delivered >= last.Sequence
+}
+
+// JobReader reads job records: *dispatcher.Dispatcher.
+type JobReader interface {
+	Job(ctx context.Context, id string) (job.Record, error)
+}
+
+// WaitJob waits until job id's record is in state want, failing the test
+// after timeout (with the last record read), and returns the record.
+func WaitJob(t testing.TB, d JobReader, id string, want job.State, timeout time.Duration) job.Record {
+	t.Helper()
+	var rec job.Record
+	Eventually(t, timeout, func() bool {
+		r, err := d.Job(context.Background(), id)
+		rec = r
+		return err == nil && r.State == want
+	}, "job %s in state %s (last %+v)", id, want, &rec)
+	return rec
 }
 
 // Eventually waits until cond is true, failing the test after timeout.
