@@ -301,6 +301,16 @@ func (s *slots) member(cs *chanState) string { return s.me + "|" + cs.ch.Name }
 // their next poll.
 func (s *slots) freedChannel() string { return s.tag + ":freed" }
 
+// redisNow starts a script that scores leases: now is Redis's clock, in
+// ms. Every process of the fleet then measures a lease by one clock,
+// whatever its own says (a node whose clock is off would otherwise see
+// the others' slots as long expired, and take them). Scripts replicate
+// their effects (Redis >= 5), so TIME may precede their writes.
+const redisNow = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
 // waitingTTL: a waiting instance that stops renewing its place (it died,
 // or its jobs are gone) stops counting after this long.
 const waitingTTL = 2 * time.Second
@@ -314,16 +324,18 @@ const waitingTTL = 2 * time.Second
 // channel (regFail) goes to the set of the channel that refused; when the
 // slot is taken, the place stays where it is for the next waiting job
 // (regOK), or goes (0).
+// Leases and places are scored in Redis's clock (redisNow), not the
+// worker's: processes whose clocks disagree still agree on when a lease
+// ends.
 // KEYS: per chain entry (slots, throttle, waiting, waitexp of the band),
-// then the "wants" marks of better bands. ARGV: now, lease, token, n, then
-// per entry (capacity, throttle ms), then member, seq (0: no order),
-// regFail, regOK, waiting TTL ms.
-var acquireScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
-local token = ARGV[3]
-local n = tonumber(ARGV[4])
-local f = 4 + 2*n
+// then the "wants" marks of better bands. ARGV: lease, token, n, then per
+// entry (capacity, throttle ms), then member, seq (0: no order), regFail,
+// regOK, waiting TTL ms.
+var acquireScript = redis.NewScript(redisNow + `
+local lease = tonumber(ARGV[1])
+local token = ARGV[2]
+local n = tonumber(ARGV[3])
+local f = 3 + 2*n
 local me = ARGV[f+1]
 local seq = tonumber(ARGV[f+2])
 local regFail = tonumber(ARGV[f+3])
@@ -331,7 +343,7 @@ local regOK = tonumber(ARGV[f+4])
 local wttl = tonumber(ARGV[f+5])
 local lim = {}
 for i = 1, n do
-  lim[i] = tonumber(ARGV[3 + 2*i]) > 0 or tonumber(ARGV[4 + 2*i]) > 0
+  lim[i] = tonumber(ARGV[2 + 2*i]) > 0 or tonumber(ARGV[3 + 2*i]) > 0
 end
 -- hold: a throttle's wait, during which a refused job does not try again
 -- (its place must outlast it).
@@ -372,14 +384,14 @@ end
 -- was lost (a timeout): the job does not hold it, and must not wait for
 -- it until its lease ends.
 for i = 1, n do
-  if tonumber(ARGV[3 + 2*i]) > 0 then redis.call('ZREM', KEYS[4*i-3], token) end
+  if tonumber(ARGV[2 + 2*i]) > 0 then redis.call('ZREM', KEYS[4*i-3], token) end
 end
 local first = 0
 for i = 1, n do
   if lim[i] then
     if first == 0 then first = i end
-    local cap = tonumber(ARGV[3 + 2*i])
-    local thr = tonumber(ARGV[4 + 2*i])
+    local cap = tonumber(ARGV[2 + 2*i])
+    local thr = tonumber(ARGV[3 + 2*i])
     if cap > 0 then
       redis.call('ZREMRANGEBYSCORE', KEYS[4*i-3], '-inf', now)
       if redis.call('ZCARD', KEYS[4*i-3]) >= cap then return refuse(i, i) end
@@ -404,8 +416,8 @@ for j = 4*n + 1, #KEYS do
   if redis.call('EXISTS', KEYS[j]) == 1 then return refuse(first, 0) end
 end
 for i = 1, n do
-  local cap = tonumber(ARGV[3 + 2*i])
-  local thr = tonumber(ARGV[4 + 2*i])
+  local cap = tonumber(ARGV[2 + 2*i])
+  local thr = tonumber(ARGV[3 + 2*i])
   if cap > 0 then redis.call('ZADD', KEYS[4*i-3], now + lease, token) end
   if thr > 0 then redis.call('SET', KEYS[4*i-2], '1', 'PX', thr) end
 end
@@ -425,7 +437,7 @@ type place struct{ fail, ok uint64 }
 func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token string, seq uint64, pl place) (bool, time.Duration, error) {
 	keys := make([]string, 0, 4*len(cs.chain)+band)
 	args := make([]any, 0, 9+2*len(cs.chain))
-	args = append(args, time.Now().UnixMilli(), s.lease.Milliseconds(), token, len(cs.chain))
+	args = append(args, s.lease.Milliseconds(), token, len(cs.chain))
 	for _, c := range cs.chain {
 		keys = append(keys, s.slotsKey(c.Name), s.throttleKey(c.Name), s.waitingKey(c.Name, band), s.waitingExpKey(c.Name, band))
 		args = append(args, c.Capacity, c.Throttle.Milliseconds())
@@ -505,19 +517,18 @@ func (s *slots) unwant(ctx context.Context, ch string, band int) {
 // Pub/Sub rights, is left out: the others find the slot at their next
 // poll).
 // KEYS: per limited chain entry (slots, waiting of each band, waitexp of
-// each band). ARGV: token, now, bands, Pub/Sub channel, message, then per
-// entry its capacity.
-var releaseScript = redis.NewScript(`
+// each band). ARGV: token, bands, Pub/Sub channel, message, then per entry
+// its capacity.
+var releaseScript = redis.NewScript(redisNow + `
 local token = ARGV[1]
-local now = tonumber(ARGV[2])
-local bands = tonumber(ARGV[3])
+local bands = tonumber(ARGV[2])
 local per = 1 + 2*bands
 local n = #KEYS / per
 for i = 1, n do
-  if tonumber(ARGV[5+i]) > 0 then redis.call('ZREM', KEYS[(i-1)*per+1], token) end
+  if tonumber(ARGV[4+i]) > 0 then redis.call('ZREM', KEYS[(i-1)*per+1], token) end
 end
 for i = 1, n-1 do
-  local cap = tonumber(ARGV[5+i])
+  local cap = tonumber(ARGV[4+i])
   local base = (i-1)*per
   if cap > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[base+1], '-inf', now)
@@ -535,7 +546,7 @@ for i = 1, n-1 do
     end
   end
 end
-redis.pcall('PUBLISH', ARGV[4], ARGV[5])
+redis.pcall('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `)
 
@@ -547,7 +558,7 @@ func (s *slots) release(ctx context.Context, cs *chanState, token string) error 
 	}
 	keys := make([]string, 0, len(cs.chain)*(1+2*channels.Bands))
 	args := make([]any, 0, 5+len(cs.chain))
-	args = append(args, token, time.Now().UnixMilli(), channels.Bands, s.freedChannel(), strings.Join(cs.capped, " "))
+	args = append(args, token, channels.Bands, s.freedChannel(), strings.Join(cs.capped, " "))
 	for _, c := range cs.chain {
 		if !c.Limited() {
 			continue
@@ -639,6 +650,26 @@ func (w *Worker) releaseSlot(it *item) error {
 	return w.slots.release(context.Background(), it.ch, it.token)
 }
 
+// renewScript extends slot leases to now + lease in Redis's clock: KEYS
+// are slot sets, ARGV the lease in ms, then "XX" (only leases still
+// there) or "" (take the lease again), then the token of each key. It
+// answers, per key, 1 if the lease was there (or is now), 0 if not.
+var renewScript = redis.NewScript(redisNow + `
+local ends = now + tonumber(ARGV[1])
+local xx = ARGV[2] == 'XX'
+local res = {}
+for i = 1, #KEYS do
+  local tok = ARGV[2+i]
+  if xx and not redis.call('ZSCORE', KEYS[i], tok) then
+    res[i] = 0
+  else
+    redis.call('ZADD', KEYS[i], ends, tok)
+    res[i] = 1
+  end
+end
+return res
+`)
+
 // renew extends the leases of the slots held by running jobs. A lease
 // found gone was not renewed in time (Redis was unreachable for longer
 // than the lease) and another process may have pruned it and taken the
@@ -654,32 +685,37 @@ func (s *slots) renew(ctx context.Context, items []*item) (int, error) {
 	type lease struct {
 		it  *item
 		key string
-		cmd *redis.IntCmd
 	}
 	var leases []lease
-	pipe := s.rdb.Pipeline()
-	until := float64(time.Now().Add(s.lease).UnixMilli())
+	keys := make([]string, 0, len(items))
+	args := make([]any, 0, 2+len(items))
+	args = append(args, s.lease.Milliseconds(), "XX")
 	for _, it := range items {
 		for _, c := range it.ch.chain {
 			if c.Capacity > 0 {
 				k := s.slotsKey(c.Name)
-				cmd := pipe.ZAddArgs(ctx, k, redis.ZAddArgs{XX: true, Ch: true, Members: []redis.Z{{Score: until, Member: it.token}}})
-				leases = append(leases, lease{it, k, cmd})
+				leases = append(leases, lease{it, k})
+				keys = append(keys, k)
+				args = append(args, it.token)
 			}
 		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	there, err := renewScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	if err != nil {
 		return 0, err
 	}
 	lost := 0
-	for _, l := range leases {
-		if l.cmd.Val() == 1 {
+	for i, l := range leases {
+		if there[i] == 1 {
 			continue
 		}
 		// Only while the job holds it: its release may have come first.
 		l.it.slotMu.Lock()
 		if l.it.slotHeld.Load() {
-			if err := s.rdb.ZAdd(ctx, l.key, redis.Z{Score: until, Member: l.it.token}).Err(); err != nil {
+			if err := renewScript.Run(ctx, s.rdb, []string{l.key}, s.lease.Milliseconds(), "", l.it.token).Err(); err != nil {
 				l.it.slotMu.Unlock()
 				return lost, err
 			}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/connector-go/connector/internal/channels"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/redis/go-redis/v9"
@@ -261,4 +262,66 @@ func TestRetriedAttemptDoesNotWaitForItsOwnSlot(t *testing.T) {
 		{s: x.p1, cs: a, token: "a10", seq: 10, want: true}, // tried again: its own slot
 		{s: x.p2, cs: b, token: "b6", seq: 6},               // root.shop is full
 	})
+}
+
+// Slot leases and waiting places are scored and ended by Redis's clock,
+// not the worker's: a worker whose clock is off neither sees the others'
+// live leases as expired (and takes their slots) nor has its own seen so.
+// Here Redis's clock is an hour ahead of the worker's and moves only when
+// the test moves it; the embedded store (miniredis) stands in for Redis
+// because its clock can be set: the scripts are the same.
+func TestSlotLeasesRunOnRedissClock(t *testing.T) {
+	mr := miniredis.RunT(t)
+	start := time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	mr.SetTime(start)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	chans, err := channels.Parse("root.shop:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := newChanState(chans, chans.Resolve("root.shop"))
+	p1 := &slots{rdb: rdb, tag: "{clock:channels}", lease: 30 * time.Second, me: "p1"}
+	p2 := &slots{rdb: rdb, tag: "{clock:channels}", lease: 30 * time.Second, me: "p2"}
+	ctx := context.Background()
+	score := func(key, member string, want time.Duration) {
+		t.Helper()
+		v, err := rdb.ZScore(ctx, key, member).Result()
+		if err != nil || int64(v) != start.Add(want).UnixMilli() {
+			t.Fatalf("%s of %s: %v (%v), want Redis's start + %s", key, member, v, err, want)
+		}
+	}
+	try := func(p *slots, token string, seq uint64, want bool) {
+		t.Helper()
+		ok, _, err := p.acquire(ctx, cs, 0, token, seq, place{fail: seq})
+		if err != nil || ok != want {
+			t.Fatalf("%s's job %s started: %v (%v), want %v", p.me, token, ok, err, want)
+		}
+	}
+
+	try(p1, "j1", 1, true)
+	score(p1.slotsKey("root.shop"), "j1", 30*time.Second)
+
+	mr.SetTime(start.Add(20 * time.Second))
+	try(p2, "j2", 2, false) // p1's lease is still on
+	score(p2.waitingExpKey("root.shop", 0), p2.member(cs), 20*time.Second+waitingTTL)
+
+	it := &item{ch: cs, token: "j1"}
+	it.slotHeld.Store(true)
+	if lost, err := p1.renew(ctx, []*item{it}); err != nil || lost != 0 {
+		t.Fatalf("renew: %d leases taken again, %v", lost, err)
+	}
+	score(p1.slotsKey("root.shop"), "j1", 50*time.Second)
+
+	mr.SetTime(start.Add(45 * time.Second))
+	try(p2, "j2", 2, false) // renewed: on until 50 s
+	mr.SetTime(start.Add(51 * time.Second))
+	try(p2, "j2", 2, true) // p1's lease ended, by Redis's clock
+	score(p2.slotsKey("root.shop"), "j2", 81*time.Second)
+
+	// A lease found gone at renewal is taken again, in Redis's clock too.
+	if lost, err := p1.renew(ctx, []*item{it}); err != nil || lost != 1 {
+		t.Fatalf("renew of a lease gone: %d leases taken again, %v", lost, err)
+	}
+	score(p1.slotsKey("root.shop"), "j1", 81*time.Second)
 }

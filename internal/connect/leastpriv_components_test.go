@@ -94,7 +94,8 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	// the listeners' own checks are what refuses an oversized message.
 	const maxSize = 64 << 10
 	w, err := worker.New(work.js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb),
-		worker.WithoutProvisioning(), worker.WithLogger(zap.NewNop()), worker.WithMaxEnvelope(maxSize))
+		worker.WithoutProvisioning(), worker.WithLogger(zap.NewNop()), worker.WithMaxEnvelope(maxSize),
+		worker.WithChannels("root:4")) // every job takes a slot: the slot scripts run under the ACL
 	if err != nil {
 		t.Fatal(err)
 	}
