@@ -311,6 +311,25 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
+// probeScript reads Redis's clock as the slot scripts do.
+var probeScript = redis.NewScript(redisNow + `return now`)
+
+// check fails when the Redis user may not run what the slot scripts need
+// (a least-privilege rule of an older docs/security.md, without TIME):
+// the worker would otherwise start and never start a job of a limited
+// channel. Any other error (Redis not reachable yet) is left to the
+// attempts, which wait for Redis.
+func (s *slots) check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err := probeScript.Run(ctx, s.rdb, nil).Err()
+	// Redis 7.0 says "can't run this command" in a script, later ones NOPERM.
+	if err != nil && (strings.Contains(err.Error(), "NOPERM") || strings.Contains(err.Error(), "can't run this command")) {
+		return fmt.Errorf("worker: channel slots: the Redis user may not read Redis's clock in a script (TIME: add +time to its ACL rule, docs/security.md): %w", err)
+	}
+	return nil
+}
+
 // waitingTTL: a waiting instance that stops renewing its place (it died,
 // or its jobs are gone) stops counting after this long.
 const waitingTTL = 2 * time.Second

@@ -324,6 +324,11 @@ func (w *Worker) Setup(ctx context.Context) error {
 			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, name: cc.Durable, spans: w.consumerSpans(cc.Durable)})
 		}
 	}
+	for _, cs := range w.states {
+		if cs.limited {
+			return w.slots.check(ctx)
+		}
+	}
 	return nil
 }
 

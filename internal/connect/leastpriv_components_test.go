@@ -351,3 +351,36 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 		}
 	}
 }
+
+// A Redis user under an older least-privilege rule, without TIME, cannot
+// run the channel slot scripts: a worker with a limited channel says so at
+// its start, naming the missing right, rather than starting and never
+// running a job of the channel. Without a limited channel it starts.
+func TestWorkerStartNamesAMissingRedisRight(t *testing.T) {
+	prefix := testenv.Prefix(t)
+	raddr, rpw := startACLRedis(t, prefix, "+time")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rdb, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + raddr + "/0", Username: "connector", Password: rpw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	_, _, js := testenv.JetStream(t)
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[lpImport]) (string, error) { return "", nil })
+	for channels, want := range map[string]string{"root:4": "+time", "": ""} {
+		w, err := worker.New(js, reg, worker.WithPrefix(prefix), worker.WithRedis(rdb),
+			worker.WithLogger(zap.NewNop()), worker.WithChannels(channels))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = w.Setup(ctx)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("channels %q: %v", channels, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("channels %q: start error %v, want one naming %s", channels, err, want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -241,9 +242,9 @@ func TestRedisDefaultInstance(t *testing.T) {
 }
 
 // startACLRedis starts a redis-server and applies the ACL rule documented
-// in docs/security.md for keyPrefix; it returns the server's address and
-// the restricted user's password.
-func startACLRedis(t *testing.T, keyPrefix string) (addr, userPW string) {
+// in docs/security.md for keyPrefix, without the rules in drop; it returns
+// the server's address and the restricted user's password.
+func startACLRedis(t *testing.T, keyPrefix string, drop ...string) (addr, userPW string) {
 	t.Helper()
 	const admin = "admin-R3dis-Pw"
 	userPW = "connector-Acl-Pw"
@@ -261,7 +262,7 @@ func startACLRedis(t *testing.T, keyPrefix string) (addr, userPW string) {
 			line = strings.Replace(line, ">PASSWORD", ">"+userPW, 1)
 			line = strings.ReplaceAll(line, "~connector:*", "~"+keyPrefix+":*")
 			line = strings.ReplaceAll(line, "~{connector:*", "~{"+keyPrefix+":*")
-			rule = strings.Fields(line)
+			rule = slices.DeleteFunc(strings.Fields(line), func(f string) bool { return slices.Contains(drop, f) })
 		}
 	}
 	if rule == nil {
