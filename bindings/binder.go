@@ -104,9 +104,15 @@ func (b *Binder) Bind(ctx context.Context, externalID, localID string, syncedAt 
 	if externalID == "" || localID == "" {
 		return fmt.Errorf("%w: bind needs an external id and a local id (got %q, %q)", ErrInvalid, externalID, localID)
 	}
+	at := syncedAt.UTC()
+	if y := at.Year(); y < 0 || y > 9999 {
+		// RFC 3339 has four-digit years: such a date would be stored and
+		// never read back (9999-12-31 west of UTC is in year 10000).
+		return fmt.Errorf("%w: bind %s/%s %q: sync date %s is outside the years 0000-9999 in UTC", ErrInvalid, b.backend, b.model, externalID, syncedAt)
+	}
 	defer b.s.observe(ctx, opBind, b.s.start(), &err)
 	res, err := bindScript.Run(ctx, b.s.rdb, []string{b.fwd, b.rev, b.sync},
-		externalID, localID, syncedAt.UTC().Format(syncLayout)).Slice()
+		externalID, localID, at.Format(syncLayout)).Slice()
 	if err != nil {
 		return wrap(ctx, "bind", err)
 	}

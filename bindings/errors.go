@@ -26,7 +26,8 @@ var (
 	// ErrUnavailable: Redis could not be reached or answered with a
 	// transient error. Such errors are also job.RetryableError.
 	ErrUnavailable = errors.New("bindings: redis unavailable")
-	// ErrInvalid: an argument is invalid (empty id, non-positive TTL).
+	// ErrInvalid: an argument is invalid (empty id, non-positive TTL, a sync
+	// date outside the years 0000-9999 in UTC).
 	ErrInvalid = errors.New("bindings: invalid argument")
 )
 
@@ -84,20 +85,25 @@ var transientPrefixes = []string{
 	"BUSY ", "OOM ", "NOREPLICAS ", "MOVED ", "ASK ", "ERR max number of clients",
 }
 
-// wrap turns a Redis client error into an error value for op. Context
-// cancellation stays a plain (wrapped) context error: the caller gave up.
-// Network errors and transient server replies become retryable and
-// ErrUnavailable. Other server replies (WRONGTYPE, script errors) are
-// permanent: they mean a misconfiguration that retrying will not fix.
+// wrap turns a Redis client error into an error value for op. Other server
+// replies than transient ones (WRONGTYPE, script errors) are permanent:
+// they mean a misconfiguration that retrying will not fix. Otherwise, once
+// ctx has ended, the error is ctx's (wrapping the client's): the caller
+// gave up, even when the client, which does not watch ctx during a read,
+// says "i/o timeout". Network errors and transient server replies become
+// retryable and ErrUnavailable.
 func wrap(ctx context.Context, op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		return fmt.Errorf("bindings: %s: %w", op, err)
-	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) && !transientReply(rerr.Error()) {
+		return fmt.Errorf("bindings: %s: %w", op, err)
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		if !errors.Is(err, cerr) {
+			err = fmt.Errorf("%w: %w", cerr, err)
+		}
 		return fmt.Errorf("bindings: %s: %w", op, err)
 	}
 	// "bindings: redis unavailable: bind: dial tcp ...: connection refused"

@@ -27,7 +27,9 @@ func (s *Store) Completed(ctx context.Context, key string) (result string, done 
 // MarkCompleted records that the unit of work identified by key completed
 // with result, for ttl (ttl <= 0: kept until deleted). The first completion
 // wins: marking a key already marked keeps the first result and its TTL and
-// is not an error, so two racing runs agree on one result.
+// is not an error, so the record holds one result however many runs race;
+// a run that wants the result the record kept reads it with
+// [Store.Completed].
 //
 // Mark after the effect is durable; a crash between the effect and the mark
 // makes the work run again, so the effect itself must be idempotent (a

@@ -55,7 +55,8 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 }
 
 // New returns a Store over rdb. Every key it reads or writes starts with
-// "{" + prefix + ":", so several deployments (or tests) can share a Redis.
+// "{" + prefix + ":" (prefix percent-encoded as docs/bindings.md says), so
+// several deployments (or tests) can share a Redis.
 // The Store does not own rdb: close it yourself.
 func New(rdb redis.UniversalClient, prefix string, opts ...Option) *Store {
 	s := &Store{rdb: rdb, prefix: escape(prefix), retryDelay: time.Second}
