@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/jspub"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
 	"github.com/nats-io/nats.go"
 )
 
@@ -58,5 +61,65 @@ func TestEnqueueManyStoppedEarlyFailsEveryUnsentJob(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "4100 of 4100") {
 		t.Fatalf("EnqueueMany: %v", err)
+	}
+}
+
+// After Close, EnqueueMany fails (with the error a closed bulk publisher
+// gives), whether or not a bulk enqueue ran before Close.
+func TestEnqueueManyAfterCloseFails(t *testing.T) {
+	for _, before := range []bool{false, true} {
+		e := newGenv(t)
+		ctx := context.Background()
+		if before {
+			if _, err := e.d.EnqueueMany(ctx, []dispatcher.Item{{Args: Bulk{N: 0}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.d.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		res, err := e.d.EnqueueMany(ctx, []dispatcher.Item{{Args: Bulk{N: 1}}})
+		if err == nil || !errors.Is(err, jspub.ErrClosed) || res != nil {
+			t.Fatalf("EnqueueMany after Close (one before: %v) = %v, %v; want jspub.ErrClosed", before, res, err)
+		}
+	}
+}
+
+// Two items of one bulk enqueue with the same identity key: the second
+// answers the first's id. When the first then fails to publish (here: no
+// jobs stream), the second fails too, with no id: no job exists under
+// that id or any other. Every item is counted once in the summary.
+func TestEnqueueManySameIdentityFirstFails(t *testing.T) {
+	_, _, js := testenv.JetStream(t)
+	rdb, prefix := testenv.Redis(t)
+	// No streams: every publish fails (no stream answers).
+	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	same := []job.Option{job.WithIdentityKey("same")}
+	res, err := d.EnqueueMany(ctx, []dispatcher.Item{
+		{Args: Bulk{N: 1}, Options: same},
+		{Args: Bulk{N: 2}, Options: same},
+		{Args: Bulk{N: 3}},
+		{Args: Bulk{N: 4}, Options: same},
+	})
+	if err == nil {
+		t.Fatal("EnqueueMany succeeded with no jobs stream")
+	}
+	for i, r := range res {
+		if r.Err == nil || r.ID != "" {
+			t.Errorf("item %d: id %q, error %v; want no id and an error (EnqueueMany: %v)", i, r.ID, r.Err, err)
+		}
+	}
+	if !strings.Contains(err.Error(), "4 of 4") {
+		t.Fatalf("EnqueueMany: %v", err)
+	}
+	// The key is free again: nothing holds it.
+	if n, err := rdb.Exists(ctx, wire.MustNames(prefix).RedisKey("identity", "same")).Result(); err != nil || n != 0 {
+		t.Fatalf("identity key left behind (%d, %v)", n, err)
 	}
 }

@@ -139,7 +139,7 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 }
 
 // Close flushes pending job records and ends the bulk publisher's
-// subscription.
+// subscription: EnqueueMany fails after it.
 func (d *Dispatcher) Close(ctx context.Context) error {
 	d.pubOnce.Do(func() {}) // none made after this
 	if d.pub != nil {
@@ -153,7 +153,8 @@ func (d *Dispatcher) Close(ctx context.Context) error {
 
 // publisher is the bulk publisher, made on first use: it subscribes to
 // the acknowledgements of its batches on the JetStream context's
-// connection.
+// connection. It is nil when the Dispatcher was closed before its first
+// use.
 func (d *Dispatcher) publisher() *jspub.Publisher {
 	d.pubOnce.Do(func() { d.pub = jspub.New(d.js.Conn(), window, 0) })
 	return d.pub
@@ -199,8 +200,9 @@ func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Opti
 	}
 	if o.IdentityFunc != nil {
 		// The identity key is a function of the encoded arguments, and
-		// goes in the envelope: encode them first.
-		raw, err := wire.Marshal(args)
+		// goes in the envelope: encode them first, in canonical form
+		// (equal arguments, equal bytes, whatever their maps' order).
+		raw, err := wire.MarshalArgs(args)
 		if err != nil {
 			return nil, fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
 		}
@@ -381,11 +383,19 @@ func (d *Dispatcher) Enqueue(ctx context.Context, args job.Args, opts ...job.Opt
 }
 
 // EnqueueRaw enqueues a job from its name and msgpack-encoded arguments
-// (tools and bridges that do not have the Go type).
+// (tools and bridges that do not have the Go type). With an identity
+// function (job.WithIdentityExact), the arguments are put in canonical
+// form first (every map's keys in order, docs/protocol.md), as Enqueue
+// encodes them, so that both compute the same key for the same arguments.
 func (d *Dispatcher) EnqueueRaw(ctx context.Context, name string, args []byte, opts ...job.Option) (string, error) {
 	var o job.Options
 	for _, f := range opts {
 		f(&o)
+	}
+	if o.IdentityFunc != nil && o.IdentityKey == "" {
+		if c, err := wire.Canonical(args); err == nil {
+			args = c
+		}
 	}
 	p, err := d.prepareRaw(ctx, name, args, o)
 	if err != nil {
@@ -458,7 +468,11 @@ type Result struct {
 // EnqueueMany publishes many jobs with asynchronous publishes, keeping up to
 // window (default 4096) acknowledgements outstanding, so a batch of 10k
 // jobs costs a handful of round trips rather than 10k. Results are in the
-// order of items; err is non-nil if any item failed.
+// order of items; err is non-nil if any item failed. An item whose
+// identity key names a job not started yet answers that job's id, as
+// Enqueue does; when that job is an earlier item's of the same call, and
+// that item fails, the item fails too (no id). After Close, EnqueueMany
+// fails (no results).
 //
 // Traced, the batch is one PRODUCER span ("send <stream>", with
 // messaging.batch.message_count), as the messaging conventions have it for
@@ -490,11 +504,22 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			first = err
 		}
 	}
-	batch, err := d.publisher().NewBatch(len(items))
+	pub := d.publisher()
+	if pub == nil {
+		// Closed before any bulk enqueue made it: as a closed one answers.
+		return nil, fmt.Errorf("dispatcher: %w", jspub.ErrClosed)
+	}
+	batch, err := pub.NewBatch(len(items))
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
 	sent := make([]*prepared, len(items))
+	// An item whose identity key names a job of an earlier item of the
+	// batch answers that job's id: it fails if that item does. claimed
+	// finds the item of a job id (items that claimed a key), answered the
+	// later items that answered its id before it settled.
+	var claimed map[string]int
+	var answered map[int][]int
 	// Outcomes are handled in order as their acknowledgements arrive, while
 	// the rest are published: records and spans do not wait for the batch.
 	next := 0
@@ -504,12 +529,18 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			return
 		}
 		if a.Err != nil {
+			var err error
 			if ctx.Err() != nil && errors.Is(a.Err, ctx.Err()) {
 				// Unknown whether it was stored: the identity key goes (a
 				// duplicate is better than a key blocking the job for weeks).
-				fail(i, a.Err)
+				err = a.Err
 			} else {
-				fail(i, fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, a.Err))
+				err = fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, a.Err)
+			}
+			fail(i, err)
+			for _, j := range answered[i] {
+				results[j].ID = ""
+				fail(j, fmt.Errorf("dispatcher: same identity key as item %d, not enqueued: %w", i, err))
 			}
 			if p.identity != "" {
 				d.releaseIdentity(context.WithoutCancel(ctx), p.identity, p.env.ID)
@@ -535,15 +566,31 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			continue
 		}
 		if p.identity != "" {
-			existing, claimed, err := d.claimIdentity(p.ctx, p.identity, p.env.ID)
-			if err != nil || !claimed {
-				results[i].ID = existing
+			existing, ok, err := d.claimIdentity(p.ctx, p.identity, p.env.ID)
+			if err != nil || !ok {
+				d.endSpan(p, err)
 				if err != nil {
 					fail(i, err)
+					continue
 				}
-				d.endSpan(p, err)
+				if k, in := claimed[existing]; in {
+					if k >= next { // not settled yet
+						if answered == nil {
+							answered = map[int][]int{}
+						}
+						answered[k] = append(answered[k], i)
+					} else if results[k].Err != nil {
+						fail(i, fmt.Errorf("dispatcher: same identity key as item %d, not enqueued: %w", k, results[k].Err))
+						continue
+					}
+				}
+				results[i].ID = existing
 				continue
 			}
+			if claimed == nil {
+				claimed = map[string]int{}
+			}
+			claimed[p.env.ID] = i
 		}
 		sent[i] = p
 		if err := batch.Publish(ctx, i, p.msg); err != nil && (ctx.Err() != nil || errors.Is(err, jspub.ErrAckTimeout)) {

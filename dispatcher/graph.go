@@ -40,7 +40,9 @@ type groupNode struct{ parts []Node }
 func Job(args job.Args, opts ...job.Option) Node { return &jobNode{args: args, opts: opts} }
 
 // Chain runs its parts one after the other: each starts when everything of
-// the previous part is done (the seed's on_done edges).
+// the previous part is done (the seed's on_done edges). An empty part (a
+// group or chain without a job, at any depth) is no step: the part after
+// it waits for the last part before it that has a job.
 func Chain(parts ...Node) Node { return &chainNode{parts: parts} }
 
 // Group runs its parts concurrently.
@@ -48,10 +50,12 @@ func Group(parts ...Node) Node { return &groupNode{parts: parts} }
 
 func (j *jobNode) heads() []*jobNode { return []*jobNode{j} }
 func (c *chainNode) heads() []*jobNode {
-	if len(c.parts) == 0 {
-		return nil
+	for _, p := range c.parts {
+		if h := p.heads(); len(h) > 0 {
+			return h
+		}
 	}
-	return c.parts[0].heads()
+	return nil
 }
 func (g *groupNode) heads() []*jobNode {
 	var out []*jobNode
@@ -66,10 +70,12 @@ func tails(n Node) []*jobNode {
 	case *jobNode:
 		return []*jobNode{v}
 	case *chainNode:
-		if len(v.parts) == 0 {
-			return nil
+		for i := len(v.parts) - 1; i >= 0; i-- {
+			if t := tails(v.parts[i]); len(t) > 0 {
+				return t
+			}
 		}
-		return tails(v.parts[len(v.parts)-1])
+		return nil
 	case *groupNode:
 		var out []*jobNode
 		for _, p := range v.parts {
@@ -86,16 +92,20 @@ func link(n Node, all *[]*jobNode) {
 	case *jobNode:
 		*all = append(*all, v)
 	case *chainNode:
-		for i, p := range v.parts {
+		var prev []*jobNode // the tails of the last part with a job
+		for _, p := range v.parts {
 			link(p, all)
-			if i > 0 {
-				for _, parent := range tails(v.parts[i-1]) {
-					for _, child := range p.heads() {
-						parent.kids = append(parent.kids, child)
-						child.pars = append(child.pars, parent)
-					}
+			heads := p.heads()
+			if len(heads) == 0 {
+				continue // empty
+			}
+			for _, parent := range prev {
+				for _, child := range heads {
+					parent.kids = append(parent.kids, child)
+					child.pars = append(child.pars, parent)
 				}
 			}
+			prev = tails(p)
 		}
 	case *groupNode:
 		for _, p := range v.parts {

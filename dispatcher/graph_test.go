@@ -281,3 +281,41 @@ func TestCancelReleasedChildOfAnotherBand(t *testing.T) {
 		t.Fatalf("cancelled job is %s", rec.State)
 	}
 }
+
+// An empty part of a chain (a group or chain built from a list that
+// happened to be empty) is no step: the part after it waits for the last
+// part before it that holds a job, not released at once with the first.
+func TestChainThroughEmptyGroupKeepsOrder(t *testing.T) {
+	e := newGenv(t)
+	ctx := context.Background()
+	step := func(name string) dispatcher.Node { return dispatcher.Job(GraphStep{Name: name}) }
+	for name, g := range map[string]dispatcher.Node{
+		"empty group in the middle": dispatcher.Chain(step("first"), dispatcher.Group(), step("last")),
+		"empty chain in the middle": dispatcher.Chain(step("first"), dispatcher.Chain(), step("last")),
+		"chain ending in an empty group": dispatcher.Chain(step("first"),
+			dispatcher.Chain(step("mid"), dispatcher.Group()), step("last")),
+		"chain starting with an empty group": dispatcher.Chain(step("first"),
+			dispatcher.Chain(dispatcher.Group(), step("mid")), step("last")),
+		"group of empty parts in the middle": dispatcher.Chain(step("first"),
+			dispatcher.Group(dispatcher.Chain(), dispatcher.Group(dispatcher.Group())), step("last")),
+	} {
+		res, err := e.d.EnqueueGraph(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Only the first job starts at once; each other waits.
+		for i, id := range res.Jobs {
+			rec, err := e.d.Job(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := job.StatePending
+			if i == 0 {
+				want = job.StateEnqueued
+			}
+			if rec.State != want {
+				t.Errorf("%s: job %d of %d is %s at once, want %s", name, i+1, len(res.Jobs), rec.State, want)
+			}
+		}
+	}
+}

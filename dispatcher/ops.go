@@ -20,13 +20,27 @@ import (
 func zapKey(k string) zap.Field  { return zap.String("identity_key", k) }
 func zapErr(err error) zap.Field { return telemetry.ErrField(err) }
 
+// checkID answers job.ErrNotFound for an id no job can have (job ids
+// name NATS subjects and Redis keys: a wildcard such as "*" or ">" must
+// not reach them).
+func checkID(id string) error {
+	if err := wire.ValidID(id); err != nil {
+		return fmt.Errorf("dispatcher: %w: %w", job.ErrNotFound, err)
+	}
+	return nil
+}
+
 // Job returns the record of a job. The record of a job enqueued a moment
 // ago by another process may still be on its way (records are written in
 // batches, every 20 ms): for a dispatcher-made id less than a second old,
-// Job waits for it until then, before it answers job.ErrNotFound.
+// Job waits for it until then, before it answers job.ErrNotFound (at once
+// for an id no job can have).
 func (d *Dispatcher) Job(ctx context.Context, id string) (job.Record, error) {
 	if d.rec == nil {
 		return job.Record{}, ErrNoRedis
+	}
+	if err := checkID(id); err != nil {
+		return job.Record{}, err
 	}
 	if err := d.rec.Flush(ctx); err != nil {
 		return job.Record{}, err
@@ -59,7 +73,12 @@ func (d *Dispatcher) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, 
 }
 
 // Requeue puts a dead job back in the jobs stream with its attempts reset.
+// It returns job.ErrNotFound when the job has no dead letter, or when id
+// is no job id (a subject wildcard is not taken for one).
 func (d *Dispatcher) Requeue(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
 	s, err := d.js.Stream(ctx, d.names.DeadStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: requeue: %w", err)
@@ -91,6 +110,9 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	var dl wire.DeadLetter
 	if err := wire.Unmarshal(data, &dl); err != nil {
 		return fmt.Errorf("dispatcher: requeue seq %d: unreadable dead letter: %w", seq, err)
+	}
+	if err := deadletter.Body(ctx, s, &dl); err != nil {
+		return fmt.Errorf("dispatcher: requeue seq %d: %w", seq, err)
 	}
 	env, err := wire.DecodeEnvelope(dl.Data, 0)
 	if err != nil {
@@ -139,8 +161,23 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 	}
 	// The job is safely back; now remove its letter. A failure here leaves
 	// a letter whose re-requeue is deduplicated within the window.
-	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := deleteLetter(ctx, s, seq, &dl); err != nil {
 		return fmt.Errorf("dispatcher: requeued %s but could not remove its dead letter: %w", env.ID, err)
+	}
+	return nil
+}
+
+// deleteLetter removes the letter at seq, and its message kept apart if
+// it has one (the letter first: a message left behind alone is listed
+// nowhere and ends with the stream's MaxAge).
+func deleteLetter(ctx context.Context, s jetstream.Stream, seq uint64, dl *wire.DeadLetter) error {
+	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	if dl.BodySeq > 0 {
+		if err := s.DeleteMsg(ctx, dl.BodySeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,9 +24,10 @@ import (
 // a JetStream message schedule, so the server fires it once per tick for the
 // whole fleet, whether zero or fifty workers run, and ticks while workers are
 // down still produce their job. Each firing is a new job with id
-// "periodic-<name>-t<unix time of the tick>". Calling Schedule again with the same
-// arguments is a no-op; with others, it replaces the schedule. Safe to call
-// from every worker at start-up.
+// "periodic-<name>-t<unix time of the tick>", with the extra headers of
+// opts (job.WithHeader). Calling Schedule again with the same arguments
+// and options is a no-op; with others, it replaces the schedule. Safe to
+// call from every worker at start-up.
 func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.Args, opts ...job.Option) error {
 	if err := wire.ValidID(name); err != nil {
 		return fmt.Errorf("dispatcher: schedule name: %w", err)
@@ -33,7 +35,9 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	o := job.Apply(args, opts...)
 	o.ID = "periodic-" + name
 	o.ETA, o.Delay, o.IdentityKey, o.IdentityFunc = time.Time{}, 0, "", nil
-	raw, err := wire.Marshal(args)
+	// In canonical form, as the envelope's retry pattern: the same
+	// registration encodes to the same bytes (compared below).
+	raw, err := wire.MarshalArgs(args)
 	if err != nil {
 		return fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
 	}
@@ -54,6 +58,11 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	subject := d.names.PeriodicSubject(name)
 	msg := nats.NewMsg(subject)
 	msg.Data = data
+	// The extra headers (job.WithHeader) go on the schedule message, whose
+	// headers the server copies into each firing; the schedule's own win.
+	for k, v := range o.Headers {
+		msg.Header[k] = []string{v}
+	}
 	msg.Header[wire.HeaderSchedule] = []string{spec}
 	msg.Header[wire.HeaderSchTarget] = []string{d.subject(p.env.Channel, p.env.Priority)}
 	msg.Header[wire.HeaderJobName] = []string{p.env.Name}
@@ -65,8 +74,7 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	cur, err := s.GetLastMsgForSubject(ctx, subject)
 	switch {
 	case err == nil:
-		if cur.Header.Get(wire.HeaderSchedule) == spec && string(cur.Data) == string(data) &&
-			cur.Header.Get(wire.HeaderSchTarget) == msg.Header.Get(wire.HeaderSchTarget) {
+		if string(cur.Data) == string(data) && sameHeaders(cur.Header, msg.Header) {
 			return nil // already registered as asked
 		}
 		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
@@ -90,8 +98,30 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	return nil
 }
 
-// Unschedule removes a periodic schedule; jobs it already fired stay queued.
+// sameHeaders reports whether a registered schedule's headers are the
+// ones a registration would write: each with the same values, and no
+// other but the "Nats-" headers the publish and the server add
+// (Nats-Expected-Last-Subject-Sequence, Nats-Rollup).
+func sameHeaders(registered, want nats.Header) bool {
+	for k, v := range want {
+		if !slices.Equal(registered[k], v) {
+			return false
+		}
+	}
+	for k := range registered {
+		if _, ok := want[k]; !ok && !strings.HasPrefix(k, "Nats-") {
+			return false
+		}
+	}
+	return true
+}
+
+// Unschedule removes a periodic schedule; jobs it already fired stay
+// queued. The name is checked as Schedule checks it.
 func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
+	if err := wire.ValidID(name); err != nil {
+		return fmt.Errorf("dispatcher: schedule name: %w", err)
+	}
 	s, err := d.js.Stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: unschedule %s: %w", name, err)
@@ -111,11 +141,14 @@ func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 // has started: that run goes on, but the job is not retried after it; or
 // when its worker did not answer in time (it still drops the job if it
 // has not started it: its record then says cancelled). It returns job.ErrNotFound when the job is unknown (Cancel
-// needs the job records: WithRedis); a job another process enqueued a
-// moment ago is found, as by Job.
+// needs the job records: WithRedis), or id is no job id; a job another
+// process enqueued a moment ago is found, as by Job.
 func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	if d.rec == nil {
 		return ErrNoRedis
+	}
+	if err := checkID(id); err != nil {
+		return err
 	}
 	if err := d.rec.Flush(ctx); err != nil {
 		return err
@@ -137,7 +170,9 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		}
 		if s, err := d.js.Stream(ctx, d.names.DeadStream()); err == nil {
 			if m, err := s.GetLastMsgForSubject(ctx, d.names.DeadJobSubject(id)); err == nil {
-				_ = s.DeleteMsg(ctx, m.Sequence)
+				var dl wire.DeadLetter
+				_ = wire.Unmarshal(m.Data, &dl) // unreadable: the letter goes alone
+				_ = deleteLetter(ctx, s, m.Sequence, &dl)
 			}
 		}
 		return d.cancelDescendants(ctx, rec)

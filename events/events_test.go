@@ -478,6 +478,70 @@ func TestEventRetriedWhileItsDeadLetterCannotBeWritten(t *testing.T) {
 	}, "event terminated")
 }
 
+// An event too large for its dead letter to carry it (the letter is the
+// event plus its own fields: over max_payload) is dead-lettered all the
+// same, by a letter without the event's body and headers that points at it
+// in the events stream (StreamSeq, and the time the stream stored it in
+// EnqueuedAt); the partition goes on with its next event. Without that the
+// letter could never be written, the event would be given back forever,
+// and, one event at a time per partition, the events behind it would wait
+// for good. So too for the subject guard's letters.
+func TestLargeDeadEventIsDeadLetteredWithoutItsBody(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	got := newCounter()
+	l := e.listeners()
+	must(t, l.On("bulky", "res.partner", "", func(_ context.Context, ev events.Event) error {
+		got.inc(ev.RecordID)
+		if ev.RecordID == "big" {
+			return errors.New("the shop refuses it")
+		}
+		return nil
+	}, events.WithPartitions(1), events.WithMaxDeliver(1),
+		events.WithRetryDelay(func(int) time.Duration { return 50 * time.Millisecond })))
+	e.start(l)
+	pub := e.publisher()
+
+	big := largeEvent(t, pub, "big")
+	if _, err := pub.Publish(ctx, big); err != nil {
+		t.Fatalf("publish of a body under the documented limit: %v", err)
+	}
+	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "next"})
+	// As large, on a subject no listener can match: the guard's letter.
+	stray := nats.NewMsg(e.names.Prefix + ".events.res.partner.write")
+	stray.Data = make([]byte, (1<<20)-256)
+	strayAck, err := e.js.PublishMsg(ctx, stray)
+	must(t, err)
+
+	testenv.Eventually(t, 15*time.Second, func() bool { return got.get("next") == 1 },
+		"the next event of the partition handled after the large one")
+	e.drained("bulky")
+	if n := got.get("big"); n != 1 {
+		t.Errorf("the large event handled %d times, want 1", n)
+	}
+	letters, err := pub.DeadLetters(ctx, "bulky", 0)
+	must(t, err)
+	if len(letters) != 1 {
+		t.Fatalf("dead letters of bulky: %+v; want the large event's", letters)
+	}
+	stream, err := e.js.Stream(ctx, e.names.EventsStream())
+	must(t, err)
+	stored, err := stream.GetMsg(ctx, letters[0].StreamSeq)
+	must(t, err)
+	if dl := letters[0]; len(dl.Data) != 0 || len(dl.Headers) != 0 || dl.Reason != wire.ReasonError ||
+		dl.DeadLetter.Subject != stored.Subject || dl.EnqueuedAt != stored.Time.UnixMilli() || stored.Header.Get(wire.HeaderMsgID) != big.ID {
+		t.Fatalf("letter %+v of the event stored at seq %d (%s, %v)", dl, dl.StreamSeq, stored.Subject, stored.Time)
+	}
+	var guarded []events.DeadLetter
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		guarded, err = pub.DeadLetters(ctx, events.GuardName, 0)
+		return err == nil && len(guarded) == 1
+	}, "the large stray event dead-lettered by the guard")
+	if dl := guarded[0]; len(dl.Data) != 0 || dl.StreamSeq != strayAck.Sequence || dl.Reason != wire.ReasonUnknownModel {
+		t.Fatalf("the guard's letter: %+v", dl)
+	}
+}
+
 // Events published while no worker runs wait in the stream; a listener
 // started later handles all of them. A listener stopped with events pending
 // and started again (another Listeners, same name) resumes where it was.

@@ -113,7 +113,7 @@ func (g *guard) check(ctx context.Context, msg jetstream.Msg) {
 	}
 	cause := fmt.Errorf("%w: no listener can receive it: %w", ErrInvalidEvent, perr)
 	log := g.log.With(zap.String("subject", msg.Subject()), zap.Uint64("seq", meta.Sequence.Stream))
-	if err := g.l.deadLetter(ctx, GuardName, msg, meta.Sequence.Stream, int(meta.NumDelivered), wire.ReasonUnknownModel, cause, ""); err != nil {
+	if err := g.l.deadLetter(ctx, GuardName, msg, int(meta.NumDelivered), wire.ReasonUnknownModel, cause, ""); err != nil {
 		log.Error("events: cannot write dead letter, will retry", telemetry.ErrField(err))
 		_ = msg.NakWithDelay(time.Second)
 		return

@@ -198,3 +198,17 @@ func (e *env) caughtUp(listener string, n int) bool {
 	filter = filter[:strings.LastIndexByte(filter, '.')] + ".*" // any bucket
 	return testenv.CaughtUp(ctx, e.js, e.names.EventsStream(), filter, names...)
 }
+
+// largeEvent is an event of record id whose message is 256 bytes under the
+// 1 MiB body limit, and so within 256 bytes of the test server's
+// max_payload (1 MiB): the publisher accepts it and the stream stores it,
+// but a copy with a few more fields does not fit in one message.
+func largeEvent(t *testing.T, pub *events.Publisher, id string) events.Event {
+	t.Helper()
+	ev := events.Event{ID: "large-" + id, Model: "res.partner", Name: events.Write, RecordID: id, Time: time.Now(),
+		Data: map[string]any{"blob": ""}}
+	msg, err := pub.Message(ev)
+	must(t, err)
+	ev.Data["blob"] = string(make([]byte, (1<<20)-256-len(msg.Data)))
+	return ev
+}

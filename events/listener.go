@@ -673,7 +673,7 @@ func (p *partition) done(ctx context.Context, log *zap.Logger, msg jetstream.Msg
 // terminates it. If the letter cannot be written the event is delivered
 // again later rather than lost, and dead returns false.
 func (p *partition) dead(ctx context.Context, log *zap.Logger, msg jetstream.Msg, seq uint64, attempt int, reason string, cause error, stack string) bool {
-	if err := p.l.deadLetter(ctx, p.li.name, msg, seq, attempt, reason, cause, stack); err != nil {
+	if err := p.l.deadLetter(ctx, p.li.name, msg, attempt, reason, cause, stack); err != nil {
 		log.Error("events: cannot write dead letter, will retry", telemetry.ErrField(err))
 		_ = msg.NakWithDelay(p.li.retryDelay(attempt))
 		return false
@@ -685,28 +685,58 @@ func (p *partition) dead(ctx context.Context, log *zap.Logger, msg jetstream.Msg
 	return true
 }
 
-// deadLetter writes listener's letter of msg (stream sequence seq) to the
-// dead-letter stream and waits for the stream's acknowledgement. The
-// letter's Nats-Msg-Id is derived from listener and seq, so writing it
-// twice (a crash before the event is terminated) keeps one letter.
-func (l *Listeners) deadLetter(ctx context.Context, listener string, msg jetstream.Msg, seq uint64, attempt int, reason string, cause error, stack string) error {
-	letter := &wire.DeadLetter{
-		V: 1, Reason: reason, Error: cause.Error(), ErrorType: fmt.Sprintf("%T", cause), Stack: stack,
-		Attempts: attempt, Subject: msg.Subject(), StreamSeq: seq, DiedAt: time.Now().UnixMilli(),
-		Worker: l.worker, Headers: msg.Headers(), Data: msg.Data(),
-	}
-	data, err := wire.Marshal(letter)
+// deadLetter writes listener's letter of msg to the dead-letter stream and
+// waits for the stream's acknowledgement.
+//
+// The letter's Nats-Msg-Id is derived from listener, the event's stream
+// sequence and the time the events stream stored it: the same for every
+// delivery of that stored message, so writing the letter twice (a crash
+// before the event is terminated) keeps one letter, and a publish
+// acknowledged as a duplicate is that earlier letter. The time tells apart
+// the events of a recreated events stream, whose sequences start again at
+// 1: by sequence alone, the letter of the new stream's event would be
+// dropped as a duplicate of the old one's within the dedup window, and the
+// event terminated with no letter.
+//
+// The letter carries the event's body and headers, so it is larger than
+// the event. When that is more than the server takes (max_payload), the
+// letter is written without them: the event stays in the events stream at
+// StreamSeq (stored at EnqueuedAt), where Replay reads it. Otherwise such
+// an event could never be dead-lettered, and would block its partition.
+func (l *Listeners) deadLetter(ctx context.Context, listener string, msg jetstream.Msg, attempt int, reason string, cause error, stack string) error {
+	meta, err := msg.Metadata()
 	if err != nil {
 		return fmt.Errorf("events: dead letter: %w", err)
 	}
+	seq, stored := meta.Sequence.Stream, meta.Timestamp
+	letter := &wire.DeadLetter{
+		V: 1, Reason: reason, Error: cause.Error(), ErrorType: fmt.Sprintf("%T", cause), Stack: stack,
+		Attempts: attempt, Subject: msg.Subject(), StreamSeq: seq, EnqueuedAt: stored.UnixMilli(),
+		DiedAt: time.Now().UnixMilli(), Worker: l.worker, Headers: msg.Headers(), Data: msg.Data(),
+	}
 	m := nats.NewMsg(l.names.DeadEventSubject(listener, seq))
-	m.Header.Set(wire.HeaderMsgID, "event-"+listener+"-"+strconv.FormatUint(seq, 10))
+	m.Header.Set(wire.HeaderMsgID, "event-"+listener+"-"+strconv.FormatUint(seq, 10)+"-"+strconv.FormatInt(stored.UnixNano(), 10))
 	m.Header.Set(wire.HeaderDeadWhy, reason)
-	m.Data = data
-	if _, err := l.js.PublishMsg(ctx, m); err != nil {
+	err = l.publishLetter(ctx, m, letter)
+	if errors.Is(err, nats.ErrMaxPayload) {
+		letter.Headers, letter.Data = nil, nil
+		err = l.publishLetter(ctx, m, letter)
+	}
+	if err != nil {
 		return fmt.Errorf("events: dead letter: %w", err)
 	}
 	return nil
+}
+
+// publishLetter publishes m with letter as its body.
+func (l *Listeners) publishLetter(ctx context.Context, m *nats.Msg, letter *wire.DeadLetter) error {
+	data, err := wire.Marshal(letter)
+	if err != nil {
+		return err
+	}
+	m.Data = data
+	_, err = l.js.PublishMsg(ctx, m)
+	return err
 }
 
 // markScript raises a mark to ARGV[1] and (ARGV[2] > 0) sets it to expire

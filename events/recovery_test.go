@@ -59,6 +59,51 @@ func TestRecreatedStreamDoesNotInheritMarks(t *testing.T) {
 	}
 }
 
+// An event of a recreated events stream (sequences restart at 1) that its
+// listener gives up on gets its own dead letter, beside the letter of the
+// old stream's event at the same sequence: the letters' Nats-Msg-Id holds
+// the time the stream stored the event, so the dead-letter stream does not
+// drop the new letter as a duplicate of the old within its dedup window
+// (the event would be terminated with no letter to replay).
+func TestRecreatedStreamEventsGetTheirOwnDeadLetters(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	calls := newCounter()
+	l := e.listeners()
+	must(t, l.On("fragile", "res.partner", "", func(_ context.Context, ev events.Event) error {
+		calls.inc(ev.RecordID)
+		return errors.New("the shop is down")
+	}, events.WithPartitions(1), events.WithMaxDeliver(1)))
+	e.start(l)
+	pub := e.publisher()
+
+	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "old"})
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		dl, err := pub.DeadLetters(ctx, "fragile", 0)
+		return err == nil && len(dl) == 1
+	}, "the old stream's event dead-lettered")
+
+	must(t, e.js.DeleteStream(ctx, e.names.EventsStream()))
+	must(t, streams.Ensure(ctx, e.js, streams.Config{Names: e.names, Memory: true}))
+	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "new"})
+
+	// The listener starts over on the new stream and gives up on the new
+	// event (seq 1 again): handled once, then terminated.
+	testenv.Eventually(t, 30*time.Second, func() bool { return calls.get("new") == 1 }, "the new event handled")
+	testenv.Eventually(t, 10*time.Second, func() bool { return e.caughtUp("fragile", 1) }, "the new event terminated")
+
+	// The letter is written before the event is terminated: it is there.
+	letters, err := pub.DeadLetters(ctx, "fragile", 0)
+	must(t, err)
+	var seen []string
+	for _, dl := range letters {
+		seen = append(seen, fmt.Sprintf("seq %d of %s", dl.StreamSeq, dl.Subject))
+	}
+	if len(letters) != 2 || letters[0].StreamSeq != 1 || letters[1].StreamSeq != 1 {
+		t.Fatalf("dead letters of listener fragile: %v; want one per dead event, both at events stream seq 1", seen)
+	}
+}
+
 // flakyCreate is a JetStream whose CreateConsumer of one consumer fails
 // once (a timeout, a process stopped in the middle).
 type flakyCreate struct {

@@ -58,6 +58,9 @@ func (p *Publisher) DeadLetters(ctx context.Context, listener string, limit int)
 // with the Connector-Replay-For header; the other listeners of the
 // subject acknowledge it without running their handlers. It counts its
 // deliveries from 1 again. Once the stream has it, the letter is removed.
+// A letter written without the event (too large to go in it) has it
+// read from the events stream, where it must still be (ErrNotReplayable
+// when it is gone, or the stream was recreated since).
 //
 // The replay is a new message of the events stream: the record's events
 // published since come before it, and subscribers outside the framework
@@ -93,9 +96,21 @@ func (p *Publisher) replay(ctx context.Context, s jetstream.Stream, seq uint64, 
 	if listeners[listener] == nil {
 		return fmt.Errorf("%w: dead letter %d: listener %s", ErrNoListener, seq, listener)
 	}
+	if len(dl.Data) == 0 {
+		// Written without the event, too large to go in its letter: the
+		// event is read from the events stream.
+		ev, err := p.storedEvent(ctx, seq, dl)
+		if err != nil {
+			return err
+		}
+		dl = ev
+	}
 	msg := deadletter.Republish(dl.Subject, dl)
 	msg.Header.Set(wire.HeaderReplayFor, listener)
-	msg.Header.Set(wire.HeaderMsgID, "replay-"+listener+"-"+strconv.FormatUint(seq, 10))
+	// The letter's sequence and time of death: the sequences of a
+	// recreated dead-letter stream start again at 1, and a replay of its
+	// letter must not be dropped as a duplicate of the old one's.
+	msg.Header.Set(wire.HeaderMsgID, "replay-"+listener+"-"+strconv.FormatUint(seq, 10)+"-"+strconv.FormatInt(dl.DiedAt, 10))
 	if _, err := p.js.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("events: replay dead letter %d: %w", seq, err)
 	}
@@ -105,6 +120,35 @@ func (p *Publisher) replay(ctx context.Context, s jetstream.Stream, seq uint64, 
 		return fmt.Errorf("events: replayed dead letter %d but could not remove it: %w", seq, err)
 	}
 	return nil
+}
+
+// storedEvent is the letter dl (at seq in the dead-letter stream) with the
+// event's body and headers as the events stream holds them at StreamSeq.
+// An event gone from the stream (MaxAge), or a message there that is not
+// the letter's event (another subject, or another time: the stream was
+// recreated since), is ErrNotReplayable.
+func (p *Publisher) storedEvent(ctx context.Context, seq uint64, dl *wire.DeadLetter) (*wire.DeadLetter, error) {
+	if dl.StreamSeq == 0 {
+		return nil, fmt.Errorf("%w: dead letter %d has neither the event nor its stream sequence", ErrNotReplayable, seq)
+	}
+	s, err := p.js.Stream(ctx, p.names.EventsStream())
+	if err != nil {
+		return nil, fmt.Errorf("events: replay dead letter %d: %w", seq, err)
+	}
+	raw, err := s.GetMsg(ctx, dl.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, fmt.Errorf("%w: dead letter %d: its event (events stream sequence %d) is gone from the stream", ErrNotReplayable, seq, dl.StreamSeq)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("events: replay dead letter %d: %w", seq, err)
+	}
+	if raw.Subject != dl.Subject || (dl.EnqueuedAt != 0 && raw.Time.UnixMilli() != dl.EnqueuedAt) {
+		return nil, fmt.Errorf("%w: dead letter %d: events stream sequence %d is another event (%s) than the letter's (%s): the stream was recreated",
+			ErrNotReplayable, seq, dl.StreamSeq, raw.Subject, dl.Subject)
+	}
+	ev := *dl
+	ev.Headers, ev.Data = raw.Header, raw.Data
+	return &ev, nil
 }
 
 // Discard removes the dead event at dead-letter stream sequence seq for

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
@@ -141,4 +142,121 @@ func TestReplayDeadEventToItsListenerOnly(t *testing.T) {
 	if err := pub.Discard(ctx, guardLetter.Seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Errorf("second discard: %v, want ErrMsgNotFound", err)
 	}
+}
+
+// A letter written without its event (too large to go in it) is replayed
+// from the events stream: the listener gets the whole event again. Once
+// the events stream is recreated, the letter's sequence there holds
+// another event, even on the same subject: such a letter is refused with
+// ErrNotReplayable, and stays.
+func TestReplayReadsTooLargeEventFromTheEventsStream(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	var fixed atomic.Bool
+	var blob atomic.Int64
+	got := newCounter()
+	l := e.listeners()
+	must(t, l.On("bulky", "res.partner", events.Write, func(_ context.Context, ev events.Event) error {
+		if !fixed.Load() {
+			return errors.New("the shop refuses it")
+		}
+		got.inc(ev.ID)
+		if s, ok := ev.Data["blob"].(string); ok {
+			blob.Store(int64(len(s)))
+		}
+		return nil
+	}, events.WithPartitions(1), events.WithMaxDeliver(1)))
+	e.start(l)
+	pub := e.publisher()
+
+	big := largeEvent(t, pub, "big")
+	_, err := pub.Publish(ctx, big)
+	must(t, err)
+	var letters []events.DeadLetter
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		letters, err = pub.DeadLetters(ctx, "bulky", 0)
+		return err == nil && len(letters) == 1
+	}, "the large event dead-lettered")
+	if len(letters[0].Data) != 0 {
+		t.Fatalf("the large event's letter carries %d bytes of it", len(letters[0].Data))
+	}
+	fixed.Store(true)
+	must(t, pub.Replay(ctx, letters[0].Seq))
+	testenv.Eventually(t, 10*time.Second, func() bool { return got.get(big.ID) == 1 }, "the replayed event handled")
+	if n, want := blob.Load(), int64(len(big.Data["blob"].(string))); n != want {
+		t.Fatalf("the replayed event's blob has %d bytes, want %d", n, want)
+	}
+
+	// Dead again, then the events stream is recreated and another event of
+	// the same record (same subject) takes the sequence of the dead one.
+	fixed.Store(false)
+	big.ID = "large-big-2"
+	_, err = pub.Publish(ctx, big)
+	must(t, err)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		letters, err = pub.DeadLetters(ctx, "bulky", 0)
+		return err == nil && len(letters) == 1
+	}, "the large event dead-lettered again")
+	letter := letters[0]
+	fixed.Store(true)
+	must(t, e.js.DeleteStream(ctx, e.names.EventsStream()))
+	must(t, streams.Ensure(ctx, e.js, streams.Config{Names: e.names, Memory: true}))
+	var last string
+	for range letter.StreamSeq {
+		last = e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "big"})
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return got.get(last) == 1 }, "the new stream's events handled")
+	if err := pub.Replay(ctx, letter.Seq); !errors.Is(err, events.ErrNotReplayable) {
+		t.Fatalf("replay of a letter whose event is gone with the old stream: %v, want ErrNotReplayable", err)
+	}
+	if n, err := pub.ReplayAll(ctx, "bulky"); n != 0 || err != nil {
+		t.Errorf("ReplayAll: %d, %v; want 0, nil", n, err)
+	}
+	if left, err := pub.DeadLetters(ctx, "bulky", 0); err != nil || len(left) != 1 || left[0].Seq != letter.Seq {
+		t.Errorf("letters left: %+v, %v; want the one refused", left, err)
+	}
+}
+
+// A letter of a recreated dead-letter stream (sequences restart at 1) is
+// replayed even when the old stream's letter at the same sequence was
+// replayed within the dedup window: the replay's Nats-Msg-Id holds the
+// letter's died_at too. Otherwise the replay would be dropped as a
+// duplicate and the letter removed: the event lost.
+func TestReplayAfterDeadLetterStreamIsRecreated(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	var fixed atomic.Bool
+	got := newCounter()
+	l := e.listeners()
+	must(t, l.On("export", "res.partner", events.Write, func(_ context.Context, ev events.Event) error {
+		if !fixed.Load() {
+			return errors.New("the shop is down")
+		}
+		got.inc(ev.RecordID)
+		return nil
+	}, events.WithPartitions(1), events.WithMaxDeliver(1)))
+	e.start(l)
+	pub := e.publisher()
+
+	replayOne := func(record string) {
+		t.Helper()
+		fixed.Store(false)
+		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: record})
+		var letters []events.DeadLetter
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			var err error
+			letters, err = pub.DeadLetters(ctx, "export", 0)
+			return err == nil && len(letters) == 1
+		}, "the event of %s dead-lettered", record)
+		if letters[0].Seq != 1 {
+			t.Fatalf("letter at dead-letter stream seq %d, want 1", letters[0].Seq)
+		}
+		fixed.Store(true)
+		must(t, pub.Replay(ctx, letters[0].Seq))
+		testenv.Eventually(t, 10*time.Second, func() bool { return got.get(record) == 1 }, "the replay of %s handled", record)
+	}
+	replayOne("first")
+	must(t, e.js.DeleteStream(ctx, e.names.DeadStream()))
+	must(t, streams.Ensure(ctx, e.js, streams.Config{Names: e.names, Memory: true}))
+	replayOne("second")
 }

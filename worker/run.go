@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/connector-go/connector/internal/graphs"
@@ -459,6 +460,31 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 	return ack.Sequence, nil
 }
 
+// deadBody stores a job's message in the dead-letter stream on its own, for
+// a letter too large to hold it (wire.DeadLetter.BodySeq): its data and
+// headers as they are, but NATS's own (Nats-*: its message id, schedule
+// headers), so that it is no larger than it was.
+func (w *Worker) deadBody(it *item) (uint64, error) {
+	key := "seq-" + strconv.FormatUint(it.meta.Sequence.Stream, 10)
+	if it.env != nil {
+		key = it.env.ID
+	}
+	out := nats.NewMsg(w.names.DeadBodySubject(key))
+	for k, v := range it.msg.Headers() {
+		if !strings.HasPrefix(k, "Nats-") {
+			out.Header[k] = v
+		}
+	}
+	out.Data = it.msg.Data()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := w.js.PublishMsg(ctx, out)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
 // dead copies the message to the dead-letter stream with why it died, and
 // only then removes it from the jobs stream. If the copy fails the message
 // stays and comes back later: nothing is dropped.
@@ -477,8 +503,11 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		msgID = "dead." + env.ID + "." + strconv.FormatUint(meta.Sequence.Stream, 10)
 	}
 	log := w.log.With(w.msgFields(it, attempts)...)
-	data, err := wire.Marshal(&dl)
-	if err == nil {
+	publish := func() error {
+		data, err := wire.Marshal(&dl)
+		if err != nil {
+			return err
+		}
 		out := nats.NewMsg(subject)
 		out.Header[wire.HeaderMsgID] = []string{msgID}
 		out.Header[wire.HeaderDeadWhy] = []string{reason}
@@ -488,8 +517,19 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		}
 		out.Data = data
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		_, err = w.js.PublishMsg(ctx, out)
-		cancel()
+		return err
+	}
+	err := publish()
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// The message plus why it died is over the server's max_payload:
+		// the message goes on its own (it fitted as a job, it fits again),
+		// and the letter names it.
+		if dl.BodySeq, err = w.deadBody(it); err == nil {
+			dl.Headers, dl.Data = nil, nil
+			err = publish()
+		}
 	}
 	if err != nil {
 		log.Error("dead letter not stored; the job stays queued and comes back", telemetry.ErrField(err))

@@ -61,12 +61,30 @@ func List(ctx context.Context, js jetstream.JetStream, stream string, filters []
 		}
 		if err := wire.Unmarshal(m.Data(), &e.Letter); err != nil {
 			e.Letter.Reason, e.Letter.Error = "unreadable", err.Error()
+		} else if err := Body(ctx, s, &e.Letter); err != nil {
+			return out, err
 		}
 		out = append(out, e)
 		if meta != nil && meta.NumPending == 0 {
 			return out, nil
 		}
 	}
+}
+
+// Body fills in the original message of a letter that keeps it apart
+// (wire.DeadLetter.BodySeq: a message too large to copy into its letter),
+// read from the dead-letter stream s. A letter that holds its message is
+// left as it is.
+func Body(ctx context.Context, s jetstream.Stream, dl *wire.DeadLetter) error {
+	if dl.BodySeq == 0 || dl.Data != nil {
+		return nil
+	}
+	m, err := s.GetMsg(ctx, dl.BodySeq)
+	if err != nil {
+		return fmt.Errorf("dead letters: the message of the letter of %s (at %d): %w", dl.Subject, dl.BodySeq, err)
+	}
+	dl.Data, dl.Headers = m.Data, m.Header
+	return nil
 }
 
 // Count is the number of letters of stream on filters, counted by the

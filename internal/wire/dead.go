@@ -31,4 +31,10 @@ type DeadLetter struct {
 	Worker     string              `msgpack:"worker,omitempty" json:"worker,omitempty"`
 	Headers    map[string][]string `msgpack:"headers,omitempty" json:"headers,omitempty"`
 	Data       []byte              `msgpack:"data" json:"data,omitempty"`
+	// BodySeq, when set, is where the original message is instead of
+	// Headers and Data: the dead-letter stream's message at that sequence
+	// (subject <prefix>.dead.bodies.<key>), its data and headers verbatim.
+	// A worker writes a letter so for a message too large to copy into a
+	// letter within the server's max_payload.
+	BodySeq uint64 `msgpack:"body_seq,omitempty" json:"body_seq,omitempty"`
 }

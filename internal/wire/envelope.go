@@ -59,6 +59,9 @@ var encPool = sync.Pool{New: func() any {
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
 	enc.UseCompactInts(true)
+	// Maps of string keys (to strings, booleans or any values) in key
+	// order, not Go's random one. MarshalArgs orders every other map too.
+	enc.SetSortMapKeys(true)
 	return &encoder{buf: &buf, enc: enc}
 }}
 
@@ -67,8 +70,11 @@ type encoder struct {
 	enc *msgpack.Encoder
 }
 
-// Marshal encodes v (an envelope, a dead letter, job arguments) as msgpack.
-// The returned slice is freshly allocated and owned by the caller.
+// Marshal encodes v (an envelope, a dead letter) as msgpack. The returned
+// slice is freshly allocated and owned by the caller. Maps with string keys
+// and string, boolean or any values are written in key order; job
+// arguments, whose encoding identity keys hash and schedules compare, go
+// through MarshalArgs, which orders every map.
 func Marshal(v any) ([]byte, error) {
 	e := encPool.Get().(*encoder)
 	e.buf.Reset()
@@ -95,7 +101,9 @@ func EncodeEnvelope(e *Envelope) ([]byte, error) {
 // EncodeEnvelopeArgs checks and encodes an envelope whose arguments are
 // args (a job's typed arguments), encoded in place rather than encoded
 // apart and copied in. e.Args is set to the arguments' bytes, a slice of
-// the result.
+// the result. They are encoded as Marshal encodes them, not in
+// MarshalArgs's canonical form (the enqueue of a job whose arguments
+// nothing hashes or compares).
 func EncodeEnvelopeArgs(e *Envelope, args any) ([]byte, error) {
 	e.V = EnvelopeVersion
 	enc := encPool.Get().(*encoder)

@@ -2,6 +2,8 @@ package wire
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -51,8 +53,8 @@ func appendEnvelopeTail(b []byte, e *Envelope) []byte {
 	}
 	if len(e.Retry) > 0 {
 		b = AppendMapLen(AppendString(b, "retry"), len(e.Retry))
-		for k, v := range e.Retry {
-			b = AppendInt(AppendInt(b, int64(k)), v)
+		for _, k := range retryTries(e.Retry) {
+			b = AppendInt(AppendInt(b, int64(k)), e.Retry[k])
 		}
 	}
 	if e.Channel != "" {
@@ -87,6 +89,11 @@ func appendEnvelopeTail(b []byte, e *Envelope) []byte {
 	}
 	return b
 }
+
+// retryTries are the tries of a retry pattern in ascending order, the
+// order they are encoded in: the same envelope always encodes to the same
+// bytes (Schedule compares them with the registered schedule's).
+func retryTries(r map[int]int64) []int { return slices.Sorted(maps.Keys(r)) }
 
 // decodeEnvelope reads an envelope from data (whose depth the caller has
 // checked). Args alias data.
@@ -211,8 +218,8 @@ func (e *Envelope) EncodeMsgpack(enc *msgpack.Encoder) error {
 	}
 	if len(e.Retry) > 0 {
 		w.key("retry").mapLen(len(e.Retry))
-		for k, v := range e.Retry {
-			w.int(int64(k)).int(v)
+		for _, k := range retryTries(e.Retry) {
+			w.int(int64(k)).int(e.Retry[k])
 		}
 	}
 	if e.Channel != "" {

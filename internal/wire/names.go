@@ -153,6 +153,12 @@ func (n Names) DeadMalformedSubject(seq uint64) string {
 	return fmt.Sprintf("%s.dead.malformed.%d", n.Prefix, seq)
 }
 
+// DeadBodySubject keeps the original message of a letter too large to hold
+// it (DeadLetter.BodySeq), keyed by the job id, or "seq-<stream sequence>"
+// for a message that is not an envelope. Not a letter: listings of letters
+// do not read it.
+func (n Names) DeadBodySubject(key string) string { return n.Prefix + ".dead.bodies." + key }
+
 // DeadWildcard matches every dead letter.
 func (n Names) DeadWildcard() string { return n.Prefix + ".dead.>" }
 

@@ -41,10 +41,10 @@ func (t *Trap) Enqueue(_ context.Context, args job.Args, opts ...job.Option) (st
 	}
 	o := job.Apply(args, opts...)
 	// The dispatcher's identity: the key given, else the function's of
-	// the encoded arguments.
+	// the encoded arguments (in canonical form, as the dispatcher's).
 	identity := o.IdentityKey
 	if identity == "" && o.IdentityFunc != nil {
-		raw, err := wire.Marshal(args)
+		raw, err := wire.MarshalArgs(args)
 		if err != nil {
 			return "", fmt.Errorf("unitstest: encode %s args: %w", args.JobName(), err)
 		}

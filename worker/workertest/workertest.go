@@ -138,11 +138,15 @@ func WorkAttempt(ctx context.Context, tb testing.TB, reg *worker.Registry, n int
 // pattern in whole milliseconds), and its encoded arguments.
 func envelope(tb testing.TB, name string, args job.Args, opts []job.Option) (job.Meta, []byte) {
 	tb.Helper()
-	raw, err := wire.Marshal(args)
+	o := job.Apply(args, opts...)
+	marshal := wire.Marshal
+	if o.IdentityFunc != nil {
+		marshal = wire.MarshalArgs // canonical, as a dispatcher hashes them
+	}
+	raw, err := marshal(args)
 	if err != nil {
 		tb.Fatalf("workertest: encode %s args: %v", name, err)
 	}
-	o := job.Apply(args, opts...)
 	env := wire.Envelope{
 		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
 		Priority: o.Priority, Description: o.Description, EnqueuedAt: time.Now().UnixMilli(),
