@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/dispatcher"
-	"github.com/connector-go/connector/internal/jspub"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
@@ -64,9 +63,10 @@ func TestEnqueueManyStoppedEarlyFailsEveryUnsentJob(t *testing.T) {
 	}
 }
 
-// After Close, EnqueueMany fails (with the error a closed bulk publisher
-// gives), whether or not a bulk enqueue ran before Close.
-func TestEnqueueManyAfterCloseFails(t *testing.T) {
+// After Close, every enqueue fails with ErrClosed (its record would never
+// be written), whether or not a bulk enqueue ran before Close; the bulk
+// one panicked when none had.
+func TestEnqueueAfterCloseFails(t *testing.T) {
 	for _, before := range []bool{false, true} {
 		e := newGenv(t)
 		ctx := context.Background()
@@ -79,8 +79,14 @@ func TestEnqueueManyAfterCloseFails(t *testing.T) {
 			t.Fatal(err)
 		}
 		res, err := e.d.EnqueueMany(ctx, []dispatcher.Item{{Args: Bulk{N: 1}}})
-		if err == nil || !errors.Is(err, jspub.ErrClosed) || res != nil {
-			t.Fatalf("EnqueueMany after Close (one before: %v) = %v, %v; want jspub.ErrClosed", before, res, err)
+		if !errors.Is(err, dispatcher.ErrClosed) || res != nil {
+			t.Fatalf("EnqueueMany after Close (one before: %v) = %v, %v; want ErrClosed", before, res, err)
+		}
+		if _, err := e.d.Enqueue(ctx, Bulk{N: 2}); !errors.Is(err, dispatcher.ErrClosed) {
+			t.Fatalf("Enqueue after Close: %v, want ErrClosed", err)
+		}
+		if _, err := e.d.EnqueueRaw(ctx, "bulk", []byte{0x80}); !errors.Is(err, dispatcher.ErrClosed) {
+			t.Fatalf("EnqueueRaw after Close: %v, want ErrClosed", err)
 		}
 	}
 }
@@ -121,5 +127,22 @@ func TestEnqueueManySameIdentityFirstFails(t *testing.T) {
 	// The key is free again: nothing holds it.
 	if n, err := rdb.Exists(ctx, wire.MustNames(prefix).RedisKey("identity", "same")).Result(); err != nil || n != 0 {
 		t.Fatalf("identity key left behind (%d, %v)", n, err)
+	}
+}
+
+// A header the dispatcher sets itself (the message id of JetStream's
+// dedup, the schedule of an ETA) is refused from job.WithHeader: a
+// caller's would silently replace the job's dedup id or make it fire at
+// another time.
+func TestEnqueueRefusesTheDispatchersOwnHeaders(t *testing.T) {
+	e := newGenv(t)
+	ctx := context.Background()
+	for _, k := range []string{"Nats-Msg-Id", "Nats-Schedule", "Nats-Schedule-Target"} {
+		if id, err := e.d.Enqueue(ctx, Bulk{N: 1}, job.WithHeader(k, "x")); err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("Enqueue with header %s: %q, %v; want an error naming it", k, id, err)
+		}
+	}
+	if _, err := e.d.Enqueue(ctx, Bulk{N: 1}, job.WithHeader("X-Tenant", "acme")); err != nil {
+		t.Fatal(err)
 	}
 }

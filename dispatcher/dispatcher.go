@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,10 @@ import (
 // ErrNoRedis: the operation needs the Redis client (WithRedis).
 var ErrNoRedis = errors.New("dispatcher: no Redis client configured")
 
+// ErrClosed: the Dispatcher was closed; it enqueues nothing more (its job
+// records would never be written).
+var ErrClosed = errors.New("dispatcher: closed")
+
 // Dispatcher enqueues jobs. It is safe for concurrent use.
 type Dispatcher struct {
 	js      jetstream.JetStream
@@ -57,6 +62,7 @@ type Dispatcher struct {
 	subjectsMu sync.Mutex
 	pubOnce    sync.Once
 	pub        *jspub.Publisher
+	closed     atomic.Bool
 }
 
 type config struct {
@@ -139,8 +145,9 @@ func New(js jetstream.JetStream, opts ...Option) (*Dispatcher, error) {
 }
 
 // Close flushes pending job records and ends the bulk publisher's
-// subscription: EnqueueMany fails after it.
+// subscription. Enqueues after it fail with ErrClosed.
 func (d *Dispatcher) Close(ctx context.Context) error {
+	d.closed.Store(true)
 	d.pubOnce.Do(func() {}) // none made after this
 	if d.pub != nil {
 		_ = d.pub.Close()
@@ -218,6 +225,9 @@ func (d *Dispatcher) prepareRaw(ctx context.Context, name string, raw []byte, o 
 // build makes the message of one job: its arguments are raw (encoded
 // already) or args (encoded in place into the envelope).
 func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args job.Args, o job.Options, bt *batchTrace) (*prepared, error) {
+	if d.closed.Load() {
+		return nil, ErrClosed
+	}
 	now := time.Now()
 	// One allocation for the job's envelope, message and what is prepared.
 	a := new(preparedJob)
@@ -234,6 +244,12 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	}
 	if err := channels.Valid(env.Channel); err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
+	for k := range o.Headers {
+		if k == wire.HeaderMsgID || strings.HasPrefix(k, wire.HeaderSchedule) {
+			// Its own: a caller's would replace the job's dedup id or its ETA.
+			return nil, fmt.Errorf("dispatcher: %s: header %s is the dispatcher's (job.WithID, job.WithETA, job.WithDelay): %w", name, k, wire.ErrInvalid)
+		}
 	}
 	if o.Timeout > 0 {
 		env.TimeoutMS = o.Timeout.Milliseconds()
@@ -472,13 +488,16 @@ type Result struct {
 // identity key names a job not started yet answers that job's id, as
 // Enqueue does; when that job is an earlier item's of the same call, and
 // that item fails, the item fails too (no id). After Close, EnqueueMany
-// fails (no results).
+// fails with ErrClosed (no results).
 //
 // Traced, the batch is one PRODUCER span ("send <stream>", with
 // messaging.batch.message_count), as the messaging conventions have it for
 // batch sends: every job carries its context, and their runs are its
 // children (or linked to it).
 func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result, err error) {
+	if d.closed.Load() {
+		return nil, ErrClosed
+	}
 	results := make([]Result, len(items))
 	var bt batchTrace
 	if d.tracer != nil {
@@ -505,9 +524,8 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		}
 	}
 	pub := d.publisher()
-	if pub == nil {
-		// Closed before any bulk enqueue made it: as a closed one answers.
-		return nil, fmt.Errorf("dispatcher: %w", jspub.ErrClosed)
+	if pub == nil || d.closed.Load() {
+		return nil, ErrClosed
 	}
 	batch, err := pub.NewBatch(len(items))
 	if err != nil {

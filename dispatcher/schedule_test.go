@@ -74,8 +74,11 @@ func TestScheduleKeepsHeaders(t *testing.T) {
 	if got := m.Header.Get("X-Tenant"); got != "acme" {
 		t.Fatalf("schedule message header X-Tenant = %q, want \"acme\" (headers %v)", got, m.Header)
 	}
-	// The schedule's own headers are not the caller's to change.
-	schedule(job.WithHeader("X-Tenant", "acme"), job.WithHeader("Nats-Schedule", "@every 1s"))
+	// The schedule's own headers are not the caller's to change: refused.
+	if err := e.d.Schedule(ctx, "tenant", "@every 1h", Bulk{N: 2}, job.WithHeader("X-Tenant", "acme"),
+		job.WithHeader("Nats-Schedule", "@every 1s")); err == nil {
+		t.Fatal("Schedule with a Nats-Schedule header of the caller's succeeded")
+	}
 	if m = e.registered("tenant"); m.Header.Get("Nats-Schedule") != "@every 1h" {
 		t.Fatalf("Nats-Schedule = %q, want the spec", m.Header.Get("Nats-Schedule"))
 	}
