@@ -725,6 +725,20 @@ func TestConstructorsCheckThePrefix(t *testing.T) {
 	}
 }
 
+// An ack wait under 1 s is refused, as the worker refuses it: the
+// heartbeats tick every AckWait/3, and a tick of 0 panicked in the
+// listener's goroutine, taking the process down.
+func TestListenersRefuseATinyAckWait(t *testing.T) {
+	for _, d := range []time.Duration{time.Nanosecond, 2 * time.Nanosecond, 500 * time.Millisecond} {
+		if _, err := events.NewListeners(nil, events.WithAckWait(d)); err == nil {
+			t.Errorf("NewListeners accepted an ack wait of %s", d)
+		}
+	}
+	if _, err := events.NewListeners(nil, events.WithAckWait(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestOnValidates(t *testing.T) {
 	l, err := events.NewListeners(nil, events.WithPrefix("x"))
 	if err != nil {

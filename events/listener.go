@@ -104,8 +104,8 @@ func WithLinkedTraces() Option {
 
 // WithAckWait sets how long the server waits for an acknowledgement before
 // it delivers an event again (default 30 s): the time for which a crashed
-// process's event stays blocked. Handlers are kept alive by heartbeats
-// (every AckWait/3) however long they run.
+// process's event stays blocked; at least 1 s. Handlers are kept alive by
+// heartbeats (every AckWait/3) however long they run.
 func WithAckWait(d time.Duration) Option {
 	return listenersOption(func(l *Listeners) { l.ackWait = d })
 }
@@ -199,7 +199,8 @@ type listener struct {
 // NewListeners returns an empty set of listeners reading the events stream
 // of the deployment named by WithPrefix (default "connector"); add
 // listeners with On, then Run them. It fails only on a prefix that cannot
-// name subjects or a meter provider that refuses the events' counter.
+// name subjects, an ack wait under 1 s, or a meter provider that refuses
+// the events' counter.
 func NewListeners(js jetstream.JetStream, opts ...Option) (*Listeners, error) {
 	l := &Listeners{js: js, ackWait: DefaultAckWait, maxSize: wire.DefaultMaxEnvelope,
 		grace: DefaultShutdownGrace, retired: DefaultRetiredConsumerTTL,
@@ -223,6 +224,10 @@ func NewListeners(js jetstream.JetStream, opts ...Option) (*Listeners, error) {
 	}
 	if l.ackWait <= 0 {
 		l.ackWait = DefaultAckWait
+	}
+	if l.ackWait < time.Second {
+		// As the worker's: heartbeats every AckWait/3 (a zero tick panics).
+		return nil, fmt.Errorf("events: ack wait must be >= 1s (got %s)", l.ackWait)
 	}
 	if l.worker == "" {
 		host, _ := os.Hostname()
