@@ -251,9 +251,7 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 			return nil, fmt.Errorf("dispatcher: %s: header %s is the dispatcher's (job.WithID, job.WithETA, job.WithDelay): %w", name, k, wire.ErrInvalid)
 		}
 	}
-	if o.Timeout > 0 {
-		env.TimeoutMS = o.Timeout.Milliseconds()
-	}
+	env.TimeoutMS = wire.TimeoutMillis(o.Timeout)
 	if len(o.RetryPattern) > 0 {
 		env.Retry = make(map[int]int64, len(o.RetryPattern))
 		for k, v := range o.RetryPattern {

@@ -139,7 +139,8 @@ func WithETA(t time.Time) Option { return func(o *Options) { o.ETA = t } }
 // WithDelay makes the job wait d from now.
 func WithDelay(d time.Duration) Option { return func(o *Options) { o.Delay = d } }
 
-// WithTimeout bounds one run of the job.
+// WithTimeout bounds one run of the job, in whole milliseconds (rounded
+// up); d <= 0: no bound.
 func WithTimeout(d time.Duration) Option { return func(o *Options) { o.Timeout = d } }
 
 // WithIdentityKey deduplicates: while a job with this key is pending, a new

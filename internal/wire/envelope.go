@@ -233,6 +233,16 @@ func Millis(t time.Time) int64 {
 	return t.UnixMilli()
 }
 
+// TimeoutMillis is a job timeout in whole milliseconds, as the envelope
+// keeps it: rounded up, so that a timeout under 1 ms still bounds the run
+// (0, "no timeout", only for d <= 0).
+func TimeoutMillis(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
 // FromMillis converts unix milliseconds to a time (zero for 0).
 func FromMillis(ms int64) time.Time {
 	if ms == 0 {

@@ -161,9 +161,7 @@ func envelope(tb testing.TB, name string, args job.Args, opts []job.Option) (job
 	if err := channels.Valid(env.Channel); err != nil {
 		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
 	}
-	if o.Timeout > 0 {
-		env.TimeoutMS = o.Timeout.Milliseconds()
-	}
+	env.TimeoutMS = wire.TimeoutMillis(o.Timeout)
 	if len(o.RetryPattern) > 0 {
 		env.Retry = make(map[int]int64, len(o.RetryPattern))
 		for k, v := range o.RetryPattern {

@@ -98,8 +98,12 @@ func TestWorkJudgesLikeTheWorker(t *testing.T) {
 	if got := workertest.Work(ctx, t, reg, Import{Mode: "down"}, job.WithMaxRetries(1)); got.Kind != workertest.Dead || !errors.Is(got.Err, errDown) || !errors.Is(got.Err, job.ErrMaxRetries) {
 		t.Errorf("the last attempt's error: %v, want ErrMaxRetries wrapping the handler's", got.Err)
 	}
-	if got := workertest.Work(ctx, t, reg, Import{Mode: "slow"}, job.WithTimeout(time.Millisecond)); !errors.Is(got.Err, job.ErrTimeout) {
-		t.Errorf("timeout error: %v, want ErrTimeout", got.Err)
+	// Under 1 ms, the timeout still bounds the run (rounded up to 1 ms, not
+	// down to 0: no timeout, and a slow job would run unbounded).
+	for _, d := range []time.Duration{time.Millisecond, 300 * time.Microsecond} {
+		if got := workertest.Work(ctx, t, reg, Import{Mode: "slow"}, job.WithTimeout(d)); !errors.Is(got.Err, job.ErrTimeout) {
+			t.Errorf("timeout %s: error %v, want ErrTimeout", d, got.Err)
+		}
 	}
 }
 
@@ -199,8 +203,8 @@ func TestWorkShowsTheJobAsTheWorkerDoes(t *testing.T) {
 	if want := job.IdentityExact(args.JobName(), raw); seen.IdentityKey != want || res.Meta.IdentityKey != want {
 		t.Errorf("identity key seen %q (result's meta %q), want %q (job.IdentityExact of the encoded args)", seen.IdentityKey, res.Meta.IdentityKey, want)
 	}
-	if seen.Timeout != time.Second+time.Millisecond {
-		t.Errorf("timeout seen %s, want 1.001s (the envelope's milliseconds)", seen.Timeout)
+	if seen.Timeout != time.Second+2*time.Millisecond {
+		t.Errorf("timeout seen %s, want 1.002s (the envelope's milliseconds, rounded up)", seen.Timeout)
 	}
 	if d := seen.RetryPattern.Delay(1); d != 2*time.Millisecond {
 		t.Errorf("retry delay seen %s, want 2ms (the envelope's milliseconds)", d)
