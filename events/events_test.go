@@ -937,6 +937,56 @@ func TestShutdownGraceCancelsHandlers(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool { return got.get("1") == 1 }, "interrupted event handled by the next worker")
 }
 
+// A handler stopped by the shutdown (the grace period over, it returns
+// its context's error) has not had an attempt: its event is handed back at
+// once, not retried after a delay, and the next delivery is attempt 1
+// again. Before, it counted: on its last attempt (here the only one,
+// WithMaxDeliver(1)) a rolling deploy dead-lettered the event.
+func TestShutdownInterruptionIsNotAnAttempt(t *testing.T) {
+	e := newEnv(t)
+	started := make(chan struct{})
+	l := e.listeners(events.WithShutdownGrace(100 * time.Millisecond))
+	must(t, l.On("interrupted", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		close(started)
+		<-ctx.Done()
+		return fmt.Errorf("export stopped: %w", ctx.Err())
+	}, events.WithPartitions(1), events.WithMaxDeliver(1)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler not started")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		must(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the grace period")
+	}
+	attempts := make(chan int, 1)
+	l2 := e.listeners()
+	must(t, l2.On("interrupted", "res.partner", "", func(_ context.Context, ev events.Event) error {
+		attempts <- ev.Attempt
+		return nil
+	}, events.WithPartitions(1), events.WithMaxDeliver(1)))
+	e.start(l2)
+	select {
+	case n := <-attempts:
+		if n != 1 {
+			t.Fatalf("the next process sees attempt %d, want 1", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the interrupted event was not handled by the next process (dead letters: %d)", len(e.deadLetters()))
+	}
+	if dls := e.deadLetters(); len(dls) != 0 {
+		t.Fatalf("dead letters: %+v", dls[0])
+	}
+}
+
 // A publisher in another language follows docs/events.md with a plain
 // client: subject built by hand (FNV-1a bucket from the standard library),
 // body a plain msgpack map. The listener handles it like its own events.

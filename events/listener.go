@@ -461,7 +461,7 @@ func (p *partition) supervise(tctx, hctx context.Context, g *gate, endTerm conte
 					// Shutting down, or the listener is no longer ours:
 					// give it back at once rather than blocking the
 					// partition for AckWait.
-					_ = msg.Nak()
+					p.handBack(log, msg)
 					return
 				}
 				defer g.inflight.Done()
@@ -513,6 +513,11 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	seq := meta.Sequence.Stream
 	attempt := int(meta.NumDelivered)
+	if attempt > 1 {
+		// Deliveries handed back unrun, or interrupted by a shutdown,
+		// are not attempts.
+		attempt = max(1, attempt-p.handbacks(ctx, log, seq))
+	}
 	log = log.With(zap.Uint64("seq", seq), zap.Int("attempt", attempt))
 
 	if f, ok := (*p.floors.Load())[subjectBucket(msg.Subject())]; ok && seq <= f {
@@ -571,9 +576,59 @@ func (p *partition) handle(ctx context.Context, msg jetstream.Msg) {
 		p.count(ctx, ev, outcomeSucceeded)
 		return
 	}
+	if ctx.Err() != nil && stack == "" && errors.Is(err, context.Canceled) {
+		// The shutdown's grace period ended and the handler gave up: not
+		// the event's fault, nor an attempt (on its last one, it would
+		// be dead-lettered). Another process takes it at once.
+		span.End()
+		log.Warn("events: handler stopped by the shutdown; handed back", zap.String("event_id", ev.ID))
+		p.handBack(log, msg)
+		return
+	}
 	telemetry.RecordError(span, err)
 	span.End()
 	p.fail(ctx, log, msg, ev, err, stack)
+}
+
+// handBack gives msg back for another delivery at once, and counts it in
+// Redis so that this delivery is not taken for an attempt (handbacks).
+// Without Redis, or when the count fails, it counts as one.
+func (p *partition) handBack(log *zap.Logger, msg jetstream.Msg) {
+	if meta, err := msg.Metadata(); err == nil && p.l.rdb != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		k := p.handbackKey(meta.Sequence.Stream)
+		ttl := p.markTTL
+		if ttl <= 0 {
+			ttl = 7 * 24 * time.Hour
+		}
+		pipe := p.l.rdb.Pipeline()
+		pipe.Incr(ctx, k)
+		pipe.PExpire(ctx, k, ttl)
+		if _, err := pipe.Exec(ctx); err != nil {
+			log.Warn("events: hand-back not counted: the next delivery counts as an attempt", telemetry.ErrField(err))
+		}
+		cancel()
+	}
+	_ = msg.Nak()
+}
+
+// handbacks is how many deliveries of the event at seq were handed back
+// (0 without Redis or on error).
+func (p *partition) handbacks(ctx context.Context, log *zap.Logger, seq uint64) int {
+	if p.l.rdb == nil {
+		return 0
+	}
+	n, err := p.l.rdb.Get(ctx, p.handbackKey(seq)).Int()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		log.Warn("events: read hand-backs: this delivery counts as an attempt", telemetry.ErrField(err))
+	}
+	return n
+}
+
+// handbackKey counts the hand-backs of the event at seq by this partition's
+// consumer (whose deliveries NumDelivered counts) in this events stream.
+func (p *partition) handbackKey(seq uint64) string {
+	return p.l.names.RedisKey("events", "handback", p.consum, p.r.created, strconv.FormatUint(seq, 10))
 }
 
 func (p *partition) skipped(ev Event) bool {
