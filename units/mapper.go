@@ -494,14 +494,19 @@ func recordList(v any) ([]Record, error) {
 }
 
 // ChangedByFields returns the source fields the mapper depends on: the
-// source fields of the direct rules and the ChangedBy fields of the computed
-// mappings, sorted. An export listener exports a record only when one of them
-// changed.
+// source fields of the direct rules, the ChangedBy fields of the computed
+// mappings and the From fields of the children, sorted. An export listener
+// exports a record only when one of them changed.
 func (m *Mapper) ChangedByFields() []string {
 	set := map[string]bool{}
 	for _, r := range m.Direct {
 		if r.From.Field != "" {
 			set[r.From.Field] = true
+		}
+	}
+	for _, c := range m.Children {
+		if c.From != "" {
+			set[c.From] = true
 		}
 	}
 	for _, c := range m.Computed {
@@ -522,10 +527,10 @@ func (m *Mapper) ChangedByFields() []string {
 //
 //   - direct rules and children accumulate (bases in order, then own); a later
 //     rule for the same target field replaces the earlier one;
-//   - computed mappings are merged by Name: ChangedBy fields accumulate, the
-//     last Map function wins; across bases OnlyCreate stays set once a base
-//     sets it, and own's OnlyCreate has the last word for the mappings it
-//     (re)defines;
+//   - computed mappings are merged by Name (those without one are all kept,
+//     in order): ChangedBy fields accumulate, the last Map function wins;
+//     across bases OnlyCreate stays set once a base sets it, and own's
+//     OnlyCreate has the last word for the mappings it (re)defines;
 //   - Finalize is own's if set, else the last base's that has one.
 //
 // Neither own nor the bases are modified.
@@ -548,7 +553,10 @@ func (m *Mapper) merge(b *Mapper, own bool) {
 		m.Children = append(m.Children, c)
 	}
 	for _, c := range b.Computed {
-		i := slices.IndexFunc(m.Computed, func(x Computed) bool { return x.Name == c.Name })
+		i := -1 // a mapping without a Name is never merged
+		if c.Name != "" {
+			i = slices.IndexFunc(m.Computed, func(x Computed) bool { return x.Name == c.Name })
+		}
 		if i < 0 {
 			c.ChangedBy = slices.Clone(c.ChangedBy)
 			m.Computed = append(m.Computed, c)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -745,3 +746,35 @@ func TestIsEmpty(t *testing.T) {
 }
 
 var timeZero = time.Time{}
+
+// A mapper depends on the source fields of its children too: the fields
+// filter runs a child whose From is listed, so a change to the items alone
+// must be seen by an export listener filtering on ChangedByFields.
+func TestChangedByFieldsIncludesChildren(t *testing.T) {
+	m := &units.Mapper{
+		Direct:   []units.Rule{units.Direct("name", "name")},
+		Children: []units.Child{{From: "lines", To: "line_ids", Model: "order.line"}},
+	}
+	if got, want := m.ChangedByFields(), []string{"lines", "name"}; !slices.Equal(got, want) {
+		t.Errorf("ChangedByFields = %v, want %v", got, want)
+	}
+}
+
+// Computed mappings without a Name are distinct mappings: Inherit merges by
+// name only the named ones, and keeps every unnamed one.
+func TestInheritKeepsUnnamedComputedMappings(t *testing.T) {
+	set := func(k string) func(context.Context, *units.MapContext, units.Record) (units.Record, error) {
+		return func(context.Context, *units.MapContext, units.Record) (units.Record, error) {
+			return units.Record{k: true}, nil
+		}
+	}
+	base := &units.Mapper{Computed: []units.Computed{{Map: set("a")}, {Map: set("b")}}}
+	m := units.Inherit(units.Mapper{Computed: []units.Computed{{Map: set("c")}}}, base)
+	got, err := m.MapRecord(nil, units.Record{}).Values(context.Background(), units.MapOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (units.Record{"a": true, "b": true, "c": true}); !maps.Equal(got, want) {
+		t.Errorf("values = %v, want %v", got, want)
+	}
+}

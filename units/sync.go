@@ -702,7 +702,9 @@ func (d *Deleter) Run(ctx context.Context, w *Work, externalID string) (res stri
 // BatchImporter searches the backend and imports every record found, page by
 // page: directly (each with the model's importer, in this run) or, when
 // Delayed, as one ImportRecord job per record enqueued with its identity key
-// so that a record has at most one pending import.
+// so that a record has at most one pending import. A backend whose Search
+// ignores Offset and Limit (it answers the same page again) has its records
+// imported once: a page with nothing new ends the search.
 type BatchImporter struct {
 	Delayed bool
 	// PageSize is the search page size (0: 100).
@@ -732,12 +734,25 @@ func (b *BatchImporter) Run(ctx context.Context, w *Work, filters map[string]any
 		return "", fmt.Errorf("%w: a delayed batch import needs Env.Jobs", ErrEnv)
 	}
 	var n, skipped int
+	// An id of the page before (a backend that ignores Offset or Limit, as
+	// adaptertest.Harness.NoPaging allows, answers the same page again) is
+	// not imported twice, and a page with nothing new ends the search: it
+	// would repeat for ever. Only the page before is kept: a run over
+	// millions of records holds one page of ids, not all of them.
+	var prev map[string]bool
 	for offset := 0; ; offset += size {
 		ids, err := ad.Search(ctx, Query{Filters: filters, Offset: offset, Limit: size})
 		if err != nil {
 			return "", err
 		}
+		page := make(map[string]bool, len(ids))
+		fresh := 0
 		for _, id := range ids {
+			if prev[id] || page[id] {
+				continue
+			}
+			page[id] = true
+			fresh++
 			if b.Delayed {
 				a := ImportRecord{BackendID: w.Backend.ID, Model: w.Model, ExternalID: id}
 				opts := append([]job.Option{job.WithIdentityKey(a.IdentityKey())}, b.JobOptions...)
@@ -752,9 +767,10 @@ func (b *BatchImporter) Run(ctx context.Context, w *Work, filters map[string]any
 			}
 			n++
 		}
-		if len(ids) < size {
+		if len(ids) < size || fresh == 0 {
 			break
 		}
+		prev = page
 	}
 	if b.Delayed {
 		return fmt.Sprintf("%d %s import jobs enqueued for %s", n, w.Model, w.Backend.ID), nil

@@ -608,6 +608,56 @@ func TestBatchImportDirect(t *testing.T) {
 	}
 }
 
+// unpaged is a backend whose Search ignores Offset and Limit (an API without
+// paging, as adaptertest.Harness.NoPaging allows). It fails past 10 searches
+// rather than let a batch loop for ever.
+type unpaged struct {
+	units.Adapter
+	searches int
+}
+
+func (u *unpaged) Search(ctx context.Context, q units.Query) ([]string, error) {
+	if u.searches++; u.searches > 10 {
+		return nil, errors.New("unpaged: too many searches")
+	}
+	q.Offset, q.Limit = 0, 0
+	return u.Adapter.Search(ctx, q)
+}
+
+// A batch import over a backend that ignores paging imports each record
+// once and stops, instead of searching the same page again for ever.
+func TestBatchImportOverABackendWithoutPaging(t *testing.T) {
+	for _, delayed := range []bool{false, true} {
+		f := newFixture(t, unitstest.NewStore().Binder, unitstest.NewStore())
+		v3 := f.reg.Backend("shop").Version("2").Version("3")
+		ad := &unpaged{Adapter: f.ext.Model("product")}
+		if err := units.Register(v3, units.AdapterUsage, "product", func(*units.Work) (units.Adapter, error) { return ad, nil }); err != nil {
+			t.Fatal(err)
+		}
+		if err := units.Register(v3, units.BatchImporterUsage, "product", &units.BatchImporter{PageSize: 2, Delayed: delayed}); err != nil {
+			t.Fatal(err)
+		}
+		in := unitstest.NewInline(f.reg, f.env)
+		f.env.Jobs = in
+		for _, id := range []string{"a", "b", "c"} {
+			f.ext.Model("product").Put(id, units.Record{"name": id})
+		}
+		res, err := f.reg.RunBatchImport(context.Background(), f.env, units.ImportBatch{BackendID: backendID, Model: "product"})
+		if err != nil {
+			t.Fatalf("delayed %v: %v", delayed, err)
+		}
+		if n := len(in.Results()); delayed && n != 3 {
+			t.Errorf("delayed: %d import jobs, want 3: %q", n, res)
+		}
+		if !delayed && !strings.Contains(res, "3 product records imported") {
+			t.Errorf("direct: result %q", res)
+		}
+		if n := f.local.Model("product").Len(); n != 3 {
+			t.Errorf("delayed %v: %d local products, want 3", delayed, n)
+		}
+	}
+}
+
 // Delayed batch import (registered on version 3) enqueues one job per record
 // with an identity key: a second batch adds no duplicate while they pend.
 func TestBatchImportDelayed(t *testing.T) {

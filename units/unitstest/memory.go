@@ -65,14 +65,19 @@ func NewMemory(model string) *Memory {
 	return &Memory{Model: model, records: map[string]units.Record{}, calls: map[string]int{}}
 }
 
-// Put stores rec under id directly (no change is recorded): seed data.
+// Put stores rec under id directly (no change is recorded): seed data. A
+// nil rec stores an empty record.
 func (m *Memory) Put(id string, rec units.Record) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.records[id]; !ok {
 		m.order = append(m.order, id)
 	}
-	m.records[id] = maps.Clone(rec)
+	stored := maps.Clone(rec)
+	if stored == nil {
+		stored = units.Record{}
+	}
+	m.records[id] = stored
 }
 
 // Get returns a copy of the record stored under id.
@@ -198,11 +203,14 @@ func (m *Memory) CreateReturning(ctx context.Context, rec units.Record) (string,
 	}
 	m.seq++
 	id := m.Prefix + strconv.Itoa(m.seq)
-	for m.records[id] != nil {
+	for _, taken := m.records[id]; taken; _, taken = m.records[id] {
 		m.seq++
 		id = m.Prefix + strconv.Itoa(m.seq)
 	}
 	stored := maps.Clone(rec)
+	if stored == nil {
+		stored = units.Record{}
+	}
 	m.stamp(stored)
 	m.records[id] = stored
 	m.order = append(m.order, id)

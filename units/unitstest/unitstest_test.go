@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -289,5 +290,32 @@ func TestStoreLockRetriesLikeBindings(t *testing.T) {
 				t.Errorf("a TTL of 500µs: %v, want bindings.ErrInvalid", err)
 			}
 		})
+	}
+}
+
+// A record seeded with Put(id, nil) is an empty record: it is written like
+// any other, and a Create does not reuse its id.
+func TestMemoryPutNilIsAnEmptyRecord(t *testing.T) {
+	m := unitstest.NewMemory("product")
+	ctx := context.Background()
+	m.Put("1", nil)
+	id, err := m.Create(ctx, units.Record{"name": "a"})
+	if err != nil || id == "1" {
+		t.Fatalf("Create = %q, %v: the id of the seeded record was reused", id, err)
+	}
+	if err := m.Write(ctx, "1", units.Record{"name": "b"}); err != nil {
+		t.Fatalf("Write to the seeded record: %v", err)
+	}
+	if got, ok := m.Get("1"); !ok || got["name"] != "b" {
+		t.Errorf("seeded record = %v, %v", got, ok)
+	}
+	if ids, err := m.Search(ctx, units.Query{}); err != nil || !slices.Equal(ids, []string{"1", id}) {
+		t.Errorf("Search = %v, %v", ids, err)
+	}
+	// So is a record created from nil, stamped like any other.
+	m.StampField = "updated_at"
+	id, err = m.Create(ctx, nil)
+	if got, ok := m.Get(id); err != nil || !ok || got["updated_at"] == nil {
+		t.Errorf("Create(nil) = %q, %v: %v", id, err, got)
 	}
 }
