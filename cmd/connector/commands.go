@@ -188,6 +188,10 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return flag.ErrHelp
 	}
 	sub := args[0]
+	if !slices.Contains([]string{"show", "dead", "stats", "cancel", "requeue"}, sub) {
+		fmt.Fprint(stderr, jobsUsage)
+		return fmt.Errorf("unknown jobs command %q", sub)
+	}
 	fs := newFlags("jobs "+sub, stderr)
 	var cfg app.Config
 	cfg.Bind(fs, getenv)
@@ -198,6 +202,14 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
+	}
+	if sub == "requeue" && *all && len(pos) > 0 {
+		// Never every dead job for an operator who named one.
+		return fmt.Errorf("usage: connector jobs requeue ID | --all [--name J] (an id or --all, not both)")
+	}
+	if sub == "requeue" && !*all && *name != "" {
+		// --name filters --all; it is no check of the id's name.
+		return fmt.Errorf("usage: connector jobs requeue ID | --all [--name J] (--name only with --all)")
 	}
 	if err := cfg.Check(); err != nil {
 		return err

@@ -51,6 +51,17 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err != nil {
 		return err
 	}
+	if sub == "replay" && *all && len(pos) > 0 {
+		// Never every dead event for an operator who named some.
+		return fmt.Errorf("usage: connector events replay SEQ [SEQ...] | --all [--listener L] (sequences or --all, not both)")
+	}
+	if (sub == "replay" || sub == "discard") && !*all && *listener != "" {
+		// --listener filters --all: it is no check of a letter's listener.
+		return fmt.Errorf("usage: connector events %s SEQ [SEQ...] (--listener only with replay --all)", sub)
+	}
+	if sub == "discard" && *all {
+		return fmt.Errorf("usage: connector events discard SEQ [SEQ...] (no --all: discarding is for good)")
+	}
 	if err := cfg.Check(); err != nil {
 		return err
 	}

@@ -93,8 +93,28 @@ func TestEventsDeadAndReplay(t *testing.T) {
 		t.Errorf("events stats:\n%s", text)
 	}
 
-	fixed.Store(true)
+	// A sequence and --all together are a usage error that replays
+	// nothing (not every dead event); so are a sequence and --listener (a
+	// filter of --all only), rather than an act on another listener's
+	// letter.
 	seq := strconv.FormatUint(letters[0].Seq, 10)
+	for _, args := range [][]string{
+		{"events", "replay", seq, "--all"},
+		{"events", "replay", "--all", seq},
+		{"events", "replay", seq, "--listener", "audit"},
+		{"events", "discard", seq, "--listener", "audit"},
+		{"events", "discard", seq, "--all"},
+	} {
+		if _, _, err := runCmd(t, noRedis, args...); err == nil || !strings.Contains(err.Error(), "usage") {
+			t.Errorf("connector %s: %v, want a usage error", strings.Join(args, " "), err)
+		}
+		var still []events.DeadLetter
+		if err := json.Unmarshal([]byte(cli("events", "dead", "--json")), &still); err != nil || len(still) != 1 || still[0].Seq != letters[0].Seq {
+			t.Fatalf("connector %s: dead events %+v, %v; want the letter %s untouched", strings.Join(args, " "), still, err, seq)
+		}
+	}
+
+	fixed.Store(true)
 	if out := cli("events", "replay", seq); !strings.Contains(out, "replayed "+seq) {
 		t.Errorf("events replay: %q", out)
 	}

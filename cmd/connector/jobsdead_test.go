@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,5 +50,74 @@ func TestJobsDeadLimitZeroWithName(t *testing.T) {
 				t.Errorf("connector %s does not list %s:\n%s", strings.Join(args, " "), id, text)
 			}
 		}
+	}
+}
+
+// `jobs requeue ID --all` (an id and --all together, in any order) is a
+// usage error that requeues nothing, not a requeue of every dead job; so
+// is `events replay SEQ --all` (TestEventsDeadAndReplay). So is an id with
+// --name (a filter of --all only), rather than a requeue of a job of
+// another name.
+func TestJobsRequeueWithConflictingSelectionsRequeuesNothing(t *testing.T) {
+	srv, _, js := testenv.JetStream(t)
+	rdb, prefix := testenv.Redis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[fragileJob]) (string, error) {
+		return "", errors.New("the backend refused the record")
+	})
+	d := runWorker(t, js, rdb, prefix, reg)
+	var ids []string
+	for i := range 2 {
+		id, err := d.Enqueue(ctx, fragileJob{N: i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		l, err := d.DeadLetters(ctx, 0)
+		return err == nil && len(l) == len(ids)
+	}, "both jobs dead")
+
+	seqs := func() []uint64 {
+		t.Helper()
+		l, err := d.DeadLetters(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []uint64
+		for _, x := range l {
+			out = append(out, x.Seq)
+		}
+		return out
+	}
+	before := seqs()
+	env, _ := operatorCLI(t, srv.URL, prefix)
+	for _, args := range [][]string{
+		{"jobs", "requeue", ids[0], "--all"},
+		{"jobs", "requeue", "--all", ids[0]},
+		{"jobs", "requeue", ids[0], "--name", "test.other"},
+	} {
+		stdout, _, err := runCmd(t, env, args...)
+		if err == nil || !strings.Contains(err.Error(), "usage") {
+			t.Errorf("connector %s: %v, want a usage error\n%s", strings.Join(args, " "), err, stdout)
+		}
+		if after := seqs(); !slices.Equal(after, before) {
+			t.Fatalf("connector %s: dead letters %v, were %v (requeued)", strings.Join(args, " "), after, before)
+		}
+	}
+}
+
+// A mistyped jobs command is named as such, without connecting anywhere
+// first (here nothing answers: the error would be the connection's).
+func TestJobsUnknownCommandSaysSo(t *testing.T) {
+	unreachable := func(k string) string {
+		return map[string]string{"CONNECTOR_NATS_URL": "nats://127.0.0.1:1", "CONNECTOR_REDIS_URL": "redis://127.0.0.1:1/0"}[k]
+	}
+	_, _, err := runCmd(t, unreachable, "jobs", "shwo", "some-id")
+	if err == nil || !strings.Contains(err.Error(), `unknown jobs command "shwo"`) {
+		t.Fatalf("connector jobs shwo: %v, want unknown jobs command", err)
 	}
 }

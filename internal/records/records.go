@@ -18,7 +18,8 @@
 //	<prefix>:jlog:<minute>:<shard>   entries of both sides, oldest first
 //
 // A reader scans the log of a job's id and keeps, per side, the last entry
-// of that id. Each log expires the retention after its last write. Jobs
+// of that id, but for a batch that landed late (processes flush on their
+// own, and a failed batch is retried later: see scanLog). Each log expires the retention after its last write. Jobs
 // whose id the caller chose have keys of their own, with the same
 // retention:
 //
@@ -188,6 +189,7 @@ type Store struct {
 	closed  chan struct{}
 	flushMu sync.Mutex
 	once    sync.Once
+	lastAt  int64 // the last update time recorded (unix ms)
 
 	missed func(id string) // tests: Get found no record yet and waits
 }
@@ -280,8 +282,23 @@ func appendEntry(dst []byte, id string, queued bool, data []byte) []byte {
 // errBadLog is a log that is not a sequence of entries.
 var errBadLog = errors.New("records: malformed record log")
 
-// scanLog returns the last entry of id on each side of a log.
+// scanLog returns the latest entry of id on each side of a log: the last
+// one in the log, unless it was updated (its "ua") more than lateBy before
+// the entry it would replace. Processes flush their batches on their own,
+// and a batch that failed is retried later: such a batch, landing after a
+// newer update of the side by another process, does not take the record
+// back. Within lateBy the log's order decides, so hosts' clocks a few
+// milliseconds apart do not reorder updates that follow one another
+// closely (a retry run at once by another process).
 func scanLog(log []byte, id string) (worker, queued []byte, err error) {
+	var wAt, qAt int64
+	later := func(cur []byte, curAt int64, data []byte) (bool, int64) {
+		at := updatedAt(data)
+		if cur == nil || at == 0 || curAt == 0 || at+lateBy.Milliseconds() >= curAt {
+			return true, max(at, curAt)
+		}
+		return false, curAt
+	}
 	for len(log) > 0 {
 		if len(log) < 1+ulidLen {
 			return nil, nil, errBadLog
@@ -298,14 +315,33 @@ func scanLog(log []byte, id string) (worker, queued []byte, err error) {
 		}
 		switch side {
 		case sideWorkers:
-			worker = data
+			if ok, at := later(worker, wAt, data); ok {
+				worker, wAt = data, at
+			}
 		case sideProducer:
-			queued = data
+			if ok, at := later(queued, qAt, data); ok {
+				queued, qAt = data, at
+			}
 		default:
 			return nil, nil, errBadLog
 		}
 	}
 	return worker, queued, nil
+}
+
+// lateBy is how much older than the entry it follows in the log an entry
+// must be (by update time) to be taken for a batch that landed late (a
+// variable for tests).
+var lateBy = time.Second
+
+// updatedAt is the update time (unix ms) of an encoded side, 0 if it has
+// none or cannot be read.
+func updatedAt(data []byte) int64 {
+	var b blob
+	if b.decode(data) != nil {
+		return 0
+	}
+	return b.UpdatedAt
 }
 
 // ulidTime reads the millisecond time of a 26-character Crockford base32
@@ -368,6 +404,10 @@ type batch struct {
 func (s *Store) Record(u *Update) {
 	b := u.blob(time.Now())
 	s.mu.Lock()
+	// A process's updates never go back in time, even if its clock does
+	// (readers compare update times to find batches that landed late).
+	b.UpdatedAt = max(b.UpdatedAt, s.lastAt)
+	s.lastAt = b.UpdatedAt
 	if len(s.ents) < MaxPending {
 		off := len(s.buf)
 		s.buf = b.appendTo(s.buf)
@@ -405,7 +445,8 @@ func (s *Store) loop(every time.Duration) {
 // Flush writes the pending updates now: per log one APPEND of all its
 // entries and one PEXPIRE, per own key one SET ... PX, in one pipeline. Of
 // several updates of one side in a flush, the last wins (readers keep the
-// last entry of a log, and SET the last value given).
+// last entry of a log, but for a batch that landed late, and SET the last
+// value given).
 func (s *Store) Flush(ctx context.Context) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
@@ -617,12 +658,20 @@ func (s *Store) Set(ctx context.Context, u Update) error {
 		return err
 	}
 	cur := Update{ID: u.ID}
+	var after int64 // the update time of the side this one replaces
 	if w != nil {
-		cur = w.update(u.ID)
+		cur, after = w.update(u.ID), w.UpdatedAt
 	}
 	cur.merge(&u)
 	cur.Queued = ""
 	b := cur.blob(time.Now())
+	s.mu.Lock()
+	b.UpdatedAt = max(b.UpdatedAt, s.lastAt)
+	s.lastAt = b.UpdatedAt
+	s.mu.Unlock()
+	// Later than what it replaces, whatever this host's clock says (and
+	// without taking this process's other records ahead with it).
+	b.UpdatedAt = max(b.UpdatedAt, after+1)
 	data := b.appendTo(nil)
 	loc := s.locate(u.ID, false)
 	if !loc.logged {

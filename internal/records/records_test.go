@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
+	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -210,5 +212,96 @@ func TestGetWaitsForAFreshJobsRecord(t *testing.T) {
 	}
 	if len(misses) != 0 {
 		t.Fatalf("Get waited for ids that cannot be in flight: %v", misses)
+	}
+}
+
+// failingPipelines makes every pipeline of c fail while down is set: a
+// process whose Redis is unreachable for a while.
+type failingPipelines struct{ down *atomic.Bool }
+
+func (failingPipelines) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (failingPipelines) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (h failingPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.down.Load() {
+			return errors.New("dial tcp: connection refused")
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// Two workers write one job's record: the first's "waiting for a retry"
+// batch fails to flush and lands (retried) after the second worker's
+// "done" of the next attempt. The record stays done: a batch that lands
+// late (its updates older than the side's by more than lateBy) does not
+// take a record back to an older state.
+func TestLateBatchFromAnotherProcessNeverRevertsARecord(t *testing.T) {
+	defer func(d time.Duration) { lateBy = d }(lateBy)
+	lateBy = 3 * time.Millisecond
+	rdb, prefix := testenv.Redis(t)
+	names := wire.MustNames(prefix)
+	ctx := context.Background()
+	var down atomic.Bool
+	opt, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := redis.NewClient(opt)
+	slow.AddHook(failingPipelines{&down})
+	defer slow.Close()
+	first := New(slow, names, time.Minute, nil)
+	second := New(rdb, names, time.Minute, nil)
+	defer second.Close(ctx)
+	for _, id := range []string{wire.NewID()} {
+		down.Store(true)
+		first.Record(&Update{ID: id, State: job.StateWaiting, Name: "n", Attempts: 1, Error: "timeout"})
+		if err := first.Flush(ctx); err == nil {
+			t.Fatal("flush through a failing Redis succeeded")
+		}
+		// the other process's updates come later than lateBy (update
+		// times are in milliseconds; lateBy is shortened for the test)
+		for at := time.Now().UnixMilli(); time.Now().UnixMilli() <= at+lateBy.Milliseconds(); {
+			time.Sleep(100 * time.Microsecond)
+		}
+		second.Record(&Update{ID: id, State: job.StateStarted, Name: "n", Attempts: 2})
+		second.Record(&Update{ID: id, State: job.StateDone, Name: "n", Attempts: 2, Result: "ok"})
+		if err := second.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		down.Store(false)
+		if err := first.Flush(ctx); err != nil { // the retried batch lands now
+			t.Fatal(err)
+		}
+		rec, err := second.Get(ctx, id)
+		if err != nil || rec.State != job.StateDone || rec.Attempts != 2 || rec.Result != "ok" || rec.Error != "" {
+			t.Fatalf("%s after a late batch: %+v, %v; want done, attempt 2", id, rec, err)
+		}
+	}
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An operation (Set) replaces the workers' side it read, even when that
+// side was written by a host whose clock is ahead of this one's.
+func TestSetWinsOverASideFromAClockAhead(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	s := New(rdb, wire.MustNames(prefix), time.Minute, nil)
+	ctx := context.Background()
+	defer s.Close(ctx)
+	id := wire.NewID()
+	ahead := blob{State: string(job.StateDead), Name: "n", Attempts: 3, Error: "boom",
+		UpdatedAt: time.Now().Add(10 * time.Second).UnixMilli()}
+	if err := rdb.Append(ctx, s.locate(id, false).key, string(appendEntry(nil, id, false, ahead.appendTo(nil)))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, Update{ID: id, State: job.StateEnqueued, ClearError: true, ResetAttempts: true}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.Get(ctx, id)
+	if err != nil || rec.State != job.StateEnqueued || rec.Attempts != 0 || rec.Error != "" || rec.Name != "n" {
+		t.Fatalf("after Set: %+v, %v; want enqueued, attempts 0, no error", rec, err)
 	}
 }
