@@ -907,29 +907,8 @@ func TestMetricsCountOutcomes(t *testing.T) {
 // grace period, and the interrupted event is handled by another worker.
 func TestShutdownGraceCancelsHandlers(t *testing.T) {
 	e := newEnv(t)
-	started := make(chan struct{})
-	l := e.listeners(events.WithShutdownGrace(100 * time.Millisecond))
-	must(t, l.On("graceful", "res.partner", "", func(ctx context.Context, ev events.Event) error {
-		close(started)
-		<-ctx.Done()
-		return ctx.Err()
-	}, events.WithPartitions(1), events.WithRetryDelay(func(int) time.Duration { return 10 * time.Millisecond })))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
-	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("handler not started")
-	}
-	cancel()
-	select {
-	case err := <-done:
-		must(t, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after the grace period")
-	}
+	e.interruptedByShutdown("graceful", func(ctx context.Context) error { return ctx.Err() },
+		events.WithPartitions(1), events.WithRetryDelay(func(int) time.Duration { return 10 * time.Millisecond }))
 	got := newCounter()
 	l2 := e.listeners()
 	must(t, l2.On("graceful", "res.partner", "", got.handle, events.WithPartitions(1)))
@@ -944,29 +923,8 @@ func TestShutdownGraceCancelsHandlers(t *testing.T) {
 // WithMaxDeliver(1)) a rolling deploy dead-lettered the event.
 func TestShutdownInterruptionIsNotAnAttempt(t *testing.T) {
 	e := newEnv(t)
-	started := make(chan struct{})
-	l := e.listeners(events.WithShutdownGrace(100 * time.Millisecond))
-	must(t, l.On("interrupted", "res.partner", "", func(ctx context.Context, ev events.Event) error {
-		close(started)
-		<-ctx.Done()
-		return fmt.Errorf("export stopped: %w", ctx.Err())
-	}, events.WithPartitions(1), events.WithMaxDeliver(1)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
-	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("handler not started")
-	}
-	cancel()
-	select {
-	case err := <-done:
-		must(t, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after the grace period")
-	}
+	e.interruptedByShutdown("interrupted", func(ctx context.Context) error { return fmt.Errorf("export stopped: %w", ctx.Err()) },
+		events.WithPartitions(1), events.WithMaxDeliver(1))
 	attempts := make(chan int, 1)
 	l2 := e.listeners()
 	must(t, l2.On("interrupted", "res.partner", "", func(_ context.Context, ev events.Event) error {

@@ -212,3 +212,40 @@ func largeEvent(t *testing.T, pub *events.Publisher, id string) events.Event {
 	ev.Data["blob"] = string(make([]byte, (1<<20)-256-len(msg.Data)))
 	return ev
 }
+
+// interruptedByShutdown runs listener name of res.partner in a process of
+// its own, publishes an event, and shuts the process down while the
+// handler runs: the grace period (100 ms) ends, and the handler returns
+// what stopped(ctx) says once its context is cancelled. It returns once
+// Run has.
+func (e *env) interruptedByShutdown(name string, stopped func(ctx context.Context) error, opts ...events.ListenOption) {
+	t := e.t
+	t.Helper()
+	started := make(chan struct{})
+	l := e.listeners(events.WithShutdownGrace(100 * time.Millisecond))
+	if err := l.On(name, "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		close(started)
+		<-ctx.Done()
+		return stopped(ctx)
+	}, opts...); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler not started")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the grace period")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
@@ -17,29 +18,8 @@ import (
 // dispatcher reads it); with --name, the same limit keeps the same meaning
 // instead of listing none.
 func TestJobsDeadLimitZeroWithName(t *testing.T) {
-	srv, _, js := testenv.JetStream(t)
-	rdb, prefix := testenv.Redis(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg := worker.NewRegistry()
-	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[fragileJob]) (string, error) {
-		return "", errors.New("the backend refused the record")
-	})
-	d := runWorker(t, js, rdb, prefix, reg)
-	var ids []string
-	for i := range 2 {
-		id, err := d.Enqueue(ctx, fragileJob{N: i})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		l, err := d.DeadLetters(ctx, 0)
-		return err == nil && len(l) == len(ids)
-	}, "both jobs dead")
-
-	_, cli := operatorCLI(t, srv.URL, prefix)
+	url, prefix, _, ids := twoDeadJobs(t)
+	_, cli := operatorCLI(t, url, prefix)
 	for _, args := range [][]string{
 		{"jobs", "dead", "--limit", "0"},
 		{"jobs", "dead", "--limit", "0", "--name", "test.fragile"},
@@ -59,27 +39,8 @@ func TestJobsDeadLimitZeroWithName(t *testing.T) {
 // --name (a filter of --all only), rather than a requeue of a job of
 // another name.
 func TestJobsRequeueWithConflictingSelectionsRequeuesNothing(t *testing.T) {
-	srv, _, js := testenv.JetStream(t)
-	rdb, prefix := testenv.Redis(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg := worker.NewRegistry()
-	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[fragileJob]) (string, error) {
-		return "", errors.New("the backend refused the record")
-	})
-	d := runWorker(t, js, rdb, prefix, reg)
-	var ids []string
-	for i := range 2 {
-		id, err := d.Enqueue(ctx, fragileJob{N: i})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		l, err := d.DeadLetters(ctx, 0)
-		return err == nil && len(l) == len(ids)
-	}, "both jobs dead")
+	url, prefix, d, ids := twoDeadJobs(t)
+	ctx := context.Background()
 
 	seqs := func() []uint64 {
 		t.Helper()
@@ -94,7 +55,7 @@ func TestJobsRequeueWithConflictingSelectionsRequeuesNothing(t *testing.T) {
 		return out
 	}
 	before := seqs()
-	env, _ := operatorCLI(t, srv.URL, prefix)
+	env, _ := operatorCLI(t, url, prefix)
 	for _, args := range [][]string{
 		{"jobs", "requeue", ids[0], "--all"},
 		{"jobs", "requeue", "--all", ids[0]},
@@ -120,4 +81,30 @@ func TestJobsUnknownCommandSaysSo(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `unknown jobs command "shwo"`) {
 		t.Fatalf("connector jobs shwo: %v, want unknown jobs command", err)
 	}
+}
+
+// twoDeadJobs runs a worker whose jobs all fail for good, and dead-letters
+// two: it returns the NATS URL, the prefix, the dispatcher and their ids.
+func twoDeadJobs(t *testing.T) (url, prefix string, d *dispatcher.Dispatcher, ids []string) {
+	t.Helper()
+	srv, _, js := testenv.JetStream(t)
+	rdb, prefix := testenv.Redis(t)
+	ctx := context.Background()
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[fragileJob]) (string, error) {
+		return "", errors.New("the backend refused the record")
+	})
+	d = runWorker(t, js, rdb, prefix, reg)
+	for i := range 2 {
+		id, err := d.Enqueue(ctx, fragileJob{N: i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		l, err := d.DeadLetters(ctx, 0)
+		return err == nil && len(l) == len(ids)
+	}, "both jobs dead")
+	return srv.URL, prefix, d, ids
 }
