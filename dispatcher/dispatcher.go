@@ -522,7 +522,7 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		}
 	}
 	pub := d.publisher()
-	if pub == nil || d.closed.Load() {
+	if pub == nil { // closed meanwhile, before any bulk enqueue made it
 		return nil, ErrClosed
 	}
 	batch, err := pub.NewBatch(len(items))

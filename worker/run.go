@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/connector-go/connector/internal/deadletter"
 	"github.com/connector-go/connector/internal/graphs"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/telemetry"
@@ -469,13 +469,7 @@ func (w *Worker) deadBody(it *item) (uint64, error) {
 	if it.env != nil {
 		key = it.env.ID
 	}
-	out := nats.NewMsg(w.names.DeadBodySubject(key))
-	for k, v := range it.msg.Headers() {
-		if !strings.HasPrefix(k, "Nats-") {
-			out.Header[k] = v
-		}
-	}
-	out.Data = it.msg.Data()
+	out := deadletter.Republish(w.names.DeadBodySubject(key), &wire.DeadLetter{Headers: it.msg.Headers(), Data: it.msg.Data()})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ack, err := w.js.PublishMsg(ctx, out)

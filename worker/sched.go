@@ -701,20 +701,16 @@ func (s *slots) renew(ctx context.Context, items []*item) (int, error) {
 	if len(items) == 0 {
 		return 0, nil
 	}
-	type lease struct {
-		it  *item
-		key string
-	}
-	var leases []lease
+	// Per lease: its job (holders), its slot set (keys) and token (args).
+	var holders []*item
 	keys := make([]string, 0, len(items))
 	args := make([]any, 0, 2+len(items))
 	args = append(args, s.lease.Milliseconds(), "XX")
 	for _, it := range items {
 		for _, c := range it.ch.chain {
 			if c.Capacity > 0 {
-				k := s.slotsKey(c.Name)
-				leases = append(leases, lease{it, k})
-				keys = append(keys, k)
+				holders = append(holders, it)
+				keys = append(keys, s.slotsKey(c.Name))
 				args = append(args, it.token)
 			}
 		}
@@ -727,20 +723,20 @@ func (s *slots) renew(ctx context.Context, items []*item) (int, error) {
 		return 0, err
 	}
 	lost := 0
-	for i, l := range leases {
+	for i, it := range holders {
 		if there[i] == 1 {
 			continue
 		}
 		// Only while the job holds it: its release may have come first.
-		l.it.slotMu.Lock()
-		if l.it.slotHeld.Load() {
-			if err := renewScript.Run(ctx, s.rdb, []string{l.key}, s.lease.Milliseconds(), "", l.it.token).Err(); err != nil {
-				l.it.slotMu.Unlock()
+		it.slotMu.Lock()
+		if it.slotHeld.Load() {
+			if err := renewScript.Run(ctx, s.rdb, keys[i:i+1], s.lease.Milliseconds(), "", it.token).Err(); err != nil {
+				it.slotMu.Unlock()
 				return lost, err
 			}
 			lost++
 		}
-		l.it.slotMu.Unlock()
+		it.slotMu.Unlock()
 	}
 	return lost, nil
 }

@@ -19,9 +19,9 @@
 //
 // A reader scans the log of a job's id and keeps, per side, the last entry
 // of that id, but for a batch that landed late (processes flush on their
-// own, and a failed batch is retried later: see scanLog). Each log expires the retention after its last write. Jobs
-// whose id the caller chose have keys of their own, with the same
-// retention:
+// own, and a failed batch is retried later: see scanLog). Each log
+// expires the retention after its last write. Jobs whose id the caller
+// chose have keys of their own, with the same retention:
 //
 //	<prefix>:job:<id>:q, <prefix>:job:<id>
 package records

@@ -85,12 +85,11 @@ func appendCanonical(dst, data []byte, i int) ([]byte, int, error) {
 		}
 		return dst, next, nil
 	}
-	// Each entry in canonical form in buf, then appended in key order.
-	type entry struct{ key, kv []byte }
-	entries := make([]entry, children/2)
+	// Each entry in canonical form in buf (its key start, value start and
+	// end), then appended in key order.
 	var buf []byte
-	spans := make([][3]int, len(entries)) // key start, value start, end in buf
-	for e := range entries {
+	spans := make([][3]int, children/2)
+	for e := range spans {
 		s := len(buf)
 		if buf, next, err = appendCanonical(buf, data, next); err != nil {
 			return nil, 0, err
@@ -101,12 +100,9 @@ func appendCanonical(dst, data []byte, i int) ([]byte, int, error) {
 		}
 		spans[e] = [3]int{s, m, len(buf)}
 	}
-	for e, sp := range spans {
-		entries[e] = entry{key: buf[sp[0]:sp[1]], kv: buf[sp[0]:sp[2]]}
-	}
-	slices.SortStableFunc(entries, func(a, b entry) int { return compareKeys(a.key, b.key) })
-	for _, e := range entries {
-		dst = append(dst, e.kv...)
+	slices.SortStableFunc(spans, func(a, b [3]int) int { return compareKeys(buf[a[0]:a[1]], buf[b[0]:b[1]]) })
+	for _, sp := range spans {
+		dst = append(dst, buf[sp[0]:sp[2]]...)
 	}
 	return dst, next, nil
 }
