@@ -182,7 +182,27 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	return pos, nil
 }
 
-func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+// operatorLogger is the logger of the jobs and events commands, writing
+// to stderr. They print for people and scripts: only errors are logged,
+// unless the operator asked for a level or a format (the flag or its
+// variable).
+func operatorLogger(fs *flag.FlagSet, cfg *app.Config, getenv func(string) string, stderr io.Writer) (*zap.Logger, error) {
+	given := func(name, env string) bool {
+		set := getenv(env) != ""
+		fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+		return set
+	}
+	level, format := "error", "console"
+	if given("log-level", "CONNECTOR_LOG_LEVEL") {
+		level = cfg.LogLevel
+	}
+	if given("log-format", "CONNECTOR_LOG_FORMAT") {
+		format = cfg.LogFormat
+	}
+	return telemetry.NewLogger(level, format, telemetry.WithLogOutput(stderr))
+}
+
+func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) (err error) {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, jobsUsage)
 		return flag.ErrHelp
@@ -214,8 +234,7 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err := cfg.Check(); err != nil {
 		return err
 	}
-	cfg.LogLevel = "error"
-	log, err := telemetry.NewLogger("error", "console")
+	log, err := operatorLogger(fs, &cfg, getenv, stderr)
 	if err != nil {
 		return err
 	}
@@ -234,7 +253,13 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return err
 	}
-	defer func() { _ = d.Close(context.WithoutCancel(ctx)) }()
+	// Cancel and requeue leave job records to write: a command whose
+	// records did not reach Redis did not fully succeed.
+	defer func() {
+		if cerr := d.Close(context.WithoutCancel(ctx)); cerr != nil && err == nil {
+			err = fmt.Errorf("job records: %w", cerr)
+		}
+	}()
 	switch sub {
 	case "show":
 		if len(pos) != 1 {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/app"
-	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/wire"
 )
 
@@ -65,7 +64,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err := cfg.Check(); err != nil {
 		return err
 	}
-	log, err := telemetry.NewLogger("error", "console")
+	log, err := operatorLogger(fs, &cfg, getenv, stderr)
 	if err != nil {
 		return err
 	}

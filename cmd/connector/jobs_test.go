@@ -386,3 +386,37 @@ func runWorker(t *testing.T, js jetstream.JetStream, rdb redis.UniversalClient, 
 	t.Cleanup(func() { _ = d.Close(context.Background()); cancel(); <-done })
 	return d
 }
+
+// The operator commands log only errors (their output is for people and
+// scripts) unless the operator asks for a level: --log-level, or
+// CONNECTOR_LOG_LEVEL, is not ignored, and the lines go to the command's
+// standard error.
+func TestJobsCommandsHonourTheLogLevelAsked(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	env, cli := operatorCLI(t, srv.URL, prefix)
+	cli("streams", "provision")
+	logs := func(getenv func(string) string, args ...string) string {
+		t.Helper()
+		_, stderr, err := runCmd(t, getenv, args...)
+		if !errors.Is(err, job.ErrNotFound) {
+			t.Fatalf("connector %s: %v, want not found\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return stderr
+	}
+	if got := logs(env, "jobs", "show", "no-such-job"); got != "" {
+		t.Errorf("jobs show logged without being asked:\n%s", got)
+	}
+	if got := logs(env, "jobs", "show", "no-such-job", "--log-level", "info", "--log-format", "json"); !strings.Contains(got, `"msg":"connected"`) {
+		t.Errorf("jobs show --log-level info --log-format json logged no connected line:\n%s", got)
+	}
+	withLevel := func(k string) string {
+		if k == "CONNECTOR_LOG_LEVEL" {
+			return "info"
+		}
+		return env(k)
+	}
+	if got := logs(withLevel, "jobs", "show", "no-such-job"); !strings.Contains(got, "connected") {
+		t.Errorf("jobs show with CONNECTOR_LOG_LEVEL=info logged no connected line:\n%s", got)
+	}
+}
