@@ -34,9 +34,20 @@ func (ImportRecord) JobName() string { return "connector.import_record" }
 func (a ImportRecord) JobLabels() (backend, model string) { return a.BackendID, a.Model }
 
 // IdentityKey is the key delayed imports are enqueued with, so that one
-// record has at most one pending import.
+// record has at most one pending import. Its parts are joined with ':';
+// a ':' or '\' inside a part is escaped with '\', so two records never
+// share a key (backend "a:b", model "c" and backend "a", model "b:c" do
+// not).
 func (a ImportRecord) IdentityKey() string {
-	return a.JobName() + ":" + a.BackendID + ":" + a.Model + ":" + a.ExternalID
+	return a.JobName() + ":" + keyPart(a.BackendID) + ":" + keyPart(a.Model) + ":" + keyPart(a.ExternalID)
+}
+
+// keyPart escapes the separator of a key's parts, and the escape.
+func keyPart(s string) string {
+	if !strings.ContainsAny(s, `:\`) {
+		return s
+	}
+	return strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(s)
 }
 
 // ExportRecord exports one local record (Exporter.Run). Fields lists the

@@ -992,3 +992,29 @@ func TestExportIgnoresAStaleStampInTheAnswer(t *testing.T) {
 		}
 	})
 }
+
+// An import's identity key tells records apart even when their parts hold
+// the separator: backend "a:b", model "c" and backend "a", model "b:c"
+// are two records, two pending imports. Keys without ':' are unchanged.
+func TestImportIdentityKeysDoNotCollide(t *testing.T) {
+	recs := []units.ImportRecord{
+		{BackendID: "a:b", Model: "c", ExternalID: "1"},
+		{BackendID: "a", Model: "b:c", ExternalID: "1"},
+		{BackendID: "a", Model: "b", ExternalID: "c:1"},
+		{BackendID: `a\`, Model: "b", ExternalID: "c:1"},
+		{BackendID: `a\:b`, Model: "c", ExternalID: "1"},
+		{BackendID: `a\`, Model: `:b`, ExternalID: "c:1"},
+	}
+	seen := map[string]units.ImportRecord{}
+	for _, r := range recs {
+		k := r.IdentityKey()
+		if o, dup := seen[k]; dup {
+			t.Errorf("%+v and %+v share the identity key %q", o, r, k)
+		}
+		seen[k] = r
+	}
+	plain := units.ImportRecord{BackendID: "shop", Model: "product", ExternalID: "42"}
+	if got, want := plain.IdentityKey(), "connector.import_record:shop:product:42"; got != want {
+		t.Errorf("identity key %q, want %q (unchanged for parts without ':')", got, want)
+	}
+}
