@@ -13,7 +13,9 @@ type Record = map[string]any
 // Query selects records in Adapter.Search. Filters are equality filters on
 // fields (an adapter may give some keys its own meaning, e.g. "updated_after",
 // and must document it). Limit 0 means no limit; results are in a stable order
-// so that Offset pages through them.
+// so that Offset pages through them. A Search may answer fewer than Limit ids
+// (an API's own page cap) before the end: callers page on from Offset plus
+// the ids received, and an empty answer is the end.
 type Query struct {
 	Filters map[string]any
 	Offset  int

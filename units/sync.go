@@ -715,7 +715,10 @@ func (d *Deleter) Run(ctx context.Context, w *Work, externalID string) (res stri
 // Delayed, as one ImportRecord job per record enqueued with its identity key
 // so that a record has at most one pending import. A backend whose Search
 // ignores Offset and Limit (it answers the same page again) has its records
-// imported once: a page with nothing new ends the search.
+// imported once: a page with nothing new ends the search. A page shorter
+// than PageSize does not: many APIs cap their pages below the limit asked
+// (the next offset is the one after the ids received), so the search ends
+// on an empty page.
 type BatchImporter struct {
 	Delayed bool
 	// PageSize is the search page size (0: 100).
@@ -750,10 +753,12 @@ func (b *BatchImporter) Run(ctx context.Context, w *Work, filters map[string]any
 	// not imported twice, and a page with nothing new ends the search: it
 	// would repeat for ever. Only the page before is kept: a run over
 	// millions of records holds one page of ids, not all of them.
-	var prev map[string]bool
-	for offset := 0; ; offset += size {
-		ids, err := ad.Search(ctx, Query{Filters: filters, Offset: offset, Limit: size})
-		if err != nil {
+	var (
+		prev map[string]bool
+		ids  []string
+	)
+	for offset := 0; ; offset += len(ids) {
+		if ids, err = ad.Search(ctx, Query{Filters: filters, Offset: offset, Limit: size}); err != nil {
 			return "", err
 		}
 		page := make(map[string]bool, len(ids))
@@ -778,7 +783,7 @@ func (b *BatchImporter) Run(ctx context.Context, w *Work, filters map[string]any
 			}
 			n++
 		}
-		if len(ids) < size || fresh == 0 {
+		if fresh == 0 { // an empty page, or the one before again
 			break
 		}
 		prev = page

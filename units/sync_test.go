@@ -1018,3 +1018,41 @@ func TestImportIdentityKeysDoNotCollide(t *testing.T) {
 		t.Errorf("identity key %q, want %q (unchanged for parts without ':')", got, want)
 	}
 }
+
+// capped is a backend whose pages hold at most 3 ids, whatever the Limit
+// asked (as many APIs cap theirs).
+type capped struct{ units.Adapter }
+
+func (c capped) Search(ctx context.Context, q units.Query) ([]string, error) {
+	if q.Limit == 0 || q.Limit > 3 {
+		q.Limit = 3
+	}
+	return c.Adapter.Search(ctx, q)
+}
+
+// A batch import over a backend that caps its pages below PageSize
+// imports every record, not the first page only.
+func TestBatchImportOverABackendThatCapsItsPages(t *testing.T) {
+	for _, delayed := range []bool{false, true} {
+		f := newFixture(t, unitstest.NewStore().Binder, unitstest.NewStore())
+		v3 := f.reg.Backend("shop").Version("2").Version("3")
+		ids := []string{"a", "b", "c", "d", "e", "f", "g"}
+		for _, id := range ids {
+			f.ext.Model("product").Put(id, units.Record{"name": id})
+		}
+		if err := units.Register(v3, units.AdapterUsage, "product", func(*units.Work) (units.Adapter, error) { return capped{f.ext.Model("product")}, nil }); err != nil {
+			t.Fatal(err)
+		}
+		if err := units.Register(v3, units.BatchImporterUsage, "product", &units.BatchImporter{PageSize: 10, Delayed: delayed}); err != nil {
+			t.Fatal(err)
+		}
+		f.env.Jobs = unitstest.NewInline(f.reg, f.env)
+		res, err := f.reg.RunBatchImport(context.Background(), f.env, units.ImportBatch{BackendID: backendID, Model: "product"})
+		if err != nil {
+			t.Fatalf("delayed %v: %v", delayed, err)
+		}
+		if n := f.local.Model("product").Len(); n != len(ids) {
+			t.Errorf("delayed %v: %d local products, want %d: %q", delayed, n, len(ids), res)
+		}
+	}
+}
