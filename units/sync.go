@@ -220,7 +220,9 @@ func IsNothingToDo(err error) bool {
 //     local record is bound under its export lock, and a second copy made
 //     by an export that crossed the import is deleted (docs/units.md).
 type Importer struct {
-	// Fields to read from the backend (nil: all).
+	// Fields to read from the backend (nil: all). An update of a record
+	// already imported maps these alone (MapOptions.Fields): the mapper's
+	// rules from fields not read leave the local values as they are.
 	Fields []string
 	// UpdatedAt returns the external record's update time (false: unknown,
 	// the record is always imported).
@@ -325,7 +327,13 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 		return "", err
 	}
 	mapValues := func(create bool) (Record, error) {
-		values, err := mapper.MapRecord(w, rec).Values(ctx, MapOptions{ForCreate: create, Custom: imp.Options})
+		opts := MapOptions{ForCreate: create, Custom: imp.Options}
+		if !create {
+			// A field not read maps to nil: an update of the local record
+			// would clear it there.
+			opts.Fields = imp.Fields
+		}
+		values, err := mapper.MapRecord(w, rec).Values(ctx, opts)
 		if err != nil {
 			return nil, err
 		}

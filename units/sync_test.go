@@ -1056,3 +1056,38 @@ func TestBatchImportOverABackendThatCapsItsPages(t *testing.T) {
 		}
 	}
 }
+
+// An importer that reads some fields only (Importer.Fields) updates those
+// alone: the mapper's rules from fields it did not read do not clear the
+// local values (a missing field maps to nil).
+func TestImporterWithFieldsLeavesTheOthersAlone(t *testing.T) {
+	f := newFixture(t, unitstest.NewStore().Binder, unitstest.NewStore())
+	v3 := f.reg.Backend("shop").Version("2").Version("3")
+	if err := units.Register(v3, units.ImporterUsage, "category", &units.Importer{Fields: []string{"name"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := units.Register(v3, units.ImportMapperUsage, "category", &units.Mapper{Direct: []units.Rule{
+		units.Direct("name", "name"), units.Direct("code", "code"),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	f.ext.Model("category").Put("c1", units.Record{"name": "Shoes", "code": "SH"})
+	a := units.ImportRecord{BackendID: backendID, Model: "category", ExternalID: "c1"}
+	if _, err := f.reg.RunImport(ctx, f.env, a); err != nil {
+		t.Fatal(err)
+	}
+	localID := bound(t, f.binder("category"), "c1")
+	if err := f.local.Model("category").Write(ctx, localID, units.Record{"code": "SH-local"}); err != nil {
+		t.Fatal(err)
+	}
+	f.ext.Model("category").Put("c1", units.Record{"name": "Boots", "code": "SH"})
+	a.Force = true
+	if _, err := f.reg.RunImport(ctx, f.env, a); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := f.local.Model("category").Get(localID)
+	if got["name"] != "Boots" || got["code"] != "SH-local" {
+		t.Errorf("local category after the import of its name: %v, want name Boots and code SH-local kept", got)
+	}
+}
