@@ -298,6 +298,22 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	if err != nil {
 		return err
 	}
+	// The health and metrics address is listened on before anything runs:
+	// one that cannot be (taken, malformed) stops the start, rather than a
+	// worker running without /livez, /readyz and /metrics.
+	ln := cfg.HTTPListener
+	var unserved net.Listener // ours, closed if RunWorker returns before serving it
+	defer func() {
+		if unserved != nil {
+			_ = unserved.Close()
+		}
+	}()
+	if ln == nil && cfg.HTTPAddr != "" {
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("app: health and metrics address (-http, CONNECTOR_HTTP_ADDR): %w", err)
+		}
+		unserved = ln
+	}
 	opts := []worker.Option{
 		worker.WithPrefix(cfg.Prefix), worker.WithRedis(c.Redis), worker.WithLogger(c.Log),
 		worker.WithTracerProvider(c.Telemetry.TracerProvider), worker.WithMeterProvider(c.Telemetry.MeterProvider),
@@ -342,22 +358,18 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	health.AddCheck("redis", telemetry.RedisCheck(c.Redis))
 
 	g, gctx := newGroup(ctx)
-	if cfg.HTTPAddr != "" || cfg.HTTPListener != nil {
+	if ln != nil {
 		// The health server outlives the worker's drain (not ready, still
 		// live), and RunWorker returns only once it has shut down: a caller
 		// that then closes its listener or exits finds it stopped.
 		hctx, cancelHTTP := context.WithCancel(context.WithoutCancel(ctx))
 		stopped := make(chan struct{})
 		defer func() { cancelHTTP(); <-stopped }()
-		addr := cfg.HTTPAddr
-		serve := func() error { return health.ListenAndServe(hctx, cfg.HTTPAddr, c.Telemetry.MetricsHandler) }
-		if ln := cfg.HTTPListener; ln != nil {
-			addr = ln.Addr().String()
-			serve = func() error { return health.Serve(hctx, ln, c.Telemetry.MetricsHandler) }
-		}
+		addr := ln.Addr().String()
+		unserved = nil // Serve closes it
 		go func() {
 			defer close(stopped)
-			if err := serve(); err != nil && !errors.Is(err, context.Canceled) {
+			if err := health.Serve(hctx, ln, c.Telemetry.MetricsHandler); err != nil && !errors.Is(err, context.Canceled) {
 				c.Log.Error("health endpoint stopped", telemetry.ErrField(err))
 			}
 		}()

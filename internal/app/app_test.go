@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -319,5 +320,44 @@ func TestRunWorkerStopsWhenNATSIsClosedForGood(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("RunWorker went on with a closed NATS connection")
+	}
+}
+
+// A worker whose health and metrics address cannot be listened on (taken,
+// or a typo such as CONNECTOR_HTTP_ADDR=8080) does not start: it used to
+// log one error and run on without /livez, /readyz and /metrics (a pod
+// never ready, yet running jobs; no metrics for the autoscaler).
+func TestRunWorkerFailsWhenItCannotServeHealth(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, addr := range []string{busy.Addr().String(), "8080"} {
+		cfg := bind(t, map[string]string{
+			"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
+			"CONNECTOR_HTTP_ADDR": addr,
+		})
+		ctx, cancel := context.WithCancel(context.Background())
+		conns, err := app.Open(ctx, &cfg, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- app.RunWorker(ctx, &cfg, conns, worker.NewRegistry()) }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), addr) {
+				t.Errorf("CONNECTOR_HTTP_ADDR=%s: RunWorker %v, want an error naming the address", addr, err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("CONNECTOR_HTTP_ADDR=%s: RunWorker runs without its health endpoint", addr)
+			cancel()
+			<-done
+		}
+		cancel()
+		conns.Close()
 	}
 }

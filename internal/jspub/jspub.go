@@ -60,7 +60,7 @@ type Publisher struct {
 	mu      sync.Mutex
 	batches map[uint64]*Batch
 	next    atomic.Uint64
-	closed  bool
+	closed  atomic.Bool
 }
 
 // New makes a Publisher on nc; window bounds the acknowledgements a batch
@@ -90,7 +90,7 @@ func (p *Publisher) subscribe() error {
 // Close ends the subscription; batches still waiting fail with ErrClosed.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
-	p.closed = true
+	p.closed.Store(true)
 	bs := make([]*Batch, 0, len(p.batches))
 	for _, b := range p.batches {
 		bs = append(bs, b)
@@ -99,6 +99,8 @@ func (p *Publisher) Close() error {
 	for _, b := range bs {
 		b.abort(ErrClosed)
 	}
+	// No subscription after this; one being made is waited for.
+	p.once.Do(func() { p.subErr = ErrClosed })
 	if p.sub != nil {
 		return p.sub.Unsubscribe()
 	}
@@ -135,7 +137,13 @@ const (
 
 // NewBatch starts a batch of up to n messages.
 func (p *Publisher) NewBatch(n int) (*Batch, error) {
+	if p.closed.Load() {
+		return nil, ErrClosed
+	}
 	if err := p.subscribe(); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return nil, ErrClosed
+		}
 		return nil, fmt.Errorf("jspub: subscribe: %w", err)
 	}
 	b := &Batch{
@@ -145,7 +153,7 @@ func (p *Publisher) NewBatch(n int) (*Batch, error) {
 	b.reply = strconv.AppendUint(append(b.reply, p.prefix...), b.id, 36)
 	b.reply = append(b.reply, '.')
 	p.mu.Lock()
-	if p.closed {
+	if p.closed.Load() {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
@@ -161,6 +169,12 @@ func (p *Publisher) NewBatch(n int) (*Batch, error) {
 // message's Ack. After a stall, the outstanding messages have failed with
 // ErrAckTimeout, and so does every later Publish of the batch, at once.
 func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
+	if b.p.closed.Load() {
+		// Its acknowledgement could never arrive.
+		b.acks[i] = Ack{Err: ErrClosed}
+		b.state[i].Store(settled)
+		return ErrClosed
+	}
 	if b.stalled {
 		b.acks[i] = Ack{Err: ErrAckTimeout}
 		b.state[i].Store(settled)
@@ -181,6 +195,12 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 			return err
 		}
 	}
+	if b.p.closed.Load() { // while it waited for room: Close's abort made it
+		<-b.sem
+		b.acks[i] = Ack{Err: ErrClosed}
+		b.state[i].Store(settled)
+		return ErrClosed
+	}
 	n := len(b.reply)
 	m.Reply = string(strconv.AppendUint(b.reply, uint64(i), 36))
 	b.reply = b.reply[:n]
@@ -190,6 +210,11 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 	if err := b.p.nc.PublishMsg(m); err != nil {
 		b.settle(i, Ack{Err: err})
 		return err
+	}
+	if b.p.closed.Load() {
+		// Closed meanwhile, after Close's abort looked at this message
+		// (or it settled it already: settle is once).
+		b.settle(i, Ack{Err: ErrClosed})
 	}
 	return nil
 }

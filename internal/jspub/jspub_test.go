@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,5 +191,121 @@ func TestBatchStallFailsTheRestAtOnce(t *testing.T) {
 		if !errors.Is(a.Err, ErrAckTimeout) {
 			t.Fatalf("ack %d: %+v", i, a)
 		}
+	}
+}
+
+// A batch still publishing when its Publisher is closed (a Dispatcher
+// closed at shutdown during a bulk enqueue) fails the rest of its messages
+// with ErrClosed at once, without publishing them: they could never be
+// acknowledged, and Wait would otherwise hang for the stall timeout and
+// report stored messages as lost.
+func TestPublishAfterCloseFailsAtOnce(t *testing.T) {
+	_, nc, js := testenv.JetStream(t)
+	ctx := context.Background()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "C", Subjects: []string{"c.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(nc, 0, 5*time.Second)
+	b, err := p.NewBatch(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, 0, &nats.Msg{Subject: "c.x", Data: []byte("0")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, 1, &nats.Msg{Subject: "c.x", Data: []byte("1")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("publish after close: %v", err)
+	}
+	start := time.Now()
+	acks := b.Wait(ctx)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("Wait after Close took %s", took)
+	}
+	if !errors.Is(acks[1].Err, ErrClosed) {
+		t.Fatalf("ack 1: %+v", acks[1])
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := s.Info(ctx); info.State.Msgs > 1 {
+		t.Fatalf("%d messages stored: the one published after Close went out", info.State.Msgs)
+	}
+}
+
+// Closing a Publisher while its first batch subscribes is safe, and a
+// batch asked for after Close leaves no subscription behind.
+func TestCloseRacesFirstBatch(t *testing.T) {
+	_, nc, _ := testenv.JetStream(t)
+	for i := 0; i < 20; i++ {
+		p := New(nc, 0, 0)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if b, err := p.NewBatch(1); err == nil {
+				b.Wait(context.Background())
+			}
+		}()
+		_ = p.Close()
+		<-done
+	}
+	p := New(nc, 0, 0)
+	_ = p.Close()
+	before := nc.NumSubscriptions()
+	if _, err := p.NewBatch(1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("NewBatch after Close: %v", err)
+	}
+	if n := nc.NumSubscriptions(); n != before {
+		t.Fatalf("NewBatch after Close left %d subscriptions (before: %d)", n, before)
+	}
+}
+
+// A Publish waiting for room in a full window when the Publisher is closed
+// fails with ErrClosed without publishing: Close's abort frees the window,
+// and the message would go out with no one left to read its
+// acknowledgement.
+func TestPublishWaitingForRoomWhenClosed(t *testing.T) {
+	_, nc, _ := testenv.JetStream(t)
+	ctx := context.Background()
+	var got atomic.Int64
+	mute, err := nc.Subscribe("mute.>", func(*nats.Msg) { got.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Unsubscribe()
+	p := New(nc, 1, time.Minute)
+	b, err := p.NewBatch(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, 0, &nats.Msg{Subject: "mute.x", Data: []byte("0")}); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- b.Publish(ctx, 1, &nats.Msg{Subject: "mute.x", Data: []byte("1")}) }()
+	testenv.Eventually(t, 5*time.Second, func() bool { return got.Load() == 1 }, "first message delivered")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "jspub.(*Batch).waitRoom")
+	}, "second Publish waiting for room in the full window")
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("publish waiting for room, then closed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish still blocked after Close")
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := got.Load(); n != 1 {
+		t.Fatalf("%d messages went out, want 1 (none after Close)", n)
 	}
 }
