@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -144,5 +145,71 @@ func TestEnqueueRefusesTheDispatchersOwnHeaders(t *testing.T) {
 	}
 	if _, err := e.d.Enqueue(ctx, Bulk{N: 1}, job.WithHeader("X-Tenant", "acme")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Close during a bulk enqueue ends it at once: the items not yet
+// acknowledged fail with ErrClosed (not a 30 s stall and ErrAckTimeout),
+// and the rest are neither published nor claim their identity keys.
+func TestCloseDuringEnqueueManyFailsTheRestWithErrClosed(t *testing.T) {
+	e := newGenv(t)
+	ctx := context.Background()
+	const n = 200_000
+	items := make([]dispatcher.Item, n)
+	for i := range items {
+		items[i] = dispatcher.Item{Args: Bulk{N: i}, Options: []job.Option{job.WithIdentityKey(fmt.Sprint("k", i))}}
+	}
+	type answer struct {
+		res []dispatcher.Result
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		res, err := e.d.EnqueueMany(ctx, items)
+		done <- answer{res, err}
+	}()
+	stream, err := e.js.Stream(ctx, e.names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		info, err := stream.Info(ctx)
+		return err == nil && info.State.Msgs > 0
+	}, "some jobs published")
+	if err := e.d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var a answer
+	select {
+	case a = <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("EnqueueMany still runs 15 s after Close")
+	}
+	if a.err == nil {
+		t.Skip("the enqueue ended before Close")
+	}
+	if !errors.Is(a.err, dispatcher.ErrClosed) {
+		t.Fatalf("EnqueueMany: %v, want ErrClosed", a.err)
+	}
+	failed := 0
+	for i, r := range a.res {
+		switch {
+		case r.Err == nil && r.ID == "":
+			t.Fatalf("item %d: no id and no error", i)
+		case r.Err != nil && !errors.Is(r.Err, dispatcher.ErrClosed):
+			t.Fatalf("item %d: %v, want ErrClosed", i, r.Err)
+		case r.Err != nil:
+			failed++
+		}
+	}
+	// The items never published claimed no identity key: the last one's is
+	// free.
+	keys, err := e.rdb.Keys(ctx, e.prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d of %d failed; %d Redis keys", failed, n, len(keys))
+	if len(keys) > n-failed+16 {
+		t.Errorf("%d Redis keys for %d jobs enqueued: failed items kept their identity keys", len(keys), n-failed)
 	}
 }

@@ -526,6 +526,9 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		return nil, ErrClosed
 	}
 	batch, err := pub.NewBatch(len(items))
+	if errors.Is(err, jspub.ErrClosed) {
+		return nil, ErrClosed
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
@@ -550,6 +553,9 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 				// Unknown whether it was stored: the identity key goes (a
 				// duplicate is better than a key blocking the job for weeks).
 				err = a.Err
+			} else if errors.Is(a.Err, jspub.ErrClosed) {
+				// Closed while the batch ran: its acknowledgement never came.
+				err = fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, ErrClosed)
 			} else {
 				err = fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, a.Err)
 			}
@@ -609,10 +615,14 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			claimed[p.env.ID] = i
 		}
 		sent[i] = p
-		if err := batch.Publish(ctx, i, p.msg); err != nil && (ctx.Err() != nil || errors.Is(err, jspub.ErrAckTimeout)) {
+		if err := batch.Publish(ctx, i, p.msg); err != nil && (ctx.Err() != nil || errors.Is(err, jspub.ErrAckTimeout) || errors.Is(err, jspub.ErrClosed)) {
 			// Its Ack has the error; the rest are not sent, and fail with
 			// it (none may read as enqueued: no id and no error).
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, jspub.ErrClosed):
+				err = fmt.Errorf("dispatcher: not published: %w", ErrClosed)
+			default:
 				err = fmt.Errorf("dispatcher: not published: %w", err)
 			}
 			for j := i + 1; j < len(items); j++ {
