@@ -38,7 +38,7 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		seq := seqOf(it)
 		ok, _, err := w.slots.acquire(ctx, it.ch, it.band, it.token, seq, it.ch.freshPlace(it.band, seq))
 		if err != nil || !ok {
-			if err != nil {
+			if err != nil && ctx.Err() == nil { // not the shutdown's interruption
 				w.log.Warn("channel slot not acquired; waiting", zap.String(fieldChannel, it.ch.ch.Name), telemetry.ErrField(err))
 			}
 			w.block(ctx, it)
@@ -281,21 +281,22 @@ func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string
 			ended = telemetry.OutcomeNothingToDo
 		}
 		if env.Graph != "" && w.cfg.rdb != nil {
-			if err := w.releaseChildren(ctx, env); err != nil {
-				// Not acked: the job comes back (not counted as an attempt)
-				// and the release repeats.
-				jc.logger().Warn("job done but its graph children not released; retrying", telemetry.ErrField(err))
+			if err := w.releaseChildren(ctx, env); err != nil && !w.retryRelease(ctx, it, env, err, jc) {
+				// Not acked: the job comes back and the release repeats.
 				it.series.Ended(ctx, telemetry.OutcomeHandedBack, took)
 				w.handBack([]*item{it}, 5*time.Second)
 				return
 			}
 		}
 		if !it.settle() {
+			// Its redelivery lives on: so does its hand-back count.
 			jc.logger().Warn("job done after it was handed back at shutdown; it may run again")
-		} else if err := msg.Ack(); err != nil {
-			jc.logger().Warn("ack failed; the job may run again", telemetry.ErrField(err))
+		} else {
+			if err := msg.Ack(); err != nil {
+				jc.logger().Warn("ack failed; the job may run again", telemetry.ErrField(err))
+			}
+			w.forgetHandbacks(it)
 		}
-		w.forgetHandbacks(it)
 		it.series.Ended(ctx, ended, took)
 		u := w.base(m, started)
 		u.State, u.Result, u.EndedAt, u.ClearError = job.StateDone, result, time.Now(), m.Attempt > 1
@@ -304,8 +305,11 @@ func (w *Worker) finish(ctx context.Context, it *item, m *Message, result string
 			ce.Write(append(jc.fields(), zap.String("result", result), zap.Duration("took", took))...)
 		}
 		return
-	case w.hardCtx.Err() != nil && errors.Is(herr, context.Canceled):
+	case w.hardCtx.Err() != nil && (errors.Is(herr, context.Canceled) || v.Kind == outcome.Dead):
 		// Shutdown grace over: hand it back, unfinished (it ran: counted).
+		// A failure once its context was cancelled is the interruption's,
+		// whatever error the handler made of it (a gRPC status, an error
+		// formatted with %v): never a dead letter.
 		if it.settle() {
 			_ = msg.Nak()
 		}
@@ -367,6 +371,33 @@ func (w *Worker) retry(ctx context.Context, it *item, m *Message, v outcome.Verd
 		return
 	}
 	jc.logger().Info("job failed; retry scheduled", telemetry.ErrField(herr), zap.Duration("delay", delay), zap.Bool("counted", v.Counted))
+}
+
+// retryRelease retries the release of a done graph job's children, which
+// failed with err (Redis or NATS unreachable), until it succeeds (true) or
+// the shutdown grace ends or the job was handed back (false). The job stays
+// leased meanwhile. Handing it back at once would make its redelivery an
+// attempt when Redis, down, cannot count the hand-back: a job done on its
+// last attempt would come back past its max retries and be dead-lettered
+// as lost, its children never released.
+func (w *Worker) retryRelease(ctx context.Context, it *item, env *wire.Envelope, err error, jc *jobCtx) bool {
+	jc.logger().Warn("job done but its graph children not released; retrying", telemetry.ErrField(err))
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		t := time.NewTimer(delay)
+		select {
+		case <-w.hardCtx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		if it.settled.Load() {
+			return false
+		}
+		if err = w.releaseChildren(ctx, env); err == nil {
+			jc.logger().Info("graph children released")
+			return true
+		}
+	}
 }
 
 // releaseChildren marks a graph job done and publishes the children whose
@@ -448,11 +479,11 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 	if err != nil {
 		return 0, err
 	}
-	w.forgetHandbacks(it)
 	if !it.settle() {
 		w.log.Warn("retry scheduled as the job was handed back at shutdown; it may run twice", w.msgFields(it, attempt)...)
 		return ack.Sequence, nil
 	}
+	w.forgetHandbacks(it)
 	if err := msg.Ack(); err != nil {
 		// Scheduled: retrying in place as well would make two of it.
 		w.log.Warn("retry scheduled but the message not acked; the job may run once more", append(w.msgFields(it, attempt), telemetry.ErrField(err))...)
@@ -527,17 +558,23 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 	}
 	if err != nil {
 		log.Error("dead letter not stored; the job stays queued and comes back", telemetry.ErrField(err))
-		if it.settle() {
-			_ = msg.NakWithDelay(5 * time.Second)
+		// Handed back, not counted: its next delivery is this attempt
+		// again and dies of the same reason. Counted, a job dead on its
+		// last attempt would come back past its max retries and read as
+		// lost ("max_retries", its own error gone).
+		if !it.settled.Load() {
+			w.handBack([]*item{it}, 5*time.Second)
 		}
 		return
 	}
 	if !it.settle() {
 		log.Warn("dead-lettered after it was handed back at shutdown; a duplicate letter may follow")
-	} else if err := msg.TermWithReason(reason); err != nil {
-		log.Warn("term failed after dead-lettering; a duplicate letter may follow", telemetry.ErrField(err))
+	} else {
+		if err := msg.TermWithReason(reason); err != nil {
+			log.Warn("term failed after dead-lettering; a duplicate letter may follow", telemetry.ErrField(err))
+		}
+		w.forgetHandbacks(it)
 	}
-	w.forgetHandbacks(it)
 	if env != nil {
 		if env.Identity != "" {
 			w.releaseIdentity(env.Identity, env.ID)

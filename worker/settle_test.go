@@ -630,20 +630,7 @@ func TestEnqueueManyPublishesAsynchronously(t *testing.T) {
 func TestStuckHandlerRetryAfterHandBackSchedulesNothing(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	release := make(chan struct{})
-	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
-		if run == 1 {
-			<-release // ignores ctx
-			return "", job.RetryAfter(errors.New("backend timed out"), time.Hour)
-		}
-		return "ok", nil
-	})
-	w, id := stopPastGrace(t, e, s)
-	// The handler gives up now, after its job was handed back.
-	close(release)
-	testenv.Eventually(t, 10*time.Second, func() bool { return w.Running() == 0 }, "stuck handler returned")
-	e.start(s.registry())
-	e.waitState(id, job.StateDone, 10*time.Second)
+	stuckThenFails(t, e, job.RetryAfter(errors.New("backend timed out"), time.Hour))
 	st, err := e.js.Stream(ctx, e.names().JobsStream())
 	if err != nil {
 		t.Fatal(err)
@@ -655,6 +642,28 @@ func TestStuckHandlerRetryAfterHandBackSchedulesNothing(t *testing.T) {
 	if len(info.State.Subjects) != 0 {
 		t.Fatalf("a retry of the handed-back job is scheduled too (%v): it would run again", info.State.Subjects)
 	}
+}
+
+// stuckThenFails runs a job whose first run ignores its cancelled context
+// past the shutdown grace (stopPastGrace) and, once its job was handed
+// back, fails with err; a new worker then runs the job again, and it is
+// done. It returns the job's id.
+func stuckThenFails(t *testing.T, e *env, err error) string {
+	t.Helper()
+	release := make(chan struct{})
+	s := newSteps(func(ctx context.Context, j *job.Job[Step], run int) (string, error) {
+		if run == 1 {
+			<-release // ignores ctx
+			return "", err
+		}
+		return "ok", nil
+	})
+	w, id := stopPastGrace(t, e, s)
+	close(release) // the handler gives up now, after its job was handed back
+	testenv.Eventually(t, 10*time.Second, func() bool { return w.Running() == 0 }, "stuck handler returned")
+	e.start(s.registry())
+	e.waitState(id, job.StateDone, 10*time.Second)
+	return id
 }
 
 // stopPastGrace runs a worker of s with a 300 ms shutdown grace, enqueues

@@ -366,20 +366,7 @@ func TestRetryNotScheduledIsRetriedInPlace(t *testing.T) {
 // is stored.
 func TestDeadLetterNotStoredKeepsTheJob(t *testing.T) {
 	e := newEnv(t)
-	djs := &refusingJS{JetStream: e.js, prefix: e.prefix + ".dead."}
-	djs.failing.Store(true)
-	var runs atomic.Int32
-	reg := worker.NewRegistry()
-	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
-		runs.Add(1)
-		return "", &permanentErr{code: 422}
-	})
-	e.runOn(djs, reg)
-	id, err := e.d.Enqueue(context.Background(), Flaky{Mode: "error"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 10*time.Second, func() bool { return djs.refused.Load() >= 1 }, "a dead letter refused")
+	djs, runs, id := refusedLetter(t, e)
 	if rec, _ := e.d.Job(context.Background(), id); rec.State == job.StateDead {
 		t.Fatalf("job recorded dead although its letter was not stored: %+v", rec)
 	}
@@ -391,6 +378,29 @@ func TestDeadLetterNotStoredKeepsTheJob(t *testing.T) {
 	if n := runs.Load(); n < 2 {
 		t.Fatalf("handler ran %d times: the job did not come back after its letter was refused", n)
 	}
+}
+
+// refusedLetter runs a job that fails for good (422) on a worker whose
+// dead letters are refused, until one is: runs counts the handler's
+// runs. Storing djs.failing false lets the letters through. opts are the
+// job's.
+func refusedLetter(t *testing.T, e *env, opts ...job.Option) (djs *refusingJS, runs *atomic.Int32, id string) {
+	t.Helper()
+	djs = &refusingJS{JetStream: e.js, prefix: e.prefix + ".dead."}
+	djs.failing.Store(true)
+	runs = new(atomic.Int32)
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
+		runs.Add(1)
+		return "", &permanentErr{code: 422}
+	})
+	e.runOn(djs, reg)
+	id, err := e.d.Enqueue(context.Background(), Flaky{Mode: "error"}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return djs.refused.Load() >= 1 }, "a dead letter refused")
+	return djs, runs, id
 }
 
 func TestMalformedMessagesAreDeadLetteredWithReason(t *testing.T) {

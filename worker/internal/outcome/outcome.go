@@ -59,15 +59,34 @@ func (e *PanicError) Unwrap() error { return job.ErrPanic }
 // not ended: that is a shutdown) fails with a retryable job.ErrTimeout.
 func Run[M any](ctx context.Context, timeout time.Duration, h func(context.Context, M) (string, error), m M) (string, error) {
 	if timeout <= 0 {
-		return call(ctx, h, m)
+		result, err := call(ctx, h, m)
+		return result, safe(err)
 	}
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	result, err := call(runCtx, h, m)
+	err = safe(err)
 	if err != nil && errors.Is(runCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		err = job.Retry(fmt.Errorf("%w after %s: %w", job.ErrTimeout, timeout, err))
 	}
 	return result, err
+}
+
+// safe returns err, or, when its Error method panics (a nil pointer of
+// an error type returned as a non-nil error, Go's typed nil), an error
+// that says so: the worker reads the error (records, letters, logs) out
+// of reach of the handler's recover, where the panic would kill it.
+func safe(err error) (out error) {
+	if err == nil {
+		return nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			out = fmt.Errorf("handler returned a %T error whose Error method panics: %v", err, p)
+		}
+	}()
+	_ = err.Error()
+	return err
 }
 
 func call[M any](ctx context.Context, h func(context.Context, M) (string, error), m M) (result string, err error) {
