@@ -43,6 +43,7 @@ type chanState struct {
 
 	capped []string // the channels of chain with a capacity
 	freed  wakeup   // a slot of one of them was released
+	slots  *slots   // the worker's (nil without Redis): for drainBlocked
 }
 
 // newChanState is the state of a configured channel ch.
@@ -480,6 +481,32 @@ func (s *slots) acquire(ctx context.Context, cs *chanState, band int, token stri
 	return false, 0, nil
 }
 
+// forget takes off the slot sets of cs's chain any slot taken under the
+// tokens of jobs that leave their blocked list without starting: an
+// attempt whose answer was lost (a timeout) may have taken one, which the
+// job does not know it holds and would not give back until its lease
+// ends. It reports whether there were any to take off.
+func (s *slots) forget(ctx context.Context, cs *chanState, its []*item) bool {
+	if s == nil || len(cs.capped) == 0 {
+		return false
+	}
+	tokens := make([]any, 0, len(its))
+	for _, it := range its {
+		if it.token != "" && !it.slotHeld.Load() {
+			tokens = append(tokens, it.token)
+		}
+	}
+	if len(tokens) == 0 {
+		return false
+	}
+	pipe := s.rdb.Pipeline()
+	for _, name := range cs.capped {
+		pipe.ZRem(ctx, s.slotsKey(name), tokens...)
+	}
+	_, _ = pipe.Exec(ctx)
+	return true
+}
+
 // leave removes this instance's place for the jobs of cs from the waiting
 // sets of its chain (no job of it waits any more).
 func (s *slots) leave(ctx context.Context, cs *chanState) {
@@ -773,6 +800,13 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 			emptied[b] = n > 0 && len(cs.blocked[b]) == 0
 		}
 		cs.mu.Unlock()
+		if len(dropped) > 0 {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			if w.slots.forget(fctx, cs, dropped) {
+				w.wakeFor(cs.capped)
+			}
+			cancel()
+		}
 		for _, x := range dropped {
 			w.dropHeld(x)
 		}
@@ -871,6 +905,15 @@ func (w *Worker) blockedLoop(ctx context.Context, cs *chanState) {
 func (w *Worker) block(ctx context.Context, it *item) {
 	cs := it.ch
 	cs.mu.Lock()
+	if ctx.Err() != nil {
+		// Stopping: the blocked lists are drained (now or soon, under
+		// cs.mu, after ctx ended), and a job put there after that would
+		// never be handed back: it goes back now.
+		cs.mu.Unlock()
+		w.handBack([]*item{it}, 0)
+		w.credits.give(1)
+		return
+	}
 	q := cs.blocked[it.band]
 	seq := seqOf(it)
 	i := len(q)
@@ -918,14 +961,20 @@ func (cs *chanState) hasBlocked(band int) bool {
 	return len(cs.blocked[band]) > 0
 }
 
-// drainBlocked hands every blocked job back (shutdown).
+// drainBlocked hands every blocked job back (shutdown), with any slot
+// taken under its token by an attempt whose answer was lost.
 func (cs *chanState) drainBlocked() []*item {
 	cs.mu.Lock()
-	defer cs.mu.Unlock()
 	var out []*item
 	for b := range cs.blocked {
 		out = append(out, cs.blocked[b]...)
 		cs.blocked[b] = nil
+	}
+	cs.mu.Unlock()
+	if len(out) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		cs.slots.forget(ctx, cs, out)
+		cancel()
 	}
 	return out
 }

@@ -251,6 +251,9 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 	}
 	if c.rdb != nil {
 		w.slots = &slots{rdb: c.rdb, tag: "{" + names.Prefix + ":channels}", lease: c.ackWait, me: c.name + "~" + wire.NewID()}
+		for _, cs := range w.states {
+			cs.slots = w.slots
+		}
 	}
 	if c.tp != nil {
 		w.tracer = c.tp.Tracer("github.com/connector-go/connector/worker")
