@@ -53,7 +53,10 @@ func secretEnv(extra map[string]string) func(string) string {
 // runCmd runs the command in-process and returns its outputs and error.
 func runCmd(t *testing.T, getenv func(string) string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	var out, errb bytes.Buffer
+	// The logger may still write to stderr once run returned (nats.go's
+	// closed-connection callback runs on its own goroutine).
+	var out bytes.Buffer
+	var errb testenv.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err = run(ctx, args, &out, &errb, getenv)
