@@ -15,6 +15,7 @@ import (
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker/internal/outcome"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -473,9 +474,7 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 	out.Header[wire.HeaderSchedule] = []string{"@at " + at.UTC().Format(time.RFC3339Nano)}
 	out.Header[wire.HeaderSchTarget] = []string{msg.Subject()} // same channel and band
 	out.Data = data
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	ack, err := w.js.PublishMsg(pctx, out)
+	ack, err := w.publishSchedule(ctx, it, out)
 	if err != nil {
 		return 0, err
 	}
@@ -489,6 +488,47 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 		w.log.Warn("retry scheduled but the message not acked; the job may run once more", append(w.msgFields(it, attempt), telemetry.ErrField(err))...)
 	}
 	return ack.Sequence, nil
+}
+
+// scheduleRetryFor bounds how long a retry's schedule whose publish may
+// have been stored is published again (publishSchedule).
+const scheduleRetryFor = 2 * time.Minute
+
+// publishSchedule publishes a retry's schedule. A publish that timed out
+// may have been stored: retrying the job in place then would run it twice
+// (its redelivery, and the schedule when it fires). A job has one schedule
+// subject, and a schedule replaces any earlier one on its subject, so the
+// publish is repeated instead (the message under heartbeat), backing off to
+// 5 s, until it is acknowledged, for scheduleRetryFor at most, or until
+// the shutdown grace ends or the job is handed back (errHandedBack). An
+// error that says nothing was stored (no stream answered, a refusal) is
+// returned at once: the retry in place is safe.
+func (w *Worker) publishSchedule(ctx context.Context, it *item, out *nats.Msg) (*jetstream.PubAck, error) {
+	until := time.Now().Add(scheduleRetryFor)
+	uncertain := false
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		ack, err := w.js.PublishMsg(pctx, out)
+		cancel()
+		if err == nil {
+			return ack, nil
+		}
+		uncertain = uncertain || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		if !uncertain || time.Now().After(until) {
+			return nil, err
+		}
+		w.log.Warn("retry schedule not acknowledged (it may be stored); publishing it again", append(w.msgFields(it, it.env.Attempt), telemetry.ErrField(err))...)
+		t := time.NewTimer(delay)
+		select {
+		case <-w.hardCtx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		if it.settled.Load() {
+			return nil, errHandedBack
+		}
+	}
 }
 
 // deadBody stores a job's message in the dead-letter stream on its own, for

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -329,6 +330,63 @@ func (e *env) runOn(js jetstream.JetStream, reg *worker.Registry) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	e.t.Cleanup(func() { cancel(); <-done })
+}
+
+// lostAckJS stores the first message published on subjects under prefix
+// but answers a timeout, as a publish whose acknowledgement was lost.
+type lostAckJS struct {
+	jetstream.JetStream
+	prefix string
+	lost   atomic.Int32
+}
+
+func (j *lostAckJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := j.JetStream.PublishMsg(ctx, m, opts...)
+	if err == nil && strings.HasPrefix(m.Subject, j.prefix) && j.lost.Add(1) == 1 {
+		return nil, context.DeadlineExceeded
+	}
+	return ack, err
+}
+
+// A retry whose schedule was stored but whose publish timed out runs once
+// more, not twice: the worker publishes the schedule again (it replaces
+// the first) rather than retry the job in place as well (its redelivery
+// and the schedule both ran it).
+func TestRetryScheduleWithALostAckRunsOnce(t *testing.T) {
+	e := newEnv(t)
+	ljs := &lostAckJS{JetStream: e.js, prefix: e.prefix + ".sched."}
+	var runs atomic.Int32
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
+		if runs.Add(1) == 1 {
+			return "", job.RetryAfter(errors.New("backend busy"), 200*time.Millisecond)
+		}
+		return "fine", nil
+	})
+	e.runOn(ljs, reg)
+	ctx := context.Background()
+	id, err := e.d.Enqueue(ctx, Flaky{Mode: "retry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(id, job.StateDone, 20*time.Second)
+	if ljs.lost.Load() < 1 {
+		t.Fatal("no schedule publish lost its acknowledgement: the test proves nothing")
+	}
+	// Every schedule fired and every job message was taken and settled.
+	n := e.names()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		s, err := e.js.Stream(ctx, n.JobsStream())
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(n.ScheduleWildcard()))
+		return err == nil && len(info.State.Subjects) == 0 &&
+			testenv.CaughtUp(ctx, e.js, n.JobsStream(), n.JobsWildcard(), n.JobsConsumer("root", 1))
+	}, "the schedules fired and the jobs settled")
+	if got := runs.Load(); got != 2 {
+		t.Fatalf("the handler ran %d times, want 2 (the first run and its one retry)", got)
+	}
 }
 
 // A retry whose schedule cannot be published (NATS refuses the publish) is
