@@ -25,7 +25,8 @@ type Entry struct {
 
 // List reads up to limit letters (0: all) of stream on filters, oldest
 // first, through an ordered consumer (nothing durable is left behind). A
-// letter that does not decode is listed with reason "unreadable".
+// letter that does not decode is listed with reason "unreadable"; one whose
+// message kept apart is gone, without its message.
 func List(ctx context.Context, js jetstream.JetStream, stream string, filters []string, limit int) ([]Entry, error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
@@ -61,7 +62,9 @@ func List(ctx context.Context, js jetstream.JetStream, stream string, filters []
 		}
 		if err := wire.Unmarshal(m.Data(), &e.Letter); err != nil {
 			e.Letter.Reason, e.Letter.Error = "unreadable", err.Error()
-		} else if err := Body(ctx, s, &e.Letter); err != nil {
+		} else if err := Body(ctx, s, &e.Letter); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			// (a message gone, by the stream's limits, which discard it just
+			// before its letter: the letter lists without it)
 			return out, err
 		}
 		out = append(out, e)
@@ -83,7 +86,18 @@ func Body(ctx context.Context, s jetstream.Stream, dl *wire.DeadLetter) error {
 	if err != nil {
 		return fmt.Errorf("dead letters: the message of the letter of %s (at %d): %w", dl.Subject, dl.BodySeq, err)
 	}
-	dl.Data, dl.Headers = m.Data, m.Header
+	// The message is stored without NATS's own headers: those there are
+	// the ones a direct get adds (Nats-Stream, Nats-Sequence, ...).
+	dl.Data, dl.Headers = m.Data, nil
+	for k, v := range m.Header {
+		if len(k) > 5 && k[:5] == "Nats-" {
+			continue
+		}
+		if dl.Headers == nil {
+			dl.Headers = map[string][]string{}
+		}
+		dl.Headers[k] = v
+	}
 	return nil
 }
 

@@ -500,8 +500,10 @@ func (s *Store) Flush(ctx context.Context) error {
 		if n <= 0 {
 			return fmt.Errorf("records: %w", err)
 		}
-		shift := len(cur.buf)
-		buf := append(cur.buf, s.buf...)
+		// (the entries are contiguous in order from the buffer's start:
+		// the bytes of those dropped go with them)
+		shift := cur.ents[n-1].end
+		buf := append(cur.buf[:shift], s.buf...)
 		ents := append(cur.ents[:n:n], s.ents...)
 		for i := n; i < len(ents); i++ {
 			ents[i].off += shift

@@ -305,3 +305,68 @@ func TestSetWinsOverASideFromAClockAhead(t *testing.T) {
 		t.Fatalf("after Set: %+v, %v; want enqueued, attempts 0, no error", rec, err)
 	}
 }
+
+// duringFailedFlush fails every pipeline (Redis unreachable), running the
+// function of the contexts that carry one first (inside the flush, after
+// it took the pending updates).
+type duringFailedFlush struct{}
+
+type flushHookKey struct{}
+
+func (duringFailedFlush) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (duringFailedFlush) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (duringFailedFlush) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if f, ok := ctx.Value(flushHookKey{}).(func()); ok {
+			f()
+		}
+		return errors.New("dial tcp: connection refused")
+	}
+}
+
+// While Redis is unreachable the store holds at most MaxPending updates:
+// updates recorded during each failed flush replace older ones, and the
+// memory they take stays that of the updates held (no bytes of updates
+// dropped are kept).
+func TestFailedFlushesKeepMemoryBounded(t *testing.T) {
+	_, prefix := testenv.Redis(t)
+	opt, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opt)
+	c.AddHook(duringFailedFlush{})
+	defer c.Close()
+	s := New(c, wire.MustNames(prefix), time.Minute, nil)
+	// (the test flushes, not the store's loop)
+	s.once.Do(func() { close(s.done) })
+	<-s.closed
+	id := wire.NewID()
+	for i := 0; i < MaxPending; i++ {
+		s.Record(&Update{ID: id, State: job.StateStarted, Attempts: 1})
+	}
+	big := strings.Repeat("x", 4096)
+	ctx := context.WithValue(context.Background(), flushHookKey{}, func() {
+		for i := 0; i < 2000; i++ {
+			s.Record(&Update{ID: id, State: job.StateDone, Attempts: 1, Error: big})
+		}
+	})
+	for i := 0; i < 4; i++ {
+		if err := s.Flush(ctx); err == nil {
+			t.Fatal("flush through a failing Redis succeeded")
+		}
+	}
+	s.mu.Lock()
+	held, live := len(s.ents), 0
+	for _, e := range s.ents {
+		live += e.end - e.off
+	}
+	size := len(s.buf)
+	s.mu.Unlock()
+	if held > MaxPending {
+		t.Fatalf("%d updates held, over %d", held, MaxPending)
+	}
+	if size > live+live/2 {
+		t.Fatalf("%d bytes buffered for %d updates of %d bytes", size, held, live)
+	}
+}

@@ -118,8 +118,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 		// Every worker provisions at start: skip the update when nothing
 		// changed, so that a fleet starting together does not update a
 		// stream while others create consumers on it.
-		if cur, err := js.Stream(ctx, sc.Name); err == nil && same(cur.CachedInfo().Config, sc) {
-			continue
+		if cur, err := js.Stream(ctx, sc.Name); err == nil {
+			if same(cur.CachedInfo().Config, sc) {
+				continue
+			}
+			// An update replaces the whole config: keep what an operator
+			// set beyond what is provisioned here (limits, placement,
+			// compression, metadata, ...).
+			sc = overlay(cur.CachedInfo().Config, sc)
 		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
@@ -132,6 +138,15 @@ func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 		}
 	}
 	return nil
+}
+
+// overlay is the stream config cur with what provisioning sets (the
+// fields same compares) taken from want.
+func overlay(cur, want jetstream.StreamConfig) jetstream.StreamConfig {
+	cur.Subjects, cur.Retention, cur.Storage, cur.Replicas = want.Subjects, want.Retention, want.Storage, want.Replicas
+	cur.Duplicates, cur.AllowMsgSchedules, cur.MaxAge = want.Duplicates, want.AllowMsgSchedules, want.MaxAge
+	cur.Description, cur.AllowDirect, cur.Discard = want.Description, want.AllowDirect, want.Discard
+	return cur
 }
 
 // same reports whether the stream already has what we would set.

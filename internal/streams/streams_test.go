@@ -149,3 +149,67 @@ func TestEnsureWithAShortMaxAge(t *testing.T) {
 		t.Errorf("jobs stream: %v", err)
 	}
 }
+
+// A second provisioning with the same settings leaves the streams alone
+// (no update: a fleet starting together would otherwise update streams
+// while others create consumers on them).
+func TestEnsureAgainUpdatesNothing(t *testing.T) {
+	_, nc, js := testenv.JetStream(t)
+	ctx := context.Background()
+	cfg := streams.Config{Names: wire.MustNames(testenv.Prefix(t))}
+	if err := streams.Ensure(ctx, js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.SubscribeSync("$JS.API.STREAM.UPDATE.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := streams.Ensure(ctx, js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := sub.Pending(); n != 0 {
+		m, _ := sub.NextMsg(time.Second)
+		t.Fatalf("second Ensure sent %d stream updates (first: %s %s)", n, m.Subject, m.Data)
+	}
+}
+
+// What an operator set on a stream beyond what provisioning manages (a
+// dead-letter stream's size limits, compression, message TTLs) survives a
+// provisioning that updates the stream (here: a new max age); before, the
+// update reset them, or failed on every start (message TTLs cannot be
+// turned off).
+func TestEnsureKeepsTheOperatorsSettings(t *testing.T) {
+	_, _, js := testenv.JetStream(t)
+	ctx := context.Background()
+	names := wire.MustNames(testenv.Prefix(t))
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, names.DeadStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc := s.CachedInfo().Config
+	oc.MaxBytes, oc.MaxMsgs, oc.Compression = 64<<20, 100_000, jetstream.S2Compression
+	oc.AllowMsgTTL = true // (which the server refuses to turn off)
+	if _, err := js.UpdateStream(ctx, oc); err != nil {
+		t.Fatal(err)
+	}
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names, DeadMaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := info.Config
+	if c.MaxAge != time.Hour {
+		t.Fatalf("max age %s, want 1h", c.MaxAge)
+	}
+	if c.MaxBytes != 64<<20 || c.MaxMsgs != 100_000 || c.Compression != jetstream.S2Compression || !c.AllowMsgTTL {
+		t.Fatalf("the operator's settings were reset: max bytes %d, max msgs %d, compression %v, message TTLs %v", c.MaxBytes, c.MaxMsgs, c.Compression, c.AllowMsgTTL)
+	}
+}
