@@ -535,12 +535,21 @@ func (w *Worker) publishSchedule(ctx context.Context, it *item, out *nats.Msg) (
 // a letter too large to hold it (wire.DeadLetter.BodySeq): its data and
 // headers as they are, but NATS's own (Nats-*: its message id, schedule
 // headers), so that it is no larger than it was.
-func (w *Worker) deadBody(it *item) (uint64, error) {
+//
+// Its message id is the letter's (msgID) with ".body": when the letter then
+// fails to be stored and the job dies again (its redelivery), the message
+// is not stored twice, the first copy named by no letter. It goes without
+// the id only if the id would take it over max_payload.
+func (w *Worker) deadBody(it *item, msgID string) (uint64, error) {
 	key := "seq-" + strconv.FormatUint(it.meta.Sequence.Stream, 10)
 	if it.env != nil {
 		key = it.env.ID
 	}
 	out := deadletter.Republish(w.names.DeadBodySubject(key), &wire.DeadLetter{Headers: it.msg.Headers(), Data: it.msg.Data()})
+	id := msgID + ".body"
+	if int64(out.Size()+len(wire.HeaderMsgID)+len(id)+4) <= w.js.Conn().MaxPayload() {
+		out.Header[wire.HeaderMsgID] = []string{id}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ack, err := w.js.PublishMsg(ctx, out)
@@ -591,7 +600,7 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		// The message plus why it died is over the server's max_payload:
 		// the message goes on its own (it fitted as a job, it fits again),
 		// and the letter names it.
-		if dl.BodySeq, err = w.deadBody(it); err == nil {
+		if dl.BodySeq, err = w.deadBody(it, msgID); err == nil {
 			dl.Headers, dl.Data = nil, nil
 			err = publish()
 		}
