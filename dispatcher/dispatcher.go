@@ -18,7 +18,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -245,11 +244,8 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	if err := channels.Valid(env.Channel); err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
-	for k := range o.Headers {
-		if k == wire.HeaderMsgID || strings.HasPrefix(k, wire.HeaderSchedule) {
-			// Its own: a caller's would replace the job's dedup id or its ETA.
-			return nil, fmt.Errorf("dispatcher: %s: header %s is the dispatcher's (job.WithID, job.WithETA, job.WithDelay): %w", name, k, wire.ErrInvalid)
-		}
+	if err := wire.CheckHeaders(o.Headers); err != nil {
+		return nil, fmt.Errorf("dispatcher: %s: %w", name, err)
 	}
 	env.TimeoutMS = wire.TimeoutMillis(o.Timeout)
 	if len(o.RetryPattern) > 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -249,4 +250,16 @@ func FromMillis(ms int64) time.Time {
 		return time.Time{}
 	}
 	return time.UnixMilli(ms)
+}
+
+// CheckHeaders refuses a job's extra headers that are the dispatcher's own
+// (Nats-Msg-Id, Nats-Schedule*): a caller's would replace the job's dedup
+// id or its ETA.
+func CheckHeaders(headers map[string]string) error {
+	for k := range headers {
+		if k == HeaderMsgID || strings.HasPrefix(k, HeaderSchedule) {
+			return fmt.Errorf("header %s is the dispatcher's (job.WithID, job.WithETA, job.WithDelay): %w", k, ErrInvalid)
+		}
+	}
+	return nil
 }

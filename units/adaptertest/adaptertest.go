@@ -330,8 +330,11 @@ func (s *suite) searchPaging(t *testing.T) {
 		all = append(all, s.create(t, a, i))
 	}
 	s.settle(t)
+	// Paged as callers page (units.Query): on from Offset plus the ids
+	// received, to an empty answer; a page may hold fewer than Limit ids
+	// before the end (an API's own page cap).
 	var paged []string
-	for off := 0; off < 10; off += 2 {
+	for off, pages := 0, 0; ; pages++ {
 		ids, err := a.Search(s.ctx(t), units.Query{Offset: off, Limit: 2})
 		if err != nil {
 			t.Fatalf("Search(offset %d, limit 2): %v", off, err)
@@ -339,10 +342,19 @@ func (s *suite) searchPaging(t *testing.T) {
 		if len(ids) > 2 {
 			t.Fatalf("Search(limit 2) returned %d ids", len(ids))
 		}
-		paged = append(paged, ids...)
-		if len(ids) < 2 {
+		if len(ids) == 0 {
 			break
 		}
+		for _, id := range ids {
+			if slices.Contains(paged, id) {
+				t.Fatalf("Search(offset %d, limit 2) = %v: %q was on an earlier page", off, ids, id)
+			}
+		}
+		paged = append(paged, ids...)
+		if pages > 2*len(all) {
+			t.Fatalf("paging through Search does not end: %v", paged)
+		}
+		off += len(ids)
 	}
 	slices.Sort(all)
 	slices.Sort(paged)

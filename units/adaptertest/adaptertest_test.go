@@ -254,3 +254,23 @@ func ExampleRun() {
 	}
 	_ = testMyAdapter
 }
+
+// capped is an adapter whose Search answers at most one id per call, below
+// any Limit asked (an API's own page cap): the units.Query contract allows
+// it, callers paging on from Offset plus the ids received.
+type capped struct{ *unitstest.Memory }
+
+func (c capped) Search(ctx context.Context, q units.Query) ([]string, error) {
+	if q.Limit > 1 {
+		q.Limit = 1
+	}
+	return c.Memory.Search(ctx, q)
+}
+
+// A Search that caps its pages below the limit keeps the contract.
+func TestCappedPagesConformance(t *testing.T) {
+	adaptertest.Run(t, adaptertest.Harness{
+		New:   func(t *testing.T) units.Adapter { return capped{unitstest.NewMemory("product")} },
+		Break: func(t *testing.T, a units.Adapter) { a.(capped).SetDown(true) },
+	})
+}

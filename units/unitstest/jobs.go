@@ -3,9 +3,12 @@ package unitstest
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
+	"time"
 
+	"github.com/connector-go/connector/internal/channels"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
@@ -17,18 +20,85 @@ type Enqueued struct {
 	Args    job.Args
 	Options job.Options
 
-	identity string // the identity key, given or computed
+	identity string   // the identity key, given or computed
+	run      job.Args // Args as a worker's handler gets them (decoded)
+}
+
+// decoded returns args as a worker's handler gets them: encoded to the
+// wire format, as a dispatcher sends them, and decoded into their type
+// (fields that do not travel are lost, numbers in maps of any come back as
+// msgpack decodes them). An error is a dispatcher's refusal of the job:
+// arguments that do not encode, or options it refuses (see refused).
+func decoded(args job.Args, o job.Options) (job.Args, error) {
+	raw, err := wire.Marshal(args)
+	if err != nil {
+		return nil, fmt.Errorf("unitstest: encode %s args: %w", args.JobName(), err)
+	}
+	if err := refused(args.JobName(), raw, o); err != nil {
+		return nil, err
+	}
+	p := reflect.New(reflect.TypeOf(args))
+	if err := wire.Unmarshal(raw, p.Interface()); err != nil {
+		return nil, fmt.Errorf("unitstest: %w: %s: %v", job.ErrBadArgs, args.JobName(), err)
+	}
+	return p.Elem().Interface().(job.Args), nil
+}
+
+// refused checks the job name, with its encoded arguments raw and options
+// o, as a dispatcher checks a job before it enqueues it: a valid id and
+// channel, no negative max retries, timeout or retry delays, none of the
+// dispatcher's own headers, an envelope within the size limit.
+func refused(name string, raw []byte, o job.Options) error {
+	env := wire.Envelope{
+		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
+		Priority: o.Priority, Description: o.Description, EnqueuedAt: time.Now().UnixMilli(),
+		Identity: o.IdentityKey, TimeoutMS: wire.TimeoutMillis(o.Timeout),
+	}
+	if env.ID == "" {
+		env.ID = wire.NewID()
+	}
+	if env.Channel == "" {
+		env.Channel = job.DefaultChannel
+	}
+	if err := channels.Valid(env.Channel); err != nil {
+		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)
+	}
+	if err := wire.CheckHeaders(o.Headers); err != nil {
+		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)
+	}
+	if len(o.RetryPattern) > 0 {
+		env.Retry = make(map[int]int64, len(o.RetryPattern))
+		for k, v := range o.RetryPattern {
+			env.Retry[k] = v.Milliseconds()
+		}
+	}
+	data, err := wire.EncodeEnvelope(&env)
+	if err == nil && len(data) > wire.DefaultMaxEnvelope {
+		err = fmt.Errorf("job %s is %d bytes, over the %d-byte limit: %w", name, len(data), wire.DefaultMaxEnvelope, wire.ErrInvalid)
+	}
+	if err != nil {
+		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)
+	}
+	return nil
 }
 
 // Trap is a job.Enqueuer that captures jobs instead of sending them (the
 // seed's trap_jobs). An enqueue whose identity key (job.WithIdentityKey,
 // or computed by job.WithIdentityExact or WithIdentityFunc) or whose
 // caller-chosen id (job.WithID) matches a captured job returns that job's
-// id and captures nothing, as the real queue does.
+// id and captures nothing, as the real queue does; a chosen id enqueued
+// before, even if its job ran since (Perform), is dropped too, as
+// JetStream drops it within its dedup window (until Reset). A job a dispatcher
+// refuses (arguments that do not encode, an invalid id or channel,
+// negative max retries or retry delays, a header of the dispatcher's own)
+// is refused with an error and not captured.
 type Trap struct {
 	mu   sync.Mutex
 	seq  int
 	jobs []Enqueued
+	// chosen are the caller-chosen ids enqueued (until Reset): JetStream
+	// drops a repeat for its dedup window, after the job ran too.
+	chosen map[string]bool
 }
 
 // NewTrap returns an empty trap.
@@ -40,6 +110,10 @@ func (t *Trap) Enqueue(_ context.Context, args job.Args, opts ...job.Option) (st
 		return "", fmt.Errorf("unitstest: nil job args")
 	}
 	o := job.Apply(args, opts...)
+	run, err := decoded(args, o)
+	if err != nil {
+		return "", err
+	}
 	// The dispatcher's identity: the key given, else the function's of
 	// the encoded arguments (in canonical form, as the dispatcher's).
 	identity := o.IdentityKey
@@ -58,12 +132,22 @@ func (t *Trap) Enqueue(_ context.Context, args job.Args, opts ...job.Option) (st
 			return j.ID, nil
 		}
 	}
+	if o.ID != "" && t.chosen[o.ID] {
+		// Its job ran (Perform): JetStream still drops the repeat.
+		return o.ID, nil
+	}
+	if o.ID != "" {
+		if t.chosen == nil {
+			t.chosen = map[string]bool{}
+		}
+		t.chosen[o.ID] = true
+	}
 	t.seq++
 	id := o.ID
 	if id == "" {
 		id = fmt.Sprintf("trap-%d", t.seq)
 	}
-	t.jobs = append(t.jobs, Enqueued{ID: id, Args: args, Options: o, identity: identity})
+	t.jobs = append(t.jobs, Enqueued{ID: id, Args: args, Options: o, identity: identity, run: run})
 	return id, nil
 }
 
@@ -85,11 +169,13 @@ func (t *Trap) Named(name string) []Enqueued {
 	return out
 }
 
-// Reset forgets the captured jobs.
+// Reset forgets the captured jobs, and the chosen ids enqueued (as if
+// JetStream's dedup window had passed).
 func (t *Trap) Reset() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.jobs = nil
+	t.chosen = nil
 }
 
 // ArgsOf returns the arguments of the captured jobs of type T.
@@ -104,7 +190,8 @@ func ArgsOf[T job.Args](t *Trap) []T {
 }
 
 // Perform runs the captured jobs with run, in order, and removes them (the
-// seed's perform_enqueued_jobs). Jobs enqueued meanwhile run too. It stops at
+// seed's perform_enqueued_jobs). Each gets its arguments as a worker's
+// handler does: as encoded when enqueued, decoded into their type. Jobs enqueued meanwhile run too. It stops at
 // the first error that is not a job.NothingToDo.
 func (t *Trap) Perform(ctx context.Context, run func(ctx context.Context, args job.Args) (string, error)) error {
 	for {
@@ -116,7 +203,7 @@ func (t *Trap) Perform(ctx context.Context, run func(ctx context.Context, args j
 		j := t.jobs[0]
 		t.jobs = t.jobs[1:]
 		t.mu.Unlock()
-		if _, err := run(ctx, j.Args); err != nil && !units.IsNothingToDo(err) {
+		if _, err := run(ctx, j.run); err != nil && !units.IsNothingToDo(err) {
 			return fmt.Errorf("job %s (%s): %w", j.ID, j.Args.JobName(), err)
 		}
 	}
@@ -163,8 +250,17 @@ func (in *Inline) Handle(name string, fn func(ctx context.Context, args job.Args
 	in.handlers[name] = fn
 }
 
-// Run runs args now, as a worker would.
+// Run runs args now, as a worker would: with the arguments encoded to the
+// wire format and decoded into their type.
 func (in *Inline) Run(ctx context.Context, args job.Args) (string, error) {
+	run, err := decoded(args, job.Apply(args))
+	if err != nil {
+		return "", err
+	}
+	return in.run(ctx, run)
+}
+
+func (in *Inline) run(ctx context.Context, args job.Args) (string, error) {
 	in.mu.Lock()
 	fn := in.handlers[args.JobName()]
 	in.mu.Unlock()
@@ -174,9 +270,18 @@ func (in *Inline) Run(ctx context.Context, args job.Args) (string, error) {
 	return in.registry.RunJob(ctx, in.env, args)
 }
 
-// Enqueue implements job.Enqueuer by running the job now.
+// Enqueue implements job.Enqueuer by running the job now. A job a
+// dispatcher refuses (see Trap) is refused with an error, and nothing
+// runs.
 func (in *Inline) Enqueue(ctx context.Context, args job.Args, opts ...job.Option) (string, error) {
+	if args == nil {
+		return "", fmt.Errorf("unitstest: nil job args")
+	}
 	o := job.Apply(args, opts...)
+	run, err := decoded(args, o)
+	if err != nil {
+		return "", err
+	}
 	in.mu.Lock()
 	in.seq++
 	id := o.ID
@@ -184,7 +289,7 @@ func (in *Inline) Enqueue(ctx context.Context, args job.Args, opts ...job.Option
 		id = fmt.Sprintf("inline-%d", in.seq)
 	}
 	in.mu.Unlock()
-	res, err := in.Run(ctx, args)
+	res, err := in.run(ctx, run)
 	in.mu.Lock()
 	in.results = append(in.results, Result{ID: id, Args: args, Result: res, Err: err})
 	in.mu.Unlock()

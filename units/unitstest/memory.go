@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -73,7 +74,7 @@ func (m *Memory) Put(id string, rec units.Record) {
 	if _, ok := m.records[id]; !ok {
 		m.order = append(m.order, id)
 	}
-	stored := maps.Clone(rec)
+	stored := cloneRecord(rec)
 	if stored == nil {
 		stored = units.Record{}
 	}
@@ -85,7 +86,7 @@ func (m *Memory) Get(id string) (units.Record, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r, ok := m.records[id]
-	return maps.Clone(r), ok
+	return cloneRecord(r), ok
 }
 
 // Len returns the number of records.
@@ -176,12 +177,12 @@ func (m *Memory) Read(ctx context.Context, id string, fields []string) (units.Re
 		return nil, units.Missing(m.Model, id)
 	}
 	if len(fields) == 0 {
-		return maps.Clone(r), nil
+		return cloneRecord(r), nil
 	}
 	out := units.Record{}
 	for _, f := range fields {
 		if v, ok := r[f]; ok {
-			out[f] = v
+			out[f] = cloneValue(v)
 		}
 	}
 	return out, nil
@@ -207,7 +208,7 @@ func (m *Memory) CreateReturning(ctx context.Context, rec units.Record) (string,
 		m.seq++
 		id = m.Prefix + strconv.Itoa(m.seq)
 	}
-	stored := maps.Clone(rec)
+	stored := cloneRecord(rec)
 	if stored == nil {
 		stored = units.Record{}
 	}
@@ -215,7 +216,7 @@ func (m *Memory) CreateReturning(ctx context.Context, rec units.Record) (string,
 	m.records[id] = stored
 	m.order = append(m.order, id)
 	c := m.record(ctx, "create", id, rec)
-	stored = maps.Clone(stored)
+	stored = cloneRecord(stored)
 	m.mu.Unlock()
 	m.notify(ctx, c)
 	return id, stored, nil
@@ -241,11 +242,11 @@ func (m *Memory) WriteReturning(ctx context.Context, id string, rec units.Record
 		return nil, units.Missing(m.Model, id)
 	}
 	r = maps.Clone(r)
-	maps.Copy(r, rec)
+	maps.Copy(r, cloneRecord(rec))
 	m.stamp(r)
 	m.records[id] = r
 	c := m.record(ctx, "write", id, rec)
-	r = maps.Clone(r)
+	r = cloneRecord(r)
 	m.mu.Unlock()
 	m.notify(ctx, c)
 	return r, nil
@@ -283,9 +284,64 @@ func (m *Memory) Delete(ctx context.Context, id string) error {
 }
 
 func (m *Memory) record(ctx context.Context, op, id string, rec units.Record) Change {
-	c := Change{Op: op, ID: id, Record: maps.Clone(rec), Origin: units.OriginFrom(ctx)}
+	c := Change{Op: op, ID: id, Record: cloneRecord(rec), Origin: units.OriginFrom(ctx)}
 	m.changes = append(m.changes, c)
 	return c
+}
+
+// cloneRecord copies r down to its nested maps and slices: records are
+// values, as they are for a system behind an API.
+func cloneRecord(r units.Record) units.Record {
+	if r == nil {
+		return nil
+	}
+	out := make(units.Record, len(r))
+	for k, v := range r {
+		out[k] = cloneValue(v)
+	}
+	return out
+}
+
+// cloneValue copies the maps and slices of v, at every level.
+func cloneValue(v any) any {
+	switch x := v.(type) {
+	case nil:
+		return nil
+	case map[string]any:
+		return cloneRecord(x)
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Map:
+		if rv.IsNil() {
+			return v
+		}
+		out := reflect.MakeMapWithSize(rv.Type(), rv.Len())
+		for it := rv.MapRange(); it.Next(); {
+			out.SetMapIndex(it.Key(), cloneIn(it.Value(), rv.Type().Elem()))
+		}
+		return out.Interface()
+	case reflect.Slice:
+		if rv.IsNil() {
+			return v
+		}
+		out := reflect.MakeSlice(rv.Type(), rv.Len(), rv.Len())
+		for i := range rv.Len() {
+			out.Index(i).Set(cloneIn(rv.Index(i), rv.Type().Elem()))
+		}
+		return out.Interface()
+	}
+	return v
+}
+
+// cloneIn is cloneValue of x, as a value of type t (x's container's
+// element type).
+func cloneIn(x reflect.Value, t reflect.Type) reflect.Value {
+	c := cloneValue(x.Interface())
+	if c == nil {
+		return reflect.Zero(t)
+	}
+	return reflect.ValueOf(c)
 }
 
 func (m *Memory) notify(ctx context.Context, c Change) {

@@ -127,10 +127,18 @@ func (b *Binder) ToExternal(_ context.Context, localID string) (string, bool, er
 
 // Bind implements units.Binder. Binding a bound pair again sets its sync
 // date; binding an id already bound to another partner changes nothing and
-// returns a *bindings.ConflictError (bindings.ErrConflict).
+// returns a *bindings.ConflictError (bindings.ErrConflict). SyncDate reads
+// the date back in UTC, as bindings.Binder does; a date outside the years
+// 0000-9999 in UTC is bindings.ErrInvalid.
 func (b *Binder) Bind(_ context.Context, externalID, localID string, syncedAt time.Time) error {
 	if externalID == "" || localID == "" {
 		return fmt.Errorf("%w: bind needs an external id and a local id (got %q, %q)", bindings.ErrInvalid, externalID, localID)
+	}
+	// Kept as the real store keeps it: the instant in UTC (no monotonic
+	// clock reading), in the years 0000-9999 only.
+	at := syncedAt.UTC()
+	if y := at.Year(); y < 0 || y > 9999 {
+		return fmt.Errorf("%w: bind %s/%s %q: sync date %s is outside the years 0000-9999 in UTC", bindings.ErrInvalid, b.backend, b.model, externalID, syncedAt)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -148,7 +156,7 @@ func (b *Binder) Bind(_ context.Context, externalID, localID string, syncedAt ti
 	}
 	b.toLocal[externalID] = localID
 	b.toExt[localID] = externalID
-	b.synced[externalID] = syncedAt
+	b.synced[externalID] = at
 	return nil
 }
 

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/bindings"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
 	"github.com/connector-go/connector/units/unitstest"
@@ -317,5 +319,216 @@ func TestMemoryPutNilIsAnEmptyRecord(t *testing.T) {
 	id, err = m.Create(ctx, nil)
 	if got, ok := m.Get(id); err != nil || !ok || got["updated_at"] == nil {
 		t.Errorf("Create(nil) = %q, %v: %v", id, err, got)
+	}
+}
+
+// wired has what the wire changes: a map of any (numbers come back as the
+// smallest msgpack integer, int8 for 5) and a field that does not travel.
+type wired struct {
+	Filters map[string]any `msgpack:"filters"`
+	local   string
+}
+
+func (wired) JobName() string { return "test.wired" }
+
+// unsendable cannot be encoded: a dispatcher refuses it.
+type unsendable struct {
+	C chan int `msgpack:"c"`
+}
+
+func (unsendable) JobName() string { return "test.unsendable" }
+
+// Jobs run by the trap and the inline runner get their arguments as a
+// worker does: encoded, then decoded into their type. Arguments that do
+// not encode are refused at enqueue, as a dispatcher refuses them.
+func TestJobsRunWithArgsAsAWorkerDecodesThem(t *testing.T) {
+	ctx := context.Background()
+	args := wired{Filters: map[string]any{"n": 5}, local: "kept in memory only"}
+	raw, err := wire.Marshal(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want wired
+	if err := wire.Unmarshal(raw, &want); err != nil {
+		t.Fatal(err)
+	}
+	check := func(kit string, got job.Args) {
+		t.Helper()
+		w, ok := got.(wired)
+		if !ok {
+			t.Fatalf("%s: ran %T, want wired", kit, got)
+		}
+		if fmt.Sprintf("%T %q", w.Filters["n"], w.local) != fmt.Sprintf("%T %q", want.Filters["n"], want.local) {
+			t.Errorf("%s: the job saw n %T, local %q; a worker sees n %T, local %q", kit, w.Filters["n"], w.local, want.Filters["n"], want.local)
+		}
+	}
+
+	tr := unitstest.NewTrap()
+	if _, err := tr.Enqueue(ctx, args); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Perform(ctx, func(_ context.Context, a job.Args) (string, error) { check("Trap.Perform", a); return "", nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Enqueue(ctx, unsendable{C: make(chan int)}); err == nil {
+		t.Errorf("Trap.Enqueue of arguments that do not encode: no error")
+	}
+
+	in := unitstest.NewInline(units.NewRegistry(), units.Env{})
+	in.Handle("test.wired", func(_ context.Context, a job.Args) (string, error) { check("Inline", a); return "", nil })
+	if _, err := in.Enqueue(ctx, args); err != nil {
+		t.Fatal(err)
+	}
+	in.Handle("test.unsendable", func(context.Context, job.Args) (string, error) { return "ran", nil })
+	if _, err := in.Enqueue(ctx, unsendable{C: make(chan int)}); err == nil {
+		t.Errorf("Inline.Enqueue of arguments that do not encode: no error")
+	}
+}
+
+// A sync date reads back as the real store keeps it: the instant, in UTC,
+// without a monotonic clock reading; a date the real store cannot keep
+// (outside the years 0000-9999 in UTC) is refused by both.
+func TestStoreSyncDateLikeBindings(t *testing.T) {
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			binders, _ := k.new(t)
+			ctx := context.Background()
+			b := binders("shop", "product")
+			at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("CET", 3600))
+			if err := b.Bind(ctx, "e1", "l1", at); err != nil {
+				t.Fatal(err)
+			}
+			d, ok, err := b.SyncDate(ctx, "e1")
+			if err != nil || !ok || d != at.UTC() {
+				t.Errorf("SyncDate = %v, %v, %v; want %v (in UTC)", d, ok, err, at.UTC())
+			}
+			now := time.Now()
+			if err := b.Bind(ctx, "e1", "l1", now); err != nil {
+				t.Fatal(err)
+			}
+			if d, _, _ := b.SyncDate(ctx, "e1"); d != now.Round(0).UTC() {
+				t.Errorf("SyncDate = %v, want %v (in UTC, no monotonic reading)", d, now.Round(0).UTC())
+			}
+			far := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+			if err := b.Bind(ctx, "e2", "l2", far); !errors.Is(err, bindings.ErrInvalid) {
+				t.Errorf("Bind with a sync date in the year 10000: %v, want bindings.ErrInvalid", err)
+			}
+			if _, ok, _ := b.ToInternal(ctx, "e2"); ok {
+				t.Error("the refused Bind bound e2")
+			}
+		})
+	}
+}
+
+// Records are values down to their nested lists and maps (an order's
+// lines), as they are for a system behind an API: changing a record after
+// Create, Write or Read, or one Get returns, does not change the system.
+func TestMemoryRecordsAreDeepValues(t *testing.T) {
+	m := unitstest.NewMemory("order")
+	ctx := context.Background()
+	line := map[string]any{"qty": 1}
+	rec := units.Record{"lines": []any{line}, "meta": map[string]any{"k": "v"}}
+	id, err := m.Create(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line["qty"] = 2
+	rec["meta"].(map[string]any)["k"] = "changed"
+	qty := func(r units.Record) any { return r["lines"].([]any)[0].(map[string]any)["qty"] }
+	got, err := m.Read(ctx, id, nil)
+	if err != nil || qty(got) != 1 || got["meta"].(map[string]any)["k"] != "v" {
+		t.Fatalf("after the caller changed what it gave Create: %v, %v", got, err)
+	}
+	got["lines"].([]any)[0].(map[string]any)["qty"] = 3
+	if again, _ := m.Read(ctx, id, []string{"lines"}); qty(again) != 1 {
+		t.Errorf("changing a nested value Read returned changed the system: %v", again)
+	}
+	upd := units.Record{"lines": []any{map[string]any{"qty": 4}}}
+	if err := m.Write(ctx, id, upd); err != nil {
+		t.Fatal(err)
+	}
+	upd["lines"].([]any)[0].(map[string]any)["qty"] = 5
+	if again, _ := m.Get(id); qty(again) != 4 {
+		t.Errorf("changing a nested value given to Write changed the system: %v", again)
+	}
+	again, _ := m.Get(id)
+	again["lines"].([]any)[0].(map[string]any)["qty"] = 6
+	if c := m.Changes(); qty(c[len(c)-1].Record) != 4 {
+		t.Errorf("the change recorded changed with the record: %v", c[len(c)-1].Record)
+	}
+	if again, _ := m.Get(id); qty(again) != 4 {
+		t.Errorf("changing a nested value Get returned changed the system: %v", again)
+	}
+}
+
+// Options a dispatcher refuses are refused by the trap and the inline
+// runner too (and nothing is captured or run), so that a test does not
+// pass with a job production never enqueues.
+func TestJobsRefuseWhatTheDispatcherRefuses(t *testing.T) {
+	ctx := context.Background()
+	refused := map[string]job.Option{
+		"negative max retries":    job.WithMaxRetries(-1),
+		"id with a dot":           job.WithID("order.42"),
+		"id too long":             job.WithID(strings.Repeat("x", 129)),
+		"channel part not a word": job.WithChannel("root.1shop"),
+		"negative retry delay":    job.WithRetryPattern(job.RetryPattern{1: -time.Second}),
+		"dedup id header":         job.WithHeader("Nats-Msg-Id", "order-42"),
+	}
+	tr := unitstest.NewTrap()
+	ran := 0
+	in := unitstest.NewInline(units.NewRegistry(), units.Env{})
+	in.Handle("test.ping", func(context.Context, job.Args) (string, error) { ran++; return "", nil })
+	for name, opt := range refused {
+		if id, err := tr.Enqueue(ctx, ping{1}, opt); err == nil {
+			t.Errorf("Trap: %s: enqueued as %s, want an error", name, id)
+		}
+		if id, err := in.Enqueue(ctx, ping{1}, opt); err == nil {
+			t.Errorf("Inline: %s: enqueued as %s, want an error", name, id)
+		}
+	}
+	if n := len(tr.Jobs()); n != 0 || ran != 0 || len(in.Results()) != 0 {
+		t.Errorf("%d jobs captured, %d run (%d results), want none", n, ran, len(in.Results()))
+	}
+	// What a dispatcher takes, both take.
+	ok := []job.Option{job.WithID("order-42"), job.WithChannel("root.shop"), job.WithMaxRetries(0),
+		job.WithRetryPattern(job.RetryPattern{1: time.Second}), job.WithHeader("X-Tenant", "t1")}
+	if _, err := tr.Enqueue(ctx, ping{1}, ok...); err != nil {
+		t.Errorf("Trap: %v", err)
+	}
+	if _, err := in.Enqueue(ctx, ping{1}, ok...); err != nil || ran != 1 {
+		t.Errorf("Inline: %v (ran %d)", err, ran)
+	}
+}
+
+// A caller-chosen id enqueued again after its job ran is still one job:
+// JetStream drops a repeated Nats-Msg-Id for its dedup window (2 minutes),
+// whether or not the first message was consumed. An identity key, freed
+// when its job starts, enqueues anew.
+func TestTrapChosenIDDedupOutlivesPerform(t *testing.T) {
+	tr := unitstest.NewTrap()
+	ctx := context.Background()
+	if _, err := tr.Enqueue(ctx, ping{1}, job.WithID("ev-shop-1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Enqueue(ctx, ping{2}, job.WithIdentityKey("k")); err != nil {
+		t.Fatal(err)
+	}
+	var ran []int
+	perform := func() {
+		t.Helper()
+		if err := tr.Perform(ctx, func(_ context.Context, a job.Args) (string, error) { ran = append(ran, a.(ping).N); return "", nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	perform()
+	if id, err := tr.Enqueue(ctx, ping{1}, job.WithID("ev-shop-1")); err != nil || id != "ev-shop-1" {
+		t.Errorf("repeat of a chosen id = %q, %v", id, err)
+	}
+	if _, err := tr.Enqueue(ctx, ping{2}, job.WithIdentityKey("k")); err != nil {
+		t.Fatal(err)
+	}
+	perform()
+	if fmt.Sprint(ran) != "[1 2 2]" {
+		t.Errorf("ran %v, want [1 2 2] (the chosen id once, the identity key's job twice)", ran)
 	}
 }

@@ -75,7 +75,8 @@ func (r Result) String() string {
 // job.WithIdentityExact, the timeout and retry pattern in whole
 // milliseconds). It fails the test if no handler is registered, the
 // arguments do not encode, or a dispatcher would refuse the job (an
-// invalid id or channel, negative max retries or retry delays).
+// invalid id or channel, negative max retries or retry delays, a header
+// of the dispatcher's own).
 func Work(ctx context.Context, tb testing.TB, reg *worker.Registry, args job.Args, opts ...job.Option) Result {
 	tb.Helper()
 	return WorkAttempt(ctx, tb, reg, 1, args, opts...)
@@ -159,6 +160,9 @@ func envelope(tb testing.TB, name string, args job.Args, opts []job.Option) (job
 		env.Channel = job.DefaultChannel
 	}
 	if err := channels.Valid(env.Channel); err != nil {
+		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
+	}
+	if err := wire.CheckHeaders(o.Headers); err != nil {
 		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
 	}
 	env.TimeoutMS = wire.TimeoutMillis(o.Timeout)

@@ -225,6 +225,8 @@ func TestWorkRefusesWhatTheDispatcherRefuses(t *testing.T) {
 		"id with a dot":           job.WithID("order.42"),
 		"channel part not a word": job.WithChannel("root.1shop"),
 		"negative retry delay":    job.WithRetryPattern(job.RetryPattern{1: -time.Second}),
+		"dedup id header":         job.WithHeader("Nats-Msg-Id", "order-42"),
+		"schedule header":         job.WithHeader("Nats-Schedule-Target", "elsewhere"),
 	} {
 		f := &fakeTB{TB: t}
 		func() {
@@ -320,6 +322,8 @@ func TestWorkMatchesARealWorker(t *testing.T) {
 		"id with a dot":           job.WithID("order.42"),
 		"channel part not a word": job.WithChannel("root.1shop"),
 		"negative retry delay":    job.WithRetryPattern(job.RetryPattern{1: -time.Second}),
+		"dedup id header":         job.WithHeader("Nats-Msg-Id", "order-42"),
+		"schedule header":         job.WithHeader("Nats-Schedule-Target", "elsewhere"),
 	} {
 		if _, err := d.Enqueue(ctx, Seen{ID: "x"}, opt); err == nil {
 			t.Errorf("%s: the dispatcher enqueued it (TestWorkRefusesWhatTheDispatcherRefuses expects a refusal)", name)
