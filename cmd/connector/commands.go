@@ -37,6 +37,16 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// noArgs is the error for a command that takes no arguments and got some:
+// flag parsing stops at the first one, so every flag after it would be
+// ignored (a boolean flag takes its value with "=": --provision=false).
+func noArgs(fs *flag.FlagSet) error {
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q (flags after it are not read; a boolean flag takes its value with =, as in --provision=false)", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
 // registry is what the stock `connector` binary runs: the demo jobs. A
 // connector of your own builds its own binary around worker.Registry.
 func registry() *worker.Registry {
@@ -52,6 +62,9 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func
 	cfg.Bind(fs, getenv)
 	cfg.BindStartWait(fs, getenv, connect.DefaultStartWait)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
 		return err
 	}
 	if err := cfg.Check(); err != nil {
@@ -91,6 +104,9 @@ func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	cfg.Bind(fs, getenv)
 	cfg.BindStartWait(fs, getenv, 0)
 	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
 		return err
 	}
 	if err := cfg.Check(); err != nil {
@@ -396,6 +412,9 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := noArgs(fs); err != nil {
+		return err
+	}
 	log, err := telemetry.NewLogger(*level, "console")
 	if err != nil {
 		return err
@@ -508,6 +527,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write a heap profile (allocations since the start) to this file at the end")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs(fs); err != nil {
 		return err
 	}
 	if *memProfile != "" {

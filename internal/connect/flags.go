@@ -34,7 +34,7 @@ func (u *urlValue) String() string {
 	if u == nil {
 		return ""
 	}
-	return Redact(string(*u))
+	return redactServers(string(*u))
 }
 
 func (u *urlValue) Set(v string) error { *u = urlValue(v); return nil }
@@ -106,16 +106,16 @@ func tlsConfig(what, caFile, certFile, keyFile string) (*tls.Config, error) {
 }
 
 // urlSecrets returns the passwords (and lone NATS tokens) embedded in a
-// comma-separated list of URLs.
+// comma-separated list of URLs. An entry without a scheme is read as
+// nats.go reads it: a nats:// URL.
 func urlSecrets(list string) []string {
 	var out []string
 	for _, part := range strings.Split(list, ",") {
 		part = strings.TrimSpace(part)
-		i := strings.Index(part, "://")
-		if i < 0 {
-			continue
+		rest := part
+		if i := strings.Index(part, "://"); i >= 0 {
+			rest = part[i+3:]
 		}
-		rest := part[i+3:]
 		at := strings.LastIndex(rest, "@")
 		if at < 0 {
 			continue

@@ -94,7 +94,7 @@ func (c NATSConfig) secrets() []string {
 // String describes the configuration for logs, with every secret redacted.
 func (c NATSConfig) String() string {
 	var b strings.Builder
-	b.WriteString(Redact(c.URL))
+	b.WriteString(redactServers(c.URL))
 	switch {
 	case c.CredsFile != "":
 		fmt.Fprintf(&b, " auth=creds:%s", c.CredsFile)
@@ -163,7 +163,7 @@ func (c NATSConfig) Options(log *zap.Logger) ([]nats.Option, error) {
 	if name == "" {
 		name = "connector"
 	}
-	servers := Redact(c.URL)
+	servers := redactServers(c.URL)
 	urlField := func(nc *nats.Conn) zap.Field {
 		if u := nc.ConnectedUrlRedacted(); u != "" {
 			return zap.String("url", Redact(u))
@@ -302,7 +302,7 @@ func (c NATSConfig) connErr(err error) error {
 			secrets = append(secrets, t)
 		}
 	}
-	return wrapErr("connect: nats "+Redact(c.URL), err, secrets...)
+	return wrapErr("connect: nats "+redactServers(c.URL), err, secrets...)
 }
 
 // DrainNATS drains nc (subscriptions end, everything buffered is flushed

@@ -65,6 +65,23 @@ func Redact(s string) string {
 	return s
 }
 
+// redactServers is Redact for a comma-separated server list (a flag's or
+// a variable's value) whose entries may lack a scheme: nats.go reads
+// "u:pw@h:4222" and "token@h:4222" as nats:// URLs and authenticates with
+// their credentials, which Redact alone, looking for "://", would leave.
+func redactServers(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		if strings.Contains(p, "://") || !strings.Contains(p, "@") {
+			continue
+		}
+		trimmed := strings.TrimLeft(p, " \t")
+		lead := p[:len(p)-len(trimmed)]
+		parts[i] = lead + strings.TrimPrefix(Redact("nats://"+trimmed), "nats://")
+	}
+	return Redact(strings.Join(parts, ","))
+}
+
 // scrub redacts s and also replaces every literal occurrence of the given
 // secrets, for text (server errors, dial errors) that may quote a secret
 // outside of a URL.
