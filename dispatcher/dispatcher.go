@@ -432,8 +432,22 @@ func (d *Dispatcher) publish(p *prepared) (id string, err error) {
 		}
 		return "", fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err)
 	}
+	if ack.Duplicate {
+		d.dropDuplicateClaim(p)
+	}
 	d.recordEnqueued(p, ack.Sequence)
 	return p.env.ID, nil
+}
+
+// dropDuplicateClaim releases the identity key p claimed for a job whose
+// chosen id the stream had already (its dedup window): nothing was
+// enqueued, and that job ran already or was enqueued without the key, so
+// no run would release it. Kept, it would answer that job's id to every
+// enqueue with the key, enqueueing nothing, for the key's whole TTL.
+func (d *Dispatcher) dropDuplicateClaim(p *prepared) {
+	if p.identity != "" {
+		d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
+	}
 }
 
 func (d *Dispatcher) endSpan(p *prepared, err error) {
@@ -567,6 +581,9 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			return
 		}
 		results[i].ID = p.env.ID
+		if a.Dup {
+			d.dropDuplicateClaim(p)
+		}
 		d.recordEnqueued(p, a.Seq)
 		d.endSpan(p, nil)
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"strconv"
 	"testing"
+	"time"
 
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 )
@@ -57,6 +60,50 @@ func TestIdentityExactWithMapArgs(t *testing.T) {
 		}
 		if !ids[id] {
 			t.Fatalf("EnqueueRaw of the same arguments made job %s, want the pending one (%v)", id, ids)
+		}
+	}
+}
+
+// An enqueue with a chosen id the stream still has (its dedup window) and
+// an identity key enqueues nothing, and leaves the key free: the job of
+// that id ran already, so no run would release it, and every later
+// enqueue with the key answered that done job's id for the key's whole
+// TTL, enqueueing nothing. So in a bulk enqueue.
+func TestDuplicateChosenIDLeavesItsIdentityKeyFree(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		e := newGenv(t)
+		e.start()
+		ctx := context.Background()
+		enqueue := func(args GraphStep, opts ...job.Option) string {
+			t.Helper()
+			if !bulk {
+				id, err := e.d.Enqueue(ctx, args, opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return id
+			}
+			res, err := e.d.EnqueueMany(ctx, []dispatcher.Item{{Args: args, Options: opts}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res[0].ID
+		}
+		key := job.WithIdentityKey("export:product:7")
+		first := enqueue(GraphStep{Name: "first"}, job.WithID("ev-1"), key)
+		testenv.WaitJob(t, e.d, first, job.StateDone, 10*time.Second)
+		// The same event again, within the dedup window: nothing runs.
+		if id := enqueue(GraphStep{Name: "first"}, job.WithID("ev-1"), key); id != "ev-1" {
+			t.Fatalf("bulk %v: the repeated event answered %q, want ev-1", bulk, id)
+		}
+		// A new export of the record is a new job.
+		second := enqueue(GraphStep{Name: "second"}, key)
+		if second == first {
+			t.Fatalf("bulk %v: a new job with the key answered the done job %s: its key stayed claimed", bulk, first)
+		}
+		testenv.WaitJob(t, e.d, second, job.StateDone, 10*time.Second)
+		if n := e.runs("first"); n != 1 {
+			t.Errorf("bulk %v: the first job ran %d times", bulk, n)
 		}
 	}
 }

@@ -44,6 +44,9 @@ const (
 // Ack is the outcome of one message: its stream sequence, or an error.
 type Ack struct {
 	Seq uint64
+	// Dup: the stream had the message's id already (its dedup window); Seq
+	// is the stored message's.
+	Dup bool
 	Err error
 }
 
@@ -348,7 +351,19 @@ func (p *Publisher) handle(m *nats.Msg) {
 		return
 	}
 	seq, err := ParseAck(m.Data)
-	b.settle(int(i), Ack{Seq: seq, Err: err})
+	b.settle(int(i), Ack{Seq: seq, Dup: err == nil && duplicate(m.Data), Err: err})
+}
+
+// duplicate reports whether an acknowledgement says the stream had the
+// message's id already: "duplicate": true (the server writes it with a
+// space, encoding/json without).
+func duplicate(data []byte) bool {
+	k := bytes.Index(data, []byte(`"duplicate":`))
+	if k < 0 {
+		return false
+	}
+	rest := bytes.TrimLeft(data[k+len(`"duplicate":`):], " ")
+	return bytes.HasPrefix(rest, []byte("true"))
 }
 
 // ParseAck reads a JetStream publish acknowledgement: the stream sequence,
