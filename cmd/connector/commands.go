@@ -219,7 +219,11 @@ func operatorLogger(fs *flag.FlagSet, cfg *app.Config, getenv func(string) strin
 }
 
 func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) (err error) {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, jobsUsage)
+		return errNoCommand
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, jobsUsage)
 		return flag.ErrHelp
 	}

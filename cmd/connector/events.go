@@ -30,7 +30,11 @@ command lists them). None of these commands needs Redis.
 `
 
 func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, eventsUsage)
+		return errNoCommand
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, eventsUsage)
 		return flag.ErrHelp
 	}

@@ -35,12 +35,20 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
 	stop()
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
+	switch {
+	case errors.Is(err, errNoCommand):
+		os.Exit(2) // the usage is printed: a script that called it so is told
+	case err != nil && !errors.Is(err, flag.ErrHelp):
 		// Errors may quote URLs: never print a secret.
 		fmt.Fprintln(os.Stderr, "connector:", telemetry.Redact(err.Error()))
 		os.Exit(1)
 	}
 }
+
+// errNoCommand: the command (or a jobs or events command) is missing; the
+// usage went to stderr, and the process exits with status 2 (-h, help:
+// status 0).
+var errNoCommand = errors.New("no command")
 
 const usage = `connector: a framework and worker runtime for connectors on NATS JetStream and Redis
 
@@ -66,7 +74,7 @@ Run "connector <command> -h" for the flags of a command.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return flag.ErrHelp
+		return errNoCommand
 	}
 	switch args[0] {
 	case "dev":

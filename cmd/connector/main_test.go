@@ -257,3 +257,20 @@ func TestMalformedEnvStopsTheCommands(t *testing.T) {
 		}
 	}
 }
+
+// A missing command is a usage error (status 2 from main), not a request
+// for help: the usage goes to stderr and a script learns it called the
+// command wrong. -h and help still succeed.
+func TestMissingCommandIsAUsageError(t *testing.T) {
+	for _, args := range [][]string{{}, {"jobs"}, {"events"}} {
+		_, stderr, err := runCmd(t, func(string) string { return "" }, args...)
+		if !errors.Is(err, errNoCommand) || !strings.Contains(stderr, "usage") {
+			t.Errorf("connector %s: %v, usage printed %v; want errNoCommand and the usage", strings.Join(args, " "), err, strings.Contains(stderr, "usage"))
+		}
+	}
+	for _, args := range [][]string{{"jobs", "-h"}, {"events", "help"}} {
+		if _, _, err := runCmd(t, func(string) string { return "" }, args...); !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("connector %s: %v, want flag.ErrHelp", strings.Join(args, " "), err)
+		}
+	}
+}
