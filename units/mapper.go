@@ -129,8 +129,10 @@ func ConvertFrom(src Source, conv Converter) Source {
 // otherwise (Python's bool()).
 func AsBool(v any) (any, error) { return !IsEmpty(v), nil }
 
-// AsString converts to a string with fmt.Sprint.
-func AsString(v any) (any, error) { return fmt.Sprint(v), nil }
+// AsString converts to a string with fmt.Sprint, but floats in plain
+// decimal: a number decoded from JSON (a float64) of 7 digits or more
+// would read "1.234567e+06".
+func AsString(v any) (any, error) { return idString(v), nil }
 
 // AsInt converts numbers, numeric strings and bools to an int; a float with
 // a fractional part is an error.
@@ -231,7 +233,7 @@ func relation(src Source, model string, toLocal bool) Source {
 		if err != nil {
 			return nil, err
 		}
-		id := fmt.Sprint(v)
+		id := idString(v)
 		var out string
 		var found bool
 		if toLocal {
@@ -251,6 +253,19 @@ func relation(src Source, model string, toLocal bool) Source {
 		}
 		return out, nil
 	})
+}
+
+// idString renders a relation id (or AsString a value). A number decoded
+// from JSON is a float64, which fmt.Sprint renders in exponent form from 7
+// digits on ("1.234567e+06"): floats are rendered in plain decimal instead.
+func idString(v any) string {
+	switch x := v.(type) {
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	case float32:
+		return strconv.FormatFloat(float64(x), 'f', -1, 32)
+	}
+	return fmt.Sprint(v)
 }
 
 // Follow follows a dotted path through nested records ("parent.name"): the
@@ -415,6 +430,9 @@ func (mr *MapRecord) Values(ctx context.Context, opts MapOptions) (Record, error
 		var err error
 		if out, err = m.Finalize(ctx, mc, out); err != nil {
 			return nil, err
+		}
+		if out == nil {
+			out = Record{}
 		}
 	}
 	for k, v := range mr.forced {
