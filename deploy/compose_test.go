@@ -611,8 +611,8 @@ func TestComposeFile(t *testing.T) {
 	checkChannels(t, env["CONNECTOR_CHANNELS"])
 	grace := shutdownGrace(t, env)
 	stop, err := time.ParseDuration(w.StopGracePeriod)
-	if err != nil || stop < grace+2*time.Second {
-		t.Errorf("worker stop_grace_period %q, want at least CONNECTOR_SHUTDOWN_GRACE (%v) + 2s", w.StopGracePeriod, grace)
+	if err != nil || stop < grace+stopMargin {
+		t.Errorf("worker stop_grace_period %q, want at least CONNECTOR_SHUTDOWN_GRACE (%v) + %v", w.StopGracePeriod, grace, stopMargin)
 	}
 
 	// NATS: 2.14 or newer (the periodic imports are @every message

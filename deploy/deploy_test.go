@@ -101,6 +101,14 @@ type kustomization struct {
 }
 
 // newObject returns an empty value of the Go type for apiVersion/kind.
+
+// stopMargin is what a stopping worker may take past its shutdown grace:
+// 3 s for handlers that ignore their cancelled context (worker.stuckWait),
+// then closing, up to 20 s (the job records' last flush, 5 s; the NATS
+// drain, 10 s; telemetry's, 5 s). Whoever stops it waits this much longer
+// than the grace before SIGKILL.
+const stopMargin = 23 * time.Second
+
 func newObject(apiVersion, kind string) (any, bool) {
 	switch apiVersion + "/" + kind {
 	case "v1/Namespace":
@@ -315,8 +323,8 @@ func TestWorkerDeployment(t *testing.T) {
 
 	// The kubelet must wait longer than the worker's own shutdown grace.
 	grace := shutdownGrace(t, cfg)
-	if tgp := spec.TerminationGracePeriodSeconds; tgp == nil || time.Duration(*tgp)*time.Second < grace+2*time.Second {
-		t.Errorf("terminationGracePeriodSeconds %v, want at least CONNECTOR_SHUTDOWN_GRACE (%v) + 2s", tgp, grace)
+	if tgp := spec.TerminationGracePeriodSeconds; tgp == nil || time.Duration(*tgp)*time.Second < grace+stopMargin {
+		t.Errorf("terminationGracePeriodSeconds %v, want at least CONNECTOR_SHUTDOWN_GRACE (%v) + %v", tgp, grace, stopMargin)
 	}
 
 	if len(spec.Containers) != 1 {
