@@ -994,3 +994,37 @@ func TestShutdownGraceMatchesTheWorker(t *testing.T) {
 		t.Fatalf("events.DefaultShutdownGrace %v, worker.DefaultShutdownGrace %v", events.DefaultShutdownGrace, worker.DefaultShutdownGrace)
 	}
 }
+
+// A handler that ignores its cancelled context does not hold Run past the
+// shutdown grace and a few seconds more: the process stops, and the event,
+// not settled, comes back to the listener elsewhere after its ack wait.
+func TestStuckHandlerDoesNotHoldShutdown(t *testing.T) {
+	e := newEnv(t)
+	release := make(chan struct{})
+	defer close(release)
+	started := make(chan struct{})
+	l := e.listeners(events.WithShutdownGrace(100 * time.Millisecond))
+	must(t, l.On("stuck", "res.partner", "", func(ctx context.Context, ev events.Event) error {
+		close(started)
+		<-release // ignores ctx
+		return nil
+	}, events.WithPartitions(1)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler not started")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run still waits for a handler that ignores its context, 15 s after the grace")
+	}
+}

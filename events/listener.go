@@ -405,10 +405,31 @@ func (l *Listeners) Run(ctx context.Context) error {
 	g.stop()
 	grace := time.AfterFunc(l.grace, hcancel)
 	defer grace.Stop()
-	wg.Wait()
-	g.inflight.Wait()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		g.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-hctx.Done():
+		// Grace over, handlers cancelled: one that ignores its context
+		// gets stuckWait more, then Run returns anyway (as the worker's
+		// does); its event is not settled and comes back after its ack
+		// wait, to this listener in another process.
+		select {
+		case <-done:
+		case <-time.After(stuckWait):
+			l.log.Warn("events: handlers still running past the shutdown grace; their events come back after their ack wait")
+		}
+	}
 	return nil
 }
+
+// stuckWait is how long Run still waits, once the shutdown grace is over,
+// for handlers that ignore their cancelled context.
+const stuckWait = 3 * time.Second
 
 // streamMarks is how the Redis marks of the events stream described by
 // info are kept: their key's stream part and their TTL.
