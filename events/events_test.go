@@ -1009,22 +1009,5 @@ func TestStuckHandlerDoesNotHoldShutdown(t *testing.T) {
 		<-release // ignores ctx
 		return nil
 	}, events.WithPartitions(1)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
-	e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: "1"})
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("handler not started")
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run still waits for a handler that ignores its context, 15 s after the grace")
-	}
+	e.stopWhileHandling(l, started)
 }

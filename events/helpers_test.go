@@ -230,6 +230,15 @@ func (e *env) interruptedByShutdown(name string, stopped func(ctx context.Contex
 	}, opts...); err != nil {
 		t.Fatal(err)
 	}
+	e.stopWhileHandling(l, started)
+}
+
+// stopWhileHandling runs l, publishes a write of res.partner 1, waits until
+// started is closed (a handler runs), stops l and waits for Run to return
+// (15 s at most).
+func (e *env) stopWhileHandling(l *events.Listeners, started <-chan struct{}) {
+	t := e.t
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
@@ -245,7 +254,7 @@ func (e *env) interruptedByShutdown(name string, stopped func(ctx context.Contex
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after the grace period")
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return 15 s after the grace period")
 	}
 }
