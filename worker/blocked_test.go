@@ -179,31 +179,47 @@ func TestJobBlockedAfterShutdownDrainIsHandedBack(t *testing.T) {
 	}
 }
 
-// lostAnswerFleet is one worker on root.lim:1 whose slot attempts for
-// band-1 jobs run in Redis but whose answers are lost (a Redis too slow to
-// answer in time): the job waits in its blocked list while a slot under
-// its token is taken.
-func lostAnswerFleet(t *testing.T) (*Worker, *dispatcher.Dispatcher, *redis.Client, context.CancelFunc, func() error) {
+// lostAnswer is one worker on root.lim:1 whose slot attempts for band-1
+// jobs run in Redis but whose answers are lost (a Redis too slow to answer
+// in time), and a band-1 job id that waits in its blocked list while a
+// slot under its token is taken. slots counts the channel's slots taken.
+type lostAnswer struct {
+	w     *Worker
+	d     *dispatcher.Dispatcher
+	id    string
+	stop  context.CancelFunc
+	wait  func() error
+	slots func() int64
+}
+
+func newLostAnswer(t *testing.T) *lostAnswer {
 	t.Helper()
 	_, _, js := testenv.JetStream(t)
 	rdb, prefix := testenv.Redis(t)
-	var lost sync.Once
-	lostCh := make(chan struct{})
 	rdb.AddHook(&scriptHook{after: func(ctx context.Context, cmd redis.Cmder) {
 		keys, ok := scriptCall(cmd, acquireScript, "regFail")
-		if !ok || !strings.Contains(strings.Join(keys, " "), ":waiting:root.lim:1") || cmd.Err() != nil {
-			return
+		if ok && strings.Contains(strings.Join(keys, " "), ":waiting:root.lim:1") && cmd.Err() == nil {
+			cmd.SetErr(context.DeadlineExceeded)
 		}
-		cmd.SetErr(context.DeadlineExceeded)
-		lost.Do(func() { close(lostCh) })
 	}})
 	reg := NewRegistry()
 	MustRegister(reg, func(ctx context.Context, j *job.Job[bandJob]) (string, error) {
 		t.Errorf("job %d ran", j.Args.N)
 		return "", nil
 	})
-	w, d, stop, wait := runLimited(t, js, rdb, prefix, reg)
-	return w, d, rdb, stop, wait
+	f := &lostAnswer{}
+	f.w, f.d, f.stop, f.wait = runLimited(t, js, rdb, prefix, reg)
+	ctx := context.Background()
+	key := f.w.slots.slotsKey("root.lim")
+	f.slots = func() int64 { n, _ := rdb.ZCard(ctx, key).Result(); return n }
+	var err error
+	if f.id, err = f.d.Enqueue(ctx, bandJob{N: 1}, job.WithChannel("root.lim"), job.WithPriority(10)); err != nil {
+		t.Fatal(err)
+	}
+	cs := f.w.states["root.lim"]
+	testenv.Eventually(t, 10*time.Second, func() bool { return cs.hasBlocked(1) && f.slots() == 1 },
+		"the job waits, a slot taken under its token")
+	return f
 }
 
 // A job whose slot attempt took a slot in Redis but lost its answer holds
@@ -212,46 +228,22 @@ func lostAnswerFleet(t *testing.T) (*Worker, *dispatcher.Dispatcher, *redis.Clie
 // runs one job short of its capacity (here: none at all) until the lease
 // ends.
 func TestCancelledBlockedJobLeavesNoSlotBehind(t *testing.T) {
-	w, d, rdb, _, _ := lostAnswerFleet(t)
-	ctx := context.Background()
-	id, err := d.Enqueue(ctx, bandJob{N: 1}, job.WithChannel("root.lim"), job.WithPriority(10))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := w.states["root.lim"]
-	key := w.slots.slotsKey("root.lim")
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		n, _ := rdb.ZCard(ctx, key).Result()
-		return cs.hasBlocked(1) && n == 1
-	}, "the job waits, a slot taken under its token")
-	_ = d.Cancel(ctx, id)
+	f := newLostAnswer(t)
+	_ = f.d.Cancel(context.Background(), f.id)
+	cs := f.w.states["root.lim"]
 	testenv.Eventually(t, 10*time.Second, func() bool { return !cs.hasBlocked(1) }, "the cancelled job leaves its blocked list")
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		n, _ := rdb.ZCard(ctx, key).Result()
-		return n == 0
-	}, "the slot taken under the cancelled job's token is free again (lease: %s)", w.cfg.ackWait)
+	testenv.Eventually(t, 5*time.Second, func() bool { return f.slots() == 0 },
+		"the slot taken under the cancelled job's token is free again (lease: %s)", f.w.cfg.ackWait)
 }
 
 // The same at shutdown: the blocked jobs are handed back, and the slots
 // taken under their tokens go too.
 func TestHandedBackBlockedJobLeavesNoSlotBehind(t *testing.T) {
-	w, d, rdb, stop, wait := lostAnswerFleet(t)
-	ctx := context.Background()
-	if _, err := d.Enqueue(ctx, bandJob{N: 1}, job.WithChannel("root.lim"), job.WithPriority(10)); err != nil {
-		t.Fatal(err)
-	}
-	cs := w.states["root.lim"]
-	key := w.slots.slotsKey("root.lim")
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		n, _ := rdb.ZCard(ctx, key).Result()
-		return cs.hasBlocked(1) && n == 1
-	}, "the job waits, a slot taken under its token")
-	stop()
-	_ = wait()
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		n, _ := rdb.ZCard(ctx, key).Result()
-		return n == 0
-	}, "the slot taken under the handed-back job's token is free again (lease: %s)", w.cfg.ackWait)
+	f := newLostAnswer(t)
+	f.stop()
+	_ = f.wait()
+	testenv.Eventually(t, 5*time.Second, func() bool { return f.slots() == 0 },
+		"the slot taken under the handed-back job's token is free again (lease: %s)", f.w.cfg.ackWait)
 }
 
 // runLimited runs worker p1 on channel root.lim:1 (memory storage) with
