@@ -417,7 +417,7 @@ func (d *Dispatcher) EnqueueRaw(ctx context.Context, name string, args []byte, o
 func (d *Dispatcher) publish(p *prepared) (id string, err error) {
 	defer func() { d.endSpan(p, err) }()
 	if p.identity != "" {
-		existing, claimed, err := d.claimIdentity(p.ctx, p.identity, p.env.ID)
+		existing, claimed, err := d.claimIdentity(p.ctx, p.identity, p.env.ID, p.eta)
 		if err != nil {
 			return "", err
 		}
@@ -601,7 +601,7 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 			continue
 		}
 		if p.identity != "" {
-			existing, ok, err := d.claimIdentity(p.ctx, p.identity, p.env.ID)
+			existing, ok, err := d.claimIdentity(p.ctx, p.identity, p.env.ID, p.eta)
 			if err != nil || !ok {
 				d.endSpan(p, err)
 				if err != nil {

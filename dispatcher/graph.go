@@ -181,12 +181,27 @@ func (d *Dispatcher) EnqueueGraph(ctx context.Context, g Node) (GraphResult, err
 	if err := graphs.Store(ctx, d.rdb, d.names, res.ID, nodes); err != nil {
 		return GraphResult{}, err
 	}
+	// The waiting jobs' records are written before any root can run: a
+	// root done at once has its worker record the children it releases
+	// (enqueued, with their sequence), which a "pending" landing after
+	// would take back.
+	held := false
 	for i, j := range all {
-		p := preps[i]
-		if len(j.pars) > 0 {
+		if p := preps[i]; len(j.pars) > 0 {
 			d.rec.Record(&records.Update{ID: p.env.ID, Queued: job.StatePending, Name: p.env.Name,
 				Channel: p.env.Channel, EnqueuedAt: wire.FromMillis(p.env.EnqueuedAt), Graph: res.ID})
 			d.endSpan(p, nil)
+			held = true
+		}
+	}
+	if held {
+		if err := d.rec.Flush(ctx); err != nil {
+			return res, fmt.Errorf("dispatcher: graph %s: %w", res.ID, err)
+		}
+	}
+	for i, j := range all {
+		p := preps[i]
+		if len(j.pars) > 0 {
 			continue
 		}
 		ack, err := d.js.PublishMsg(p.ctx, p.msg)

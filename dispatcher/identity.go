@@ -30,11 +30,17 @@ return 0
 
 func (d *Dispatcher) identityKey(key string) string { return d.names.RedisKey("identity", key) }
 
-func (d *Dispatcher) claimIdentity(ctx context.Context, key, id string) (string, bool, error) {
+// claimIdentity claims key for job id, due at eta (zero: now): the key
+// outlives the job's wait for its ETA by identityTTL.
+func (d *Dispatcher) claimIdentity(ctx context.Context, key, id string, eta time.Time) (string, bool, error) {
 	if d.rdb == nil {
 		return "", false, fmt.Errorf("dispatcher: identity key %q: %w", key, ErrNoRedis)
 	}
-	res, err := claimScript.Run(ctx, d.rdb, []string{d.identityKey(key)}, id, identityTTL.Milliseconds()).Slice()
+	ttl := identityTTL
+	if wait := time.Until(eta); wait > 0 {
+		ttl += wait
+	}
+	res, err := claimScript.Run(ctx, d.rdb, []string{d.identityKey(key)}, id, ttl.Milliseconds()).Slice()
 	if err != nil {
 		return "", false, fmt.Errorf("dispatcher: identity key: %w", err)
 	}

@@ -90,7 +90,38 @@ func (d *Dispatcher) Requeue(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: requeue %s: %w", id, err)
 	}
-	return d.requeue(ctx, s, raw.Sequence, raw.Data)
+	if err := d.requeue(ctx, s, raw.Sequence, raw.Data); err != nil {
+		return err
+	}
+	// An older letter of the job (a duplicate a worker left, or one a
+	// requeue could not delete) goes too: requeued later, it would run the
+	// job again.
+	if _, err := s.GetLastMsgForSubject(ctx, d.names.DeadJobSubject(id)); err == nil {
+		// (only those older than the one requeued: a newer one is of the
+		// requeued job dying again)
+		if err := d.dropLetters(ctx, s, id, raw.Sequence); err != nil {
+			return fmt.Errorf("dispatcher: requeued %s but could not remove its older dead letters: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// dropLetters deletes the dead letters of job id below a sequence (and
+// the messages they keep apart).
+func (d *Dispatcher) dropLetters(ctx context.Context, s jetstream.Stream, id string, below uint64) error {
+	letters, err := deadletter.List(ctx, d.js, d.names.DeadStream(), []string{d.names.DeadJobSubject(id)}, 0)
+	if err != nil {
+		return err
+	}
+	for _, l := range letters {
+		if l.Seq >= below {
+			break
+		}
+		if err := deleteLetter(ctx, s, l.Seq, &l.Letter); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // RequeueSeq requeues the dead letter at a dead-letter stream sequence.
@@ -119,6 +150,15 @@ func (d *Dispatcher) requeue(ctx context.Context, s jetstream.Stream, seq uint64
 		return fmt.Errorf("dispatcher: requeue seq %d: the dead message is not a valid envelope (reason %s), fix the producer: %w", seq, dl.Reason, err)
 	}
 	env.Attempt = 0
+	if env.Template && dl.JobID != "" && wire.ValidID(dl.JobID) == nil {
+		// A firing of a periodic schedule, as fired: the schedule's
+		// envelope. The job that died is the firing's own (named by its
+		// tick): that job is requeued, not a new firing.
+		env.ID, env.Template = dl.JobID, false
+		if dl.EnqueuedAt != 0 {
+			env.EnqueuedAt = dl.EnqueuedAt
+		}
+	}
 	body, err := wire.EncodeEnvelope(env)
 	if err != nil {
 		return err
@@ -191,11 +231,27 @@ func (d *Dispatcher) RequeueAll(ctx context.Context, filters ...func(DeadLetter)
 	if err != nil {
 		return 0, err
 	}
+	// A job with several letters (a duplicate a worker left, or one a
+	// requeue could not delete) is requeued once, from its last letter;
+	// the others go with it.
+	last := map[string]int{} // job id -> index of its last letter
+	for i, l := range letters {
+		if l.JobID != "" {
+			last[l.JobID] = i
+		}
+	}
+	older := map[string][]DeadLetter{}
+	for i, l := range letters {
+		if l.JobID != "" && last[l.JobID] != i {
+			older[l.JobID] = append(older[l.JobID], l)
+		}
+	}
+	var s jetstream.Stream
 	n := 0
 	var first error
 next:
-	for _, l := range letters {
-		if l.Reason == wire.ReasonMalformed {
+	for i, l := range letters {
+		if l.Reason == wire.ReasonMalformed || l.JobID != "" && last[l.JobID] != i {
 			continue
 		}
 		for _, keep := range filters {
@@ -210,6 +266,16 @@ next:
 			continue
 		}
 		n++
+		for _, o := range older[l.JobID] {
+			if s == nil {
+				if s, err = d.js.Stream(ctx, d.names.DeadStream()); err != nil {
+					return n, fmt.Errorf("dispatcher: requeue: %w", err)
+				}
+			}
+			if err := deleteLetter(ctx, s, o.Seq, &o.DeadLetter); err != nil && first == nil {
+				first = fmt.Errorf("dispatcher: requeued %s but could not remove an older dead letter: %w", l.JobID, err)
+			}
+		}
 	}
 	return n, first
 }

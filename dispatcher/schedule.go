@@ -72,22 +72,24 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 		return fmt.Errorf("dispatcher: schedule %s: %w", name, err)
 	}
 	cur, err := s.GetLastMsgForSubject(ctx, subject)
+	last := uint64(0)
 	switch {
 	case err == nil:
 		if string(cur.Data) == string(data) && sameHeaders(cur.Header, msg.Header) {
 			return nil // already registered as asked
 		}
-		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
-			return fmt.Errorf("dispatcher: schedule %s: replace: %w", name, err)
-		}
+		// Replaced by the publish below: the server rolls a schedule's
+		// subject up to its last message. A publish the server refuses
+		// (a bad spec) leaves the registered schedule as it was.
+		last = cur.Sequence
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	default:
 		return fmt.Errorf("dispatcher: schedule %s: %w", name, err)
 	}
 	// Only one of several concurrent registrations wins (the subject must
-	// be empty: expected last sequence 0); the others find it taken and
+	// be as read: expected last sequence); the others find it taken and
 	// stop there.
-	_, err = d.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
+	_, err = d.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(last))
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 		return nil
@@ -154,6 +156,13 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		return err
 	}
 	rec, err := d.rec.Get(ctx, id)
+	if errors.Is(err, job.ErrNotFound) {
+		// A job waiting for an ETA further away than the records'
+		// retention outlives its record: its schedule still names it.
+		if found, err := d.cancelUnrecorded(ctx, id); found || err != nil {
+			return err
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -170,9 +179,13 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		}
 		if s, err := d.js.Stream(ctx, d.names.DeadStream()); err == nil {
 			if m, err := s.GetLastMsgForSubject(ctx, d.names.DeadJobSubject(id)); err == nil {
-				var dl wire.DeadLetter
-				_ = wire.Unmarshal(m.Data, &dl) // unreadable: the letter goes alone
-				_ = deleteLetter(ctx, s, m.Sequence, &dl)
+				// Every letter of it: one left behind (a duplicate a
+				// worker left) would be requeued by RequeueAll.
+				if err := d.dropLetters(ctx, s, id, m.Sequence+1); err != nil {
+					var dl wire.DeadLetter
+					_ = wire.Unmarshal(m.Data, &dl) // unreadable: the letter goes alone
+					_ = deleteLetter(ctx, s, m.Sequence, &dl)
+				}
 			}
 		}
 		return d.cancelDescendants(ctx, rec)
@@ -180,12 +193,8 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	// The tombstone first: workers check every job they receive against it
 	// before queueing it, so a schedule that fires in the meantime, or a
 	// worker that fetches the job before it is deleted below, drops it.
-	now := time.Now()
-	pipe := d.rdb.TxPipeline()
-	pipe.ZAdd(ctx, d.names.CancelsKey(), redis.Z{Score: float64(now.UnixMilli()), Member: id})
-	pipe.ZRemRangeByScore(ctx, d.names.CancelsKey(), "-inf", strconv.FormatInt(now.Add(-cancelsKept).UnixMilli(), 10))
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	if err := d.tombstone(ctx, id); err != nil {
+		return err
 	}
 	if rec.State == job.StatePending {
 		// A graph job waiting for its parents: marked so that none
@@ -299,6 +308,57 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		d.releaseIdentity(ctx, ident, id)
 	}
 	return d.cancelDescendants(ctx, rec)
+}
+
+// tombstone adds id to the cancelled jobs, and drops the tombstones older
+// than cancelsKept.
+func (d *Dispatcher) tombstone(ctx context.Context, id string) error {
+	now := time.Now()
+	pipe := d.rdb.TxPipeline()
+	pipe.ZAdd(ctx, d.names.CancelsKey(), redis.Z{Score: float64(now.UnixMilli()), Member: id})
+	pipe.ZRemRangeByScore(ctx, d.names.CancelsKey(), "-inf", strconv.FormatInt(now.Add(-cancelsKept).UnixMilli(), 10))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	return nil
+}
+
+// cancelUnrecorded cancels a job without a record that waits for its ETA
+// (its record expired before it): found reports that its schedule was
+// there. Tombstone first, as Cancel does: a firing meanwhile is dropped.
+func (d *Dispatcher) cancelUnrecorded(ctx context.Context, id string) (found bool, err error) {
+	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	if err != nil {
+		return false, fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, d.names.ScheduleSubject(id))
+	if isNoMessage(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	if err := d.tombstone(ctx, id); err != nil {
+		return true, err
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(d.names.ScheduleSubject(id))); err != nil {
+		return true, fmt.Errorf("dispatcher: cancel %s: %w", id, err)
+	}
+	u := records.Update{ID: id, State: job.StateCancelled}
+	env, derr := wire.DecodeEnvelope(m.Data, 0)
+	if derr == nil {
+		u.Name, u.Channel, u.Identity, u.Graph = env.Name, env.Channel, env.Identity, env.Graph
+	}
+	if err := d.rec.Set(ctx, u); err != nil {
+		return true, err
+	}
+	if derr != nil {
+		return true, nil
+	}
+	if env.Identity != "" {
+		d.releaseIdentity(ctx, env.Identity, id)
+	}
+	return true, d.cancelDescendants(ctx, job.Record{ID: id, Graph: env.Graph})
 }
 
 // firedAndDelivered tells, for a waiting job whose schedule is gone,
