@@ -324,8 +324,8 @@ func TestLeastPrivilege(t *testing.T) {
 	})
 
 	t.Run("only the operator registers periodic jobs", func(t *testing.T) {
-		// Registering (or replacing) a periodic job reads and purges its
-		// subject in the jobs stream: the operator's JetStream API only.
+		// Registering (or replacing) a periodic job reads its subject in
+		// the jobs stream: the operator's JetStream API only.
 		for who, r := range map[string]role{"producer": prod, "worker": work} {
 			d, err := dispatcher.New(r.js, dispatcher.WithPrefix(prefix))
 			if err != nil {
@@ -354,7 +354,8 @@ func TestLeastPrivilege(t *testing.T) {
 		if err := opd.Schedule(ctx, "lp-operator", "@every 1m", lpImport{ID: "operator"}); err != nil {
 			t.Fatalf("operator registers a periodic job: %v", err)
 		}
-		// Again, unchanged: a no-op; changed: replaced (purge + publish).
+		// Again, unchanged: a no-op; changed: replaced (a publish the
+		// server rolls the subject up to).
 		for _, spec := range []string{"@every 1m", "@every 2m"} {
 			if err := opd.Schedule(ctx, "lp-operator", spec, lpImport{ID: "operator"}); err != nil {
 				t.Fatalf("operator registers a periodic job again (%s): %v", spec, err)
