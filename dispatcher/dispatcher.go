@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/envelope"
 	"github.com/connector-go/connector/internal/jspub"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/telemetry"
@@ -231,28 +232,8 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	// One allocation for the job's envelope, message and what is prepared.
 	a := new(preparedJob)
 	env := &a.env
-	*env = wire.Envelope{
-		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
-		Priority: o.Priority, Description: o.Description, EnqueuedAt: now.UnixMilli(),
-	}
-	if env.ID == "" {
-		env.ID = wire.NewID()
-	}
-	if env.Channel == "" {
-		env.Channel = job.DefaultChannel
-	}
-	if err := channels.Valid(env.Channel); err != nil {
+	if err := envelope.Fill(env, name, raw, &o, now.UnixMilli()); err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
-	}
-	if err := wire.CheckHeaders(o.Headers); err != nil {
-		return nil, fmt.Errorf("dispatcher: %s: %w", name, err)
-	}
-	env.TimeoutMS = wire.TimeoutMillis(o.Timeout)
-	if len(o.RetryPattern) > 0 {
-		env.Retry = make(map[int]int64, len(o.RetryPattern))
-		for k, v := range o.RetryPattern {
-			env.Retry[k] = v.Milliseconds()
-		}
 	}
 	eta := o.ETA
 	if o.Delay > 0 {
@@ -263,11 +244,7 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	} else {
 		eta = time.Time{}
 	}
-	identity := o.IdentityKey
-	if identity == "" && o.IdentityFunc != nil {
-		identity = o.IdentityFunc(name, raw)
-	}
-	env.Identity = identity
+	identity := env.Identity
 	p := &a.p
 	*p = prepared{msg: &a.msg, env: env, identity: identity, eta: eta, ctx: ctx}
 	// The trace context goes in the envelope, and in headers only with
@@ -290,13 +267,12 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	} else {
 		data, err = wire.EncodeEnvelope(env)
 	}
-	if err == nil && len(data) > d.maxSize {
-		err = fmt.Errorf("job %s is %d bytes, over the %d-byte limit: %w", name, len(data), d.maxSize, wire.ErrInvalid)
-		d.endSpan(p, err)
-		return nil, fmt.Errorf("dispatcher: %w", err)
-	}
 	if err != nil {
 		err = fmt.Errorf("dispatcher: %s: %w", name, err)
+	} else if serr := envelope.CheckSize(name, data, d.maxSize); serr != nil {
+		err = fmt.Errorf("dispatcher: %w", serr)
+	}
+	if err != nil {
 		d.endSpan(p, err)
 		return nil, err
 	}

@@ -10,10 +10,8 @@ import (
 	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/testenv"
-	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -195,29 +193,7 @@ func TestGraphChildRecordNotTakenBackToPending(t *testing.T) {
 // as a worker leaves them when it dead-letters a job whose Term then
 // fails and whose redelivery dies again ("a duplicate letter may follow"),
 // or as a requeue leaves one it could not delete.
-func (e *genv) twoLetters() string {
-	e.t.Helper()
-	ctx := context.Background()
-	env := &wire.Envelope{ID: wire.NewID(), Name: Bulk{}.JobName(), Args: []byte{0x81, 0xa1, 'n', 7}}
-	data, err := wire.EncodeEnvelope(env)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for i := range 2 {
-		letter, err := wire.Marshal(&wire.DeadLetter{V: 1, Reason: wire.ReasonError, Error: "boom", Attempts: 1,
-			JobID: env.ID, JobName: env.Name, Subject: e.names.JobsSubject(job.DefaultChannel, 1), StreamSeq: uint64(10 + i),
-			DiedAt: time.Now().UnixMilli(), Data: data})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		m := nats.NewMsg(e.names.DeadJobSubject(env.ID))
-		m.Data = letter
-		if _, err := e.js.PublishMsg(ctx, m); err != nil {
-			e.t.Fatal(err)
-		}
-	}
-	return env.ID
-}
+func (e *genv) twoLetters() string { return e.lettersOf(7, 2) }
 
 // jobsQueued counts the messages on the jobs subjects.
 func (e *genv) jobsQueued() uint64 {

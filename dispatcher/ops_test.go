@@ -13,7 +13,11 @@ import (
 
 // deadLetter puts a dead letter of a new job in the dead-letter stream and
 // returns the job's id.
-func (e *genv) deadLetter(n int) string {
+func (e *genv) deadLetter(n int) string { return e.lettersOf(n, 1) }
+
+// lettersOf puts count dead letters of one new job (Bulk{N: n}) in the
+// dead-letter stream and returns the job's id.
+func (e *genv) lettersOf(n, count int) string {
 	e.t.Helper()
 	ctx := context.Background()
 	env := &wire.Envelope{ID: wire.NewID(), Name: Bulk{}.JobName(), Args: []byte{0x81, 0xa1, 'n', byte(n)}}
@@ -21,16 +25,18 @@ func (e *genv) deadLetter(n int) string {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	letter, err := wire.Marshal(&wire.DeadLetter{V: 1, Reason: wire.ReasonError, Error: "boom", Attempts: 1,
-		JobID: env.ID, JobName: env.Name, Subject: e.names.JobsSubject(job.DefaultChannel, 1),
-		DiedAt: time.Now().UnixMilli(), Data: data})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	m := nats.NewMsg(e.names.DeadJobSubject(env.ID))
-	m.Data = letter
-	if _, err := e.js.PublishMsg(ctx, m); err != nil {
-		e.t.Fatal(err)
+	for i := range count {
+		letter, err := wire.Marshal(&wire.DeadLetter{V: 1, Reason: wire.ReasonError, Error: "boom", Attempts: 1,
+			JobID: env.ID, JobName: env.Name, Subject: e.names.JobsSubject(job.DefaultChannel, 1), StreamSeq: uint64(10 + i),
+			DiedAt: time.Now().UnixMilli(), Data: data})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		m := nats.NewMsg(e.names.DeadJobSubject(env.ID))
+		m.Data = letter
+		if _, err := e.js.PublishMsg(ctx, m); err != nil {
+			e.t.Fatal(err)
+		}
 	}
 	return env.ID
 }

@@ -111,7 +111,7 @@ func sameHeaders(registered, want nats.Header) bool {
 		}
 	}
 	for k := range registered {
-		if _, ok := want[k]; !ok && !strings.HasPrefix(k, "Nats-") {
+		if _, ok := want[k]; !ok && !wire.NATSHeader(k) {
 			return false
 		}
 	}

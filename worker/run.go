@@ -383,14 +383,7 @@ func (w *Worker) retry(ctx context.Context, it *item, m *Message, v outcome.Verd
 // as lost, its children never released.
 func (w *Worker) retryRelease(ctx context.Context, it *item, env *wire.Envelope, err error, jc *jobCtx) bool {
 	jc.logger().Warn("job done but its graph children not released; retrying", telemetry.ErrField(err))
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
-		t := time.NewTimer(delay)
-		select {
-		case <-w.hardCtx.Done():
-			t.Stop()
-			return false
-		case <-t.C:
-		}
+	for delay := 100 * time.Millisecond; sleep(w.hardCtx, &delay); {
 		if it.settled.Load() {
 			return false
 		}
@@ -399,6 +392,7 @@ func (w *Worker) retryRelease(ctx context.Context, it *item, env *wire.Envelope,
 			return true
 		}
 	}
+	return false
 }
 
 // releaseChildren marks a graph job done and publishes the children whose
@@ -466,7 +460,7 @@ func (w *Worker) scheduleRetry(ctx context.Context, it *item, attempt int, delay
 	}
 	out := nats.NewMsg(w.names.ScheduleSubject(env.ID))
 	for k, v := range msg.Headers() {
-		if len(k) >= 5 && k[:5] == "Nats-" {
+		if wire.NATSHeader(k) {
 			continue
 		}
 		out.Header[k] = v
@@ -506,7 +500,7 @@ const scheduleRetryFor = 2 * time.Minute
 func (w *Worker) publishSchedule(ctx context.Context, it *item, out *nats.Msg) (*jetstream.PubAck, error) {
 	until := time.Now().Add(scheduleRetryFor)
 	uncertain := false
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+	for delay := 100 * time.Millisecond; ; {
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		ack, err := w.js.PublishMsg(pctx, out)
 		cancel()
@@ -518,12 +512,8 @@ func (w *Worker) publishSchedule(ctx context.Context, it *item, out *nats.Msg) (
 			return nil, err
 		}
 		w.log.Warn("retry schedule not acknowledged (it may be stored); publishing it again", append(w.msgFields(it, it.env.Attempt), telemetry.ErrField(err))...)
-		t := time.NewTimer(delay)
-		select {
-		case <-w.hardCtx.Done():
-			t.Stop()
+		if !sleep(w.hardCtx, &delay) {
 			return nil, err
-		case <-t.C:
 		}
 		if it.settled.Load() {
 			return nil, errHandedBack

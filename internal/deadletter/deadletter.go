@@ -90,7 +90,7 @@ func Body(ctx context.Context, s jetstream.Stream, dl *wire.DeadLetter) error {
 	// the ones a direct get adds (Nats-Stream, Nats-Sequence, ...).
 	dl.Data, dl.Headers = m.Data, nil
 	for k, v := range m.Header {
-		if len(k) > 5 && k[:5] == "Nats-" {
+		if wire.NATSHeader(k) {
 			continue
 		}
 		if dl.Headers == nil {
@@ -128,7 +128,7 @@ func Count(ctx context.Context, js jetstream.JetStream, stream string, filters [
 func Republish(subject string, dl *wire.DeadLetter) *nats.Msg {
 	msg := nats.NewMsg(subject)
 	for k, v := range dl.Headers {
-		if len(k) > 5 && k[:5] == "Nats-" {
+		if wire.NATSHeader(k) {
 			continue
 		}
 		msg.Header[k] = v

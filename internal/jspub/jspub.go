@@ -173,15 +173,10 @@ func (p *Publisher) NewBatch(n int) (*Batch, error) {
 // ErrAckTimeout, and so does every later Publish of the batch, at once.
 func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 	if b.p.closed.Load() {
-		// Its acknowledgement could never arrive.
-		b.acks[i] = Ack{Err: ErrClosed}
-		b.state[i].Store(settled)
-		return ErrClosed
+		return b.unsent(i, ErrClosed) // its acknowledgement could never arrive
 	}
 	if b.stalled {
-		b.acks[i] = Ack{Err: ErrAckTimeout}
-		b.state[i].Store(settled)
-		return ErrAckTimeout
+		return b.unsent(i, ErrAckTimeout)
 	}
 	select {
 	case b.sem <- struct{}{}:
@@ -193,16 +188,12 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 				b.stalled = true
 				b.abort(ErrAckTimeout)
 			}
-			b.acks[i] = Ack{Err: err}
-			b.state[i].Store(settled)
-			return err
+			return b.unsent(i, err)
 		}
 	}
 	if b.p.closed.Load() { // while it waited for room: Close's abort made it
 		<-b.sem
-		b.acks[i] = Ack{Err: ErrClosed}
-		b.state[i].Store(settled)
-		return ErrClosed
+		return b.unsent(i, ErrClosed)
 	}
 	n := len(b.reply)
 	m.Reply = string(strconv.AppendUint(b.reply, uint64(i), 36))
@@ -220,6 +211,13 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 		b.settle(i, Ack{Err: ErrClosed})
 	}
 	return nil
+}
+
+// unsent settles message i, not sent, with err, and returns err.
+func (b *Batch) unsent(i int, err error) error {
+	b.acks[i] = Ack{Err: err}
+	b.state[i].Store(settled)
+	return err
 }
 
 func (b *Batch) waitRoom(ctx context.Context) error {

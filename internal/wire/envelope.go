@@ -263,3 +263,8 @@ func CheckHeaders(headers map[string]string) error {
 	}
 	return nil
 }
+
+// NATSHeader reports whether header k is one of NATS's own (Nats-*: a
+// message id, schedule headers, what a direct get adds), which a copy of a
+// message does not carry over.
+func NATSHeader(k string) bool { return strings.HasPrefix(k, "Nats-") }

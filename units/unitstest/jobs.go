@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/envelope"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/units"
@@ -49,32 +49,13 @@ func decoded(args job.Args, o job.Options) (job.Args, error) {
 // channel, no negative max retries, timeout or retry delays, none of the
 // dispatcher's own headers, an envelope within the size limit.
 func refused(name string, raw []byte, o job.Options) error {
-	env := wire.Envelope{
-		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
-		Priority: o.Priority, Description: o.Description, EnqueuedAt: time.Now().UnixMilli(),
-		Identity: o.IdentityKey, TimeoutMS: wire.TimeoutMillis(o.Timeout),
-	}
-	if env.ID == "" {
-		env.ID = wire.NewID()
-	}
-	if env.Channel == "" {
-		env.Channel = job.DefaultChannel
-	}
-	if err := channels.Valid(env.Channel); err != nil {
+	var env wire.Envelope
+	if err := envelope.Fill(&env, name, raw, &o, time.Now().UnixMilli()); err != nil {
 		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)
-	}
-	if err := wire.CheckHeaders(o.Headers); err != nil {
-		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)
-	}
-	if len(o.RetryPattern) > 0 {
-		env.Retry = make(map[int]int64, len(o.RetryPattern))
-		for k, v := range o.RetryPattern {
-			env.Retry[k] = v.Milliseconds()
-		}
 	}
 	data, err := wire.EncodeEnvelope(&env)
-	if err == nil && len(data) > wire.DefaultMaxEnvelope {
-		err = fmt.Errorf("job %s is %d bytes, over the %d-byte limit: %w", name, len(data), wire.DefaultMaxEnvelope, wire.ErrInvalid)
+	if err == nil {
+		err = envelope.CheckSize(name, data, wire.DefaultMaxEnvelope)
 	}
 	if err != nil {
 		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/envelope"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
@@ -100,7 +100,7 @@ func WorkAttempt(ctx context.Context, tb testing.TB, reg *worker.Registry, n int
 	if !ok {
 		tb.Fatalf("workertest: no handler registered for job %q", name)
 	}
-	meta, raw := envelope(tb, name, args, opts)
+	meta, raw := jobEnvelope(tb, name, args, opts)
 	meta.Attempt = n
 	if meta.MaxRetries > 0 && n > meta.MaxRetries {
 		// A worker never runs it: the job comes back only when the worker
@@ -132,12 +132,12 @@ func WorkAttempt(ctx context.Context, tb testing.TB, reg *worker.Registry, n int
 	return res
 }
 
-// envelope makes the job's envelope as a dispatcher does, checked as a
+// jobEnvelope makes the job's envelope as a dispatcher does, checked as a
 // dispatcher checks it (failing the test where a dispatcher would refuse
 // the job), and reads it back as a worker does: the job's fields as its
 // handler sees them (the identity key computed, the timeout and the retry
 // pattern in whole milliseconds), and its encoded arguments.
-func envelope(tb testing.TB, name string, args job.Args, opts []job.Option) (job.Meta, []byte) {
+func jobEnvelope(tb testing.TB, name string, args job.Args, opts []job.Option) (job.Meta, []byte) {
 	tb.Helper()
 	o := job.Apply(args, opts...)
 	marshal := wire.Marshal
@@ -148,36 +148,13 @@ func envelope(tb testing.TB, name string, args job.Args, opts []job.Option) (job
 	if err != nil {
 		tb.Fatalf("workertest: encode %s args: %v", name, err)
 	}
-	env := wire.Envelope{
-		ID: o.ID, Name: name, Args: raw, Channel: o.Channel, MaxRetries: o.MaxRetries,
-		Priority: o.Priority, Description: o.Description, EnqueuedAt: time.Now().UnixMilli(),
-		Identity: o.IdentityKey,
-	}
-	if env.ID == "" {
-		env.ID = wire.NewID()
-	}
-	if env.Channel == "" {
-		env.Channel = job.DefaultChannel
-	}
-	if err := channels.Valid(env.Channel); err != nil {
+	var env wire.Envelope
+	if err := envelope.Fill(&env, name, raw, &o, time.Now().UnixMilli()); err != nil {
 		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
-	}
-	if err := wire.CheckHeaders(o.Headers); err != nil {
-		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
-	}
-	env.TimeoutMS = wire.TimeoutMillis(o.Timeout)
-	if len(o.RetryPattern) > 0 {
-		env.Retry = make(map[int]int64, len(o.RetryPattern))
-		for k, v := range o.RetryPattern {
-			env.Retry[k] = v.Milliseconds()
-		}
-	}
-	if env.Identity == "" && o.IdentityFunc != nil {
-		env.Identity = o.IdentityFunc(name, raw)
 	}
 	data, err := wire.EncodeEnvelope(&env)
-	if err == nil && len(data) > wire.DefaultMaxEnvelope {
-		err = fmt.Errorf("job %s is %d bytes, over the %d-byte limit: %w", name, len(data), wire.DefaultMaxEnvelope, wire.ErrInvalid)
+	if err == nil {
+		err = envelope.CheckSize(name, data, wire.DefaultMaxEnvelope)
 	}
 	if err != nil {
 		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
