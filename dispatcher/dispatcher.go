@@ -94,7 +94,9 @@ func WithTracerProvider(tp trace.TracerProvider) Option { return func(c *config)
 // WithMeterProvider enables the enqueue counter.
 func WithMeterProvider(mp metric.MeterProvider) Option { return func(c *config) { c.mp = mp } }
 
-// WithRecordTTL sets how long job records are kept (default 7 days).
+// WithRecordTTL sets how long job records are kept after their last update
+// (default 7 days); a job due later keeps its record that long after its
+// ETA.
 func WithRecordTTL(d time.Duration) Option { return func(c *config) { c.recordTTL = d } }
 
 // WithMaxEnvelope bounds the size of one job message (default 1 MiB).

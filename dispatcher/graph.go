@@ -165,7 +165,7 @@ func (d *Dispatcher) EnqueueGraph(ctx context.Context, g Node) (GraphResult, err
 	}
 	nodes := make([]graphs.Node, len(all))
 	for i, j := range all {
-		nd := graphs.Node{ID: j.id}
+		nd := graphs.Node{ID: j.id, ETA: preps[i].eta}
 		for _, k := range j.kids {
 			nd.Children = append(nd.Children, k.id)
 		}

@@ -119,9 +119,9 @@ func TestIdentityKeyOutlivesAFarETA(t *testing.T) {
 	}
 }
 
-// A job waiting for an ETA further away than the records' retention (7
-// days by default) outlives its record: Cancel still cancels it (its
-// schedule goes, its identity key is freed), rather than answer
+// A job waiting for its ETA whose record is gone (written before records
+// were kept past their ETA, or lost by Redis): Cancel still cancels it
+// (its schedule goes, its identity key is freed), rather than answer
 // job.ErrNotFound and let it run at its ETA.
 func TestCancelFarETAJobWhoseRecordExpired(t *testing.T) {
 	e := newGenv(t)
@@ -134,7 +134,7 @@ func TestCancelFarETAJobWhoseRecordExpired(t *testing.T) {
 	if _, err := e.d.Job(ctx, id); err != nil { // (flushed)
 		t.Fatal(err)
 	}
-	// Its record expires (kept 7 days after its last write).
+	// Its record is lost.
 	keys, err := e.rdb.Keys(ctx, e.prefix+":jlog:*").Result()
 	if err != nil || len(keys) == 0 {
 		t.Fatalf("record logs: %v %v", keys, err)

@@ -157,8 +157,9 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	}
 	rec, err := d.rec.Get(ctx, id)
 	if errors.Is(err, job.ErrNotFound) {
-		// A job waiting for an ETA further away than the records'
-		// retention outlives its record: its schedule still names it.
+		// A job whose record is gone while it waits for its ETA (written
+		// before records were kept past the ETA, or lost with Redis's
+		// data): its schedule still names it.
 		if found, err := d.cancelUnrecorded(ctx, id); found || err != nil {
 			return err
 		}

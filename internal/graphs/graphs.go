@@ -18,7 +18,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TTL bounds how long an unfinished graph is kept.
+// TTL bounds how long an unfinished graph is kept: TTL after the latest
+// ETA of its jobs, and at least TTL after its last job done (Done renews
+// it).
 const TTL = 30 * 24 * time.Hour
 
 // Key is the Redis hash of a graph.
@@ -37,13 +39,26 @@ type Node struct {
 	Parents  []string
 	Children []string
 	Pending  *Pending // nil for roots (published at once)
+	// ETA is when the job is due, zero for now. The graph is kept TTL
+	// past the latest ETA of its jobs (a held job's ETA is also read
+	// from its schedule header).
+	ETA time.Time
 }
 
 // Store writes a new graph.
 func Store(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph string, nodes []Node) error {
 	key := Key(n, graph)
 	vals := make([]any, 0, 6*len(nodes))
+	var last time.Time // latest ETA
 	for _, nd := range nodes {
+		if nd.ETA.After(last) {
+			last = nd.ETA
+		}
+		if nd.Pending != nil {
+			if eta := scheduledAt(nd.Pending.Header); eta.After(last) {
+				last = eta
+			}
+		}
 		if len(nd.Children) > 0 {
 			vals = append(vals, "children:"+nd.ID, strings.Join(nd.Children, ","))
 		}
@@ -63,7 +78,11 @@ func Store(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph s
 	}
 	pipe := rdb.TxPipeline()
 	pipe.HSet(ctx, key, vals...)
-	pipe.PExpire(ctx, key, TTL)
+	ttl := TTL
+	if wait := time.Until(last); wait > 0 {
+		ttl += wait
+	}
+	pipe.PExpire(ctx, key, ttl)
 	_, err := pipe.Exec(ctx)
 	if err != nil {
 		return fmt.Errorf("graphs: %w", err)
@@ -71,12 +90,30 @@ func Store(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph s
 	return nil
 }
 
+// scheduledAt is the time of a held message's "@at" schedule header, zero
+// without one (or one that does not parse).
+func scheduledAt(h map[string][]string) time.Time {
+	for _, v := range h[wire.HeaderSchedule] {
+		if at, ok := strings.CutPrefix(v, "@at "); ok {
+			if t, err := time.Parse(time.RFC3339Nano, at); err == nil {
+				return t
+			}
+		}
+	}
+	return time.Time{}
+}
+
 // doneScript marks a job done and returns its children now ready. A graph
 // that is not kept (one without edges stores nothing; an expired one is
 // gone) has nothing to release: the mark would make a hash without expiry.
+// A graph making progress is kept at least ARGV[2] ms more (never less
+// than it was), so the children released now find it when they are done.
 var doneScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], 'done:' .. ARGV[1], '1')
+local ttl = tonumber(ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 local kids = redis.call('HGET', KEYS[1], 'children:' .. ARGV[1])
 if not kids then return {} end
 local out = {}
@@ -102,7 +139,7 @@ type Released struct {
 
 // Done marks id done and returns the children now ready.
 func Done(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph, id string) ([]Released, error) {
-	res, err := doneScript.Run(ctx, rdb, []string{Key(n, graph)}, id).StringSlice()
+	res, err := doneScript.Run(ctx, rdb, []string{Key(n, graph)}, id, TTL.Milliseconds()).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("graphs: %w", err)
 	}

@@ -22,11 +22,13 @@ func (b *blob) appendTo(dst []byte) []byte {
 		{"st", b.State}, {"n", b.Name}, {"ch", b.Channel}, {"d", b.Desc}, {"r", b.Result}, {"e", b.Error},
 		{"et", b.ErrorType}, {"sk", b.Stack}, {"w", b.Worker}, {"i", b.Identity}, {"g", b.Graph},
 	}
+	// "ua" comes first: the script that writes a caller-chosen id's key
+	// reads the update time of the side the key holds there (keyScript).
 	nums := [...]struct {
 		k string
 		v int64
 	}{
-		{"a", int64(b.Attempts)}, {"eq", b.EnqueuedAt}, {"eta", b.ETA}, {"sa", b.StartedAt}, {"ea", b.EndedAt}, {"ua", b.UpdatedAt},
+		{"ua", b.UpdatedAt}, {"a", int64(b.Attempts)}, {"eq", b.EnqueuedAt}, {"eta", b.ETA}, {"sa", b.StartedAt}, {"ea", b.EndedAt},
 	}
 	for _, s := range strs {
 		count(s.v != "")
@@ -38,12 +40,15 @@ func (b *blob) appendTo(dst []byte) []byte {
 	count(b.MaxRetries != nil)
 	count(b.Seq != 0)
 	dst = wire.AppendMapLen(dst, n)
+	if b.UpdatedAt != 0 {
+		dst = wire.AppendInt(wire.AppendString(dst, "ua"), b.UpdatedAt)
+	}
 	for _, s := range strs {
 		if s.v != "" {
 			dst = wire.AppendString(wire.AppendString(dst, s.k), s.v)
 		}
 	}
-	for _, x := range nums {
+	for _, x := range nums[1:] {
 		if x.v != 0 {
 			dst = wire.AppendInt(wire.AppendString(dst, x.k), x.v)
 		}

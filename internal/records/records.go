@@ -6,8 +6,9 @@
 // (started, done, waiting for a retry, dead, ...). Reads merge them, the
 // workers' side winning, so a producer's write that lands late never hides
 // a worker's newer state. Updates of one job made within one flush
-// interval go out in one write, and no write reads anything: every update
-// carries its whole side (the latest one wins).
+// interval go out in one write, and every update carries its whole side
+// (the latest one wins, but for a batch that landed late); no log write
+// reads anything.
 //
 // Jobs with a time-ordered id (a ULID, as the dispatcher makes them) are
 // kept in append-only logs by the minute of their id and a shard of it, so
@@ -20,8 +21,11 @@
 // A reader scans the log of a job's id and keeps, per side, the last entry
 // of that id, but for a batch that landed late (processes flush on their
 // own, and a failed batch is retried later: see scanLog). Each log
-// expires the retention after its last write. Jobs whose id the caller
-// chose have keys of their own, with the same retention:
+// expires the retention after its last write, or later: a job due at an
+// ETA further away keeps its record until that ETA plus the retention
+// (expiries only ever move later). Jobs whose id the caller chose have
+// keys of their own, with the same retention, written by a script that
+// refuses, as readers of a log do, a side older than the one it holds:
 //
 //	<prefix>:job:<id>:q, <prefix>:job:<id>
 package records
@@ -42,8 +46,68 @@ import (
 	"go.uber.org/zap"
 )
 
-// DefaultTTL is how long a record is kept after its last update.
+// DefaultTTL is how long a record is kept after its last update (or after
+// the job's ETA, when that is later).
 const DefaultTTL = 7 * 24 * time.Hour
+
+// maxKeep bounds a record's lifetime (an ETA centuries away): expiries stay
+// integers that Redis and its Lua (printing 14 digits) read exactly.
+const maxKeep = 100 * 365 * 24 * time.Hour
+
+// keep is how long (ms) a side written now, for a job due at eta (zero:
+// none), is kept: the retention, after the ETA when that is later.
+func (s *Store) keep(eta, now time.Time) int64 {
+	k := min(s.ttl, maxKeep)
+	if wait := eta.Sub(now); !eta.IsZero() && wait > 0 {
+		k += min(wait, maxKeep)
+	}
+	return min(k, maxKeep).Milliseconds()
+}
+
+// logScript appends entries to a log (KEYS[1], ARGV[1]) and makes it
+// expire in ARGV[2] ms, unless it expires later already (another job of
+// the log waits for an ETA further away).
+var logScript = redis.NewScript(`
+redis.call('APPEND', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+`)
+
+// keyScript writes one side of a caller-chosen id's record to its key
+// (KEYS[1]): ARGV[1] the side, ARGV[2] its lifetime in ms (the key's
+// expiry never moves earlier), ARGV[3] its update time, ARGV[4] lateBy in
+// ms. It refuses (0) a side updated more than lateBy before the one the
+// key holds, as a reader of a log skips such an entry (scanLog): a batch
+// that landed late. The update time of what the key holds is read where
+// appendTo writes it, first in the map (stamp: 0 when unknown, e.g. a side
+// of another writer, which is then replaced).
+var keyScript = redis.NewScript(`
+local function stamp(v)
+  local b, i = string.byte(v, 1), 0
+  if b == nil then return 0 end
+  if b >= 0x80 and b <= 0x8f then i = 2 elseif b == 0xde then i = 4 elseif b == 0xdf then i = 6 else return 0 end
+  if string.sub(v, i, i + 2) ~= '\162ua' then return 0 end
+  local t, n = string.byte(v, i + 3), 0
+  if t == nil then return 0 end
+  if t <= 0x7f then return t end
+  if t == 0xcc then n = 1 elseif t == 0xcd then n = 2 elseif t == 0xce then n = 4
+  elseif t == 0xcf or t == 0xd3 then n = 8 else return 0 end
+  if #v < i + 3 + n then return 0 end
+  local x = 0
+  for k = 1, n do x = x * 256 + string.byte(v, i + 3 + k) end
+  return x
+end
+local keep = ARGV[2]
+local ok, cur = pcall(redis.call, 'GET', KEYS[1])
+if ok and cur then
+  local at, curAt = tonumber(ARGV[3]), stamp(cur)
+  if at > 0 and curAt > 0 and at + tonumber(ARGV[4]) < curAt then return 0 end
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > tonumber(keep) then keep = ttl end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', keep)
+return 1
+`)
 
 // Update is a partial record: zero fields are not written. An update with
 // Queued set is the producer's side; any other is the workers' side.
@@ -385,11 +449,13 @@ func fnv32(s string) uint32 {
 	return h
 }
 
-// entry is one recorded side: buf[off:end] is its encoding.
+// entry is one recorded side: buf[off:end] is its encoding, at its update
+// time, kept keep ms.
 type entry struct {
 	id       string
 	queued   bool
 	off, end int
+	at, keep int64
 }
 
 type batch struct {
@@ -402,7 +468,9 @@ type batch struct {
 // never waits for Redis. An update replaces what was written of its side
 // before, so it carries the whole side.
 func (s *Store) Record(u *Update) {
-	b := u.blob(time.Now())
+	now := time.Now()
+	b := u.blob(now)
+	keep := s.keep(u.ETA, now)
 	s.mu.Lock()
 	// A process's updates never go back in time, even if its clock does
 	// (readers compare update times to find batches that landed late).
@@ -411,7 +479,7 @@ func (s *Store) Record(u *Update) {
 	if len(s.ents) < MaxPending {
 		off := len(s.buf)
 		s.buf = b.appendTo(s.buf)
-		s.ents = append(s.ents, entry{id: u.ID, queued: u.Queued != "", off: off, end: len(s.buf)})
+		s.ents = append(s.ents, entry{id: u.ID, queued: u.Queued != "", off: off, end: len(s.buf), at: b.UpdatedAt, keep: keep})
 	}
 	n := len(s.ents)
 	s.mu.Unlock()
@@ -442,11 +510,12 @@ func (s *Store) loop(every time.Duration) {
 	}
 }
 
-// Flush writes the pending updates now: per log one APPEND of all its
-// entries and one PEXPIRE, per own key one SET ... PX, in one pipeline. Of
-// several updates of one side in a flush, the last wins (readers keep the
-// last entry of a log, but for a batch that landed late, and SET the last
-// value given).
+// Flush writes the pending updates now: per log one script that APPENDs
+// all its entries and makes the log expire (logScript), per own key one
+// script that SETs it (keyScript), in one pipeline. Of several updates of
+// one side in a flush, the last wins (readers keep the last entry of a
+// log, but for a batch that landed late, and keyScript refuses only a side
+// older than the key's by more than lateBy).
 func (s *Store) Flush(ctx context.Context) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
@@ -466,7 +535,7 @@ func (s *Store) Flush(ctx context.Context) error {
 		data := cur.buf[e.off:e.end]
 		minute, shard, logged := bucket(e.id)
 		if !logged {
-			pipe.Set(ctx, s.ownKey(e.id, e.queued), data, s.ttl)
+			keyScript.Eval(ctx, pipe, []string{s.ownKey(e.id, e.queued)}, data, e.keep, e.at, lateBy.Milliseconds())
 			continue
 		}
 		kk := minute<<8 | uint64(shard)
@@ -480,13 +549,13 @@ func (s *Store) Flush(ctx context.Context) error {
 			} else {
 				logs = append(logs, pendingLog{})
 			}
-			logs[i].key = s.logKey(minute, shard)
+			logs[i].key, logs[i].keep = s.logKey(minute, shard), 0
 		}
 		logs[i].buf = appendEntry(logs[i].buf, e.id, e.queued, data)
+		logs[i].keep = max(logs[i].keep, e.keep)
 	}
 	for _, l := range logs {
-		pipe.Do(ctx, "APPEND", l.key, l.buf)
-		pipe.PExpire(ctx, l.key, s.ttl)
+		logScript.Eval(ctx, pipe, []string{l.key}, l.buf, l.keep)
 	}
 	_, err := pipe.Exec(ctx)
 	s.logs = logs
@@ -517,10 +586,12 @@ func (s *Store) Flush(ctx context.Context) error {
 	return nil
 }
 
-// pendingLog is the entries one flush appends to one log.
+// pendingLog is the entries one flush appends to one log, and how long
+// (ms) the log must be kept for them.
 type pendingLog struct {
-	key string
-	buf []byte
+	key  string
+	buf  []byte
+	keep int64
 }
 
 // Close flushes and stops the store.
@@ -655,7 +726,7 @@ func (s *Store) Set(ctx context.Context, u Update) error {
 	if err := s.Flush(ctx); err != nil {
 		return err
 	}
-	w, _, err := s.read(ctx, u.ID)
+	w, q, err := s.read(ctx, u.ID)
 	if err != nil {
 		return err
 	}
@@ -675,14 +746,18 @@ func (s *Store) Set(ctx context.Context, u Update) error {
 	// without taking this process's other records ahead with it).
 	b.UpdatedAt = max(b.UpdatedAt, after+1)
 	data := b.appendTo(nil)
+	// Kept as long as the job's ETA asks, on either side: a cancelled
+	// job's side outlives the producer's that waits with it.
+	now := time.Now()
+	keep := s.keep(cur.ETA, now)
+	if q != nil {
+		keep = max(keep, s.keep(wire.FromMillis(q.ETA), now))
+	}
 	loc := s.locate(u.ID, false)
 	if !loc.logged {
-		err = s.rdb.Set(ctx, loc.key, data, s.ttl).Err()
+		err = keyScript.Run(ctx, s.rdb, []string{loc.key}, data, keep, b.UpdatedAt, lateBy.Milliseconds()).Err()
 	} else {
-		pipe := s.rdb.Pipeline()
-		pipe.Do(ctx, "APPEND", loc.key, appendEntry(nil, u.ID, false, data))
-		pipe.PExpire(ctx, loc.key, s.ttl)
-		_, err = pipe.Exec(ctx)
+		err = logScript.Run(ctx, s.rdb, []string{loc.key}, appendEntry(nil, u.ID, false, data), keep).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("records: %w", err)
