@@ -172,9 +172,14 @@ func (p *pullSub) next(ctx context.Context, reply string, deadline time.Time, wa
 			if strings.Contains(desc, "Consumer Deleted") {
 				return nil, true, fmt.Errorf("%w: %s", errConsumerGone, desc)
 			}
-			// Leadership change, max waiting, server shutdown...: this
-			// request is over; the next one will tell.
-			return nil, true, nil
+			if strings.Contains(desc, "Leadership Change") || strings.Contains(desc, "Server Shutdown") {
+				return nil, true, nil // this request is over; the next one goes to who serves now
+			}
+			// Refused for a limit of the consumer (Exceeded MaxWaiting,
+			// MaxRequestBatch, MaxRequestExpires...): an error, so that
+			// the puller backs off and says why instead of asking again
+			// at once.
+			return nil, true, fmt.Errorf("worker: pull request refused: status 409 %s", desc)
 		case "503":
 			return nil, true, fmt.Errorf("%w: no responders", errConsumerGone)
 		default:

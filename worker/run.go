@@ -48,13 +48,20 @@ func (w *Worker) runItem(ctx context.Context, it *item, credits *credits) {
 		it.slotHeld.Store(true)
 	}
 	if !w.cancelledMeanwhile(ctx, it, wasBlocked) && it.fate.CompareAndSwap(fateOpen, fateStarted) {
-		w.running.Add(1)
-		w.process(it)
-		w.running.Add(-1)
-	} else {
-		w.dropCancelled(it)
+		w.runStarted(it, credits)
+		return
 	}
+	w.dropCancelled(it)
 	w.giveBack(it, credits)
+}
+
+// runStarted processes a started job and gives back what it held, also
+// when its handler ends the goroutine (runtime.Goexit).
+func (w *Worker) runStarted(it *item, credits *credits) {
+	w.running.Add(1)
+	defer w.giveBack(it, credits)
+	defer w.running.Add(-1)
+	w.process(it)
 }
 
 // giveBack returns what a job that ended held: its channel slot, if it
@@ -260,8 +267,18 @@ func (w *Worker) process(it *item) {
 		it.running.Store(true)
 	}
 
+	// A handler that calls runtime.Goexit (t.FailNow in a test's handler
+	// does) ends this goroutine: the job is finished on the way out, as
+	// a panic, and the runner is replaced (Worker.runner).
+	goexit := true
+	defer func() {
+		if goexit {
+			w.finish(ctx, it, m, "", outcome.Goexited(), jc, span)
+		}
+	}()
 	// ctx ends with the worker's hard stop only: a timeout is the run's.
 	result, herr := outcome.Run(ctx, m.Timeout, h, m)
+	goexit = false
 	w.finish(ctx, it, m, result, herr, jc, span)
 }
 
@@ -627,7 +644,13 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		u.StartedAt, u.EndedAt, u.Worker = started, time.Now(), w.cfg.name
 		w.record(u)
 		if started.IsZero() { // never ran: Started did not count it
-			w.metrics.JobRejected(context.Background(), env.Name, channel, telemetry.OutcomeDead)
+			// A name no handler has is the publisher's word: as a label
+			// it would grow the series without bound.
+			name := env.Name
+			if w.handlers[name] == nil {
+				name = ""
+			}
+			w.metrics.JobRejected(context.Background(), name, channel, telemetry.OutcomeDead)
 		}
 	} else {
 		w.metrics.JobRejected(context.Background(), "", "", telemetry.OutcomeDead)

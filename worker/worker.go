@@ -141,7 +141,9 @@ func WithDeadMaxAge(d time.Duration) Option { return func(c *config) { c.streams
 // provisioning worker should get the same value.
 func WithEventsMaxAge(d time.Duration) Option { return func(c *config) { c.streams.EventsMaxAge = d } }
 
-// WithRecordTTL sets how long job records are kept (default 7 days).
+// WithRecordTTL sets how long job records are kept after their last update
+// (default 7 days); a job due later (its ETA, a retry's time) keeps its
+// record that long after it.
 func WithRecordTTL(d time.Duration) Option { return func(c *config) { c.recordTTL = d } }
 
 // WithMaxEnvelope bounds the size of an accepted job message (default 1 MiB).
@@ -396,17 +398,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var runners sync.WaitGroup
 	for i := 0; i < w.cfg.concurrency; i++ {
 		runners.Add(1)
-		go func() {
-			defer runners.Done()
-			wake := make(chan struct{}, 1)
-			for {
-				it := w.sched.next(wake)
-				if it == nil {
-					return
-				}
-				w.runItem(ctx, it, credits)
-			}
-		}()
+		go w.runner(ctx, &runners, credits)
 	}
 	for _, spec := range w.specs {
 		w.startPullers(ctx, spec)
@@ -470,6 +462,29 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker stopped", zap.String("worker", w.cfg.name))
 	return nil
+}
+
+// runner runs the jobs the scheduler hands out until it closes. A
+// handler that ends the goroutine (runtime.Goexit) ends the runner too:
+// another takes its place.
+func (w *Worker) runner(ctx context.Context, runners *sync.WaitGroup, credits *credits) {
+	closed := false
+	defer func() {
+		if !closed {
+			runners.Add(1)
+			go w.runner(ctx, runners, credits)
+		}
+		runners.Done()
+	}()
+	wake := make(chan struct{}, 1)
+	for {
+		it := w.sched.next(wake)
+		if it == nil {
+			closed = true
+			return
+		}
+		w.runItem(ctx, it, credits)
+	}
 }
 
 // ensureConsumer creates or updates a jobs consumer. When its filter

@@ -54,6 +54,13 @@ type PanicError struct {
 func (e *PanicError) Error() string { return fmt.Sprintf("%v: %v", job.ErrPanic, e.Value) }
 func (e *PanicError) Unwrap() error { return job.ErrPanic }
 
+// Goexited is the error of a run whose handler called runtime.Goexit
+// (t.FailNow in a test's handler does): a *PanicError, so the job is
+// dead at once, with the stack of the call.
+func Goexited() error {
+	return &PanicError{Value: "the handler called runtime.Goexit", Stack: string(debug.Stack())}
+}
+
 // Run runs h(ctx, m) under timeout (0: none), turning a panic into a
 // *PanicError. A run that fails once its timeout has passed (and ctx has
 // not ended: that is a shutdown) fails with a retryable job.ErrTimeout.
