@@ -311,9 +311,11 @@ type partition struct {
 	index  int
 	consum string
 	seqKey string
-	// markTTL is the runner's when the term began (a handler may outlive
-	// its term, while the runner reads the stream again).
+	// markTTL and created (the stream's creation time, keying the
+	// hand-back counts) are the runner's when the term began: a handler
+	// may outlive its term, while the runner reads the stream again.
 	markTTL time.Duration
+	created string
 	dest    string
 	spans   *telemetry.ConsumerSpans // built once per partition
 
@@ -649,7 +651,7 @@ func (p *partition) handbacks(ctx context.Context, log *zap.Logger, seq uint64) 
 // handbackKey counts the hand-backs of the event at seq by this partition's
 // consumer (whose deliveries NumDelivered counts) in this events stream.
 func (p *partition) handbackKey(seq uint64) string {
-	return p.l.names.RedisKey("events", "handback", p.consum, p.r.created, strconv.FormatUint(seq, 10))
+	return p.l.names.RedisKey("events", "handback", p.consum, p.created, strconv.FormatUint(seq, 10))
 }
 
 func (p *partition) skipped(ev Event) bool {
@@ -697,28 +699,33 @@ func protect(f func() error) (stack string, err error) {
 }
 
 // call runs the handler with heartbeats, turning a panic into an error.
+// The handler runs on a goroutine of its own: one that ends it
+// (runtime.Goexit; t.FailNow in a test's handler does) fails the event
+// like a panic instead of ending the goroutine that delivers the
+// partition's messages.
 func (p *partition) call(ctx context.Context, msg jetstream.Msg, ev Event) (stack string, err error) {
-	stop := make(chan struct{})
-	var hb sync.WaitGroup
-	hb.Add(1)
+	done := make(chan struct{})
 	go func() {
-		defer hb.Done()
-		t := time.NewTicker(p.l.ackWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
+		returned := false
+		defer func() {
+			if !returned {
+				stack, err = string(debug.Stack()), errors.New("events: panic: the handler called runtime.Goexit")
 			}
+			close(done)
+		}()
+		stack, err = protect(func() error { return p.li.handler(ctx, ev) })
+		returned = true
+	}()
+	t := time.NewTicker(p.l.ackWait / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return stack, err
+		case <-t.C:
+			_ = msg.InProgress()
 		}
-	}()
-	defer func() {
-		close(stop)
-		hb.Wait()
-	}()
-	return protect(func() error { return p.li.handler(ctx, ev) })
+	}
 }
 
 // decode turns a message into an Event, or says why it cannot.

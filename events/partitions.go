@@ -173,8 +173,14 @@ func (r *runner) run(ctx, hctx context.Context, g *gate) {
 			ok, err = r.resolve(ctx)
 		}
 		r.ready = false
-		if err != nil && ctx.Err() == nil {
-			r.logError(err)
+		if err != nil {
+			// The set may be ours but not ready (ensureLive failed): do
+			// not consume it as it is (r.cons is stale, or nil when it was
+			// never ensured); look again.
+			ok = false
+			if ctx.Err() == nil {
+				r.logError(err)
+			}
 		}
 		if ok {
 			r.term(ctx, hctx, g)
@@ -208,7 +214,7 @@ func (r *runner) term(ctx, hctx context.Context, g *gate) {
 			consum: ConsumerName(r.li.name, i, n),
 			dest:   r.l.names.EventsStream(),
 		}
-		p.seqKey, p.markTTL = r.markKey(p.consum), r.markTTL
+		p.seqKey, p.markTTL, p.created = r.markKey(p.consum), r.markTTL, r.created
 		p.spans = telemetry.NewConsumerSpans(r.l.tracer, r.l.link, p.dest, p.consum)
 		p.use(r.cons[i])
 		parts[i] = p

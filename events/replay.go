@@ -17,6 +17,21 @@ import (
 // guard's letters). Fix the publisher and publish the event again.
 var ErrNotReplayable = errors.New("events: dead letter cannot be replayed")
 
+// notEventLetter: the dead letter at seq is a job's (jobs and events
+// share the dead-letter stream), neither replayed nor discarded here. It
+// is an ErrNotReplayable, whose wording would speak of a replay to the
+// operator of a discard.
+type notEventLetter struct {
+	seq     uint64
+	subject string
+}
+
+func (e *notEventLetter) Error() string {
+	return fmt.Sprintf("events: dead letter %d is not an event's (%s)", e.seq, e.subject)
+}
+
+func (e *notEventLetter) Is(target error) bool { return target == ErrNotReplayable }
+
 // ErrNoListener: the listener of a dead letter has no consumer in the
 // events stream (renamed, or not deployed yet): a replay would reach
 // nobody, so the letter stays.
@@ -180,7 +195,7 @@ func (p *Publisher) letter(ctx context.Context, seq uint64) (jetstream.Stream, *
 	}
 	listener, ok := p.names.ParseDeadEventSubject(raw.Subject)
 	if !ok {
-		return nil, nil, "", fmt.Errorf("%w: dead letter %d is not an event's (%s)", ErrNotReplayable, seq, raw.Subject)
+		return nil, nil, "", &notEventLetter{seq: seq, subject: raw.Subject}
 	}
 	return s, raw, listener, nil
 }
