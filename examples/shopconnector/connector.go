@@ -36,6 +36,8 @@ package shopconnector
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -254,9 +256,22 @@ func Register(reg *worker.Registry, l *events.Listeners, cfg Config) error {
 func isWrite(ev events.Event) bool { return ev.Name == events.Write }
 
 // ExportListener names the export listener of a shop instance and model
-// (its durable consumers are named after it).
+// (its durable consumers are named after it): "shop_export_<id>_<model>",
+// or with a hash of an id too long for a listener name (64 characters).
 func ExportListener(backendID, model string) string {
-	return "shop_export_" + backendID + "_" + model
+	return named("shop_export", "_", backendID, model, 64)
+}
+
+// named is prefix, backendID and model joined by sep when that is a valid
+// name of at most max characters (letters, digits, '_' or '-'), else
+// prefix+"h" and model around a hash of backendID: valid, stable, and
+// distinct from the names of other ids.
+func named(prefix, sep, backendID, model string, max int) string {
+	if s := prefix + sep + backendID + sep + model; len(s) <= max && isToken(s) {
+		return s
+	}
+	sum := sha256.Sum256([]byte(backendID))
+	return prefix + "h" + sep + hex.EncodeToString(sum[:16]) + sep + model
 }
 
 // exportHandler turns a catalog event into a job: an ExportRecord for a
@@ -267,8 +282,8 @@ func ExportListener(backendID, model string) string {
 func exportHandler(cfg Config, backendID, model string) events.Handler {
 	return func(ctx context.Context, ev events.Event) error {
 		opts := []job.Option{job.WithChannel(Channel)}
-		if id := token(ev.ID); id != "" {
-			opts = append(opts, job.WithID("ev-"+backendID+"-"+id))
+		if id := exportJobID(backendID, ev.ID); id != "" {
+			opts = append(opts, job.WithID(id))
 		}
 		if ev.Name == events.Unlink {
 			ext, found, err := cfg.Bindings.Binder(backendID, model).ToExternal(ctx, ev.RecordID)
@@ -287,17 +302,37 @@ func exportHandler(cfg Config, backendID, model string) events.Handler {
 	}
 }
 
-// token keeps s if it is a valid job id part (letters, digits, '_', '-').
-func token(s string) string {
-	if len(s) == 0 || len(s) > 80 {
+// exportJobID is the job id of the export of event evID to backendID:
+// "ev-<backend id>-<event id>" when that is a valid job id (1-128 letters,
+// digits, '_' or '-'), else "evh-<head of the backend id>-<sha-256 of
+// both>": still valid, the same for the same event, and distinct from
+// every other (an id of the first form never starts with "evh-"). "" for
+// an event without an id.
+func exportJobID(backendID, evID string) string {
+	if evID == "" {
 		return ""
 	}
-	for _, c := range s {
-		if !(c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return ""
+	if id := "ev-" + backendID + "-" + evID; len(id) <= 128 && isToken(id) {
+		return id
+	}
+	sum := sha256.Sum256([]byte(backendID + "\x00" + evID))
+	head := []byte(backendID[:min(len(backendID), 40)])
+	for i, c := range head {
+		if !isToken(string(c)) {
+			head[i] = '_'
 		}
 	}
-	return s
+	return "evh-" + string(head) + "-" + hex.EncodeToString(sum[:])
+}
+
+// isToken reports whether s is made of letters, digits, '_' and '-'.
+func isToken(s string) bool {
+	for _, c := range []byte(s) {
+		if !(c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // Scheduler registers periodic jobs; *dispatcher.Dispatcher implements it.
@@ -312,7 +347,7 @@ type Scheduler interface {
 func Schedule(ctx context.Context, s Scheduler, shops []units.Backend, spec string) error {
 	for _, b := range shops {
 		for _, model := range ImportedModels {
-			err := s.Schedule(ctx, "shop-import-"+b.ID+"-"+model, spec,
+			err := s.Schedule(ctx, named("shop-import", "-", b.ID, model, 128), spec,
 				units.ImportBatch{BackendID: b.ID, Model: model}, job.WithChannel(Channel))
 			if err != nil {
 				return fmt.Errorf("shopconnector: schedule %s %s: %w", b.ID, model, err)

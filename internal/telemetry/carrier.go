@@ -7,27 +7,36 @@ import (
 
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Inject writes ctx's span context into h (no-op when ctx carries none).
+// Inject writes ctx's span context and baggage into h (no-op when ctx
+// carries neither).
 func Inject(ctx context.Context, h nats.Header) {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
+	if !carries(ctx) {
 		return
 	}
 	propagator().Inject(ctx, HeaderCarrier(h))
 }
 
 // TraceOf is ctx's trace context as a job envelope carries it (nil when
-// ctx carries no span context).
+// ctx carries no span context and no baggage).
 func TraceOf(ctx context.Context) wire.TraceContext {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
+	if !carries(ctx) {
 		return nil
 	}
 	tc := make(wire.TraceContext, 0, 2)
 	propagator().Inject(ctx, &tc)
 	return tc
+}
+
+// carries reports whether ctx has something to propagate: a valid span
+// context, or baggage (W3C baggage travels without a span context too:
+// with tracing off, or outside any trace).
+func carries(ctx context.Context) bool {
+	return trace.SpanContextFromContext(ctx).IsValid() || baggage.FromContext(ctx).Len() > 0
 }
 
 // ExtractFrom returns ctx with the remote span context found in c, if any.

@@ -36,7 +36,8 @@ type Change struct {
 // Memory is an in-memory system implementing units.Adapter (and
 // units.ReturningWriter) for one model.
 // Records get ids "1", "2", ... in creation order (with Prefix in front).
-// It is safe for concurrent use.
+// It is safe for concurrent use. The zero value is an empty system, ready
+// to use.
 type Memory struct {
 	// Model names the model in MissingError.
 	Model string
@@ -66,11 +67,22 @@ func NewMemory(model string) *Memory {
 	return &Memory{Model: model, records: map[string]units.Record{}, calls: map[string]int{}}
 }
 
+// ensureMaps makes the maps of a zero Memory. m.mu held.
+func (m *Memory) ensureMaps() {
+	if m.records == nil {
+		m.records = map[string]units.Record{}
+	}
+	if m.calls == nil {
+		m.calls = map[string]int{}
+	}
+}
+
 // Put stores rec under id directly (no change is recorded): seed data. A
 // nil rec stores an empty record.
 func (m *Memory) Put(id string, rec units.Record) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.ensureMaps()
 	if _, ok := m.records[id]; !ok {
 		m.order = append(m.order, id)
 	}
@@ -120,6 +132,7 @@ func (m *Memory) SetDown(down bool) {
 }
 
 func (m *Memory) enter(ctx context.Context, op string) error {
+	m.ensureMaps()
 	m.calls[op]++
 	if err := ctx.Err(); err != nil {
 		return job.Retry(err)
@@ -131,12 +144,15 @@ func (m *Memory) enter(ctx context.Context, op string) error {
 }
 
 // Search implements units.Adapter: equality filters on fields, creation
-// order, Offset and Limit.
+// order, Offset and Limit. A negative Offset is an error.
 func (m *Memory) Search(ctx context.Context, q units.Query) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.enter(ctx, "search"); err != nil {
 		return nil, err
+	}
+	if q.Offset < 0 {
+		return nil, fmt.Errorf("unitstest: search %s: negative offset %d", m.Model, q.Offset)
 	}
 	var ids []string
 	for _, id := range m.order {
@@ -352,7 +368,7 @@ func (m *Memory) notify(ctx context.Context, c Change) {
 
 // System is a set of Memory models: one per model, created on first use.
 // Its Adapter method fits units.Env.Local and, wrapped in a factory,
-// units.AdapterUsage.
+// units.AdapterUsage. The zero value is an empty system, ready to use.
 type System struct {
 	// OnChange is given to every model's Memory.
 	OnChange func(ctx context.Context, model string, c Change)
@@ -370,6 +386,9 @@ func (s *System) Model(model string) *Memory {
 	defer s.mu.Unlock()
 	m, ok := s.models[model]
 	if !ok {
+		if s.models == nil {
+			s.models = map[string]*Memory{}
+		}
 		m = NewMemory(model)
 		if s.OnChange != nil {
 			m.OnChange = func(ctx context.Context, c Change) { s.OnChange(ctx, model, c) }

@@ -20,7 +20,8 @@ var ErrLocked = bindings.ErrLocked
 // instance and model, and a locker, with the same errors (a conflicting Bind
 // is a *bindings.ConflictError, a held lock a job.RetryNoCount wrapping a
 // *bindings.LockedError, a second release bindings.ErrLockLost, empty ids
-// bindings.ErrInvalid). Locks do not expire (tests release them).
+// bindings.ErrInvalid). Locks do not expire (tests release them). The zero
+// value is an empty store, ready to use.
 type Store struct {
 	mu       sync.Mutex
 	binders  map[[2]string]*Binder
@@ -43,6 +44,9 @@ func (s *Store) MemBinder(backendID, model string) *Binder {
 	k := [2]string{backendID, model}
 	b, ok := s.binders[k]
 	if !ok {
+		if s.binders == nil {
+			s.binders = map[[2]string]*Binder{}
+		}
 		b = &Binder{backend: backendID, model: model, toLocal: map[string]string{}, toExt: map[string]string{}, synced: map[string]time.Time{}}
 		s.binders[k] = b
 	}
@@ -68,6 +72,9 @@ func (s *Store) Acquire(ctx context.Context, resource string, ttl time.Duration)
 	defer s.mu.Unlock()
 	if held, ok := s.locks[resource]; ok {
 		return nil, job.RetryNoCount(&bindings.LockedError{Resource: resource, Remaining: held}, lockRetryDelay)
+	}
+	if s.locks == nil {
+		s.locks, s.acquired = map[string]time.Duration{}, map[string]int{}
 	}
 	s.locks[resource] = ttl
 	s.acquired[resource]++
