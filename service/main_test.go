@@ -32,7 +32,11 @@ func childMain() {
 	var env *service.Env
 	reg := worker.NewRegistry()
 	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[exportPartner]) (string, error) {
-		return "exported", env.Redis.RPush(ctx, env.Prefix+":test:exported", j.Args.ID).Err()
+		err := env.Redis.RPush(ctx, env.Prefix+":test:exported", j.Args.ID).Err()
+		if j.Args.ID == "hang" {
+			time.Sleep(time.Hour) // a handler that ignores its context
+		}
+		return "exported", err
 	})
 	service.Main(reg, func(ctx context.Context, e *service.Env) error {
 		env = e

@@ -146,6 +146,9 @@ func (e *Env) Go(f func(ctx context.Context) error) {
 // any password in a URL redacted).
 func Main(reg *worker.Registry, setups ...Setup) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// The first signal starts the graceful shutdown; a second one ends
+	// the process at once (the signal's default action).
+	context.AfterFunc(ctx, stop)
 	err := Run(ctx, os.Args[1:], os.Getenv, reg, setups...)
 	stop()
 	os.Exit(exitCode(err, os.Stderr, os.Args[0]))

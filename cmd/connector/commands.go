@@ -13,6 +13,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -198,6 +199,21 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	return pos, nil
 }
 
+// flagsApply refuses the flags set on fs that do not apply to the
+// command sub: appliesTo maps a flag to the commands that read it. A
+// selection flag the command ignored would let it act on more than the
+// operator asked (`jobs requeue --all --limit 1` requeued every dead job).
+func flagsApply(fs *flag.FlagSet, group, sub string, appliesTo map[string][]string) error {
+	var errs []error
+	fs.Visit(func(f *flag.Flag) {
+		if subs, ok := appliesTo[f.Name]; ok && !slices.Contains(subs, sub) {
+			errs = append(errs, fmt.Errorf("usage: connector %s %s: --%s does not apply (only to %s %s); nothing done",
+				group, sub, f.Name, group, strings.Join(subs, ", ")))
+		}
+	})
+	return errors.Join(errs...)
+}
+
 // operatorLogger is the logger of the jobs and events commands, writing
 // to stderr. They print for people and scripts: only errors are logged,
 // unless the operator asked for a level or a format (the flag or its
@@ -243,6 +259,11 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return err
 	}
+	if err := flagsApply(fs, "jobs", sub, map[string][]string{
+		"all": {"requeue"}, "limit": {"dead"}, "name": {"dead", "requeue"}, "json": {"show", "stats", "dead"},
+	}); err != nil {
+		return err
+	}
 	if sub == "requeue" && *all && len(pos) > 0 {
 		// Never every dead job for an operator who named one.
 		return fmt.Errorf("usage: connector jobs requeue ID | --all [--name J] (an id or --all, not both)")
@@ -274,10 +295,13 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return err
 	}
 	// Cancel and requeue leave job records to write: a command whose
-	// records did not reach Redis did not fully succeed.
+	// records did not reach Redis did not fully succeed, even when what it
+	// did in NATS (printed on stdout) is done; and that error is reported
+	// beside any other.
 	defer func() {
-		if cerr := d.Close(context.WithoutCancel(ctx)); cerr != nil && err == nil {
-			err = fmt.Errorf("job records: %w", cerr)
+		if cerr := d.Close(context.WithoutCancel(ctx)); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("job records not written to Redis: %w (what was done in NATS, printed above, stands; "+
+				"`connector jobs show` may give an earlier state until a worker updates the record)", cerr))
 		}
 	}()
 	switch sub {
@@ -348,6 +372,9 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 			return err
 		}
 		if *asJSON {
+			if st.Queues == nil {
+				st.Queues = []dispatcher.Queue{} // [], not null, for scripts
+			}
 			return json.NewEncoder(stdout).Encode(st)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
@@ -524,7 +551,10 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	size := fs.Int("size", 256, "argument size in bytes")
 	rounds := fs.Int("rounds", 3, "alternate raw/framework runs this many times")
 	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every write (sync_interval: always)")
-	redisURL := fs.String("redis", "", "Redis for job records (default: CONNECTOR_REDIS_URL, else 127.0.0.1:6379 if it answers, else none)")
+	// Redis for job records, with the credentials and TLS of the other
+	// commands; when it does not answer, the run goes without records.
+	var rcfg connect.RedisConfig
+	rcfg.Bind(fs, getenv)
 	telemetryOn := fs.Bool("telemetry", false, "enable tracing (SDK, batch span processor, no-op exporter) and metrics (Prometheus) in the framework run")
 	pairs := fs.Int("telemetry-pairs", 0, "measure the telemetry overhead: this many pairs of framework runs without and with -telemetry (back to back, order alternating), then the median ratio")
 	sampler := fs.Float64("telemetry-sample", 1, "with -telemetry: the fraction of traces sampled (parent-based ratio sampler; 1 samples all)")
@@ -557,19 +587,12 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		defer pprof.StopCPUProfile()
 	}
 	o := bench.Options{N: *n, Size: *size, Rounds: *rounds, SyncAlways: *syncAlways}
-	url := *redisURL
-	if url == "" {
-		url = getenv("CONNECTOR_REDIS_URL")
-	}
-	if url == "" {
-		url = connect.DefaultRedisURL
-	}
-	rdb, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: url})
+	rdb, err := connect.ConnectRedis(ctx, rcfg, nil)
 	if err == nil {
 		o.Redis = rdb
 		defer rdb.Close()
 	} else {
-		fmt.Fprintf(stdout, "no Redis at %s: job records are off for this run\n", telemetry.Redact(url))
+		fmt.Fprintf(stdout, "no Redis (%v): job records are off for this run\n", err)
 	}
 	if *pairs > 0 {
 		return benchTelemetryPairs(ctx, o, *pairs, *sampler, stdout)

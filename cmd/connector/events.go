@@ -54,6 +54,11 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err != nil {
 		return err
 	}
+	if err := flagsApply(fs, "events", sub, map[string][]string{
+		"all": {"replay"}, "listener": {"dead", "replay"}, "limit": {"dead"}, "json": {"stats", "dead"},
+	}); err != nil {
+		return err
+	}
 	if sub == "replay" && *all && len(pos) > 0 {
 		// Never every dead event for an operator who named some.
 		return fmt.Errorf("usage: connector events replay SEQ [SEQ...] | --all [--listener L] (sequences or --all, not both)")
@@ -88,6 +93,9 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			return err
 		}
 		if *asJSON {
+			if st.Listeners == nil {
+				st.Listeners = []events.ListenerStats{} // [], not null, for scripts
+			}
 			return json.NewEncoder(stdout).Encode(st)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
@@ -136,6 +144,9 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			continue
 		}
 		if err := act(ctx, seq); err != nil {
+			if sub == "discard" && errors.Is(err, events.ErrNotReplayable) {
+				err = fmt.Errorf("discard %d: %w: nothing discarded (a job's dead letter: connector jobs requeue or connector jobs cancel)", seq, err)
+			}
 			errs = append(errs, err)
 			continue
 		}

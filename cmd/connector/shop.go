@@ -130,8 +130,9 @@ Rename a product in the catalog: an event, an export job, one write in the shop:
   curl %[2]s/v1/products/1
 Create one in the catalog: it is created in the shop and bound, not imported back:
   curl -X POST %[3]s/products -d '{"name": "Tea pot", "price": 25}'
-Make the shop fail (503) twice and watch the export retry:
+Make the shop fail (503) twice, then change the catalog: the export is retried:
   curl -X POST %[2]s/admin/faults -d '{"status": 503, "count": 2}'
+  curl -X PATCH %[3]s/products/2 -d '{"name": "Coffee beans, 1 kg bag"}'
 `, every, shopURL, catalogURL)
 	return svc, help, nil
 }

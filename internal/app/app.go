@@ -126,7 +126,7 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&c.TraceHeaders, "trace-headers", c.envBool(getenv, "CONNECTOR_TRACE_HEADERS", false), "enqueued jobs carry their trace context in W3C headers too, not only in their envelope (for nats-server message tracing) (env CONNECTOR_TRACE_HEADERS)")
 	fs.DurationVar(&c.DeadMaxAge, "dead-max-age", c.envDur(getenv, "CONNECTOR_DEAD_MAX_AGE", 0), "how long dead letters are kept in the dead-letter stream; 0 keeps them until requeued or removed (env CONNECTOR_DEAD_MAX_AGE)")
 	fs.DurationVar(&c.EventsMaxAge, "events-max-age", c.envDur(getenv, "CONNECTOR_EVENTS_MAX_AGE", streams.DefaultEventsMaxAge), "how long domain events are kept in the events stream: the longest a listener may be stopped or lag behind without missing events (env CONNECTOR_EVENTS_MAX_AGE)")
-	fs.DurationVar(&c.RecordTTL, "record-ttl", c.envDur(getenv, "CONNECTOR_RECORD_TTL", records.DefaultTTL), "how long job records (connector jobs show) are kept in Redis after their last update (env CONNECTOR_RECORD_TTL)")
+	fs.DurationVar(&c.RecordTTL, "record-ttl", c.envDur(getenv, "CONNECTOR_RECORD_TTL", records.DefaultTTL), "how long job records (connector jobs show) are kept in Redis after their last update, or after the job's ETA when later (env CONNECTOR_RECORD_TTL)")
 	fs.BoolVar(&c.RegisterSchedules, "register-schedules", c.envBool(getenv, "CONNECTOR_REGISTER_SCHEDULES", true), "register periodic jobs at start; false where only an operator may (least privilege: docs/security.md) (env CONNECTOR_REGISTER_SCHEDULES)")
 	fs.StringVar(&c.Channels, "channels", envOr(getenv, "CONNECTOR_CHANNELS", ""), `channel capacities, e.g. "root:4,root.shop:2,root.shop.orders:1:sequential" (env CONNECTOR_CHANNELS)`)
 	fs.Func("channels-file", "file holding the channel configuration, one entry per line (env CONNECTOR_CHANNELS_FILE)", func(p string) error {
@@ -210,7 +210,7 @@ func Open(ctx context.Context, cfg *Config, log *zap.Logger) (*Conns, error) {
 		return nil, err
 	}
 	if c.Redis, err = connect.Retry(ctx, cfg.StartDeadline(), log, "Redis", connect.Transient, func(ctx context.Context) (redis.UniversalClient, error) {
-		return connect.ConnectRedis(ctx, cfg.Redis)
+		return connect.ConnectRedis(ctx, cfg.Redis, log)
 	}); err != nil {
 		c.Close()
 		return nil, err

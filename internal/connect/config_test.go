@@ -68,7 +68,7 @@ func TestBind(t *testing.T) {
 	if nc.URL != env["CONNECTOR_NATS_URL"] || nc.User != "envuser" || nc.PasswordFile != pwFile || nc.CAFile != ca || nc.Token != "" {
 		t.Errorf("nats config from env: %+v", nc)
 	}
-	if rc.URL != env["CONNECTOR_REDIS_URL"] || rc.Username != "connector" || rc.Password != "flag-Pw" || rc.PasswordFile != rpwFile {
+	if rc.URL != env["CONNECTOR_REDIS_URL"] || rc.Username != "connector" || rc.Password != "flag-Pw" || rc.PasswordFile != "" {
 		t.Errorf("redis config from env/flags: %+v", rc)
 	}
 	// The password file is what Options uses (the token was cleared by flag).
@@ -145,7 +145,7 @@ func ExampleConnectRedis() {
 	fmt.Println(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rdb, err := connect.ConnectRedis(ctx, cfg)
+	rdb, err := connect.ConnectRedis(ctx, cfg, nil)
 	if err != nil {
 		return // the error names the server, never the password
 	}

@@ -3,6 +3,7 @@ package connect
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -25,6 +26,87 @@ func (s *secretValue) String() string {
 }
 
 func (s *secretValue) Set(v string) error { *s = secretValue(v); return nil }
+
+// fromEnv remembers which settings came from the environment, so that a
+// flag on the command line beats the environment also where the
+// environment gave the same secret another way (CONNECTOR_NATS_PASSWORD
+// against --nats-password-file) or another authentication method
+// (CONNECTOR_NATS_TOKEN against --nats-user and --nats-password).
+type fromEnv map[*string]bool
+
+// envDefault sets *p from the variable name (def when unset) and notes
+// when the variable gave it.
+func (e fromEnv) envDefault(p *string, getenv func(string) string, name, def string) {
+	*p = envOr(getenv, name, def)
+	if getenv != nil && getenv(name) != "" {
+		e[p] = true
+	}
+}
+
+// overrideValue is a flag.Value over *p that, when the flag is given a
+// value, clears the settings in beats that came from the environment.
+type overrideValue struct {
+	p      *string
+	secret bool // -help shows a set value as "xxxxx"
+	env    fromEnv
+	beats  []*string
+}
+
+func (o *overrideValue) String() string {
+	if o == nil || o.p == nil {
+		return ""
+	}
+	if o.secret {
+		return (*secretValue)(o.p).String()
+	}
+	return *o.p
+}
+
+func (o *overrideValue) Set(v string) error {
+	delete(o.env, o.p)
+	*o.p = v
+	if v == "" {
+		return nil // an empty flag unsets its setting and chooses nothing
+	}
+	for _, q := range o.beats {
+		if o.env[q] {
+			*q = ""
+			delete(o.env, q)
+		}
+	}
+	return nil
+}
+
+// authFlag is the flag of one authentication setting.
+type authFlag struct {
+	p           *string
+	name, usage string
+	secret      bool
+}
+
+// bindAuth registers the flags of authentication settings grouped by
+// method: a flag of one method beats the environment's settings of the
+// other methods and of its twin (the same secret as a value or a file,
+// twins[p]).
+func bindAuth(fs *flag.FlagSet, env fromEnv, methods [][]authFlag, twins map[*string]*string) {
+	for i, m := range methods {
+		var others []*string
+		for j, o := range methods {
+			if j != i {
+				for _, f := range o {
+					others = append(others, f.p)
+				}
+			}
+		}
+		for _, f := range m {
+			beats := others
+			if t := twins[f.p]; t != nil {
+				beats = append(append([]*string(nil), others...), t)
+			}
+			fs.Var(&overrideValue{p: f.p, secret: f.secret, env: env, beats: beats}, f.name, f.usage)
+		}
+	}
+}
 
 // urlValue is a flag.Value over a URL that may carry credentials; -help
 // shows it redacted.

@@ -59,7 +59,7 @@ func TestLeastPrivilegeComponents(t *testing.T) {
 	raddr, rpw := startACLRedis(t, prefix)
 	rdb, err := connect.ConnectRedis(context.Background(), connect.RedisConfig{
 		URL: "redis://" + raddr + "/0", Username: "connector", Password: rpw,
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +361,7 @@ func TestWorkerStartNamesAMissingRedisRight(t *testing.T) {
 	raddr, rpw := startACLRedis(t, prefix, "+time")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	rdb, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + raddr + "/0", Username: "connector", Password: rpw})
+	rdb, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + raddr + "/0", Username: "connector", Password: rpw}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

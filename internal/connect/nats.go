@@ -59,26 +59,37 @@ type NATSConfig struct {
 // process list.
 func (c *NATSConfig) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	c.URL = envOr(getenv, "CONNECTOR_NATS_URL", DefaultNATSURL)
-	c.CredsFile = envOr(getenv, "CONNECTOR_NATS_CREDS", "")
-	c.NKeySeedFile = envOr(getenv, "CONNECTOR_NATS_NKEY", "")
-	c.User = envOr(getenv, "CONNECTOR_NATS_USER", "")
-	c.Password = envOr(getenv, "CONNECTOR_NATS_PASSWORD", "")
-	c.PasswordFile = envOr(getenv, "CONNECTOR_NATS_PASSWORD_FILE", "")
-	c.Token = envOr(getenv, "CONNECTOR_NATS_TOKEN", "")
-	c.TokenFile = envOr(getenv, "CONNECTOR_NATS_TOKEN_FILE", "")
+	env := fromEnv{}
+	env.envDefault(&c.CredsFile, getenv, "CONNECTOR_NATS_CREDS", "")
+	env.envDefault(&c.NKeySeedFile, getenv, "CONNECTOR_NATS_NKEY", "")
+	env.envDefault(&c.User, getenv, "CONNECTOR_NATS_USER", "")
+	env.envDefault(&c.Password, getenv, "CONNECTOR_NATS_PASSWORD", "")
+	env.envDefault(&c.PasswordFile, getenv, "CONNECTOR_NATS_PASSWORD_FILE", "")
+	env.envDefault(&c.Token, getenv, "CONNECTOR_NATS_TOKEN", "")
+	env.envDefault(&c.TokenFile, getenv, "CONNECTOR_NATS_TOKEN_FILE", "")
 	c.CAFile = envOr(getenv, "CONNECTOR_NATS_CA", "")
 	c.CertFile = envOr(getenv, "CONNECTOR_NATS_CERT", "")
 	c.KeyFile = envOr(getenv, "CONNECTOR_NATS_KEY", "")
 	c.InboxPrefix = envOr(getenv, "CONNECTOR_NATS_INBOX_PREFIX", "")
 
 	fs.Var((*urlValue)(&c.URL), "nats", "NATS server URL(s), comma-separated; nats:// or tls:// (env CONNECTOR_NATS_URL)")
-	fs.StringVar(&c.CredsFile, "nats-creds", c.CredsFile, "NATS credentials file, JWT + nkey (env CONNECTOR_NATS_CREDS)")
-	fs.StringVar(&c.NKeySeedFile, "nats-nkey", c.NKeySeedFile, "NATS nkey seed file (env CONNECTOR_NATS_NKEY)")
-	fs.StringVar(&c.User, "nats-user", c.User, "NATS user (env CONNECTOR_NATS_USER)")
-	fs.Var((*secretValue)(&c.Password), "nats-password", "NATS password (env CONNECTOR_NATS_PASSWORD; prefer --nats-password-file)")
-	fs.StringVar(&c.PasswordFile, "nats-password-file", c.PasswordFile, "file holding the NATS password (env CONNECTOR_NATS_PASSWORD_FILE)")
-	fs.Var((*secretValue)(&c.Token), "nats-token", "NATS token (env CONNECTOR_NATS_TOKEN; prefer --nats-token-file)")
-	fs.StringVar(&c.TokenFile, "nats-token-file", c.TokenFile, "file holding the NATS token (env CONNECTOR_NATS_TOKEN_FILE)")
+	// Flags beat the environment, also its other ways to give the same
+	// secret and its other authentication methods: --nats-password-file
+	// wins over CONNECTOR_NATS_PASSWORD, --nats-user over
+	// CONNECTOR_NATS_TOKEN.
+	bindAuth(fs, env, [][]authFlag{
+		{{&c.CredsFile, "nats-creds", "NATS credentials file, JWT + nkey (env CONNECTOR_NATS_CREDS)", false}},
+		{{&c.NKeySeedFile, "nats-nkey", "NATS nkey seed file (env CONNECTOR_NATS_NKEY)", false}},
+		{
+			{&c.User, "nats-user", "NATS user (env CONNECTOR_NATS_USER)", false},
+			{&c.Password, "nats-password", "NATS password (env CONNECTOR_NATS_PASSWORD; prefer --nats-password-file)", true},
+			{&c.PasswordFile, "nats-password-file", "file holding the NATS password (env CONNECTOR_NATS_PASSWORD_FILE)", false},
+		},
+		{
+			{&c.Token, "nats-token", "NATS token (env CONNECTOR_NATS_TOKEN; prefer --nats-token-file)", true},
+			{&c.TokenFile, "nats-token-file", "file holding the NATS token (env CONNECTOR_NATS_TOKEN_FILE)", false},
+		},
+	}, map[*string]*string{&c.Password: &c.PasswordFile, &c.PasswordFile: &c.Password, &c.Token: &c.TokenFile, &c.TokenFile: &c.Token})
 	fs.StringVar(&c.CAFile, "nats-ca", c.CAFile, "PEM file of the CA that signed the NATS server certificate (env CONNECTOR_NATS_CA)")
 	fs.StringVar(&c.CertFile, "nats-cert", c.CertFile, "PEM client certificate for NATS mTLS (env CONNECTOR_NATS_CERT)")
 	fs.StringVar(&c.KeyFile, "nats-key", c.KeyFile, "PEM client key for NATS mTLS (env CONNECTOR_NATS_KEY)")

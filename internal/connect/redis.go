@@ -43,16 +43,21 @@ type RedisConfig struct {
 func (c *RedisConfig) Bind(fs *flag.FlagSet, getenv func(string) string) {
 	c.URL = envOr(getenv, "CONNECTOR_REDIS_URL", DefaultRedisURL)
 	c.Username = envOr(getenv, "CONNECTOR_REDIS_USER", "")
-	c.Password = envOr(getenv, "CONNECTOR_REDIS_PASSWORD", "")
-	c.PasswordFile = envOr(getenv, "CONNECTOR_REDIS_PASSWORD_FILE", "")
+	env := fromEnv{}
+	env.envDefault(&c.Password, getenv, "CONNECTOR_REDIS_PASSWORD", "")
+	env.envDefault(&c.PasswordFile, getenv, "CONNECTOR_REDIS_PASSWORD_FILE", "")
 	c.CAFile = envOr(getenv, "CONNECTOR_REDIS_CA", "")
 	c.CertFile = envOr(getenv, "CONNECTOR_REDIS_CERT", "")
 	c.KeyFile = envOr(getenv, "CONNECTOR_REDIS_KEY", "")
 
 	fs.Var((*urlValue)(&c.URL), "redis", "Redis URL: redis:// or rediss:// (TLS); redis+cluster:// or a comma-separated node list for Redis Cluster (env CONNECTOR_REDIS_URL)")
 	fs.StringVar(&c.Username, "redis-user", c.Username, "Redis ACL user (env CONNECTOR_REDIS_USER)")
-	fs.Var((*secretValue)(&c.Password), "redis-password", "Redis password (env CONNECTOR_REDIS_PASSWORD; prefer --redis-password-file)")
-	fs.StringVar(&c.PasswordFile, "redis-password-file", c.PasswordFile, "file holding the Redis password (env CONNECTOR_REDIS_PASSWORD_FILE)")
+	// --redis-password-file beats CONNECTOR_REDIS_PASSWORD, and
+	// --redis-password CONNECTOR_REDIS_PASSWORD_FILE.
+	bindAuth(fs, env, [][]authFlag{{
+		{&c.Password, "redis-password", "Redis password (env CONNECTOR_REDIS_PASSWORD; prefer --redis-password-file)", true},
+		{&c.PasswordFile, "redis-password-file", "file holding the Redis password (env CONNECTOR_REDIS_PASSWORD_FILE)", false},
+	}}, map[*string]*string{&c.Password: &c.PasswordFile, &c.PasswordFile: &c.Password})
 	fs.StringVar(&c.CAFile, "redis-ca", c.CAFile, "PEM file of the CA that signed the Redis server certificate (env CONNECTOR_REDIS_CA)")
 	fs.StringVar(&c.CertFile, "redis-cert", c.CertFile, "PEM client certificate for Redis mTLS (env CONNECTOR_REDIS_CERT)")
 	fs.StringVar(&c.KeyFile, "redis-key", c.KeyFile, "PEM client key for Redis mTLS (env CONNECTOR_REDIS_KEY)")
@@ -139,8 +144,12 @@ func clusterURL(raw string) (string, bool) {
 
 // ConnectRedis opens a client for c and pings it. It returns a
 // *redis.Client, or a *redis.ClusterClient for the cluster forms of URL.
-// The returned error never contains a secret.
-func ConnectRedis(ctx context.Context, c RedisConfig) (redis.UniversalClient, error) {
+// The returned error never contains a secret. A failed re-read of
+// PasswordFile (on a new connection) is logged to log; nil discards it.
+func ConnectRedis(ctx context.Context, c RedisConfig, log *zap.Logger) (redis.UniversalClient, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	password, err := secret("Redis password", c.Password, c.PasswordFile)
 	if err != nil {
 		return nil, err
@@ -182,7 +191,7 @@ func ConnectRedis(ctx context.Context, c RedisConfig) (redis.UniversalClient, er
 		if password != "" {
 			opt.Password = password
 		}
-		opt.CredentialsProvider = c.credentials(opt.Username, password)
+		opt.CredentialsProvider = c.credentials(opt.Username, password, log)
 		if len(opt.Addrs) > 0 {
 			opt.TLSConfig = applyTLS(opt.TLSConfig, opt.Addrs[0])
 		}
@@ -198,7 +207,7 @@ func ConnectRedis(ctx context.Context, c RedisConfig) (redis.UniversalClient, er
 		if password != "" {
 			opt.Password = password
 		}
-		opt.CredentialsProvider = c.credentials(opt.Username, password)
+		opt.CredentialsProvider = c.credentials(opt.Username, password, log)
 		opt.TLSConfig = applyTLS(opt.TLSConfig, opt.Addr)
 		client = redis.NewClient(opt)
 	}
@@ -212,10 +221,10 @@ func ConnectRedis(ctx context.Context, c RedisConfig) (redis.UniversalClient, er
 // credentials re-reads the password file on every new connection (a
 // rotated Secret is used without a restart); nil when the password is not
 // from a file.
-func (c RedisConfig) credentials(user, first string) func() (string, string) {
+func (c RedisConfig) credentials(user, first string, log *zap.Logger) func() (string, string) {
 	if c.Password != "" || c.PasswordFile == "" {
 		return nil
 	}
-	f := newFileSecret("Redis password", c.PasswordFile, first, zap.NewNop())
+	f := newFileSecret("Redis password", c.PasswordFile, first, log)
 	return func() (string, string) { return user, f.get() }
 }

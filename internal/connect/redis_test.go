@@ -118,7 +118,7 @@ func TestRedisPasswordAndACL(t *testing.T) {
 	}
 	for name, cfg := range good {
 		t.Run("good/"+name, func(t *testing.T) {
-			c, err := connect.ConnectRedis(ctx, cfg)
+			c, err := connect.ConnectRedis(ctx, cfg, nil)
 			if err != nil {
 				t.Fatalf("%s: %v", cfg, err)
 			}
@@ -139,7 +139,7 @@ func TestRedisPasswordAndACL(t *testing.T) {
 	}
 	for name, cfg := range bad {
 		t.Run("bad/"+name, func(t *testing.T) {
-			c, err := connect.ConnectRedis(ctx, cfg)
+			c, err := connect.ConnectRedis(ctx, cfg, nil)
 			if err == nil {
 				c.Close()
 				t.Fatalf("%s connected", cfg)
@@ -180,7 +180,7 @@ func TestRedisTLS(t *testing.T) {
 	implicit.URL = "redis://" + addr + "/0" // TLS because a CA is given
 	implicit.Password = pw
 	for _, cfg := range []connect.RedisConfig{good, implicit} {
-		c, err := connect.ConnectRedis(ctx, cfg)
+		c, err := connect.ConnectRedis(ctx, cfg, nil)
 		if err != nil {
 			t.Fatalf("%s with CA and client cert: %v", cfg, err)
 		}
@@ -199,7 +199,7 @@ func TestRedisTLS(t *testing.T) {
 		t.Run("bad/"+name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			c, err := connect.ConnectRedis(ctx, cfg)
+			c, err := connect.ConnectRedis(ctx, cfg, nil)
 			if err == nil {
 				c.Close()
 				t.Fatalf("%s connected", cfg)
@@ -218,7 +218,7 @@ func TestRedisConfigErrors(t *testing.T) {
 		"missing CA":      {URL: "rediss://127.0.0.1:1", CAFile: "/nonexistent/ca.pem"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := connect.ConnectRedis(ctx, cfg)
+			_, err := connect.ConnectRedis(ctx, cfg, nil)
 			if !errors.Is(err, connect.ErrConfig) {
 				t.Fatalf("want ErrConfig, got %v", err)
 			}
@@ -231,7 +231,7 @@ func TestRedisConfigErrors(t *testing.T) {
 // ConnectRedis too, and a cluster URL yields a cluster client.
 func TestRedisDefaultInstance(t *testing.T) {
 	url := testenv.RedisURL(t)
-	c, err := connect.ConnectRedis(context.Background(), connect.RedisConfig{URL: url})
+	c, err := connect.ConnectRedis(context.Background(), connect.RedisConfig{URL: url}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func startACLRedis(t *testing.T, keyPrefix string, drop ...string) (addr, userPW
 	addr = "127.0.0.1:" + strconv.Itoa(p.Port)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	adm, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, Password: admin})
+	adm, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, Password: admin}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	c, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, Username: "connector", Password: userPW})
+	c, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, Username: "connector", Password: userPW}, nil)
 	if err != nil {
 		t.Fatalf("connector user: %v", err)
 	}
@@ -380,7 +380,7 @@ func TestRedisCluster(t *testing.T) {
 		if !strings.Contains(url, pw) {
 			cfg.Password = pw
 		}
-		c, err := connect.ConnectRedis(ctx, cfg)
+		c, err := connect.ConnectRedis(ctx, cfg, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", cfg, err)
 		}
@@ -392,7 +392,7 @@ func TestRedisCluster(t *testing.T) {
 		}
 		c.Close()
 	}
-	_, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis+cluster://:wrong-Cluster-Pw@" + addr})
+	_, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis+cluster://:wrong-Cluster-Pw@" + addr}, nil)
 	if err == nil {
 		t.Fatal("wrong password accepted")
 	}
@@ -411,7 +411,7 @@ func TestRedisPasswordRotation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	pwFile := writeFile(t, "pw", oldPW+"\n")
-	c, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, PasswordFile: pwFile})
+	c, err := connect.ConnectRedis(ctx, connect.RedisConfig{URL: "redis://" + addr, PasswordFile: pwFile}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

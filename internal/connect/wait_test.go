@@ -75,7 +75,7 @@ func TestRetry(t *testing.T) {
 		t.Fatalf("comes up: %d, %v after %d attempts, want 42 after 3", v, err, n)
 	}
 	// A real refused Redis is transient too.
-	_, err = connect.ConnectRedis(context.Background(), connect.RedisConfig{URL: "redis://" + testenv.FreeAddr(t) + "/0"})
+	_, err = connect.ConnectRedis(context.Background(), connect.RedisConfig{URL: "redis://" + testenv.FreeAddr(t) + "/0"}, nil)
 	if err == nil || !connect.Transient(err) {
 		t.Fatalf("refused Redis: %v, want a transient error", err)
 	}
