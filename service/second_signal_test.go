@@ -1,16 +1,13 @@
 package service_test
 
 import (
-	"context"
 	"errors"
 	"net/http"
-	"os"
 	"os/exec"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/testenv"
 )
 
@@ -19,35 +16,10 @@ import (
 // Ctrl-C twice expects; the first one starts the graceful shutdown. Before,
 // the second was swallowed and the process waited out the whole grace.
 func TestMainSecondSignalEndsTheDrain(t *testing.T) {
-	srv := testenv.StartNATS(t)
-	rdb, prefix := testenv.Redis(t)
-	addr := testenv.FreeAddr(t)
-	cmd := exec.Command(os.Args[0], "--nats", srv.URL, "--redis", testenv.RedisURL(t), "--prefix", prefix,
-		"--http", addr, "--log-level", "warn", "--ack-wait", "5s", "--shutdown-grace", "5m")
-	cmd.Env = append(os.Environ(), "SERVICE_TEST_CHILD=1", "OTEL_TRACES_EXPORTER=none")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	testenv.Eventually(t, 30*time.Second, func() bool { code, _ := get("http://" + addr + "/readyz"); return code == http.StatusOK }, "/readyz 200")
-
-	pub, err := events.NewPublisher(jsOf(t, srv), events.WithPrefix(prefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(context.Background(), events.Event{Model: "res.partner", Name: events.Create, RecordID: "hang"}); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		got, _ := rdb.LRange(context.Background(), prefix+":test:exported", 0, -1).Result()
-		return len(got) == 1
-	}, "the hanging job started")
+	c := startChild(t, "--shutdown-grace", "5m")
+	cmd, exited, addr := c.cmd, c.exited, c.addr
+	c.publish("hang")
+	testenv.Eventually(t, 20*time.Second, func() bool { return len(c.exported()) == 1 }, "the hanging job started")
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -40,8 +40,18 @@ func TestJobsDeadLimitZeroWithName(t *testing.T) {
 // another name.
 func TestJobsRequeueWithConflictingSelectionsRequeuesNothing(t *testing.T) {
 	url, prefix, d, ids := twoDeadJobs(t)
-	ctx := context.Background()
+	usageErrorsActOnNothing(t, url, prefix, d, [][]string{
+		{"jobs", "requeue", ids[0], "--all"},
+		{"jobs", "requeue", "--all", ids[0]},
+		{"jobs", "requeue", ids[0], "--name", "test.other"},
+	})
+}
 
+// usageErrorsActOnNothing runs each command line, which must be a usage
+// error that leaves every dead letter where it is.
+func usageErrorsActOnNothing(t *testing.T, url, prefix string, d *dispatcher.Dispatcher, cmds [][]string) {
+	t.Helper()
+	ctx := context.Background()
 	seqs := func() []uint64 {
 		t.Helper()
 		l, err := d.DeadLetters(ctx, 0)
@@ -56,17 +66,13 @@ func TestJobsRequeueWithConflictingSelectionsRequeuesNothing(t *testing.T) {
 	}
 	before := seqs()
 	env, _ := operatorCLI(t, url, prefix)
-	for _, args := range [][]string{
-		{"jobs", "requeue", ids[0], "--all"},
-		{"jobs", "requeue", "--all", ids[0]},
-		{"jobs", "requeue", ids[0], "--name", "test.other"},
-	} {
-		stdout, _, err := runCmd(t, env, args...)
+	for _, args := range cmds {
+		stdout, stderr, err := runCmd(t, env, args...)
 		if err == nil || !strings.Contains(err.Error(), "usage") {
-			t.Errorf("connector %s: %v, want a usage error\n%s", strings.Join(args, " "), err, stdout)
+			t.Errorf("connector %s: %v, want a usage error\n%s%s", strings.Join(args, " "), err, stdout, stderr)
 		}
 		if after := seqs(); !slices.Equal(after, before) {
-			t.Fatalf("connector %s: dead letters %v, were %v (requeued)", strings.Join(args, " "), after, before)
+			t.Fatalf("connector %s: dead letters %v, were %v (acted on)", strings.Join(args, " "), after, before)
 		}
 	}
 }

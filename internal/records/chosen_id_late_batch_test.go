@@ -2,14 +2,10 @@ package records
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/connector-go/connector/internal/testenv"
-	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
-	"github.com/redis/go-redis/v9"
 )
 
 // A job with a caller-chosen id (job.WithID) has keys of its own, not log
@@ -17,22 +13,8 @@ import (
 // take its record back either, on either side. Updates within lateBy of
 // what the key holds still replace it (hosts' clocks a few ms apart).
 func TestLateBatchNeverRevertsAChosenIDsRecord(t *testing.T) {
-	defer func(d time.Duration) { lateBy = d }(lateBy)
-	lateBy = 3 * time.Millisecond
-	rdb, prefix := testenv.Redis(t)
-	names := wire.MustNames(prefix)
+	first, second, down := lateBatchStores(t)
 	ctx := context.Background()
-	var down atomic.Bool
-	opt, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	slow := redis.NewClient(opt)
-	slow.AddHook(failingPipelines{&down})
-	defer slow.Close()
-	first := New(slow, names, time.Minute, nil)
-	second := New(rdb, names, time.Minute, nil)
-	defer second.Close(ctx)
 	const id = "export-order-42"
 
 	down.Store(true)
@@ -66,7 +48,7 @@ func TestLateBatchNeverRevertsAChosenIDsRecord(t *testing.T) {
 	lateBy = time.Second
 	ahead := blob{State: string(job.StateStarted), Name: "n", Attempts: 3,
 		UpdatedAt: time.Now().Add(500 * time.Millisecond).UnixMilli()}
-	if err := rdb.Set(ctx, second.ownKey(id, false), ahead.appendTo(nil), time.Minute).Err(); err != nil {
+	if err := second.rdb.Set(ctx, second.ownKey(id, false), ahead.appendTo(nil), time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
 	second.Record(&Update{ID: id, State: job.StateDone, Name: "n", Attempts: 3, Result: "ok3"})

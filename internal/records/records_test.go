@@ -238,22 +238,8 @@ func (h failingPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) re
 // late (its updates older than the side's by more than lateBy) does not
 // take a record back to an older state.
 func TestLateBatchFromAnotherProcessNeverRevertsARecord(t *testing.T) {
-	defer func(d time.Duration) { lateBy = d }(lateBy)
-	lateBy = 3 * time.Millisecond
-	rdb, prefix := testenv.Redis(t)
-	names := wire.MustNames(prefix)
+	first, second, down := lateBatchStores(t)
 	ctx := context.Background()
-	var down atomic.Bool
-	opt, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	slow := redis.NewClient(opt)
-	slow.AddHook(failingPipelines{&down})
-	defer slow.Close()
-	first := New(slow, names, time.Minute, nil)
-	second := New(rdb, names, time.Minute, nil)
-	defer second.Close(ctx)
 	for _, id := range []string{wire.NewID()} {
 		down.Store(true)
 		first.Record(&Update{ID: id, State: job.StateWaiting, Name: "n", Attempts: 1, Error: "timeout"})
@@ -369,4 +355,28 @@ func TestFailedFlushesKeepMemoryBounded(t *testing.T) {
 	if size > live+live/2 {
 		t.Fatalf("%d bytes buffered for %d updates of %d bytes", size, held, live)
 	}
+}
+
+// lateBatchStores is two processes' stores of one prefix, with lateBy
+// at 3 ms: first's pipelines fail while down is set (its batch is then
+// retried, and lands late).
+func lateBatchStores(t *testing.T) (first, second *Store, down *atomic.Bool) {
+	t.Helper()
+	saved := lateBy
+	lateBy = 3 * time.Millisecond
+	t.Cleanup(func() { lateBy = saved })
+	rdb, prefix := testenv.Redis(t)
+	names := wire.MustNames(prefix)
+	opt, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := redis.NewClient(opt)
+	down = new(atomic.Bool)
+	slow.AddHook(failingPipelines{down})
+	t.Cleanup(func() { _ = slow.Close() })
+	first = New(slow, names, time.Minute, nil)
+	second = New(rdb, names, time.Minute, nil)
+	t.Cleanup(func() { _ = second.Close(context.Background()) })
+	return first, second, down
 }
