@@ -213,7 +213,7 @@ func (d *Dispatcher) prepare(ctx context.Context, args job.Args, opts []job.Opti
 		// (equal arguments, equal bytes, whatever their maps' order).
 		raw, err := wire.MarshalArgs(args)
 		if err != nil {
-			return nil, fmt.Errorf("dispatcher: encode %s args: %w", args.JobName(), err)
+			return nil, fmt.Errorf("dispatcher: %w: encode %s args: %w", job.ErrInvalid, args.JobName(), err)
 		}
 		return d.build(ctx, args.JobName(), raw, nil, o, bt)
 	}
@@ -270,7 +270,7 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		data, err = wire.EncodeEnvelope(env)
 	}
 	if err != nil {
-		err = fmt.Errorf("dispatcher: %s: %w", name, err)
+		err = fmt.Errorf("dispatcher: %w: %s: %w", job.ErrInvalid, name, err)
 	} else if serr := envelope.CheckSize(name, data, d.maxSize); serr != nil {
 		err = fmt.Errorf("dispatcher: %w", serr)
 	}

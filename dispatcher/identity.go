@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,6 +39,11 @@ func (d *Dispatcher) claimIdentity(ctx context.Context, key, id string, eta time
 	}
 	ttl := identityTTL
 	if wait := time.Until(eta); wait > 0 {
+		// Saturating: a wait of centuries would overflow the sum, and
+		// Redis refuses a negative expiry.
+		if wait > math.MaxInt64-ttl {
+			wait = math.MaxInt64 - ttl
+		}
 		ttl += wait
 	}
 	res, err := claimScript.Run(ctx, d.rdb, []string{d.identityKey(key)}, id, ttl.Milliseconds()).Slice()

@@ -10,6 +10,10 @@ import (
 var (
 	// ErrNotFound: no job (or dead letter) with that id.
 	ErrNotFound = errors.New("job: not found")
+	// ErrInvalid: a job refused before anything is sent: an invalid id,
+	// channel or header, a negative max retries, timeout or retry delay,
+	// arguments that do not encode, an envelope over the size limit.
+	ErrInvalid = errors.New("job: invalid job")
 	// ErrBadEnvelope: a message on the jobs stream is not a valid envelope
 	// (bad msgpack, unknown version, missing fields, too large).
 	ErrBadEnvelope = errors.New("job: invalid envelope")

@@ -368,7 +368,12 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 		}
 	}
 	if bound {
-		err = binder.Bind(ctx, externalID, localID, readAt)
+		// The local record is written: its binding is written too even if
+		// the job is cancelled meanwhile, for a bounded time (else the
+		// change imported reads as not synced).
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+		defer cancel()
+		err = binder.Bind(bctx, externalID, localID, readAt)
 	} else {
 		verb = "created"
 		if localID, err = local.Create(octx, values); err == nil {
@@ -605,6 +610,12 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 		}
 	}
 	if bound {
+		// The record is written: its binding is written too even if the
+		// job is cancelled meanwhile, for a bounded time (else the retry
+		// finds the export's own write newer than the sync date, and
+		// imports it first).
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+		defer cancel()
 		synced := syncDate()
 		if !stamp.IsZero() {
 			// An import that ran meanwhile (it takes another lock) may have
@@ -612,11 +623,11 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 			// stamp, older, must not take it back (the change would read
 			// as not synced, and the next export would import it first
 			// over a local change).
-			if cur, found, err := binder.SyncDate(ctx, externalID); err == nil && found && cur.After(synced) {
+			if cur, found, err := binder.SyncDate(bctx, externalID); err == nil && found && cur.After(synced) {
 				synced = cur
 			}
 		}
-		err = binder.Bind(ctx, externalID, localID, synced)
+		err = binder.Bind(bctx, externalID, localID, synced)
 	} else {
 		verb = "created"
 		if externalID, err = create(ctx, values); err == nil {
@@ -700,6 +711,13 @@ func (d *Deleter) Run(ctx context.Context, w *Work, externalID string) (res stri
 		return "", err
 	}
 	defer unlock()
+	// An import of the record past its binding lookup would bind it again
+	// after the unbind: the delete waits for it.
+	unlockImport, err := w.lock(ctx, w.importResource(externalID))
+	if err != nil {
+		return "", err
+	}
+	defer unlockImport()
 	derr := ad.Delete(ctx, externalID)
 	if derr != nil && !errors.Is(derr, ErrMissing) {
 		return "", derr

@@ -908,8 +908,13 @@ func (w *Worker) block(ctx context.Context, it *item) {
 	if ctx.Err() != nil {
 		// Stopping: the blocked lists are drained (now or soon, under
 		// cs.mu, after ctx ended), and a job put there after that would
-		// never be handed back: it goes back now.
+		// never be handed back: it goes back now, with any slot its
+		// attempt took under its token (an answer lost), as drainBlocked
+		// does for the blocked jobs.
 		cs.mu.Unlock()
+		fctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		w.slots.forget(fctx, cs, []*item{it})
+		cancel()
 		w.handBack([]*item{it}, 0)
 		w.credits.give(1)
 		return

@@ -13,6 +13,7 @@ package channels
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -77,8 +78,10 @@ func Parse(s string) (*Config, error) {
 				ch.Sequential = true
 			case strings.HasPrefix(opt, "throttle="):
 				secs, err := strconv.ParseFloat(strings.TrimPrefix(opt, "throttle="), 64)
-				if err != nil || secs <= 0 {
-					return nil, fmt.Errorf("channels: %q: throttle=N wants N seconds > 0", e)
+				// Redis counts the wait in whole ms: less is no throttle, and
+				// NaN, Inf or more than a Duration holds would be negative.
+				if err != nil || !(secs >= 0.001) || secs >= float64(math.MaxInt64)/float64(time.Second) {
+					return nil, fmt.Errorf("channels: %q: throttle=N wants N seconds >= 0.001", e)
 				}
 				ch.Throttle = time.Duration(secs * float64(time.Second))
 			case opt == "":

@@ -31,10 +31,10 @@ func Fill(env *wire.Envelope, name string, raw []byte, o *job.Options, enqueuedA
 		env.Channel = job.DefaultChannel
 	}
 	if err := channels.Valid(env.Channel); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", job.ErrInvalid, err)
 	}
 	if err := wire.CheckHeaders(o.Headers); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%w: %s: %w", job.ErrInvalid, name, err)
 	}
 	if len(o.RetryPattern) > 0 {
 		env.Retry = make(map[int]int64, len(o.RetryPattern))
@@ -51,7 +51,7 @@ func Fill(env *wire.Envelope, name string, raw []byte, o *job.Options, enqueuedA
 // CheckSize refuses an encoded envelope of job name over max bytes.
 func CheckSize(name string, data []byte, max int) error {
 	if len(data) > max {
-		return fmt.Errorf("job %s is %d bytes, over the %d-byte limit: %w", name, len(data), max, wire.ErrInvalid)
+		return fmt.Errorf("%w: job %s is %d bytes, over the %d-byte limit: %w", job.ErrInvalid, name, len(data), max, wire.ErrInvalid)
 	}
 	return nil
 }

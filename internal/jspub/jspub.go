@@ -178,6 +178,11 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 	if b.stalled {
 		return b.unsent(i, ErrAckTimeout)
 	}
+	if err := ctx.Err(); err != nil {
+		// Not sent: a message published after its context ended would be
+		// stored though the caller is told it failed.
+		return b.unsent(i, err)
+	}
 	select {
 	case b.sem <- struct{}{}:
 	default:

@@ -256,9 +256,23 @@ func FromMillis(ms int64) time.Time {
 // (Nats-Msg-Id, Nats-Schedule*): a caller's would replace the job's dedup
 // id or its ETA.
 func CheckHeaders(headers map[string]string) error {
-	for k := range headers {
+	for k, v := range headers {
 		if k == HeaderMsgID || strings.HasPrefix(k, HeaderSchedule) {
 			return fmt.Errorf("header %s is the dispatcher's (job.WithID, job.WithETA, job.WithDelay): %w", k, ErrInvalid)
+		}
+		// One NATS header line each: a line break in a value would add
+		// headers of its own (the dispatcher's Nats-Msg-Id, a schedule)
+		// or break the header block.
+		if k == "" {
+			return fmt.Errorf("empty header name: %w", ErrInvalid)
+		}
+		for i := 0; i < len(k); i++ {
+			if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
+				return fmt.Errorf("header name %q: printable ASCII without ':' or spaces: %w", k, ErrInvalid)
+			}
+		}
+		if strings.ContainsAny(v, "\r\n") {
+			return fmt.Errorf("header %s: value with a line break: %w", k, ErrInvalid)
 		}
 	}
 	return nil

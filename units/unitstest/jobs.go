@@ -54,10 +54,10 @@ func refused(name string, raw []byte, o job.Options) error {
 		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)
 	}
 	data, err := wire.EncodeEnvelope(&env)
-	if err == nil {
-		err = envelope.CheckSize(name, data, wire.DefaultMaxEnvelope)
-	}
 	if err != nil {
+		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w: %w", name, job.ErrInvalid, err)
+	}
+	if err := envelope.CheckSize(name, data, wire.DefaultMaxEnvelope); err != nil {
 		return fmt.Errorf("unitstest: a dispatcher refuses job %s: %w", name, err)
 	}
 	return nil

@@ -57,11 +57,15 @@ func (s *Store) MemBinder(backendID, model string) *Binder {
 // bindings.Store's default (bindings.WithLockRetryDelay).
 const lockRetryDelay = time.Second
 
-// Acquire implements units.Locker: a held lock is a job.RetryNoCount error
+// Acquire implements units.Locker: a call with an ended ctx is ctx's
+// error, as for every Binder method; a held lock is a job.RetryNoCount error
 // (after 1 s) wrapping a *bindings.LockedError (ErrLocked), as
 // bindings.Store gives by default. A TTL under 1 ms is bindings.ErrInvalid.
 // Releasing twice returns bindings.ErrLockLost the second time.
 func (s *Store) Acquire(ctx context.Context, resource string, ttl time.Duration) (func(context.Context) error, error) {
+	if err := ended(ctx, "lock"); err != nil {
+		return nil, err
+	}
 	if resource == "" {
 		return nil, fmt.Errorf("%w: lock needs a resource name", bindings.ErrInvalid)
 	}
@@ -117,7 +121,10 @@ type Binder struct {
 }
 
 // ToInternal implements units.Binder.
-func (b *Binder) ToInternal(_ context.Context, externalID string) (string, bool, error) {
+func (b *Binder) ToInternal(ctx context.Context, externalID string) (string, bool, error) {
+	if err := ended(ctx, "to internal"); err != nil {
+		return "", false, err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	id, ok := b.toLocal[externalID]
@@ -125,7 +132,10 @@ func (b *Binder) ToInternal(_ context.Context, externalID string) (string, bool,
 }
 
 // ToExternal implements units.Binder.
-func (b *Binder) ToExternal(_ context.Context, localID string) (string, bool, error) {
+func (b *Binder) ToExternal(ctx context.Context, localID string) (string, bool, error) {
+	if err := ended(ctx, "to external"); err != nil {
+		return "", false, err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	id, ok := b.toExt[localID]
@@ -137,7 +147,10 @@ func (b *Binder) ToExternal(_ context.Context, localID string) (string, bool, er
 // returns a *bindings.ConflictError (bindings.ErrConflict). SyncDate reads
 // the date back in UTC, as bindings.Binder does; a date outside the years
 // 0000-9999 in UTC is bindings.ErrInvalid.
-func (b *Binder) Bind(_ context.Context, externalID, localID string, syncedAt time.Time) error {
+func (b *Binder) Bind(ctx context.Context, externalID, localID string, syncedAt time.Time) error {
+	if err := ended(ctx, "bind"); err != nil {
+		return err
+	}
 	if externalID == "" || localID == "" {
 		return fmt.Errorf("%w: bind needs an external id and a local id (got %q, %q)", bindings.ErrInvalid, externalID, localID)
 	}
@@ -168,7 +181,10 @@ func (b *Binder) Bind(_ context.Context, externalID, localID string, syncedAt ti
 }
 
 // Unbind implements units.Binder.
-func (b *Binder) Unbind(_ context.Context, externalID string) error {
+func (b *Binder) Unbind(ctx context.Context, externalID string) error {
+	if err := ended(ctx, "unbind"); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if l, ok := b.toLocal[externalID]; ok {
@@ -180,9 +196,21 @@ func (b *Binder) Unbind(_ context.Context, externalID string) error {
 }
 
 // SyncDate implements units.Binder.
-func (b *Binder) SyncDate(_ context.Context, externalID string) (time.Time, bool, error) {
+func (b *Binder) SyncDate(ctx context.Context, externalID string) (time.Time, bool, error) {
+	if err := ended(ctx, "sync date"); err != nil {
+		return time.Time{}, false, err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	t, ok := b.synced[externalID]
 	return t, ok, nil
+}
+
+// ended is the error of a call made with an ended ctx, as the real store
+// answers it (ctx's error, not retryable): nothing is read or written.
+func ended(ctx context.Context, op string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("unitstest: %s: %w", op, err)
+	}
+	return nil
 }
