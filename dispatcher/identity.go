@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -48,6 +49,16 @@ func (d *Dispatcher) claimIdentity(ctx context.Context, key, id string, eta time
 	}
 	res, err := claimScript.Run(ctx, d.rdb, []string{d.identityKey(key)}, id, ttl.Milliseconds()).Slice()
 	if err != nil {
+		var reply redis.Error
+		if !errors.As(err, &reply) {
+			// The claim may have run and its answer been lost (a
+			// deadline, a broken connection): the job is not published,
+			// so the key must not name it. The release deletes it only
+			// if it names this job.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			d.releaseIdentity(rctx, key, id)
+			cancel()
+		}
 		return "", false, fmt.Errorf("dispatcher: identity key: %w", err)
 	}
 	claimed, _ := res[0].(int64)
