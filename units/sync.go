@@ -831,19 +831,29 @@ func (r *Registry) RunJob(ctx context.Context, env Env, args job.Args) (string, 
 	case ImportRecord:
 		return r.RunImport(ctx, env, a)
 	case *ImportRecord:
-		return r.RunImport(ctx, env, *a)
+		if a != nil {
+			return r.RunImport(ctx, env, *a)
+		}
 	case ExportRecord:
 		return r.RunExport(ctx, env, a)
 	case *ExportRecord:
-		return r.RunExport(ctx, env, *a)
+		if a != nil {
+			return r.RunExport(ctx, env, *a)
+		}
 	case DeleteRecord:
 		return r.RunDelete(ctx, env, a)
 	case *DeleteRecord:
-		return r.RunDelete(ctx, env, *a)
+		if a != nil {
+			return r.RunDelete(ctx, env, *a)
+		}
 	case ImportBatch:
 		return r.RunBatchImport(ctx, env, a)
 	case *ImportBatch:
-		return r.RunBatchImport(ctx, env, *a)
+		if a != nil {
+			return r.RunBatchImport(ctx, env, *a)
+		}
 	}
-	return "", fmt.Errorf("%w: %T (%s)", ErrUnknownArgs, args, args.JobName())
+	// Another type, nil, or a nil pointer of one of these: its JobName
+	// would panic on a nil.
+	return "", fmt.Errorf("%w: %T", ErrUnknownArgs, args)
 }
