@@ -61,7 +61,8 @@ func (s *Store) keep(eta, now time.Time) int64 {
 	if wait := eta.Sub(now); !eta.IsZero() && wait > 0 {
 		k += min(wait, maxKeep)
 	}
-	return min(k, maxKeep).Milliseconds()
+	// (at least 1 ms: Redis refuses an expiry of 0, and PEXPIRE 0 deletes)
+	return max(min(k, maxKeep).Milliseconds(), 1)
 }
 
 // logScript appends entries to a log (KEYS[1], ARGV[1]) and makes it
@@ -262,6 +263,10 @@ type Store struct {
 // new ones are dropped (records are an aid; the jobs themselves are in NATS).
 const MaxPending = 200_000
 
+// maxPendingBytes bounds the bytes of the updates held likewise: results,
+// errors and stacks are the handlers', of any size (a variable for tests).
+var maxPendingBytes = 256 << 20
+
 // New starts a store flushing every 20 ms.
 func New(rdb redis.UniversalClient, names wire.Names, ttl time.Duration, log *zap.Logger) *Store {
 	if ttl <= 0 {
@@ -359,7 +364,9 @@ func scanLog(log []byte, id string) (worker, queued []byte, err error) {
 	later := func(cur []byte, curAt int64, data []byte) (bool, int64) {
 		at := updatedAt(data)
 		if cur == nil || at == 0 || curAt == 0 || at+lateBy.Milliseconds() >= curAt {
-			return true, max(at, curAt)
+			// (compared next with this entry's time, as keyScript compares
+			// a side with the one its key holds)
+			return true, at
 		}
 		return false, curAt
 	}
@@ -479,7 +486,11 @@ func (s *Store) Record(u *Update) {
 	if len(s.ents) < MaxPending {
 		off := len(s.buf)
 		s.buf = b.appendTo(s.buf)
-		s.ents = append(s.ents, entry{id: u.ID, queued: u.Queued != "", off: off, end: len(s.buf), at: b.UpdatedAt, keep: keep})
+		if len(s.buf) <= maxPendingBytes {
+			s.ents = append(s.ents, entry{id: u.ID, queued: u.Queued != "", off: off, end: len(s.buf), at: b.UpdatedAt, keep: keep})
+		} else {
+			s.buf = s.buf[:off]
+		}
 	}
 	n := len(s.ents)
 	s.mu.Unlock()
@@ -566,7 +577,15 @@ func (s *Store) Flush(ctx context.Context) error {
 		// A retried APPEND that had landed repeats entries: readers keep the
 		// last, which is the same.
 		n := min(len(cur.ents), MaxPending-len(s.ents))
+		for n > 0 && cur.ents[n-1].end+len(s.buf) > maxPendingBytes {
+			n--
+		}
 		if n <= 0 {
+			// Dropped: their buffers are the spare ones now (the spare
+			// ones hold what was recorded since, and must not be handed
+			// out again while they do).
+			clear(cur.ents)
+			s.spare = batch{buf: cur.buf[:0], ents: cur.ents[:0]}
 			return fmt.Errorf("records: %w", err)
 		}
 		// (the entries are contiguous in order from the buffer's start:
