@@ -78,9 +78,20 @@ func (w *Worker) giveBack(it *item, credits *credits) {
 
 // heartbeats sends InProgress for jobs held longer than a sixth of the
 // lease, every third of it, so held jobs keep it and dead workers lose it
-// within AckWait; it renews the channel slots of running jobs too.
+// within AckWait; it has the channel slots of running jobs renewed too.
 func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 	defer close(done)
+	// The slot renewals (Redis) go to a goroutine of their own: a Redis
+	// slow to answer, or out of reach (a read timeout, retried), must not
+	// hold up the heartbeats (NATS), or every job of the process would
+	// lose its lease meanwhile. The latest list of leases waits for it.
+	leases := make(chan []*item, 1)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		w.renewLeases(ctx, leases)
+	}()
+	defer func() { <-renewed }()
 	every := w.cfg.ackWait / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -101,14 +112,31 @@ func (w *Worker) heartbeats(ctx context.Context, done chan struct{}) {
 				}
 			}
 			if w.slots != nil && len(leased) > 0 {
-				lost, err := w.slots.renew(ctx, leased)
-				if err != nil {
-					w.log.Warn("channel slot leases not renewed", telemetry.ErrField(err))
+				select { // a list not taken yet is stale: this one replaces it
+				case <-leases:
+				default:
 				}
-				if lost > 0 {
-					w.log.Warn("channel slot leases had expired (Redis unreachable for longer than the lease): taken again; "+
-						"the channels may run over their capacity until these jobs end", zap.Int("leases", lost))
-				}
+				leases <- leased
+			}
+		}
+	}
+}
+
+// renewLeases renews the channel slot leases of the lists it receives,
+// until ctx ends.
+func (w *Worker) renewLeases(ctx context.Context, leases <-chan []*item) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leased := <-leases:
+			lost, err := w.slots.renew(ctx, leased)
+			if err != nil {
+				w.log.Warn("channel slot leases not renewed", telemetry.ErrField(err))
+			}
+			if lost > 0 {
+				w.log.Warn("channel slot leases had expired (Redis unreachable for longer than the lease): taken again; "+
+					"the channels may run over their capacity until these jobs end", zap.Int("leases", lost))
 			}
 		}
 	}

@@ -373,8 +373,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.slots != nil && w.capped() {
 		go w.listenFreed(hard)
 	}
+	// The heartbeats outlast the grace: a handler that ignores its
+	// cancelled context still holds its job through the last wait
+	// (stuckWait), until the job is handed back.
+	hb, stopHeartbeats := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHeartbeats()
 	hbDone := make(chan struct{})
-	go w.heartbeats(hard, hbDone)
+	go w.heartbeats(hb, hbDone)
 	stDone := make(chan struct{})
 	if w.rec != nil {
 		go w.startedRecords(hard, stDone)
@@ -450,6 +455,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	cancelHard()
+	stopHeartbeats()
 	<-hbDone
 	<-stDone
 	<-wcDone
