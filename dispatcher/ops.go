@@ -124,13 +124,19 @@ func (d *Dispatcher) dropLetters(ctx context.Context, s jetstream.Stream, id str
 	return nil
 }
 
-// RequeueSeq requeues the dead letter at a dead-letter stream sequence.
+// RequeueSeq requeues the dead letter at a dead-letter stream sequence;
+// job.ErrNotFound when no message is there (requeued or cancelled
+// already).
 func (d *Dispatcher) RequeueSeq(ctx context.Context, seq uint64) error {
 	s, err := d.js.Stream(ctx, d.names.DeadStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: requeue: %w", err)
 	}
 	raw, err := s.GetMsg(ctx, seq)
+	if isNoMessage(err) {
+		// Requeued or cancelled already (or never there).
+		return fmt.Errorf("%w: no dead letter at seq %d", job.ErrNotFound, seq)
+	}
 	if err != nil {
 		return fmt.Errorf("dispatcher: requeue seq %d: %w", seq, err)
 	}
@@ -260,6 +266,11 @@ next:
 			}
 		}
 		if err := d.RequeueSeq(ctx, l.Seq); err != nil {
+			if errors.Is(err, job.ErrNotFound) {
+				// Its letter went since the listing: another requeue
+				// or a cancel of the job took it (and its older ones).
+				continue
+			}
 			if first == nil {
 				first = err
 			}

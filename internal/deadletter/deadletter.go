@@ -39,7 +39,9 @@ func List(ctx context.Context, js jetstream.JetStream, stream string, filters []
 	if info.State.Msgs == 0 {
 		return nil, nil
 	}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters})
+	// Gone 30 s after the listing, not the library's 5 minutes: a
+	// dashboard polling the dead letters leaves no pile of consumers.
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters, InactiveThreshold: 30 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("dead letters: %w", err)
 	}
