@@ -59,7 +59,9 @@ func NewPublisher(js jetstream.JetStream, opts ...PublisherOption) (*Publisher, 
 // Publish stores ev in the events stream and returns its id. The event id
 // is the Nats-Msg-Id header: publishing the same id again within the
 // stream's dedup window stores nothing new and is not an error, so a
-// publisher may retry safely. ID and Time are filled when empty.
+// publisher may retry safely. ID and Time are filled when empty. When the
+// publish itself fails (not an invalid event), the id is returned with the
+// error: the event may have been stored, so retry with ev.ID set to it.
 func (p *Publisher) Publish(ctx context.Context, ev Event) (string, error) {
 	if ev.ID == "" {
 		ev.ID = wire.NewID()
@@ -83,7 +85,10 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) (string, error) {
 	defer span.End()
 	if _, err := p.js.PublishMsg(ctx, msg); err != nil {
 		telemetry.RecordError(span, err)
-		return "", fmt.Errorf("events: publish %s: %w", msg.Subject, err)
+		// The event may be stored all the same (an acknowledgement lost to
+		// a timeout or a reconnect): its id lets the caller retry as the
+		// same event, which the stream then drops as a duplicate.
+		return ev.ID, fmt.Errorf("events: publish %s: %w", msg.Subject, err)
 	}
 	return ev.ID, nil
 }

@@ -250,10 +250,28 @@ func (n Names) ParseEventSubject(subject string) (model, event string, bucket in
 	if err := ValidEventName(parts[1]); err != nil {
 		return "", "", 0, err
 	}
-	if _, err := fmt.Sscanf(parts[2], "%02x", &bucket); err != nil || len(parts[2]) != 2 || fmt.Sprintf("%02x", bucket) != parts[2] {
+	hi, okHi := lowerHex(parts[2], 0)
+	lo, okLo := lowerHex(parts[2], 1)
+	if len(parts[2]) != 2 || !okHi || !okLo {
+		// (a scan with %02x read "-1" as bucket -1, which no listener's
+		// filter names)
 		return "", "", 0, fmt.Errorf("%w: event subject %q: bucket must be two lower-case hex digits", ErrBadName, subject)
 	}
-	return model, parts[1], bucket, nil
+	return model, parts[1], hi<<4 | lo, nil
+}
+
+// lowerHex is the value of s[i] as a lower-case hex digit.
+func lowerHex(s string, i int) (int, bool) {
+	if i >= len(s) {
+		return 0, false
+	}
+	switch c := s[i]; {
+	case c >= '0' && c <= '9':
+		return int(c - '0'), true
+	case c >= 'a' && c <= 'f':
+		return int(c-'a') + 10, true
+	}
+	return 0, false
 }
 
 // DeadEventSubject is where listener's letter of the event at stream

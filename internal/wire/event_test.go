@@ -150,9 +150,15 @@ func TestEventSubjects(t *testing.T) {
 	if err != nil || model != "res.partner" || event != "write" || bucket != EventBucket("42") {
 		t.Fatalf("parse: %q %q %d %v", model, event, bucket, err)
 	}
-	for _, bad := range []string{"other.events.a.b.00", "acme.events.a.b", "acme.events.a.b.0G", "acme.events.a.b.0", "acme.events.a.b.FF", "acme.events.a%zz.b.00"} {
+	for _, bad := range []string{"other.events.a.b.00", "acme.events.a.b", "acme.events.a.b.0G", "acme.events.a.b.0", "acme.events.a.b.FF", "acme.events.a%zz.b.00",
+		"acme.events.a.b.-1", "acme.events.a.b.-f", "acme.events.a.b.+1", "acme.events.a.b. 1", "acme.events.a.b.100"} {
 		if _, _, _, err := n.ParseEventSubject(bad); !errors.Is(err, ErrBadName) {
 			t.Errorf("ParseEventSubject(%q) err = %v", bad, err)
+		}
+	}
+	for tok, want := range map[string]int{"00": 0, "0a": 10, "7f": 127, "ff": 255} {
+		if _, _, b, err := n.ParseEventSubject("acme.events.a.b." + tok); err != nil || b != want {
+			t.Errorf("ParseEventSubject(bucket %s) = %d, %v; want %d", tok, b, err, want)
 		}
 	}
 	if got := n.EventFilter("res.partner", "", ""); got != "acme.events.res:partner.*.*" {
