@@ -38,7 +38,7 @@ type fromEnv map[*string]bool
 // when the variable gave it.
 func (e fromEnv) envDefault(p *string, getenv func(string) string, name, def string) {
 	*p = envOr(getenv, name, def)
-	if getenv != nil && getenv(name) != "" {
+	if *p != def {
 		e[p] = true
 	}
 }

@@ -55,3 +55,14 @@ func CheckSize(name string, data []byte, max int) error {
 	}
 	return nil
 }
+
+// Encode encodes env as a dispatcher sends it and checks its size (the
+// testing kits' way to refuse what a dispatcher refuses); errors are
+// job.ErrInvalid.
+func Encode(env *wire.Envelope, max int) ([]byte, error) {
+	data, err := wire.EncodeEnvelope(env)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", job.ErrInvalid, env.Name, err)
+	}
+	return data, CheckSize(env.Name, data, max)
+}

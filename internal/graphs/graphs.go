@@ -40,8 +40,7 @@ type Node struct {
 	Children []string
 	Pending  *Pending // nil for roots (published at once)
 	// ETA is when the job is due, zero for now. The graph is kept TTL
-	// past the latest ETA of its jobs (a held job's ETA is also read
-	// from its schedule header).
+	// past the latest ETA of its jobs.
 	ETA time.Time
 }
 
@@ -53,11 +52,6 @@ func Store(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph s
 	for _, nd := range nodes {
 		if nd.ETA.After(last) {
 			last = nd.ETA
-		}
-		if nd.Pending != nil {
-			if eta := scheduledAt(nd.Pending.Header); eta.After(last) {
-				last = eta
-			}
 		}
 		if len(nd.Children) > 0 {
 			vals = append(vals, "children:"+nd.ID, strings.Join(nd.Children, ","))
@@ -88,19 +82,6 @@ func Store(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph s
 		return fmt.Errorf("graphs: %w", err)
 	}
 	return nil
-}
-
-// scheduledAt is the time of a held message's "@at" schedule header, zero
-// without one (or one that does not parse).
-func scheduledAt(h map[string][]string) time.Time {
-	for _, v := range h[wire.HeaderSchedule] {
-		if at, ok := strings.CutPrefix(v, "@at "); ok {
-			if t, err := time.Parse(time.RFC3339Nano, at); err == nil {
-				return t
-			}
-		}
-	}
-	return time.Time{}
 }
 
 // doneScript marks a job done and returns its children now ready. A graph

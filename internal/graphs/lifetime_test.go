@@ -36,7 +36,9 @@ func TestGraphOutlivesAHeldJobsETA(t *testing.T) {
 	ctx := context.Background()
 	n := wire.Names{Prefix: prefix}
 	eta := time.Now().Add(40 * 24 * time.Hour)
-	if err := graphs.Store(ctx, rdb, n, "g1", chain(atHeader(eta), nil)); err != nil {
+	nodes := chain(atHeader(eta), nil)
+	nodes[1].ETA = eta // as the dispatcher gives it
+	if err := graphs.Store(ctx, rdb, n, "g1", nodes); err != nil {
 		t.Fatal(err)
 	}
 	ttl := rdb.PTTL(ctx, graphs.Key(n, "g1")).Val()

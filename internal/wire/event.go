@@ -250,28 +250,24 @@ func (n Names) ParseEventSubject(subject string) (model, event string, bucket in
 	if err := ValidEventName(parts[1]); err != nil {
 		return "", "", 0, err
 	}
-	hi, okHi := lowerHex(parts[2], 0)
-	lo, okLo := lowerHex(parts[2], 1)
-	if len(parts[2]) != 2 || !okHi || !okLo {
-		// (a scan with %02x read "-1" as bucket -1, which no listener's
-		// filter names)
+	// Two lower-case hex digits (a scan with %02x read "-1" as bucket -1,
+	// which no listener's filter names).
+	tok := parts[2]
+	if len(tok) != 2 || hexDigit(tok[0]) < 0 || hexDigit(tok[1]) < 0 {
 		return "", "", 0, fmt.Errorf("%w: event subject %q: bucket must be two lower-case hex digits", ErrBadName, subject)
 	}
-	return model, parts[1], hi<<4 | lo, nil
+	return model, parts[1], hexDigit(tok[0])<<4 | hexDigit(tok[1]), nil
 }
 
-// lowerHex is the value of s[i] as a lower-case hex digit.
-func lowerHex(s string, i int) (int, bool) {
-	if i >= len(s) {
-		return 0, false
-	}
-	switch c := s[i]; {
+// hexDigit is the value of c as a lower-case hex digit, -1 if it is none.
+func hexDigit(c byte) int {
+	switch {
 	case c >= '0' && c <= '9':
-		return int(c - '0'), true
+		return int(c - '0')
 	case c >= 'a' && c <= 'f':
-		return int(c-'a') + 10, true
+		return int(c-'a') + 10
 	}
-	return 0, false
+	return -1
 }
 
 // DeadEventSubject is where listener's letter of the event at stream

@@ -152,10 +152,7 @@ func jobEnvelope(tb testing.TB, name string, args job.Args, opts []job.Option) (
 	if err := envelope.Fill(&env, name, raw, &o, time.Now().UnixMilli()); err != nil {
 		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
 	}
-	data, err := wire.EncodeEnvelope(&env)
-	if err == nil {
-		err = envelope.CheckSize(name, data, wire.DefaultMaxEnvelope)
-	}
+	data, err := envelope.Encode(&env, wire.DefaultMaxEnvelope)
 	if err != nil {
 		tb.Fatalf("workertest: a dispatcher refuses job %s: %v", name, err)
 	}
