@@ -11,6 +11,7 @@ package graphs
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -74,7 +75,9 @@ func Store(ctx context.Context, rdb redis.UniversalClient, n wire.Names, graph s
 	pipe.HSet(ctx, key, vals...)
 	ttl := TTL
 	if wait := time.Until(last); wait > 0 {
-		ttl += wait
+		// Saturating: time.Until caps at the largest Duration, and a sum
+		// past it would be a negative expiry Redis refuses.
+		ttl += min(wait, math.MaxInt64-TTL)
 	}
 	pipe.PExpire(ctx, key, ttl)
 	_, err := pipe.Exec(ctx)

@@ -113,3 +113,20 @@ func TestGraphProgressRenewsItsLifetime(t *testing.T) {
 		t.Fatalf("Done recreated the gone graph %s", key)
 	}
 }
+
+// A job due centuries ahead (time.Until saturates) still stores its graph:
+// the lifetime saturates too instead of overflowing into an expiry Redis
+// refuses.
+func TestGraphOfAJobDueCenturiesAhead(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	ctx := context.Background()
+	n := wire.Names{Prefix: prefix}
+	nodes := chain(nil, nil)
+	nodes[0].ETA = time.Date(2400, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := graphs.Store(ctx, rdb, n, "g1", nodes); err != nil {
+		t.Fatalf("Store: %v", err)
+	}
+	if ttl := rdb.PTTL(ctx, graphs.Key(n, "g1")).Val(); ttl <= graphs.TTL {
+		t.Fatalf("graph expires in %s", ttl)
+	}
+}
