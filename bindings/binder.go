@@ -52,8 +52,15 @@ if redis.call('HGET', KEYS[2], loc) == ext then redis.call('HDEL', KEYS[2], loc)
 return 1
 `)
 
-// syncLayout is how sync dates are stored: RFC 3339 in UTC with nanoseconds.
-const syncLayout = time.RFC3339Nano
+// syncLayout is how sync dates are stored: RFC 3339 in UTC with all nine
+// digits of the nanoseconds, so that the stored strings sort as the dates
+// (readers in other languages compare them). time.RFC3339Nano drops the
+// trailing zeros: "...:09Z" sorted after "...:09.5Z". Dates are read with
+// syncParse, which accepts both (dates stored before the change too).
+const (
+	syncLayout = "2006-01-02T15:04:05.000000000Z07:00"
+	syncParse  = time.RFC3339Nano
+)
 
 // Backend returns the backend instance id the binder serves.
 func (b *Binder) Backend() string { return b.backend }
@@ -156,7 +163,7 @@ func (b *Binder) SyncDate(ctx context.Context, externalID string) (t time.Time, 
 	if err != nil || !found {
 		return time.Time{}, false, err
 	}
-	t, err = time.Parse(syncLayout, v)
+	t, err = time.Parse(syncParse, v)
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("bindings: sync date of %s/%s %q: %w", b.backend, b.model, externalID, err)
 	}
@@ -191,7 +198,7 @@ func (b *Binder) SyncDateMany(ctx context.Context, externalIDs []string) (map[st
 	}
 	out := make(map[string]time.Time, len(raw))
 	for ext, v := range raw {
-		t, err := time.Parse(syncLayout, v)
+		t, err := time.Parse(syncParse, v)
 		if err != nil {
 			return nil, fmt.Errorf("bindings: sync date of %s/%s %q: %w", b.backend, b.model, ext, err)
 		}

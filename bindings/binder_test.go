@@ -310,7 +310,7 @@ func TestKeyLayout(t *testing.T) {
 	if v := rdb.HGet(ctx, tag+":l2e", "L1").Val(); v != "E1" {
 		t.Fatalf("l2e: %q", v)
 	}
-	if v := rdb.HGet(ctx, tag+":sync", "E1").Val(); v != "2026-05-06T07:08:09.00000001Z" {
+	if v := rdb.HGet(ctx, tag+":sync", "E1").Val(); v != "2026-05-06T07:08:09.000000010Z" {
 		t.Fatalf("sync: %q", v)
 	}
 	l, err := s.Lock(ctx, "res/1", time.Minute)

@@ -18,6 +18,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// periodicID is the id of the envelope of the periodic schedule name.
+func periodicID(name string) string { return "periodic-" + name }
+
 // Schedule registers (or updates) a periodic job under a name: spec is
 // "@every 10m", "@hourly", "@daily" or a 6-field cron expression
 // ("0 */15 * * * *": seconds first). The schedule lives in the jobs stream as
@@ -27,13 +30,19 @@ import (
 // "periodic-<name>-t<unix time of the tick>", with the extra headers of
 // opts (job.WithHeader). Calling Schedule again with the same arguments
 // and options is a no-op; with others, it replaces the schedule. Safe to
-// call from every worker at start-up.
+// call from every worker at start-up. A name is 1-98 letters, digits, '_'
+// or '-' (job.ErrInvalid otherwise), so that its firings' ids are job ids.
 func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.Args, opts ...job.Option) error {
 	if err := wire.ValidID(name); err != nil {
-		return fmt.Errorf("dispatcher: schedule name: %w", err)
+		return fmt.Errorf("dispatcher: %w: schedule name: %w", job.ErrInvalid, err)
+	}
+	id := periodicID(name)
+	if len(id) > wire.MaxTemplateID {
+		// Its firings' ids ("<id>-t<tick>") would be no valid job ids.
+		return fmt.Errorf("dispatcher: %w: schedule name %q longer than %d bytes", job.ErrInvalid, name, wire.MaxTemplateID-len(periodicID("")))
 	}
 	o := job.Apply(args, opts...)
-	o.ID = "periodic-" + name
+	o.ID = id
 	o.ETA, o.Delay, o.IdentityKey, o.IdentityFunc = time.Time{}, 0, "", nil
 	// In canonical form, as the envelope's retry pattern: the same
 	// registration encodes to the same bytes (compared below).

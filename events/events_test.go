@@ -800,7 +800,7 @@ func TestEventsHandledBeforeAreNotHandledAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := e.names.RedisKey("events", "seq", events.ConsumerName("dedupe", 0, 1), strconv.FormatInt(stream.CachedInfo().Created.UnixNano(), 10))
+	key := e.names.RedisKey("events", "seq", events.ConsumerName("dedupe", 0, 1), strconv.FormatInt(stream.CachedInfo().Created.UnixNano(), 10), "res.partner/*")
 	if v, err := e.rdb.Get(ctx, key).Int(); err != nil || v != 1 {
 		t.Fatalf("mark %s = %d, %v; want 1", key, v, err)
 	}

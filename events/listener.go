@@ -155,6 +155,12 @@ type ListenOption func(*listener)
 
 // WithSkipIf skips (acknowledges without calling the handler) the events
 // for which any of preds is true.
+//
+// A skipped event is done for the listener, as a handled one: its name
+// keeps its place in the stream (its consumers and Redis marks), so
+// changing the predicates under the same name applies to the events from
+// then on, and the events skipped before are not considered again (Replay
+// or a new listener name does that).
 func WithSkipIf(preds ...Predicate) ListenOption {
 	return func(li *listener) { li.skip = append(li.skip, preds...) }
 }
@@ -241,7 +247,10 @@ func NewListeners(js jetstream.JetStream, opts ...Option) (*Listeners, error) {
 // fleet (it names its durable consumers): 1-64 letters, digits, '_' or '-'
 // (GuardName is reserved), and every process must register it with the
 // same model and event: Run refuses, with ErrListenerConflict, a listener
-// whose consumers in the stream filter another model or event.
+// whose consumers in the stream filter another model or event. Once those
+// consumers are deleted, the name with another model or event is a new
+// listener: it reads every event of its definition still in the stream
+// (the marks of WithRedis are per definition).
 func (l *Listeners) On(name, model, event string, h Handler, opts ...ListenOption) error {
 	li := &listener{name: name, model: model, event: event, handler: h,
 		partitions: DefaultPartitions, maxDeliver: DefaultMaxDeliver, retryDelay: defaultRetryDelay}

@@ -389,11 +389,18 @@ func rivals(sets map[int]*consumerSet, n int) []*consumerSet {
 // beatsAll: s is older than every live rival (ties: fewer partitions).
 func beatsAll(s *consumerSet, rivals []*consumerSet) bool {
 	for _, o := range rivals {
-		if o.head.Created.Before(s.head.Created) || (o.head.Created.Equal(s.head.Created) && o.n < s.n) {
+		if leads(o.head.Created, o.n, s.head.Created, s.n) {
 			return false
 		}
 	}
 	return true
+}
+
+// leads: of two live partitionings, the one whose head (partition 0) was
+// created at a, with n partitions, is in charge before the one created at
+// b with m: the older, or with fewer partitions if created together.
+func leads(a time.Time, n int, b time.Time, m int) bool {
+	return a.Before(b) || (a.Equal(b) && n < m)
 }
 
 func setSizes(sets []*consumerSet) []int {
@@ -651,8 +658,20 @@ func (r *runner) retire(ctx context.Context, name, stamp string) error {
 }
 
 // markKey is the Redis key of a partition consumer's last handled sequence.
+//
+// It names the listener's definition (model/event, "*" for every event)
+// beside the consumer: a listener redefined under its name once its old
+// consumers were deleted (as ConflictError advises) is a new listener,
+// and the sequences its old definition handled are not its events' (they
+// would be acknowledged unhandled). The consumer name gives the partition
+// count; skip_if is not part of it (a change applies to the events from
+// then on).
 func (r *runner) markKey(consumer string) string {
-	return r.l.names.RedisKey("events", "seq", consumer, r.created)
+	event := r.li.event
+	if event == "" {
+		event = "*"
+	}
+	return r.l.names.RedisKey("events", "seq", consumer, r.created, r.li.model+"/"+event)
 }
 
 // mark reads a consumer's last handled sequence (0 without Redis or on

@@ -178,7 +178,7 @@ func TestTakeoverReadsMarksAboveTheAckFloor(t *testing.T) {
 		c, err := e.js.Consumer(ctx, e.names.EventsStream(), old)
 		return err == nil && c.CachedInfo().AckFloor.Stream == info.State.LastSeq
 	}, "the old consumer's ack floor at the first batch")
-	key := e.names.RedisKey("events", "seq", old, strconv.FormatInt(info.Created.UnixNano(), 10))
+	key := e.names.RedisKey("events", "seq", old, strconv.FormatInt(info.Created.UnixNano(), 10), "res.partner/*")
 	must(t, e.rdb.Set(ctx, key, info.State.LastSeq+1, 0).Err())
 
 	stop = r.start(2)

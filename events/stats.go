@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/connector-go/connector/internal/deadletter"
 )
@@ -30,6 +31,11 @@ type ListenerStats struct {
 	// Retired counts consumers of an earlier partitioning still in the
 	// stream (they expire once nothing pulls from them).
 	Retired int `json:"retired,omitempty"`
+	// Standby counts consumers of another live partitioning that waits
+	// for the one counted here (processes with another partition count,
+	// started beside it): it is not consumed, and takes the listener over
+	// where it stands, so its figures are not the listener's.
+	Standby int `json:"standby,omitempty"`
 	// Dead is the number of its dead letters (DeadLetters lists them).
 	Dead uint64 `json:"dead"`
 }
@@ -84,12 +90,26 @@ func (p *Publisher) Lag(ctx context.Context) (map[string]int64, error) {
 
 // listenerConsumers adds up the figures of the events stream's consumers
 // per listener (their metadata names it; the guard's is GuardConsumer).
+//
+// A listener may have two live partitionings at once (processes with
+// different partition counts started together on a new listener each
+// create their set): only one is consumed, the oldest (beatsAll), and the
+// other takes over where it stands. Adding both would count every event
+// of the stream again as lag; the figures are the set in charge's, the
+// others' consumers are counted as Standby.
 func (p *Publisher) listenerConsumers(ctx context.Context) (map[string]*ListenerStats, error) {
 	s, err := p.js.Stream(ctx, p.names.EventsStream())
 	if err != nil {
 		return nil, fmt.Errorf("events: stats: %w", err)
 	}
-	byName := map[string]*ListenerStats{}
+	type set struct {
+		ListenerStats
+		head time.Time // the creation of its partition 0 (else its oldest consumer)
+		zero bool      // head is partition 0's
+		cons int       // its consumers
+	}
+	sets := map[string]map[int]*set{}
+	retired := map[string]int{}
 	lister := s.ListConsumers(ctx)
 	for info := range lister.Info() {
 		name := info.Config.Metadata[metaListener]
@@ -99,20 +119,28 @@ func (p *Publisher) listenerConsumers(ctx context.Context) (map[string]*Listener
 		if name == "" {
 			continue // not a listener's
 		}
-		ls := byName[name]
-		if ls == nil {
-			ls = &ListenerStats{Listener: name}
-			byName[name] = ls
+		if sets[name] == nil {
+			sets[name] = map[int]*set{}
 		}
 		if info.Config.Metadata[metaRetired] != "" {
-			ls.Retired++
+			retired[name]++
 			continue
 		}
-		if n, err := strconv.Atoi(info.Config.Metadata[metaPartitions]); err == nil {
-			ls.Partitions = n
-		} else {
-			ls.Partitions = 1 // the guard
+		n, err := strconv.Atoi(info.Config.Metadata[metaPartitions])
+		if err != nil {
+			n = 1 // the guard
 		}
+		ls := sets[name][n]
+		if ls == nil {
+			ls = &set{ListenerStats: ListenerStats{Listener: name, Partitions: n}, head: info.Created}
+			sets[name][n] = ls
+		}
+		if info.Name == ConsumerName(name, 0, n) {
+			ls.head, ls.zero = info.Created, true
+		} else if !ls.zero && info.Created.Before(ls.head) {
+			ls.head = info.Created
+		}
+		ls.cons++
 		ls.Pending += info.NumPending
 		ls.Taken += info.NumAckPending
 		ls.Redelivered += info.NumRedelivered
@@ -120,6 +148,28 @@ func (p *Publisher) listenerConsumers(ctx context.Context) (map[string]*Listener
 	}
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("events: stats: %w", err)
+	}
+	byName := make(map[string]*ListenerStats, len(sets))
+	for name, byN := range sets {
+		var lead *set
+		standby := 0
+		for _, ls := range byN {
+			// The runners' rule (beatsAll).
+			if lead == nil || leads(ls.head, ls.Partitions, lead.head, lead.Partitions) {
+				if lead != nil {
+					standby += lead.cons
+				}
+				lead = ls
+			} else {
+				standby += ls.cons
+			}
+		}
+		out := &ListenerStats{Listener: name}
+		if lead != nil {
+			out = &lead.ListenerStats
+		}
+		out.Retired, out.Standby = retired[name], standby
+		byName[name] = out
 	}
 	return byName, nil
 }

@@ -3,11 +3,14 @@ package events_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Stats shows, per listener (and the subject guard), its partitions, its
@@ -70,5 +73,70 @@ func TestStatsPerListener(t *testing.T) {
 	}
 	if st.Dead != 1 {
 		t.Errorf("dead %d, want 1", st.Dead)
+	}
+}
+
+// Two live partitionings of one listener (processes with different
+// partition counts started at once on a new listener: both create their
+// set; the younger waits for the older) are not two backlogs: the younger
+// set is not consumed, and takes over where the older stands, skipping
+// what it handled. Stats and Lag count the set in charge (the oldest, as
+// the runners decide) and name the other as standby, instead of adding
+// every event of the stream to the listener's lag.
+func TestStatsCountThePartitioningInCharge(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	got := newCounter()
+	l := e.listeners()
+	must(t, l.On("export", "res.partner", "", got.handle, events.WithPartitions(2)))
+	stop := e.runFor(l)
+	for _, r := range []string{"1", "2", "3"} {
+		e.publish(events.Event{Model: "res.partner", Name: events.Write, RecordID: r})
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return e.caughtUp("export", 2) }, "the 2 partitions caught up")
+	stop()
+
+	// The set of 4 of a process started beside it, as resolve creates it
+	// for a listener it finds without consumers.
+	for i := range 4 {
+		var filters []string
+		for b := i; b < wire.EventBuckets; b += 4 {
+			filters = append(filters, e.names.EventFilter("res.partner", "", fmt.Sprintf("%02x", b)))
+		}
+		_, err := e.js.CreateConsumer(ctx, e.names.EventsStream(), jetstream.ConsumerConfig{
+			Durable: events.ConsumerName("export", i, 4), FilterSubjects: filters,
+			DeliverPolicy: jetstream.DeliverAllPolicy, AckPolicy: jetstream.AckExplicitPolicy,
+			MaxAckPending: 1, MaxDeliver: -1,
+			Metadata: map[string]string{"connector.listener": "export", "connector.partitions": "4"},
+		})
+		must(t, err)
+	}
+	pub := e.publisher()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		st, err := pub.Stats(ctx)
+		must(t, err)
+		var total uint64
+		for _, ls := range st.Listeners {
+			if ls.Listener == "export" {
+				total = ls.Pending
+			}
+		}
+		return total == 3 || total == 0
+	}, "the new set's consumers counted by the server")
+	st, err := pub.Stats(ctx)
+	must(t, err)
+	var ls events.ListenerStats
+	for _, s := range st.Listeners {
+		if s.Listener == "export" {
+			ls = s
+		}
+	}
+	if ls.Partitions != 2 || ls.Pending != 0 || ls.Taken != 0 || ls.Standby != 4 {
+		t.Fatalf("export: %+v, want the set of 2 in charge (2 partitions, nothing pending) and 4 standby consumers", ls)
+	}
+	lag, err := pub.Lag(ctx)
+	must(t, err)
+	if lag["export"] != 0 {
+		t.Fatalf("lag %d, want 0: the standby set's events are not the listener's backlog", lag["export"])
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -12,17 +13,35 @@ import (
 	"github.com/connector-go/connector/job"
 )
 
-// The record locks of the synchronizers, one per direction and record.
+// The record locks of the synchronizers, one per direction and record:
+// "import/<backend>/<model>/<id>". A '/' or '\' inside a part is escaped
+// with '\' (names without them are unchanged), so two records never share
+// a lock: external "y/z" of model "x" and external "z" of model "x/y"
+// would, and an import of one depending on the other would find its own
+// lock (a false ErrDependencyCycle).
 func (w *Work) importResource(externalID string) string {
-	return "import/" + w.Backend.ID + "/" + w.Model + "/" + externalID
+	return w.resource("import", externalID)
 }
 
 func (w *Work) exportResource(localID string) string {
-	return "export/" + w.Backend.ID + "/" + w.Model + "/" + localID
+	return w.resource("export", localID)
 }
 
 func (w *Work) deleteResource(externalID string) string {
-	return "delete/" + w.Backend.ID + "/" + w.Model + "/" + externalID
+	return w.resource("delete", externalID)
+}
+
+func (w *Work) resource(op, id string) string {
+	return op + "/" + resourcePart(w.Backend.ID) + "/" + resourcePart(w.Model) + "/" + resourcePart(id)
+}
+
+// resourcePart escapes the separator of a resource name's parts, and the
+// escape.
+func resourcePart(s string) string {
+	if !strings.ContainsAny(s, `/\`) {
+		return s
+	}
+	return strings.NewReplacer(`\`, `\\`, `/`, `\/`).Replace(s)
 }
 
 // copyRaceDelay is how long a run that removed a second copy waits before it

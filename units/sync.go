@@ -219,6 +219,9 @@ func IsNothingToDo(err error) bool {
 //  8. bind the external and local ids with a new sync date; After. A new
 //     local record is bound under its export lock, and a second copy made
 //     by an export that crossed the import is deleted (docs/units.md).
+//     With UpdatedAt, the sync date is bound only once After has run, so
+//     that a retry of a run that failed or died before After ended is not
+//     "already up to date": it runs again, After included.
 type Importer struct {
 	// Fields to read from the backend (nil: all). An update of a record
 	// already imported maps these alone (MapOptions.Fields): the mapper's
@@ -237,7 +240,11 @@ type Importer struct {
 	Options map[string]any
 	// Validate checks the mapped values before they are written.
 	Validate func(ctx context.Context, w *Work, values Record, create bool) error
-	// After runs once the record is written and bound.
+	// After runs once the record is written and bound. Make it idempotent:
+	// a retry of a run that failed in After, or died before After ended,
+	// runs the whole flow again and After with it (until After has run the
+	// binding's sync date is the zero time, so the retry is not "already
+	// up to date", and an export meanwhile imports the record first).
 	After func(ctx context.Context, w *Work, localID string, rec Record) error
 }
 
@@ -367,17 +374,28 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 			return "", err
 		}
 	}
+	// With After and UpdatedAt, the binding is first written with the zero
+	// sync date ("never synced") and gets readAt only once After has run:
+	// a retry of a run whose After failed, or whose worker died before
+	// After ended, then finds the record not up to date and runs the whole
+	// flow again, After included, instead of skipping it (After must be
+	// idempotent, as in the seed, where a retry re-runs the job).
+	pending := imp.After != nil && imp.UpdatedAt != nil
+	bindAt := readAt
+	if pending {
+		bindAt = time.Time{}
+	}
 	if bound {
 		// The local record is written: its binding is written too even if
 		// the job is cancelled meanwhile, for a bounded time (else the
 		// change imported reads as not synced).
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
 		defer cancel()
-		err = binder.Bind(bctx, externalID, localID, readAt)
+		err = binder.Bind(bctx, externalID, localID, bindAt)
 	} else {
 		verb = "created"
 		if localID, err = local.Create(octx, values); err == nil {
-			err = w.bindCreated(ctx, binder, externalID, localID, true, readAt)
+			err = w.bindCreated(ctx, binder, externalID, localID, true, bindAt)
 		}
 	}
 	if err != nil {
@@ -385,6 +403,13 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 	}
 	if imp.After != nil {
 		if err := imp.After(ctx, w, localID, rec); err != nil {
+			return "", err
+		}
+	}
+	if pending {
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+		defer cancel()
+		if err := binder.Bind(bctx, externalID, localID, readAt); err != nil {
 			return "", err
 		}
 	}
@@ -690,11 +715,15 @@ func ExportDependency(ctx context.Context, w *Work, d Dependency) error {
 
 // Deleter deletes one record in the backend and removes its binding.
 type Deleter struct {
+	// After runs once the record is gone from the backend and unbound,
+	// also when it was gone already: a retry of a run that failed in
+	// After, or died before After ended, finds the record deleted and runs
+	// After again. Make it idempotent.
 	After func(ctx context.Context, w *Work, externalID string) error
 }
 
 // Run deletes external record externalID. A record already gone is nothing
-// to do (its binding is still removed).
+// to do (its binding is still removed, and After runs).
 func (d *Deleter) Run(ctx context.Context, w *Work, externalID string) (res string, err error) {
 	ctx, span := w.span(ctx, "delete", externalID)
 	defer func() { endRun(span, res, err) }()
@@ -725,13 +754,15 @@ func (d *Deleter) Run(ctx context.Context, w *Work, externalID string) (res stri
 	if err := binder.Unbind(ctx, externalID); err != nil {
 		return "", err
 	}
-	if derr != nil {
-		return "", job.NothingToDo("%s %s already deleted in %s", w.Model, externalID, w.Backend.ID)
-	}
+	// After runs also for a record found gone: a retry of a run whose
+	// After failed, or whose worker died before After ended, finds it so.
 	if d.After != nil {
 		if err := d.After(ctx, w, externalID); err != nil {
 			return "", err
 		}
+	}
+	if derr != nil {
+		return "", job.NothingToDo("%s %s already deleted in %s", w.Model, externalID, w.Backend.ID)
 	}
 	return fmt.Sprintf("%s %s deleted in %s", w.Model, externalID, w.Backend.ID), nil
 }

@@ -342,8 +342,11 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 				counts[i] = pipe.Get(ctx, w.handbackKey(it.meta.Sequence.Stream))
 			}
 		}
-		_, err := pipe.Exec(ctx)
-		if err == nil || errors.Is(err, redis.Nil) {
+		cmds, err := pipe.Exec(ctx)
+		if err != nil {
+			err = pipeErr(cmds, err)
+		}
+		if err == nil {
 			break
 		}
 		if ctx.Err() != nil {
@@ -379,6 +382,23 @@ func (w *Worker) admit(ctx context.Context, group []*item, credits *credits) []*
 		credits.give(1)
 	}
 	return out
+}
+
+// pipeErr is the first error of a pipeline's commands that is not
+// redis.Nil (a key not there: an answer), else Exec's error err unless it
+// is redis.Nil. Exec answers the first command's error only: a redis.Nil
+// there would hide a later command that failed (its reply lost, its value
+// empty).
+func pipeErr(cmds []redis.Cmder, err error) error {
+	for _, cmd := range cmds {
+		if e := cmd.Err(); e != nil && !errors.Is(e, redis.Nil) {
+			return e
+		}
+	}
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
 }
 
 // dropCancelled settles a job found cancelled before it started: it never

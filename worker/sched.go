@@ -684,16 +684,36 @@ func (b *wakeup) signal() {
 	b.mu.Unlock()
 }
 
+// releaseTimeout bounds the wait for a slot's release. The slot is a
+// lease that ends anyway (AckWait): a Redis that hangs must not hold up the
+// runner, nor the shutdown (runItem's shutdown branch, Run's queued jobs),
+// for the client's own timeouts and retries (5s and more each).
+const releaseTimeout = 2 * time.Second
+
 // releaseSlot gives back the channel slot the job holds, if it holds one
 // (once: the flag is cleared). It outlives the worker's contexts, so that
-// slots are given back at shutdown too.
+// slots are given back at shutdown too, but waits releaseTimeout at most:
+// go-redis applies a context's deadline to its socket only with
+// ContextTimeoutEnabled (not the default), so the release runs on in the
+// background, until the client's own timeouts end it.
 func (w *Worker) releaseSlot(it *item) error {
 	it.slotMu.Lock()
 	defer it.slotMu.Unlock()
 	if !it.slotHeld.Swap(false) {
 		return nil
 	}
-	return w.slots.release(context.Background(), it.ch, it.token)
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	done := make(chan error, 1)
+	go func() {
+		defer cancel()
+		done <- w.slots.release(ctx, it.ch, it.token)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("worker: channel slot release: %w", ctx.Err())
+	}
 }
 
 // renewScript extends slot leases to now + lease in Redis's clock: KEYS

@@ -419,10 +419,21 @@ func (w *Worker) Run(ctx context.Context) error {
 	// attempts: those queued for a runner and those waiting for a slot.
 	queued := w.sched.closeAndDrain()
 	w.handBack(queued, 0)
+	// Their slots go back together: each release waits up to
+	// releaseTimeout when Redis hangs, which one after the other would add
+	// up past the grace period.
+	var released sync.WaitGroup
 	for _, it := range queued {
-		_ = w.releaseSlot(it)
+		if it.slotHeld.Load() {
+			released.Add(1)
+			go func() {
+				defer released.Done()
+				_ = w.releaseSlot(it)
+			}()
+		}
 		credits.give(1)
 	}
+	released.Wait()
 	for _, cs := range w.states {
 		blocked := cs.drainBlocked()
 		w.handBack(blocked, 0)

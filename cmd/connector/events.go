@@ -105,6 +105,9 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			if l.Retired > 0 {
 				parts += fmt.Sprintf(" (+%d retired)", l.Retired)
 			}
+			if l.Standby > 0 {
+				parts += fmt.Sprintf(" (+%d standby)", l.Standby)
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", l.Listener, parts, l.Pending, l.Taken, l.Redelivered, l.Pulls, l.Dead)
 		}
 		if err := tw.Flush(); err != nil {

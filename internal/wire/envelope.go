@@ -47,6 +47,7 @@ type Envelope struct {
 	// Template marks the envelope of a periodic schedule: each firing is a
 	// new job whose id is "<id>-t<tick, unix seconds>" (from the firing's
 	// Nats-Schedule-Next header; "<id>-<stream sequence>" without it).
+	// Its id is MaxTemplateID bytes at most, so that a firing's is valid.
 	Template bool `msgpack:"tmpl,omitempty"`
 	// Graph names the job graph the job belongs to (chain, group): when the
 	// job is done, the worker releases the children whose parents are all done.
@@ -175,6 +176,10 @@ func DecodeEnvelopeInto(data []byte, maxSize int, e *Envelope) error {
 func (e *Envelope) check() error {
 	if err := ValidID(e.ID); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if e.Template && len(e.ID) > MaxTemplateID {
+		return fmt.Errorf("%w: periodic schedule id %q longer than %d bytes (its firings' ids add up to %d)",
+			ErrInvalid, e.ID, MaxTemplateID, 128-MaxTemplateID)
 	}
 	if e.Name == "" || len(e.Name) > 256 {
 		return fmt.Errorf("%w: job name missing or longer than 256 bytes", ErrInvalid)

@@ -196,6 +196,12 @@ func ValidChannel(ch string) error {
 	return nil
 }
 
+// MaxTemplateID bounds the id of a periodic schedule's envelope: each
+// firing's id is the schedule's id followed by "-t<unix seconds>", or
+// "-<stream sequence>" when the firing has no Nats-Schedule-Next header,
+// up to 21 more bytes, and must still be a valid job id (128 bytes).
+const MaxTemplateID = 128 - len("-18446744073709551615")
+
 // ValidID checks a job id: one subject token of letters, digits, '_' and '-'.
 func ValidID(id string) error {
 	if len(id) == 0 || len(id) > 128 || !validToken(id) {
