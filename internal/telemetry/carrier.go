@@ -4,6 +4,7 @@ package telemetry
 
 import (
 	"context"
+	"strings"
 
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
@@ -79,16 +80,26 @@ type HeaderCarrier nats.Header
 var _ propagation.TextMapCarrier = HeaderCarrier(nil)
 
 // Get returns the first value of key (exact match first, then any case).
+// The values of a repeated "tracestate" or "baggage" header are combined
+// into one comma-separated list, as W3C Trace Context and Baggage say (the
+// propagators then bound the whole list).
 func (c HeaderCarrier) Get(key string) string {
-	if v := c[key]; len(v) > 0 {
-		return v[0]
-	}
-	for k, v := range c {
-		if len(v) > 0 && equalFold(k, key) {
-			return v[0]
+	v := c[key]
+	if len(v) == 0 {
+		for k, kv := range c {
+			if len(kv) > 0 && equalFold(k, key) {
+				v = kv
+				break
+			}
 		}
 	}
-	return ""
+	switch {
+	case len(v) == 0:
+		return ""
+	case len(v) > 1 && (equalFold(key, "tracestate") || equalFold(key, "baggage")):
+		return strings.Join(v, ",")
+	}
+	return v[0]
 }
 
 // Set stores key exactly as given.

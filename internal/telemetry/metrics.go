@@ -69,9 +69,10 @@ const (
 )
 
 // Histogram buckets in seconds. The SDK's default buckets are made for
-// milliseconds and would put every job in the first bucket.
+// milliseconds and would put every job in the first bucket. Jobs run (and
+// wait) from milliseconds to hours: 5 ms to 4 h.
 var (
-	jobBuckets   = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
+	jobBuckets   = []float64{0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 7200, 14400}
 	storeBuckets = []float64{0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
 )
 

@@ -94,7 +94,8 @@ func NewPropagator() propagation.TextMapPropagator {
 // standard environment itself: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT,
 // _HEADERS, _TIMEOUT, _COMPRESSION, _INSECURE, _CERTIFICATE... The SDK
 // reads OTEL_TRACES_SAMPLER[_ARG] and OTEL_BSP_*; the resource reads
-// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. OTEL_SDK_DISABLED=true
+// (read here) makes tracing and the OpenTelemetry metrics noops.
 func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 	p := &Providers{Propagator: NewPropagator()}
 	var shutdowns []func(context.Context) error
@@ -104,7 +105,11 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		return nil, err
 	}
 
+	disabled := sdkDisabled()
 	exp := chooseExporter(cfg.TracesExporter)
+	if disabled {
+		exp = ExporterNone
+	}
 	p.TracesExporter = exp
 	switch exp {
 	case ExporterNone:
@@ -139,18 +144,21 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		)
-		pe, err := otelprom.New(otelprom.WithRegisterer(reg))
-		if err != nil {
-			return nil, errors.Join(fmt.Errorf("telemetry: prometheus exporter: %w", err), runAll(ctx, shutdowns))
-		}
-		// Exemplars cost an offer per measurement on the hot path and
-		// Prometheus text output drops them anyway.
-		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(pe), sdkmetric.WithResource(res),
-			sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
-		p.MeterProvider = mp
 		p.Registry = reg
 		p.MetricsHandler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-		shutdowns = append(shutdowns, mp.Shutdown)
+		p.MeterProvider = metricnoop.NewMeterProvider()
+		if !disabled { // else the registry serves the Go and process collectors only
+			pe, err := otelprom.New(otelprom.WithRegisterer(reg))
+			if err != nil {
+				return nil, errors.Join(fmt.Errorf("telemetry: prometheus exporter: %w", err), runAll(ctx, shutdowns))
+			}
+			// Exemplars cost an offer per measurement on the hot path and
+			// Prometheus text output drops them anyway.
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(pe), sdkmetric.WithResource(res),
+				sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
+			p.MeterProvider = mp
+			shutdowns = append(shutdowns, mp.Shutdown)
+		}
 	} else {
 		p.MeterProvider = metricnoop.NewMeterProvider()
 	}
@@ -172,6 +180,13 @@ func runAll(ctx context.Context, fs []func(context.Context) error) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sdkDisabled reports OTEL_SDK_DISABLED=true (case-insensitive; any other
+// value is false, as the specification says): every signal then gets a noop
+// provider, whatever the exporter settings. The Go SDK does not read it.
+func sdkDisabled() bool {
+	return strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true")
 }
 
 func chooseExporter(name string) string {
