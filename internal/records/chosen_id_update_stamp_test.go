@@ -46,7 +46,8 @@ func TestChosenIDKeyReadsEveryUpdateTimeEncoding(t *testing.T) {
 				if err := rdb.Set(ctx, key, data, time.Minute).Err(); err != nil {
 					t.Fatal(err)
 				}
-				side := blob{State: string(job.StateStarted), UpdatedAt: tc.at}
+				// (the end of a later attempt: only update times decide)
+				side := blob{State: string(job.StateDone), Attempts: 2, UpdatedAt: tc.at}
 				got, err := keyScript.Run(ctx, rdb, []string{key}, side.appendTo(nil), 60000, tc.at, late).Int64()
 				if err != nil || got != tc.want {
 					t.Errorf("%s ua=%d (%#x), side at %d: %d, %v; want %d", shape, ua, ua, tc.at, got, err, tc.want)

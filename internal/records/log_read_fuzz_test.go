@@ -32,6 +32,7 @@ func FuzzScanLog(f *testing.F) {
 		if wb.decode(w) == nil && qb.decode(q) == nil {
 			_ = merged(id, &wb, &qb)
 		}
-		_ = updatedAt(log)
+		var b blob
+		_ = b.decode(log)
 	})
 }

@@ -81,8 +81,20 @@ return 1
 // key holds, as a reader of a log skips such an entry (scanLog): a batch
 // that landed late. The update time of what the key holds is read where
 // appendTo writes it, first in the map (stamp: 0 when unknown, e.g. a side
-// of another writer, which is then replaced).
+// of another writer, which is then replaced). It refuses likewise a side
+// that the one it holds superseded by its attempt and state (superseded:
+// the same rule as a log's readers; a side either cannot decode is
+// replaced).
 var keyScript = redis.NewScript(`
+local ended = {done = true, dead = true, failed = true}
+local function superseded(new, cur)
+  local okb, b = pcall(cmsgpack.unpack, new)
+  local okc, c = pcall(cmsgpack.unpack, cur)
+  if not okb or not okc or type(b) ~= 'table' or type(c) ~= 'table' then return false end
+  if b.st ~= 'started' and b.st ~= 'waiting' then return false end
+  local ba, ca = tonumber(b.a) or 0, tonumber(c.a) or 0
+  return ba < ca or (ba == ca and b.st ~= c.st and ended[c.st] == true)
+end
 local function stamp(v)
   local b, i = string.byte(v, 1), 0
   if b == nil then return 0 end
@@ -103,6 +115,7 @@ local ok, cur = pcall(redis.call, 'GET', KEYS[1])
 if ok and cur then
   local at, curAt = tonumber(ARGV[3]), stamp(cur)
   if at > 0 and curAt > 0 and at + tonumber(ARGV[4]) < curAt then return 0 end
+  if superseded(ARGV[1], cur) then return 0 end
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > tonumber(keep) then keep = ttl end
 end
@@ -353,22 +366,30 @@ var errBadLog = errors.New("records: malformed record log")
 
 // scanLog returns the latest entry of id on each side of a log: the last
 // one in the log, unless it was updated (its "ua") more than lateBy before
-// the entry it would replace. Processes flush their batches on their own,
-// and a batch that failed is retried later: such a batch, landing after a
+// the entry it would replace, or is stale by its attempt and state
+// (superseded), or does not decode. Processes flush their batches on their
+// own, and a batch that failed is retried later: such a batch, landing after a
 // newer update of the side by another process, does not take the record
 // back. Within lateBy the log's order decides, so hosts' clocks a few
 // milliseconds apart do not reorder updates that follow one another
-// closely (a retry run at once by another process).
+// closely (a retry run at once by another process); but for what the
+// entries say themselves (superseded). An entry that does not decode
+// (another writer's bug) is skipped: the side before it stands, rather
+// than the side being lost and the record read as the producer's alone.
 func scanLog(log []byte, id string) (worker, queued []byte, err error) {
-	var wAt, qAt int64
-	later := func(cur []byte, curAt int64, data []byte) (bool, int64) {
-		at := updatedAt(data)
-		if cur == nil || at == 0 || curAt == 0 || at+lateBy.Milliseconds() >= curAt {
-			// (compared next with this entry's time, as keyScript compares
-			// a side with the one its key holds)
-			return true, at
+	var wCur, qCur blob
+	later := func(cur []byte, curB *blob, data []byte) bool {
+		var b blob
+		if b.decode(data) != nil {
+			return false
 		}
-		return false, curAt
+		// (compared next with this entry, as keyScript compares a side
+		// with the one its key holds)
+		if cur != nil && superseded(&b, curB) {
+			return false
+		}
+		*curB = b
+		return true
 	}
 	for len(log) > 0 {
 		if len(log) < 1+ulidLen {
@@ -386,12 +407,12 @@ func scanLog(log []byte, id string) (worker, queued []byte, err error) {
 		}
 		switch side {
 		case sideWorkers:
-			if ok, at := later(worker, wAt, data); ok {
-				worker, wAt = data, at
+			if later(worker, &wCur, data) {
+				worker = data
 			}
 		case sideProducer:
-			if ok, at := later(queued, qAt, data); ok {
-				queued, qAt = data, at
+			if later(queued, &qCur, data) {
+				queued = data
 			}
 		default:
 			return nil, nil, errBadLog
@@ -400,20 +421,43 @@ func scanLog(log []byte, id string) (worker, queued []byte, err error) {
 	return worker, queued, nil
 }
 
+// superseded reports a side b that must not replace cur, the side it
+// follows (in a log, or in a chosen id's key: keyScript applies the same
+// rule): b was updated more than lateBy before cur (a batch that landed
+// late), or b says a run is under way or waits for its retry while cur
+// is of a later attempt, or of the same attempt ended since (done, dead:
+// no run follows them with that attempt, whereas an uncounted retry runs
+// again as the same attempt after "waiting", and a run may start as an
+// operator's cancel is written). Within lateBy update times cannot tell a
+// late batch from a clock behind, but attempts and states can: a
+// "started" of a lease-expired worker, or of a slow flush, never takes a
+// done job back, nor a record back to an earlier attempt. An operator's
+// requeue ("enqueued", attempts reset) and the ends of runs are
+// superseded by time alone.
+func superseded(b, cur *blob) bool {
+	if b.UpdatedAt != 0 && cur.UpdatedAt != 0 && b.UpdatedAt+lateBy.Milliseconds() < cur.UpdatedAt {
+		return true
+	}
+	if b.State != string(job.StateStarted) && b.State != string(job.StateWaiting) {
+		return false
+	}
+	return b.Attempts < cur.Attempts || b.Attempts == cur.Attempts && b.State != cur.State && ended(cur.State)
+}
+
+// ended reports a workers' state after which no run of the same attempt
+// comes.
+func ended(st string) bool {
+	switch job.State(st) {
+	case job.StateDone, job.StateDead, job.StateFailed:
+		return true
+	}
+	return false
+}
+
 // lateBy is how much older than the entry it follows in the log an entry
 // must be (by update time) to be taken for a batch that landed late (a
 // variable for tests).
 var lateBy = time.Second
-
-// updatedAt is the update time (unix ms) of an encoded side, 0 if it has
-// none or cannot be read.
-func updatedAt(data []byte) int64 {
-	var b blob
-	if b.decode(data) != nil {
-		return 0
-	}
-	return b.UpdatedAt
-}
 
 // ulidTime reads the millisecond time of a 26-character Crockford base32
 // ULID (the first 10 characters); ok is false for any other id.
