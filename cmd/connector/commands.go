@@ -272,6 +272,18 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		// --name filters --all; it is no check of the id's name.
 		return fmt.Errorf("usage: connector jobs requeue ID | --all [--name J] (--name only with --all)")
 	}
+	// Usage errors before any connection: a forgotten id is not reported
+	// as an unreachable NATS or Redis.
+	switch {
+	case sub == "show" && len(pos) != 1:
+		return fmt.Errorf("usage: connector jobs show ID")
+	case sub == "cancel" && len(pos) == 0:
+		return fmt.Errorf("usage: connector jobs cancel ID [ID...]")
+	case sub == "requeue" && !*all && len(pos) != 1:
+		return fmt.Errorf("usage: connector jobs requeue ID | --all")
+	case (sub == "dead" || sub == "stats") && len(pos) > 0:
+		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), pos[0])
+	}
 	if err := cfg.Check(); err != nil {
 		return err
 	}
@@ -306,9 +318,6 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}()
 	switch sub {
 	case "show":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: connector jobs show ID")
-		}
 		rec, err := d.Job(ctx, pos[0])
 		if err != nil {
 			return err
@@ -395,9 +404,6 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		fmt.Fprintf(stdout, "delayed (ETA, retry delay, periodic): %d\ndead: %d\n", st.Delayed, st.Dead)
 		return nil
 	case "cancel":
-		if len(pos) == 0 {
-			return fmt.Errorf("usage: connector jobs cancel ID [ID...]")
-		}
 		var errs []error
 		for _, id := range pos {
 			if err := d.Cancel(ctx, id); err != nil {
@@ -416,9 +422,6 @@ func cmdJobs(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 			n, err := d.RequeueAll(ctx, filters...)
 			fmt.Fprintf(stdout, "requeued %d job(s)\n", n)
 			return err
-		}
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: connector jobs requeue ID | --all")
 		}
 		if err := d.Requeue(ctx, pos[0]); err != nil {
 			return err

@@ -70,6 +70,22 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if sub == "discard" && *all {
 		return fmt.Errorf("usage: connector events discard SEQ [SEQ...] (no --all: discarding is for good)")
 	}
+	// Usage errors before any connection: nothing is done when one
+	// sequence is none (a typo never half-runs a discard).
+	if (sub == "stats" || sub == "dead") && len(pos) > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), pos[0])
+	}
+	if (sub == "replay" || sub == "discard") && !*all && len(pos) == 0 {
+		return fmt.Errorf("usage: connector events %s SEQ [SEQ...]", sub)
+	}
+	seqs := make([]uint64, len(pos))
+	for i, p := range pos {
+		seq, err := strconv.ParseUint(p, 10, 64)
+		if err != nil || seq == 0 {
+			return fmt.Errorf("usage: connector events %s SEQ [SEQ...]: %q: not a dead-letter sequence; nothing done", sub, p)
+		}
+		seqs[i] = seq
+	}
 	if err := cfg.Check(); err != nil {
 		return err
 	}
@@ -132,20 +148,12 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		fmt.Fprintf(stdout, "replayed %d event(s)\n", n)
 		return err
 	}
-	if len(pos) == 0 {
-		return fmt.Errorf("usage: connector events %s SEQ [SEQ...]", sub)
-	}
 	act, done := pub.Replay, "replayed"
 	if sub == "discard" {
 		act, done = pub.Discard, "discarded"
 	}
 	var errs []error
-	for _, p := range pos {
-		seq, err := strconv.ParseUint(p, 10, 64)
-		if err != nil || seq == 0 {
-			errs = append(errs, fmt.Errorf("%s %q: not a dead-letter sequence", sub, p))
-			continue
-		}
+	for _, seq := range seqs {
 		if err := act(ctx, seq); err != nil {
 			if sub == "discard" && errors.Is(err, events.ErrNotReplayable) {
 				err = fmt.Errorf("discard %d: %w: nothing discarded (a job's dead letter: connector jobs requeue or connector jobs cancel)", seq, err)

@@ -40,18 +40,34 @@ func List(ctx context.Context, js jetstream.JetStream, stream string, filters []
 		return nil, nil
 	}
 	// Gone 30 s after the listing, not the library's 5 minutes: a
-	// dashboard polling the dead letters leaves no pile of consumers.
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters, InactiveThreshold: 30 * time.Second})
+	// dashboard polling the dead letters leaves no pile of consumers. A
+	// consumer that cannot be made again (the ordered consumer's reset,
+	// after a gap) ends the listing with an error after a few tries, where
+	// the library would retry forever.
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters,
+		InactiveThreshold: 30 * time.Second, MaxResetAttempts: 3})
 	if err != nil {
 		return nil, fmt.Errorf("dead letters: %w", err)
 	}
+	// One consumer for the whole listing, pulling in batches (bounded in
+	// bytes: a letter may hold a message of up to 1 MiB): an ordered
+	// consumer's Next or Fetch makes its consumer anew on every call.
+	it, err := c.Messages(jetstream.PullMaxBytes(listBuffer))
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	defer it.Stop()
+	// A listing reads the letters there when it began (up to last): with
+	// jobs dying all the while, reading on until none is pending would go
+	// on for as long as they die.
+	last := info.State.LastSeq
 	var out []Entry
 	for {
 		if limit > 0 && len(out) >= limit {
 			return out, nil
 		}
-		m, err := c.Next(jetstream.FetchMaxWait(2 * time.Second))
-		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
+		m, err := next(ctx, it)
+		if errors.Is(err, errNoMore) {
 			return out, nil
 		}
 		if err != nil {
@@ -61,6 +77,9 @@ func List(ctx context.Context, js jetstream.JetStream, stream string, filters []
 		e := Entry{Subject: m.Subject()}
 		if meta != nil {
 			e.Seq = meta.Sequence.Stream
+			if e.Seq > last {
+				return out, nil // came after the listing began
+			}
 		}
 		if err := wire.Unmarshal(m.Data(), &e.Letter); err != nil {
 			e.Letter.Reason, e.Letter.Error = "unreadable", err.Error()
@@ -70,10 +89,28 @@ func List(ctx context.Context, js jetstream.JetStream, stream string, filters []
 			return out, err
 		}
 		out = append(out, e)
-		if meta != nil && meta.NumPending == 0 {
+		if meta != nil && (meta.NumPending == 0 || e.Seq >= last) {
 			return out, nil
 		}
 	}
+}
+
+// listBuffer bounds the bytes of letters a listing pulls ahead.
+const listBuffer = 8 << 20
+
+// errNoMore: no letter came within the wait (none left on the filters).
+var errNoMore = errors.New("no more letters")
+
+// next waits for the next letter 2 s at most (the filters may match
+// nothing more), or until ctx ends.
+func next(ctx context.Context, it jetstream.MessagesContext) (jetstream.Msg, error) {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	m, err := it.Next(jetstream.NextContext(wctx))
+	if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+		return nil, errNoMore
+	}
+	return m, err
 }
 
 // Body fills in the original message of a letter that keeps it apart
