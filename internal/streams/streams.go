@@ -114,27 +114,73 @@ func Events(c Config) jetstream.StreamConfig {
 
 // Ensure creates or updates all streams.
 func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
-	for _, sc := range []jetstream.StreamConfig{Jobs(c), Dead(c), Events(c)} {
-		// Every worker provisions at start: skip the update when nothing
-		// changed, so that a fleet starting together does not update a
-		// stream while others create consumers on it.
-		if cur, err := js.Stream(ctx, sc.Name); err == nil {
-			if same(cur.CachedInfo().Config, sc) {
-				continue
-			}
-			// An update replaces the whole config: keep what an operator
-			// set beyond what is provisioned here (limits, placement,
-			// compression, metadata, ...).
-			sc = overlay(cur.CachedInfo().Config, sc)
+	for _, st := range []struct {
+		sc jetstream.StreamConfig
+		// edits: the connector deletes or purges messages of the stream
+		// (cancelled schedules, requeued or replayed dead letters).
+		edits bool
+	}{{Jobs(c), true}, {Dead(c), true}, {Events(c), false}} {
+		sc := st.sc
+		err := ensure(ctx, js, sc, st.edits)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			// Another process (a fleet starting together, perhaps an older
+			// version with other settings) created the stream between our
+			// look-up and our create: provision it again, as the existing
+			// stream it now is, rather than run on its settings unchecked.
+			err = ensure(ctx, js, sc, st.edits)
 		}
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				continue
-			}
+		if err != nil {
 			if strings.Contains(strings.ToLower(err.Error()), "schedule") {
 				return fmt.Errorf("streams: provision %s: %w (message schedules need nats-server >= 2.12)", sc.Name, err)
 			}
 			return fmt.Errorf("streams: provision %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// ensure creates or updates one stream.
+func ensure(ctx context.Context, js jetstream.JetStream, sc jetstream.StreamConfig, edits bool) error {
+	// Every worker provisions at start: skip the update when nothing
+	// changed, so that a fleet starting together does not update a
+	// stream while others create consumers on it.
+	if cur, err := js.Stream(ctx, sc.Name); err == nil {
+		cc := cur.CachedInfo().Config
+		if err := immutable(cc, sc, edits); err != nil {
+			return err
+		}
+		if same(cc, sc) {
+			return nil
+		}
+		// An update replaces the whole config: keep what an operator
+		// set beyond what is provisioned here (limits, placement,
+		// compression, metadata, ...).
+		sc = overlay(cc, sc)
+	}
+	_, err := js.CreateOrUpdateStream(ctx, sc)
+	return err
+}
+
+// immutable refuses a live stream with a setting that breaks the
+// connector and that the server cannot change back on a live stream (error
+// 10052, which names neither the stream nor the way out): its storage or
+// work-queue retention, a sealed stream, and on a stream whose messages
+// the connector deletes or purges (edits), deny delete or deny purge.
+// Provisioning never deletes a stream: the operator recreates it.
+func immutable(cur, want jetstream.StreamConfig, edits bool) error {
+	const todo = "the server cannot change it on a live stream: recreate the stream (drain or move its messages to a new stream, delete it, provision again)"
+	if cur.Storage != want.Storage {
+		return fmt.Errorf("stream %s has storage %s, provisioning needs %s; %s", want.Name, cur.Storage, want.Storage, todo)
+	}
+	if cur.Retention != want.Retention && (cur.Retention == jetstream.WorkQueuePolicy || want.Retention == jetstream.WorkQueuePolicy) {
+		return fmt.Errorf("stream %s has retention %s, provisioning needs %s; %s", want.Name, cur.Retention, want.Retention, todo)
+	}
+	for _, f := range []struct {
+		set  bool
+		name string
+	}{{cur.Sealed, "sealed"}, {edits && cur.DenyDelete, "deny delete"}, {edits && cur.DenyPurge, "deny purge"}} {
+		if f.set {
+			return fmt.Errorf("stream %s is set %s, which the connector cannot run with; %s", want.Name, f.name, todo)
 		}
 	}
 	return nil
@@ -146,6 +192,9 @@ func overlay(cur, want jetstream.StreamConfig) jetstream.StreamConfig {
 	cur.Subjects, cur.Retention, cur.Storage, cur.Replicas = want.Subjects, want.Retention, want.Storage, want.Replicas
 	cur.Duplicates, cur.AllowMsgSchedules, cur.MaxAge = want.Duplicates, want.AllowMsgSchedules, want.MaxAge
 	cur.Description, cur.AllowDirect, cur.Discard = want.Description, want.AllowDirect, want.Discard
+	// Publishes are acknowledged (jspub, the dispatcher's dead letters):
+	// an operator's NoAck would fail every bulk enqueue after its stall.
+	cur.NoAck = want.NoAck
 	return cur
 }
 
@@ -162,7 +211,8 @@ func same(cur, want jetstream.StreamConfig) bool {
 	return cur.Retention == want.Retention && cur.Storage == want.Storage &&
 		max(cur.Replicas, 1) == max(want.Replicas, 1) && cur.Duplicates == want.Duplicates &&
 		cur.AllowMsgSchedules == want.AllowMsgSchedules && cur.MaxAge == want.MaxAge &&
-		cur.Description == want.Description && cur.AllowDirect == want.AllowDirect && cur.Discard == want.Discard
+		cur.Description == want.Description && cur.AllowDirect == want.AllowDirect && cur.Discard == want.Discard &&
+		cur.NoAck == want.NoAck
 }
 
 // Check verifies the streams exist (for workers without the right to
