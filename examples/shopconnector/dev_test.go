@@ -127,6 +127,24 @@ func TestConnectorDevRunsTheExample(t *testing.T) {
 		t.Fatalf("catalog has %d products, want 3 (no duplicate)", n)
 	}
 
+	// Two faults in the shop (docs/example.md): the export that meets them
+	// is retried, and gets there; the retries' records are written (the
+	// embedded store runs the records' scripts too).
+	call(t, "POST", shopURL+"/admin/faults", map[string]any{"status": 503, "count": 2}, nil)
+	call(t, "PATCH", catURL+"/products/"+fmt.Sprint(p1["id"]), map[string]any{"name": "Espresso cup XXL"}, nil)
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		var left struct {
+			Count int `json:"count"`
+		}
+		getJSON(t, shopURL+"/admin/faults", &left)
+		return left.Count == 0
+	}, "the faults taken by the connector's requests")
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		var shopP map[string]any
+		getJSON(t, shopURL+"/v1/products/1", &shopP)
+		return shopP["name"] == "Espresso cup XXL"
+	}, "the rename exported to the shop past its two 503s")
+
 	// Ctrl-C: a clean stop.
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
@@ -139,6 +157,11 @@ func TestConnectorDevRunsTheExample(t *testing.T) {
 		}
 	case <-time.After(45 * time.Second):
 		t.Fatal("connector dev did not stop within 45s of SIGINT")
+	}
+	for _, warn := range []string{"flush failed", "not flushed"} {
+		if strings.Contains(stderr.String(), warn) {
+			t.Errorf("connector dev logged %q: its job records were not written", warn)
+		}
 	}
 }
 

@@ -24,11 +24,12 @@ func TestLateRuleIsTheSameForLogsAndChosenIDKeys(t *testing.T) {
 	base := time.Now().UnixMilli()
 	// Workers' sides as processes whose clocks and flushes differ write
 	// them, each within lateBy of the one before it, the last more than
-	// lateBy before the first.
+	// lateBy before the first. (Attempts rise, so that the attempt and
+	// state rule, tested in stale_side_test.go, refuses none of them.)
 	writes := []blob{
 		{State: string(job.StateDone), Name: "n", Attempts: 1, UpdatedAt: base},
-		{State: string(job.StateWaiting), Name: "n", Attempts: 1, UpdatedAt: base - late*2/3},
-		{State: string(job.StateStarted), Name: "n", Attempts: 1, UpdatedAt: base - late*4/3},
+		{State: string(job.StateWaiting), Name: "n", Attempts: 2, UpdatedAt: base - late*2/3},
+		{State: string(job.StateStarted), Name: "n", Attempts: 3, UpdatedAt: base - late*4/3},
 	}
 	ulid, chosen := wire.NewID(), "chosen-late-rule"
 	logKey, key := s.locate(ulid, false).key, s.ownKey(chosen, false)

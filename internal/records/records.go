@@ -84,12 +84,15 @@ return 1
 // of another writer, which is then replaced). It refuses likewise a side
 // that the one it holds superseded by its attempt and state (superseded:
 // the same rule as a log's readers; a side either cannot decode is
-// replaced).
+// replaced). That rule needs Redis's cmsgpack library: a store without it
+// (the embedded one of `connector dev`) applies the time rule alone.
 var keyScript = redis.NewScript(`
 local ended = {done = true, dead = true, failed = true}
+local hasmp, mp = pcall(function() return cmsgpack end)
 local function superseded(new, cur)
-  local okb, b = pcall(cmsgpack.unpack, new)
-  local okc, c = pcall(cmsgpack.unpack, cur)
+  if not hasmp or type(mp) ~= 'table' then return false end
+  local okb, b = pcall(mp.unpack, new)
+  local okc, c = pcall(mp.unpack, cur)
   if not okb or not okc or type(b) ~= 'table' or type(c) ~= 'table' then return false end
   if b.st ~= 'started' and b.st ~= 'waiting' then return false end
   local ba, ca = tonumber(b.a) or 0, tonumber(c.a) or 0
