@@ -28,7 +28,7 @@ var resources = map[string]string{"product": "products", "customer": "customers"
 // failures into the outcomes the units.Adapter contract asks for:
 //
 //   - connection errors, timeouts, 5xx: job.Retry (the job runs again later);
-//   - 429 and 503 with Retry-After: job.RetryAfter with that delay;
+//   - 429 and 503 with Retry-After (seconds or a date): job.RetryAfter;
 //   - 404: units.Missing (the record is gone);
 //   - any other 4xx: a permanent error quoting the answer (the job is
 //     dead-lettered: sending it again would fail the same way).
@@ -81,10 +81,10 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		return units.Missing(c.model, path)
 	case s == http.StatusTooManyRequests || s >= 500:
 		err := fmt.Errorf("%s: %s: %s", what, resp.Status, bytes.TrimSpace(data))
-		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
-			return job.RetryAfter(err, time.Duration(secs)*time.Second)
-		}
-		return job.Retry(err)
+		ra := resp.Header.Get("Retry-After") // seconds, or an HTTP date
+		d, _ := time.ParseDuration(ra + "s")
+		at, _ := http.ParseTime(ra)
+		return job.RetryAfter(err, max(d, time.Until(at), 0)) // 0: the retry pattern's delay
 	case s >= 400:
 		return fmt.Errorf("%s: %s: %s", what, resp.Status, bytes.TrimSpace(data))
 	}

@@ -16,8 +16,9 @@
 // change the system), the units.ErrMissing error for absent records (never
 // retryable) and, when Break is given, that network failures are retryable
 // (job.AsRetryable). An adapter that is a units.ReturningWriter has its
-// CreateReturning and WriteReturning checked too: the id reads back, and
-// the records returned hold the fields written and the others kept.
+// CreateReturning and WriteReturning checked too: the id reads back, the
+// records returned hold the fields written and the others kept, and their
+// network failures are retryable (the Exporter writes through them).
 package adaptertest
 
 import (
@@ -356,6 +357,19 @@ func (s *suite) searchPaging(t *testing.T) {
 		}
 		off += len(ids)
 	}
+	// The order is stable (units.Query): two searches agree, and the pages
+	// follow it (else paging skips and repeats records at random).
+	full, err := a.Search(s.ctx(t), units.Query{})
+	if err != nil {
+		t.Fatalf("Search: %v", err)
+	}
+	again, err := a.Search(s.ctx(t), units.Query{})
+	if err != nil {
+		t.Fatalf("Search: %v", err)
+	}
+	if !slices.Equal(full, again) || !slices.Equal(paged[:min(len(full), len(paged))], full) {
+		t.Errorf("Search() = %v, then %v, and paged %v: the order is not stable", full, again, paged)
+	}
 	slices.Sort(all)
 	slices.Sort(paged)
 	if !slices.Equal(all, paged) {
@@ -385,6 +399,13 @@ func (s *suite) retryable(t *testing.T) {
 	check("Create", err)
 	check("Write", a.Write(s.ctx(t), id, units.Record{s.h.Field: "x"}))
 	check("Delete", a.Delete(s.ctx(t), id))
+	// The Exporter writes through these when the adapter has them.
+	if rw, ok := a.(units.ReturningWriter); ok {
+		_, _, err = rw.CreateReturning(s.ctx(t), s.h.Record(2))
+		check("CreateReturning", err)
+		_, err = rw.WriteReturning(s.ctx(t), id, units.Record{s.h.Field: "x"})
+		check("WriteReturning", err)
+	}
 }
 
 func (s *suite) returning(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"slices"
@@ -61,9 +62,10 @@ func TestTracedAdapterConformance(t *testing.T) {
 // broken is an in-memory adapter with one contract violation.
 type broken struct {
 	*unitstest.Memory
-	fault  string
-	down   bool                    // down-not-retryable: fail with plain errors
-	shared map[string]units.Record // shared-record: the caller's maps, not copies
+	fault   string
+	down    bool                    // down-not-retryable: fail with plain errors
+	memDown bool                    // the Memory is down (retryable errors)
+	shared  map[string]units.Record // shared-record: the caller's maps, not copies
 }
 
 var errNotFound = errors.New("not found")
@@ -97,6 +99,19 @@ func (b *broken) Search(ctx context.Context, q units.Query) ([]string, error) {
 		q.Offset, q.Limit = 0, 0
 	case "filter-ignored":
 		q.Filters = nil
+	case "unstable-order":
+		// No order asked of the system (a map, SQL without ORDER BY):
+		// each Search sees the records in another order, then pages.
+		ids, err := b.Memory.Search(ctx, units.Query{Filters: q.Filters})
+		if err != nil {
+			return nil, err
+		}
+		rand.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+		ids = ids[min(q.Offset, len(ids)):]
+		if q.Limit > 0 {
+			ids = ids[:min(q.Limit, len(ids))]
+		}
+		return ids, nil
 	}
 	return b.Memory.Search(ctx, q)
 }
@@ -157,6 +172,9 @@ func (b *broken) Write(ctx context.Context, id string, rec units.Record) error {
 // WriteReturning is Write (with its fault), then the record as stored; for
 // returning-stale, the record as it was before the write.
 func (b *broken) WriteReturning(ctx context.Context, id string, rec units.Record) (units.Record, error) {
+	if err := b.returningDown(); err != nil {
+		return nil, err
+	}
 	before, err := b.Memory.Read(ctx, id, nil)
 	if err := b.Write(ctx, id, rec); err != nil {
 		return nil, err
@@ -168,6 +186,24 @@ func (b *broken) WriteReturning(ctx context.Context, id string, rec units.Record
 		delete(before, "updated_at") // the stamp the system set, left out
 	}
 	return before, err
+}
+
+// CreateReturning is the Memory's (with the returning-down fault).
+func (b *broken) CreateReturning(ctx context.Context, rec units.Record) (string, units.Record, error) {
+	if err := b.returningDown(); err != nil {
+		return "", nil, err
+	}
+	return b.Memory.CreateReturning(ctx, rec)
+}
+
+// returningDown: for returning-down-not-retryable, the Returning methods
+// (the ones the Exporter calls) fail with a plain error while the system is
+// down; Create and Write stay retryable.
+func (b *broken) returningDown() error {
+	if b.fault == "returning-down-not-retryable" && b.memDown {
+		return errors.New("connection refused")
+	}
+	return nil
 }
 
 func (b *broken) Delete(ctx context.Context, id string) error {
@@ -198,6 +234,7 @@ func TestBrokenAdapterHelper(t *testing.T) {
 				a.(*broken).down = true
 			} else {
 				a.(*broken).SetDown(true)
+				a.(*broken).memDown = true
 			}
 		},
 	})
@@ -212,11 +249,14 @@ func TestSuiteCatchesBrokenAdapters(t *testing.T) {
 		"write-replaces":      {"Returning", "Write"},
 		"paging-ignored":      {"SearchPaging"},
 		"filter-ignored":      {"SearchFilter"},
+		"unstable-order":      {"SearchPaging"},
 		"shared-record":       {"Isolation"},
 		"read-shared":         {"Isolation"},
 		"down-not-retryable":  {"RetryableErrors"},
 		"returning-stale":     {"Returning"},
 		"returning-unstamped": {"Returning"},
+		// CreateReturning and WriteReturning are what the Exporter calls.
+		"returning-down-not-retryable": {"RetryableErrors"},
 	} {
 		t.Run(fault, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestBrokenAdapterHelper$", "-test.v", "-test.count=1")
