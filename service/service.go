@@ -36,6 +36,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 
@@ -123,13 +124,19 @@ func (e *Env) Listeners(opts ...events.Option) (*events.Listeners, error) {
 		return nil, err
 	}
 	e.listeners = l
-	e.services = append(e.services, l.Run)
+	e.services = append(e.services, untilStopped(l.Run, "the event listeners"))
 	return l, nil
 }
 
+// ErrServiceEnded: a function given to Env.Go returned nil while the
+// process was still running; the process stops with it (status 1), as it
+// would with an error, rather than run on without it.
+var ErrServiceEnded = errors.New("service: a service returned before the process stopped")
+
 // Go runs f beside the worker until the process stops: f's context ends
 // at shutdown, and an error f returns stops the process (after the others
-// have stopped too) and is Run's error. Call it from a Setup: a later call
+// have stopped too) and is Run's error; so does f returning before its
+// context ends (ErrServiceEnded). Call it from a Setup: a later call
 // panics, as f would never run.
 func (e *Env) Go(f func(ctx context.Context) error) {
 	e.mu.Lock()
@@ -137,7 +144,20 @@ func (e *Env) Go(f func(ctx context.Context) error) {
 	if e.started {
 		panic(ErrStarted)
 	}
-	e.services = append(e.services, f)
+	_, file, line, _ := runtime.Caller(1)
+	e.services = append(e.services, untilStopped(f, fmt.Sprintf("Env.Go at %s:%d", filepath.Base(file), line)))
+}
+
+// untilStopped is f, failing with ErrServiceEnded when f returns nil
+// while ctx lives: the process must not run on without it.
+func untilStopped(f func(ctx context.Context) error, name string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		err := f(ctx)
+		if err == nil && ctx.Err() == nil {
+			return fmt.Errorf("%w: %s", ErrServiceEnded, name)
+		}
+		return err
+	}
 }
 
 // Main runs the process with the program's arguments and environment

@@ -16,6 +16,7 @@ import (
 
 	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/events"
+	"github.com/connector-go/connector/internal/channels"
 	"github.com/connector-go/connector/internal/connect"
 	"github.com/connector-go/connector/internal/records"
 	"github.com/connector-go/connector/internal/streams"
@@ -152,9 +153,30 @@ func (c *Config) Bind(fs *flag.FlagSet, getenv func(string) string) {
 // channels instead). The commands call it once their flags are parsed;
 // RunWorker calls it first.
 func (c *Config) Check() error {
-	errs := c.envErrs
+	errs := append([]error(nil), c.envErrs...)
 	if c.channelsErr != nil && c.Channels == "" {
 		errs = append(errs, c.channelsErr)
+	}
+	// Values that parse but that the process cannot use fail here, named,
+	// rather than once connected (or never: a substitute in silence).
+	bad := func(ok bool, flag, env string, v any, want string) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("app: -%s (env %s) %v: want %s", flag, env, v, want))
+		}
+	}
+	bad(c.Concurrency >= 1, "concurrency", "CONNECTOR_CONCURRENCY", c.Concurrency, "1 or more")
+	bad(c.Replicas >= 1 && c.Replicas <= 5, "replicas", "CONNECTOR_STREAM_REPLICAS", c.Replicas, "1 to 5")
+	bad(c.AckWait >= time.Second, "ack-wait", "CONNECTOR_ACK_WAIT", c.AckWait, "1s or more")
+	bad(c.ShutdownGrace >= 0, "shutdown-grace", "CONNECTOR_SHUTDOWN_GRACE", c.ShutdownGrace, "0 or more")
+	bad(c.StartWait >= 0, "start-wait", "CONNECTOR_START_WAIT", c.StartWait, "0 or more")
+	bad(c.RecordTTL >= 0, "record-ttl", "CONNECTOR_RECORD_TTL", c.RecordTTL, "0 (the default) or more")
+	bad(c.DeadMaxAge >= 0, "dead-max-age", "CONNECTOR_DEAD_MAX_AGE", c.DeadMaxAge, "0 (forever) or more")
+	bad(c.EventsMaxAge >= 0, "events-max-age", "CONNECTOR_EVENTS_MAX_AGE", c.EventsMaxAge, "0 (the default) or more")
+	if _, err := wire.NewNames(c.Prefix); err != nil {
+		errs = append(errs, fmt.Errorf("app: -prefix (env CONNECTOR_PREFIX): %w", err))
+	}
+	if _, err := channels.Parse(c.Channels); err != nil {
+		errs = append(errs, fmt.Errorf("app: -channels, -channels-file (env CONNECTOR_CHANNELS, CONNECTOR_CHANNELS_FILE): %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -387,8 +409,8 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 		g.Go(func() error { return s(gctx) })
 	}
 	err = g.Wait()
-	if errors.Is(err, context.Canceled) {
-		err = nil
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		err = nil // the graceful stop; a part's own cancellation, ctx live, is a failure
 	}
 	return err
 }
