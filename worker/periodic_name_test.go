@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
 )
@@ -37,16 +36,7 @@ func TestPeriodicFiringOfTheLongestNameRetries(t *testing.T) {
 	if err := e.d.Schedule(ctx, name, "@every 1s", Tick{Tag: "long"}); err != nil {
 		t.Fatal(err)
 	}
-	var first string
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for id := range runs {
-			first = id
-			return true
-		}
-		return false
-	}, "a firing ran")
+	first := firstRun(t, &mu, runs)
 	if err := e.d.Unschedule(ctx, name); err != nil {
 		t.Fatal(err)
 	}

@@ -259,6 +259,22 @@ func TestPeriodicFiringHandBacksDoNotCount(t *testing.T) {
 	if err := e.d.Schedule(ctx, "tick", "@every 1s", Tick{Tag: "tick"}, job.WithChannel("root.seq"), job.WithMaxRetries(1)); err != nil {
 		t.Fatal(err)
 	}
+	first := firstRun(t, &mu, runs)
+	if err := e.d.Unschedule(ctx, "tick"); err != nil {
+		t.Fatal(err)
+	}
+	rec := e.waitState(first, job.StateDone, 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if got := fmt.Sprint(runs[first]); got != "[1 1]" || rec.Attempts != 1 {
+		t.Fatalf("firing %s ran at attempts %s (record: %d attempts, %s)", first, got, rec.Attempts, rec.State)
+	}
+}
+
+// firstRun waits for a job of runs (job id -> its runs, under mu) and
+// returns its id.
+func firstRun[V any](t *testing.T, mu *sync.Mutex, runs map[string]V) string {
+	t.Helper()
 	var first string
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		mu.Lock()
@@ -269,13 +285,5 @@ func TestPeriodicFiringHandBacksDoNotCount(t *testing.T) {
 		}
 		return false
 	}, "a firing ran")
-	if err := e.d.Unschedule(ctx, "tick"); err != nil {
-		t.Fatal(err)
-	}
-	rec := e.waitState(first, job.StateDone, 10*time.Second)
-	mu.Lock()
-	defer mu.Unlock()
-	if got := fmt.Sprint(runs[first]); got != "[1 1]" || rec.Attempts != 1 {
-		t.Fatalf("firing %s ran at attempts %s (record: %d attempts, %s)", first, got, rec.Attempts, rec.State)
-	}
+	return first
 }

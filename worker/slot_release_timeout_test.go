@@ -1,47 +1,13 @@
 package worker
 
 import (
-	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/internal/channels"
+	"github.com/connector-go/connector/internal/testenv"
 	"github.com/redis/go-redis/v9"
 )
-
-// hangingRedis is a TCP listener that accepts connections and never
-// answers: a Redis that hangs (overloaded, or a network path that drops
-// packets). Its address is where the client goes.
-func hangingRedis(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-	})
-	return l.Addr().String()
-}
 
 // At shutdown the slots of the jobs still queued are given back one after
 // the other (Run, after closeAndDrain; runItem's shutdown branch). With
@@ -50,7 +16,7 @@ func hangingRedis(t *testing.T) string {
 // the shutdown overruns its grace period by that much per job. A slot is a
 // lease that expires anyway, so a release is bounded.
 func TestSlotReleaseIsBoundedWhenRedisHangs(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: hangingRedis(t)}) // the client's defaults
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.SilentAddr(t)}) // the client's defaults
 	t.Cleanup(func() { _ = rdb.Close() })
 	chans, err := channels.Parse("root.lim:1")
 	if err != nil {

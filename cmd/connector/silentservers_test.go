@@ -2,48 +2,12 @@ package main
 
 import (
 	"context"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/internal/testenv"
 )
-
-// silentServer accepts TCP connections and never answers.
-func silentServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
 
 // The operator commands take no --start-wait: one attempt each. Against
 // a NATS or a Redis that accepts connections and never answers, they
@@ -52,7 +16,7 @@ func silentServer(t *testing.T) string {
 func TestOperatorCommandsDoNotHangOnSilentServers(t *testing.T) {
 	srv := testenv.StartNATS(t)
 	_, prefix := testenv.Redis(t)
-	silent := silentServer(t)
+	silent := testenv.SilentAddr(t)
 	for _, tc := range []struct {
 		name, nats, redis, want string
 		args                    []string

@@ -204,6 +204,43 @@ func FreeAddr(t testing.TB) string {
 	return addr
 }
 
+// SilentAddr returns the address of a TCP listener that accepts
+// connections and never answers: a NATS or Redis that hangs (overloaded,
+// or a network path that drops packets). It is closed, with its
+// connections, when the test ends.
+func SilentAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
 // CaughtUp reports whether consumers of stream have delivered and
 // acknowledged every message on subject filter (the subjects they share
 // between them). Nothing pending is not enough: a consumer counts a new
