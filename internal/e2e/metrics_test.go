@@ -258,7 +258,7 @@ func TestRunWorkerMetrics(t *testing.T) {
 	for _, s := range m.find("connector_job_duration_seconds_bucket", succ...) {
 		les = append(les, s.labels["le"])
 	}
-	if got, want := strings.Join(les, " "), "0.01 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 300 900 3600 +Inf"; got != want {
+	if got, want := strings.Join(les, " "), "0.005 0.01 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 300 900 3600 7200 14400 +Inf"; got != want {
 		t.Errorf("duration buckets %q, want %q", got, want)
 	}
 	if sum := m.value(t, "connector_job_queue_wait_seconds_sum", a1...); sum < 0 || sum > 30 {
