@@ -192,9 +192,25 @@ func CleanRedis(c redis.UniversalClient, prefix string) {
 }
 
 // FreeAddr returns a 127.0.0.1 address nothing listens on right now: for a
-// server a test starts, or for a client that must find nobody there.
+// server a test starts, or for a client that must find nobody there. Its
+// port is below the system's ephemeral range: the outgoing connections of
+// the tests running meanwhile take their local ports from that range, and
+// one could take the address before the test's server starts on it (a
+// cluster's second node, started seconds later, then never listened).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	if hi := ephemeralLow(); hi > freePortsFrom {
+		for range 64 {
+			var b [2]byte
+			_, _ = rand.Read(b[:])
+			port := freePortsFrom + (int(b[0])<<8|int(b[1]))%(hi-freePortsFrom)
+			if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+				addr := ln.Addr().String()
+				_ = ln.Close()
+				return addr
+			}
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +218,22 @@ func FreeAddr(t testing.TB) string {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	return addr
+}
+
+// freePortsFrom is the lowest port FreeAddr gives.
+const freePortsFrom = 20000
+
+// ephemeralLow is the first port of the system's ephemeral range (Linux:
+// ip_local_port_range; elsewhere 32768, below the BSDs' and macOS's).
+func ephemeralLow() int {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil {
+				return lo
+			}
+		}
+	}
+	return 32768
 }
 
 // SilentAddr returns the address of a TCP listener that accepts
