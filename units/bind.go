@@ -52,6 +52,13 @@ const copyRaceDelay = time.Second
 // job's context is cancelled.
 const bindTimeout = 10 * time.Second
 
+// afterWrite is the context of what follows a record's write (its binding):
+// it goes on when ctx is cancelled (a worker's shutdown), for bindTimeout
+// at most, so that a written record is not left unbound.
+func afterWrite(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+}
+
 // bindCreated binds externalID and localID after this run created one of
 // them: the local record for an import (importing), the external one for an
 // export.
@@ -81,7 +88,7 @@ const bindTimeout = 10 * time.Second
 func (w *Work) bindCreated(ctx context.Context, binder Binder, externalID, localID string, importing bool, synced time.Time) error {
 	// The record exists now: binding it (or undoing it) goes on even if the
 	// job is cancelled meanwhile (a worker's shutdown), for a bounded time.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+	ctx, cancel := afterWrite(ctx)
 	defer cancel()
 	peer := w.importResource(externalID)
 	if importing {

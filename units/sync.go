@@ -389,7 +389,7 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 		// The local record is written: its binding is written too even if
 		// the job is cancelled meanwhile, for a bounded time (else the
 		// change imported reads as not synced).
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+		bctx, cancel := afterWrite(ctx)
 		defer cancel()
 		err = binder.Bind(bctx, externalID, localID, bindAt)
 	} else {
@@ -407,7 +407,7 @@ func (imp *Importer) Run(ctx context.Context, w *Work, externalID string, force 
 		}
 	}
 	if pending {
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+		bctx, cancel := afterWrite(ctx)
 		defer cancel()
 		if err := binder.Bind(bctx, externalID, localID, readAt); err != nil {
 			return "", err
@@ -639,7 +639,7 @@ func (ex *Exporter) Run(ctx context.Context, w *Work, localID string, fields []s
 		// job is cancelled meanwhile, for a bounded time (else the retry
 		// finds the export's own write newer than the sync date, and
 		// imports it first).
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bindTimeout)
+		bctx, cancel := afterWrite(ctx)
 		defer cancel()
 		synced := syncDate()
 		if !stamp.IsZero() {

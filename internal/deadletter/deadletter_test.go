@@ -10,6 +10,7 @@ import (
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // A letter whose message is kept apart (BodySeq) lists with the message's
@@ -17,12 +18,8 @@ import (
 // the server adds to a direct get of the dead-letter stream (Nats-Stream,
 // Nats-Sequence, Nats-Subject, Nats-Time-Stamp).
 func TestBodyKeptApartListsItsOwnHeaders(t *testing.T) {
-	_, _, js := testenv.JetStream(t)
+	js, n := provisioned(t)
 	ctx := context.Background()
-	n := wire.MustNames(testenv.Prefix(t))
-	if err := streams.Ensure(ctx, js, streams.Config{Names: n, Memory: true}); err != nil {
-		t.Fatal(err)
-	}
 	headers := nats.Header{"Connector-Job-Name": {"shop.import"}, "traceparent": {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
 	body := deadletter.Republish(n.DeadBodySubject("job1"), &wire.DeadLetter{Headers: headers, Data: []byte("payload")})
 	ack, err := js.PublishMsg(ctx, body)
@@ -53,12 +50,8 @@ func TestBodyKeptApartListsItsOwnHeaders(t *testing.T) {
 // the oldest message first, and a letter's message is stored just before
 // it) is listed without its message: the other letters still list.
 func TestLetterWhoseBodyIsGoneStillLists(t *testing.T) {
-	_, _, js := testenv.JetStream(t)
+	js, n := provisioned(t)
 	ctx := context.Background()
-	n := wire.MustNames(testenv.Prefix(t))
-	if err := streams.Ensure(ctx, js, streams.Config{Names: n, Memory: true}); err != nil {
-		t.Fatal(err)
-	}
 	for _, id := range []string{"job1", "job2"} {
 		ack, err := js.Publish(ctx, n.DeadBodySubject(id), []byte("payload of "+id))
 		if err != nil {
@@ -87,4 +80,16 @@ func TestLetterWhoseBodyIsGoneStillLists(t *testing.T) {
 		string(entries[1].Letter.Data) != "payload of job2" {
 		t.Fatalf("listed %+v", entries)
 	}
+}
+
+// provisioned gives a JetStream on an embedded server with the streams of
+// a fresh prefix (in memory), and that prefix's names.
+func provisioned(t *testing.T) (jetstream.JetStream, wire.Names) {
+	t.Helper()
+	_, _, js := testenv.JetStream(t)
+	n := wire.MustNames(testenv.Prefix(t))
+	if err := streams.Ensure(context.Background(), js, streams.Config{Names: n, Memory: true}); err != nil {
+		t.Fatal(err)
+	}
+	return js, n
 }

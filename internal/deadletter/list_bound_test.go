@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/deadletter"
-	"github.com/connector-go/connector/internal/streams"
-	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 )
 
@@ -15,12 +13,8 @@ import (
 // while (a dead-letter storm) must not keep `jobs dead` or `jobs requeue
 // --all` reading for as long as they die.
 func TestListEndsWhileLettersKeepComing(t *testing.T) {
-	_, _, js := testenv.JetStream(t)
+	js, n := provisioned(t)
 	ctx := context.Background()
-	n := wire.MustNames(testenv.Prefix(t))
-	if err := streams.Ensure(ctx, js, streams.Config{Names: n, Memory: true}); err != nil {
-		t.Fatal(err)
-	}
 	data, err := wire.Marshal(&wire.DeadLetter{Reason: "error", Error: "boom", Subject: n.JobsSubject("root", 1), Data: []byte("payload")})
 	if err != nil {
 		t.Fatal(err)

@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/internal/deadletter"
-	"github.com/connector-go/connector/internal/streams"
-	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 )
 
@@ -16,12 +14,8 @@ import (
 // minutes, so a dashboard polling the dead letters does not keep a pile
 // of them alive.
 func TestListingConsumersGoSoon(t *testing.T) {
-	_, _, js := testenv.JetStream(t)
+	js, n := provisioned(t)
 	ctx := context.Background()
-	n := wire.MustNames(testenv.Prefix(t))
-	if err := streams.Ensure(ctx, js, streams.Config{Names: n, Memory: true}); err != nil {
-		t.Fatal(err)
-	}
 	b, err := wire.Marshal(&wire.DeadLetter{V: 1, Reason: wire.ReasonError, JobID: "j1"})
 	if err != nil {
 		t.Fatal(err)
