@@ -33,6 +33,10 @@ var (
 	// listener's name that filter another model or event than this
 	// process registered. Run returns a *ConflictError matching it.
 	ErrListenerConflict = errors.New("events: listener defined differently in the stream")
+	// ErrNotListening: the listeners do not handle events: Run has not
+	// been called, is still creating the consumers, is stopping, or has
+	// returned. Ready returns an error matching it.
+	ErrNotListening = errors.New("events: listeners not listening")
 )
 
 // Defaults.
@@ -71,7 +75,19 @@ type Listeners struct {
 	mu        sync.Mutex
 	running   bool
 	listeners []*listener
+	state     atomic.Int32 // a runState, for Ready
 }
+
+// runState is where Run is, as Ready reports it.
+type runState int32
+
+const (
+	notRun runState = iota
+	starting
+	listening
+	stopping
+	stopped
+)
 
 // WithRedis keeps, per listener partition, the stream sequence of the
 // last event handled, so that an event delivered again after its
@@ -362,6 +378,8 @@ func (l *Listeners) Run(ctx context.Context) error {
 	l.running = true
 	lis := append([]*listener(nil), l.listeners...)
 	l.mu.Unlock()
+	l.state.Store(int32(starting))
+	defer l.state.Store(int32(stopped))
 
 	stream, err := l.js.Stream(ctx, l.names.EventsStream())
 	if err != nil {
@@ -411,8 +429,10 @@ func (l *Listeners) Run(ctx context.Context) error {
 			guard.run(ctx)
 		}()
 	}
+	l.state.Store(int32(listening))
 	l.log.Info("events: listening", zap.Int("listeners", len(lis)))
 	<-ctx.Done()
+	l.state.Store(int32(stopping))
 	g.stop()
 	grace := time.AfterFunc(l.grace, hcancel)
 	defer grace.Stop()
@@ -436,6 +456,43 @@ func (l *Listeners) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Ready returns nil while Run listens: every listener's consumers exist
+// and Run handles their events. Before Run, while Run gets the events
+// stream and creates the consumers, once its context ends (while it waits
+// for the handlers running) and after it has returned, Ready returns an
+// error matching ErrNotListening that says which. A Run that fails at
+// start (ErrListenerConflict, a consumer it cannot create) leaves it
+// failing for good. Listeners with no listener registered are ready once
+// Run has found the events stream.
+//
+// Ready is a readiness check. A process answering a readiness probe
+// (Kubernetes' /readyz) adds it to its checks, so that a new pod does not
+// count as ready, and a rolling update does not stop the old pods, before
+// its listeners run, or when they cannot start:
+//
+//	health.AddCheck("events", func(context.Context) error { return l.Ready() })
+//
+// It makes no request and answers at once. It reports Run's progress, not
+// the server's: a listener waiting to take over another partitioning
+// from the processes still consuming it (docs/events.md, "Changing the
+// partitions") is listening, as that wait must not hold a rolling update;
+// a consumer deleted later, while Run creates it again, does not make it
+// fail (a check of the NATS connection and the streams does).
+func (l *Listeners) Ready() error {
+	switch runState(l.state.Load()) {
+	case listening:
+		return nil
+	case notRun:
+		return fmt.Errorf("%w: Run has not been called", ErrNotListening)
+	case starting:
+		return fmt.Errorf("%w: Run is creating the consumers", ErrNotListening)
+	case stopping:
+		return fmt.Errorf("%w: Run is stopping", ErrNotListening)
+	default:
+		return fmt.Errorf("%w: Run has returned", ErrNotListening)
+	}
 }
 
 // stuckWait is how long Run still waits, once the shutdown grace is over,

@@ -90,7 +90,7 @@ type Env struct {
 	mu        sync.Mutex
 	started   bool // the setups are over: Listeners and Go may not add any more
 	listeners *events.Listeners
-	services  []app.Service
+	services  []app.Part
 }
 
 // ErrStarted: Env.Listeners was called after the setups, when the process
@@ -101,7 +101,8 @@ var ErrStarted = errors.New("service: the process has started; add listeners and
 // connections with its prefix, Redis, logger, traces (and
 // -linked-traces), metrics and shutdown grace (-shutdown-grace, as the
 // worker's); opts add to those. Register listeners
-// with On; the process runs them beside the worker. Every call returns the
+// with On; the process runs them beside the worker, and its /readyz fails
+// (check "events") until they listen. Every call returns the
 // same Listeners (opts apply on the first call only). The first call must
 // come from a Setup (later: ErrStarted).
 func (e *Env) Listeners(opts ...events.Option) (*events.Listeners, error) {
@@ -124,7 +125,9 @@ func (e *Env) Listeners(opts ...events.Option) (*events.Listeners, error) {
 		return nil, err
 	}
 	e.listeners = l
-	e.services = append(e.services, untilStopped(l.Run, "the event listeners"))
+	// Not ready (/readyz) until the listeners listen.
+	e.services = append(e.services, app.ReadyService{Service: untilStopped(l.Run, "the event listeners"),
+		Name: "events", Ready: func(context.Context) error { return l.Ready() }})
 	return l, nil
 }
 
@@ -150,7 +153,7 @@ func (e *Env) Go(f func(ctx context.Context) error) {
 
 // untilStopped is f, failing with ErrServiceEnded when f returns nil
 // while ctx lives: the process must not run on without it.
-func untilStopped(f func(ctx context.Context) error, name string) func(ctx context.Context) error {
+func untilStopped(f func(ctx context.Context) error, name string) app.Service {
 	return func(ctx context.Context) error {
 		err := f(ctx)
 		if err == nil && ctx.Err() == nil {

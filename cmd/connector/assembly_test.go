@@ -297,6 +297,11 @@ func TestDevHTTPFallbackAndEventMetrics(t *testing.T) {
 		alive()
 		return handled.MatchString(scrape("http://" + addr + "/metrics"))
 	}, "connector_events_handled_total on http://%s/metrics", addr)
+	// The listeners are among /readyz's checks.
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		alive()
+		return strings.Contains(scrape("http://"+addr+"/readyz"), `"events":"ok"`)
+	}, "/readyz of connector dev checks its listeners (events ok)")
 }
 
 // `connector worker -h` documents retention and schedule registration,

@@ -82,7 +82,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func
 	}
 	defer conns.Close()
 	reg := registry()
-	var extra []app.Service
+	var extra []app.Part
 	// With SHOP_URL and CATALOG_URL (compose, Kubernetes), the stock binary
 	// also runs the example shop connector.
 	shop, release, err := workerShop(conns, &cfg, reg, getenv)
@@ -537,10 +537,10 @@ succeed, demo.broken jobs are dead-lettered with their error. In another shell:
 	}
 	fmt.Fprintln(stdout, help)
 
-	producer := func(ctx context.Context) error {
+	producer := app.Service(func(ctx context.Context) error {
 		demo.Produce(ctx, d, *every, log.Named("demo"))
 		return nil
-	}
+	})
 	err = app.RunWorker(ctx, &cfg, conns, reg, producer, listeners)
 	if errors.Is(err, context.Canceled) {
 		return nil

@@ -27,7 +27,7 @@ import (
 // registered the periodic batch imports (every: a dispatcher.Schedule spec
 // such as "@every 10s"; "" registers none).
 func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, reg *worker.Registry,
-	shops []units.Backend, catalogURL, every string) (app.Service, error) {
+	shops []units.Backend, catalogURL, every string) (app.Part, error) {
 	log := conns.Log.Named("shop")
 	// The process's telemetry: the listeners' spans and metrics
 	// (connector_events_handled_total), the synchronizers' spans (binder,
@@ -51,7 +51,7 @@ func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, re
 	if err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context) error {
+	run := func(ctx context.Context) error {
 		// The worker has provisioned the streams before services start.
 		switch {
 		case every == "":
@@ -66,7 +66,9 @@ func shopExample(conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, re
 			}
 		}
 		return l.Run(ctx)
-	}, nil
+	}
+	// Not ready (/readyz) until the listeners listen.
+	return app.ReadyService{Service: run, Name: "events", Ready: func(context.Context) error { return l.Ready() }}, nil
 }
 
 // serveExample serves h on addr (falling back to a free port on 127.0.0.1
@@ -98,7 +100,7 @@ func serveExample(ctx context.Context, name, addr string, h http.Handler, log *z
 // shop connector for one shop instance, "shop-v1" (API v1). It returns the
 // listeners service and the text that tells the user what to try.
 func devShop(ctx context.Context, conns *app.Conns, cfg *app.Config, d *dispatcher.Dispatcher, reg *worker.Registry,
-	shopAddr, catalogAddr, every string) (app.Service, string, error) {
+	shopAddr, catalogAddr, every string) (app.Part, string, error) {
 	log := conns.Log
 	shopURL, err := serveExample(ctx, "shop", shopAddr, shop.NewServer(shop.WithSampleData()), log)
 	if err != nil {
@@ -143,7 +145,7 @@ Make the shop fail (503) twice, then change the catalog: the export is retried:
 // default "v1"; imports on SHOP_IMPORT_SCHEDULE, default "@every 30s") to
 // reg, and returns the service to pass to app.RunWorker and a function
 // that releases its dispatcher. Without SHOP_URL it returns nothing.
-func workerShop(conns *app.Conns, cfg *app.Config, reg *worker.Registry, getenv func(string) string) (app.Service, func(), error) {
+func workerShop(conns *app.Conns, cfg *app.Config, reg *worker.Registry, getenv func(string) string) (app.Part, func(), error) {
 	shopURL, catalogURL := getenv("SHOP_URL"), getenv("CATALOG_URL")
 	if shopURL == "" || catalogURL == "" {
 		return nil, func() {}, nil

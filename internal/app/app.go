@@ -306,13 +306,34 @@ func Stopped(ctx context.Context, err error) error {
 	return err
 }
 
-// Service is something that runs beside the worker until ctx ends (event
-// listeners, a demo producer).
+// Part is something RunWorker runs beside the worker until ctx ends: a
+// Service, or a ReadyService.
+type Part interface {
+	Run(ctx context.Context) error
+}
+
+// Service is a Part that is ready as soon as it runs (a demo producer).
 type Service func(ctx context.Context) error
 
+// Run calls s.
+func (s Service) Run(ctx context.Context) error { return s(ctx) }
+
+// ReadyService is a Service that takes time to be ready: RunWorker adds
+// Ready to the checks of /readyz, under Name, so that the process does not
+// count as ready while Ready fails. The event listeners are one, ready once
+// they listen (events.Listeners.Ready).
+type ReadyService struct {
+	Service
+	Name  string
+	Ready func(ctx context.Context) error
+}
+
 // RunWorker runs the job worker for reg, the health/metrics endpoint and the
-// extra services until ctx is cancelled, then shuts them down gracefully.
-func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry, extra ...Service) error {
+// extra parts until ctx is cancelled, then shuts them down gracefully.
+// /readyz answers once the worker has set up its streams and consumers,
+// and fails while NATS, the streams or Redis do not answer, while a
+// ReadyService among extra is not ready, and from the start of the stop.
+func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry, extra ...Part) error {
 	if err := cfg.Check(); err != nil {
 		return err
 	}
@@ -378,6 +399,11 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	health.AddCheck("nats", telemetry.NATSCheck(c.NC))
 	health.AddCheck("streams", telemetry.StreamsCheck(c.JS, sc.Names.JobsStream(), sc.Names.DeadStream(), sc.Names.EventsStream()))
 	health.AddCheck("redis", telemetry.RedisCheck(c.Redis))
+	for _, p := range extra {
+		if r, ok := p.(ReadyService); ok && r.Ready != nil {
+			health.AddCheck(r.Name, r.Ready)
+		}
+	}
 
 	g, gctx := newGroup(ctx)
 	if ln != nil {
@@ -404,9 +430,8 @@ func RunWorker(ctx context.Context, cfg *Config, c *Conns, reg *worker.Registry,
 	})
 	g.Go(func() error { return w.Run(gctx) })
 	g.Go(func() error { return watchClosed(gctx, c.NC) })
-	for _, s := range extra {
-		s := s
-		g.Go(func() error { return s(gctx) })
+	for _, p := range extra {
+		g.Go(func() error { return p.Run(gctx) })
 	}
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {

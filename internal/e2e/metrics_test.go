@@ -64,7 +64,7 @@ func (e *env) startApp(reg *worker.Registry, log *zap.Logger, rdb redis.Universa
 		conns: &app.Conns{Log: log, NC: e.nc, JS: e.js, Redis: rdb, Telemetry: tel},
 	}
 	a.base = "http://" + a.cfg.HTTPAddr
-	var services []app.Service
+	var services []app.Part
 	for _, f := range extra {
 		services = append(services, f(a.conns))
 	}
