@@ -3,6 +3,8 @@ package connect
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -195,6 +197,14 @@ func ConnectRedis(ctx context.Context, c RedisConfig, log *zap.Logger) (redis.Un
 		if len(opt.Addrs) > 0 {
 			opt.TLSConfig = applyTLS(opt.TLSConfig, opt.Addrs[0])
 		}
+		if opt.TLSConfig != nil {
+			// go-redis hands opt.TLSConfig, as is, to the client of every
+			// node, including those CLUSTER SLOTS reveals later.
+			opt.NewClient = func(o *redis.Options) *redis.Client {
+				o.TLSConfig = nodeTLS(o.TLSConfig, o.Addr)
+				return redis.NewClient(o)
+			}
+		}
 		client = redis.NewClusterClient(opt)
 	} else {
 		opt, err := redis.ParseURL(raw)
@@ -216,6 +226,62 @@ func ConnectRedis(ctx context.Context, c RedisConfig, log *zap.Logger) (redis.Un
 		return nil, fail(err)
 	}
 	return client, nil
+}
+
+// nodeTLS returns cfg for the cluster node at addr (the address the
+// cluster announces for it): the node's certificate must be valid for
+// that host (certificates that each name their own node), or else for
+// cfg.ServerName, the first host of the URL (a name all nodes'
+// certificates share: a Service's name or a wildcard). A node whose host
+// is that name is checked by crypto/tls as usual.
+func nodeTLS(cfg *tls.Config, addr string) *tls.Config {
+	host, _, err := net.SplitHostPort(addr)
+	if cfg == nil || err != nil || host == "" {
+		return cfg
+	}
+	shared := cfg.ServerName
+	out := cfg.Clone()
+	out.ServerName = host
+	if cfg.InsecureSkipVerify || shared == "" || strings.EqualFold(shared, host) {
+		return out
+	}
+	if net.ParseIP(host) != nil {
+		// No SNI for an IP: send the shared name, as before.
+		out.ServerName = shared
+	}
+	// crypto/tls checks one name; both are checked here instead, with
+	// what it would check otherwise (chain to RootCAs, server usage).
+	out.InsecureSkipVerify = true
+	next := cfg.VerifyConnection
+	out.VerifyConnection = func(cs tls.ConnectionState) error {
+		certs := cs.PeerCertificates
+		if len(certs) == 0 {
+			return errors.New("tls: the server sent no certificate")
+		}
+		opts := x509.VerifyOptions{Roots: cfg.RootCAs, Intermediates: x509.NewCertPool()}
+		if cfg.Time != nil {
+			opts.CurrentTime = cfg.Time()
+		}
+		for _, c := range certs[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+		opts.DNSName = host
+		_, errOwn := certs[0].Verify(opts)
+		if errOwn != nil {
+			opts.DNSName = shared
+			if _, err := certs[0].Verify(opts); err != nil {
+				if errors.As(errOwn, new(x509.HostnameError)) && errors.As(err, new(x509.HostnameError)) {
+					errOwn = fmt.Errorf("%w, nor %s (the first host of the URL)", errOwn, shared)
+				}
+				return &tls.CertificateVerificationError{UnverifiedCertificates: certs, Err: errOwn}
+			}
+		}
+		if next != nil {
+			return next(cs)
+		}
+		return nil
+	}
+	return out
 }
 
 // credentials re-reads the password file on every new connection (a

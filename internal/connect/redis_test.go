@@ -40,7 +40,12 @@ func redisServerBinary(t *testing.T) string {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return freePortOn(t, "127.0.0.1")
+}
+
+func freePortOn(t *testing.T, host string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +58,18 @@ func freePort(t *testing.T) int {
 // returns nil, output when the server exited before listening.
 func startRedis(t *testing.T, tlsPort bool, args ...string) (*redisProc, string) {
 	t.Helper()
+	return startRedisOn(t, "127.0.0.1", tlsPort, args...)
+}
+
+// startRedisOn is startRedis on another loopback address (127.0.0.2: a
+// second host name for TLS tests).
+func startRedisOn(t *testing.T, host string, tlsPort bool, args ...string) (*redisProc, string) {
+	t.Helper()
 	bin := redisServerBinary(t)
-	port := freePort(t)
-	base := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
+	port := freePortOn(t, host)
+	base := []string{"--port", strconv.Itoa(port), "--bind", host, "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
 	if tlsPort {
-		base = []string{"--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
+		base = []string{"--port", "0", "--tls-port", strconv.Itoa(port), "--bind", host, "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
 	}
 	p := &redisProc{Port: port, out: &testenv.Buffer{}}
 	p.cmd = exec.Command(bin, append(base, args...)...)
@@ -78,7 +90,7 @@ func startRedis(t *testing.T, tlsPort bool, args ...string) (*redisProc, string)
 			return nil, p.out.String()
 		default:
 		}
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 200*time.Millisecond)
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(port)), 200*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return p, ""
@@ -354,8 +366,11 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 func TestRedisCluster(t *testing.T) {
 	const pw = "cluster-R3dis-Pw"
 	dir := t.TempDir()
+	// The bus port is explicit: the default, port+10000, is out of range
+	// for the upper part of the ephemeral ports freePort returns.
 	p, out := startRedis(t, false, "--requirepass", pw, "--masterauth", pw,
-		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
+		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+		"--cluster-port", strconv.Itoa(freePort(t)))
 	if p == nil {
 		t.Fatalf("redis-server exited:\n%s", out)
 	}
