@@ -45,6 +45,14 @@ var ErrNoRedis = errors.New("dispatcher: no Redis client configured")
 // records would never be written).
 var ErrClosed = errors.New("dispatcher: closed")
 
+// ErrOutcomeUnknown: a job was published but no acknowledgement came (a
+// deadline, a broken connection): it may be stored, and run. Enqueue
+// returns its id with the error: enqueueing it again with job.WithID(id)
+// does not store it twice within the stream's dedup window (2 minutes by
+// default). Only jobs that carry their id in Nats-Msg-Id fail so: those
+// enqueued with job.WithID or (one Enqueue) with an identity key.
+var ErrOutcomeUnknown = errors.New("dispatcher: no acknowledgement, the job may be stored")
+
 // Dispatcher enqueues jobs. It is safe for concurrent use.
 type Dispatcher struct {
 	js      jetstream.JetStream
@@ -247,6 +255,8 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		eta = time.Time{}
 	}
 	identity := env.Identity
+	// The job's id goes in Nats-Msg-Id (build's end says why).
+	msgID := o.ID != "" || (identity != "" && bt == nil)
 	p := &a.p
 	*p = prepared{msg: &a.msg, env: env, identity: identity, eta: eta, ctx: ctx}
 	// The trace context goes in the envelope, and in headers only with
@@ -290,20 +300,23 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 		msg.Subject = d.names.ScheduleSubject(env.ID)
 	}
 	switch {
-	case bt != nil && bt.hdr != nil && msg.Header == nil && o.ID == "" && len(o.Headers) == 0:
+	case bt != nil && bt.hdr != nil && msg.Header == nil && !msgID && len(o.Headers) == 0:
 		msg.Header = bt.hdr // shared by the batch's messages, read only
 	case d.traceHeaders && len(env.Trace) > 0:
 		if msg.Header == nil {
 			msg.Header = nats.Header{}
 		}
 		setTraceHeaders(msg.Header, env.Trace)
-	case msg.Header == nil && (o.ID != "" || len(o.Headers) > 0):
+	case msg.Header == nil && (msgID || len(o.Headers) > 0):
 		msg.Header = nats.Header{}
 	}
-	if o.ID != "" {
+	if msgID {
 		// A caller-chosen id may be published again (a retry after a
 		// timeout, a replayed request): JetStream drops the repeat within
-		// its dedup window. A generated id is new by construction and
+		// its dedup window. So may a job with an identity key (one
+		// Enqueue) whose acknowledgement was lost: publish sends it again
+		// to learn whether it was stored, rather than free its key for a
+		// second job. Any other generated id is new by construction and
 		// needs no dedup, whose bookkeeping costs the server about a fifth
 		// of its publish rate (docs/benchmarks.md).
 		msg.Header[wire.HeaderMsgID] = []string{env.ID}
@@ -362,6 +375,13 @@ type subjectKey struct {
 // Enqueue publishes one job and waits for JetStream to store it. It returns
 // the job id; when an identity key matches a job that has not started yet,
 // it returns that job's id and enqueues nothing.
+//
+// A job with an identity key whose acknowledgement does not come (ctx's
+// deadline passes, the connection breaks) may be stored all the same: its
+// key is kept only if publishing it again (the same Nats-Msg-Id, for up to
+// 2 s past ctx) shows it is, and Enqueue then returns its id, with no
+// error. Otherwise the key is freed (the job may never have been stored)
+// and the error is ErrOutcomeUnknown, with the job's id.
 func (d *Dispatcher) Enqueue(ctx context.Context, args job.Args, opts ...job.Option) (string, error) {
 	p, err := d.prepare(ctx, args, opts, nil)
 	if err != nil {
@@ -405,16 +425,60 @@ func (d *Dispatcher) publish(p *prepared) (id string, err error) {
 	}
 	ack, err := d.js.PublishMsg(p.ctx, p.msg)
 	if err != nil {
-		if p.identity != "" {
-			d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
-		}
-		return "", fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err)
+		return d.publishFailed(p, err)
 	}
 	if ack.Duplicate {
 		d.dropDuplicateClaim(p)
 	}
 	d.recordEnqueued(p, ack.Sequence)
 	return p.env.ID, nil
+}
+
+// confirmTimeout bounds the second publish of a job with an identity key
+// whose acknowledgement was lost (past the caller's deadline).
+const confirmTimeout = 2 * time.Second
+
+// publishFailed settles an Enqueue whose publish failed. A job the stream
+// refused, or that no stream received, was not stored: its identity key is
+// freed. A job whose acknowledgement did not come may have been stored:
+// freed, its key would let the caller's retry store a second job with it,
+// both pending at once (what the key exists to prevent); kept, it would
+// name a job that may not exist, answered to every enqueue with the key,
+// which then enqueues nothing. So the job is published again under the
+// same Nats-Msg-Id: the stream stores it once, and answers whether it has
+// it. Acknowledged, the job is enqueued and its key kept; if not, the key
+// is freed (a possible duplicate is better than a job lost) and the error
+// says the outcome is unknown, with the job's id to retry with.
+func (d *Dispatcher) publishFailed(p *prepared, err error) (string, error) {
+	if !maybeStored(err) || p.msg.Header.Get(wire.HeaderMsgID) == "" {
+		if p.identity != "" {
+			d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
+		}
+		return "", fmt.Errorf("dispatcher: publish %s: %w", p.env.Name, err)
+	}
+	if p.identity != "" {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), confirmTimeout)
+		ack, cerr := d.js.PublishMsg(ctx, p.msg)
+		cancel()
+		if cerr == nil {
+			// Stored, by the first publish (a duplicate) or this one: the
+			// key names it, as it should. Its worker frees it.
+			d.recordEnqueued(p, ack.Sequence)
+			return p.env.ID, nil
+		}
+		d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
+		err = fmt.Errorf("%w (published again: %v)", err, cerr)
+	}
+	return p.env.ID, fmt.Errorf("dispatcher: publish %s, job %s: %w: %w", p.env.Name, p.env.ID, ErrOutcomeUnknown, err)
+}
+
+// maybeStored tells whether a failed publish may have been stored: not if
+// the stream answered (a refusal) or no stream received it.
+func maybeStored(err error) bool {
+	var api *jetstream.APIError
+	return !errors.As(err, &api) && !errors.Is(err, jetstream.ErrNoStreamResponse) &&
+		!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrMaxPayload) &&
+		!errors.Is(err, nats.ErrBadSubject) && !errors.Is(err, nats.ErrInvalidConnection)
 }
 
 // dropDuplicateClaim releases the identity key p claimed for a job whose

@@ -1,0 +1,244 @@
+package dispatcher_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/testenv"
+	"github.com/connector-go/connector/internal/wire"
+	"github.com/connector-go/connector/job"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// slowLink is a TCP relay between a client and the NATS server whose
+// server-to-client direction can be held: what the client sends reaches
+// the server (a publish is stored), what the server answers (its
+// acknowledgement) waits until the link is released, as on a congested
+// network.
+type slowLink struct {
+	addr string
+	mu   sync.Mutex
+	cond *sync.Cond
+	held bool
+}
+
+func newSlowLink(t *testing.T, server string) *slowLink {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &slowLink{addr: ln.Addr().String()}
+	l.cond = sync.NewCond(&l.mu)
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	t.Cleanup(func() {
+		ln.Close()
+		l.release()
+		connsMu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		connsMu.Unlock()
+	})
+	go func() {
+		for {
+			cli, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			srv, err := net.Dial("tcp", server)
+			if err != nil {
+				cli.Close()
+				return
+			}
+			connsMu.Lock()
+			conns = append(conns, cli, srv)
+			connsMu.Unlock()
+			go func() { _, _ = io.Copy(srv, cli); srv.Close() }()
+			go func() {
+				defer cli.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := srv.Read(buf)
+					if n > 0 {
+						l.wait()
+						if _, werr := cli.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l
+}
+
+func (l *slowLink) hold() { l.mu.Lock(); l.held = true; l.mu.Unlock() }
+
+func (l *slowLink) release() {
+	l.mu.Lock()
+	l.held = false
+	l.mu.Unlock()
+	l.cond.Broadcast()
+}
+
+func (l *slowLink) wait() {
+	l.mu.Lock()
+	for l.held {
+		l.cond.Wait()
+	}
+	l.mu.Unlock()
+}
+
+type ackEnv struct {
+	prefix string
+	js     jetstream.JetStream // direct
+	d      *dispatcher.Dispatcher
+	link   *slowLink
+	slow   *dispatcher.Dispatcher // through link
+}
+
+func newAckEnv(t *testing.T) *ackEnv {
+	t.Helper()
+	s := testenv.StartNATS(t)
+	rdb, prefix := testenv.Redis(t)
+	js, err := jetstream.New(s.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := streams.Ensure(context.Background(), js, streams.Config{Names: wire.MustNames(prefix)}); err != nil {
+		t.Fatal(err)
+	}
+	link := newSlowLink(t, s.Server.Addr().String())
+	snc, err := nats.Connect("nats://"+link.addr, nats.NoReconnect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(snc.Close)
+	sjs, err := jetstream.New(snc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &ackEnv{prefix: prefix, js: js, link: link}
+	for _, p := range []struct {
+		js jetstream.JetStream
+		d  **dispatcher.Dispatcher
+	}{{js, &e.d}, {sjs, &e.slow}} {
+		d, err := dispatcher.New(p.js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close(context.Background()) })
+		*p.d = d
+	}
+	return e
+}
+
+// stored is how many messages the jobs stream holds (no worker runs: every
+// job enqueued is there).
+func (e *ackEnv) stored(t *testing.T) uint64 {
+	t.Helper()
+	s, err := e.js.Stream(context.Background(), wire.MustNames(e.prefix).JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// An enqueue with an identity key whose publish the server stored, but
+// whose acknowledgement came after the caller's deadline, does not free
+// the key for a second job: the enqueue learns the job was stored and
+// answers its id, and enqueueing the key again (a new id: the caller's
+// retry) answers that id. Before, the dispatcher released the key on the
+// timeout, and the retry stored a second job with the same key.
+func TestIdentityEnqueueWithALateAckKeepsOneJob(t *testing.T) {
+	e := newAckEnv(t)
+	key := job.WithIdentityKey("order-9")
+	// The slow connection is up (its first request answered) before the
+	// link is held.
+	if _, err := e.slow.Enqueue(context.Background(), GraphStep{Name: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	base := e.stored(t)
+
+	e.link.hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		time.Sleep(100 * time.Millisecond) // the network recovers
+		e.link.release()
+	}()
+	id, err := e.slow.Enqueue(ctx, GraphStep{Name: "a"}, key)
+	if got := e.stored(t) - base; got != 1 {
+		t.Fatalf("the server stored %d jobs, want 1 (the test's premise)", got)
+	}
+	if err != nil {
+		t.Logf("enqueue with a late ack: %v", err)
+	}
+	// The caller retries: a new job with the same key.
+	again, err2 := e.d.Enqueue(context.Background(), GraphStep{Name: "a"}, key)
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	if got := e.stored(t) - base; got != 1 {
+		t.Fatalf("two jobs stored with identity key order-9 (first enqueue: id %q, err %v; again: %s)", id, err, again)
+	}
+	if err != nil || again != id {
+		t.Fatalf("first enqueue answered %q, %v; again %q: want the stored job's id, no error", id, err, again)
+	}
+}
+
+// When the acknowledgement does not come at all (the link held until the
+// enqueue gives up), the enqueue fails with ErrOutcomeUnknown and the id
+// of the job that may be stored: enqueueing it again with that id does not
+// store a second job.
+func TestIdentityEnqueueWithoutAnAckAnswersItsID(t *testing.T) {
+	e := newAckEnv(t)
+	key := job.WithIdentityKey("order-10")
+	if _, err := e.slow.Enqueue(context.Background(), GraphStep{Name: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	base := e.stored(t)
+
+	e.link.hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	id, err := e.slow.Enqueue(ctx, GraphStep{Name: "a"}, key)
+	e.link.release()
+	if err == nil {
+		t.Fatalf("enqueue without an ack answered %s, no error", id)
+	}
+	if !errors.Is(err, dispatcher.ErrOutcomeUnknown) || id == "" {
+		t.Fatalf("enqueue without an ack: id %q, err %v; want the job's id and ErrOutcomeUnknown", id, err)
+	}
+	if got := e.stored(t) - base; got != 1 {
+		t.Fatalf("the server stored %d jobs, want 1 (the test's premise)", got)
+	}
+	again, err := e.d.Enqueue(context.Background(), GraphStep{Name: "a"}, key, job.WithID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != id {
+		t.Fatalf("enqueue again with job.WithID(%s) answered %s", id, again)
+	}
+	if got := e.stored(t) - base; got != 1 {
+		t.Fatalf("%d jobs stored with identity key order-10 after the retry with its id, want 1", got)
+	}
+}
