@@ -19,9 +19,13 @@
 //	PATCH  /products/{id}                 change the fields sent
 //	DELETE /products/{id}                 (204)
 //
-// Errors are JSON, {"error": "..."}, with status 400 (bad JSON or unknown
-// field), 404, or 422 (validation: an order's customer and products must
-// exist).
+// Errors are JSON, {"error": "...", "code": "..."}, with status 400
+// ("bad_request": bad JSON or unknown field), 404 ("not_found": the record
+// of the path does not exist), or 422 ("invalid": an order's customer and
+// products must exist). A path the catalog does not serve is 404 with code
+// "no_route", and a served path with a method it does not take is 405
+// "method_not_allowed" (with Allow): only "not_found" means a missing
+// record.
 //
 // # Origin and echo suppression
 //
@@ -129,6 +133,7 @@ func New(opts ...Option) *Server {
 		s.mux.HandleFunc("PATCH /"+path+"/{id}", func(w http.ResponseWriter, r *http.Request) { s.write(w, r, model, r.PathValue("id")) })
 		s.mux.HandleFunc("DELETE /"+path+"/{id}", func(w http.ResponseWriter, r *http.Request) { s.remove(w, r, model) })
 	}
+	s.mux.HandleFunc("/", s.noRoute)
 	return s
 }
 
@@ -170,7 +175,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, model string) {
 	rec = clone(rec)
 	s.mu.Unlock()
 	if !ok {
-		writeError(w, http.StatusNotFound, "%s %s not found", model, r.PathValue("id"))
+		writeError(w, http.StatusNotFound, "not_found", "%s %s not found", model, r.PathValue("id"))
 		return
 	}
 	writeJSON(w, http.StatusOK, rec)
@@ -181,14 +186,14 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, model, id string)
 	var in Record
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err := dec.Decode(&in); err != nil {
-		writeError(w, http.StatusBadRequest, "decoding body: %v", err)
+		writeError(w, http.StatusBadRequest, "bad_request", "decoding body: %v", err)
 		return
 	}
 	delete(in, "id")
 	delete(in, "updated_at")
 	for f := range in {
 		if !slices.Contains(schema[model], f) {
-			writeError(w, http.StatusBadRequest, "unknown %s field %q", model, f)
+			writeError(w, http.StatusBadRequest, "bad_request", "unknown %s field %q", model, f)
 			return
 		}
 	}
@@ -200,7 +205,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, model, id string)
 	if id != "" {
 		old, ok := t.rows[id]
 		if !ok {
-			writeError(w, http.StatusNotFound, "%s %s not found", model, id)
+			writeError(w, http.StatusNotFound, "not_found", "%s %s not found", model, id)
 			return
 		}
 		cur = clone(old)
@@ -213,7 +218,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, model, id string)
 		cur[f] = v
 	}
 	if err := s.validate(model, cur); err != nil {
-		writeError(w, http.StatusUnprocessableEntity, "%v", err)
+		writeError(w, http.StatusUnprocessableEntity, "invalid", "%v", err)
 		return
 	}
 	name := events.Write
@@ -240,7 +245,7 @@ func (s *Server) remove(w http.ResponseWriter, r *http.Request, model string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.tables[model].rows[id]; !ok {
-		writeError(w, http.StatusNotFound, "%s %s not found", model, id)
+		writeError(w, http.StatusNotFound, "not_found", "%s %s not found", model, id)
 		return
 	}
 	delete(s.tables[model].rows, id)
@@ -329,6 +334,30 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, format string, a ...any) {
-	writeJSON(w, status, map[string]string{"error": fmt.Sprintf(format, a...)})
+// writeError answers {"error": message, "code": code}.
+func writeError(w http.ResponseWriter, status int, code, format string, a ...any) {
+	writeJSON(w, status, map[string]string{"error": fmt.Sprintf(format, a...), "code": code})
+}
+
+// noRoute answers a request that no route matches. "not_found" is kept for
+// a record the catalog does not have, which a client reads as "the record
+// is gone": a path the catalog does not serve (a wrong base URL) is 404
+// "no_route", and a path served for other methods is 405
+// "method_not_allowed" with an Allow header.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{"DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"} {
+		probe := *r
+		probe.Method = m
+		if _, pattern := s.mux.Handler(&probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "%s %s not allowed; allowed: %s",
+			r.Method, r.URL.Path, strings.Join(allow, ", "))
+		return
+	}
+	writeError(w, http.StatusNotFound, "no_route", "no route for %s %s", r.Method, r.URL.Path)
 }

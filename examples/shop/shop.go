@@ -33,7 +33,13 @@
 // Errors are JSON, {"error": {"code": "not_found", "message": "..."}}, with
 // status 400 (bad request or unknown field: the API is strict, so sending a v1
 // field to v2 fails loudly), 404, 409 (a customer or product still used by an
-// order) or 422 (validation).
+// order) or 422 (validation). A 404 with code "not_found" means one thing:
+// the record of the path does not exist. A path the shop does not serve at
+// all (an unknown version or resource, a wrong prefix) is 404 with code
+// "no_route", and a served path with a method it does not take is 405
+// "method_not_allowed" (with Allow): a client that maps "not_found" to "the
+// record is gone" must check the code, not only the status, or a wrong base
+// URL would read as deleted records.
 //
 // To let connectors exercise their retry paths, faults can be injected: a
 // request with ?fail=503 (any status 400-599) fails with that status, and
@@ -45,6 +51,7 @@ package shop
 
 import (
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 )
@@ -114,9 +121,36 @@ func (s *Server) routes() {
 		mount(s, v, customerResource(s))
 		mount(s, v, orderResource(s))
 	}
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no route for "+r.Method+" "+r.URL.Path)
-	})
+	s.mux.HandleFunc("/", s.noRoute)
+}
+
+// noRoute answers a request that no route matches. "not_found" is kept for
+// a record the shop does not have, which a client reads as "the record is
+// gone": a path the shop does not serve (a wrong base URL or API version)
+// is 404 "no_route", and a path served for other methods is 405
+// "method_not_allowed" with an Allow header.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	if allow := allowedMethods(s.mux, r); len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+			r.Method+" "+r.URL.Path+" not allowed; allowed: "+strings.Join(allow, ", "))
+		return
+	}
+	writeError(w, http.StatusNotFound, "no_route", "no route for "+r.Method+" "+r.URL.Path)
+}
+
+// allowedMethods returns the methods for which mux routes r's path to a
+// pattern other than the catch-all "/".
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{"DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"} {
+		probe := *r
+		probe.Method = m
+		if _, pattern := mux.Handler(&probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // stamp returns a modification time strictly after every earlier one,

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/connector-go/connector/examples/catalog"
@@ -29,7 +30,13 @@ var resources = map[string]string{"product": "products", "customer": "customers"
 //
 //   - connection errors, timeouts, 5xx: job.Retry (the job runs again later);
 //   - 429 and 503 with Retry-After (seconds or a date): job.RetryAfter;
-//   - 404: units.Missing (the record is gone);
+//   - 404 whose body says the record does not exist (error code
+//     "not_found"): units.Missing (the record is gone);
+//   - any other 404 (the server, or a proxy in front of it, does not serve
+//     the path: a wrong base URL or API version): a permanent error naming
+//     the URL. Reading it as "the record is gone" would make a Read or Write
+//     of a bound record unbind it or create it again, and a Delete succeed
+//     without deleting; retrying would not fix the path either;
 //   - any other 4xx: a permanent error quoting the answer (the job is
 //     dead-lettered: sending it again would fail the same way).
 type client struct {
@@ -38,6 +45,30 @@ type client struct {
 	model string
 	// origin returns the X-Origin header of a write (catalog only).
 	origin func(ctx context.Context) string
+	// recordMissing tells from the body of a 404 whether the server says
+	// the record of the path does not exist. Each system says it its own way.
+	recordMissing func(body []byte) bool
+}
+
+// shopRecordMissing: the shop answers {"error": {"code": "not_found"}} for a
+// record it does not have, and "no_route" for a path it does not serve.
+func shopRecordMissing(body []byte) bool {
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	return json.Unmarshal(body, &e) == nil && e.Error.Code == "not_found"
+}
+
+// catalogRecordMissing: the catalog answers {"error": "...", "code":
+// "not_found"} for a record it does not have, "no_route" for a path it does
+// not serve.
+func catalogRecordMissing(body []byte) bool {
+	var e struct {
+		Code string `json:"code"`
+	}
+	return json.Unmarshal(body, &e) == nil && e.Code == "not_found"
 }
 
 func (c *client) do(ctx context.Context, method, path string, body any, out any) error {
@@ -77,16 +108,20 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		return job.Retry(fmt.Errorf("%s: reading answer: %w", what, err))
 	}
 	switch s := resp.StatusCode; {
-	case s == http.StatusNotFound:
+	case s == http.StatusNotFound && c.recordMissing(data):
 		return units.Missing(c.model, path)
+	case s == http.StatusNotFound:
+		// Not the record's not-found: no such route (see client).
+		return fmt.Errorf("%s: %s without the record's not-found code: the server does not serve this path (check the base URL and API version): %s",
+			what, resp.Status, excerpt(data))
 	case s == http.StatusTooManyRequests || s >= 500:
-		err := fmt.Errorf("%s: %s: %s", what, resp.Status, bytes.TrimSpace(data))
+		err := fmt.Errorf("%s: %s: %s", what, resp.Status, excerpt(data))
 		ra := resp.Header.Get("Retry-After") // seconds, or an HTTP date
 		d, _ := time.ParseDuration(ra + "s")
 		at, _ := http.ParseTime(ra)
 		return job.RetryAfter(err, max(d, time.Until(at), 0)) // 0: the retry pattern's delay
 	case s >= 400:
-		return fmt.Errorf("%s: %s: %s", what, resp.Status, bytes.TrimSpace(data))
+		return fmt.Errorf("%s: %s: %s", what, resp.Status, excerpt(data))
 	}
 	if out == nil || len(data) == 0 {
 		return nil
@@ -95,6 +130,16 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		return fmt.Errorf("%s: decoding answer: %w", what, err)
 	}
 	return nil
+}
+
+// excerpt is at most 512 bytes of an answer's body, for an error: a
+// proxy's HTML page must not fill the job's record and dead letter.
+func excerpt(body []byte) string {
+	body = bytes.TrimSpace(body)
+	if len(body) > 512 {
+		return strings.ToValidUTF8(string(body[:512]), "") + "... (" + strconv.Itoa(len(body)) + " bytes)"
+	}
+	return string(body)
 }
 
 // idOf renders a JSON id (a number in the shop, a string in the catalog).
@@ -151,7 +196,8 @@ func NewShopAdapter(hc *http.Client, baseURL, version, model, listKey string) (*
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	return &ShopAdapter{c: client{http: hc, base: baseURL + "/" + version + "/" + resources[model], model: model}, ListKey: listKey}, nil
+	c := client{http: hc, base: baseURL + "/" + version + "/" + resources[model], model: model, recordMissing: shopRecordMissing}
+	return &ShopAdapter{c: c, ListKey: listKey}, nil
 }
 
 // Search returns the ids of the records matching q, oldest change first.
@@ -247,7 +293,8 @@ func NewCatalogAdapter(hc *http.Client, baseURL, model string) (*CatalogAdapter,
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	return &CatalogAdapter{c: client{http: hc, base: baseURL + "/" + resources[model], model: model, origin: units.OriginFrom}}, nil
+	c := client{http: hc, base: baseURL + "/" + resources[model], model: model, origin: units.OriginFrom, recordMissing: catalogRecordMissing}
+	return &CatalogAdapter{c: c}, nil
 }
 
 // Search pages through the catalog by offset and limit (no filters).

@@ -19,8 +19,8 @@ import (
 	"github.com/connector-go/connector/units"
 )
 
-// The shop adapter keeps the units.Adapter contract over HTTP: 404 is
-// units.ErrMissing, 5xx and 429 are retryable (429 with the shop's
+// The shop adapter keeps the units.Adapter contract over HTTP: a record's 404
+// is units.ErrMissing (a route's 404 is not: route_not_found_test.go), 5xx and 429 are retryable (429 with the shop's
 // Retry-After), other 4xx are permanent; both list shapes page correctly.
 func TestShopAdapterOutcomes(t *testing.T) {
 	ctx := context.Background()

@@ -10,9 +10,11 @@
 //     mappers, its importers and exporters, which read another timestamp
 //     field, and its adapter, which pages lists differently).
 //   - adapter.go has the two units.Adapter implementations over HTTP: the
-//     shop's (network errors, 5xx and 429 are job.Retry; 404 is
-//     units.Missing) and the catalog's, which passes the origin of an
-//     import's writes in the X-Origin header.
+//     shop's (network errors, 5xx and 429 are job.Retry; a 404 whose error
+//     code says the record does not exist is units.Missing, any other 404,
+//     a path the shop does not serve, is a permanent error) and the
+//     catalog's, which passes the origin of an import's writes in the
+//     X-Origin header.
 //   - mappers.go maps products, customers and orders (with their lines)
 //     field by field, for both versions.
 //   - Register wires the jobs into a worker.Registry (import, export,
