@@ -286,7 +286,10 @@ func (w *Worker) process(it *item) {
 	if ready := max(env.EnqueuedAt, env.ETA); ready > 0 {
 		waited = max(0, it.received.Sub(wire.FromMillis(ready)))
 	}
-	it.series = w.metrics.Job(env.Name, channel)
+	// Labelled by the configured channel the job runs under, not the one
+	// its envelope names: that comes from whoever published it, and as a
+	// label it could grow the series without bound.
+	it.series = w.metrics.Job(env.Name, it.ch.ch.Name)
 	it.series.Started(ctx, waited)
 	if w.rec != nil {
 		it.runMu.Lock()
@@ -663,10 +666,6 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		if env.Identity != "" {
 			w.releaseIdentity(env.Identity, env.ID)
 		}
-		channel := env.Channel
-		if channel == "" {
-			channel = job.DefaultChannel
-		}
 		u := envRecord(env)
 		u.State, u.Attempts, u.Error, u.ErrorType, u.Stack = job.StateDead, attempts, cause.Error(), errorType(cause), stack
 		u.StartedAt, u.EndedAt, u.Worker = started, time.Now(), w.cfg.name
@@ -678,7 +677,7 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 			if w.handlers[name] == nil {
 				name = ""
 			}
-			w.metrics.JobRejected(context.Background(), name, channel, telemetry.OutcomeDead)
+			w.metrics.JobRejected(context.Background(), name, it.ch.ch.Name, telemetry.OutcomeDead)
 		}
 	} else {
 		w.metrics.JobRejected(context.Background(), "", "", telemetry.OutcomeDead)
