@@ -50,7 +50,8 @@ var ErrClosed = errors.New("dispatcher: closed")
 // returns its id with the error: enqueueing it again with job.WithID(id)
 // does not store it twice within the stream's dedup window (2 minutes by
 // default). Only jobs that carry their id in Nats-Msg-Id fail so: those
-// enqueued with job.WithID or (one Enqueue) with an identity key.
+// enqueued with job.WithID or with an identity key. EnqueueMany gives the
+// id in the item's Result.
 var ErrOutcomeUnknown = errors.New("dispatcher: no acknowledgement, the job may be stored")
 
 // Dispatcher enqueues jobs. It is safe for concurrent use.
@@ -256,7 +257,7 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	}
 	identity := env.Identity
 	// The job's id goes in Nats-Msg-Id (build's end says why).
-	msgID := o.ID != "" || (identity != "" && bt == nil)
+	msgID := o.ID != "" || identity != ""
 	p := &a.p
 	*p = prepared{msg: &a.msg, env: env, identity: identity, eta: eta, ctx: ctx}
 	// The trace context goes in the envelope, and in headers only with
@@ -313,8 +314,8 @@ func (d *Dispatcher) build(ctx context.Context, name string, raw []byte, args jo
 	if msgID {
 		// A caller-chosen id may be published again (a retry after a
 		// timeout, a replayed request): JetStream drops the repeat within
-		// its dedup window. So may a job with an identity key (one
-		// Enqueue) whose acknowledgement was lost: publish sends it again
+		// its dedup window. So may a job with an identity key whose
+		// acknowledgement was lost: the dispatcher publishes it again
 		// to learn whether it was stored, rather than free its key for a
 		// second job. Any other generated id is new by construction and
 		// needs no dedup, whose bookkeeping costs the server about a fifth
@@ -525,7 +526,9 @@ type Item struct {
 	Options []job.Option
 }
 
-// Result is the outcome of one job of a bulk enqueue.
+// Result is the outcome of one job of a bulk enqueue: its id, or an
+// error. Both, when Err matches ErrOutcomeUnknown: the job may be stored;
+// enqueueing it again with job.WithID(ID) does not store it twice.
 type Result struct {
 	ID  string
 	Err error
@@ -537,8 +540,10 @@ type Result struct {
 // order of items; err is non-nil if any item failed. An item whose
 // identity key names a job not started yet answers that job's id, as
 // Enqueue does; when that job is an earlier item's of the same call, and
-// that item fails, the item fails too (no id). After Close, EnqueueMany
-// fails with ErrClosed (no results).
+// that item fails, the item fails too (no id). An item with an identity
+// key whose acknowledgement does not come is handled as Enqueue handles
+// one (published again, the second publishes of a call sharing one 2 s
+// deadline). After Close, EnqueueMany fails with ErrClosed (no results).
 //
 // Traced, the batch is one PRODUCER span ("send <stream>", with
 // messaging.batch.message_count), as the messaging conventions have it for
@@ -594,10 +599,33 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 	// Outcomes are handled in order as their acknowledgements arrive, while
 	// the rest are published: records and spans do not wait for the batch.
 	next := 0
+	var confirm context.Context // the deadline of second publishes
+	cancelConfirm := context.CancelFunc(func() {})
+	defer func() { cancelConfirm() }()
 	finish := func(i int, a jspub.Ack) {
 		p := sent[i]
 		if p == nil {
 			return
+		}
+		if a.Err != nil && !a.Unsent && maybeStored(a.Err) && p.msg.Header.Get(wire.HeaderMsgID) != "" {
+			// Its acknowledgement lost, it may be stored: as Enqueue does
+			// (publishFailed), a job with an identity key is published
+			// again (all of a call's under one deadline), and the error
+			// of one still unknown comes with its id.
+			if p.identity != "" {
+				if confirm == nil {
+					confirm, cancelConfirm = context.WithTimeout(context.WithoutCancel(ctx), confirmTimeout)
+				}
+				if ack, err := d.js.PublishMsg(confirm, p.msg); err == nil {
+					a = jspub.Ack{Seq: ack.Sequence}
+				} else {
+					a.Err = fmt.Errorf("%w (published again: %v)", a.Err, err)
+				}
+			}
+			if a.Err != nil {
+				a.Err = fmt.Errorf("%w: %w", ErrOutcomeUnknown, a.Err)
+				results[i].ID = p.env.ID // to retry with, as job.WithID
+			}
 		}
 		if a.Err != nil {
 			var err error

@@ -242,3 +242,73 @@ func TestIdentityEnqueueWithoutAnAckAnswersItsID(t *testing.T) {
 		t.Fatalf("%d jobs stored with identity key order-10 after the retry with its id, want 1", got)
 	}
 }
+
+// EnqueueMany does as Enqueue: jobs of a batch with identity keys whose
+// acknowledgements came after the caller's deadline keep their keys and
+// answer their ids, so a retry of the batch (new ids) stores nothing new.
+// Before, the keys were freed and the retry stored a second job for each.
+func TestIdentityEnqueueManyWithLateAcksKeepsOneJobEach(t *testing.T) {
+	e := newAckEnv(t)
+	if _, err := e.slow.EnqueueMany(context.Background(), []dispatcher.Item{{Args: GraphStep{Name: "warm"}}}); err != nil {
+		t.Fatal(err)
+	}
+	base := e.stored(t)
+	items := func() []dispatcher.Item {
+		return []dispatcher.Item{
+			{Args: GraphStep{Name: "a"}, Options: []job.Option{job.WithIdentityKey("order-11")}},
+			{Args: GraphStep{Name: "b"}, Options: []job.Option{job.WithIdentityKey("order-12")}},
+		}
+	}
+
+	e.link.hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		time.Sleep(100 * time.Millisecond) // the network recovers
+		e.link.release()
+	}()
+	first, err := e.slow.EnqueueMany(ctx, items())
+	testenv.Eventually(t, 10*time.Second, func() bool { return e.stored(t)-base == 2 }, "both jobs stored (the test's premise)")
+	if err != nil {
+		t.Logf("bulk enqueue with late acks: %v", err)
+	}
+	again, err := e.d.EnqueueMany(context.Background(), items())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.stored(t) - base; got != 2 {
+		t.Fatalf("%d jobs stored for 2 identity keys (first: %+v; again: %+v)", got, first, again)
+	}
+	for i := range first {
+		if first[i].Err != nil || first[i].ID == "" || again[i].ID != first[i].ID {
+			t.Fatalf("item %d: first %+v, again %+v: want the stored job's id, no error", i, first[i], again[i])
+		}
+	}
+}
+
+// A batch's job whose acknowledgement never comes fails with
+// ErrOutcomeUnknown and its id in its Result, to retry with.
+func TestIdentityEnqueueManyWithoutAnAckAnswersItsID(t *testing.T) {
+	e := newAckEnv(t)
+	if _, err := e.slow.EnqueueMany(context.Background(), []dispatcher.Item{{Args: GraphStep{Name: "warm"}}}); err != nil {
+		t.Fatal(err)
+	}
+	base := e.stored(t)
+	e.link.hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	res, err := e.slow.EnqueueMany(ctx, []dispatcher.Item{{Args: GraphStep{Name: "a"}, Options: []job.Option{job.WithIdentityKey("order-13")}}})
+	e.link.release()
+	if err == nil || len(res) != 1 || !errors.Is(res[0].Err, dispatcher.ErrOutcomeUnknown) || res[0].ID == "" {
+		t.Fatalf("bulk enqueue without an ack: %+v, %v; want the job's id and ErrOutcomeUnknown", res, err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return e.stored(t)-base == 1 }, "the job stored (the test's premise)")
+	again, err := e.d.Enqueue(context.Background(), GraphStep{Name: "a"}, job.WithIdentityKey("order-13"), job.WithID(res[0].ID))
+	if err != nil || again != res[0].ID {
+		t.Fatalf("enqueue again with job.WithID(%s): %s, %v", res[0].ID, again, err)
+	}
+	if got := e.stored(t) - base; got != 1 {
+		t.Fatalf("%d jobs stored after the retry with its id, want 1", got)
+	}
+}

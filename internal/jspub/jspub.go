@@ -48,6 +48,10 @@ type Ack struct {
 	// is the stored message's.
 	Dup bool
 	Err error
+	// Unsent: the message never left (Err says why), so it is not stored;
+	// an Err without it may come after the server stored the message (an
+	// acknowledgement lost or late).
+	Unsent bool
 }
 
 // Publisher owns the reply subscription. It is safe for concurrent use.
@@ -207,7 +211,7 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 	b.left.Add(1)
 	b.state[i].Store(sent) // after msgs[i]: the handler reads it only then
 	if err := b.p.nc.PublishMsg(m); err != nil {
-		b.settle(i, Ack{Err: err})
+		b.settle(i, Ack{Err: err, Unsent: true})
 		return err
 	}
 	if b.p.closed.Load() {
@@ -220,7 +224,7 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 
 // unsent settles message i, not sent, with err, and returns err.
 func (b *Batch) unsent(i int, err error) error {
-	b.acks[i] = Ack{Err: err}
+	b.acks[i] = Ack{Err: err, Unsent: true}
 	b.state[i].Store(settled)
 	return err
 }
