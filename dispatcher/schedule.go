@@ -183,7 +183,12 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: job %s is %s", job.ErrStarted, id, rec.State)
 	case job.StateDead:
 		// A dead job is cancelled for good (its letter goes), and so are
-		// the graph children that waited for it.
+		// the graph children that waited for it. The tombstone too: a
+		// copy of its message may be queued still (a worker's Term after
+		// the letter failed, a requeue racing this), and must not run.
+		if err := d.tombstone(ctx, id); err != nil {
+			return err
+		}
 		if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
 			return err
 		}
