@@ -3,64 +3,14 @@ package events_test
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/connector-go/connector/events"
 	"github.com/connector-go/connector/internal/testenv"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 )
-
-// heldAPI is a JetStream context whose API requests pass through a relay
-// of the test: the first request whose API subject starts with hold
-// ("CONSUMER.CREATE.") is held, and every one after it, until release.
-// held receives that request's API subject once it is held.
-func heldAPI(t *testing.T, srv *testenv.NATSServer, hold string) (js jetstream.JetStream, held <-chan string, release func()) {
-	t.Helper()
-	const prefix = "held.API."
-	relay := srv.Connect(t)
-	heldc, released := make(chan string, 1), make(chan struct{})
-	holding := true
-	// One subscription: its messages are handled one at a time, in order,
-	// so holding one holds those after it.
-	_, err := relay.Subscribe(prefix+">", func(m *nats.Msg) {
-		api := strings.TrimPrefix(m.Subject, prefix)
-		if holding && strings.HasPrefix(api, hold) {
-			holding = false
-			heldc <- api
-			<-released
-		}
-		// The reply subject is the requester's: answers, and the messages
-		// of a pull request, go straight to it.
-		err := relay.PublishMsg(&nats.Msg{Subject: "$JS.API." + api, Reply: m.Reply, Header: m.Header, Data: m.Data})
-		if err != nil && !errors.Is(err, nats.ErrConnectionClosed) { // closed: the test is over
-			t.Errorf("relay %s: %v", api, err)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := relay.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	var once bool
-	release = func() {
-		if !once {
-			once = true
-			close(released)
-		}
-	}
-	t.Cleanup(release)
-	// The held request must not time out while the test looks.
-	js, err = jetstream.NewWithAPIPrefix(srv.Connect(t), prefix, jetstream.WithDefaultTimeout(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js, heldc, release
-}
 
 // notListening fails the test unless err says the listeners are not
 // listening.
@@ -78,7 +28,7 @@ func notListening(t *testing.T, err error, when string) {
 // not while Run stops, waiting for a handler, nor after it has returned.
 func TestReadyFollowsRun(t *testing.T) {
 	e := newEnv(t)
-	js, held, release := heldAPI(t, e.srv, "CONSUMER.CREATE.")
+	js, held, release := testenv.HeldAPI(t, e.srv, "CONSUMER.CREATE.")
 	l, err := events.NewListeners(js, events.WithPrefix(e.names.Prefix), events.WithRedis(e.rdb),
 		events.WithAckWait(3*time.Second), events.WithLogger(zaptest.NewLogger(t)))
 	if err != nil {

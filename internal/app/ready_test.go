@@ -3,11 +3,9 @@ package app_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -16,55 +14,8 @@ import (
 	"github.com/connector-go/connector/internal/telemetry"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/worker"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 )
-
-// heldConsumerCreate is a JetStream context whose API requests pass
-// through a relay of the test, which holds the first consumer creation
-// (and every request after it) until release; held is closed once it
-// holds it.
-func heldConsumerCreate(t *testing.T, srv *testenv.NATSServer) (js jetstream.JetStream, held <-chan struct{}, release func()) {
-	t.Helper()
-	const prefix = "held.API."
-	relay := srv.Connect(t)
-	heldc, released := make(chan struct{}), make(chan struct{})
-	holding := true
-	// One subscription: its messages are handled one at a time, in order.
-	_, err := relay.Subscribe(prefix+">", func(m *nats.Msg) {
-		api := strings.TrimPrefix(m.Subject, prefix)
-		if holding && strings.HasPrefix(api, "CONSUMER.CREATE.") {
-			holding = false
-			close(heldc)
-			<-released
-		}
-		// Answers, and a pull request's messages, go to the requester.
-		err := relay.PublishMsg(&nats.Msg{Subject: "$JS.API." + api, Reply: m.Reply, Header: m.Header, Data: m.Data})
-		if err != nil && !errors.Is(err, nats.ErrConnectionClosed) { // closed: the test is over
-			t.Errorf("relay %s: %v", api, err)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := relay.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	var once bool
-	release = func() {
-		if !once {
-			once = true
-			close(released)
-		}
-	}
-	t.Cleanup(release)
-	js, err = jetstream.NewWithAPIPrefix(srv.Connect(t), prefix, jetstream.WithDefaultTimeout(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js, heldc, release
-}
 
 // readyz answers GET /readyz at base: its status and report.
 func readyz(t *testing.T, base string) (int, telemetry.ReadyReport) {
@@ -106,7 +57,7 @@ func TestReadyzWaitsForTheListeners(t *testing.T) {
 	}
 	defer conns.Close()
 
-	js, held, release := heldConsumerCreate(t, srv)
+	js, held, release := testenv.HeldAPI(t, srv, "CONSUMER.CREATE.")
 	l, err := events.NewListeners(js, events.WithPrefix(prefix), events.WithRedis(conns.Redis), events.WithLogger(zaptest.NewLogger(t)))
 	if err != nil {
 		t.Fatal(err)

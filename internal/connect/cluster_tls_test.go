@@ -319,26 +319,7 @@ func TestRedisClusterTLSPerNodeNames(t *testing.T) {
 	t.Run("certificate of another name", func(t *testing.T) {
 		a.setCert(ctx, t, ca, "127.0.0.1", "localhost")
 		b.setCert(ctx, t, ca, "127.0.0.9", "elsewhere.test")
-		for _, url := range []string{
-			"rediss+cluster://" + a.Addr,
-			"rediss+cluster://localhost:" + strconv.Itoa(a.Port),
-		} {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			// The ping of ConnectRedis may go to either node.
-			c, err := connect.ConnectRedis(cctx, connect.RedisConfig{URL: url, Password: pw, CAFile: ca.File}, nil)
-			if err == nil {
-				err = c.Set(cctx, keyOn[b], "x", time.Minute).Err()
-				_ = c.Close()
-			}
-			cancel()
-			if err == nil {
-				t.Fatalf("%s: node %s with a certificate for 127.0.0.9 accepted", url, b.Addr)
-			}
-			if !strings.Contains(err.Error(), "certificate") {
-				t.Fatalf("%s: want a certificate error, got %v", url, err)
-			}
-			t.Logf("refused: %v", err)
-		}
+		refusedB(ctx, t, a, keyOn[b], pw, ca.File, "certificate", "with a certificate for 127.0.0.9")
 	})
 
 	// B's certificate names B but is signed by a CA the client does not
@@ -346,24 +327,33 @@ func TestRedisClusterTLSPerNodeNames(t *testing.T) {
 	t.Run("one node signed by another CA", func(t *testing.T) {
 		other := newNodeCA(t)
 		b.setCert(ctx, t, other, "127.0.0.2", "localhost")
-		for _, url := range []string{
-			"rediss+cluster://" + a.Addr,
-			"rediss+cluster://localhost:" + strconv.Itoa(a.Port),
-		} {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			c, err := connect.ConnectRedis(cctx, connect.RedisConfig{URL: url, Password: pw, CAFile: ca.File}, nil)
-			if err == nil {
-				err = c.Set(cctx, keyOn[b], "x", time.Minute).Err()
-				_ = c.Close()
-			}
-			cancel()
-			if err == nil {
-				t.Fatalf("%s: node %s with a certificate of an untrusted CA accepted", url, b.Addr)
-			}
-			if !strings.Contains(err.Error(), "certificate signed by unknown authority") {
-				t.Fatalf("%s: want an unknown-authority error, got %v", url, err)
-			}
-			t.Logf("refused: %v", err)
-		}
+		refusedB(ctx, t, a, keyOn[b], pw, ca.File, "certificate signed by unknown authority", "with a certificate of an untrusted CA")
 	})
+}
+
+// refusedB checks that a write of key, which lands on the cluster's other
+// node, is refused with an error containing want, whichever form of URL
+// names node a.
+func refusedB(ctx context.Context, t *testing.T, a *tlsClusterNode, key, pw, caFile, want, what string) {
+	t.Helper()
+	for _, url := range []string{
+		"rediss+cluster://" + a.Addr,
+		"rediss+cluster://localhost:" + strconv.Itoa(a.Port),
+	} {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		// The ping of ConnectRedis may go to either node.
+		c, err := connect.ConnectRedis(cctx, connect.RedisConfig{URL: url, Password: pw, CAFile: caFile}, nil)
+		if err == nil {
+			err = c.Set(cctx, key, "x", time.Minute).Err()
+			_ = c.Close()
+		}
+		cancel()
+		if err == nil {
+			t.Fatalf("%s: the node %s accepted", url, what)
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: want an error with %q, got %v", url, want, err)
+		}
+		t.Logf("refused: %v", err)
+	}
 }

@@ -448,3 +448,51 @@ func Port(t testing.TB, addr string) int {
 	}
 	return p
 }
+
+// HeldAPI is a JetStream context on srv whose API requests pass through a
+// relay of the test: the first request whose API subject starts with hold
+// ("CONSUMER.CREATE.") is held, and every one after it, until release.
+// held receives that request's API subject once it is held.
+func HeldAPI(t *testing.T, srv *NATSServer, hold string) (js jetstream.JetStream, held <-chan string, release func()) {
+	t.Helper()
+	const prefix = "held.API."
+	relay := srv.Connect(t)
+	heldc, released := make(chan string, 1), make(chan struct{})
+	holding := true
+	// One subscription: its messages are handled one at a time, in order,
+	// so holding one holds those after it.
+	_, err := relay.Subscribe(prefix+">", func(m *nats.Msg) {
+		api := strings.TrimPrefix(m.Subject, prefix)
+		if holding && strings.HasPrefix(api, hold) {
+			holding = false
+			heldc <- api
+			<-released
+		}
+		// The reply subject is the requester's: answers, and the messages
+		// of a pull request, go straight to it.
+		err := relay.PublishMsg(&nats.Msg{Subject: "$JS.API." + api, Reply: m.Reply, Header: m.Header, Data: m.Data})
+		if err != nil && !errors.Is(err, nats.ErrConnectionClosed) { // closed: the test is over
+			t.Errorf("relay %s: %v", api, err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var once bool
+	release = func() {
+		if !once {
+			once = true
+			close(released)
+		}
+	}
+	t.Cleanup(release)
+	// The held request must not time out while the test looks.
+	js, err = jetstream.NewWithAPIPrefix(srv.Connect(t), prefix, jetstream.WithDefaultTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, heldc, release
+}
