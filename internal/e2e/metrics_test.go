@@ -60,6 +60,9 @@ func (e *env) startApp(reg *worker.Registry, log *zap.Logger, rdb redis.Universa
 			Prefix: e.prefix, Replicas: 1, Concurrency: 8, AckWait: 10 * time.Second,
 			ShutdownGrace: 10 * time.Second, HTTPAddr: testenv.FreeAddr(e.t), LogLevel: "info", LogFormat: "json",
 			Provision: false, ServiceName: "e2e-worker",
+			// The channels the tests' jobs name: the worker's metrics
+			// carry the configured channel a job ran under.
+			Channels: "root, root.shop, root.slow",
 		},
 		conns: &app.Conns{Log: log, NC: e.nc, JS: e.js, Redis: rdb, Telemetry: tel},
 	}
