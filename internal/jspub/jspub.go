@@ -8,6 +8,21 @@
 // ({"stream":"S","seq":N}). Replies go to one subscription per Publisher,
 // "<inbox>.<batch>.<index>", so an acknowledgement finds its message by
 // arithmetic, whatever order it arrives in.
+//
+// # Reconnects
+//
+// An acknowledgement is sent to the connection the message came on. When
+// the connection drops, the acknowledgements of messages written on it
+// and not yet answered never come, though the stream may have stored
+// them; messages published while the client is away wait in nats.go's
+// reconnect buffer, are sent once it is back, and are answered as usual.
+// So each message is tagged with the connection it was written on (its
+// epoch: the count of status changes before its publish returned), and a
+// reconnect fails the messages written on an earlier connection, still
+// unanswered a short grace later, with ErrAckLost, rather than leaving
+// their batch to wait the stall timeout. A message whose epoch is in
+// doubt is never failed so: it waits for its acknowledgement or the
+// stall timeout, as before.
 package jspub
 
 import (
@@ -30,6 +45,12 @@ import (
 // were outstanding; whether those messages were stored is unknown.
 var ErrAckTimeout = fmt.Errorf("jspub: no acknowledgement from JetStream: %w", nats.ErrTimeout)
 
+// ErrAckLost: the connection the message was written on was lost and the
+// client reconnected, and no acknowledgement came within a short grace
+// after: it went to the lost connection. As with ErrAckTimeout, whether
+// the message was stored is unknown (it wraps nats.ErrTimeout).
+var ErrAckLost = fmt.Errorf("jspub: acknowledgement lost with the connection: %w", nats.ErrTimeout)
+
 // ErrClosed: the Publisher was closed.
 var ErrClosed = errors.New("jspub: publisher closed")
 
@@ -39,6 +60,18 @@ const (
 	DefaultStallTimeout = 30 * time.Second // without any acknowledgement
 	noResponderRetries  = 2                // a stream without a leader for a moment
 	noResponderWait     = 250 * time.Millisecond
+	// reconnectGrace: how long after a reconnect the acknowledgements of
+	// messages written before it may still come (the stream was slow, or
+	// the old server forwards them once the subscription is back) before
+	// they fail with ErrAckLost.
+	reconnectGrace = 2 * time.Second
+	// untagged: the message's connection is not known yet, or it is being
+	// published again; a reconnect does not fail it.
+	untagged uint32 = 0
+	// uncertain: the status changed while the message was tagged; it
+	// might have gone on the new connection, so no reconnect fails it
+	// (the stall timeout still does).
+	uncertain uint32 = math.MaxUint32
 )
 
 // Ack is the outcome of one message: its stream sequence, or an error.
@@ -68,6 +101,20 @@ type Publisher struct {
 	batches map[uint64]*Batch
 	next    atomic.Uint64
 	closed  atomic.Bool
+
+	// Connection status changes (CONNECTED, RECONNECTING, DISCONNECTED),
+	// counted without a lock on the publishing path. nats.go sends them
+	// under the connection's lock, the lock a publish takes: a message
+	// published after a change finds it in status (len) or in events
+	// (taken by watch). gen is odd while watch moves them from one to the
+	// other, when the sum may miss one. (nats.go drops a change when the
+	// channel holds 10 already: only if the connection flaps faster than
+	// watch runs.)
+	status  chan nats.Status // not read but by watch, while gen is odd
+	wake    chan nats.Status // the same changes, to wake watch
+	events  atomic.Uint32
+	gen     atomic.Uint32
+	watched chan struct{} // closed when watch returns
 }
 
 // New makes a Publisher on nc; window bounds the acknowledgements a batch
@@ -90,8 +137,131 @@ func (p *Publisher) subscribe() error {
 			// Acknowledgements are small and handled at once; never drop one.
 			p.subErr = p.sub.SetPendingLimits(-1, 64<<20)
 		}
+		if p.subErr == nil {
+			p.status = p.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
+			p.wake = p.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
+			p.watched = make(chan struct{})
+			// After the listeners: a change after this is counted.
+			go p.watch(p.nc.IsConnected())
+		}
 	})
 	return p.subErr
+}
+
+// epoch returns the count of status changes that happened before it was
+// called, or more (never fewer), plus one (0 is untagged). A message is
+// tagged with it after its publish returned: a message written after a
+// reconnect has a higher epoch than the reconnect's, whatever watch has
+// seen yet, and is never taken for one written before it; one written
+// just before a change may get the higher epoch, and is then not failed
+// by that reconnect (its stall timeout still applies). uncertain when
+// watch was counting meanwhile. A few atomic loads: no lock, no call
+// into nats.go.
+func (p *Publisher) epoch() uint32 {
+	g := p.gen.Load()
+	queued := uint32(len(p.status)) // len: allowed beside receives
+	n := p.events.Load() + queued + 1
+	if g&1 != 0 || p.gen.Load() != g {
+		return uncertain
+	}
+	return n
+}
+
+// watch counts the connection's status changes and, a grace after each
+// reconnect, fails the messages written on the connections before it
+// that are still unanswered (ErrAckLost). It returns when Close removes
+// the listeners.
+//
+// Which messages: at a reconnect, those whose epoch is the previous
+// connection's (published while it was up) or lower. A message with a
+// higher epoch was published after that connection dropped, into the
+// reconnect buffer, and is sent on the new connection: its
+// acknowledgement comes. One with a lower epoch was written on an older
+// connection, or buffered and sent on the previous one: its
+// acknowledgement is as lost.
+func (p *Publisher) watch(connected bool) {
+	defer close(p.watched)
+	// The epoch of messages written on the current connection; 0 when
+	// none was known (the Publisher began disconnected).
+	var current uint32
+	if connected {
+		current = 1
+	}
+	type cut struct {
+		at   time.Time
+		upto uint32
+	}
+	var cuts []cut // in time order
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case _, ok := <-p.wake:
+			if !ok {
+				return
+			}
+			// The change was sent to status under the same hold of the
+			// connection's lock as to wake: once it is free, it is there.
+			p.nc.Status()
+			p.gen.Add(1)
+			for taking := true; taking; {
+				select {
+				case st, ok := <-p.status:
+					if !ok {
+						taking = false
+						break
+					}
+					n := p.events.Add(1) + 1
+					if st == nats.CONNECTED {
+						if current != 0 {
+							cuts = append(cuts, cut{time.Now().Add(reconnectGrace), current})
+							if len(cuts) == 1 {
+								timer.Reset(reconnectGrace)
+							}
+						}
+						current = n
+					}
+				default:
+					taking = false
+				}
+			}
+			p.gen.Add(1)
+		case <-timer.C:
+			var upto uint32
+			now := time.Now()
+			for len(cuts) > 0 && !cuts[0].at.After(now) {
+				upto = max(upto, cuts[0].upto)
+				cuts = cuts[1:]
+			}
+			if len(cuts) > 0 {
+				timer.Reset(cuts[0].at.Sub(now))
+			}
+			if upto != 0 {
+				p.cut(upto)
+			}
+		}
+	}
+}
+
+// cut fails the outstanding messages tagged upto or lower with ErrAckLost.
+func (p *Publisher) cut(upto uint32) {
+	p.mu.Lock()
+	bs := make([]*Batch, 0, len(p.batches))
+	for _, b := range p.batches {
+		bs = append(bs, b)
+	}
+	p.mu.Unlock()
+	for _, b := range bs {
+		for i := range b.state {
+			if b.state[i].Load() != sent {
+				continue
+			}
+			if e := b.epoch[i].Load(); e != untagged && e <= upto {
+				b.settle(i, Ack{Err: ErrAckLost})
+			}
+		}
+	}
 }
 
 // Close ends the subscription; batches still waiting fail with ErrClosed.
@@ -108,6 +278,11 @@ func (p *Publisher) Close() error {
 	}
 	// No subscription after this; one being made is waited for.
 	p.once.Do(func() { p.subErr = ErrClosed })
+	if p.watched != nil {
+		p.nc.RemoveStatusListener(p.wake) // closes it: watch returns
+		p.nc.RemoveStatusListener(p.status)
+		<-p.watched
+	}
 	if p.sub != nil {
 		return p.sub.Unsubscribe()
 	}
@@ -124,6 +299,7 @@ type Batch struct {
 	msgs  []*nats.Msg
 	tries []uint8
 	state []atomic.Uint32 // unsent, sent, settled: an index is settled once
+	epoch []atomic.Uint32 // the connection it was written on: Publisher.epoch
 	sem   chan struct{}   // a token per outstanding acknowledgement
 	left  atomic.Int64    // published and not settled
 	done  chan struct{}   // signalled when left drops to 0
@@ -155,7 +331,7 @@ func (p *Publisher) NewBatch(n int) (*Batch, error) {
 	}
 	b := &Batch{
 		p: p, id: p.next.Add(1), acks: make([]Ack, n), msgs: make([]*nats.Msg, n), tries: make([]uint8, n),
-		state: make([]atomic.Uint32, n), sem: make(chan struct{}, max(1, min(n, p.window))), done: make(chan struct{}, 1),
+		state: make([]atomic.Uint32, n), epoch: make([]atomic.Uint32, n), sem: make(chan struct{}, max(1, min(n, p.window))), done: make(chan struct{}, 1),
 	}
 	b.reply = strconv.AppendUint(append(b.reply, p.prefix...), b.id, 36)
 	b.reply = append(b.reply, '.')
@@ -214,6 +390,7 @@ func (b *Batch) Publish(ctx context.Context, i int, m *nats.Msg) error {
 		b.settle(i, Ack{Err: err, Unsent: true})
 		return err
 	}
+	b.epoch[i].Store(b.p.epoch()) // after: see epoch
 	if b.p.closed.Load() {
 		// Closed meanwhile, after Close's abort looked at this message
 		// (or it settled it already: settle is once).
@@ -347,9 +524,12 @@ func (p *Publisher) handle(m *nats.Msg) {
 			msg := b.msgs[i]
 			time.AfterFunc(noResponderWait, func() {
 				if b.state[i].Load() == sent {
+					b.epoch[i].Store(untagged) // written again: tagged again
 					if err := p.nc.PublishMsg(msg); err != nil {
 						b.settle(int(i), Ack{Err: err})
+						return
 					}
+					b.epoch[i].Store(p.epoch())
 				}
 			})
 			return
