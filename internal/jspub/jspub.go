@@ -22,7 +22,8 @@
 // unanswered a short grace later, with ErrAckLost, rather than leaving
 // their batch to wait the stall timeout. A message whose epoch is in
 // doubt is never failed so: it waits for its acknowledgement or the
-// stall timeout, as before.
+// stall timeout, as before. A connection closed for good (nats.go gave up
+// reconnecting) fails every outstanding message with ErrAckLost at once.
 package jspub
 
 import (
@@ -102,7 +103,7 @@ type Publisher struct {
 	next    atomic.Uint64
 	closed  atomic.Bool
 
-	// Connection status changes (CONNECTED, RECONNECTING, DISCONNECTED),
+	// Connection status changes (CONNECTED, RECONNECTING, DISCONNECTED, CLOSED),
 	// counted without a lock on the publishing path. nats.go sends them
 	// under the connection's lock, the lock a publish takes: a message
 	// published after a change finds it in status (len) or in events
@@ -138,8 +139,8 @@ func (p *Publisher) subscribe() error {
 			p.subErr = p.sub.SetPendingLimits(-1, 64<<20)
 		}
 		if p.subErr == nil {
-			p.status = p.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
-			p.wake = p.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
+			p.status = p.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED)
+			p.wake = p.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED)
 			p.watched = make(chan struct{})
 			// After the listeners: a change after this is counted.
 			go p.watch(p.nc.IsConnected())
@@ -169,7 +170,8 @@ func (p *Publisher) epoch() uint32 {
 
 // watch counts the connection's status changes and, a grace after each
 // reconnect, fails the messages written on the connections before it
-// that are still unanswered (ErrAckLost). It returns when Close removes
+// that are still unanswered (ErrAckLost), and every outstanding message
+// when the connection is closed for good. It returns when Close removes
 // the listeners.
 //
 // Which messages: at a reconnect, those whose epoch is the previous
@@ -205,6 +207,7 @@ func (p *Publisher) watch(connected bool) {
 			// connection's lock as to wake: once it is free, it is there.
 			p.nc.Status()
 			p.gen.Add(1)
+			closed := false
 			for taking := true; taking; {
 				select {
 				case st, ok := <-p.status:
@@ -213,6 +216,7 @@ func (p *Publisher) watch(connected bool) {
 						break
 					}
 					n := p.events.Add(1) + 1
+					closed = closed || st == nats.CLOSED
 					if st == nats.CONNECTED {
 						if current != 0 {
 							cuts = append(cuts, cut{time.Now().Add(reconnectGrace), current})
@@ -227,6 +231,11 @@ func (p *Publisher) watch(connected bool) {
 				}
 			}
 			p.gen.Add(1)
+			if closed {
+				// Closed for good (nats.go gave up reconnecting, or its
+				// owner closed it): no acknowledgement comes any more.
+				p.cut(uncertain)
+			}
 		case <-timer.C:
 			var upto uint32
 			now := time.Now()

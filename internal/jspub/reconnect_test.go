@@ -271,3 +271,46 @@ func TestEpochCountsChangesNotTakenYet(t *testing.T) {
 		t.Fatalf("epoch %d after watch counted, want 3", e)
 	}
 }
+
+// A connection closed for good (nats.go gave up reconnecting, or its
+// owner closed it) fails the outstanding messages at once with ErrAckLost:
+// no acknowledgement can come any more, and the batch need not wait the
+// stall timeout.
+func TestClosedConnectionFailsOutstandingAtOnce(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	mute := srv.Connect(t) // receives, never answers
+	if _, err := mute.Subscribe("mute.closed", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mute.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	client := srv.Connect(t)
+	const stall = 10 * time.Second
+	p := New(client, 0, stall)
+	defer p.Close()
+	b, err := p.NewBatch(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 3 {
+		if err := b.Publish(ctx, i, &nats.Msg{Subject: "mute.closed", Data: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	closed := time.Now()
+	client.Close()
+	acks := b.Wait(ctx)
+	if took := time.Since(closed); took > stall/2 {
+		t.Fatalf("Wait returned %v after the connection closed, want at once", took)
+	}
+	for i, a := range acks {
+		if !errors.Is(a.Err, ErrAckLost) || a.Unsent {
+			t.Errorf("message %d: %+v, want ErrAckLost", i, a)
+		}
+	}
+}
