@@ -3,9 +3,6 @@ package dispatcher_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,95 +15,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// slowLink is a TCP relay between a client and the NATS server whose
-// server-to-client direction can be held: what the client sends reaches
-// the server (a publish is stored), what the server answers (its
-// acknowledgement) waits until the link is released, as on a congested
-// network.
-type slowLink struct {
-	addr string
-	mu   sync.Mutex
-	cond *sync.Cond
-	held bool
-}
-
-func newSlowLink(t *testing.T, server string) *slowLink {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &slowLink{addr: ln.Addr().String()}
-	l.cond = sync.NewCond(&l.mu)
-	var conns []net.Conn
-	var connsMu sync.Mutex
-	t.Cleanup(func() {
-		ln.Close()
-		l.release()
-		connsMu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		connsMu.Unlock()
-	})
-	go func() {
-		for {
-			cli, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			srv, err := net.Dial("tcp", server)
-			if err != nil {
-				cli.Close()
-				return
-			}
-			connsMu.Lock()
-			conns = append(conns, cli, srv)
-			connsMu.Unlock()
-			go func() { _, _ = io.Copy(srv, cli); srv.Close() }()
-			go func() {
-				defer cli.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := srv.Read(buf)
-					if n > 0 {
-						l.wait()
-						if _, werr := cli.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l
-}
-
-func (l *slowLink) hold() { l.mu.Lock(); l.held = true; l.mu.Unlock() }
-
-func (l *slowLink) release() {
-	l.mu.Lock()
-	l.held = false
-	l.mu.Unlock()
-	l.cond.Broadcast()
-}
-
-func (l *slowLink) wait() {
-	l.mu.Lock()
-	for l.held {
-		l.cond.Wait()
-	}
-	l.mu.Unlock()
-}
-
 type ackEnv struct {
 	prefix string
 	js     jetstream.JetStream // direct
 	d      *dispatcher.Dispatcher
-	link   *slowLink
+	link   *testenv.Link
 	slow   *dispatcher.Dispatcher // through link
 }
 
@@ -121,8 +34,8 @@ func newAckEnv(t *testing.T) *ackEnv {
 	if err := streams.Ensure(context.Background(), js, streams.Config{Names: wire.MustNames(prefix)}); err != nil {
 		t.Fatal(err)
 	}
-	link := newSlowLink(t, s.Server.Addr().String())
-	snc, err := nats.Connect("nats://"+link.addr, nats.NoReconnect())
+	link := testenv.NewLink(t, s.Server.Addr().String())
+	snc, err := nats.Connect("nats://"+link.Addr, nats.NoReconnect())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,13 +90,13 @@ func TestIdentityEnqueueWithALateAckKeepsOneJob(t *testing.T) {
 	}
 	base := e.stored(t)
 
-	e.link.hold()
+	e.link.Hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	go func() {
 		<-ctx.Done()
 		time.Sleep(100 * time.Millisecond) // the network recovers
-		e.link.release()
+		e.link.Release()
 	}()
 	id, err := e.slow.Enqueue(ctx, GraphStep{Name: "a"}, key)
 	if got := e.stored(t) - base; got != 1 {
@@ -217,11 +130,11 @@ func TestIdentityEnqueueWithoutAnAckAnswersItsID(t *testing.T) {
 	}
 	base := e.stored(t)
 
-	e.link.hold()
+	e.link.Hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	id, err := e.slow.Enqueue(ctx, GraphStep{Name: "a"}, key)
-	e.link.release()
+	e.link.Release()
 	if err == nil {
 		t.Fatalf("enqueue without an ack answered %s, no error", id)
 	}
@@ -260,13 +173,13 @@ func TestIdentityEnqueueManyWithLateAcksKeepsOneJobEach(t *testing.T) {
 		}
 	}
 
-	e.link.hold()
+	e.link.Hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	go func() {
 		<-ctx.Done()
 		time.Sleep(100 * time.Millisecond) // the network recovers
-		e.link.release()
+		e.link.Release()
 	}()
 	first, err := e.slow.EnqueueMany(ctx, items())
 	testenv.Eventually(t, 10*time.Second, func() bool { return e.stored(t)-base == 2 }, "both jobs stored (the test's premise)")
@@ -295,11 +208,11 @@ func TestIdentityEnqueueManyWithoutAnAckAnswersItsID(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := e.stored(t)
-	e.link.hold()
+	e.link.Hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	res, err := e.slow.EnqueueMany(ctx, []dispatcher.Item{{Args: GraphStep{Name: "a"}, Options: []job.Option{job.WithIdentityKey("order-13")}}})
-	e.link.release()
+	e.link.Release()
 	if err == nil || len(res) != 1 || !errors.Is(res[0].Err, dispatcher.ErrOutcomeUnknown) || res[0].ID == "" {
 		t.Fatalf("bulk enqueue without an ack: %+v, %v; want the job's id and ErrOutcomeUnknown", res, err)
 	}

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,89 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// link is a TCP relay between a client and the NATS server that a test
-// can mute (what the server sends is dropped: acknowledgements lost on
-// the wire) and take down (connections cut, new ones refused) and up
-// again: a network blip, the server itself never stopping.
-type link struct {
-	addr string
-	mu   sync.Mutex
-	mute bool
-	down bool
-	open []net.Conn
-}
-
-func newLink(t *testing.T, server string) *link {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &link{addr: ln.Addr().String()}
-	t.Cleanup(func() {
-		ln.Close()
-		l.cut(false)
-	})
-	go func() {
-		for {
-			cli, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			l.mu.Lock()
-			down := l.down
-			l.mu.Unlock()
-			if down {
-				cli.Close()
-				continue
-			}
-			srv, err := net.Dial("tcp", server)
-			if err != nil {
-				cli.Close()
-				continue
-			}
-			l.mu.Lock()
-			l.open = append(l.open, cli, srv)
-			l.mu.Unlock()
-			go func() { _, _ = io.Copy(srv, cli); srv.Close() }()
-			go func() {
-				defer cli.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := srv.Read(buf)
-					l.mu.Lock()
-					mute := l.mute
-					l.mu.Unlock()
-					if n > 0 && !mute {
-						if _, werr := cli.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l
-}
-
-func (l *link) setMute(on bool) { l.mu.Lock(); l.mute = on; l.mu.Unlock() }
-
-// cut closes every connection through the link, and refuses new ones
-// while down; the mute ends with the connections it muted.
-func (l *link) cut(down bool) {
-	l.mu.Lock()
-	l.down, l.mute = down, false
-	open := l.open
-	l.open = nil
-	l.mu.Unlock()
-	for _, c := range open {
-		c.Close()
-	}
-}
 
 // A batch whose acknowledgements are lost in a reconnect (messages the
 // server stored while its replies could not reach the client, then the
@@ -114,8 +28,8 @@ func TestAcksLostInAReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := newLink(t, srv.Server.Addr().String())
-	client, err := nats.Connect("nats://"+l.addr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
+	l := testenv.NewLink(t, srv.Server.Addr().String())
+	client, err := nats.Connect("nats://"+l.Addr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,17 +60,17 @@ func TestAcksLostInAReconnect(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool { _, ok := b.Settled(per - 1); return ok }, "first messages acknowledged")
 
 	// Stored, their acknowledgements dropped on the way back.
-	l.setMute(true)
+	l.Mute(true)
 	publish(per)
 	testenv.Eventually(t, 5*time.Second, stored(2*per), "muted messages stored")
 
 	// The link drops; published meanwhile, into the reconnect buffer.
-	l.cut(true)
+	l.Cut(true)
 	testenv.Eventually(t, 5*time.Second, func() bool { return !client.IsConnected() }, "client sees the cut")
 	publish(2 * per)
 
 	back := time.Now()
-	l.cut(false)
+	l.Cut(false)
 	testenv.Eventually(t, 5*time.Second, client.IsConnected, "client reconnected")
 	publish(3 * per)
 
@@ -205,8 +119,8 @@ func TestReconnectFailsOnlyMessagesWrittenBefore(t *testing.T) {
 	if err := direct.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	l := newLink(t, srv.Server.Addr().String())
-	client, err := nats.Connect("nats://"+l.addr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
+	l := testenv.NewLink(t, srv.Server.Addr().String())
+	client, err := nats.Connect("nats://"+l.Addr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,10 +143,10 @@ func TestReconnectFailsOnlyMessagesWrittenBefore(t *testing.T) {
 	if err := client.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	l.cut(true)
+	l.Cut(true)
 	testenv.Eventually(t, 5*time.Second, func() bool { return !client.IsConnected() }, "client sees the cut")
 	publish(1) // buffered
-	l.cut(false)
+	l.Cut(false)
 	testenv.Eventually(t, 5*time.Second, client.IsConnected, "client reconnected")
 	publish(2) // on the new connection
 	testenv.Eventually(t, stall-time.Second, func() bool { _, ok := b.Settled(0); return ok }, "the lost one fails before the stall")
