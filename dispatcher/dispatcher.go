@@ -459,18 +459,30 @@ func (d *Dispatcher) publishFailed(p *prepared, err error) (string, error) {
 	}
 	if p.identity != "" {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), confirmTimeout)
-		ack, cerr := d.js.PublishMsg(ctx, p.msg)
+		seq, cerr := d.publishAgain(ctx, p, err)
 		cancel()
 		if cerr == nil {
 			// Stored, by the first publish (a duplicate) or this one: the
 			// key names it, as it should. Its worker frees it.
-			d.recordEnqueued(p, ack.Sequence)
+			d.recordEnqueued(p, seq)
 			return p.env.ID, nil
 		}
 		d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
-		err = fmt.Errorf("%w (published again: %v)", err, cerr)
+		err = cerr
 	}
 	return p.env.ID, fmt.Errorf("dispatcher: publish %s, job %s: %w: %w", p.env.Name, p.env.ID, ErrOutcomeUnknown, err)
+}
+
+// publishAgain publishes p again, under the Nats-Msg-Id of its first
+// publish, which failed with err and may have been stored: the stream
+// stores it once, and answers with its sequence either way. It returns
+// err, with the second publish's error, when no answer comes again.
+func (d *Dispatcher) publishAgain(ctx context.Context, p *prepared, err error) (uint64, error) {
+	ack, cerr := d.js.PublishMsg(ctx, p.msg)
+	if cerr != nil {
+		return 0, fmt.Errorf("%w (published again: %v)", err, cerr)
+	}
+	return ack.Sequence, nil
 }
 
 // maybeStored tells whether a failed publish may have been stored: not if
@@ -616,10 +628,10 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 				if confirm == nil {
 					confirm, cancelConfirm = context.WithTimeout(context.WithoutCancel(ctx), confirmTimeout)
 				}
-				if ack, err := d.js.PublishMsg(confirm, p.msg); err == nil {
-					a = jspub.Ack{Seq: ack.Sequence}
+				if seq, err := d.publishAgain(confirm, p, a.Err); err == nil {
+					a = jspub.Ack{Seq: seq}
 				} else {
-					a.Err = fmt.Errorf("%w (published again: %v)", a.Err, err)
+					a.Err = err
 				}
 			}
 			if a.Err != nil {

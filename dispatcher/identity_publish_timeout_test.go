@@ -59,6 +59,16 @@ func newAckEnv(t *testing.T) *ackEnv {
 	return e
 }
 
+// warm brings the slow connection up (its first request answered), so
+// that a test may then hold the link, and returns the jobs stored then.
+func (e *ackEnv) warm(t *testing.T) uint64 {
+	t.Helper()
+	if _, err := e.slow.Enqueue(context.Background(), GraphStep{Name: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	return e.stored(t)
+}
+
 // stored is how many messages the jobs stream holds (no worker runs: every
 // job enqueued is there).
 func (e *ackEnv) stored(t *testing.T) uint64 {
@@ -83,12 +93,7 @@ func (e *ackEnv) stored(t *testing.T) uint64 {
 func TestIdentityEnqueueWithALateAckKeepsOneJob(t *testing.T) {
 	e := newAckEnv(t)
 	key := job.WithIdentityKey("order-9")
-	// The slow connection is up (its first request answered) before the
-	// link is held.
-	if _, err := e.slow.Enqueue(context.Background(), GraphStep{Name: "warm"}); err != nil {
-		t.Fatal(err)
-	}
-	base := e.stored(t)
+	base := e.warm(t)
 
 	e.link.Hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -125,10 +130,7 @@ func TestIdentityEnqueueWithALateAckKeepsOneJob(t *testing.T) {
 func TestIdentityEnqueueWithoutAnAckAnswersItsID(t *testing.T) {
 	e := newAckEnv(t)
 	key := job.WithIdentityKey("order-10")
-	if _, err := e.slow.Enqueue(context.Background(), GraphStep{Name: "warm"}); err != nil {
-		t.Fatal(err)
-	}
-	base := e.stored(t)
+	base := e.warm(t)
 
 	e.link.Hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -162,10 +164,7 @@ func TestIdentityEnqueueWithoutAnAckAnswersItsID(t *testing.T) {
 // Before, the keys were freed and the retry stored a second job for each.
 func TestIdentityEnqueueManyWithLateAcksKeepsOneJobEach(t *testing.T) {
 	e := newAckEnv(t)
-	if _, err := e.slow.EnqueueMany(context.Background(), []dispatcher.Item{{Args: GraphStep{Name: "warm"}}}); err != nil {
-		t.Fatal(err)
-	}
-	base := e.stored(t)
+	base := e.warm(t)
 	items := func() []dispatcher.Item {
 		return []dispatcher.Item{
 			{Args: GraphStep{Name: "a"}, Options: []job.Option{job.WithIdentityKey("order-11")}},
@@ -204,10 +203,7 @@ func TestIdentityEnqueueManyWithLateAcksKeepsOneJobEach(t *testing.T) {
 // ErrOutcomeUnknown and its id in its Result, to retry with.
 func TestIdentityEnqueueManyWithoutAnAckAnswersItsID(t *testing.T) {
 	e := newAckEnv(t)
-	if _, err := e.slow.EnqueueMany(context.Background(), []dispatcher.Item{{Args: GraphStep{Name: "warm"}}}); err != nil {
-		t.Fatal(err)
-	}
-	base := e.stored(t)
+	base := e.warm(t)
 	e.link.Hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

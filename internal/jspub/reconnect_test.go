@@ -12,6 +12,19 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// linkedClient connects to srv through a testenv.Link, reconnecting at
+// once whenever the link is back.
+func linkedClient(t *testing.T, srv *testenv.NATSServer) (*testenv.Link, *nats.Conn) {
+	t.Helper()
+	l := testenv.NewLink(t, srv.Server.Addr().String())
+	client, err := nats.Connect("nats://"+l.Addr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Close)
+	return l, client
+}
+
 // A batch whose acknowledgements are lost in a reconnect (messages the
 // server stored while its replies could not reach the client, then the
 // link cut) does not wait the stall timeout: shortly after the client is
@@ -28,12 +41,7 @@ func TestAcksLostInAReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := testenv.NewLink(t, srv.Server.Addr().String())
-	client, err := nats.Connect("nats://"+l.Addr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Close)
+	l, client := linkedClient(t, srv)
 
 	const stall = 10 * time.Second
 	p := New(client, 0, stall)
@@ -119,12 +127,7 @@ func TestReconnectFailsOnlyMessagesWrittenBefore(t *testing.T) {
 	if err := direct.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	l := testenv.NewLink(t, srv.Server.Addr().String())
-	client, err := nats.Connect("nats://"+l.Addr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Close)
+	l, client := linkedClient(t, srv)
 	const stall = 6 * time.Second
 	p := New(client, 0, stall)
 	defer p.Close()
