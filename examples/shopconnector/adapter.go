@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,7 +30,13 @@ var resources = map[string]string{"product": "products", "customer": "customers"
 //   - connection errors, timeouts, 5xx: job.Retry (the job runs again later);
 //   - 429 and 503 with Retry-After (seconds or a date): job.RetryAfter;
 //   - 404 whose body says the record does not exist (error code
-//     "not_found"): units.Missing (the record is gone);
+//     "not_found") on a record's URL (read, write, delete by id):
+//     units.Missing (the record is gone);
+//   - the same 404 on the collection's URL (a search's list, a create's
+//     POST): a permanent error quoting the answer. That URL names no record
+//     to be gone: the collection itself does not exist there (a wrong model,
+//     a parent that is gone), and Missing would make a synchronizer unbind a
+//     record or create it again;
 //   - any other 404 (the server, or a proxy in front of it, does not serve
 //     the path: a wrong base URL or API version): a permanent error naming
 //     the URL. Reading it as "the record is gone" would make a Read or Write
@@ -46,7 +51,8 @@ type client struct {
 	// origin returns the X-Origin header of a write (catalog only).
 	origin func(ctx context.Context) string
 	// recordMissing tells from the body of a 404 whether the server says
-	// the record of the path does not exist. Each system says it its own way.
+	// the record of the path (or, on the collection's URL, the collection)
+	// does not exist. Each system says it its own way.
 	recordMissing func(body []byte) bool
 }
 
@@ -71,7 +77,10 @@ func catalogRecordMissing(body []byte) bool {
 	return json.Unmarshal(body, &e) == nil && e.Code == "not_found"
 }
 
-func (c *client) do(ctx context.Context, method, path string, body any, out any) error {
+// do calls method on c.base+path. id is the record that path names (a
+// read, write or delete by id), "" for the collection's URL (a list, a
+// create): only a record's not-found is units.Missing (see client).
+func (c *client) do(ctx context.Context, method, path, id string, body any, out any) error {
 	what := method + " " + c.base + path // for errors
 	var rd io.Reader
 	if body != nil {
@@ -108,8 +117,12 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		return job.Retry(fmt.Errorf("%s: reading answer: %w", what, err))
 	}
 	switch s := resp.StatusCode; {
+	case s == http.StatusNotFound && c.recordMissing(data) && id != "":
+		return units.Missing(c.model, id)
 	case s == http.StatusNotFound && c.recordMissing(data):
-		return units.Missing(c.model, path)
+		// No record in the URL: the collection is what is not found.
+		return fmt.Errorf("%s: %s: the %s collection does not exist at this URL (a wrong model, or a parent that is gone; no record is missing): %s",
+			what, resp.Status, c.model, excerpt(data))
 	case s == http.StatusNotFound:
 		// Not the record's not-found: no such route (see client).
 		return fmt.Errorf("%s: %s without the record's not-found code: the server does not serve this path (check the base URL and API version): %s",
@@ -151,14 +164,6 @@ func idOf(v any) string {
 		return x
 	}
 	return fmt.Sprint(v)
-}
-
-// missingID rewrites a units.Missing error to name the record id.
-func missingID(err error, model, id string) error {
-	if errors.Is(err, units.ErrMissing) {
-		return units.Missing(model, id)
-	}
-	return err
 }
 
 // ShopAdapter is the units.Adapter of one model of a shop instance, over
@@ -220,7 +225,7 @@ func (a *ShopAdapter) Search(ctx context.Context, q units.Query) ([]string, erro
 	for page := q.Offset/per + 1; ; page++ {
 		v.Set("page", strconv.Itoa(page))
 		var ans map[string]json.RawMessage
-		if err := a.c.do(ctx, http.MethodGet, "?"+v.Encode(), nil, &ans); err != nil {
+		if err := a.c.do(ctx, http.MethodGet, "?"+v.Encode(), "", nil, &ans); err != nil {
 			return nil, err
 		}
 		var items []map[string]any
@@ -239,8 +244,8 @@ func (a *ShopAdapter) Search(ctx context.Context, q units.Query) ([]string, erro
 // Read returns the record with every field (the shop has no field selection).
 func (a *ShopAdapter) Read(ctx context.Context, id string, _ []string) (units.Record, error) {
 	var rec units.Record
-	err := a.c.do(ctx, http.MethodGet, "/"+url.PathEscape(id), nil, &rec)
-	return rec, missingID(err, a.c.model, id)
+	err := a.c.do(ctx, http.MethodGet, "/"+url.PathEscape(id), id, nil, &rec)
+	return rec, err
 }
 
 // Create creates a record and returns its id.
@@ -254,7 +259,7 @@ func (a *ShopAdapter) Create(ctx context.Context, rec units.Record) (string, err
 // as the sync date (units.ReturningWriter).
 func (a *ShopAdapter) CreateReturning(ctx context.Context, rec units.Record) (string, units.Record, error) {
 	var out units.Record
-	if err := a.c.do(ctx, http.MethodPost, "", rec, &out); err != nil {
+	if err := a.c.do(ctx, http.MethodPost, "", "", rec, &out); err != nil {
 		return "", nil, err
 	}
 	return idOf(out["id"]), out, nil
@@ -269,13 +274,13 @@ func (a *ShopAdapter) Write(ctx context.Context, id string, rec units.Record) er
 // WriteReturning is Write, with the record as the shop stored it.
 func (a *ShopAdapter) WriteReturning(ctx context.Context, id string, rec units.Record) (units.Record, error) {
 	var out units.Record
-	err := a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), rec, &out)
-	return out, missingID(err, a.c.model, id)
+	err := a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), id, rec, &out)
+	return out, err
 }
 
 // Delete deletes a record.
 func (a *ShopAdapter) Delete(ctx context.Context, id string) error {
-	return missingID(a.c.do(ctx, http.MethodDelete, "/"+url.PathEscape(id), nil, nil), a.c.model, id)
+	return a.c.do(ctx, http.MethodDelete, "/"+url.PathEscape(id), id, nil, nil)
 }
 
 // CatalogAdapter is the units.Adapter of one model of the catalog
@@ -303,7 +308,7 @@ func (a *CatalogAdapter) Search(ctx context.Context, q units.Query) ([]string, e
 	var ans struct {
 		Items []map[string]any `json:"items"`
 	}
-	if err := a.c.do(ctx, http.MethodGet, "?"+v.Encode(), nil, &ans); err != nil {
+	if err := a.c.do(ctx, http.MethodGet, "?"+v.Encode(), "", nil, &ans); err != nil {
 		return nil, err
 	}
 	ids := make([]string, 0, len(ans.Items))
@@ -316,14 +321,14 @@ func (a *CatalogAdapter) Search(ctx context.Context, q units.Query) ([]string, e
 // Read returns the record with every field.
 func (a *CatalogAdapter) Read(ctx context.Context, id string, _ []string) (units.Record, error) {
 	var rec units.Record
-	err := a.c.do(ctx, http.MethodGet, "/"+url.PathEscape(id), nil, &rec)
-	return rec, missingID(err, a.c.model, id)
+	err := a.c.do(ctx, http.MethodGet, "/"+url.PathEscape(id), id, nil, &rec)
+	return rec, err
 }
 
 // Create creates a record and returns its id.
 func (a *CatalogAdapter) Create(ctx context.Context, rec units.Record) (string, error) {
 	var out units.Record
-	if err := a.c.do(ctx, http.MethodPost, "", rec, &out); err != nil {
+	if err := a.c.do(ctx, http.MethodPost, "", "", rec, &out); err != nil {
 		return "", err
 	}
 	return idOf(out["id"]), nil
@@ -331,10 +336,10 @@ func (a *CatalogAdapter) Create(ctx context.Context, rec units.Record) (string, 
 
 // Write changes the fields of rec.
 func (a *CatalogAdapter) Write(ctx context.Context, id string, rec units.Record) error {
-	return missingID(a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), rec, nil), a.c.model, id)
+	return a.c.do(ctx, http.MethodPatch, "/"+url.PathEscape(id), id, rec, nil)
 }
 
 // Delete deletes a record.
 func (a *CatalogAdapter) Delete(ctx context.Context, id string) error {
-	return missingID(a.c.do(ctx, http.MethodDelete, "/"+url.PathEscape(id), nil, nil), a.c.model, id)
+	return a.c.do(ctx, http.MethodDelete, "/"+url.PathEscape(id), id, nil, nil)
 }
