@@ -34,11 +34,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sync"
-	"syscall"
 
 	"github.com/connector-go/connector/dispatcher"
 	"github.com/connector-go/connector/events"
@@ -168,10 +166,9 @@ func untilStopped(f func(ctx context.Context) error, name string) app.Service {
 // shutdown, 2 on bad flags, 1 on any other error (printed on stderr, with
 // any password in a URL redacted).
 func Main(reg *worker.Registry, setups ...Setup) {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	// The first signal starts the graceful shutdown; a second one ends
-	// the process at once (the signal's default action).
-	context.AfterFunc(ctx, stop)
+	// The first SIGINT or SIGTERM starts the graceful shutdown; a second
+	// one ends the process at once (the signal's default action).
+	ctx, stop := app.SignalContext()
 	err := Run(ctx, os.Args[1:], os.Getenv, reg, setups...)
 	stop()
 	os.Exit(exitCode(err, os.Stderr, os.Args[0]))

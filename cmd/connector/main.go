@@ -25,17 +25,15 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/connector-go/connector/internal/app"
 	"github.com/connector-go/connector/internal/telemetry"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	// The first signal starts the graceful shutdown; a second one ends
-	// the process at once (the signal's default action).
-	context.AfterFunc(ctx, stop)
+	// The first SIGINT or SIGTERM starts the graceful shutdown; a second
+	// one ends the process at once (the signal's default action).
+	ctx, stop := app.SignalContext()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
 	stop()
 	switch {
