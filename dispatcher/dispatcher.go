@@ -429,7 +429,7 @@ func (d *Dispatcher) publish(p *prepared) (id string, err error) {
 		return d.publishFailed(p, err)
 	}
 	if ack.Duplicate {
-		d.dropDuplicateClaim(p)
+		d.settleDuplicateClaim(p, ack.Sequence)
 	}
 	d.recordEnqueued(p, ack.Sequence)
 	return p.env.ID, nil
@@ -459,11 +459,16 @@ func (d *Dispatcher) publishFailed(p *prepared, err error) (string, error) {
 	}
 	if p.identity != "" {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), confirmTimeout)
-		seq, cerr := d.publishAgain(ctx, p, err)
+		seq, dup, cerr := d.publishAgain(ctx, p, err)
 		cancel()
 		if cerr == nil {
 			// Stored, by the first publish (a duplicate) or this one: the
-			// key names it, as it should. Its worker frees it.
+			// key names it, as it should. Its worker frees it. A duplicate
+			// may be of an earlier publish of a chosen id, run already:
+			// checked as any duplicate is.
+			if dup {
+				d.settleDuplicateClaim(p, seq)
+			}
 			d.recordEnqueued(p, seq)
 			return p.env.ID, nil
 		}
@@ -475,14 +480,15 @@ func (d *Dispatcher) publishFailed(p *prepared, err error) (string, error) {
 
 // publishAgain publishes p again, under the Nats-Msg-Id of its first
 // publish, which failed with err and may have been stored: the stream
-// stores it once, and answers with its sequence either way. It returns
-// err, with the second publish's error, when no answer comes again.
-func (d *Dispatcher) publishAgain(ctx context.Context, p *prepared, err error) (uint64, error) {
+// stores it once, and answers with its sequence either way, and whether
+// it was a duplicate. It returns err, with the second publish's error,
+// when no answer comes again.
+func (d *Dispatcher) publishAgain(ctx context.Context, p *prepared, err error) (uint64, bool, error) {
 	ack, cerr := d.js.PublishMsg(ctx, p.msg)
 	if cerr != nil {
-		return 0, fmt.Errorf("%w (published again: %v)", err, cerr)
+		return 0, false, fmt.Errorf("%w (published again: %v)", err, cerr)
 	}
-	return ack.Sequence, nil
+	return ack.Sequence, ack.Duplicate, nil
 }
 
 // maybeStored tells whether a failed publish may have been stored: not if
@@ -494,15 +500,61 @@ func maybeStored(err error) bool {
 		!errors.Is(err, nats.ErrBadSubject) && !errors.Is(err, nats.ErrInvalidConnection)
 }
 
-// dropDuplicateClaim releases the identity key p claimed for a job whose
+// duplicateCheckTimeout bounds the read of the message a duplicate
+// acknowledgement names (settleDuplicateClaim), past the caller's context.
+const duplicateCheckTimeout = 2 * time.Second
+
+// settleDuplicateClaim settles the identity key p claimed for a job whose
 // chosen id the stream had already (its dedup window): nothing was
-// enqueued, and that job ran already or was enqueued without the key, so
-// no run would release it. Kept, it would answer that job's id to every
-// enqueue with the key, enqueueing nothing, for the key's whole TTL.
-func (d *Dispatcher) dropDuplicateClaim(p *prepared) {
-	if p.identity != "" {
-		d.releaseIdentity(context.WithoutCancel(p.ctx), p.identity, p.env.ID)
+// enqueued, and seq, the acknowledgement's sequence, is the message
+// stored first. The key is kept only if that message is still in the
+// stream and is this job with this key: the job is pending (or running,
+// or waiting for its ETA in its schedule message, which holds the same
+// envelope), as after an enqueue whose acknowledgements were lost (it
+// freed the key) retried with job.WithID; freed, the key would let a
+// second job with it be stored beside it. Its worker releases the key
+// when it starts, and again once its run settles (after the ack), which
+// frees a claim made while it ran. Otherwise the key is freed: the job ran
+// already (a work queue drops a message once acked: its worker released
+// the key before this claim), or was enqueued without this key, or its
+// schedule fired (the message it made has another sequence: a second job
+// with the key may then be stored beside it, as before), or the message
+// could not be read; no run would release the key, which would answer
+// that job's id to every enqueue with it, enqueueing nothing, for its
+// whole TTL.
+func (d *Dispatcher) settleDuplicateClaim(p *prepared, seq uint64) {
+	if p.identity == "" {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), duplicateCheckTimeout)
+	defer cancel()
+	if d.storedWithKey(ctx, seq, p.env.ID, p.identity) {
+		return
+	}
+	d.releaseIdentity(ctx, p.identity, p.env.ID)
+}
+
+// storedWithKey tells whether the jobs stream's message seq is job id
+// with identity key key (false when it cannot tell).
+func (d *Dispatcher) storedWithKey(ctx context.Context, seq uint64, id, key string) bool {
+	if seq == 0 {
+		return false
+	}
+	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	if err != nil {
+		d.log.Warn("duplicate job not checked; its identity key is freed", zapKey(key), zapErr(err))
+		return false
+	}
+	raw, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			d.log.Warn("duplicate job not checked; its identity key is freed", zapKey(key), zapErr(err))
+		}
+		return false
+	}
+	// Stored already: bounded by the stream, not by this producer's limit.
+	env, err := wire.DecodeEnvelope(raw.Data, max(len(raw.Data), 1))
+	return err == nil && env.ID == id && env.Identity == key
 }
 
 func (d *Dispatcher) endSpan(p *prepared, err error) {
@@ -628,8 +680,8 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 				if confirm == nil {
 					confirm, cancelConfirm = context.WithTimeout(context.WithoutCancel(ctx), confirmTimeout)
 				}
-				if seq, err := d.publishAgain(confirm, p, a.Err); err == nil {
-					a = jspub.Ack{Seq: seq}
+				if seq, dup, err := d.publishAgain(confirm, p, a.Err); err == nil {
+					a = jspub.Ack{Seq: seq, Dup: dup} // a duplicate is checked below
 				} else {
 					a.Err = err
 				}
@@ -664,7 +716,7 @@ func (d *Dispatcher) EnqueueMany(ctx context.Context, items []Item) (_ []Result,
 		}
 		results[i].ID = p.env.ID
 		if a.Dup {
-			d.dropDuplicateClaim(p)
+			d.settleDuplicateClaim(p, a.Seq)
 		}
 		d.recordEnqueued(p, a.Seq)
 		d.endSpan(p, nil)

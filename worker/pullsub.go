@@ -199,7 +199,14 @@ type pulled struct {
 	meta    jetstream.MsgMetadata
 	metaErr error
 	acked   atomic.Bool
+	// confirm: settle as a request, returning once the server has applied
+	// it (or after settleConfirmWait), for a job whose identity key is
+	// released after its settle (see process).
+	confirm atomic.Bool
 }
+
+// settleConfirmWait bounds a confirmed settle (pulled.confirm).
+const settleConfirmWait = 2 * time.Second
 
 var _ jetstream.Msg = (*pulled)(nil)
 
@@ -313,6 +320,12 @@ func (x *pulled) DoubleAck(ctx context.Context) error {
 func (x *pulled) settle(body []byte) error {
 	if x.acked.Swap(true) {
 		return jetstream.ErrMsgAlreadyAckd
+	}
+	if x.confirm.Load() && x.m.Reply != "" {
+		// The server answers an ack, nak or term that has a reply subject
+		// once it has applied it (a work queue's message is then gone).
+		_, err := x.nc.Request(x.m.Reply, body, settleConfirmWait)
+		return err
 	}
 	return x.send(body)
 }

@@ -237,6 +237,25 @@ func (w *Worker) process(it *item) {
 	}
 	if env.Identity != "" {
 		w.releaseIdentity(env.Identity, env.ID)
+		// Once more when the run has settled (deferred: after finish has
+		// acked, termed or nakked the message, or dead-lettered it, also
+		// on a runtime.Goexit). A producer enqueueing this job again with
+		// its id (after an unknown outcome) claims the key, is answered a
+		// duplicate, and keeps its claim while the stream still holds
+		// this message (dispatcher.settleDuplicateClaim). Released after
+		// the settle, a claim made before this release is freed by it; one
+		// made after it finds the message gone (a work queue drops it
+		// once acked or termed) and is dropped by its producer; a nakked
+		// message is pending again, and its next start frees the key.
+		// So the settle is confirmed (a request the server answers once
+		// it has applied it, for up to settleConfirmWait): sent without
+		// an answer, it could still be queued in the server when that
+		// producer reads the message back, and the claim would be kept
+		// for a job already run, for the key's whole TTL.
+		if it.msg == jetstream.Msg(&it.pulled) {
+			it.pulled.confirm.Store(true)
+		}
+		defer w.releaseIdentity(env.Identity, env.ID)
 	}
 
 	// The message and the job's log context live in the item: one
@@ -663,7 +682,9 @@ func (w *Worker) dead(it *item, attempts int, reason string, cause error, stack 
 		w.forgetHandbacks(it)
 	}
 	if env != nil {
-		if env.Identity != "" {
+		if env.Identity != "" && started.IsZero() {
+			// Never started: this is its release. A run's is done as the
+			// run settles (process).
 			w.releaseIdentity(env.Identity, env.ID)
 		}
 		u := envRecord(env)
@@ -732,8 +753,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `)
 
-// releaseIdentity frees a job's identity key once it starts (or dies), so a
-// new job with the same key may be enqueued.
+// releaseIdentity frees a job's identity key once it starts (or dies, or
+// is cancelled), and again once its run settles, so a new job with the
+// same key may be enqueued. Only jobs with an identity key call it.
 func (w *Worker) releaseIdentity(key, id string) {
 	if w.cfg.rdb == nil {
 		return

@@ -458,6 +458,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			stuck := w.inflight.snapshot()
 			for _, it := range stuck {
 				if it.settle() {
+					// No wait per job (a confirmed settle): its identity
+					// key is released when its handler returns, if ever.
+					it.pulled.confirm.Store(false)
 					_ = it.msg.Nak() // it ran: a counted attempt
 				}
 			}
