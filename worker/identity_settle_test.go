@@ -23,18 +23,9 @@ import (
 // claim named a job already run for the key's whole TTL.
 func TestIdentityKeyClaimedDuringTheRunIsReleasedWhenItSettles(t *testing.T) {
 	e := newEnv(t)
-	reg := worker.NewRegistry()
-	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
-		key := e.names().RedisKey("identity", j.IdentityKey)
-		if err := e.rdb.Set(ctx, key, j.ID, time.Hour).Err(); err != nil {
-			return "", err
-		}
-		if j.Args.Mode == "die" {
-			return "", errors.New("refused")
-		}
-		return "ok", nil
-	})
-	e.start(reg)
+	e.start(okOrDie(func(ctx context.Context, j *job.Job[Flaky]) error {
+		return e.rdb.Set(ctx, e.names().RedisKey("identity", j.IdentityKey), j.ID, time.Hour).Err()
+	}))
 	ctx := context.Background()
 	for _, c := range []struct {
 		mode, key string
@@ -56,6 +47,24 @@ func TestIdentityKeyClaimedDuringTheRunIsReleasedWhenItSettles(t *testing.T) {
 		}
 		e.waitState(again, c.state, 10*time.Second)
 	}
+}
+
+// okOrDie is a registry whose Flaky handler runs during (unless nil), then
+// dies for mode "die" and is done otherwise.
+func okOrDie(during func(context.Context, *job.Job[Flaky]) error) *worker.Registry {
+	reg := worker.NewRegistry()
+	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
+		if during != nil {
+			if err := during(ctx, j); err != nil {
+				return "", err
+			}
+		}
+		if j.Args.Mode == "die" {
+			return "", errors.New("refused")
+		}
+		return "ok", nil
+	})
+	return reg
 }
 
 // countIdentity counts the Redis commands that name an identity key.
@@ -156,14 +165,7 @@ func TestIdentitySettleIsConfirmedBeforeTheRelease(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	reg := worker.NewRegistry()
-	worker.MustRegister(reg, func(ctx context.Context, j *job.Job[Flaky]) (string, error) {
-		if j.Args.Mode == "die" {
-			return "", errors.New("refused")
-		}
-		return "ok", nil
-	})
-	e.start(reg)
+	e.start(okOrDie(nil))
 	ctx := context.Background()
 	for _, c := range []struct {
 		mode, key string

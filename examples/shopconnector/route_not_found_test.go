@@ -40,14 +40,14 @@ func TestShopAdapterUnknownRouteIsNotMissing(t *testing.T) {
 				t.Fatal(err)
 			}
 			url := tc.base + "/" + tc.version + "/products/1"
-			checkNotMissing(t, "read", url, func(ctx context.Context) error { _, err := a.Read(ctx, "1", nil); return err })
-			checkNotMissing(t, "write", url, func(ctx context.Context) error { return a.Write(ctx, "1", units.Record{"name": "x"}) })
-			checkNotMissing(t, "write returning", url, func(ctx context.Context) error {
+			checkNotMissing(t, "read", url, "", func(ctx context.Context) error { _, err := a.Read(ctx, "1", nil); return err })
+			checkNotMissing(t, "write", url, "", func(ctx context.Context) error { return a.Write(ctx, "1", units.Record{"name": "x"}) })
+			checkNotMissing(t, "write returning", url, "", func(ctx context.Context) error {
 				_, err := a.WriteReturning(ctx, "1", units.Record{"name": "x"})
 				return err
 			})
-			checkNotMissing(t, "delete", url, func(ctx context.Context) error { return a.Delete(ctx, "1") })
-			checkNotMissing(t, "search", tc.base+"/"+tc.version+"/products", func(ctx context.Context) error {
+			checkNotMissing(t, "delete", url, "", func(ctx context.Context) error { return a.Delete(ctx, "1") })
+			checkNotMissing(t, "search", tc.base+"/"+tc.version+"/products", "", func(ctx context.Context) error {
 				_, err := a.Search(ctx, units.Query{})
 				return err
 			})
@@ -89,9 +89,9 @@ func TestCatalogAdapterUnknownRouteIsNotMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := srv.URL + "/api/products/" + id
-	checkNotMissing(t, "read", url, func(ctx context.Context) error { _, err := a.Read(ctx, id, nil); return err })
-	checkNotMissing(t, "write", url, func(ctx context.Context) error { return a.Write(ctx, id, units.Record{"name": "x"}) })
-	checkNotMissing(t, "delete", url, func(ctx context.Context) error { return a.Delete(ctx, id) })
+	checkNotMissing(t, "read", url, "", func(ctx context.Context) error { _, err := a.Read(ctx, id, nil); return err })
+	checkNotMissing(t, "write", url, "", func(ctx context.Context) error { return a.Write(ctx, id, units.Record{"name": "x"}) })
+	checkNotMissing(t, "delete", url, "", func(ctx context.Context) error { return a.Delete(ctx, id) })
 
 	if _, err := ok.Read(ctx, "999", nil); !errors.Is(err, units.ErrMissing) {
 		t.Fatalf("read of a record the catalog lacks: %v, want units.ErrMissing", err)
@@ -102,19 +102,21 @@ func TestCatalogAdapterUnknownRouteIsNotMissing(t *testing.T) {
 }
 
 // checkNotMissing runs call and fails unless it returned a permanent error,
-// not units.ErrMissing, naming url.
-func checkNotMissing(t *testing.T, what, url string, call func(context.Context) error) {
+// not units.ErrMissing, naming url (and quoting quote, unless "").
+func checkNotMissing(t *testing.T, what, url, quote string, call func(context.Context) error) {
 	t.Helper()
 	err := call(context.Background())
 	switch {
 	case err == nil:
 		t.Errorf("%s at %s: no error, want a permanent error", what, url)
 	case errors.Is(err, units.ErrMissing):
-		t.Errorf("%s at %s: %v, a 404 for the route read as a missing record", what, url, err)
+		t.Errorf("%s at %s: %v, a 404 that names no missing record read as one", what, url, err)
 	case isRetryable(err):
-		t.Errorf("%s at %s: %v, retryable: a wrong path does not fix itself", what, url, err)
+		t.Errorf("%s at %s: %v, retryable: a wrong path or a missing collection does not come back by itself", what, url, err)
 	case !strings.Contains(err.Error(), url):
 		t.Errorf("%s: %v, want the error to name %s", what, err, url)
+	case !strings.Contains(err.Error(), quote):
+		t.Errorf("%s at %s: %v, want the error to quote the answer (%q)", what, url, err, quote)
 	}
 }
 
