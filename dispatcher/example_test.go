@@ -149,9 +149,11 @@ func ExampleDispatcher_EnqueueMany() {
 	// 10000 waiting
 }
 
-// An identity key makes enqueuing idempotent: while a job with the key is
-// queued or running, enqueuing another with the same key returns the first
-// one's id (the seed's identity_key).
+// An identity key makes enqueuing idempotent: while a job with the key
+// waits to start, enqueuing another with the same key returns the first
+// one's id (the seed's identity_key). When an enqueue cannot tell whether
+// the job was stored (ErrOutcomeUnknown: its acknowledgement was lost),
+// retry with the id it returned: the stream stores that id once.
 func ExampleDispatcher_Enqueue_identityKey() {
 	e := start()
 	defer e.stop()
@@ -160,7 +162,14 @@ func ExampleDispatcher_Enqueue_identityKey() {
 
 	d, _ := dispatcher.New(e.js, dispatcher.WithPrefix("ident"), dispatcher.WithRedis(e.rdb))
 	defer func() { _ = d.Close(ctx) }()
-	first, _ := d.Enqueue(ctx, ImportProduct{ExternalID: "P-1"}, job.WithIdentityExact())
+	first, err := d.Enqueue(ctx, ImportProduct{ExternalID: "P-1"}, job.WithIdentityExact())
+	if errors.Is(err, dispatcher.ErrOutcomeUnknown) {
+		first, err = d.Enqueue(ctx, ImportProduct{ExternalID: "P-1"}, job.WithIdentityExact(), job.WithID(first))
+	}
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	again, _ := d.Enqueue(ctx, ImportProduct{ExternalID: "P-1"}, job.WithIdentityExact())
 	other, _ := d.Enqueue(ctx, ImportProduct{ExternalID: "P-2"}, job.WithIdentityExact())
 	fmt.Println("same job:", first == again)
