@@ -36,6 +36,18 @@ func bind(t *testing.T, env map[string]string, args ...string) app.Config {
 	return cfg
 }
 
+// serversConfig is the configuration of a process on a NATS server of
+// its own and the test Redis, under a prefix of its own.
+func serversConfig(t *testing.T) (app.Config, *testenv.NATSServer, string) {
+	t.Helper()
+	srv := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	cfg := bind(t, map[string]string{
+		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
+	})
+	return cfg, srv, prefix
+}
+
 // Retention and schedule registration come from flags and environment,
 // with the documented defaults.
 func TestBindRetentionAndSchedules(t *testing.T) {
@@ -190,11 +202,7 @@ func (l *slowCloseListener) Close() error {
 // stopped: use of closed network connection" when `connector dev`'s
 // deferred Close beat the server's shutdown).
 func TestRunWorkerReturnsAfterTheHealthServerStopped(t *testing.T) {
-	srv := testenv.StartNATS(t)
-	_, prefix := testenv.Redis(t)
-	cfg := bind(t, map[string]string{
-		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
-	})
+	cfg, _, _ := serversConfig(t)
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -242,11 +250,7 @@ func TestRunWorkerReturnsAfterTheHealthServerStopped(t *testing.T) {
 // (Drain alone returns at once and drains in the background, which a
 // process exiting next would cut short).
 func TestConnsCloseWaitsForTheDrain(t *testing.T) {
-	srv := testenv.StartNATS(t)
-	_, prefix := testenv.Redis(t)
-	cfg := bind(t, map[string]string{
-		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
-	})
+	cfg, srv, prefix := serversConfig(t)
 	conns, err := app.Open(context.Background(), &cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -281,11 +285,7 @@ func TestConnsCloseWaitsForTheDrain(t *testing.T) {
 // exits and its supervisor starts it again, instead of a worker that is
 // live and never ready again.
 func TestRunWorkerStopsWhenNATSIsClosedForGood(t *testing.T) {
-	srv := testenv.StartNATS(t)
-	_, prefix := testenv.Redis(t)
-	cfg := bind(t, map[string]string{
-		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
-	})
+	cfg, _, _ := serversConfig(t)
 	cfg.HTTPAddr = ""
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -12,7 +12,6 @@ import (
 
 	"github.com/connector-go/connector/internal/app"
 	"github.com/connector-go/connector/internal/telemetry"
-	"github.com/connector-go/connector/internal/testenv"
 	"go.opentelemetry.io/otel"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -28,11 +27,7 @@ func TestOTelErrorsGoToTheLog(t *testing.T) {
 	t.Cleanup(func() { log.SetOutput(os.Stderr) })
 	t.Cleanup(func() { otel.SetErrorHandler(telemetry.OTelErrors(zap.NewNop())) })
 
-	srv := testenv.StartNATS(t)
-	_, prefix := testenv.Redis(t)
-	cfg := bind(t, map[string]string{
-		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
-	})
+	cfg, _, _ := serversConfig(t)
 	core, logs := observer.New(zap.WarnLevel)
 	conns, err := app.Open(context.Background(), &cfg, zap.New(core))
 	if err != nil {

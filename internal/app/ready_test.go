@@ -38,11 +38,7 @@ func readyz(t *testing.T, base string) (int, telemetry.ReadyReport) {
 // new pod would otherwise count as ready, and the old ones be stopped,
 // before it handles any event.)
 func TestReadyzWaitsForTheListeners(t *testing.T) {
-	srv := testenv.StartNATS(t)
-	_, prefix := testenv.Redis(t)
-	cfg := bind(t, map[string]string{
-		"CONNECTOR_NATS_URL": srv.URL, "CONNECTOR_REDIS_URL": testenv.RedisURL(t), "CONNECTOR_PREFIX": prefix,
-	})
+	cfg, srv, prefix := serversConfig(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
