@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/channels"
 	"github.com/connector-go/connector/internal/devenv"
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/wire"
@@ -36,6 +37,11 @@ type Options struct {
 	WorkerOpts     []worker.Option
 	DispatcherOpts []dispatcher.Option
 	Rounds         int // alternate a/b this many times (default 1)
+	// Layout adds (a') to each round: the raw client on the framework's
+	// stream layout and message bytes (rawOnLayout), which splits b/a into
+	// what the server does more for the framework's layout (a'/a) and what
+	// the framework's client does more than the raw client (b/a').
+	Layout bool
 }
 
 // withDefaults fills what o leaves unset: 100k jobs of 256 bytes, 1 round.
@@ -79,11 +85,17 @@ func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
 	defer stop()
 	fmt.Fprintf(out, "N=%d, %d-byte arguments, file storage, sync_interval=%s, job records: %v\n",
 		o.N, o.Size, map[bool]string{true: "always", false: "default (2m)"}[o.SyncAlways], o.Redis != nil)
-	var sumA, sumB float64
+	var sumA, sumL, sumB float64
 	for round := 1; round <= o.Rounds; round++ {
 		a, err := raw(ctx, js, o, round)
 		if err != nil {
 			return 0, fmt.Errorf("raw: %w", err)
+		}
+		var l Result
+		if o.Layout {
+			if l, err = rawOnLayout(ctx, js, o, round); err != nil {
+				return 0, fmt.Errorf("raw on the jobs layout: %w", err)
+			}
 		}
 		b, err := framework(ctx, js, o, round)
 		if err != nil {
@@ -94,11 +106,20 @@ func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
 		sumB += rb
 		fmt.Fprintf(out, "round %d: (a) raw jetstream   publish %7.0f/s consume+ack %7.0f/s  => %7.0f msgs/s\n", round,
 			float64(o.N)/a.Publish.Seconds(), float64(o.N)/a.Consume.Seconds(), ra)
+		if o.Layout {
+			rl := l.Rate(o.N)
+			sumL += rl
+			fmt.Fprintf(out, "round %d: (a') raw on layout  publish %7.0f/s consume+ack %7.0f/s  => %7.0f msgs/s   a'/a = %.2f\n", round,
+				float64(o.N)/l.Publish.Seconds(), float64(o.N)/l.Consume.Seconds(), rl, rl/ra)
+		}
 		fmt.Fprintf(out, "round %d: (b) dispatcher+worker enqueue %7.0f/s run          %7.0f/s  => %7.0f jobs/s   b/a = %.2f\n", round,
 			float64(o.N)/b.Publish.Seconds(), float64(o.N)/b.Consume.Seconds(), rb, rb/ra)
 	}
 	ratio := sumB / sumA
 	fmt.Fprintf(out, "mean over %d round(s): a = %.0f msgs/s, b = %.0f jobs/s, b/a = %.2f\n", o.Rounds, sumA/float64(o.Rounds), sumB/float64(o.Rounds), ratio)
+	if o.Layout {
+		fmt.Fprintf(out, "layout: a' = %.0f msgs/s, a'/a = %.2f (the server's share of the gap), b/a' = %.2f (the framework client's)\n", sumL/float64(o.Rounds), sumL/sumA, sumB/sumL)
+	}
 	return ratio, nil
 }
 
@@ -195,11 +216,55 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 		return Result{}, err
 	}
 	defer func() { _ = js.DeleteStream(context.WithoutCancel(ctx), name) }()
-	payload := []byte(strings.Repeat("x", o.Size))
+	return rawPhases(ctx, js, subj, []byte(strings.Repeat("x", o.Size)), o.N, func() (jetstream.Consumer, error) {
+		return s.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy})
+	})
+}
+
+// rawOnLayout is (a) on the framework's layout: the raw client publishes
+// the bytes of a job's envelope on the jobs subject of the default channel
+// and priority, into the jobs stream as the framework provisions it
+// (wildcard subjects, message schedules), then consumes them from that
+// band's consumer, among the three band consumers the worker makes. The
+// server does the work it does for the framework; the client does raw's.
+func rawOnLayout(ctx context.Context, js jetstream.JetStream, o Options, round int) (Result, error) {
+	prefix := fmt.Sprintf("layout%d%s", round, strings.ToLower(wire.NewID()[20:]))
+	names := wire.MustNames(prefix)
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+		return Result{}, err
+	}
+	defer deleteStreams(ctx, js, names)
+	subj, data, err := layoutMessage(names, o.Size)
+	if err != nil {
+		return Result{}, err
+	}
+	return rawPhases(ctx, js, subj, data, o.N, func() (jetstream.Consumer, error) {
+		w, err := worker.New(js, worker.NewRegistry(), worker.WithPrefix(prefix))
+		if err != nil {
+			return nil, err
+		}
+		if err := w.Setup(ctx); err != nil { // the worker's consumers
+			return nil, err
+		}
+		return js.Consumer(ctx, names.JobsStream(), names.JobsConsumer(job.DefaultChannel, channels.Band(job.DefaultPriority)))
+	})
+}
+
+// layoutMessage is the subject and bytes the dispatcher publishes for the
+// benchmark's job (default channel and priority, size argument bytes).
+func layoutMessage(names wire.Names, size int) (string, []byte, error) {
+	env := wire.Envelope{ID: wire.NewID(), Name: Payload{}.JobName(), Channel: job.DefaultChannel, EnqueuedAt: time.Now().UnixMilli()}
+	data, err := wire.EncodeEnvelopeArgs(&env, Payload{Data: []byte(strings.Repeat("x", size))})
+	return names.JobsSubject(job.DefaultChannel, channels.Band(job.DefaultPriority)), data, err
+}
+
+// rawPhases publishes n messages of data on subj with PublishAsync, then
+// consumes and acks them from the consumer made once all are stored.
+func rawPhases(ctx context.Context, js jetstream.JetStream, subj string, data []byte, n int, consumer func() (jetstream.Consumer, error)) (Result, error) {
 	var r Result
 	start := time.Now()
-	for i := 0; i < o.N; i++ {
-		if _, err := js.PublishAsync(subj, payload, jetstream.WithStallWait(time.Minute)); err != nil {
+	for i := 0; i < n; i++ {
+		if _, err := js.PublishAsync(subj, data, jetstream.WithStallWait(time.Minute)); err != nil {
 			return r, err
 		}
 	}
@@ -209,11 +274,11 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 		return r, ctx.Err()
 	}
 	r.Publish = time.Since(start)
-	cons, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy})
+	cons, err := consumer()
 	if err != nil {
 		return r, err
 	}
-	var n atomic.Int64
+	var got atomic.Int64
 	done := make(chan struct{})
 	start = time.Now()
 	// PullExpiry bounds the stall nats.go's Consume shows now and then (a
@@ -221,7 +286,7 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 	// baseline, not the framework, the thing measured.
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		_ = m.Ack()
-		if n.Add(1) == int64(o.N) {
+		if got.Add(1) == int64(n) {
 			close(done)
 		}
 	}, jetstream.PullExpiry(2*time.Second))
@@ -238,17 +303,20 @@ func raw(ctx context.Context, js jetstream.JetStream, o Options, round int) (Res
 	return r, nil
 }
 
+// deleteStreams removes the streams of a run.
+func deleteStreams(ctx context.Context, js jetstream.JetStream, names wire.Names) {
+	for _, s := range []string{names.JobsStream(), names.DeadStream(), names.EventsStream()} {
+		_ = js.DeleteStream(context.WithoutCancel(ctx), s)
+	}
+}
+
 func framework(ctx context.Context, js jetstream.JetStream, o Options, round int) (Result, error) {
 	prefix := fmt.Sprintf("bench%d%s", round, strings.ToLower(wire.NewID()[20:]))
 	sc := streams.Config{Names: wire.MustNames(prefix)}
 	if err := streams.Ensure(ctx, js, sc); err != nil {
 		return Result{}, err
 	}
-	defer func() {
-		for _, s := range []string{sc.Names.JobsStream(), sc.Names.DeadStream(), sc.Names.EventsStream()} {
-			_ = js.DeleteStream(context.WithoutCancel(ctx), s)
-		}
-	}()
+	defer deleteStreams(ctx, js, sc.Names)
 	dopts := append([]dispatcher.Option{dispatcher.WithPrefix(prefix)}, o.DispatcherOpts...)
 	if o.Redis != nil {
 		dopts = append(dopts, dispatcher.WithRedis(o.Redis), dispatcher.WithRecordTTL(10*time.Minute))

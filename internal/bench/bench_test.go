@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/streams"
+	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/worker"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -57,6 +59,63 @@ func TestRun(t *testing.T) {
 	}
 	if ratio <= 0 || !strings.Contains(out.String(), "mean over 2 round(s)") {
 		t.Errorf("ratio %v, output:\n%s", ratio, out.String())
+	}
+}
+
+// With Layout, each round also runs the raw client on the jobs stream's
+// layout, and the report splits b/a at it.
+func TestRunWithLayout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if _, err := Run(ctx, Options{N: 200, Size: 16, Rounds: 2, Layout: true}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(out.String(), "(a') raw on layout"); got != 2 {
+		t.Errorf("%d layout lines, want 2:\n%s", got, out.String())
+	}
+	if !strings.Contains(out.String(), "layout: a' = ") {
+		t.Errorf("no layout summary:\n%s", out.String())
+	}
+}
+
+// The layout run publishes what the dispatcher publishes for the
+// benchmark's job: same subject, same size (only the id's characters
+// differ), so the server's work is the framework's.
+func TestLayoutMessageIsTheDispatchers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	js, stop, err := start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	names := wire.MustNames("layoutcheck")
+	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
+		t.Fatal(err)
+	}
+	defer deleteStreams(ctx, js, names)
+	d, err := dispatcher.New(js, dispatcher.WithPrefix("layoutcheck"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.EnqueueMany(ctx, []dispatcher.Item{{Args: Payload{Data: []byte(strings.Repeat("x", 256))}}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj, data, err := layoutMessage(names, 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != subj || len(m.Data) != len(data) || len(m.Header) != 0 {
+		t.Errorf("dispatcher stored %d bytes on %s (headers %v); the layout run publishes %d on %s", len(m.Data), m.Subject, m.Header, len(data), subj)
 	}
 }
 
