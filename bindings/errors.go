@@ -26,8 +26,8 @@ var (
 	// ErrUnavailable: Redis could not be reached or answered with a
 	// transient error. Such errors are also job.RetryableError.
 	ErrUnavailable = errors.New("bindings: redis unavailable")
-	// ErrInvalid: an argument is invalid (empty id, non-positive TTL, a sync
-	// date outside the years 0000-9999 in UTC).
+	// ErrInvalid: an argument is invalid (empty id, a lock TTL under 1 ms,
+	// a sync date outside the years 0000-9999 in UTC).
 	ErrInvalid = errors.New("bindings: invalid argument")
 )
 

@@ -128,7 +128,8 @@ func sameHeaders(registered, want nats.Header) bool {
 }
 
 // Unschedule removes a periodic schedule; jobs it already fired stay
-// queued. The name is checked as Schedule checks it.
+// queued. A name that is no job id (letters, digits, '_' or '-') is an
+// error; a name no schedule has removes nothing and is no error.
 func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 	if err := wire.ValidID(name); err != nil {
 		return fmt.Errorf("dispatcher: schedule name: %w", err)
@@ -151,9 +152,10 @@ func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 // so (up to 3 s) and returns nil. It returns job.ErrStarted when the job
 // has started: that run goes on, but the job is not retried after it; or
 // when its worker did not answer in time (it still drops the job if it
-// has not started it: its record then says cancelled). It returns job.ErrNotFound when the job is unknown (Cancel
-// needs the job records: WithRedis), or id is no job id; a job another
-// process enqueued a moment ago is found, as by Job.
+// has not started it: its record then says cancelled). It returns
+// job.ErrNotFound when the job is unknown, or id is no job id; a job
+// another process enqueued a moment ago is found, as by Job. Cancel needs
+// the job records: without WithRedis it returns ErrNoRedis.
 func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 	if d.rec == nil {
 		return ErrNoRedis

@@ -198,7 +198,8 @@ func WithSkipIf(preds ...Predicate) ListenOption {
 func WithPartitions(n int) ListenOption { return func(li *listener) { li.partitions = n } }
 
 // WithMaxDeliver sets how many times a failing event is delivered before it
-// is dead-lettered with reason "error" (default 5; 1 = no retry).
+// is dead-lettered with reason "error" ("panic" when the handler panicked
+// on the last delivery) (default 5; 1 = no retry).
 func WithMaxDeliver(n int) ListenOption { return func(li *listener) { li.maxDeliver = n } }
 
 // WithRetryDelay sets the delay before delivering a failed event again,

@@ -11,8 +11,9 @@ var (
 	// ErrNotFound: no job (or dead letter) with that id.
 	ErrNotFound = errors.New("job: not found")
 	// ErrInvalid: a job refused before anything is sent: an invalid id,
-	// channel or header, a negative max retries, timeout or retry delay,
-	// arguments that do not encode, an envelope over the size limit.
+	// channel or header, a negative max retries or retry delay, arguments
+	// that do not encode, an envelope over the size limit. (A timeout of 0
+	// or less is no error: it means no bound.)
 	ErrInvalid = errors.New("job: invalid job")
 	// ErrBadEnvelope: a message on the jobs stream is not a valid envelope
 	// (bad msgpack, unknown version, missing fields, too large).
@@ -84,7 +85,8 @@ type NothingToDoError struct{ Msg string }
 
 func (e *NothingToDoError) Error() string { return "nothing to do: " + e.Msg }
 
-// NothingToDo ends the job successfully with msg as its result.
+// NothingToDo ends the job successfully with its message, formatted from
+// format and a as by fmt.Sprintf, as its result.
 func NothingToDo(format string, a ...any) error {
 	return &NothingToDoError{Msg: fmt.Sprintf(format, a...)}
 }

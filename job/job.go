@@ -50,9 +50,10 @@ type Meta struct {
 	IdentityKey string
 	// EnqueuedAt is when the job was first enqueued.
 	EnqueuedAt time.Time
-	// Timeout bounds one run of the job (0: no limit but the worker's).
+	// Timeout bounds one run of the job (0: no limit).
 	Timeout time.Duration
-	// RetryPattern is the job's retry pattern (nil: the worker's default).
+	// RetryPattern is the job's retry pattern, or the worker's
+	// (worker.WithRetryPattern) when the job gives none.
 	RetryPattern RetryPattern
 }
 

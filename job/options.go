@@ -159,7 +159,7 @@ func WithIdentityExact() Option { return func(o *Options) { o.IdentityFunc = Ide
 // WithHeader adds a NATS header to the job message. The name must be
 // printable ASCII without ':' or spaces, and not one of the dispatcher's
 // (Nats-Msg-Id, Nats-Schedule*); the value must hold no line break.
-// Enqueue refuses others (wire.ErrInvalid) before anything is sent.
+// Enqueue refuses others with ErrInvalid before anything is sent.
 func WithHeader(k, v string) Option {
 	return func(o *Options) {
 		if o.Headers == nil {

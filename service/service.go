@@ -92,7 +92,7 @@ type Env struct {
 }
 
 // ErrStarted: Env.Listeners was called after the setups, when the process
-// no longer takes new services.
+// no longer takes new services. Env.Go called then panics with it.
 var ErrStarted = errors.New("service: the process has started; add listeners and services in a Setup")
 
 // Listeners returns the process's event listeners, built on its

@@ -156,8 +156,11 @@ func WithUnknownJobRedeliveries(n int, delay time.Duration) Option {
 	return func(c *config) { c.unknownRetries, c.unknownDelay = n, delay }
 }
 
-// WithMaxAckPending caps jobs delivered and not yet finished across the
-// whole fleet (default 20000).
+// WithMaxAckPending caps the jobs of one queue (a channel's priority band,
+// one durable consumer) delivered and not yet finished across the whole
+// fleet (default 20000). A channel with a capacity or throttle caps its
+// queues at its smallest capacity plus 16 instead, a sequential channel
+// at 1.
 func WithMaxAckPending(n int) Option { return func(c *config) { c.maxAckPending = n } }
 
 // WithPrefetch fixes how many jobs this process may hold queued beyond the
