@@ -113,7 +113,7 @@ type Binder interface {
 // Register one under BinderUsage to override Env.Binders.
 type BinderFactory func(w *Work) (Binder, error)
 
-// Locker takes short exclusive locks on resources ("import shop-1/product/42").
+// Locker takes short exclusive locks on resources ("import/shop-1/product/42").
 // A lock held elsewhere returns an error the job runtime retries without
 // counting the attempt (job.RetryNoCount); synchronizers just return it.
 // *bindings.Store implements it over Redis.

@@ -513,8 +513,9 @@ func recordList(v any) ([]Record, error) {
 
 // ChangedByFields returns the source fields the mapper depends on: the
 // source fields of the direct rules, the ChangedBy fields of the computed
-// mappings and the From fields of the children, sorted. An export listener
-// exports a record only when one of them changed.
+// mappings and the From fields of the children, sorted. Give them to an
+// export listener's events.FieldsUnchanged, so that it skips the writes
+// that changed none of them (nothing filters on them by itself).
 func (m *Mapper) ChangedByFields() []string {
 	set := map[string]bool{}
 	for _, r := range m.Direct {

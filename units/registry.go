@@ -205,7 +205,8 @@ func isNil(v any) bool {
 // Lookup finds the unit for (backend type, version, usage, model): it walks
 // from the version up to the backend type and returns the first unit
 // registered for the exact model, else the first registered for AnyModel.
-// Nothing found is a *NoUnitError (errors.Is(err, ErrNoUnit)).
+// Nothing found is a *NoUnitError (errors.Is(err, ErrNoUnit)); a backend
+// type or version never declared is an ErrUnknownBackend error instead.
 func Lookup[T any](r *Registry, typ, version string, u Usage[T], model string) (T, error) {
 	var zero T
 	v, err := r.lookup(typ, version, u.name, model)

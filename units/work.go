@@ -62,7 +62,8 @@ type Env struct {
 	// Locker takes record locks (nil: no locking, for single-process tools).
 	Locker Locker
 	// Jobs enqueues follow-up jobs (delayed batch imports, imports requested
-	// by an exporter). Nil: those run inline.
+	// by an exporter). Nil: an exporter's import runs inline, and a delayed
+	// batch import fails with ErrEnv.
 	Jobs job.Enqueuer
 	// Logger (nil: zap.NewNop()) and Tracer (nil: a no-op tracer).
 	Logger *zap.Logger

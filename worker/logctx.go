@@ -29,16 +29,23 @@ type jobCtxKey struct{}
 // jobCtx holds the job's log fields; the logger itself is built only when
 // something logs (most successful jobs log nothing at production levels).
 type jobCtx struct {
-	base   *zap.Logger
-	m      *Message
-	sc     trace.SpanContext
-	labels []zap.Field // backend, model
+	base *zap.Logger
+	m    *Message
+	sc   trace.SpanContext
 
-	once sync.Once // handlers may log from several goroutines
-	log  *zap.Logger
+	mu     sync.Mutex  // handlers may log from several goroutines
+	labels []zap.Field // backend, model
+	log    *zap.Logger // built on first use
 }
 
 func (jc *jobCtx) fields() []zap.Field {
+	jc.mu.Lock()
+	defer jc.mu.Unlock()
+	return jc.fieldsLocked()
+}
+
+// fieldsLocked is fields with jc.mu held.
+func (jc *jobCtx) fieldsLocked() []zap.Field {
 	f := make([]zap.Field, 0, 8)
 	f = append(f, zap.String(fieldJobID, jc.m.ID), zap.String(fieldJobName, jc.m.Name),
 		zap.String(fieldChannel, jc.m.Channel), zap.Int(fieldAttempt, jc.m.Attempt))
@@ -49,7 +56,11 @@ func (jc *jobCtx) fields() []zap.Field {
 }
 
 func (jc *jobCtx) logger() *zap.Logger {
-	jc.once.Do(func() { jc.log = jc.base.With(jc.fields()...) })
+	jc.mu.Lock()
+	defer jc.mu.Unlock()
+	if jc.log == nil {
+		jc.log = jc.base.With(jc.fieldsLocked()...)
+	}
 	return jc.log
 }
 
@@ -57,6 +68,11 @@ func (jc *jobCtx) logger() *zap.Logger {
 // channel, attempt, trace_id, and backend/model when the arguments tell
 // them through a JobLabels() (backend, model string) method), or a no-op
 // logger outside a job. It is safe to call from the job's goroutines.
+//
+// Backend and model are added when a typed handler (Register) decodes the
+// arguments, after the middleware has run: a middleware that calls Logger
+// before it calls the next handler gets a logger without them. Loggers
+// obtained from the handler on have them.
 func Logger(ctx context.Context) *zap.Logger {
 	if jc, ok := ctx.Value(jobCtxKey{}).(*jobCtx); ok {
 		return jc.logger()
@@ -65,10 +81,18 @@ func Logger(ctx context.Context) *zap.Logger {
 }
 
 // withLabels adds backend and model to the job's fields; it runs before
-// the handler does (typed handlers), so before anything logs.
+// the handler does (typed handlers), but after the middleware, which may
+// have built the logger already: the logger is then extended, so that the
+// handler's lines and the worker's own lines about the job carry them.
 func withLabels(ctx context.Context, backend, model string) context.Context {
 	if jc, ok := ctx.Value(jobCtxKey{}).(*jobCtx); ok {
-		jc.labels = append(jc.labels, zap.String(fieldBackend, backend), zap.String(fieldModel, model))
+		labels := []zap.Field{zap.String(fieldBackend, backend), zap.String(fieldModel, model)}
+		jc.mu.Lock()
+		jc.labels = append(jc.labels, labels...)
+		if jc.log != nil {
+			jc.log = jc.log.With(labels...)
+		}
+		jc.mu.Unlock()
 	}
 	return ctx
 }

@@ -276,7 +276,8 @@ func (in *Inline) Enqueue(ctx context.Context, args job.Args, opts ...job.Option
 	return id, nil
 }
 
-// Results returns the jobs run so far, in order.
+// Results returns the jobs enqueued and run so far, in order (jobs given
+// to Run are not recorded).
 func (in *Inline) Results() []Result {
 	in.mu.Lock()
 	defer in.mu.Unlock()
