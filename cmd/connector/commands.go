@@ -96,9 +96,26 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer, getenv func
 	return app.RunWorker(ctx, &cfg, conns, reg, extra...)
 }
 
+const streamsUsage = `usage:
+  connector streams provision [flags]     create or update the JetStream streams, then exit
+
+Connection flags as for "connector worker" ("connector streams provision -h" lists them).
+`
+
 func cmdStreams(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	if len(args) == 0 || args[0] != "provision" {
-		return fmt.Errorf("usage: connector streams provision [flags]")
+	// As the jobs and events groups: no command is a usage error, -h the
+	// usage.
+	if len(args) == 0 {
+		fmt.Fprint(stderr, streamsUsage)
+		return errNoCommand
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, streamsUsage)
+		return flag.ErrHelp
+	}
+	if args[0] != "provision" {
+		fmt.Fprint(stderr, streamsUsage)
+		return fmt.Errorf("unknown streams command %q", args[0])
 	}
 	fs := newFlags("streams provision", stderr)
 	var cfg app.Config

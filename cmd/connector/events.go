@@ -48,7 +48,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	cfg.Bind(fs, getenv)
 	all := fs.Bool("all", false, "replay: every dead event that can be replayed")
 	listener := fs.String("listener", "", "dead, replay --all: this listener's dead events only")
-	limit := fs.Int("limit", 100, "dead: at most this many")
+	limit := fs.Int("limit", 100, "dead: at most this many (0: all)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {

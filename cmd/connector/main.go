@@ -46,9 +46,9 @@ func main() {
 	}
 }
 
-// errNoCommand: the command (or a jobs or events command) is missing; the
-// usage went to stderr, and the process exits with status 2 (-h, help:
-// status 0).
+// errNoCommand: the command (or a jobs, events or streams command) is
+// missing; the usage went to stderr, and the process exits with status 2
+// (-h, help: status 0).
 var errNoCommand = errors.New("no command")
 
 const usage = `connector: a framework and worker runtime for connectors on NATS JetStream and Redis

@@ -127,9 +127,11 @@ func devShop(ctx context.Context, conns *app.Conns, cfg *app.Config, d *dispatch
 Change a price in the shop, then watch it reach the catalog at the next import:
   curl -X PATCH %[2]s/v1/products/1 -d '{"price": 7.5}'
   curl %[3]s/products
-Rename a product in the catalog: an event, an export job, one write in the shop:
+Rename a product in the catalog: an event, an export job, one write in the shop
+(the catalog numbers its records in the order the imports brought them: its
+product 1 is not always the shop's product 1):
   curl -X PATCH %[3]s/products/1 -d '{"name": "Espresso cup XL"}'
-  curl %[2]s/v1/products/1
+  curl %[2]s/v1/products
 Create one in the catalog: it is created in the shop and bound, not imported back:
   curl -X POST %[3]s/products -d '{"name": "Tea pot", "price": 25}'
 Make the shop fail (503) twice, then change the catalog: the export is retried:
