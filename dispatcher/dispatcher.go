@@ -540,7 +540,7 @@ func (d *Dispatcher) storedWithKey(ctx context.Context, seq uint64, id, key stri
 	if seq == 0 {
 		return false
 	}
-	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	s, err := d.stream(ctx, d.names.JobsStream())
 	if err != nil {
 		d.log.Warn("duplicate job not checked; its identity key is freed", zapKey(key), zapErr(err))
 		return false

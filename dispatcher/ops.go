@@ -58,6 +58,17 @@ type DeadLetter struct {
 	wire.DeadLetter
 }
 
+// stream looks up one of the deployment's streams. Its error names the
+// stream: one not found usually means a prefix other than the workers',
+// or streams not provisioned yet.
+func (d *Dispatcher) stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	s, err := d.js.Stream(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", name, err)
+	}
+	return s, nil
+}
+
 // DeadLetters lists up to limit dead letters of jobs (0: all), oldest
 // first.
 func (d *Dispatcher) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
@@ -79,7 +90,7 @@ func (d *Dispatcher) Requeue(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	s, err := d.js.Stream(ctx, d.names.DeadStream())
+	s, err := d.stream(ctx, d.names.DeadStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: requeue: %w", err)
 	}
@@ -128,7 +139,7 @@ func (d *Dispatcher) dropLetters(ctx context.Context, s jetstream.Stream, id str
 // job.ErrNotFound when no message is there (requeued or cancelled
 // already).
 func (d *Dispatcher) RequeueSeq(ctx context.Context, seq uint64) error {
-	s, err := d.js.Stream(ctx, d.names.DeadStream())
+	s, err := d.stream(ctx, d.names.DeadStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: requeue: %w", err)
 	}
@@ -279,7 +290,7 @@ next:
 		n++
 		for _, o := range older[l.JobID] {
 			if s == nil {
-				if s, err = d.js.Stream(ctx, d.names.DeadStream()); err != nil {
+				if s, err = d.stream(ctx, d.names.DeadStream()); err != nil {
 					return n, fmt.Errorf("dispatcher: requeue: %w", err)
 				}
 			}
@@ -340,7 +351,7 @@ type Stats struct {
 // may not be waiting yet.
 func (d *Dispatcher) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	s, err := d.stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return st, fmt.Errorf("dispatcher: stats: %w", err)
 	}

@@ -3,12 +3,17 @@ package dispatcher_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // deadLetter puts a dead letter of a new job in the dead-letter stream and
@@ -69,5 +74,36 @@ func TestRequeueRefusesAWildcard(t *testing.T) {
 	}
 	if err := e.d.Requeue(ctx, ids[0]); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An operation on a prefix whose streams do not exist (a prefix other
+// than the workers', streams not provisioned) says which stream it missed,
+// and still matches jetstream.ErrStreamNotFound.
+func TestOperationsNameTheMissingStream(t *testing.T) {
+	_, _, js := testenv.JetStream(t)
+	rdb, prefix := testenv.Redis(t)
+	names := wire.MustNames(prefix)
+	d, err := dispatcher.New(js, dispatcher.WithPrefix(prefix), dispatcher.WithRedis(rdb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	ctx := context.Background()
+	_, statsErr := d.Stats(ctx)
+	_, deadErr := d.DeadLetters(ctx, 10)
+	for _, c := range []struct {
+		op     string
+		err    error
+		stream string
+	}{
+		{"Stats", statsErr, names.JobsStream()},
+		{"DeadLetters", deadErr, names.DeadStream()},
+		{"Requeue", d.Requeue(ctx, wire.NewID()), names.DeadStream()},
+		{"Unschedule", d.Unschedule(ctx, "nightly"), names.JobsStream()},
+	} {
+		if !errors.Is(c.err, jetstream.ErrStreamNotFound) || !strings.Contains(fmt.Sprint(c.err), "stream "+c.stream+":") {
+			t.Errorf("%s = %v, want jetstream.ErrStreamNotFound naming stream %s", c.op, c.err, c.stream)
+		}
 	}
 }

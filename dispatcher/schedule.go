@@ -76,7 +76,7 @@ func (d *Dispatcher) Schedule(ctx context.Context, name, spec string, args job.A
 	msg.Header[wire.HeaderSchTarget] = []string{d.subject(p.env.Channel, p.env.Priority)}
 	msg.Header[wire.HeaderJobName] = []string{p.env.Name}
 
-	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	s, err := d.stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: schedule %s: %w", name, err)
 	}
@@ -134,7 +134,7 @@ func (d *Dispatcher) Unschedule(ctx context.Context, name string) error {
 	if err := wire.ValidID(name); err != nil {
 		return fmt.Errorf("dispatcher: schedule name: %w", err)
 	}
-	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	s, err := d.stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: unschedule %s: %w", name, err)
 	}
@@ -194,7 +194,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 		if err := d.rec.Set(ctx, records.Update{ID: id, State: job.StateCancelled}); err != nil {
 			return err
 		}
-		if s, err := d.js.Stream(ctx, d.names.DeadStream()); err == nil {
+		if s, err := d.stream(ctx, d.names.DeadStream()); err == nil {
 			if m, err := s.GetLastMsgForSubject(ctx, d.names.DeadJobSubject(id)); err == nil {
 				// Every letter of it: one left behind (a duplicate a
 				// worker left) would be requeued by RequeueAll.
@@ -238,7 +238,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) error {
 			return d.cancelDescendants(ctx, rec)
 		}
 	}
-	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	s, err := d.stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 	}
@@ -344,7 +344,7 @@ func (d *Dispatcher) tombstone(ctx context.Context, id string) error {
 // (its record expired before it): found reports that its schedule was
 // there. Tombstone first, as Cancel does: a firing meanwhile is dropped.
 func (d *Dispatcher) cancelUnrecorded(ctx context.Context, id string) (found bool, err error) {
-	s, err := d.js.Stream(ctx, d.names.JobsStream())
+	s, err := d.stream(ctx, d.names.JobsStream())
 	if err != nil {
 		return false, fmt.Errorf("dispatcher: cancel %s: %w", id, err)
 	}

@@ -30,7 +30,7 @@ type Entry struct {
 func List(ctx context.Context, js jetstream.JetStream, stream string, filters []string, limit int) ([]Entry, error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
-		return nil, fmt.Errorf("dead letters: %w", err)
+		return nil, fmt.Errorf("dead letters: stream %s: %w", stream, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
