@@ -1042,6 +1042,7 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	w.warnConsumers(info.State.Consumers)
 	for subject := range info.State.Subjects {
 		channel, band, ok := w.names.ParseJobsSubject(subject)
 		if !ok {
@@ -1084,6 +1085,23 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		w.startPullers(ctx, spec)
 	}
 	return nil
+}
+
+// consumersWarnStep: past this many consumers on the jobs stream, and
+// each time as many more are added, the sweeper logs a warning.
+const consumersWarnStep = 64
+
+// warnConsumers warns when the jobs stream holds many consumers: the
+// server checks every ack against each of them (docs/architecture.md,
+// Known limits), so every job of every channel pays for them. Called by
+// the sweeper only.
+func (w *Worker) warnConsumers(n int) {
+	if n <= consumersWarnStep || n < w.consumersWarned+consumersWarnStep {
+		return
+	}
+	w.consumersWarned = n
+	w.log.Warn("many consumers on the jobs stream: the server checks every ack against each, so every job pays for them; keep channels to tens, or split them across prefixes (docs/architecture.md, Known limits)",
+		zap.Int("consumers", n), zap.String("stream", w.names.JobsStream()))
 }
 
 // inflightSet holds the jobs this process holds (received, not settled),

@@ -208,7 +208,9 @@ type Worker struct {
 	credits   *credits
 	pullers   sync.WaitGroup
 	sweepDone chan struct{}
-	dynamic   map[string]*consumerSpec // consumers of unconfigured channels
+	// consumersWarned: the consumer count of the last warning (sweeper only)
+	consumersWarned int
+	dynamic         map[string]*consumerSpec // consumers of unconfigured channels
 }
 
 // New builds a Worker for the handlers in reg.

@@ -571,6 +571,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	size := fs.Int("size", 256, "argument size in bytes")
 	rounds := fs.Int("rounds", 3, "alternate raw/framework runs this many times")
 	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every write (sync_interval: always)")
+	nChannels := fs.Int("channels", 1, "channels the workers configure: root, which the jobs go to, and this many minus one idle ones (each adds three consumers to the jobs stream, and the server checks every ack against every consumer)")
 	layout := fs.Bool("layout", false, "also run (a') each round: the raw client on the jobs stream's layout and message bytes, to split b/a into the server's share (a'/a) and the framework client's (b/a')")
 	// Redis for job records, with the credentials and TLS of the other
 	// commands; when it does not answer, the run goes without records.
@@ -607,7 +608,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		}
 		defer pprof.StopCPUProfile()
 	}
-	o := bench.Options{N: *n, Size: *size, Rounds: *rounds, SyncAlways: *syncAlways, Layout: *layout}
+	o := bench.Options{N: *n, Size: *size, Rounds: *rounds, SyncAlways: *syncAlways, Layout: *layout, Channels: *nChannels}
 	rdb, err := connect.ConnectRedis(ctx, rcfg, nil)
 	if err == nil {
 		o.Redis = rdb

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,11 @@ type Options struct {
 	// what the server does more for the framework's layout (a'/a) and what
 	// the framework's client does more than the raw client (b/a').
 	Layout bool
+	// Channels is how many channels the workers configure: root, which
+	// the jobs go to, and Channels-1 idle ones beside it (default 1). Each
+	// adds its three band consumers to the jobs stream, and the server
+	// checks every ack against every consumer of the stream.
+	Channels int
 }
 
 // withDefaults fills what o leaves unset: 100k jobs of 256 bytes, 1 round.
@@ -54,6 +60,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Rounds <= 0 {
 		o.Rounds = 1
+	}
+	if o.Channels <= 0 {
+		o.Channels = 1
 	}
 	return o
 }
@@ -83,8 +92,12 @@ func Run(ctx context.Context, o Options, out io.Writer) (float64, error) {
 		return 0, err
 	}
 	defer stop()
-	fmt.Fprintf(out, "N=%d, %d-byte arguments, file storage, sync_interval=%s, job records: %v\n",
+	fmt.Fprintf(out, "N=%d, %d-byte arguments, file storage, sync_interval=%s, job records: %v",
 		o.N, o.Size, map[bool]string{true: "always", false: "default (2m)"}[o.SyncAlways], o.Redis != nil)
+	if o.Channels > 1 {
+		fmt.Fprintf(out, ", %d channels (%d idle)", o.Channels, o.Channels-1)
+	}
+	fmt.Fprintln(out)
 	var sumA, sumL, sumB float64
 	for round := 1; round <= o.Rounds; round++ {
 		a, err := raw(ctx, js, o, round)
@@ -239,7 +252,7 @@ func rawOnLayout(ctx context.Context, js jetstream.JetStream, o Options, round i
 		return Result{}, err
 	}
 	return rawPhases(ctx, js, subj, data, o.N, func() (jetstream.Consumer, error) {
-		w, err := worker.New(js, worker.NewRegistry(), worker.WithPrefix(prefix))
+		w, err := worker.New(js, worker.NewRegistry(), workerOptions(o, prefix)...)
 		if err != nil {
 			return nil, err
 		}
@@ -248,6 +261,20 @@ func rawOnLayout(ctx context.Context, js jetstream.JetStream, o Options, round i
 		}
 		return js.Consumer(ctx, names.JobsStream(), names.JobsConsumer(job.DefaultChannel, channels.Band(job.DefaultPriority)))
 	})
+}
+
+// workerOptions are the options of the workers of a run: its prefix, and
+// its channels (o.Channels).
+func workerOptions(o Options, prefix string) []worker.Option {
+	opts := []worker.Option{worker.WithPrefix(prefix)}
+	if o.Channels > 1 {
+		idle := make([]string, 0, o.Channels-1)
+		for i := 1; i < o.Channels; i++ {
+			idle = append(idle, job.DefaultChannel+".idle"+strconv.Itoa(i))
+		}
+		opts = append(opts, worker.WithChannels(strings.Join(idle, ",")))
+	}
+	return opts
 }
 
 // layoutMessage is the subject and bytes the dispatcher publishes for the
@@ -353,7 +380,7 @@ func framework(ctx context.Context, js jetstream.JetStream, o Options, round int
 		}
 		return "", nil
 	})
-	wopts := append([]worker.Option{worker.WithPrefix(prefix)}, o.WorkerOpts...)
+	wopts := append(workerOptions(o, prefix), o.WorkerOpts...)
 	if o.Redis != nil {
 		wopts = append(wopts, worker.WithRedis(o.Redis), worker.WithRecordTTL(10*time.Minute))
 	}

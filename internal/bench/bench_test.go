@@ -68,13 +68,13 @@ func TestRunWithLayout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	if _, err := Run(ctx, Options{N: 200, Size: 16, Rounds: 2, Layout: true}, &out); err != nil {
+	if _, err := Run(ctx, Options{N: 200, Size: 16, Rounds: 2, Layout: true, Channels: 3}, &out); err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Count(out.String(), "(a') raw on layout"); got != 2 {
 		t.Errorf("%d layout lines, want 2:\n%s", got, out.String())
 	}
-	if !strings.Contains(out.String(), "layout: a' = ") {
+	if !strings.Contains(out.String(), "layout: a' = ") || !strings.Contains(out.String(), "3 channels (2 idle)") {
 		t.Errorf("no layout summary:\n%s", out.String())
 	}
 }
@@ -116,6 +116,39 @@ func TestLayoutMessageIsTheDispatchers(t *testing.T) {
 	}
 	if m.Subject != subj || len(m.Data) != len(data) || len(m.Header) != 0 {
 		t.Errorf("dispatcher stored %d bytes on %s (headers %v); the layout run publishes %d on %s", len(m.Data), m.Subject, m.Header, len(data), subj)
+	}
+}
+
+// With Channels, the workers of a run (the framework's, and the one that
+// makes the layout run's consumers) configure that many channels: three
+// band consumers each on the jobs stream.
+func TestChannelsConfigureIdleChannels(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	js, stop, err := start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	names := wire.MustNames("chancheck")
+	defer deleteStreams(ctx, js, names)
+	w, err := worker.New(js, worker.NewRegistry(), workerOptions(Options{Channels: 4}, "chancheck")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, names.JobsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for range s.ConsumerNames(ctx).Name() {
+		n++
+	}
+	if n != 12 {
+		t.Errorf("%d consumers on the jobs stream, want 12 (4 channels, 3 bands each)", n)
 	}
 }
 
