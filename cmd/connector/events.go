@@ -144,8 +144,16 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	}
 
 	if *all && sub == "replay" {
+		before, err := pub.DeadLetters(ctx, *listener, 0)
+		if err != nil {
+			return err
+		}
 		n, err := pub.ReplayAll(ctx, *listener)
 		fmt.Fprintf(stdout, "replayed %d event(s)\n", n)
+		if left := len(before) - n; left > 0 && err == nil {
+			// ReplayAll leaves those no listener can handle as they are.
+			fmt.Fprintf(stdout, "%d dead event(s) left: they cannot be replayed as they are (\"connector events dead\" shows their reasons; fix the publisher, then discard them)\n", left)
+		}
 		return err
 	}
 	act, done := pub.Replay, "replayed"

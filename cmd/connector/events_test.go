@@ -148,4 +148,18 @@ func TestEventsDeadAndReplay(t *testing.T) {
 	if handled.Load() != 1 {
 		t.Errorf("handled %d events, want 1 (the discarded one is not handled)", handled.Load())
 	}
+
+	// A letter no listener can handle as it is (a body that is no event)
+	// stays where it is after replay --all, which says so rather than
+	// only "replayed 0".
+	if _, err := js.Publish(ctx, names.EventSubject("res.partner", events.Write, "9"), []byte("not msgpack")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		letters = nil
+		return json.Unmarshal([]byte(cli("events", "dead", "--json")), &letters) == nil && len(letters) == 1
+	}, "the malformed event dead")
+	if out := cli("events", "replay", "--all"); !strings.Contains(out, "replayed 0 event(s)") || !strings.Contains(out, "1 dead event(s) left") {
+		t.Errorf("events replay --all with a letter that cannot be replayed: %q", out)
+	}
 }
