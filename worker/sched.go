@@ -1010,6 +1010,12 @@ type consumerSpec struct {
 	band  int // -1: sequential, all bands
 	name  string
 	spans *telemetry.ConsumerSpans // nil when not traced
+
+	// An unconfigured channel's (the sweeper's only): its subject, since
+	// when the sweeper has seen it empty, and what stops its pullers.
+	subject    string
+	emptySince time.Time
+	stop       context.CancelFunc
 }
 
 // sweep gives unconfigured channels (jobs published for "root.shop.eu"
@@ -1017,6 +1023,17 @@ type consumerSpec struct {
 // run under the nearest configured ancestor: its capacity, throttle and
 // parents (slots are counted in Redis, whatever consumer a job came from).
 // It looks once a second at the subjects holding jobs.
+//
+// Such a consumer does not outlive its channel's use: once its subject
+// has been empty for idleStop, the process stops pulling on it, and the
+// server removes it after idleRemove without pull requests from any
+// process (InactiveThreshold; the server also waits out the leases of
+// jobs delivered and not acked). Every consumer of the jobs stream costs
+// every ack (docs/architecture.md, Known limits). A job on the subject
+// again gets a consumer (the same, or a new one) within a sweep. Stopping
+// is safe because the subject is empty: in a work queue a job stays in
+// the stream until acked, so none of its jobs is held anywhere; one that
+// arrives as the pullers stop is handed back and taken by the next ones.
 func (w *Worker) sweep(ctx context.Context) {
 	w.dynamic = map[string]*consumerSpec{}
 	t := time.NewTicker(time.Second)
@@ -1043,6 +1060,7 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		return err
 	}
 	w.warnConsumers(info.State.Consumers)
+	w.stopIdle(info.State.Subjects)
 	for subject := range info.State.Subjects {
 		channel, band, ok := w.names.ParseJobsSubject(subject)
 		if !ok {
@@ -1060,15 +1078,16 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 			continue // the sequential channel's own consumer covers its subtree
 		}
 		cc := jetstream.ConsumerConfig{
-			Durable:       name,
-			Description:   "connector jobs of unconfigured channel " + channel + " (runs under " + cs.ch.Name + ")",
-			FilterSubject: subject,
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckWait:       w.cfg.ackWait,
-			MaxDeliver:    -1,
-			MaxAckPending: w.cfg.maxAckPending,
-			MaxWaiting:    4096,
+			Durable:           name,
+			Description:       "connector jobs of unconfigured channel " + channel + " (runs under " + cs.ch.Name + ")",
+			FilterSubject:     subject,
+			AckPolicy:         jetstream.AckExplicitPolicy,
+			DeliverPolicy:     jetstream.DeliverAllPolicy,
+			AckWait:           w.cfg.ackWait,
+			MaxDeliver:        -1,
+			MaxAckPending:     w.cfg.maxAckPending,
+			MaxWaiting:        4096,
+			InactiveThreshold: w.cfg.idleRemove,
 		}
 		specBand := band
 		if cs.limited {
@@ -1078,13 +1097,38 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("consumer %s: %w", name, err)
 		}
-		spec := &consumerSpec{cs: cs, band: specBand, name: name, spans: w.consumerSpans(name)}
+		spec := &consumerSpec{cs: cs, band: specBand, name: name, spans: w.consumerSpans(name), subject: subject}
+		var pctx context.Context
+		pctx, spec.stop = context.WithCancel(ctx)
 		w.dynamic[name] = spec
 		w.log.Info("unconfigured channel runs under its nearest configured ancestor",
 			zap.String("channel", channel), zap.String("under", cs.ch.Name), zap.String("consumer", name))
-		w.startPullers(ctx, spec)
+		w.startPullers(pctx, spec)
 	}
 	return nil
+}
+
+// stopIdle stops pulling on the consumers of unconfigured channels whose
+// subject has been empty for idleStop (subjects: those holding jobs).
+func (w *Worker) stopIdle(subjects map[string]uint64) {
+	now := time.Now()
+	for name, spec := range w.dynamic {
+		if _, held := subjects[spec.subject]; held {
+			spec.emptySince = time.Time{}
+			continue
+		}
+		if spec.emptySince.IsZero() {
+			spec.emptySince = now
+			continue
+		}
+		if now.Sub(spec.emptySince) < w.cfg.idleStop {
+			continue
+		}
+		spec.stop()
+		delete(w.dynamic, name)
+		w.log.Info("unconfigured channel idle: no longer pulled; the server removes its consumer once no process pulls on it",
+			zap.String("consumer", name), zap.Duration("empty_for", now.Sub(spec.emptySince)), zap.Duration("removed_after", w.cfg.idleRemove))
+	}
 }
 
 // consumersWarnStep: past this many consumers on the jobs stream, and

@@ -76,9 +76,13 @@ type config struct {
 	unknownDelay   time.Duration
 	maxAckPending  int
 	fetchWait      time.Duration
-	pullers        int
-	prefetch       int
-	channels       string
+	// idleStop, idleRemove: an unconfigured channel's consumer is no longer
+	// pulled once its subject has been empty this long, and the server
+	// removes it after idleRemove without pull requests (InactiveThreshold).
+	idleStop, idleRemove time.Duration
+	pullers              int
+	prefetch             int
+	channels             string
 }
 
 // Option configures a Worker.
@@ -220,6 +224,7 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 		concurrency: DefaultConcurrency, ackWait: DefaultAckWait, grace: DefaultShutdownGrace,
 		retry: job.DefaultRetryPattern, provision: true, unknownRetries: 3, unknownDelay: time.Second,
 		maxAckPending: DefaultMaxAckPending, fetchWait: time.Second, pullers: 2, prefetch: -1,
+		idleStop: time.Minute, idleRemove: time.Hour,
 		name: host + "-" + strconv.Itoa(os.Getpid()),
 	}
 	for _, o := range opts {
