@@ -1077,22 +1077,9 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		if cs.ch.Sequential {
 			continue // the sequential channel's own consumer covers its subtree
 		}
-		cc := jetstream.ConsumerConfig{
-			Durable:           name,
-			Description:       "connector jobs of unconfigured channel " + channel + " (runs under " + cs.ch.Name + ")",
-			FilterSubject:     subject,
-			AckPolicy:         jetstream.AckExplicitPolicy,
-			DeliverPolicy:     jetstream.DeliverAllPolicy,
-			AckWait:           w.cfg.ackWait,
-			MaxDeliver:        -1,
-			MaxAckPending:     w.cfg.maxAckPending,
-			MaxWaiting:        4096,
-			InactiveThreshold: w.cfg.idleRemove,
-		}
+		cc := w.jobsConsumer(name, "connector jobs of unconfigured channel "+channel+" (runs under "+cs.ch.Name+")", subject, cs)
+		cc.InactiveThreshold = w.cfg.idleRemove
 		specBand := band
-		if cs.limited {
-			cc.MaxAckPending = minCapacity(cs.chain) + 16
-		}
 		_, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
 		if err != nil {
 			return fmt.Errorf("consumer %s: %w", name, err)

@@ -300,30 +300,16 @@ func (w *Worker) Setup(ctx context.Context) error {
 			bands = []int{-1}
 		}
 		for _, band := range bands {
-			cc := jetstream.ConsumerConfig{
-				Durable:       w.names.JobsConsumer(ch.Name, band),
-				Description:   "connector jobs of channel " + ch.Name,
-				AckPolicy:     jetstream.AckExplicitPolicy,
-				DeliverPolicy: jetstream.DeliverAllPolicy,
-				AckWait:       w.cfg.ackWait,
-				MaxDeliver:    -1,
-				MaxAckPending: w.cfg.maxAckPending,
-				MaxWaiting:    4096,
-			}
-			var base string
+			filter := w.names.JobsSubject(ch.Name, band)
 			if band < 0 {
 				// The channel and its unconfigured sub-channels, all bands:
 				// one order for the whole subtree.
-				base = w.names.JobsTreeFilter(ch.Name)
-				cc.MaxAckPending = 1 // one at a time, in order, fleet-wide
-			} else {
-				base = w.names.JobsSubject(ch.Name, band)
-				if cs.limited {
-					// Fetched-but-waiting jobs stay few: capacity plus a margin.
-					cc.MaxAckPending = minCapacity(cs.chain) + 16
-				}
+				filter = w.names.JobsTreeFilter(ch.Name)
 			}
-			cc.FilterSubject = base
+			cc := w.jobsConsumer(w.names.JobsConsumer(ch.Name, band), "connector jobs of channel "+ch.Name, filter, cs)
+			if band < 0 {
+				cc.MaxAckPending = 1 // one at a time, in order, fleet-wide
+			}
 			found := false
 			var err error
 			if !w.cfg.provision {
@@ -345,6 +331,27 @@ func (w *Worker) Setup(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// jobsConsumer is the configuration of a durable consumer of the jobs
+// stream for the jobs of cs on filter.
+func (w *Worker) jobsConsumer(name, description, filter string, cs *chanState) jetstream.ConsumerConfig {
+	cc := jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   description,
+		FilterSubject: filter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       w.cfg.ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: w.cfg.maxAckPending,
+		MaxWaiting:    4096,
+	}
+	if cs.limited {
+		// Fetched-but-waiting jobs stay few: capacity plus a margin.
+		cc.MaxAckPending = minCapacity(cs.chain) + 16
+	}
+	return cc
 }
 
 func minCapacity(chain []channels.Channel) int {

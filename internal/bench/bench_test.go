@@ -11,6 +11,7 @@ import (
 	"github.com/connector-go/connector/internal/streams"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/worker"
+	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -83,18 +84,10 @@ func TestRunWithLayout(t *testing.T) {
 // benchmark's job: same subject, same size (only the id's characters
 // differ), so the server's work is the framework's.
 func TestLayoutMessageIsTheDispatchers(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	js, stop, err := start(ctx, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
-	names := wire.MustNames("layoutcheck")
+	ctx, js, names := benchServer(t, "layoutcheck")
 	if err := streams.Ensure(ctx, js, streams.Config{Names: names}); err != nil {
 		t.Fatal(err)
 	}
-	defer deleteStreams(ctx, js, names)
 	d, err := dispatcher.New(js, dispatcher.WithPrefix("layoutcheck"))
 	if err != nil {
 		t.Fatal(err)
@@ -123,15 +116,7 @@ func TestLayoutMessageIsTheDispatchers(t *testing.T) {
 // makes the layout run's consumers) configure that many channels: three
 // band consumers each on the jobs stream.
 func TestChannelsConfigureIdleChannels(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	js, stop, err := start(ctx, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
-	names := wire.MustNames("chancheck")
-	defer deleteStreams(ctx, js, names)
+	ctx, js, names := benchServer(t, "chancheck")
 	w, err := worker.New(js, worker.NewRegistry(), workerOptions(Options{Channels: 4}, "chancheck")...)
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +135,22 @@ func TestChannelsConfigureIdleChannels(t *testing.T) {
 	if n != 12 {
 		t.Errorf("%d consumers on the jobs stream, want 12 (4 channels, 3 bands each)", n)
 	}
+}
+
+// benchServer starts a run's server for a test, with the names of prefix,
+// whose streams are deleted when the test ends.
+func benchServer(t *testing.T, prefix string) (context.Context, jetstream.JetStream, wire.Names) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	js, stop, err := start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	names := wire.MustNames(prefix)
+	t.Cleanup(func() { deleteStreams(ctx, js, names) })
+	return ctx, js, names
 }
 
 func TestMedian(t *testing.T) {
