@@ -186,6 +186,9 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			want = max(1, got)
 		}
 		if perr != nil && ctx.Err() == nil && got == 0 {
+			if spec.stop != nil && errors.Is(perr, errConsumerGone) {
+				spec.gone.Store(true) // an unconfigured channel's: the sweeper makes it again
+			}
 			w.log.Warn("pull request ended with an error", telemetry.ErrField(perr), zap.String("consumer", spec.name))
 			if !sleep(ctx, &backoff) {
 				return

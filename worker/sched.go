@@ -1016,6 +1016,11 @@ type consumerSpec struct {
 	subject    string
 	emptySince time.Time
 	stop       context.CancelFunc
+	// gone: a puller found the consumer gone (the server removes it once
+	// no process pulls on it, also while the subject holds jobs: a puller
+	// that waits for credits or for its band's blocked jobs sends no pull
+	// requests); the sweeper forgets the spec and makes the consumer again.
+	gone atomic.Bool
 }
 
 // sweep gives unconfigured channels (jobs published for "root.shop.eu"
@@ -1096,10 +1101,17 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 }
 
 // stopIdle stops pulling on the consumers of unconfigured channels whose
-// subject has been empty for idleStop (subjects: those holding jobs).
+// subject has been empty for idleStop (subjects: those holding jobs), and
+// on those found gone (made again below while their subject holds jobs).
 func (w *Worker) stopIdle(subjects map[string]uint64) {
 	now := time.Now()
 	for name, spec := range w.dynamic {
+		if spec.gone.Load() {
+			spec.stop()
+			delete(w.dynamic, name)
+			w.log.Info("unconfigured channel's consumer gone; made again if its subject holds jobs", zap.String("consumer", name))
+			continue
+		}
 		if _, held := subjects[spec.subject]; held {
 			spec.emptySince = time.Time{}
 			continue
