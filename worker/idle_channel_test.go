@@ -183,3 +183,29 @@ func TestUnconfiguredChannelConsumerRemovedWhileBandBlocked(t *testing.T) {
 		t.Errorf("runs %v, want each job once", e.runs)
 	}
 }
+
+// The consumers of unconfigured channels an earlier version made, without
+// InactiveThreshold, are given it when a worker starts: idle, they go too.
+// Configured channels' consumers are left as they are.
+func TestEarlierUnconfiguredChannelConsumersAreAdopted(t *testing.T) {
+	e := newIdleEnv(t, nil)
+	ctx := context.Background()
+	old := jetstream.ConsumerConfig{
+		Durable:       e.names.JobsConsumer("root.old", 1),
+		Description:   unconfiguredDescription + "root.old (runs under root)",
+		FilterSubject: e.names.JobsSubject("root.old", 1),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+	}
+	if _, err := e.js.CreateConsumer(ctx, e.names.JobsStream(), old); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	testenv.Eventually(t, 30*time.Second, func() bool { return !e.exists("root.old")() }, "the earlier version's idle consumer removed")
+	c, err := e.js.Consumer(ctx, e.names.JobsStream(), e.names.JobsConsumer("root", 1))
+	if err != nil {
+		t.Fatalf("root's consumer: %v", err)
+	}
+	if th := c.CachedInfo().Config.InactiveThreshold; th != 0 {
+		t.Errorf("root's consumer was given InactiveThreshold %v", th)
+	}
+}

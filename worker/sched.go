@@ -1041,6 +1041,7 @@ type consumerSpec struct {
 // arrives as the pullers stop is handed back and taken by the next ones.
 func (w *Worker) sweep(ctx context.Context) {
 	w.dynamic = map[string]*consumerSpec{}
+	w.adoptIdle(ctx)
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -1082,7 +1083,7 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		if cs.ch.Sequential {
 			continue // the sequential channel's own consumer covers its subtree
 		}
-		cc := w.jobsConsumer(name, "connector jobs of unconfigured channel "+channel+" (runs under "+cs.ch.Name+")", subject, cs)
+		cc := w.jobsConsumer(name, unconfiguredDescription+channel+" (runs under "+cs.ch.Name+")", subject, cs)
 		cc.InactiveThreshold = w.cfg.idleRemove
 		specBand := band
 		_, err := w.js.CreateOrUpdateConsumer(ctx, w.names.JobsStream(), cc)
@@ -1098,6 +1099,37 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		w.startPullers(pctx, spec)
 	}
 	return nil
+}
+
+// unconfiguredDescription starts the description of the consumers the
+// sweeper makes; adoptIdle finds them by it.
+const unconfiguredDescription = "connector jobs of unconfigured channel "
+
+// adoptIdle gives the consumers of unconfigured channels made by earlier
+// versions, without InactiveThreshold, the removal after idleRemove: once
+// no process pulls on them (none does while their subject is empty), the
+// server removes them. Those whose subject holds jobs get it anyway when
+// the sweeper makes them again.
+func (w *Worker) adoptIdle(ctx context.Context) {
+	s, err := w.js.Stream(ctx, w.names.JobsStream())
+	if err != nil {
+		w.log.Debug("consumers of unconfigured channels not listed", telemetry.ErrField(err))
+		return
+	}
+	lister := s.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		cfg := ci.Config
+		if !strings.HasPrefix(cfg.Description, unconfiguredDescription) || cfg.InactiveThreshold != 0 {
+			continue
+		}
+		cfg.InactiveThreshold = w.cfg.idleRemove
+		if _, err := w.js.UpdateConsumer(ctx, w.names.JobsStream(), cfg); err != nil {
+			w.log.Debug("unconfigured channel's consumer not given its idle removal", zap.String("consumer", ci.Name), telemetry.ErrField(err))
+		}
+	}
+	if err := lister.Err(); err != nil && ctx.Err() == nil {
+		w.log.Debug("consumers of unconfigured channels not listed", telemetry.ErrField(err))
+	}
 }
 
 // stopIdle stops pulling on the consumers of unconfigured channels whose
