@@ -428,7 +428,6 @@ func (w *Worker) cancelled(it *item) {
 	u := envRecord(env)
 	now := time.Now()
 	u.State, u.EndedAt, u.Worker = job.StateCancelled, now, w.cfg.name
-	w.record(u)
 	if env.Identity != "" {
 		w.releaseIdentity(env.Identity, env.ID)
 	}
@@ -443,6 +442,9 @@ func (w *Worker) cancelled(it *item) {
 			w.record(records.Update{ID: kid, State: job.StateCancelled, EndedAt: now})
 		}
 	}
+	// After its descendants': Cancel returns once this job's record says
+	// cancelled, and theirs must say so by then.
+	w.record(u)
 	w.log.Info("cancelled job dropped", w.msgFields(it, 0)...)
 }
 

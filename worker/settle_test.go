@@ -11,12 +11,14 @@ import (
 	"time"
 
 	"github.com/connector-go/connector/dispatcher"
+	"github.com/connector-go/connector/internal/graphs"
 	"github.com/connector-go/connector/internal/testenv"
 	"github.com/connector-go/connector/internal/wire"
 	"github.com/connector-go/connector/job"
 	"github.com/connector-go/connector/worker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
@@ -299,6 +301,7 @@ func cancelOfATakenJob(t *testing.T, how string) *env {
 	long, _ := e.d.Enqueue(ctx, Step{Key: "long"}, job.WithChannel(ch))
 	testenv.Eventually(t, 10*time.Second, func() bool { return s.count("long") == 1 }, "long job running")
 	var held, child string
+	var slow *slowScripts
 	switch how {
 	case "blocked":
 		held, _ = e.d.Enqueue(ctx, Step{Key: "held"}, job.WithChannel(ch), job.WithIdentityKey("held-key"))
@@ -311,6 +314,11 @@ func cancelOfATakenJob(t *testing.T, how string) *env {
 			t.Fatal(err)
 		}
 		held, child = res.Jobs[0], res.Jobs[1]
+		// The scripts on the graph answer slowly from now on (the worker's
+		// cancel of the held job's children among them): Cancel returns
+		// only once the children's records say cancelled too.
+		slow = &slowScripts{key: graphs.Key(wire.MustNames(e.prefix), res.ID), delay: 500 * time.Millisecond}
+		e.rdb.AddHook(slow)
 	case "queued":
 		held, _ = e.d.Enqueue(ctx, Step{Key: "held"}, job.WithChannel(ch))
 	}
@@ -336,6 +344,9 @@ func cancelOfATakenJob(t *testing.T, how string) *env {
 		if rec, _ := e.d.Job(ctx, id); id != "" && rec.State != job.StateCancelled {
 			t.Fatalf("job %s is %s once Cancel returned", id, rec.State)
 		}
+	}
+	if slow != nil && slow.delayed.Load() == 0 {
+		t.Fatal("no script on the graph was slowed: the test proves nothing")
 	}
 	// The cancelled job leaves at once: its message is settled while the
 	// long job still runs (and it never takes a slot).
@@ -743,4 +754,27 @@ func TestCancelledBlockedJobTakesItsWantsMarkAway(t *testing.T) {
 	if n := s.count("high"); n != 0 {
 		t.Fatalf("cancelled job ran (%s)", s.seen())
 	}
+}
+
+// slowScripts delays the scripts run on one key by delay: a slow Redis.
+type slowScripts struct {
+	key     string
+	delay   time.Duration
+	delayed atomic.Int32
+}
+
+func (h *slowScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *slowScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); len(a) > 3 && (cmd.Name() == "evalsha" || cmd.Name() == "eval") && a[3] == h.key {
+			h.delayed.Add(1)
+			time.Sleep(h.delay)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *slowScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
