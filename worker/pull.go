@@ -65,6 +65,7 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 		w.log.Error("puller not started", telemetry.ErrField(err), zap.String("consumer", spec.name))
 		return
 	}
+	ps.order = spec.acks
 	// A request still open when the puller stops is filled until it ends
 	// (a job another runner hands back at shutdown goes to the first open
 	// request): the puller waits for its end (at most fetchWait) and hands

@@ -29,6 +29,7 @@ type pullSub struct {
 	stream   string
 	consumer string
 	sub      *nats.Subscription
+	order    *ackOrder // nil: acks go at once
 	ch       chan *nats.Msg
 	req      uint64
 	timer    *time.Timer
@@ -203,6 +204,10 @@ type pulled struct {
 	// it (or after settleConfirmWait), for a job whose identity key is
 	// released after its settle (see process).
 	confirm atomic.Bool
+	// order: the ackOrder this job's ack waits in (nil: none); ost is its
+	// state there, guarded by order.mu.
+	order *ackOrder
+	ost   uint8
 }
 
 // settleConfirmWait bounds a confirmed settle (pulled.confirm).
@@ -214,6 +219,9 @@ var _ jetstream.Msg = (*pulled)(nil)
 func (p *pullSub) wrap(m *nats.Msg, x *pulled) {
 	x.m, x.nc = m, p.nc
 	x.metaErr = parseAckSubject(m.Reply, p.stream, p.consumer, &x.meta)
+	if x.metaErr == nil && p.order != nil {
+		p.order.add(x)
+	}
 }
 
 // parseAckSubject reads the metadata of a JetStream message from its ack
@@ -297,7 +305,7 @@ func (x *pulled) Data() []byte         { return x.m.Data }
 func (x *pulled) Headers() nats.Header { return x.m.Header }
 func (x *pulled) Subject() string      { return x.m.Subject }
 func (x *pulled) Reply() string        { return x.m.Reply }
-func (x *pulled) Ack() error           { return x.settle([]byte("+ACK")) }
+func (x *pulled) Ack() error           { return x.settle([]byte(ackBody)) }
 func (x *pulled) Nak() error           { return x.settle([]byte("-NAK")) }
 func (x *pulled) Term() error          { return x.settle([]byte("+TERM")) }
 func (x *pulled) InProgress() error    { return x.send([]byte("+WPI")) }
@@ -313,7 +321,10 @@ func (x *pulled) DoubleAck(ctx context.Context) error {
 	if x.acked.Swap(true) {
 		return jetstream.ErrMsgAlreadyAckd
 	}
-	_, err := x.nc.RequestWithContext(ctx, x.m.Reply, []byte("+ACK"))
+	_, err := x.nc.RequestWithContext(ctx, x.m.Reply, []byte(ackBody))
+	if x.order != nil {
+		x.order.settled(x, false)
+	}
 	return err
 }
 
@@ -321,14 +332,28 @@ func (x *pulled) settle(body []byte) error {
 	if x.acked.Swap(true) {
 		return jetstream.ErrMsgAlreadyAckd
 	}
-	if x.confirm.Load() && x.m.Reply != "" {
+	var err error
+	switch {
+	case x.confirm.Load() && x.m.Reply != "":
 		// The server answers an ack, nak or term that has a reply subject
 		// once it has applied it (a work queue's message is then gone).
-		_, err := x.nc.Request(x.m.Reply, body, settleConfirmWait)
-		return err
+		_, err = x.nc.Request(x.m.Reply, body, settleConfirmWait)
+	case x.order != nil && string(body) == ackBody:
+		x.order.settled(x, true) // sent in its turn
+		return nil
+	default:
+		err = x.send(body)
 	}
-	return x.send(body)
+	if x.order != nil {
+		x.order.settled(x, false)
+	}
+	return err
 }
+
+const ackBody = "+ACK"
+
+// sendAck publishes the ack of x (ackOrder's send).
+func sendAck(x *pulled) { _ = x.send([]byte(ackBody)) }
 
 func (x *pulled) send(body []byte) error {
 	if x.m.Reply == "" {

@@ -1021,6 +1021,41 @@ type consumerSpec struct {
 	// that waits for credits or for its band's blocked jobs sends no pull
 	// requests); the sweeper forgets the spec and makes the consumer again.
 	gone atomic.Bool
+	// acks: the order its jobs' acks go in (nil: at once).
+	acks *ackOrder
+}
+
+// newSpec makes the spec of a jobs consumer. A consumer without a capacity
+// sends its acks in delivery order (ackOrder).
+func (w *Worker) newSpec(cs *chanState, band int, name string) *consumerSpec {
+	spec := &consumerSpec{cs: cs, band: band, name: name, spans: w.consumerSpans(name)}
+	if !cs.limited && band >= 0 && w.cfg.ackHold > 0 {
+		spec.acks = newAckOrder(w.cfg.ackHold, w.cfg.ackSharedFor, sendAck)
+	}
+	return spec
+}
+
+// end stops the pullers of a spec the sweeper forgets; the acks it holds
+// go, and those of its jobs still running will go at once.
+func (spec *consumerSpec) end() {
+	spec.stop()
+	if spec.acks != nil {
+		spec.acks.close()
+	}
+}
+
+// closeAckOrders sends the acks still held: Run is about to return.
+func (w *Worker) closeAckOrders() {
+	for _, spec := range w.specs {
+		if spec.acks != nil {
+			spec.acks.close()
+		}
+	}
+	for _, spec := range w.dynamic { // the sweeper has ended
+		if spec.acks != nil {
+			spec.acks.close()
+		}
+	}
 }
 
 // sweep gives unconfigured channels (jobs published for "root.shop.eu"
@@ -1090,7 +1125,8 @@ func (w *Worker) sweepOnce(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("consumer %s: %w", name, err)
 		}
-		spec := &consumerSpec{cs: cs, band: specBand, name: name, spans: w.consumerSpans(name), subject: subject}
+		spec := w.newSpec(cs, specBand, name)
+		spec.subject = subject
 		var pctx context.Context
 		pctx, spec.stop = context.WithCancel(ctx)
 		w.dynamic[name] = spec
@@ -1139,7 +1175,7 @@ func (w *Worker) stopIdle(subjects map[string]uint64) {
 	now := time.Now()
 	for name, spec := range w.dynamic {
 		if spec.gone.Load() {
-			spec.stop()
+			spec.end()
 			delete(w.dynamic, name)
 			w.log.Info("unconfigured channel's consumer gone; made again if its subject holds jobs", zap.String("consumer", name))
 			continue
@@ -1155,7 +1191,7 @@ func (w *Worker) stopIdle(subjects map[string]uint64) {
 		if now.Sub(spec.emptySince) < w.cfg.idleStop {
 			continue
 		}
-		spec.stop()
+		spec.end()
 		delete(w.dynamic, name)
 		w.log.Info("unconfigured channel idle: no longer pulled; the server removes its consumer once no process pulls on it",
 			zap.String("consumer", name), zap.Duration("empty_for", now.Sub(spec.emptySince)), zap.Duration("removed_after", w.cfg.idleRemove))

@@ -82,7 +82,9 @@ type config struct {
 	idleStop, idleRemove time.Duration
 	pullers              int
 	prefetch             int
-	channels             string
+	// ackHold, ackSharedFor: the bounds of the acks' order (ackOrder).
+	ackHold, ackSharedFor time.Duration
+	channels              string
 }
 
 // Option configures a Worker.
@@ -224,6 +226,7 @@ func New(js jetstream.JetStream, reg *Registry, opts ...Option) (*Worker, error)
 		concurrency: DefaultConcurrency, ackWait: DefaultAckWait, grace: DefaultShutdownGrace,
 		retry: job.DefaultRetryPattern, provision: true, unknownRetries: 3, unknownDelay: time.Second,
 		maxAckPending: DefaultMaxAckPending, fetchWait: time.Second, pullers: 2, prefetch: -1,
+		ackHold: defaultAckHold, ackSharedFor: defaultAckSharedFor,
 		idleStop: time.Minute, idleRemove: time.Hour,
 		name: host + "-" + strconv.Itoa(os.Getpid()),
 	}
@@ -322,7 +325,7 @@ func (w *Worker) Setup(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("worker: consumer %s on %s: %w", cc.Durable, w.names.JobsStream(), err)
 			}
-			w.specs = append(w.specs, &consumerSpec{cs: cs, band: band, name: cc.Durable, spans: w.consumerSpans(cc.Durable)})
+			w.specs = append(w.specs, w.newSpec(cs, band, cc.Durable))
 		}
 	}
 	for _, cs := range w.states {
@@ -486,6 +489,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	cancelHard()
+	w.closeAckOrders()
 	stopHeartbeats()
 	<-hbDone
 	<-stDone
