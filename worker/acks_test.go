@@ -300,13 +300,21 @@ func (e *ackEnv) publish(jobs ...sleepJob) []uint64 {
 // run starts a worker on a connection of its own; stop ends it and
 // returns once Run has.
 func (e *ackEnv) run(opts ...Option) (stop func()) {
-	wjs, err := jetstream.New(e.srv.Connect(e.t))
+	_, stop = runOwn(e.t, e.srv, e.reg, append(slices.Clone(e.opts), opts...)...)
+	return stop
+}
+
+// runOwn runs a worker on a connection of its own until stop (idempotent),
+// or the end of the test.
+func runOwn(t *testing.T, srv *testenv.NATSServer, reg *Registry, opts ...Option) (_ *Worker, stop func()) {
+	t.Helper()
+	wjs, err := jetstream.New(srv.Connect(t))
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	w, err := New(wjs, e.reg, append(slices.Clone(e.opts), opts...)...)
+	w, err := New(wjs, reg, opts...)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -316,12 +324,12 @@ func (e *ackEnv) run(opts ...Option) (stop func()) {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
-				e.t.Errorf("worker: %v", err)
+				t.Errorf("worker: %v", err)
 			}
 		})
 	}
-	e.t.Cleanup(stop)
-	return stop
+	t.Cleanup(stop)
+	return w, stop
 }
 
 func (e *ackEnv) seen() []uint64 {

@@ -60,28 +60,14 @@ func newIdleEnv(t *testing.T, hold map[int]chan struct{}) *idleEnv {
 
 // start runs a worker on a connection of its own until the test ends.
 func (e *idleEnv) start(opts ...Option) *Worker {
-	wjs, err := jetstream.New(e.srv.Connect(e.t))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	w, err := New(wjs, e.reg, append(append([]Option(nil), e.opts...), opts...)...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	e.t.Cleanup(func() {
+	w, _ := runOwn(e.t, e.srv, e.reg, append(append([]Option(nil), e.opts...), opts...)...)
+	e.t.Cleanup(func() { // before the worker stops: its held jobs end
 		for _, h := range e.hold {
 			select {
 			case <-h:
 			default:
 				close(h)
 			}
-		}
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("worker: %v", err)
 		}
 	})
 	return w
