@@ -107,9 +107,27 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 	// The batch adapts: an idle puller long-polls for one job and holds no
 	// credit meanwhile (it takes one when the job arrives, the job already
 	// under heartbeat); a busy one reserves credits and doubles its batch up
-	// to maxBatch.
+	// to maxBatch. Of a consumer's pullers, one long-polls while it is idle
+	// (spec.idle); the others wait until that poll brings a job.
 	want := 1
+	polling := false
+	defer func() {
+		if polling {
+			spec.idle.release()
+		}
+	}()
 	for ctx.Err() == nil {
+		if want == 1 && !polling && w.pullersOf(spec) > 1 {
+			if wake, waits := spec.idle.take(); waits {
+				select {
+				case <-wake:
+				case <-ctx.Done():
+					return
+				}
+				continue
+			}
+			polling = true
+		}
 		// A band whose jobs wait for a slot pulls no more until they start.
 		for spec.cs.limited && spec.cs.hasBlocked(spec.band) {
 			select {
@@ -181,6 +199,10 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			admitQ.push(group)
 		}
 		credits.putBack(reserved - got)
+		if polling && got > 0 {
+			polling = false
+			spec.idle.release() // jobs are coming: all pull
+		}
 		if got >= n && n > 0 {
 			want = min(2*n, maxBatch)
 		} else {
@@ -197,6 +219,36 @@ func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *cre
 			continue
 		}
 		backoff = 100 * time.Millisecond
+	}
+}
+
+// idlePoll lets one of a consumer's pullers long-poll it while it is
+// idle: the others wait for that poll to bring a job, so an idle consumer
+// costs one pull request per fetchWait and process, not one per puller.
+type idlePoll struct {
+	mu   sync.Mutex
+	held bool
+	wake chan struct{} // closed when the poller gets a job or stops
+}
+
+// take makes the caller the poller, or (waits) returns what to wait on.
+func (p *idlePoll) take() (wake <-chan struct{}, waits bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held {
+		return p.wake, true
+	}
+	p.held, p.wake = true, make(chan struct{})
+	return nil, false
+}
+
+// release ends the caller's turn as the poller and wakes the others.
+func (p *idlePoll) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held {
+		p.held = false
+		close(p.wake)
 	}
 }
 

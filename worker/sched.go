@@ -1023,6 +1023,8 @@ type consumerSpec struct {
 	gone atomic.Bool
 	// acks: the order its jobs' acks go in (nil: at once).
 	acks *ackOrder
+	// idle: which of its pullers long-polls it while it is idle.
+	idle idlePoll
 }
 
 // newSpec makes the spec of a jobs consumer. A consumer without a capacity
