@@ -43,7 +43,7 @@ func (w *Worker) startPullers(ctx context.Context, spec *consumerSpec) {
 
 // pullersOf: unlimited channels get several pullers so pulls overlap.
 func (w *Worker) pullersOf(spec *consumerSpec) int {
-	if !spec.cs.limited && spec.band >= 0 {
+	if spec.unlimited() {
 		return w.cfg.pullers
 	}
 	return 1
@@ -53,7 +53,7 @@ func (w *Worker) pullersOf(spec *consumerSpec) int {
 // credits, and queues them for the runners.
 func (w *Worker) fetchLoop(ctx context.Context, spec *consumerSpec, credits *credits) {
 	maxBatch := 256
-	if spec.cs.limited || spec.band < 0 {
+	if !spec.unlimited() {
 		maxBatch = min(16, minCapacity(spec.cs.chain)+1)
 	}
 	band := spec.band

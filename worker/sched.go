@@ -1031,11 +1031,15 @@ type consumerSpec struct {
 // sends its acks in delivery order (ackOrder).
 func (w *Worker) newSpec(cs *chanState, band int, name string) *consumerSpec {
 	spec := &consumerSpec{cs: cs, band: band, name: name, spans: w.consumerSpans(name)}
-	if !cs.limited && band >= 0 && w.cfg.ackHold > 0 {
+	if spec.unlimited() && w.cfg.ackHold > 0 {
 		spec.acks = newAckOrder(w.cfg.ackHold, w.cfg.ackSharedFor, sendAck)
 	}
 	return spec
 }
+
+// unlimited tells a consumer whose channel has no capacity, throttle or
+// order: it gets several pullers, big batches and its acks in order.
+func (spec *consumerSpec) unlimited() bool { return !spec.cs.limited && spec.band >= 0 }
 
 // end stops the pullers of a spec the sweeper forgets; the acks it holds
 // go, and those of its jobs still running will go at once.
